@@ -1,0 +1,37 @@
+//! Addresses in map keys and values are always 16 bytes, so IPv6 needs no layout change.
+//! IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`, RFC 4291 §2.5.5.2).
+
+/// A 16-byte address as stored in every map key and value.
+pub type Addr16 = [u8; 16];
+
+/// Stores an IPv4 address (network byte order) in the 16-byte form the maps use.
+#[inline(always)]
+pub const fn v4_mapped(v4: [u8; 4]) -> Addr16 {
+    // Two 64-bit words rather than sixteen bytes: stored byte by byte, LLVM folds the ten
+    // zero bytes into a memset, which the BPF backend cannot lower ("call to built-in
+    // function 'memset' is not supported").
+    let words = [0u64, u64::from_ne_bytes([0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]])];
+    // SAFETY: [u64; 2] and [u8; 16] have the same size and every bit pattern is valid.
+    unsafe { core::mem::transmute::<[u64; 2], Addr16>(words) }
+}
+
+/// Returns the IPv4 address inside an IPv4-mapped 16-byte address, if it is one.
+pub fn as_v4(addr: &Addr16) -> Option<[u8; 4]> {
+    if addr[..10].iter().all(|b| *b == 0) && addr[10] == 0xff && addr[11] == 0xff {
+        Some([addr[12], addr[13], addr[14], addr[15]])
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v4_round_trip() {
+        let a = v4_mapped([198, 18, 0, 100]);
+        assert_eq!(as_v4(&a), Some([198, 18, 0, 100]));
+        assert_eq!(as_v4(&[0; 16]), None);
+    }
+}

@@ -1,0 +1,19 @@
+//! Everything drlb's XDP program and its controller must agree on, written once.
+//!
+//! * [`maps`]: the `#[repr(C)]` key/value types of every BPF map and the map names.
+//! * [`stats`]: the per-CPU counter indices (verdicts and their reasons).
+//! * [`packet`]: header parsing over any [`packet::Packet`] (XDP context or a byte slice).
+//! * [`dataplane`]: the forwarding decision itself, over any [`dataplane::Tables`].
+//!
+//! The same code is compiled into the BPF object and unit/property-tested on the host.
+#![no_std]
+
+pub mod addr;
+pub mod dataplane;
+pub mod hash;
+pub mod maps;
+pub mod packet;
+pub mod stats;
+
+#[cfg(test)]
+extern crate std;

@@ -1,0 +1,112 @@
+//! Indices of the per-CPU counter array `DRLB_STATS`: one counter per verdict reason.
+//!
+//! Every packet the program sees increments exactly one of these, so their sum is the
+//! number of packets seen, and each counter name says both the verdict and why.
+
+/// A verdict reason; its discriminant is the index into `DRLB_STATS`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// XDP_TX: forwarded to a real server.
+    TxForwarded = 0,
+    /// XDP_PASS: ARP (the director answers ARP for the VIP itself).
+    PassArp = 1,
+    /// XDP_PASS: IPv6 (not balanced yet).
+    PassIpv6 = 2,
+    /// XDP_PASS: neither IPv4, IPv6 nor ARP.
+    PassOtherL3 = 3,
+    /// XDP_PASS: IPv4 to an address that is not a VIP (the director's own traffic).
+    PassNotVip = 4,
+    /// XDP_PASS: to a VIP, but no service matches the protocol/port (ICMP, SSH on the VIP...).
+    PassVipNoService = 5,
+    /// XDP_PASS: frame too short or malformed before the destination address is known.
+    PassMalformed = 6,
+    /// XDP_DROP: a service matched but it has no usable real server.
+    DropNoRealServer = 7,
+    /// XDP_DROP: to a VIP, but the L4 header is cut short.
+    DropTruncatedL4 = 8,
+    /// XDP_DROP: an IPv4 fragment to a VIP (no ports to schedule on).
+    DropFragment = 9,
+    /// XDP_DROP: the chosen real-server slot was empty (controller update in flight).
+    DropBackendMissing = 10,
+}
+
+/// Number of counters; the size of `DRLB_STATS`.
+pub const STAT_COUNT: u32 = 11;
+
+impl Stat {
+    /// All reasons, in index order.
+    pub const ALL: [Stat; STAT_COUNT as usize] = [
+        Stat::TxForwarded,
+        Stat::PassArp,
+        Stat::PassIpv6,
+        Stat::PassOtherL3,
+        Stat::PassNotVip,
+        Stat::PassVipNoService,
+        Stat::PassMalformed,
+        Stat::DropNoRealServer,
+        Stat::DropTruncatedL4,
+        Stat::DropFragment,
+        Stat::DropBackendMissing,
+    ];
+
+    /// Stable snake_case name used by `drlb` output and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Stat::TxForwarded => "tx_forwarded",
+            Stat::PassArp => "pass_arp",
+            Stat::PassIpv6 => "pass_ipv6",
+            Stat::PassOtherL3 => "pass_other_l3",
+            Stat::PassNotVip => "pass_not_vip",
+            Stat::PassVipNoService => "pass_vip_no_service",
+            Stat::PassMalformed => "pass_malformed",
+            Stat::DropNoRealServer => "drop_no_real_server",
+            Stat::DropTruncatedL4 => "drop_truncated_l4",
+            Stat::DropFragment => "drop_fragment",
+            Stat::DropBackendMissing => "drop_backend_missing",
+        }
+    }
+
+    /// The index into `DRLB_STATS`.
+    #[inline(always)]
+    pub const fn index(self) -> u32 {
+        self as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_is_in_index_order_and_complete() {
+        for (i, s) in Stat::ALL.iter().enumerate() {
+            assert_eq!(s.index() as usize, i, "{}", s.name());
+        }
+    }
+}
+
+/// `XDP_DROP`, `XDP_PASS`, `XDP_TX` as the kernel numbers them (`enum xdp_action`).
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+
+impl Stat {
+    /// The XDP verdict this reason implies.
+    #[inline(always)]
+    pub const fn xdp_action(self) -> u32 {
+        match self {
+            Stat::TxForwarded => XDP_TX,
+            Stat::PassArp
+            | Stat::PassIpv6
+            | Stat::PassOtherL3
+            | Stat::PassNotVip
+            | Stat::PassVipNoService
+            | Stat::PassMalformed => XDP_PASS,
+            Stat::DropNoRealServer
+            | Stat::DropTruncatedL4
+            | Stat::DropFragment
+            | Stat::DropBackendMissing => XDP_DROP,
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! drlb's XDP dataplane: Direct-Routing forwarding of VIP-bound frames.
+//!
+//! The decision lives in `lb_common::dataplane::process` (shared with host tests); this
+//! crate supplies the XDP context as a bounds-checked packet and the BPF maps as tables.
+#![no_std]
+#![no_main]
+
+mod maps;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use lb_common::{dataplane::process, packet::Packet};
+
+/// The frame between `data` and `data_end`. Every access is checked against `data_end`
+/// in the form the verifier recognises.
+struct XdpPacket {
+    start: usize,
+    end: usize,
+}
+
+impl Packet for XdpPacket {
+    #[inline(always)]
+    fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        let ptr = self.start + off;
+        if ptr + N > self.end {
+            return None;
+        }
+        // SAFETY: [ptr, ptr + N) lies inside the frame (checked above).
+        Some(unsafe { core::ptr::read_unaligned(ptr as *const [u8; N]) })
+    }
+
+    #[inline(always)]
+    fn store<const N: usize>(&mut self, off: usize, bytes: &[u8; N]) -> bool {
+        let ptr = self.start + off;
+        if ptr + N > self.end {
+            return false;
+        }
+        // Byte by byte: bpf-linker has no memmove/memcpy for packet memory.
+        let mut i = 0;
+        while i < N {
+            // SAFETY: inside the frame (checked above).
+            unsafe { *((ptr + i) as *mut u8) = bytes[i] };
+            i += 1;
+        }
+        true
+    }
+}
+
+/// The load balancer: attached to the director's interface by `drlb run`.
+#[xdp]
+pub fn drlb_xdp(ctx: XdpContext) -> u32 {
+    let mut pkt = XdpPacket { start: ctx.data(), end: ctx.data_end() };
+    let stat = process(&mut pkt, &maps::BpfTables);
+    maps::count(stat);
+    stat.xdp_action()
+}
+
+/// XDP_PASS and nothing else. The lab attaches it to the bridge-side peer of the
+/// director's veth: native XDP_TX on a veth needs an XDP program on the peer.
+#[xdp]
+pub fn drlb_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
