@@ -1,0 +1,377 @@
+//! drlb's YAML configuration: types, parsing and validation.
+//!
+//! Every problem is reported as `FILE:LINE:COLUMN: message`. serde_yaml locates type and
+//! syntax errors; checks across fields (duplicates, a real server equal to its VIP, ...) run
+//! after deserialisation and are located through [`positions::Positions`].
+
+mod duration;
+pub mod positions;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use positions::{Position, Positions};
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub director: Director,
+    #[serde(default)]
+    pub services: Vec<Service>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Director {
+    /// The interface that receives VIP traffic and sends it on to the real servers.
+    pub interface: String,
+    #[serde(default)]
+    pub xdp_mode: XdpMode,
+}
+
+/// How the XDP program is attached.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode if the driver supports it, generic otherwise.
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => lb_common::maps::IPPROTO_TCP,
+            Protocol::Udp => lb_common::maps::IPPROTO_UDP,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// IPVS scheduler names (`ipvsadm -s`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheduler {
+    #[default]
+    Wlc,
+    Rr,
+    Wrr,
+    Lc,
+    Sh,
+    Mh,
+    Sed,
+    Nq,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: String,
+    pub vip: IpAddr,
+    /// 0 balances every port of the VIP.
+    pub port: u16,
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub scheduler: Scheduler,
+    #[serde(default, with = "duration::option")]
+    pub persistence_timeout: Option<Duration>,
+    pub health_check: Option<HealthCheck>,
+    #[serde(default)]
+    pub real_servers: Vec<RealServer>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RealServer {
+    pub address: IpAddr,
+    /// IPVS weight: 0 keeps the server configured but gives it no new connections.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Optional, for keepalived users (`real_server ADDR PORT`): DR cannot rewrite the
+    /// port, so it must equal the service port.
+    pub port: Option<u16>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// IPVS caps weights at 65535 (`ipvsadm -w`).
+pub const MAX_WEIGHT: u32 = 65535;
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckType {
+    Tcp,
+    Http,
+    Script,
+}
+
+/// keepalived's checker settings under drlb's names (implemented by the health-check issue).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    #[serde(rename = "type")]
+    pub kind: CheckType,
+    pub port: Option<u16>,
+    #[serde(default = "duration::default_interval", with = "duration::required")]
+    pub interval: Duration,
+    #[serde(default = "duration::default_timeout", with = "duration::required")]
+    pub timeout: Duration,
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    #[serde(default = "duration::default_retry_delay", with = "duration::required")]
+    pub retry_delay: Duration,
+    #[serde(default, with = "duration::option")]
+    pub warmup: Option<Duration>,
+    #[serde(default = "default_one")]
+    pub rise: u32,
+    #[serde(default = "default_one")]
+    pub fall: u32,
+    /// http: request path, host header, accepted status codes ("200", "200-299"), body regex.
+    pub path: Option<String>,
+    pub host: Option<String>,
+    pub status: Option<Vec<String>>,
+    pub regex: Option<String>,
+    /// script: the command to run.
+    pub command: Option<String>,
+}
+
+fn default_retries() -> u32 {
+    1
+}
+
+fn default_one() -> u32 {
+    1
+}
+
+/// One problem in a config file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub position: Position,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.position.line,
+            self.position.column,
+            self.message
+        )
+    }
+}
+
+/// All problems found in one file; `Display` prints one per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_owned(),
+                position: Position { line: 1, column: 1 },
+                message: format!("cannot read config file: {e}"),
+            }])
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses and validates `text`; `file` only names it in errors.
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        let config: Config = serde_yaml::from_str(text).map_err(|e| {
+            let position = e
+                .location()
+                .map(|l| Position { line: l.line(), column: l.column() })
+                .unwrap_or(Position { line: 1, column: 1 });
+            ConfigErrors(vec![ConfigError {
+                file: file.to_owned(),
+                position,
+                message: strip_location(&e.to_string()),
+            }])
+        })?;
+        let positions = Positions::index(text);
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(
+                problems
+                    .into_iter()
+                    .map(|(path, message)| ConfigError {
+                        file: file.to_owned(),
+                        position: positions.find(&path),
+                        message,
+                    })
+                    .collect(),
+            ))
+        }
+    }
+
+    /// Checks that span fields; returns (path, message) for each problem.
+    fn validate(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let iface = &self.director.interface;
+        if iface.is_empty() || iface.len() > 15 || iface.contains(['/', ' ']) {
+            problems.push((
+                "director.interface".into(),
+                format!("`{iface}` is not a valid interface name (1 to 15 characters, no '/' or spaces)"),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut endpoints = HashSet::new();
+        for (i, svc) in self.services.iter().enumerate() {
+            let at = |field: &str| format!("services[{i}].{field}");
+            if svc.name.is_empty() {
+                problems.push((at("name"), "service name must not be empty".into()));
+            } else if !names.insert(svc.name.as_str()) {
+                problems.push((at("name"), format!("duplicate service name `{}`", svc.name)));
+            }
+            if !endpoints.insert((svc.vip, svc.port, svc.protocol)) {
+                problems.push((
+                    at("vip"),
+                    format!(
+                        "duplicate service: {} {}:{} is already defined by an earlier service",
+                        svc.protocol, svc.vip, svc.port
+                    ),
+                ));
+            }
+            if svc.vip.is_ipv6() {
+                problems.push((at("vip"), "IPv6 VIPs are not supported yet (IPv4 only)".into()));
+            }
+            if svc.vip.is_unspecified() || svc.vip.is_multicast() || svc.vip.is_loopback() {
+                problems.push((at("vip"), format!("{} cannot be a VIP", svc.vip)));
+            }
+            if let Some(hc) = &svc.health_check {
+                problems.extend(hc.validate(svc.port).into_iter().map(|(f, m)| (at(&format!("health_check.{f}")), m)));
+            }
+            let mut seen = HashSet::new();
+            for (j, rs) in svc.real_servers.iter().enumerate() {
+                let rs_at = |field: &str| format!("services[{i}].real_servers[{j}].{field}");
+                if rs.address == svc.vip {
+                    problems.push((
+                        rs_at("address"),
+                        format!("real server {} is the VIP itself; in DR mode it must be the server's own address", rs.address),
+                    ));
+                }
+                if rs.address.is_ipv4() != svc.vip.is_ipv4() {
+                    problems.push((rs_at("address"), "real server and VIP must be the same address family".into()));
+                }
+                if !seen.insert(rs.address) {
+                    problems.push((rs_at("address"), format!("duplicate real server {} in service `{}`", rs.address, svc.name)));
+                }
+                if rs.weight > MAX_WEIGHT {
+                    problems.push((rs_at("weight"), format!("weight {} is above the maximum {MAX_WEIGHT}", rs.weight)));
+                }
+                if let Some(port) = rs.port
+                    && port != svc.port
+                {
+                    problems.push((
+                        rs_at("port"),
+                        format!("real server port {port} differs from service port {}: DR mode cannot change the destination port", svc.port),
+                    ));
+                }
+            }
+        }
+        problems
+    }
+}
+
+impl HealthCheck {
+    fn validate(&self, service_port: u16) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        if self.kind != CheckType::Script && self.port.is_none() && service_port == 0 {
+            problems.push(("port", "a port-0 service needs an explicit health_check port".into()));
+        }
+        for (field, value) in [("interval", self.interval), ("timeout", self.timeout)] {
+            if value.is_zero() {
+                problems.push((field, format!("{field} must be greater than 0s")));
+            }
+        }
+        for (field, value) in [("rise", self.rise), ("fall", self.fall)] {
+            if value == 0 {
+                problems.push((field, format!("{field} must be at least 1")));
+            }
+        }
+        match self.kind {
+            CheckType::Http if self.path.is_none() => {
+                problems.push(("type", "an http check needs `path`".into()))
+            }
+            CheckType::Script if self.command.is_none() => {
+                problems.push(("type", "a script check needs `command`".into()))
+            }
+            _ => {}
+        }
+        if let Some(statuses) = &self.status {
+            for s in statuses {
+                if parse_status_range(s).is_none() {
+                    problems.push(("status", format!("`{s}` is not a status code or range such as 200 or 200-299")));
+                }
+            }
+        }
+        problems
+    }
+}
+
+/// "200" or "200-299" → inclusive range.
+pub fn parse_status_range(s: &str) -> Option<(u16, u16)> {
+    let (lo, hi) = match s.split_once('-') {
+        Some((lo, hi)) => (lo.trim().parse().ok()?, hi.trim().parse().ok()?),
+        None => {
+            let v = s.trim().parse().ok()?;
+            (v, v)
+        }
+    };
+    ((100..=599).contains(&lo) && (lo..=599).contains(&hi)).then_some((lo, hi))
+}
+
+/// serde_yaml appends " at line L column C"; we print the location in front instead.
+fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}

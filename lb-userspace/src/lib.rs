@@ -1,0 +1,6 @@
+//! drlb's controller: configuration, the dataplane loader and map programming, kernel
+//! neighbour resolution, and the netns lab used by the demo and the integration tests.
+
+pub mod config;
+pub mod dataplane;
+pub mod tables;
