@@ -4,3 +4,6 @@
 pub mod config;
 pub mod dataplane;
 pub mod tables;
+pub mod netlink;
+pub mod controller;
+pub mod lab;

@@ -1,7 +1,65 @@
-fn main() {
-    let obj = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
-    let mut bpf = aya::Ebpf::load(obj).unwrap();
-    let p: &mut aya::programs::Xdp = bpf.program_mut("drlb_xdp").unwrap().try_into().unwrap();
-    p.load().unwrap();
-    println!("loaded");
+//! `drlb`: a Direct-Routing L4 load balancer whose dataplane is an XDP program.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use lb_userspace::config::Config;
+
+#[derive(Parser)]
+#[command(name = "drlb", version, about = "Direct-Routing L4 load balancer (XDP dataplane)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+const DEFAULT_CONFIG: &str = "/etc/drlb/drlb.yaml";
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the dataplane, attach it to the director interface and keep the maps current.
+    Run {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Validate a config file; prints FILE:LINE:COLUMN: message per problem.
+    Check {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+    match Cli::parse().command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(c) => {
+                let servers: usize = c.services.iter().map(|s| s.real_servers.len()).sum();
+                println!("{}: OK ({} service(s), {servers} real server(s))", config.display(), c.services.len());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("drlb: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(lb_userspace::controller::run(&config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    log::error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
 }

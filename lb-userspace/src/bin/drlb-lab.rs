@@ -1,1 +1,111 @@
-fn main(){}
+//! `drlb-lab demo`: the netns lab end to end — what `cargo xtask demo` runs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use lb_userspace::config::XdpMode;
+use lb_userspace::controller::format_mac;
+use lb_userspace::lab::{self, Lab, REAL_SERVERS};
+
+#[derive(Parser)]
+#[command(name = "drlb-lab", about = "drlb's network-namespace lab")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    Native,
+    Generic,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the lab, run drlb on the director, send HTTP requests to the VIP, tear down.
+    Demo {
+        /// The drlb binary to run on the director.
+        #[arg(long)]
+        drlb: PathBuf,
+        #[arg(long, value_enum, default_value = "native")]
+        mode: Mode,
+        #[arg(long, default_value_t = 100)]
+        requests: usize,
+    },
+}
+
+fn demo(drlb: PathBuf, mode: Mode, requests: usize, interrupted: Arc<AtomicBool>) -> Result<String> {
+    let mode = match mode {
+        Mode::Native => XdpMode::Native,
+        Mode::Generic => XdpMode::Generic,
+    };
+    println!("demo: building the lab (client, director, rs1, rs2 on a bridge; XDP {mode:?} mode)");
+    let mut lab = Lab::build(mode)?;
+    println!("  client   {}  {}", lab::CLIENT.addr, format_mac(&lab::CLIENT.mac));
+    println!("  director {}  {}  VIP {}", lab::DIRECTOR.addr, format_mac(&lab::DIRECTOR.mac), lab::VIP);
+    for rs in REAL_SERVERS {
+        println!("  {}      {}  {}  (nginx; VIP on lo, arp_ignore=1 arp_announce=2)", rs.role, rs.addr, format_mac(&rs.mac));
+    }
+    if interrupted.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    println!("demo: starting drlb on the director");
+    lab.start_drlb(&drlb)?;
+    println!("demo: sending {requests} HTTP requests from the client to http://{}/", lab::VIP);
+    let mut tally = lab::Tally::default();
+    for _ in 0..requests {
+        if interrupted.load(Ordering::SeqCst) {
+            bail!("interrupted");
+        }
+        let one = lab.http_requests(1, Duration::from_secs(2))?;
+        tally.ok += one.ok;
+        tally.failed += one.failed;
+        for i in 0..2 {
+            tally.per_server[i] += one.per_server[i];
+        }
+        if tally.first_error.is_none() {
+            tally.first_error = one.first_error;
+        }
+    }
+    for (rs, n) in REAL_SERVERS.iter().zip(tally.per_server) {
+        println!("  {} answered {n}", rs.role);
+    }
+    if let Some(e) = &tally.first_error {
+        println!("  first failure: {e}");
+    }
+    let log = lab.stop_drlb()?;
+    println!("demo: drlb's log:");
+    for line in log.lines() {
+        println!("  | {line}");
+    }
+    drop(lab);
+    Ok(format!(
+        "demo: {}/{requests} requests ok; rs1={} rs2={}",
+        tally.ok, tally.per_server[0], tally.per_server[1]
+    ))
+}
+
+fn main() -> ExitCode {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    // The lab is torn down by Drop when demo() returns early on Ctrl-C.
+    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    match Cli::parse().command {
+        Cmd::Demo { drlb, mode, requests } => match demo(drlb, mode, requests, interrupted) {
+            Ok(summary) => {
+                let all_ok = summary.contains(&format!(" {requests}/{requests} "));
+                println!("{summary}");
+                if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            }
+            Err(e) => {
+                eprintln!("demo failed: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

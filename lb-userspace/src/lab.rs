@@ -1,0 +1,421 @@
+//! The netns lab: client, director and two nginx real servers joined by a bridge in its
+//! own namespace, all addresses in 198.18.0.0/15. Used by `cargo xtask demo` and the
+//! integration tests. Everything it creates is removed on drop, and labs left behind by a
+//! killed run are removed by the next one.
+//!
+//! ```text
+//!   client 198.18.0.10 ─┐
+//!   director 198.18.0.2 ├─ br0 (bridge namespace)
+//!     + VIP 198.18.0.100│
+//!   rs1 198.18.0.11 ────┤   real servers: VIP on lo,
+//!   rs2 198.18.0.12 ────┘   arp_ignore=1, arp_announce=2
+//! ```
+
+use std::fs::{self, File};
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::programs::xdp::XdpLinkId;
+use nix::sched::{CloneFlags, setns};
+
+use crate::config::XdpMode;
+use crate::dataplane::{Dataplane, PROGRAM_PASS};
+use crate::tables::Mac;
+
+pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+pub const DIRECTOR_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+pub const PREFIX: u8 = 24;
+
+/// One host of the lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Host {
+    pub role: &'static str,
+    pub addr: Ipv4Addr,
+    pub mac: Mac,
+}
+
+pub const CLIENT: Host = Host { role: "client", addr: CLIENT_ADDR, mac: [0x02, 0xd1, 0, 0, 0, 0x0a] };
+pub const DIRECTOR: Host = Host { role: "director", addr: DIRECTOR_ADDR, mac: [0x02, 0xd1, 0, 0, 0, 0x02] };
+pub const REAL_SERVERS: [Host; 2] = [
+    Host { role: "rs1", addr: Ipv4Addr::new(198, 18, 0, 11), mac: [0x02, 0xd1, 0, 0, 0, 0x11] },
+    Host { role: "rs2", addr: Ipv4Addr::new(198, 18, 0, 12), mac: [0x02, 0xd1, 0, 0, 0, 0x12] },
+];
+
+/// Prefix of every namespace the lab creates: `drlbNNNNN-K-role` (NNNNN = creator pid).
+const NS_PREFIX: &str = "drlb";
+
+/// Runs a command, failing with its stderr.
+pub fn sh(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {program} (is it installed? `cargo xtask setup` installs it)"))?;
+    if !out.status.success() {
+        bail!("`{program} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns`.
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+            setns(&file, CloneFlags::CLONE_NEWNET).with_context(|| format!("entering namespace {ns}"))?;
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow!("thread in namespace {ns} panicked"))?
+    })
+}
+
+/// What a batch of HTTP requests to the VIP got.
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    pub ok: usize,
+    pub failed: usize,
+    /// Answers per real server role, in REAL_SERVERS order.
+    pub per_server: [usize; 2],
+    pub first_error: Option<String>,
+}
+
+/// A running lab; dropping it tears everything down.
+pub struct Lab {
+    tag: String,
+    pub dir: PathBuf,
+    pub mode: XdpMode,
+    children: Vec<(String, Child)>,
+    drlb: Option<Child>,
+    /// Holds the XDP_PASS program on the director's bridge-side veth (native mode).
+    peer_pass: Option<(Dataplane, XdpLinkId)>,
+    namespaces: Vec<String>,
+}
+
+static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl Lab {
+    pub fn ns(&self, role: &str) -> String {
+        format!("{}-{role}", self.tag)
+    }
+
+    /// Builds the topology and starts nginx on both real servers. `mode` decides the
+    /// native-mode extras (XDP_PASS on the peer veth, client tx checksum offload off).
+    pub fn build(mode: XdpMode) -> Result<Lab> {
+        remove_stale_labs();
+        let tag = format!("{NS_PREFIX}{}-{}", std::process::id(), LAB_COUNTER.fetch_add(1, Ordering::SeqCst));
+        let dir = std::env::temp_dir().join(&tag);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut lab = Lab { tag, dir, mode, children: Vec::new(), drlb: None, peer_pass: None, namespaces: Vec::new() };
+        lab.create_topology()?;
+        for rs in REAL_SERVERS {
+            lab.start_nginx(&rs)?;
+        }
+        for rs in REAL_SERVERS {
+            lab.wait_for_tcp(rs.addr, 80, Duration::from_secs(10))
+                .with_context(|| format!("nginx on {} did not come up; see {}", rs.role, lab.dir.join(rs.role).display()))?;
+        }
+        Ok(lab)
+    }
+
+    fn add_ns(&mut self, role: &str) -> Result<String> {
+        let ns = self.ns(role);
+        sh("ip", &["netns", "add", &ns])?;
+        self.namespaces.push(ns.clone());
+        sh("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    fn create_topology(&mut self) -> Result<()> {
+        let br = self.add_ns("br")?;
+        sh("ip", &["-n", &br, "link", "add", "br0", "type", "bridge"])?;
+        sh("ip", &["-n", &br, "link", "set", "br0", "up"])?;
+        let hosts: Vec<Host> = [CLIENT, DIRECTOR].into_iter().chain(REAL_SERVERS).collect();
+        for host in &hosts {
+            let ns = self.add_ns(host.role)?;
+            let peer = format!("v{}", host.role);
+            sh("ip", &["-n", &br, "link", "add", &peer, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+            sh("ip", &["-n", &br, "link", "set", &peer, "master", "br0", "up"])?;
+            let mac = crate::controller::format_mac(&host.mac);
+            sh("ip", &["-n", &ns, "link", "set", "eth0", "address", &mac])?;
+            sh("ip", &["-n", &ns, "addr", "add", &format!("{}/{PREFIX}", host.addr), "dev", "eth0"])?;
+            sh("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
+        }
+        // The director owns the VIP, as keepalived would configure it.
+        sh("ip", &["-n", &self.ns("director"), "addr", "add", &format!("{VIP}/32"), "dev", "eth0"])?;
+        for rs in REAL_SERVERS {
+            let ns = self.ns(rs.role);
+            sh("ip", &["-n", &ns, "addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+            for (key, value) in [
+                ("net.ipv4.conf.all.arp_ignore", "1"),
+                ("net.ipv4.conf.all.arp_announce", "2"),
+                ("net.ipv4.conf.lo.arp_ignore", "1"),
+                ("net.ipv4.conf.lo.arp_announce", "2"),
+                ("net.ipv4.conf.eth0.arp_ignore", "1"),
+                ("net.ipv4.conf.eth0.arp_announce", "2"),
+            ] {
+                sh("ip", &["netns", "exec", &ns, "sysctl", "-qw", &format!("{key}={value}")])?;
+            }
+        }
+        if self.mode == XdpMode::Native {
+            // veth checksum offload leaves TCP checksums to be finished by the receiver's
+            // stack, which XDP_TX bypasses: compute them at the client instead.
+            sh("ip", &["netns", "exec", &self.ns("client"), "ethtool", "-K", "eth0", "tx", "off"])?;
+            // Native XDP_TX on a veth needs an XDP program on its peer.
+            let mut dp = Dataplane::load()?;
+            let link = in_netns(&br, || Ok(dp.attach(PROGRAM_PASS, "vdirector", XdpMode::Native)?.0))?;
+            self.peer_pass = Some((dp, link));
+        }
+        Ok(())
+    }
+
+    fn start_nginx(&mut self, rs: &Host) -> Result<()> {
+        let dir = self.dir.join(rs.role);
+        fs::create_dir_all(&dir)?;
+        let conf = dir.join("nginx.conf");
+        fs::write(
+            &conf,
+            format!(
+                "daemon off;\nmaster_process on;\nworker_processes 1;\nuser root;\npid {d}/nginx.pid;\n\
+                 error_log {d}/error.log;\nevents {{ worker_connections 256; }}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {d};\n  default_type text/plain;\n\
+                 server {{ listen 80; location / {{ return 200 \"{role}\\n\"; }} }}\n}}\n",
+                d = dir.display(),
+                role = rs.role
+            ),
+        )?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(rs.role), "nginx", "-e", &dir.join("error.log").to_string_lossy()])
+            .args(["-c", &conf.to_string_lossy()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(dir.join("stderr.log"))?)
+            .spawn()
+            .context("starting nginx (is it installed? `cargo xtask setup` installs it)")?;
+        self.children.push((format!("nginx {}", rs.role), child));
+        Ok(())
+    }
+
+    fn wait_for_tcp(&self, addr: Ipv4Addr, port: u16, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        in_netns(&self.ns("client"), || loop {
+            match TcpStream::connect_timeout(&SocketAddr::from((addr, port)), Duration::from_millis(500)) {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => bail!("{addr}:{port} not reachable: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        })
+    }
+
+    /// Writes the lab's drlb config and starts `drlb run` in the director namespace;
+    /// returns once it logs that it is ready.
+    pub fn start_drlb(&mut self, drlb: &Path) -> Result<()> {
+        let mode = match self.mode {
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+            XdpMode::Auto => "auto",
+        };
+        let config = self.dir.join("drlb.yaml");
+        let mut servers = String::new();
+        for rs in REAL_SERVERS {
+            servers += &format!("      - {{ address: {}, weight: 1 }}\n", rs.addr);
+        }
+        fs::write(
+            &config,
+            format!(
+                "director:\n  interface: eth0\n  xdp_mode: {mode}\nservices:\n  - name: web\n    vip: {VIP}\n    port: 80\n    \
+                 protocol: tcp\n    scheduler: wlc\n    real_servers:\n{servers}"
+            ),
+        )?;
+        let log = self.dir.join("drlb.log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns("director")])
+            .arg(drlb)
+            .args(["run", "--config", &config.to_string_lossy()])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(File::create(self.dir.join("drlb.stdout"))?)
+            .stderr(File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("starting {}", drlb.display()))?;
+        self.drlb = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("ready:") {
+                return Ok(());
+            }
+            if let Some(status) = self.drlb.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.drlb = None;
+                bail!("drlb exited ({status}) before it was ready:\n{text}");
+            }
+            if Instant::now() > deadline {
+                bail!("drlb not ready after 20 s:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops drlb with SIGTERM (it detaches and logs its counters) and returns its log.
+    pub fn stop_drlb(&mut self) -> Result<String> {
+        if let Some(child) = self.drlb.take() {
+            stop_child(child, Duration::from_secs(10))?;
+        }
+        Ok(fs::read_to_string(self.dir.join("drlb.log")).unwrap_or_default())
+    }
+
+    /// `n` sequential HTTP/1.0 GETs to the VIP from the client, each on a new connection.
+    pub fn http_requests(&self, n: usize, timeout: Duration) -> Result<Tally> {
+        in_netns(&self.ns("client"), || {
+            let mut t = Tally::default();
+            for _ in 0..n {
+                match http_get(VIP, timeout) {
+                    Ok(body) => match REAL_SERVERS.iter().position(|rs| body.trim() == rs.role) {
+                        Some(i) => {
+                            t.ok += 1;
+                            t.per_server[i] += 1;
+                        }
+                        None => {
+                            t.failed += 1;
+                            t.first_error.get_or_insert(format!("unexpected body {body:?}"));
+                        }
+                    },
+                    Err(e) => {
+                        t.failed += 1;
+                        t.first_error.get_or_insert(format!("{e:#}"));
+                    }
+                }
+            }
+            Ok(t)
+        })
+    }
+
+    /// Whether the client can ping the director's own address.
+    pub fn ping_director(&self) -> bool {
+        sh("ip", &["netns", "exec", &self.ns("client"), "ping", "-c", "1", "-W", "2", &DIRECTOR_ADDR.to_string()]).is_ok()
+    }
+
+    /// Starts a capture in `role`'s namespace; stop it with [`Capture::finish`].
+    pub fn capture(&self, role: &str, filter: &str) -> Result<Capture> {
+        Capture::start(&self.ns(role), &self.dir.join(format!("capture-{role}.txt")), filter)
+    }
+
+    fn teardown(&mut self) {
+        if let Some(child) = self.drlb.take() {
+            let _ = stop_child(child, Duration::from_secs(5));
+        }
+        for (_, child) in self.children.drain(..) {
+            let _ = stop_child(child, Duration::from_secs(5));
+        }
+        self.peer_pass = None;
+        for ns in self.namespaces.drain(..).rev() {
+            delete_namespace(&ns);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+fn http_get(addr: Ipv4Addr, timeout: Duration) -> Result<String> {
+    let mut s = TcpStream::connect_timeout(&SocketAddr::from((addr, 80)), timeout).context("connect")?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.write_all(format!("GET / HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: drlb-lab\r\n\r\n").as_bytes())?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).context("read")?;
+    let (head, body) = response.split_once("\r\n\r\n").ok_or_else(|| anyhow!("no HTTP header in {response:?}"))?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        bail!("status line {:?}", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.to_string())
+}
+
+/// SIGTERM, then SIGKILL after `grace`.
+fn stop_child(mut child: Child, grace: Duration) -> Result<()> {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    child.wait()?;
+    Ok(())
+}
+
+/// Kills whatever still runs in `ns`, then deletes it (its veths go with it).
+fn delete_namespace(ns: &str) {
+    if let Ok(pids) = sh("ip", &["netns", "pids", ns]) {
+        for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    let _ = sh("ip", &["netns", "delete", ns]);
+}
+
+/// Removes namespaces of labs whose creating process is gone (e.g. it was SIGKILLed).
+fn remove_stale_labs() {
+    let Ok(list) = sh("ip", &["netns", "list"]) else { return };
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(rest) = name.strip_prefix(NS_PREFIX) else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            delete_namespace(name);
+            let _ = fs::remove_dir_all(std::env::temp_dir().join(name.rsplit_once('-').map(|(t, _)| t).unwrap_or(name)));
+        }
+    }
+}
+
+/// A tcpdump running in a namespace, printing link-level headers.
+pub struct Capture {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Capture {
+    fn start(ns: &str, out: &Path, filter: &str) -> Result<Capture> {
+        let err_path = out.with_extension("err");
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "tcpdump", "-i", "eth0", "-nn", "-e", "-l", "-U", filter])
+            .stdin(Stdio::null())
+            .stdout(File::create(out)?)
+            .stderr(File::create(&err_path)?)
+            .spawn()
+            .context("starting tcpdump (`cargo xtask setup` installs it)")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !fs::read_to_string(&err_path).unwrap_or_default().contains("listening on") {
+            if Instant::now() > deadline {
+                bail!("tcpdump did not start: {}", fs::read_to_string(&err_path).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Capture { child, out: out.to_owned() })
+    }
+
+    /// Stops the capture and returns the source MAC of every captured frame.
+    pub fn finish(self) -> Result<Vec<String>> {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGINT);
+        stop_child(self.child, Duration::from_secs(5))?;
+        let text = fs::read_to_string(&self.out)?;
+        // "HH:MM:SS.ffffff SRC_MAC > DST_MAC, ethertype IPv4 ..."
+        Ok(text.lines().filter_map(|l| l.split_whitespace().nth(1).map(str::to_string)).collect())
+    }
+}

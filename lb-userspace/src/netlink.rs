@@ -1,0 +1,212 @@
+//! The kernel's view of the director interface over rtnetlink: its MAC and subnets, and
+//! the real servers' MACs from the neighbour (ARP) table — resolved on demand and followed.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::{Context as _, Result, anyhow};
+use futures::TryStreamExt as _;
+use futures::channel::mpsc::UnboundedReceiver;
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
+use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::{Handle, MulticastGroup, sys::SocketAddr};
+
+use crate::tables::Mac;
+
+/// The director's interface as the kernel reports it.
+#[derive(Debug, Clone)]
+pub struct Interface {
+    pub name: String,
+    pub index: u32,
+    pub mac: Mac,
+    /// IPv4 addresses with their prefix lengths.
+    pub ipv4: Vec<(Ipv4Addr, u8)>,
+}
+
+impl Interface {
+    /// Whether `addr` is in one of the interface's subnets, i.e. reachable at layer 2,
+    /// which Direct Routing requires of every real server.
+    pub fn on_link(&self, addr: IpAddr) -> bool {
+        let IpAddr::V4(addr) = addr else { return false };
+        self.ipv4.iter().any(|(net, len)| {
+            let mask = if *len == 0 { 0 } else { u32::MAX << (32 - u32::from(*len)) };
+            u32::from(*net) & mask == u32::from(addr) & mask
+        })
+    }
+
+    /// "198.18.0.2/24, 198.18.0.100/32" for messages.
+    pub fn describe_subnets(&self) -> String {
+        if self.ipv4.is_empty() {
+            return "no IPv4 address".into();
+        }
+        self.ipv4.iter().map(|(a, l)| format!("{a}/{l}")).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// Opens an rtnetlink connection driven by a background task.
+pub fn connect() -> Result<Handle> {
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// Looks up `name` in the current network namespace.
+pub async fn interface(handle: &Handle, name: &str) -> Result<Interface> {
+    let link = handle
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await
+        .with_context(|| format!("interface {name} not found: check director.interface in the config (`ip link` lists interfaces)"))?
+        .ok_or_else(|| anyhow!("interface {name} not found"))?;
+    let mac = link
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(b) if b.len() == 6 => Some([b[0], b[1], b[2], b[3], b[4], b[5]]),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow!("interface {name} has no Ethernet address; DR needs an Ethernet interface"))?;
+    let index = link.header.index;
+    let mut ipv4 = Vec::new();
+    let mut addrs = handle.address().get().set_link_index_filter(index).execute();
+    while let Some(msg) = addrs.try_next().await.with_context(|| format!("listing addresses of {name}"))? {
+        for attr in &msg.attributes {
+            if let AddressAttribute::Local(IpAddr::V4(a)) | AddressAttribute::Address(IpAddr::V4(a)) = attr {
+                if !ipv4.contains(&(*a, msg.header.prefix_len)) {
+                    ipv4.push((*a, msg.header.prefix_len));
+                }
+            }
+        }
+    }
+    Ok(Interface { name: name.to_string(), index, mac, ipv4 })
+}
+
+/// A neighbour-table fact about one address on one interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NeighbourEvent {
+    /// The kernel holds a usable MAC for the address.
+    Resolved { ifindex: u32, addr: IpAddr, mac: Mac },
+    /// Resolution failed: the address does not answer ARP.
+    Failed { ifindex: u32, addr: IpAddr },
+    /// The entry is gone (garbage-collected or deleted); the MAC may still be right.
+    Removed { ifindex: u32, addr: IpAddr },
+}
+
+/// States in which the entry's link-layer address is trustworthy.
+fn usable(state: NeighbourState) -> bool {
+    matches!(
+        state,
+        NeighbourState::Reachable
+            | NeighbourState::Stale
+            | NeighbourState::Delay
+            | NeighbourState::Probe
+            | NeighbourState::Permanent
+            | NeighbourState::Noarp
+    )
+}
+
+fn decode(msg: &NeighbourMessage, removed: bool) -> Option<NeighbourEvent> {
+    let ifindex = msg.header.ifindex;
+    let addr = msg.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    })?;
+    if removed {
+        return Some(NeighbourEvent::Removed { ifindex, addr });
+    }
+    let mac = msg.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => Some([b[0], b[1], b[2], b[3], b[4], b[5]]),
+        _ => None,
+    });
+    match (usable(msg.header.state), mac) {
+        (true, Some(mac)) => Some(NeighbourEvent::Resolved { ifindex, addr, mac }),
+        _ if msg.header.state == NeighbourState::Failed => Some(NeighbourEvent::Failed { ifindex, addr }),
+        _ => None,
+    }
+}
+
+/// The MACs the kernel currently knows on `ifindex`.
+pub async fn neighbours(handle: &Handle, ifindex: u32) -> Result<HashMap<IpAddr, Mac>> {
+    let mut out = HashMap::new();
+    let mut dump = handle.neighbours().get().execute();
+    while let Some(msg) = dump.try_next().await.context("dumping the neighbour table")? {
+        if let Some(NeighbourEvent::Resolved { ifindex: i, addr, mac }) = decode(&msg, false)
+            && i == ifindex
+        {
+            out.insert(addr, mac);
+        }
+    }
+    Ok(out)
+}
+
+/// Asks the kernel to resolve (or re-confirm) `addr` on `ifindex` now: an RTM_NEWNEIGH with
+/// NTF_USE, which makes the kernel send ARP as if it had a packet for the address.
+pub async fn trigger_resolution(handle: &Handle, ifindex: u32, addr: IpAddr) -> Result<()> {
+    handle
+        .neighbours()
+        .add(ifindex, addr)
+        .state(NeighbourState::None)
+        .flags(NeighbourFlags::Use)
+        .replace()
+        .execute()
+        .await
+        .with_context(|| format!("asking the kernel to resolve the MAC of {addr}"))
+}
+
+/// Neighbour-table changes, as they happen.
+pub struct NeighbourWatch {
+    messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
+}
+
+impl NeighbourWatch {
+    /// Subscribes to RTNLGRP_NEIGH. Subscribe before dumping the table so nothing is missed.
+    pub fn subscribe() -> Result<Self> {
+        let (conn, _handle, messages) = rtnetlink::new_multicast_connection(&[MulticastGroup::Neigh])
+            .context("subscribing to neighbour-table changes")?;
+        tokio::spawn(conn);
+        Ok(NeighbourWatch { messages })
+    }
+
+    /// The next relevant change; `None` if the subscription ended.
+    pub async fn next(&mut self) -> Option<NeighbourEvent> {
+        use futures::StreamExt as _;
+        loop {
+            let (msg, _) = self.messages.next().await?;
+            let event = match msg.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n)) => decode(&n, false),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelNeighbour(n)) => decode(&n, true),
+                _ => None,
+            };
+            if event.is_some() {
+                return event;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn on_link_uses_prefixes() {
+        let i = Interface {
+            name: "eth0".into(),
+            index: 2,
+            mac: [0; 6],
+            ipv4: vec![("198.18.0.2".parse().unwrap(), 24), ("198.18.0.100".parse().unwrap(), 32)],
+        };
+        assert!(i.on_link("198.18.0.11".parse().unwrap()));
+        assert!(!i.on_link("198.19.0.11".parse().unwrap()));
+        assert!(!i.on_link("2001:db8::1".parse().unwrap()));
+    }
+}
