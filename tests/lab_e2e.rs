@@ -1,1 +1,89 @@
+//! End to end in the netns lab: real TCP from a client through drlb's XDP program on the
+//! director to nginx real servers, in native and in generic XDP mode. Needs root.
 
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use lb_userspace::config::XdpMode;
+use lb_userspace::controller::format_mac;
+use lb_userspace::lab::{DIRECTOR, Lab, REAL_SERVERS, VIP};
+
+/// Labs run one at a time: they are cheap, and timing-sensitive assertions (like "no
+/// reply crossed the director") are clearer without a second lab competing for the CPUs.
+static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+const REQUESTS: usize = 100;
+
+fn end_to_end(mode: XdpMode) {
+    let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let drlb = Path::new(env!("CARGO_BIN_EXE_drlb"));
+    let mut lab = Lab::build(mode).expect("build the lab (needs root, iproute2, nginx, ethtool)");
+
+    // Without drlb the director owns the VIP and nothing listens on port 80: refused.
+    let before = lab.http_requests(3, Duration::from_secs(2)).unwrap();
+    assert_eq!(before.ok, 0, "{mode:?}: a request to the VIP succeeded without drlb: {before:?}");
+
+    lab.start_drlb(drlb).expect("start drlb");
+    let on_director = lab.capture("director", &format!("tcp and src host {VIP}")).unwrap();
+    let on_client = lab.capture("client", &format!("tcp and src host {VIP}")).unwrap();
+
+    let tally = lab.http_requests(REQUESTS, Duration::from_secs(3)).unwrap();
+    let replies_at_director = on_director.finish().unwrap();
+    let replies_at_client = on_client.finish().unwrap();
+    println!("{mode:?}: {tally:?}; replies seen at client {}, at director {}", replies_at_client.len(), replies_at_director.len());
+
+    assert_eq!(tally.ok, REQUESTS, "{mode:?}: {} failed, first: {:?}", tally.failed, tally.first_error);
+    for (rs, n) in REAL_SERVERS.iter().zip(tally.per_server) {
+        assert!(n > 0, "{mode:?}: {} answered none of {REQUESTS}", rs.role);
+    }
+    // Direct Routing: replies go from the real servers straight to the client. The client
+    // sees every reply frame come from a real server's MAC, and the director sees none.
+    assert!(replies_at_client.len() >= REQUESTS, "{mode:?}: client captured {} reply frames", replies_at_client.len());
+    let rs_macs: Vec<String> = REAL_SERVERS.iter().map(|rs| format_mac(&rs.mac)).collect();
+    for mac in &replies_at_client {
+        assert!(rs_macs.contains(mac), "{mode:?}: a reply came from {mac}, not from a real server (director is {})", format_mac(&DIRECTOR.mac));
+    }
+    assert!(replies_at_director.is_empty(), "{mode:?}: {} reply frames reached the director", replies_at_director.len());
+
+    // The director's own address still answers.
+    if let Err(e) = lab.ping_director() {
+        panic!("{mode:?}: the director's own address stopped answering ping: {e:#}");
+    }
+
+    let log = lab.stop_drlb().unwrap();
+    let counters = log.lines().find(|l| l.contains("counters:")).unwrap_or_else(|| panic!("no counters in drlb's log:\n{log}"));
+    let forwarded: u64 = counters
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("tx_forwarded="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    // Each request is at least SYN, ACK+request and FIN/ACK from the client.
+    assert!(forwarded >= 3 * REQUESTS as u64, "{mode:?}: only {forwarded} packets forwarded: {counters}");
+    let mode_name = if mode == XdpMode::Native { "native" } else { "generic" };
+    assert!(log.contains(&format!("in {mode_name} mode")), "{mode:?}: drlb attached in another mode:\n{log}");
+    assert!(log.contains("detached from eth0"), "{mode:?}: drlb did not detach cleanly:\n{log}");
+}
+
+#[test]
+fn native_mode_forwards_real_tcp_in_dr() {
+    end_to_end(XdpMode::Native);
+}
+
+#[test]
+fn generic_mode_forwards_real_tcp_in_dr() {
+    end_to_end(XdpMode::Generic);
+}
+
+/// A real server outside the director interface's subnets is refused with a message that
+/// says so, and nothing is attached.
+#[test]
+fn real_server_not_on_link_is_refused() {
+    let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let drlb = Path::new(env!("CARGO_BIN_EXE_drlb"));
+    let mut lab = Lab::build(XdpMode::Generic).expect("build the lab");
+    let config = lab.drlb_config().replace(&REAL_SERVERS[1].addr.to_string(), "198.19.7.7");
+    let err = lab.start_drlb_with(drlb, &config).expect_err("drlb must refuse an off-link real server");
+    let text = format!("{err:#}");
+    assert!(text.contains("198.19.7.7") && text.contains("not on-link on eth0"), "unexpected error: {text}");
+}

@@ -215,26 +215,35 @@ impl Lab {
         })
     }
 
-    /// Writes the lab's drlb config and starts `drlb run` in the director namespace;
-    /// returns once it logs that it is ready.
-    pub fn start_drlb(&mut self, drlb: &Path) -> Result<()> {
+    /// The drlb config for this lab: service `web` on VIP:80/tcp over both real servers.
+    pub fn drlb_config(&self) -> String {
         let mode = match self.mode {
             XdpMode::Native => "native",
             XdpMode::Generic => "generic",
             XdpMode::Auto => "auto",
         };
-        let config = self.dir.join("drlb.yaml");
         let mut servers = String::new();
         for rs in REAL_SERVERS {
             servers += &format!("      - {{ address: {}, weight: 1 }}\n", rs.addr);
         }
-        fs::write(
-            &config,
-            format!(
-                "director:\n  interface: eth0\n  xdp_mode: {mode}\nservices:\n  - name: web\n    vip: {VIP}\n    port: 80\n    \
-                 protocol: tcp\n    scheduler: wlc\n    real_servers:\n{servers}"
-            ),
-        )?;
+        format!(
+            "director:\n  interface: eth0\n  xdp_mode: {mode}\nservices:\n  - name: web\n    vip: {VIP}\n    port: 80\n    \
+             protocol: tcp\n    scheduler: wlc\n    real_servers:\n{servers}"
+        )
+    }
+
+    /// Starts `drlb run` with [`Lab::drlb_config`] in the director namespace; returns once
+    /// it logs that it is ready.
+    pub fn start_drlb(&mut self, drlb: &Path) -> Result<()> {
+        let config = self.drlb_config();
+        self.start_drlb_with(drlb, &config)
+    }
+
+    /// Starts `drlb run` with the given config text; returns once it is ready, or fails
+    /// with its log if it exits first.
+    pub fn start_drlb_with(&mut self, drlb: &Path, config_text: &str) -> Result<()> {
+        let config = self.dir.join("drlb.yaml");
+        fs::write(&config, config_text)?;
         let log = self.dir.join("drlb.log");
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns("director")])
@@ -298,9 +307,10 @@ impl Lab {
         })
     }
 
-    /// Whether the client can ping the director's own address.
-    pub fn ping_director(&self) -> bool {
-        sh("ip", &["netns", "exec", &self.ns("client"), "ping", "-c", "1", "-W", "2", &DIRECTOR_ADDR.to_string()]).is_ok()
+    /// Pings the director's own address from the client.
+    pub fn ping_director(&self) -> Result<()> {
+        sh("ip", &["netns", "exec", &self.ns("client"), "ping", "-c", "1", "-W", "2", &DIRECTOR_ADDR.to_string()])
+            .map(|_| ())
     }
 
     /// Starts a capture in `role`'s namespace; stop it with [`Capture::finish`].

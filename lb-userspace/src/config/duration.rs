@@ -3,22 +3,35 @@
 
 use std::time::Duration;
 
-use serde::{de, Deserialize, Deserializer};
+use serde::{de, Deserializer};
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Raw {
-    Seconds(u64),
-    Text(String),
+/// A visitor rather than an untagged enum: untagged enums buffer the value and lose its
+/// position, and every error here must point at the offending line and column.
+struct DurationVisitor;
+
+impl de::Visitor<'_> for DurationVisitor {
+    type Value = Duration;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a duration such as 7s, 500ms or 1m, or a number of seconds")
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+        Ok(Duration::from_secs(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+        u64::try_from(v).map(Duration::from_secs).map_err(|_| E::custom(format!("invalid duration {v}: must not be negative")))
+    }
+
+    fn visit_str<E: de::Error>(self, t: &str) -> Result<Duration, E> {
+        humantime::parse_duration(t.trim())
+            .map_err(|e| E::custom(format!("invalid duration `{t}` ({e}); write e.g. 7s, 500ms or 1m")))
+    }
 }
 
 fn parse<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    match Raw::deserialize(d)? {
-        Raw::Seconds(s) => Ok(Duration::from_secs(s)),
-        Raw::Text(t) => humantime::parse_duration(t.trim()).map_err(|e| {
-            de::Error::custom(format!("invalid duration `{t}` ({e}); write e.g. 7s, 500ms or 1m"))
-        }),
-    }
+    d.deserialize_any(DurationVisitor)
 }
 
 pub mod required {
