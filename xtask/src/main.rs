@@ -1,1 +1,144 @@
-fn main(){}
+//! drlb's developer entry points. Every command that needs the toolchain or the lab's
+//! tools runs `setup` first, which installs only what is missing and says what it does.
+
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "drlb developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing (Debian packages, nightly rust-src, bpf-linker) and mount bpffs.
+    Setup,
+    /// Build `drlb` with the XDP dataplane embedded.
+    Build {
+        #[arg(long)]
+        release: bool,
+        /// e.g. aarch64-unknown-linux-gnu for Kunpeng directors.
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// Build and run `drlb` with the given arguments, e.g. `cargo xtask run -- run --config FILE`.
+    Run {
+        #[arg(long)]
+        release: bool,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: unit, property, dataplane fixtures (BPF_PROG_TEST_RUN), config, netns lab.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build the netns lab, send 100 HTTP requests through drlb, tear it down.
+    Demo {
+        /// native or generic XDP on the director.
+        #[arg(long, default_value = "native")]
+        mode: String,
+    },
+    /// Packet-replay benchmark against floors measured in the same run.
+    Bench,
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// Runs a command in the workspace root, echoing it, and fails if it fails.
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: $ {}", describe(cmd));
+    let status = cmd.current_dir(workspace_root()).status().with_context(|| format!("starting {}", describe(cmd)))?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", describe(cmd));
+    }
+    Ok(())
+}
+
+pub fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program().to_string_lossy().into_owned())
+        .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Builds lb-userspace's binaries; returns the directory holding them.
+fn build(release: bool, target: Option<&str>) -> Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "lb-userspace", "--bins"]);
+    if release {
+        cmd.arg("--release");
+    }
+    if let Some(t) = target {
+        cmd.args(["--target", t]);
+    }
+    run_cmd(&mut cmd)?;
+    let mut dir = workspace_root().join("target");
+    if let Some(t) = target {
+        dir = dir.join(t);
+    }
+    Ok(dir.join(if release { "release" } else { "debug" }))
+}
+
+fn require_root(what: &str) -> Result<()> {
+    if !is_root() {
+        bail!("{what} needs root (BPF, network namespaces): run it with sudo");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Setup => setup::ensure(&setup::Needs::default()),
+        Cmd::Build { release, target } => {
+            setup::ensure(&setup::Needs { cross_target: target.clone(), ..Default::default() })?;
+            let dir = build(release, target.as_deref())?;
+            println!("xtask: built {}", dir.join("drlb").display());
+            Ok(())
+        }
+        Cmd::Run { release, args } => {
+            setup::ensure(&setup::Needs::default())?;
+            let dir = build(release, None)?;
+            run_cmd(Command::new(dir.join("drlb")).args(&args))
+        }
+        Cmd::Test { args } => {
+            require_root("cargo xtask test")?;
+            setup::ensure(&setup::Needs::default())?;
+            // Default members: lb-common, lb-userspace (with ../tests), xtask. lb-ebpf is
+            // built for BPF by lb-userspace's build script and tested through it.
+            let mut cmd = cargo();
+            cmd.args(["test", "--workspace", "--exclude", "lb-ebpf"]).args(&args);
+            run_cmd(&mut cmd)
+        }
+        Cmd::Demo { mode } => {
+            require_root("cargo xtask demo")?;
+            setup::ensure(&setup::Needs::default())?;
+            let dir = build(false, None)?;
+            run_cmd(Command::new(dir.join("drlb-lab")).args(["demo", "--mode", &mode, "--drlb"]).arg(dir.join("drlb")))
+        }
+        Cmd::Bench => {
+            setup::ensure(&setup::Needs::default())?;
+            bail!("the packet-replay benchmark is not built yet (tracked as issue #5)")
+        }
+    }
+}
