@@ -249,3 +249,67 @@ fn flows_spread_over_real_servers_and_stick() {
     }
     assert!((400..600).contains(&rs1), "rs1 got {rs1} of 1000 flows");
 }
+
+/// Every frame of a real capture (TCP, UDP, ICMP, IGMP, EIGRP, MPLS, IPv6, ARP, 802.3) gets
+/// the same verdict and bytes from the kernel as from the host model — as captured, and
+/// with every IPv4 destination rewritten to the all-ports TCP VIP, where each unfragmented
+/// TCP frame must be forwarded and nothing else may be.
+#[test]
+fn real_capture_frames_get_sensible_verdicts() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/pcaps/mixed-179.pcap");
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e} (shared/ must sit beside the checkout)", path.display()));
+    let mut reader = pcap_file::pcap::PcapReader::new(file).unwrap();
+    let mut frames = Vec::new();
+    while let Some(pkt) = reader.next_packet() {
+        frames.push(pkt.unwrap().data.into_owned());
+    }
+    assert_eq!(frames.len(), 179);
+
+    let tables = tables();
+    let mut dp = Dataplane::load().expect("load the dataplane (run as root)");
+    dp.apply(&tables).unwrap();
+    let prog = dp.program(PROGRAM_LB).unwrap();
+    let run = |frame: &[u8]| -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = prog.test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::new() }).unwrap();
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    };
+
+    let (mut forwarded_count, mut tcp_to_vip) = (0, 0);
+    for (i, original) in frames.iter().enumerate() {
+        if original.len() < 14 {
+            continue; // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header.
+        }
+        let (verdict, out) = run(original);
+        assert_eq!(verdict, XDP_PASS, "frame {i}: nothing in the capture is for a lab VIP");
+        assert_eq!(&out, original, "frame {i} was modified");
+
+        let l3 = match u16::from_be_bytes([original[12], original[13]]) {
+            0x0800 => 14,
+            0x8100 if original.len() > 18 && original[16..18] == [0x08, 0x00] => 18,
+            _ => continue,
+        };
+        if original.len() < l3 + 20 {
+            continue;
+        }
+        let mut aimed = original.clone();
+        aimed[l3 + 16..l3 + 20].copy_from_slice(&VIP_ALLPORTS);
+        let (verdict, out) = run(&aimed);
+        let mut model = aimed.clone();
+        let stat = lb_common::dataplane::process(model.as_mut_slice(), &tables);
+        assert_eq!((verdict, &out), (stat.xdp_action(), &model), "frame {i}: kernel and host model disagree");
+        let is_tcp = aimed[l3 + 9] == 6;
+        let fragmented = u16::from_be_bytes([aimed[l3 + 6], aimed[l3 + 7]]) & 0x3fff != 0;
+        if is_tcp && !fragmented {
+            tcp_to_vip += 1;
+            assert_eq!(verdict, XDP_TX, "frame {i}: TCP to the all-ports VIP must be forwarded ({stat:?})");
+            assert_eq!(out, forwarded(&aimed, RS4_MAC), "frame {i}");
+        } else {
+            assert_ne!(verdict, XDP_TX, "frame {i}: only TCP may be forwarded to a TCP service ({stat:?})");
+        }
+        forwarded_count += (verdict == XDP_TX) as usize;
+    }
+    println!("capture: {} frames, {tcp_to_vip} TCP frames aimed at the VIP, {forwarded_count} forwarded", frames.len());
+    assert!(tcp_to_vip > 10, "the capture should hold TCP frames");
+}

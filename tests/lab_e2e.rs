@@ -87,3 +87,37 @@ fn real_server_not_on_link_is_refused() {
     let text = format!("{err:#}");
     assert!(text.contains("198.19.7.7") && text.contains("not on-link on eth0"), "unexpected error: {text}");
 }
+
+/// drlb follows the kernel's neighbour table: when rs2's entry changes to a wrong MAC, rs2's
+/// share of requests fails (the frames go to a MAC nobody has); when it changes back,
+/// every request succeeds again — all without restarting drlb.
+#[test]
+fn neighbour_changes_are_followed() {
+    let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let drlb = Path::new(env!("CARGO_BIN_EXE_drlb"));
+    let mut lab = Lab::build(XdpMode::Generic).expect("build the lab");
+    lab.start_drlb(drlb).expect("start drlb");
+    let director = lab.ns("director");
+    let rs2 = REAL_SERVERS[1];
+    let set_rs2_mac = |mac: &str| {
+        lb_userspace::lab::sh("ip", &["-n", &director, "neigh", "replace", &rs2.addr.to_string(), "lladdr", mac, "dev", "eth0", "nud", "permanent"])
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+    };
+
+    set_rs2_mac("02:d1:00:00:00:99");
+    let broken = lab.http_requests(30, Duration::from_millis(700)).unwrap();
+    println!("rs2 at a wrong MAC: {broken:?}");
+    assert!(broken.failed > 0, "requests to rs2 should fail while its MAC is wrong: {broken:?}");
+    assert_eq!(broken.per_server[1], 0, "rs2 answered although its frames went elsewhere: {broken:?}");
+    assert!(broken.per_server[0] > 0, "rs1 must keep serving: {broken:?}");
+
+    set_rs2_mac(&format_mac(&rs2.mac));
+    let healed = lab.http_requests(30, Duration::from_secs(2)).unwrap();
+    println!("rs2 at its MAC again: {healed:?}");
+    assert_eq!(healed.ok, 30, "{healed:?}");
+    assert!(healed.per_server[1] > 0, "{healed:?}");
+
+    let log = lab.stop_drlb().unwrap();
+    assert!(log.contains(&format!("real server {} is at 02:d1:00:00:00:99", rs2.addr)), "drlb did not log the change:\n{log}");
+}

@@ -65,6 +65,41 @@ pub fn run_cmd(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Runs `cargo test`, passing its output through, and closes with one line that sums every
+/// test binary's result: `tests: N passed, M failed`.
+fn run_tests(cmd: &mut Command) -> Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    eprintln!("xtask: $ {}", describe(cmd));
+    let mut child = cmd
+        .current_dir(workspace_root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", describe(cmd)))?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped stdout")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(['.', ';']) {
+                let mut words = part.split_whitespace();
+                if let (Some(n), Some(kind)) = (words.next().and_then(|n| n.parse::<u64>().ok()), words.next()) {
+                    match kind {
+                        "passed" => passed += n,
+                        "failed" => failed += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("`{}` failed ({status})", describe(cmd));
+    }
+    Ok(())
+}
+
 pub fn describe(cmd: &Command) -> String {
     std::iter::once(cmd.get_program().to_string_lossy().into_owned())
         .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
@@ -128,7 +163,7 @@ fn main() -> Result<()> {
             // built for BPF by lb-userspace's build script and tested through it.
             let mut cmd = cargo();
             cmd.args(["test", "--workspace", "--exclude", "lb-ebpf"]).args(&args);
-            run_cmd(&mut cmd)
+            run_tests(&mut cmd)
         }
         Cmd::Demo { mode } => {
             require_root("cargo xtask demo")?;
