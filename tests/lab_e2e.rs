@@ -121,3 +121,26 @@ fn neighbour_changes_are_followed() {
     let log = lab.stop_drlb().unwrap();
     assert!(log.contains(&format!("real server {} is at 02:d1:00:00:00:99", rs2.addr)), "drlb did not log the change:\n{log}");
 }
+
+/// `xdp_mode: auto` on an interface whose driver has no native XDP (a bridge device) falls back to
+/// generic mode and logs why.
+#[test]
+fn auto_mode_falls_back_to_generic_with_a_reason() {
+    let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let drlb = Path::new(env!("CARGO_BIN_EXE_drlb"));
+    let mut lab = Lab::build(XdpMode::Generic).expect("build the lab");
+    let director = lab.ns("director");
+    for args in [
+        vec!["-n", &director, "link", "add", "nox0", "type", "bridge"],
+        vec!["-n", &director, "addr", "add", "198.18.5.2/24", "dev", "nox0"],
+        vec!["-n", &director, "link", "set", "nox0", "up"],
+    ] {
+        lb_userspace::lab::sh("ip", &args).unwrap();
+    }
+    let config = "director:\n  interface: nox0\n  xdp_mode: auto\nservices:\n  - name: web\n    vip: 198.18.5.100\n    port: 80\n    protocol: tcp\n    real_servers:\n      - { address: 198.18.5.11 }\n";
+    lab.start_drlb_with(drlb, config).expect("drlb starts in generic mode");
+    let log = lab.stop_drlb().unwrap();
+    assert!(log.contains("native XDP is not available on nox0"), "no fallback reason logged:\n{log}");
+    assert!(log.contains("XDP attached to nox0 in generic mode"), "{log}");
+    assert!(log.contains("no ARP reply yet"), "the unresolved real server should be reported:\n{log}");
+}

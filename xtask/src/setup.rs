@@ -92,7 +92,10 @@ fn rust_toolchain(needs: &Needs) -> Result<()> {
             run_cmd(Command::new("rustup").args(["target", "add", target]))?;
         }
         if target.starts_with("aarch64-") && target.contains("linux-gnu") {
-            install_debs(&[("gcc-aarch64-linux-gnu", "linker for aarch64-unknown-linux-gnu")])?;
+            install_debs(&[
+                ("gcc-aarch64-linux-gnu", "linker for aarch64-unknown-linux-gnu"),
+                ("libc6-dev-arm64-cross", "arm64 C runtime for linking"),
+            ])?;
         }
     }
     Ok(())
