@@ -7,12 +7,7 @@ pub type Addr16 = [u8; 16];
 /// Stores an IPv4 address (network byte order) in the 16-byte form the maps use.
 #[inline(always)]
 pub const fn v4_mapped(v4: [u8; 4]) -> Addr16 {
-    // Two 64-bit words rather than sixteen bytes: stored byte by byte, LLVM folds the ten
-    // zero bytes into a memset, which the BPF backend cannot lower ("call to built-in
-    // function 'memset' is not supported").
-    let words = [0u64, u64::from_ne_bytes([0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]])];
-    // SAFETY: [u64; 2] and [u8; 16] have the same size and every bit pattern is valid.
-    unsafe { core::mem::transmute::<[u64; 2], Addr16>(words) }
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]]
 }
 
 /// Returns the IPv4 address inside an IPv4-mapped 16-byte address, if it is one.

@@ -9,11 +9,16 @@
 #![no_std]
 
 pub mod addr;
+pub mod conn;
 pub mod dataplane;
 pub mod hash;
 pub mod maps;
 pub mod packet;
+pub mod sched;
 pub mod stats;
 
-#[cfg(test)]
+#[cfg(any(test, feature = "host"))]
 extern crate std;
+
+#[cfg(any(test, feature = "host"))]
+pub mod host;

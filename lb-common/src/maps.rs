@@ -4,24 +4,60 @@
 
 use crate::addr::Addr16;
 
-/// `HashMap<VipKey, Vip>`: every address drlb balances. Checked first, so a packet to any
-/// other address costs one lookup before it is passed.
+/// `Array<u32>`: a one-lookup pre-filter on destination addresses. Non-zero where some
+/// VIP hashes ([`vip_filter_index`]); a zero settles a packet as not for a VIP before any
+/// hash-map lookup.
+pub const MAP_VIP_FILTER: &str = "DRLB_VIP_FILTER";
+/// `HashMap<VipKey, Vip>`: every address drlb balances (rare paths: fragments, truncated
+/// headers, protocols without a service).
 pub const MAP_VIPS: &str = "DRLB_VIPS";
-/// `HashMap<ServiceKey, Service>`: (VIP, port, protocol) → service. Port 0 = every port.
+/// `HashMap<ServiceKey, u32>`: (VIP, port, protocol) → service id. Port 0 = every port.
+pub const MAP_SERVICE_IDS: &str = "DRLB_SVC_IDS";
+/// `Array<Service>`: service id → service.
 pub const MAP_SERVICES: &str = "DRLB_SERVICES";
 /// `Array<Backend>`: real servers; each service owns a contiguous slice of slots.
 pub const MAP_BACKENDS: &str = "DRLB_BACKENDS";
+/// `Array<ConnCounts>`: ActiveConn/InActConn per backend slot, updated atomically.
+pub const MAP_CONN_COUNTS: &str = "DRLB_CONN_COUNT";
+/// `PerCpuArray<BackendStats>`: connections, packets and bytes per backend slot.
+pub const MAP_BACKEND_STATS: &str = "DRLB_RS_STATS";
+/// `LruHashMap<ConnKey, Conn>`: the connection table.
+pub const MAP_CONNS: &str = "DRLB_CONNS";
+/// `LruHashMap<ConnKey, Persist>`: persistence templates (client network → real server).
+pub const MAP_PERSIST: &str = "DRLB_PERSIST";
+/// `Array<SchedState>`: per-service scheduler position (rr, wrr).
+pub const MAP_SCHED_STATE: &str = "DRLB_SCHED";
+/// `Array<u16>`: precomputed scheduler tables (wrr sequences, sh buckets, mh lookup).
+pub const MAP_SCHED_TABLE: &str = "DRLB_SCHED_TAB";
 /// `PerCpuArray<u64>`: one counter per [`crate::stats::Stat`].
 pub const MAP_STATS: &str = "DRLB_STATS";
 
+/// Capacity of `DRLB_VIP_FILTER` (a power of two).
+pub const VIP_FILTER_SIZE: u32 = 4096;
 /// Capacity of `DRLB_VIPS`.
 pub const MAX_VIPS: u32 = 1024;
-/// Capacity of `DRLB_SERVICES`.
+/// Capacity of `DRLB_SVC_IDS` and `DRLB_SERVICES`.
 pub const MAX_SERVICES: u32 = 4096;
-/// Real servers one service may have.
+/// Real servers one service may have (bounds the schedulers' loops).
 pub const MAX_BACKENDS_PER_SERVICE: u32 = 256;
-/// Capacity of `DRLB_BACKENDS`.
+/// Capacity of `DRLB_BACKENDS`: real servers over all services.
 pub const MAX_BACKENDS: u32 = 65536;
+/// Default capacity of `DRLB_CONNS` (`director.conn_table_size`).
+pub const DEFAULT_CONN_TABLE_SIZE: u32 = 1 << 20;
+/// Capacity of `DRLB_PERSIST`.
+pub const PERSIST_TABLE_SIZE: u32 = 1 << 18;
+/// Capacity of `DRLB_SCHED_TAB`.
+pub const SCHED_TABLE_SIZE: u32 = 1 << 20;
+
+/// Slot of `DRLB_VIP_FILTER` for a destination address.
+#[inline(always)]
+pub fn vip_filter_index(addr: &Addr16) -> u32 {
+    let w = u32::from_le_bytes([addr[12], addr[13], addr[14], addr[15]])
+        ^ u32::from_le_bytes([addr[8], addr[9], addr[10], addr[11]]).rotate_left(7)
+        ^ u32::from_le_bytes([addr[0], addr[1], addr[2], addr[3]]).rotate_left(13)
+        ^ u32::from_le_bytes([addr[4], addr[5], addr[6], addr[7]]).rotate_left(19);
+    w.wrapping_mul(0x9E37_79B1) >> 20 & (VIP_FILTER_SIZE - 1)
+}
 
 /// IP protocol numbers drlb balances.
 pub const IPPROTO_TCP: u8 = 6;
@@ -55,9 +91,9 @@ impl Vip {
     }
 }
 
-/// Key of `DRLB_SERVICES`.
+/// Key of `DRLB_SVC_IDS`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct ServiceKey {
     pub vip: Addr16,
     /// Destination port in host byte order; 0 matches every port.
@@ -72,17 +108,46 @@ impl ServiceKey {
     }
 }
 
+/// Scheduler codes in `Service::scheduler`.
+pub mod scheduler {
+    pub const WLC: u32 = 0;
+    pub const RR: u32 = 1;
+    pub const WRR: u32 = 2;
+    pub const LC: u32 = 3;
+    pub const SH: u32 = 4;
+    pub const MH: u32 = 5;
+    pub const SED: u32 = 6;
+    pub const NQ: u32 = 7;
+}
+
+/// `Service::flags`: clients are pinned by persistence templates.
+pub const SVC_F_PERSISTENT: u32 = 1 << 0;
+/// `Service::flags`: TCP packets without a connection are scheduled, not dropped.
+pub const SVC_F_SLOPPY_TCP: u32 = 1 << 1;
+/// `Service::flags`: a port-0 service (templates and connections keep the real port).
+pub const SVC_F_WILDCARD: u32 = 1 << 2;
+
 /// Value of `DRLB_SERVICES`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Service {
-    /// Controller-assigned id, stable for the service's lifetime.
-    pub id: u32,
-    /// First slot of this service's real servers in `DRLB_BACKENDS`.
+    /// First slot of this service's real servers in `DRLB_BACKENDS`, in configuration
+    /// order (IPVS list order is the reverse).
     pub first_backend: u32,
-    /// Number of usable real servers in that slice (0: every VIP packet is dropped).
+    /// Number of configured real servers (usable or not) in that slice.
     pub backend_count: u32,
     pub flags: u32,
+    pub scheduler: u32,
+    /// This service's region of `DRLB_SCHED_TAB` (wrr, sh, mh).
+    pub table_offset: u32,
+    pub table_len: u32,
+    /// wrr: index in the region where the sequence starts repeating.
+    pub table_cycle_start: u32,
+    pub persist_timeout_s: u32,
+    /// Applied to the client address to form the persistence template key.
+    pub persist_mask: Addr16,
+    pub timeouts: crate::conn::Timeouts,
+    pub _pad: u32,
 }
 
 /// `Backend::flags`: slot holds a real server whose MAC is known.
@@ -110,6 +175,42 @@ impl Backend {
     }
 }
 
+/// Value of `DRLB_CONN_COUNT`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ConnCounts {
+    pub active: u32,
+    pub inactive: u32,
+}
+
+/// Value of `DRLB_RS_STATS` (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BackendStats {
+    pub conns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Value of `DRLB_PERSIST`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Persist {
+    pub last_used_ns: u64,
+    pub backend: u32,
+    pub _pad: u32,
+}
+
+/// Value of `DRLB_SCHED`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SchedState {
+    /// rr: list index of the last choice (`sched::RR_HEAD`: none yet).
+    pub rr_pos: u32,
+    /// wrr: next index into the service's sequence.
+    pub seq_pos: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all are #[repr(C)], Copy, made only of integers with explicit padding.
@@ -118,6 +219,12 @@ mod pod {
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::Service {}
     unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::ConnCounts {}
+    unsafe impl aya::Pod for super::BackendStats {}
+    unsafe impl aya::Pod for super::Persist {}
+    unsafe impl aya::Pod for super::SchedState {}
+    unsafe impl aya::Pod for crate::conn::ConnKey {}
+    unsafe impl aya::Pod for crate::conn::Conn {}
 }
 
 #[cfg(test)]
@@ -130,7 +237,10 @@ mod tests {
         assert_eq!(size_of::<VipKey>(), 16);
         assert_eq!(size_of::<Vip>(), 4);
         assert_eq!(size_of::<ServiceKey>(), 16 + 2 + 1 + 1);
-        assert_eq!(size_of::<Service>(), 16);
+        assert_eq!(size_of::<Service>(), 8 * 4 + 16 + 3 * 4 + 4);
+        assert_eq!(size_of::<crate::conn::ConnKey>(), 16 + 16 + 2 + 2 + 1 + 3);
+        assert_eq!(size_of::<crate::conn::Conn>(), 8 + 4 * 3 + 4);
+        assert_eq!(size_of::<Persist>(), 16);
         assert_eq!(size_of::<Backend>(), 16 + 6 + 6 + 4 + 4);
     }
 }

@@ -20,6 +20,8 @@ pub const UDP_HLEN: usize = 8;
 
 /// Bounds-checked access to a frame's bytes.
 pub trait Packet {
+    /// The frame's length in bytes.
+    fn len(&self) -> usize;
     /// The `N` bytes at `off`, or `None` if the frame is shorter than `off + N`.
     fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]>;
     /// Overwrites the `N` bytes at `off`; `false` if the frame is shorter than `off + N`.
@@ -28,6 +30,11 @@ pub trait Packet {
 
 /// A frame held in memory (host tests, the benchmark's packet builder).
 impl Packet for [u8] {
+    #[inline]
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+
     #[inline]
     fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
         self.get(off..off.checked_add(N)?)?.try_into().ok()

@@ -27,12 +27,16 @@ pub enum Stat {
     DropTruncatedL4 = 8,
     /// XDP_DROP: an IPv4 fragment to a VIP (no ports to schedule on).
     DropFragment = 9,
-    /// XDP_DROP: the chosen real-server slot was empty (controller update in flight).
+    /// XDP_DROP: the connection's real server has no usable MAC (removed or unresolved).
     DropBackendMissing = 10,
+    /// XDP_TX: the first packet of a new connection, scheduled to a real server.
+    TxScheduled = 11,
+    /// XDP_DROP: a TCP packet other than SYN with no connection (non-sloppy service).
+    DropNoConnection = 12,
 }
 
 /// Number of counters; the size of `DRLB_STATS`.
-pub const STAT_COUNT: u32 = 11;
+pub const STAT_COUNT: u32 = 13;
 
 impl Stat {
     /// All reasons, in index order.
@@ -48,6 +52,8 @@ impl Stat {
         Stat::DropTruncatedL4,
         Stat::DropFragment,
         Stat::DropBackendMissing,
+        Stat::TxScheduled,
+        Stat::DropNoConnection,
     ];
 
     /// Stable snake_case name used by `drlb` output and metrics.
@@ -64,6 +70,8 @@ impl Stat {
             Stat::DropTruncatedL4 => "drop_truncated_l4",
             Stat::DropFragment => "drop_fragment",
             Stat::DropBackendMissing => "drop_backend_missing",
+            Stat::TxScheduled => "tx_scheduled",
+            Stat::DropNoConnection => "drop_no_connection",
         }
     }
 
@@ -96,7 +104,7 @@ impl Stat {
     #[inline(always)]
     pub const fn xdp_action(self) -> u32 {
         match self {
-            Stat::TxForwarded => XDP_TX,
+            Stat::TxForwarded | Stat::TxScheduled => XDP_TX,
             Stat::PassArp
             | Stat::PassIpv6
             | Stat::PassOtherL3
@@ -106,7 +114,8 @@ impl Stat {
             Stat::DropNoRealServer
             | Stat::DropTruncatedL4
             | Stat::DropFragment
-            | Stat::DropBackendMissing => XDP_DROP,
+            | Stat::DropBackendMissing
+            | Stat::DropNoConnection => XDP_DROP,
         }
     }
 }

@@ -4,6 +4,9 @@
 //! crate supplies the XDP context as a bounds-checked packet and the BPF maps as tables.
 #![no_std]
 #![no_main]
+// Atomic adds on map values: the BPF target has no core::sync::atomic types.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod maps;
 
@@ -18,6 +21,11 @@ struct XdpPacket {
 }
 
 impl Packet for XdpPacket {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+
     #[inline(always)]
     fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
         let ptr = self.start + off;

@@ -1,23 +1,58 @@
 //! The program's maps. Names, sizes and types all come from `lb_common::maps`.
 
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
 use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
+    addr::Addr16,
+    conn::{Conn, ConnKey},
     dataplane::Tables,
-    maps::{Backend, Service, ServiceKey, Vip, VipKey, MAX_BACKENDS, MAX_SERVICES, MAX_VIPS},
+    maps::{
+        vip_filter_index, Backend, BackendStats, ConnCounts, Persist, SchedState, Service, ServiceKey, Vip, VipKey,
+        DEFAULT_CONN_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, MAX_VIPS, PERSIST_TABLE_SIZE, SCHED_TABLE_SIZE,
+        VIP_FILTER_SIZE,
+    },
+    sched::NO_DEST,
     stats::{Stat, STAT_COUNT},
 };
+
+#[map(name = "DRLB_VIP_FILTER")]
+static VIP_FILTER: Array<u32> = Array::with_max_entries(VIP_FILTER_SIZE, 0);
 
 #[map(name = "DRLB_VIPS")]
 static VIPS: HashMap<VipKey, Vip> = HashMap::with_max_entries(MAX_VIPS, 0);
 
+#[map(name = "DRLB_SVC_IDS")]
+static SERVICE_IDS: HashMap<ServiceKey, u32> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
 #[map(name = "DRLB_SERVICES")]
-static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
+static SERVICES: Array<Service> = Array::with_max_entries(MAX_SERVICES, 0);
 
 #[map(name = "DRLB_BACKENDS")]
 static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+#[map(name = "DRLB_CONN_COUNT")]
+static CONN_COUNTS: Array<ConnCounts> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+#[map(name = "DRLB_RS_STATS")]
+static BACKEND_STATS: PerCpuArray<BackendStats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Resized at load time from `director.conn_table_size`.
+#[map(name = "DRLB_CONNS")]
+static CONNS: LruHashMap<ConnKey, Conn> = LruHashMap::with_max_entries(DEFAULT_CONN_TABLE_SIZE, 0);
+
+#[map(name = "DRLB_PERSIST")]
+static PERSIST: LruHashMap<ConnKey, Persist> = LruHashMap::with_max_entries(PERSIST_TABLE_SIZE, 0);
+
+#[map(name = "DRLB_SCHED")]
+static SCHED_STATE: Array<SchedState> = Array::with_max_entries(MAX_SERVICES, 0);
+
+#[map(name = "DRLB_SCHED_TAB")]
+static SCHED_TABLE: Array<u16> = Array::with_max_entries(SCHED_TABLE_SIZE, 0);
 
 #[map(name = "DRLB_STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
@@ -25,7 +60,24 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 /// The dataplane's view of the maps.
 pub struct BpfTables;
 
+/// Adds `delta` (two's complement for negative) without needing the old value, so it
+/// compiles to BPF's plain atomic add, which every supported kernel has.
+#[inline(always)]
+fn atomic_add(ptr: *mut u32, delta: i32) {
+    if delta != 0 {
+        // The BPF target has no core::sync::atomic types; the intrinsic lowers to BPF_XADD
+        // when its result is unused.
+        // SAFETY: `ptr` points into an array map value, which lives as long as the map.
+        unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(ptr, delta as u32) };
+    }
+}
+
 impl Tables for BpfTables {
+    #[inline(always)]
+    fn vip_filter(&self, addr: &Addr16) -> bool {
+        matches!(VIP_FILTER.get(vip_filter_index(addr)), Some(n) if *n != 0)
+    }
+
     #[inline(always)]
     fn vip(&self, key: &VipKey) -> Option<Vip> {
         // SAFETY: the value is copied out before the map can change under us.
@@ -33,14 +85,117 @@ impl Tables for BpfTables {
     }
 
     #[inline(always)]
-    fn service(&self, key: &ServiceKey) -> Option<Service> {
-        unsafe { SERVICES.get(key).copied() }
+    fn service_id(&self, key: &ServiceKey) -> Option<u32> {
+        unsafe { SERVICE_IDS.get(key).copied() }
+    }
+
+    #[inline(always)]
+    fn service(&self, id: u32) -> Option<Service> {
+        SERVICES.get(id).copied()
     }
 
     #[inline(always)]
     fn backend(&self, slot: u32) -> Option<Backend> {
         BACKENDS.get(slot).copied()
     }
+
+    #[inline(always)]
+    fn conn_counts(&self, slot: u32) -> ConnCounts {
+        CONN_COUNTS.get(slot).copied().unwrap_or_default()
+    }
+
+    #[inline(always)]
+    fn adjust_conn_counts(&self, slot: u32, active: i32, inactive: i32) {
+        if let Some(c) = CONN_COUNTS.get_ptr_mut(slot) {
+            // SAFETY: `c` is a valid pointer to the slot's value.
+            unsafe {
+                atomic_add(&raw mut (*c).active, active);
+                atomic_add(&raw mut (*c).inactive, inactive);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn account(&self, slot: u32, bytes: u64, new_conn: bool) {
+        if let Some(s) = BACKEND_STATS.get_ptr_mut(slot) {
+            // SAFETY: per-CPU slot: no other writer.
+            unsafe {
+                (*s).packets += 1;
+                (*s).bytes += bytes;
+                if new_conn {
+                    (*s).conns += 1;
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn with_conn<R>(&self, key: &ConnKey, f: impl FnOnce(Option<&mut Conn>) -> R) -> R {
+        match CONNS.get_ptr_mut(key) {
+            // SAFETY: the entry stays valid for the program's run (RCU).
+            Some(c) => f(Some(unsafe { &mut *c })),
+            None => f(None),
+        }
+    }
+
+    #[inline(always)]
+    fn insert_conn(&self, key: &ConnKey, conn: &Conn) {
+        let _ = CONNS.insert(key, conn, 0);
+    }
+
+    #[inline(always)]
+    fn remove_conn(&self, key: &ConnKey) {
+        let _ = CONNS.remove(key);
+    }
+
+    #[inline(always)]
+    fn with_sched_state<R>(&self, service: u32, f: impl FnOnce(&mut SchedState) -> R) -> Option<R> {
+        let s = SCHED_STATE.get_ptr_mut(service)?;
+        // SAFETY: valid array value; concurrent CPUs may race, as IPVS without its lock would.
+        Some(f(unsafe { &mut *s }))
+    }
+
+    #[inline(always)]
+    fn sched_table(&self, index: u32) -> u16 {
+        SCHED_TABLE.get(index).copied().unwrap_or(NO_DEST)
+    }
+
+    #[inline(always)]
+    fn persist(&self, key: &ConnKey) -> Option<Persist> {
+        unsafe { PERSIST.get(key).copied() }
+    }
+
+    #[inline(always)]
+    fn insert_persist(&self, key: &ConnKey, value: &Persist) {
+        let _ = PERSIST.insert(key, value, 0);
+    }
+
+    #[inline(always)]
+    fn now_ns(&self) -> u64 {
+        // SAFETY: helper without preconditions.
+        unsafe { bpf_ktime_get_ns() }
+    }
+
+    #[inline(always)]
+    fn schedule(&self, id: u32, _svc: &Service, client: &Addr16) -> Option<u32> {
+        let slot = drlb_schedule(id, u32::from_be_bytes([client[12], client[13], client[14], client[15]]));
+        if slot == NO_SLOT { None } else { Some(slot) }
+    }
+}
+
+/// `drlb_schedule`'s "no real server".
+const NO_SLOT: u32 = u32::MAX;
+
+/// The schedulers, as a global BPF function: the verifier checks a global function once,
+/// on its own, instead of once per path that reaches it — the bounded loops over up to
+/// 256 real servers would otherwise exceed its budget. Arguments are plain scalars, as
+/// global functions require.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn drlb_schedule(id: u32, client_v4: u32) -> u32 {
+    let Some(svc) = SERVICES.get(id).copied() else { return NO_SLOT };
+    let client = lb_common::addr::v4_mapped(client_v4.to_be_bytes());
+    lb_common::dataplane::schedule(&BpfTables, id, &svc, &client).unwrap_or(NO_SLOT)
 }
 
 /// Bumps the CPU-local counter for `stat` (no atomics needed: per-CPU slot).

@@ -7,17 +7,23 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use log::{info, warn};
+use log::{debug, info, warn};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::{Instant, interval, sleep_until};
 
 use crate::config::Config;
-use crate::dataplane::{Dataplane, PROGRAM_LB, log_counters};
+use crate::dataplane::{Dataplane, PROGRAM_LB, log_counters, monotonic_ns};
 use crate::netlink::{self, Interface, NeighbourEvent, NeighbourWatch};
 use crate::tables::{Mac, Tables, Usability, usability};
 
 /// How long start-up waits for real servers' ARP replies before attaching anyway.
 const INITIAL_RESOLUTION_WAIT: Duration = Duration::from_secs(3);
+/// How often the connection table is swept: expired entries removed, and every real
+/// server's ActiveConn/InActConn recomputed from the live entries. Between sweeps the
+/// counts are kept exact by the dataplane itself; they can drift only by entries that
+/// expire without another packet or are evicted by the LRU (fixed at the next sweep, so
+/// at most this late), and by state changes racing a sweep's write (fixed at the next).
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 /// How often every real server's neighbour entry is re-confirmed (keeps it from being
 /// garbage-collected, since the director never sends IP traffic to real servers itself).
 const REFRESH_INTERVAL: Duration = Duration::from_secs(30);
@@ -95,7 +101,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     }
     log_usability(&config, &macs);
 
-    let mut dp = Dataplane::load()?;
+    let mut dp = Dataplane::load_with(config.director.conn_table_size)?;
     dp.apply(&Tables::build(&config, &macs, iface.mac))?;
     let (link, mode) = dp.attach(PROGRAM_LB, &iface.name, config.director.xdp_mode)?;
     let usable = config
@@ -114,10 +120,25 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut refresh = interval(REFRESH_INTERVAL);
     refresh.tick().await;
+    let mut sweep = interval(SWEEP_INTERVAL);
+    sweep.tick().await;
     loop {
         tokio::select! {
             _ = sigint.recv() => { info!("SIGINT: detaching"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: detaching"); break; }
+            _ = sweep.tick() => {
+                match dp.sweep(monotonic_ns()) {
+                    Ok(r) => {
+                        for (slot, had, now) in &r.corrected {
+                            debug!("backend slot {slot}: counts corrected from {}/{} to {}/{} active/inactive", had.active, had.inactive, now.active, now.inactive);
+                        }
+                        if r.expired_removed > 0 {
+                            debug!("swept {} expired connection(s); {} live", r.expired_removed, r.live);
+                        }
+                    }
+                    Err(e) => warn!("sweeping the connection table: {e:#}"),
+                }
+            }
             _ = refresh.tick() => {
                 for addr in &wanted {
                     if let Err(e) = netlink::trigger_resolution(&handle, iface.index, *addr).await {
@@ -155,6 +176,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     if let Ok(c) = dp.counters() {
         log_counters(&c);
     }
+    log_backend_counters(&config, &dp);
     dp.detach(PROGRAM_LB, link)?;
     info!("detached from {}", iface.name);
     Ok(())
@@ -162,4 +184,20 @@ pub async fn run(config_path: &Path) -> Result<()> {
 
 pub fn format_mac(m: &Mac) -> String {
     format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+}
+
+/// One line per real server: `rs web 198.18.0.11: active=.. inactive=.. conns=.. packets=.. bytes=..`.
+pub fn log_backend_counters(config: &Config, dp: &Dataplane) {
+    let mut slot = 0u32;
+    for svc in &config.services {
+        for rs in &svc.real_servers {
+            if let Ok(c) = dp.backend_counters(slot) {
+                info!(
+                    "rs {} {}: active={} inactive={} conns={} packets={} bytes={}",
+                    svc.name, rs.address, c.active, c.inactive, c.conns, c.packets, c.bytes
+                );
+            }
+            slot += 1;
+        }
+    }
 }

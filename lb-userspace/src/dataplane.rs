@@ -4,8 +4,13 @@ use anyhow::{Context as _, Result, bail};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
 use aya::programs::{Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId};
 use aya::{Ebpf, EbpfLoader};
+use std::collections::BTreeMap;
+
+use lb_common::conn::{Conn, ConnKey};
 use lb_common::maps::{
-    Backend, Service, ServiceKey, Vip, VipKey, MAP_BACKENDS, MAP_SERVICES, MAP_STATS, MAP_VIPS,
+    Backend, BackendStats, ConnCounts, SchedState, Service, ServiceKey, Vip, VipKey, MAP_BACKENDS,
+    MAP_BACKEND_STATS, MAP_CONNS, MAP_CONN_COUNTS, MAP_SCHED_STATE, MAP_SCHED_TABLE, MAP_SERVICES, MAP_SERVICE_IDS,
+    MAP_STATS, MAP_VIPS, MAP_VIP_FILTER,
 };
 use lb_common::stats::{Stat, STAT_COUNT};
 use log::{info, warn};
@@ -43,14 +48,44 @@ pub type Counters = [u64; STAT_COUNT as usize];
 /// drlb's loaded dataplane.
 pub struct Dataplane {
     ebpf: Ebpf,
-    /// Slots written by the last `apply`, so stale ones are cleared next time.
-    written_backends: Vec<u32>,
+    /// What the last `apply` wrote, so the next one writes only differences and clears
+    /// what is gone.
+    applied: Tables,
+}
+
+/// A real server's counters as `ipvsadm -Ln --stats` shows them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackendCounters {
+    pub active: u32,
+    pub inactive: u32,
+    pub conns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// What a sweep of the connection table found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    pub live: usize,
+    pub expired_removed: usize,
+    /// Backends whose counts were corrected (drift found), with the old counts.
+    pub corrected: Vec<(u32, ConnCounts, ConnCounts)>,
+}
+
+/// Monotonic nanoseconds, the clock `bpf_ktime_get_ns()` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 impl Dataplane {
-    /// Loads the object and its programs into the kernel (verifier runs here).
-    pub fn load() -> Result<Self> {
+    /// Loads the object and its programs into the kernel (verifier runs here), with the
+    /// connection table sized `conn_table_size` entries.
+    pub fn load_with(conn_table_size: u32) -> Result<Self> {
         let mut ebpf = EbpfLoader::new()
+            .map_max_entries(MAP_CONNS, conn_table_size)
             .load(EBPF_OBJECT)
             .context("loading drlb's BPF object (are you root, and is this kernel 5.10 or newer?)")?;
         for name in [PROGRAM_LB, PROGRAM_PASS] {
@@ -60,7 +95,12 @@ impl Dataplane {
                 .try_into()?;
             prog.load().with_context(|| format!("the kernel verifier rejected {name}"))?;
         }
-        Ok(Dataplane { ebpf, written_backends: Vec::new() })
+        Ok(Dataplane { ebpf, applied: Tables::default() })
+    }
+
+    /// [`Dataplane::load_with`] the default connection-table size.
+    pub fn load() -> Result<Self> {
+        Self::load_with(lb_common::maps::DEFAULT_CONN_TABLE_SIZE)
     }
 
     pub fn program(&self, name: &str) -> Result<&Xdp> {
@@ -101,55 +141,104 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Makes the maps hold exactly `tables`. Backends are written before the services that
-    /// point at them, and removals happen last, so a packet never meets a dangling slot.
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        match self.ebpf.map_mut(name) {
+            Some(m) => Ok(m),
+            None => bail!("map {name} missing from the object"),
+        }
+    }
+
+    fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf.map(name).with_context(|| format!("map {name} missing from the object"))
+    }
+
+    /// Makes the maps hold `tables`. Order matters for packets in flight: backends and
+    /// scheduler tables first, then services, then the ids and VIPs that lead to them;
+    /// removals last. A service whose scheduler input changed restarts its scheduler
+    /// position (as IPVS does when a destination changes).
     pub fn apply(&mut self, tables: &Tables) -> Result<()> {
-        let previously_written = std::mem::take(&mut self.written_backends);
+        let old = std::mem::take(&mut self.applied);
         {
-            let mut backends: Array<&mut MapData, Backend> = Array::try_from(self.map_mut(MAP_BACKENDS)?)?;
+            let mut m: Array<&mut MapData, Backend> = Array::try_from(self.map_mut(MAP_BACKENDS)?)?;
             for (slot, b) in &tables.backends {
-                backends.set(*slot, *b, 0).with_context(|| format!("writing backend slot {slot}"))?;
-            }
-            for slot in previously_written {
-                if !tables.backends.contains_key(&slot) {
-                    backends.set(slot, Backend::default(), 0)?;
+                if old.backends.get(slot) != Some(b) {
+                    m.set(*slot, *b, 0).with_context(|| format!("writing backend slot {slot}"))?;
                 }
             }
         }
-        self.written_backends = tables.backends.keys().copied().collect();
         {
-            let mut services: BpfHashMap<&mut MapData, ServiceKey, Service> =
-                BpfHashMap::try_from(self.map_mut(MAP_SERVICES)?)?;
-            for (k, v) in &tables.services {
-                services.insert(k, v, 0).context("writing a service")?;
-            }
-            let stale: Vec<ServiceKey> = services
-                .keys()
-                .filter_map(|k| k.ok())
-                .filter(|k| !tables.services.iter().any(|(t, _)| t == k))
-                .collect();
-            for k in stale {
-                services.remove(&k)?;
+            let mut m: Array<&mut MapData, u16> = Array::try_from(self.map_mut(MAP_SCHED_TABLE)?)?;
+            for (offset, entries) in &tables.sched_regions {
+                if old.sched_regions.iter().any(|(o, e)| o == offset && e == entries) {
+                    continue;
+                }
+                for (k, e) in entries.iter().enumerate() {
+                    m.set(offset + k as u32, *e, 0).context("writing a scheduler table")?;
+                }
             }
         }
         {
-            let mut vips: BpfHashMap<&mut MapData, VipKey, Vip> = BpfHashMap::try_from(self.map_mut(MAP_VIPS)?)?;
+            let mut m: Array<&mut MapData, SchedState> = Array::try_from(self.map_mut(MAP_SCHED_STATE)?)?;
+            for (id, svc) in &tables.services {
+                let region = tables.sched_regions.iter().find(|(o, _)| *o == svc.table_offset && svc.table_len > 0);
+                let old_region = old.sched_regions.iter().find(|(o, _)| *o == svc.table_offset && svc.table_len > 0);
+                let changed = old.services.get(id) != Some(svc)
+                    || region != old_region
+                    || (svc.first_backend..svc.first_backend + svc.backend_count)
+                        .any(|s| old.backends.get(&s) != tables.backends.get(&s));
+                if changed {
+                    m.set(*id, Tables::initial_sched_state(), 0).context("writing scheduler state")?;
+                }
+            }
+        }
+        {
+            let mut m: Array<&mut MapData, Service> = Array::try_from(self.map_mut(MAP_SERVICES)?)?;
+            for (id, svc) in &tables.services {
+                if old.services.get(id) != Some(svc) {
+                    m.set(*id, *svc, 0).context("writing a service")?;
+                }
+            }
+        }
+        {
+            let mut m: BpfHashMap<&mut MapData, ServiceKey, u32> = BpfHashMap::try_from(self.map_mut(MAP_SERVICE_IDS)?)?;
+            for (k, id) in &tables.service_ids {
+                m.insert(k, id, 0).context("writing a service id")?;
+            }
+            for k in old.service_ids.keys().filter(|k| !tables.service_ids.contains_key(k)) {
+                m.remove(k)?;
+            }
+        }
+        {
+            let mut m: BpfHashMap<&mut MapData, VipKey, Vip> = BpfHashMap::try_from(self.map_mut(MAP_VIPS)?)?;
             for (addr, v) in &tables.vips {
-                vips.insert(VipKey { addr: *addr }, v, 0).context("writing a VIP")?;
+                m.insert(VipKey { addr: *addr }, v, 0).context("writing a VIP")?;
             }
-            let stale: Vec<VipKey> =
-                vips.keys().filter_map(|k| k.ok()).filter(|k| !tables.vips.contains_key(&k.addr)).collect();
-            for k in stale {
-                vips.remove(&k)?;
+            for addr in old.vips.keys().filter(|a| !tables.vips.contains_key(*a)) {
+                m.remove(&VipKey { addr: *addr })?;
             }
         }
+        {
+            let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(MAP_VIP_FILTER)?)?;
+            for (i, v) in &tables.vip_filter {
+                m.set(*i, *v, 0)?;
+            }
+            for i in old.vip_filter.keys().filter(|i| !tables.vip_filter.contains_key(i)) {
+                m.set(*i, 0, 0)?;
+            }
+        }
+        {
+            let mut m: Array<&mut MapData, Backend> = Array::try_from(self.map_mut(MAP_BACKENDS)?)?;
+            for slot in old.backends.keys().filter(|s| !tables.backends.contains_key(s)) {
+                m.set(*slot, Backend::default(), 0)?;
+            }
+        }
+        self.applied = tables.clone();
         Ok(())
     }
 
     /// Per-reason packet counts, summed over CPUs.
     pub fn counters(&self) -> Result<Counters> {
-        let stats: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(self.ebpf.map(MAP_STATS).context("no stats map")?)?;
+        let stats: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(MAP_STATS)?)?;
         let mut out = [0u64; STAT_COUNT as usize];
         for (i, total) in out.iter_mut().enumerate() {
             *total = stats.get(&(i as u32), 0)?.iter().sum();
@@ -157,11 +246,94 @@ impl Dataplane {
         Ok(out)
     }
 
-    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
-        match self.ebpf.map_mut(name) {
-            Some(m) => Ok(m),
-            None => bail!("map {name} missing from the object"),
+    /// ActiveConn, InActConn and traffic of the backend in `slot`.
+    pub fn backend_counters(&self, slot: u32) -> Result<BackendCounters> {
+        let counts: Array<&MapData, ConnCounts> = Array::try_from(self.map(MAP_CONN_COUNTS)?)?;
+        let stats: PerCpuArray<&MapData, BackendStats> = PerCpuArray::try_from(self.map(MAP_BACKEND_STATS)?)?;
+        let c = counts.get(&slot, 0)?;
+        let mut out = BackendCounters { active: c.active, inactive: c.inactive, ..Default::default() };
+        for s in stats.get(&slot, 0)?.iter() {
+            out.conns += s.conns;
+            out.packets += s.packets;
+            out.bytes += s.bytes;
         }
+        Ok(out)
+    }
+
+    /// The connection-table entry for `key`.
+    pub fn connection(&self, key: &ConnKey) -> Result<Option<Conn>> {
+        let conns: BpfHashMap<&MapData, ConnKey, Conn> = BpfHashMap::try_from(self.map(MAP_CONNS)?)?;
+        match conns.get(key, 0) {
+            Ok(c) => Ok(Some(c)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes a connection-table entry (tests and state transfer; the dataplane makes its own).
+    pub fn insert_connection(&mut self, key: &ConnKey, conn: &Conn) -> Result<()> {
+        let mut conns: BpfHashMap<&mut MapData, ConnKey, Conn> = BpfHashMap::try_from(self.map_mut(MAP_CONNS)?)?;
+        conns.insert(key, conn, 0).context("writing a connection")?;
+        Ok(())
+    }
+
+    /// Overwrites a backend's ActiveConn/InActConn.
+    pub fn set_conn_counts(&mut self, slot: u32, counts: ConnCounts) -> Result<()> {
+        let mut m: Array<&mut MapData, ConnCounts> = Array::try_from(self.map_mut(MAP_CONN_COUNTS)?)?;
+        m.set(slot, counts, 0)?;
+        Ok(())
+    }
+
+    /// Every live entry of the connection table.
+    pub fn connections(&self) -> Result<Vec<(ConnKey, Conn)>> {
+        let conns: BpfHashMap<&MapData, ConnKey, Conn> = BpfHashMap::try_from(self.map(MAP_CONNS)?)?;
+        Ok(conns.iter().filter_map(|r| r.ok()).collect())
+    }
+
+    /// Removes expired connections and recomputes every backend's ActiveConn/InActConn from
+    /// the live ones, correcting drift (entries evicted by the LRU, or that expired without
+    /// another packet); keeps persistence templates alive while their connections live.
+    pub fn sweep(&mut self, now_ns: u64) -> Result<SweepReport> {
+        let mut report = SweepReport::default();
+        let entries = self.connections()?;
+        let mut expired = Vec::new();
+        let mut counts: BTreeMap<u32, ConnCounts> = BTreeMap::new();
+        for (k, c) in &entries {
+            if c.expired(now_ns) {
+                expired.push(*k);
+                continue;
+            }
+            report.live += 1;
+            let e = counts.entry(c.backend).or_default();
+            if c.is_inactive() {
+                e.inactive += 1;
+            } else {
+                e.active += 1;
+            }
+        }
+        {
+            let mut conns: BpfHashMap<&mut MapData, ConnKey, Conn> = BpfHashMap::try_from(self.map_mut(MAP_CONNS)?)?;
+            for k in &expired {
+                // The entry may have been refreshed meanwhile; re-check before removing.
+                if let Ok(c) = conns.get(k, 0)
+                    && c.expired(now_ns)
+                {
+                    conns.remove(k)?;
+                    report.expired_removed += 1;
+                }
+            }
+        }
+        let slots: Vec<u32> = self.applied.backends.keys().copied().collect();
+        let mut m: Array<&mut MapData, ConnCounts> = Array::try_from(self.map_mut(MAP_CONN_COUNTS)?)?;
+        for slot in slots {
+            let want = counts.get(&slot).copied().unwrap_or_default();
+            let have = m.get(&slot, 0)?;
+            if have != want {
+                m.set(slot, want, 0)?;
+                report.corrected.push((slot, have, want));
+            }
+        }
+        Ok(report)
     }
 }
 

@@ -170,7 +170,8 @@ impl Lab {
             // stack, which XDP_TX bypasses: compute them at the client instead.
             sh("ip", &["netns", "exec", &self.ns("client"), "ethtool", "-K", "eth0", "tx", "off"])?;
             // Native XDP_TX on a veth needs an XDP program on its peer.
-            let mut dp = Dataplane::load()?;
+            // Only its XDP_PASS program is used: keep its connection table small.
+            let mut dp = Dataplane::load_with(1024)?;
             let link = in_netns(&br, || Ok(dp.attach(PROGRAM_PASS, "vdirector", XdpMode::Native)?.0))?;
             self.peer_pass = Some((dp, link));
         }

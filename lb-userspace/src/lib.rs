@@ -7,3 +7,4 @@ pub mod tables;
 pub mod netlink;
 pub mod controller;
 pub mod lab;
+pub mod sched_tables;

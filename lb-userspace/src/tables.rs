@@ -1,27 +1,35 @@
 //! What the maps should hold for a config and the real servers' MACs: a pure function, so
-//! it is tested without a kernel and doubles as the host model of the dataplane.
+//! it is tested without a kernel, and the source of the host model of the dataplane.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use lb_common::addr::{v4_mapped, Addr16};
-use lb_common::dataplane;
+use lb_common::conn::Timeouts;
+use lb_common::host::HostTables;
 use lb_common::maps::{
-    Backend, Service, ServiceKey, Vip, VipKey, BACKEND_F_PRESENT, MAX_BACKENDS,
-    MAX_BACKENDS_PER_SERVICE, VIP_F_WILDCARD_TCP, VIP_F_WILDCARD_UDP,
+    scheduler as code, vip_filter_index, Backend, SchedState, Service, ServiceKey, Vip, BACKEND_F_PRESENT,
+    SCHED_TABLE_SIZE, SVC_F_PERSISTENT, SVC_F_SLOPPY_TCP, SVC_F_WILDCARD, VIP_F_WILDCARD_TCP, VIP_F_WILDCARD_UDP,
 };
+use lb_common::sched::{DestInfo, RR_HEAD};
 
-use crate::config::{self, Config, Protocol};
+use crate::config::{self, Config, Protocol, Scheduler};
+use crate::sched_tables::{self, ListDests, MH_TABLE_SIZE};
 
 pub type Mac = [u8; 6];
 
-/// The complete desired content of the dataplane's maps.
+/// The static content of the dataplane's maps (everything the controller writes; the
+/// connection table, counters and scheduler positions are the dataplane's own).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tables {
-    pub vips: BTreeMap<[u8; 16], Vip>,
-    pub services: Vec<(ServiceKey, Service)>,
-    /// Slot → backend; slots not listed are cleared.
+    pub vip_filter: BTreeMap<u32, u32>,
+    pub vips: BTreeMap<Addr16, Vip>,
+    pub service_ids: BTreeMap<ServiceKey, u32>,
+    pub services: BTreeMap<u32, Service>,
+    /// Slot → backend; every configured real server has a slot, usable or not.
     pub backends: BTreeMap<u32, Backend>,
+    /// Regions of `DRLB_SCHED_TAB`: (offset, entries).
+    pub sched_regions: Vec<(u32, Vec<u16>)>,
 }
 
 /// Stores an address in the maps' 16-byte form.
@@ -32,7 +40,7 @@ pub fn addr16(ip: IpAddr) -> Addr16 {
     }
 }
 
-/// Whether a configured real server may take traffic now, and why not.
+/// Whether a configured real server may take new connections now, and why not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Usability {
     Usable,
@@ -41,21 +49,48 @@ pub enum Usability {
 }
 
 pub fn usability(rs: &config::RealServer, macs: &HashMap<IpAddr, Mac>) -> Usability {
-    if rs.weight == 0 {
-        Usability::QuiescentWeightZero
-    } else if !macs.contains_key(&rs.address) {
+    if !macs.contains_key(&rs.address) {
         Usability::MacUnresolved
+    } else if rs.weight == 0 {
+        Usability::QuiescentWeightZero
     } else {
         Usability::Usable
     }
 }
 
+pub fn scheduler_code(s: Scheduler) -> u32 {
+    match s {
+        Scheduler::Wlc => code::WLC,
+        Scheduler::Rr => code::RR,
+        Scheduler::Wrr => code::WRR,
+        Scheduler::Lc => code::LC,
+        Scheduler::Sh => code::SH,
+        Scheduler::Mh => code::MH,
+        Scheduler::Sed => code::SED,
+        Scheduler::Nq => code::NQ,
+    }
+}
+
+fn prefix_mask(v4_prefix: u8) -> Addr16 {
+    let bits = if v4_prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(v4_prefix)) };
+    let mut m = [0xff; 16];
+    m[12..].copy_from_slice(&bits.to_be_bytes());
+    m
+}
+
+fn secs(d: std::time::Duration) -> u32 {
+    d.as_secs().min(u32::MAX as u64) as u32
+}
+
 impl Tables {
-    /// Service `i` owns slots `[i * MAX_BACKENDS_PER_SERVICE, (i + 1) * ...)`; its usable real
-    /// servers fill the front of that range in configuration order.
+    /// Service `i` owns the next `real_servers.len()` backend slots, in configuration order
+    /// (the dataplane walks them in reverse: IPVS list order).
     pub fn build(config: &Config, macs: &HashMap<IpAddr, Mac>, director_mac: Mac) -> Tables {
         let mut t = Tables::default();
+        let mut next_slot = 0u32;
+        let mut next_table = 0u32;
         for (i, svc) in config.services.iter().enumerate() {
+            let id = i as u32;
             let vip = addr16(svc.vip);
             let flags = t.vips.entry(vip).or_default();
             if svc.port == 0 {
@@ -64,46 +99,109 @@ impl Tables {
                     Protocol::Udp => VIP_F_WILDCARD_UDP,
                 };
             }
-            let first = i as u32 * MAX_BACKENDS_PER_SERVICE;
-            let mut count = 0;
-            for rs in &svc.real_servers {
-                if usability(rs, macs) != Usability::Usable || count == MAX_BACKENDS_PER_SERVICE {
-                    continue;
-                }
+            *t.vip_filter.entry(vip_filter_index(&vip)).or_default() = 1;
+
+            let first = next_slot;
+            for (j, rs) in svc.real_servers.iter().enumerate() {
+                let mac = macs.get(&rs.address).copied();
                 t.backends.insert(
-                    first + count,
+                    first + j as u32,
                     Backend {
                         addr: addr16(rs.address),
-                        mac: macs[&rs.address],
+                        mac: mac.unwrap_or_default(),
                         src_mac: director_mac,
                         weight: rs.weight,
-                        flags: BACKEND_F_PRESENT,
+                        flags: if mac.is_some() { BACKEND_F_PRESENT } else { 0 },
                     },
                 );
-                count += 1;
             }
-            t.services.push((
-                ServiceKey::new(vip, svc.port, svc.protocol.number()),
-                Service { id: i as u32, first_backend: first, backend_count: count, flags: 0 },
-            ));
+            let count = svc.real_servers.len() as u32;
+            next_slot += count;
+
+            // IPVS list order: last configured first.
+            let list = ListDests(
+                svc.real_servers
+                    .iter()
+                    .rev()
+                    .map(|rs| DestInfo { weight: rs.weight, available: macs.contains_key(&rs.address), ..Default::default() })
+                    .collect(),
+            );
+            let (table, cycle_start) = match svc.scheduler {
+                Scheduler::Wrr => {
+                    let weights: Vec<u32> = svc.real_servers.iter().map(|r| r.weight).collect();
+                    sched_tables::wrr_sequence(&list, &weights).unwrap_or_default()
+                }
+                Scheduler::Sh => (sched_tables::sh_table(&list), 0),
+                Scheduler::Mh => {
+                    let addrs: Vec<Addr16> = svc.real_servers.iter().rev().map(|r| addr16(r.address)).collect();
+                    (sched_tables::mh_table(&list, &addrs, MH_TABLE_SIZE), 0)
+                }
+                _ => (Vec::new(), 0),
+            };
+            let table_offset = next_table;
+            let table_len = table.len() as u32;
+            if table_len > 0 && table_offset + table_len <= SCHED_TABLE_SIZE {
+                t.sched_regions.push((table_offset, table));
+                next_table += table_len;
+            }
+
+            let mut svc_flags = 0;
+            if svc.persistence_timeout.is_some() {
+                svc_flags |= SVC_F_PERSISTENT;
+            }
+            if svc.sloppy_tcp {
+                svc_flags |= SVC_F_SLOPPY_TCP;
+            }
+            if svc.port == 0 {
+                svc_flags |= SVC_F_WILDCARD;
+            }
+            t.service_ids.insert(ServiceKey::new(vip, svc.port, svc.protocol.number()), id);
+            t.services.insert(
+                id,
+                Service {
+                    first_backend: first,
+                    backend_count: count,
+                    flags: svc_flags,
+                    scheduler: scheduler_code(svc.scheduler),
+                    table_offset,
+                    table_len,
+                    table_cycle_start: cycle_start as u32,
+                    persist_timeout_s: svc.persistence_timeout.map(secs).unwrap_or(0),
+                    persist_mask: prefix_mask(svc.persistence_granularity.map(|g| g.0).unwrap_or(32)),
+                    timeouts: Timeouts {
+                        tcp_established: secs(svc.timeouts.tcp),
+                        tcp_fin_wait: secs(svc.timeouts.tcp_fin),
+                        udp: secs(svc.timeouts.udp),
+                    },
+                    _pad: 0,
+                },
+            );
         }
-        debug_assert!(t.backends.keys().all(|s| *s < MAX_BACKENDS));
         t
     }
-}
 
-/// The tables as the shared dataplane logic sees them: runs `lb_common::dataplane::process`
-/// on the host, the reference the BPF object is checked against.
-impl dataplane::Tables for Tables {
-    fn vip(&self, key: &VipKey) -> Option<Vip> {
-        self.vips.get(&key.addr).copied()
+    /// The scheduler positions a service starts from.
+    pub fn initial_sched_state() -> SchedState {
+        SchedState { rr_pos: RR_HEAD, seq_pos: 0 }
     }
 
-    fn service(&self, key: &ServiceKey) -> Option<Service> {
-        self.services.iter().find(|(k, _)| k == key).map(|(_, s)| *s)
-    }
-
-    fn backend(&self, slot: u32) -> Option<Backend> {
-        Some(self.backends.get(&slot).copied().unwrap_or_default())
+    /// The host model of the dataplane over these tables, with empty connection state.
+    pub fn host_model(&self) -> HostTables {
+        let mut h = HostTables {
+            vips: self.vips.clone(),
+            service_ids: self.service_ids.clone(),
+            services: self.services.clone(),
+            backends: self.backends.clone(),
+            ..Default::default()
+        };
+        for (offset, entries) in &self.sched_regions {
+            for (k, e) in entries.iter().enumerate() {
+                h.sched_table.insert(offset + k as u32, *e);
+            }
+        }
+        for id in self.services.keys() {
+            h.sched_state.borrow_mut().insert(*id, Self::initial_sched_state());
+        }
+        h
     }
 }

@@ -63,3 +63,18 @@ pub fn default_timeout() -> Duration {
 pub fn default_retry_delay() -> Duration {
     Duration::from_secs(1)
 }
+
+/// IPVS's TCP ESTABLISHED timeout.
+pub fn default_tcp() -> Duration {
+    Duration::from_secs(900)
+}
+
+/// IPVS's TCP FIN_WAIT timeout.
+pub fn default_tcp_fin() -> Duration {
+    Duration::from_secs(120)
+}
+
+/// IPVS's UDP timeout.
+pub fn default_udp() -> Duration {
+    Duration::from_secs(300)
+}

@@ -33,6 +33,13 @@ pub struct Director {
     pub interface: String,
     #[serde(default)]
     pub xdp_mode: XdpMode,
+    /// Connection-table capacity (LRU: the least recently used entry makes room).
+    #[serde(default = "default_conn_table_size")]
+    pub conn_table_size: u32,
+}
+
+fn default_conn_table_size() -> u32 {
+    lb_common::maps::DEFAULT_CONN_TABLE_SIZE
 }
 
 /// How the XDP program is attached.
@@ -98,9 +105,78 @@ pub struct Service {
     pub scheduler: Scheduler,
     #[serde(default, with = "duration::option")]
     pub persistence_timeout: Option<Duration>,
+    /// Prefix length (or dotted netmask) that groups clients for persistence; default 32.
+    #[serde(default)]
+    pub persistence_granularity: Option<Granularity>,
+    /// Schedule TCP packets that have no connection instead of dropping them.
+    #[serde(default)]
+    pub sloppy_tcp: bool,
+    /// Idle timeouts, like `ipvsadm --set tcp tcpfin udp`.
+    #[serde(default)]
+    pub timeouts: ServiceTimeouts,
     pub health_check: Option<HealthCheck>,
     #[serde(default)]
     pub real_servers: Vec<RealServer>,
+}
+
+/// `timeouts:` of a service.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceTimeouts {
+    #[serde(default = "duration::default_tcp", with = "duration::required")]
+    pub tcp: Duration,
+    #[serde(default = "duration::default_tcp_fin", with = "duration::required")]
+    pub tcp_fin: Duration,
+    #[serde(default = "duration::default_udp", with = "duration::required")]
+    pub udp: Duration,
+}
+
+impl Default for ServiceTimeouts {
+    fn default() -> Self {
+        ServiceTimeouts {
+            tcp: duration::default_tcp(),
+            tcp_fin: duration::default_tcp_fin(),
+            udp: duration::default_udp(),
+        }
+    }
+}
+
+/// Persistence granularity: `24`, `/24` or `255.255.255.0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Granularity(pub u8);
+
+impl<'de> Deserialize<'de> for Granularity {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Granularity;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a prefix length (0-32, e.g. 24 or /24) or a netmask such as 255.255.255.0")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Granularity, E> {
+                if v <= 32 { Ok(Granularity(v as u8)) } else { Err(E::custom(format!("prefix length {v} is above 32"))) }
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Granularity, E> {
+                u64::try_from(v).map_err(|_| E::custom(format!("prefix length {v} is negative"))).and_then(|v| self.visit_u64(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Granularity, E> {
+                let s = s.trim();
+                if let Some(p) = s.strip_prefix('/') {
+                    return p.parse::<u64>().map_err(|_| E::custom(format!("`{s}` is not a prefix length"))).and_then(|v| self.visit_u64(v));
+                }
+                if let Ok(v) = s.parse::<u64>() {
+                    return self.visit_u64(v);
+                }
+                let mask: std::net::Ipv4Addr = s.parse().map_err(|_| E::custom(format!("`{s}` is neither a prefix length nor a netmask")))?;
+                let bits = u32::from(mask);
+                if bits.leading_ones() + bits.trailing_zeros() != 32 {
+                    return Err(E::custom(format!("netmask {s} is not contiguous")));
+                }
+                Ok(Granularity(bits.leading_ones() as u8))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -261,6 +337,20 @@ impl Config {
                 format!("`{iface}` is not a valid interface name (1 to 15 characters, no '/' or spaces)"),
             ));
         }
+        let size = self.director.conn_table_size;
+        if !(1024..=1 << 26).contains(&size) {
+            problems.push((
+                "director.conn_table_size".into(),
+                format!("conn_table_size {size} is outside 1024..=67108864"),
+            ));
+        }
+        if self.services.len() > lb_common::maps::MAX_SERVICES as usize {
+            problems.push(("services".into(), format!("at most {} services are supported", lb_common::maps::MAX_SERVICES)));
+        }
+        let total: usize = self.services.iter().map(|s| s.real_servers.len()).sum();
+        if total > lb_common::maps::MAX_BACKENDS as usize {
+            problems.push(("services".into(), format!("{total} real servers in all; at most {} are supported", lb_common::maps::MAX_BACKENDS)));
+        }
         let mut names = HashSet::new();
         let mut endpoints = HashSet::new();
         for (i, svc) in self.services.iter().enumerate() {
@@ -287,6 +377,41 @@ impl Config {
             }
             if let Some(hc) = &svc.health_check {
                 problems.extend(hc.validate(svc.port).into_iter().map(|(f, m)| (at(&format!("health_check.{f}")), m)));
+            }
+            if svc.real_servers.len() > lb_common::maps::MAX_BACKENDS_PER_SERVICE as usize {
+                problems.push((
+                    at("real_servers"),
+                    format!(
+                        "{} real servers; a service may have at most {} (the dataplane's scheduler loops are bounded by it)",
+                        svc.real_servers.len(),
+                        lb_common::maps::MAX_BACKENDS_PER_SERVICE
+                    ),
+                ));
+            }
+            for (field, value) in [("tcp", svc.timeouts.tcp), ("tcp_fin", svc.timeouts.tcp_fin), ("udp", svc.timeouts.udp)] {
+                if value.as_secs() == 0 || value.as_secs() > u32::MAX as u64 {
+                    problems.push((at(&format!("timeouts.{field}")), format!("timeout must be between 1s and {}s", u32::MAX)));
+                }
+            }
+            if let Some(p) = svc.persistence_timeout
+                && (p.as_secs() == 0 || p.as_secs() > u32::MAX as u64)
+            {
+                problems.push((at("persistence_timeout"), "persistence_timeout must be at least 1s".into()));
+            }
+            if svc.persistence_granularity.is_some() && svc.persistence_timeout.is_none() {
+                problems.push((at("persistence_granularity"), "persistence_granularity needs persistence_timeout".into()));
+            }
+            if svc.scheduler == Scheduler::Wrr {
+                let weights: Vec<u32> = svc.real_servers.iter().map(|r| r.weight).collect();
+                if crate::sched_tables::wrr_cycle_len(&weights) > crate::sched_tables::MAX_WRR_SEQUENCE {
+                    problems.push((
+                        at("scheduler"),
+                        format!(
+                            "the weights make a wrr cycle longer than {} choices; divide them by a common factor or use wlc",
+                            crate::sched_tables::MAX_WRR_SEQUENCE
+                        ),
+                    ));
+                }
             }
             let mut seen = HashSet::new();
             for (j, rs) in svc.real_servers.iter().enumerate() {

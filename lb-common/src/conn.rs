@@ -1,0 +1,193 @@
+//! Connection state as IPVS tracks it for Direct Routing, where the director sees only the
+//! client's half of each connection (IPVS's "input-only" table, `ip_vs_proto_tcp.c`).
+
+use crate::addr::Addr16;
+
+/// Key of the connection table: the client's 5-tuple toward the VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct ConnKey {
+    pub client: Addr16,
+    pub vip: Addr16,
+    pub cport: u16,
+    pub vport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `Conn::flags`: counted in the real server's InActConn (IPVS `IP_VS_CONN_F_INACTIVE`).
+pub const CONN_F_INACTIVE: u8 = 1 << 0;
+
+/// Value of the connection table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Conn {
+    /// `bpf_ktime_get_ns()` of the last packet.
+    pub last_seen_ns: u64,
+    /// Slot of the real server in `DRLB_BACKENDS`.
+    pub backend: u32,
+    /// Service id (index into `DRLB_SERVICES`).
+    pub service: u32,
+    /// Idle time after which the entry is dead, for its current state (IPVS `cp->timeout`).
+    pub timeout_s: u32,
+    pub state: u8,
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+
+impl Conn {
+    #[inline(always)]
+    pub fn is_inactive(&self) -> bool {
+        self.flags & CONN_F_INACTIVE != 0
+    }
+
+    /// Whether the entry outlived its timeout at `now_ns`.
+    #[inline(always)]
+    pub fn expired(&self, now_ns: u64) -> bool {
+        now_ns.wrapping_sub(self.last_seen_ns) > self.timeout_s as u64 * 1_000_000_000
+    }
+}
+
+/// IPVS TCP states (`IP_VS_TCP_S_*`), in the kernel's numbering.
+pub mod tcp {
+    pub const NONE: u8 = 0;
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT: u8 = 4;
+    pub const TIME_WAIT: u8 = 5;
+    pub const CLOSE: u8 = 6;
+    pub const CLOSE_WAIT: u8 = 7;
+    pub const LAST_ACK: u8 = 8;
+    pub const LISTEN: u8 = 9;
+    pub const SYNACK: u8 = 10;
+    pub const COUNT: usize = 11;
+
+    pub const NAMES: [&str; COUNT] = [
+        "NONE", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT", "TIME_WAIT", "CLOSE", "CLOSE_WAIT",
+        "LAST_ACK", "LISTEN", "SYNACK",
+    ];
+
+    /// `tcp_timeouts[]`, seconds.
+    pub const DEFAULT_TIMEOUTS: [u32; COUNT] = [2, 900, 120, 60, 120, 120, 10, 60, 30, 120, 120];
+
+    const S_ES: u8 = ESTABLISHED;
+    const S_SS: u8 = SYN_SENT;
+    const S_SR: u8 = SYN_RECV;
+    const S_FW: u8 = FIN_WAIT;
+    const S_TW: u8 = TIME_WAIT;
+    const S_CL: u8 = CLOSE;
+    const S_CW: u8 = CLOSE_WAIT;
+    const S_LA: u8 = LAST_ACK;
+    const S_LI: u8 = LISTEN;
+
+    /// The INPUT-ONLY rows of `tcp_states[]` (IPVS without secure_tcp), indexed
+    /// `[event][current state]`; events as [`event`] numbers them.
+    pub const INPUT_ONLY: [[u8; COUNT]; 4] = [
+        /* syn */ [S_SR, S_ES, S_ES, S_SR, S_SR, S_SR, S_SR, S_SR, S_SR, S_SR, S_SR],
+        /* fin */ [S_CL, S_FW, S_SS, S_TW, S_FW, S_TW, S_CL, S_CW, S_LA, S_LI, S_TW],
+        /* ack */ [S_ES, S_ES, S_SS, S_ES, S_FW, S_TW, S_CL, S_CW, S_CL, S_LI, S_ES],
+        /* rst */ [S_CL, S_CL, S_CL, S_SR, S_CL, S_CL, S_CL, S_CL, S_LA, S_LI, S_CL],
+    ];
+
+    pub const FLAG_FIN: u8 = 0x01;
+    pub const FLAG_SYN: u8 = 0x02;
+    pub const FLAG_RST: u8 = 0x04;
+    pub const FLAG_ACK: u8 = 0x10;
+
+    /// `tcp_state_idx()`: RST wins over SYN over FIN over ACK; `None` for none of them.
+    #[inline(always)]
+    pub fn event(flags: u8) -> Option<usize> {
+        if flags & FLAG_RST != 0 {
+            Some(3)
+        } else if flags & FLAG_SYN != 0 {
+            Some(0)
+        } else if flags & FLAG_FIN != 0 {
+            Some(1)
+        } else if flags & FLAG_ACK != 0 {
+            Some(2)
+        } else {
+            None
+        }
+    }
+
+    /// `set_tcp_state()`'s next state; a segment with none of the four flags moves the
+    /// entry to CLOSE, as in IPVS.
+    #[inline(always)]
+    pub fn next_state(state: u8, flags: u8) -> u8 {
+        match event(flags) {
+            Some(e) if (state as usize) < COUNT => INPUT_ONLY[e][state as usize],
+            _ => CLOSE,
+        }
+    }
+
+    /// Whether a SYN on an entry in `state` starts a new connection, scheduled afresh,
+    /// rather than belonging to the old one (IPVS `is_new_conn_expected()` with the
+    /// default conn_reuse_mode 1: TIME_WAIT and CLOSE).
+    #[inline(always)]
+    pub fn syn_starts_new_connection(state: u8) -> bool {
+        state == TIME_WAIT || state == CLOSE
+    }
+}
+
+/// Timeouts a service may override (`ipvsadm --set tcp tcpfin udp`), seconds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp_established: u32,
+    pub tcp_fin_wait: u32,
+    pub udp: u32,
+}
+
+/// IPVS's UDP timeout (`udp_timeouts[IP_VS_UDP_S_NORMAL]`), seconds.
+pub const DEFAULT_UDP_TIMEOUT: u32 = 300;
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp_established: tcp::DEFAULT_TIMEOUTS[tcp::ESTABLISHED as usize],
+            tcp_fin_wait: tcp::DEFAULT_TIMEOUTS[tcp::FIN_WAIT as usize],
+            udp: DEFAULT_UDP_TIMEOUT,
+        }
+    }
+}
+
+impl Timeouts {
+    /// The timeout of a TCP entry in `state`.
+    #[inline(always)]
+    pub fn tcp(&self, state: u8) -> u32 {
+        if state == tcp::ESTABLISHED {
+            self.tcp_established
+        } else if state == tcp::FIN_WAIT {
+            self.tcp_fin_wait
+        } else if (state as usize) < tcp::COUNT {
+            tcp::DEFAULT_TIMEOUTS[state as usize]
+        } else {
+            tcp::DEFAULT_TIMEOUTS[tcp::CLOSE as usize]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tcp::*;
+
+    #[test]
+    fn handshake_and_close_as_ipvs_input_only() {
+        let mut s = NONE;
+        s = next_state(s, FLAG_SYN);
+        assert_eq!(s, SYN_RECV);
+        s = next_state(s, FLAG_SYN); // retransmitted SYN
+        assert_eq!(s, SYN_RECV);
+        s = next_state(s, FLAG_ACK);
+        assert_eq!(s, ESTABLISHED);
+        s = next_state(s, FLAG_ACK | 0x08);
+        assert_eq!(s, ESTABLISHED);
+        s = next_state(s, FLAG_FIN | FLAG_ACK);
+        assert_eq!(s, FIN_WAIT);
+        s = next_state(s, FLAG_ACK);
+        assert_eq!(s, FIN_WAIT);
+        assert_eq!(next_state(ESTABLISHED, FLAG_RST | FLAG_ACK), CLOSE);
+        assert_eq!(next_state(ESTABLISHED, 0), CLOSE);
+    }
+}

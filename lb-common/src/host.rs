@@ -1,0 +1,114 @@
+//! The dataplane's maps as ordinary collections: `dataplane::process` over these runs on
+//! the host exactly as the XDP program runs over BPF maps. Used as the reference the
+//! kernel's output is compared with, and to test scheduling and state without a kernel.
+
+use core::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+
+use crate::addr::Addr16;
+use crate::conn::{Conn, ConnKey};
+use crate::dataplane::Tables;
+use crate::maps::{
+    vip_filter_index, Backend, BackendStats, ConnCounts, Persist, SchedState, Service, ServiceKey, Vip, VipKey,
+};
+use crate::sched::NO_DEST;
+
+#[derive(Debug, Default, Clone)]
+pub struct HostTables {
+    pub vips: BTreeMap<Addr16, Vip>,
+    pub service_ids: BTreeMap<ServiceKey, u32>,
+    pub services: BTreeMap<u32, Service>,
+    pub backends: BTreeMap<u32, Backend>,
+    pub sched_table: BTreeMap<u32, u16>,
+    pub sched_state: RefCell<BTreeMap<u32, SchedState>>,
+    pub counts: RefCell<BTreeMap<u32, ConnCounts>>,
+    pub stats: RefCell<BTreeMap<u32, BackendStats>>,
+    pub conns: RefCell<BTreeMap<ConnKey, Conn>>,
+    pub persist: RefCell<BTreeMap<ConnKey, Persist>>,
+    pub now: Cell<u64>,
+}
+
+impl Tables for HostTables {
+    fn vip_filter(&self, addr: &Addr16) -> bool {
+        let i = vip_filter_index(addr);
+        self.vips.keys().any(|v| vip_filter_index(v) == i)
+    }
+
+    fn vip(&self, key: &VipKey) -> Option<Vip> {
+        self.vips.get(&key.addr).copied()
+    }
+
+    fn service_id(&self, key: &ServiceKey) -> Option<u32> {
+        self.service_ids.get(key).copied()
+    }
+
+    fn service(&self, id: u32) -> Option<Service> {
+        // An array map: every index below its size reads (zeroed if never written).
+        Some(self.services.get(&id).copied().unwrap_or_default())
+    }
+
+    fn backend(&self, slot: u32) -> Option<Backend> {
+        Some(self.backends.get(&slot).copied().unwrap_or_default())
+    }
+
+    fn conn_counts(&self, slot: u32) -> ConnCounts {
+        self.counts.borrow().get(&slot).copied().unwrap_or_default()
+    }
+
+    fn adjust_conn_counts(&self, slot: u32, active: i32, inactive: i32) {
+        let mut counts = self.counts.borrow_mut();
+        let c = counts.entry(slot).or_default();
+        c.active = c.active.wrapping_add(active as u32);
+        c.inactive = c.inactive.wrapping_add(inactive as u32);
+    }
+
+    fn account(&self, slot: u32, bytes: u64, new_conn: bool) {
+        let mut stats = self.stats.borrow_mut();
+        let s = stats.entry(slot).or_default();
+        s.packets += 1;
+        s.bytes += bytes;
+        s.conns += new_conn as u64;
+    }
+
+    fn with_conn<R>(&self, key: &ConnKey, f: impl FnOnce(Option<&mut Conn>) -> R) -> R {
+        // Copy out and back so `f` may use the other tables meanwhile.
+        let current = self.conns.borrow().get(key).copied();
+        match current {
+            None => f(None),
+            Some(mut c) => {
+                let r = f(Some(&mut c));
+                self.conns.borrow_mut().insert(*key, c);
+                r
+            }
+        }
+    }
+
+    fn insert_conn(&self, key: &ConnKey, conn: &Conn) {
+        self.conns.borrow_mut().insert(*key, *conn);
+    }
+
+    fn remove_conn(&self, key: &ConnKey) {
+        self.conns.borrow_mut().remove(key);
+    }
+
+    fn with_sched_state<R>(&self, service: u32, f: impl FnOnce(&mut SchedState) -> R) -> Option<R> {
+        let mut states = self.sched_state.borrow_mut();
+        Some(f(states.entry(service).or_default()))
+    }
+
+    fn sched_table(&self, index: u32) -> u16 {
+        self.sched_table.get(&index).copied().unwrap_or(NO_DEST)
+    }
+
+    fn persist(&self, key: &ConnKey) -> Option<Persist> {
+        self.persist.borrow().get(key).copied()
+    }
+
+    fn insert_persist(&self, key: &ConnKey, value: &Persist) {
+        self.persist.borrow_mut().insert(*key, *value);
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.now.get()
+    }
+}

@@ -1,0 +1,284 @@
+//! drlb's schedulers and connection states against a plain model of IPVS, written the way
+//! the kernel sources are (a list walked with "least so far" pointers, the input-only state
+//! table applied with the INACTIVE flag), for random weights, counters and packet sequences.
+
+use std::collections::BTreeMap;
+
+use lb_common::addr::v4_mapped;
+use lb_common::conn::{tcp, ConnKey, Timeouts};
+use lb_common::dataplane::process;
+use lb_common::host::HostTables;
+use lb_common::maps::{scheduler, Backend, Service, ServiceKey, Vip, BACKEND_F_PRESENT, IPPROTO_TCP};
+use lb_common::sched::{self, DestInfo, Dests};
+use lb_common::stats::Stat;
+use proptest::prelude::*;
+
+/// A real server as IPVS holds it.
+#[derive(Clone, Debug)]
+struct Dest {
+    weight: i32,
+    active: i32,
+    inactive: i32,
+    overloaded: bool,
+}
+
+struct List(Vec<Dest>);
+
+impl Dests for List {
+    fn len(&self) -> u32 {
+        self.0.len() as u32
+    }
+    fn get(&self, i: u32) -> DestInfo {
+        let d = &self.0[i as usize];
+        DestInfo { weight: d.weight as u32, active: d.active as u32, inactive: d.inactive as u32, available: !d.overloaded }
+    }
+}
+
+fn overhead(d: &Dest) -> i32 {
+    (d.active << 8) + d.inactive
+}
+
+// ---- the model: ip_vs_wlc.c, ip_vs_lc.c, ip_vs_sed.c, ip_vs_nq.c, ip_vs_rr.c ----
+
+fn model_wlc(list: &[Dest], oh: fn(&Dest) -> i32) -> Option<usize> {
+    let mut it = list.iter().enumerate();
+    let (mut least, mut loh) = loop {
+        let (i, d) = it.next()?;
+        if !d.overloaded && d.weight > 0 {
+            break (i, oh(d));
+        }
+    };
+    for (i, d) in it {
+        if d.overloaded {
+            continue;
+        }
+        let doh = oh(d);
+        if (loh as i64) * (d.weight as i64) > (doh as i64) * (list[least].weight as i64) {
+            least = i;
+            loh = doh;
+        }
+    }
+    Some(least)
+}
+
+fn model_lc(list: &[Dest]) -> Option<usize> {
+    let mut least: Option<usize> = None;
+    let mut loh = 0u32;
+    for (i, d) in list.iter().enumerate() {
+        if d.overloaded || d.weight == 0 {
+            continue;
+        }
+        let doh = overhead(d) as u32;
+        if least.is_none() || doh < loh {
+            least = Some(i);
+            loh = doh;
+        }
+    }
+    least
+}
+
+fn model_nq(list: &[Dest]) -> Option<usize> {
+    let mut least: Option<usize> = None;
+    let mut loh = 0u32;
+    for (i, d) in list.iter().enumerate() {
+        if d.overloaded || d.weight == 0 {
+            continue;
+        }
+        let doh = d.active as u32 + 1;
+        if d.active == 0 {
+            return Some(i);
+        }
+        if least.is_none() || loh.wrapping_mul(d.weight as u32) > doh.wrapping_mul(list[least.unwrap()].weight as u32) {
+            least = Some(i);
+            loh = doh;
+        }
+    }
+    least
+}
+
+/// `sched_data` is a pointer into the list or the head (None).
+fn model_rr(list: &[Dest], sched_data: &mut Option<usize>) -> Option<usize> {
+    let n = list.len();
+    let last = *sched_data;
+    // list_for_each_entry_continue from `last`, then a second pass from the head.
+    let order: Vec<usize> = match last {
+        None => (0..n).collect(),
+        Some(l) => (l + 1..n).chain(0..=l).collect(),
+    };
+    for i in order {
+        let d = &list[i];
+        if !d.overloaded && d.weight > 0 {
+            *sched_data = Some(i);
+            return Some(i);
+        }
+    }
+    None
+}
+
+fn dest_strategy() -> impl Strategy<Value = Dest> {
+    (prop_oneof![Just(0), 1..5i32, 1..100i32, Just(65535)], 0..2000i32, 0..5000i32, prop::bool::weighted(0.1))
+        .prop_map(|(weight, active, inactive, overloaded)| Dest { weight, active, inactive, overloaded })
+}
+
+proptest! {
+    #[test]
+    fn wlc_lc_sed_nq_match_ipvs(list in prop::collection::vec(dest_strategy(), 0..40)) {
+        let l = List(list.clone());
+        prop_assert_eq!(sched::wlc(&l).map(|i| i as usize), model_wlc(&list, overhead));
+        prop_assert_eq!(sched::sed(&l).map(|i| i as usize), model_wlc(&list, |d| d.active + 1));
+        prop_assert_eq!(sched::lc(&l).map(|i| i as usize), model_lc(&list));
+        prop_assert_eq!(sched::nq(&l).map(|i| i as usize), model_nq(&list));
+    }
+
+    #[test]
+    fn rr_sequences_match_ipvs(list in prop::collection::vec(dest_strategy(), 0..12), steps in 1..50usize) {
+        let l = List(list.clone());
+        let (mut pos, mut model_pos) = (sched::RR_HEAD, None);
+        for _ in 0..steps {
+            prop_assert_eq!(sched::rr(&l, &mut pos).map(|i| i as usize), model_rr(&list, &mut model_pos));
+        }
+    }
+}
+
+/// The choice sequences the issue names, from the IPVS sources by hand: weights in
+/// configuration order, servers numbered from 1 in configuration order.
+#[test]
+fn known_sequences() {
+    // rr 1:1:1 starts at the last configured server.
+    let l = List((0..3).map(|_| Dest { weight: 1, active: 0, inactive: 0, overloaded: false }).collect());
+    let mut pos = sched::RR_HEAD;
+    let seq: Vec<u32> = (0..6).map(|_| 3 - sched::rr(&l, &mut pos).unwrap()).collect();
+    assert_eq!(seq, [3, 2, 1, 3, 2, 1]);
+
+    // wrr 1:2:3 after keepalived's one-by-one adds (cw ends at 1, not at the max).
+    let weights = [1u32, 2, 3];
+    let mut mark = sched::wrr_mark_after_adds(&weights);
+    assert_eq!((mark.cw, mark.mw, mark.di), (1, 3, 1));
+    let list = List(weights.iter().rev().map(|&w| Dest { weight: w as i32, active: 0, inactive: 0, overloaded: false }).collect());
+    let seq: Vec<u32> = (0..12).map(|_| 3 - sched::wrr_schedule(&list, &mut mark).unwrap()).collect();
+    assert_eq!(seq, [3, 2, 1, 3, 3, 2, 3, 2, 1, 3, 3, 2]);
+}
+
+// ---- connection state: set_tcp_state() with the INACTIVE flag and dest counters ----
+
+#[derive(Default, Clone, Copy, Debug)]
+struct ModelConn {
+    state: u8,
+    inactive: bool,
+}
+
+const VIP: [u8; 4] = [198, 18, 0, 100];
+
+fn one_server(sloppy: bool) -> HostTables {
+    let mut t = HostTables::default();
+    t.vips.insert(v4_mapped(VIP), Vip { flags: 0 });
+    t.service_ids.insert(ServiceKey::new(v4_mapped(VIP), 80, IPPROTO_TCP), 0);
+    t.services.insert(
+        0,
+        Service {
+            first_backend: 0,
+            backend_count: 1,
+            scheduler: scheduler::WLC,
+            flags: if sloppy { lb_common::maps::SVC_F_SLOPPY_TCP } else { 0 },
+            timeouts: Timeouts::default(),
+            ..Default::default()
+        },
+    );
+    t.backends.insert(0, Backend { mac: [2, 0, 0, 0, 0, 1], weight: 1, flags: BACKEND_F_PRESENT, ..Default::default() });
+    t.now.set(1_000_000_000);
+    t
+}
+
+fn segment(client_port: u16, flags: u8) -> Vec<u8> {
+    let mut f = vec![0xaa; 12];
+    f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0, 198, 18, 0, 10]);
+    f.extend_from_slice(&VIP);
+    f.extend_from_slice(&client_port.to_be_bytes());
+    f.extend_from_slice(&80u16.to_be_bytes());
+    f.extend_from_slice(&[0; 8]);
+    f.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    f
+}
+
+fn flags_strategy() -> impl Strategy<Value = u8> {
+    prop_oneof![
+        Just(tcp::FLAG_SYN),
+        Just(tcp::FLAG_ACK),
+        Just(tcp::FLAG_ACK | 0x08),
+        Just(tcp::FLAG_FIN | tcp::FLAG_ACK),
+        Just(tcp::FLAG_RST),
+        Just(tcp::FLAG_RST | tcp::FLAG_ACK),
+        Just(0u8),
+    ]
+}
+
+proptest! {
+    /// Random segments over a few client ports: every connection's state and the server's
+    /// ActiveConn/InActConn equal IPVS's after each packet.
+    #[test]
+    fn states_and_counts_match_ipvs(sloppy in any::<bool>(), packets in prop::collection::vec((0..3u16, flags_strategy()), 1..60)) {
+        let t = one_server(sloppy);
+        let mut model: BTreeMap<u16, ModelConn> = BTreeMap::new();
+        let (mut m_active, mut m_inactive) = (0i64, 0i64);
+        for (port, flags) in packets {
+            let cport = 40000 + port;
+            let mut frame = segment(cport, flags);
+            let stat = process(frame.as_mut_slice(), &t);
+
+            // The model: ip_vs_in() → conn lookup, reuse check, schedule, set_tcp_state().
+            let syn = flags & tcp::FLAG_SYN != 0;
+            let rst = flags & tcp::FLAG_RST != 0;
+            let mut existing = model.get(&cport).copied();
+            if let Some(c) = existing {
+                if syn && (c.state == tcp::TIME_WAIT || c.state == tcp::CLOSE) {
+                    if c.inactive { m_inactive -= 1 } else { m_active -= 1 }
+                    model.remove(&cport);
+                    existing = None;
+                }
+            }
+            let mut c = match existing {
+                Some(c) => c,
+                None => {
+                    if !(syn || (sloppy && !rst)) {
+                        prop_assert_eq!(stat, Stat::DropNoConnection);
+                        continue;
+                    }
+                    m_inactive += 1;
+                    prop_assert_eq!(stat, Stat::TxScheduled);
+                    ModelConn { state: tcp::NONE, inactive: true }
+                }
+            };
+            if existing.is_some() {
+                prop_assert_eq!(stat, Stat::TxForwarded);
+            }
+            let new = tcp::next_state(c.state, flags);
+            if new != c.state {
+                if !c.inactive && new != tcp::ESTABLISHED {
+                    m_active -= 1; m_inactive += 1; c.inactive = true;
+                } else if c.inactive && new == tcp::ESTABLISHED {
+                    m_active += 1; m_inactive -= 1; c.inactive = false;
+                }
+            }
+            c.state = new;
+            model.insert(cport, c);
+
+            let counts = t.conn_counts_of(0);
+            prop_assert_eq!((counts.active as i64, counts.inactive as i64), (m_active, m_inactive));
+            let key = ConnKey { client: v4_mapped([198, 18, 0, 10]), vip: v4_mapped(VIP), cport, vport: 80, proto: 6, _pad: [0; 3] };
+            let conn = t.conns.borrow().get(&key).copied().unwrap();
+            prop_assert_eq!(conn.state, c.state);
+            prop_assert_eq!(conn.is_inactive(), c.inactive);
+            prop_assert_eq!(conn.timeout_s, Timeouts::default().tcp(c.state));
+        }
+    }
+}
+
+trait CountsOf {
+    fn conn_counts_of(&self, slot: u32) -> lb_common::maps::ConnCounts;
+}
+
+impl CountsOf for HostTables {
+    fn conn_counts_of(&self, slot: u32) -> lb_common::maps::ConnCounts {
+        lb_common::dataplane::Tables::conn_counts(self, slot)
+    }
+}
