@@ -13,14 +13,7 @@ use lb_common::sched::{self, DestInfo, Dests};
 use lb_common::stats::Stat;
 use proptest::prelude::*;
 
-/// A real server as IPVS holds it.
-#[derive(Clone, Debug)]
-struct Dest {
-    weight: i32,
-    active: i32,
-    inactive: i32,
-    overloaded: bool,
-}
+use lb_common::host::ipvs::{self, Dest};
 
 struct List(Vec<Dest>);
 
@@ -34,87 +27,6 @@ impl Dests for List {
     }
 }
 
-fn overhead(d: &Dest) -> i32 {
-    (d.active << 8) + d.inactive
-}
-
-// ---- the model: ip_vs_wlc.c, ip_vs_lc.c, ip_vs_sed.c, ip_vs_nq.c, ip_vs_rr.c ----
-
-fn model_wlc(list: &[Dest], oh: fn(&Dest) -> i32) -> Option<usize> {
-    let mut it = list.iter().enumerate();
-    let (mut least, mut loh) = loop {
-        let (i, d) = it.next()?;
-        if !d.overloaded && d.weight > 0 {
-            break (i, oh(d));
-        }
-    };
-    for (i, d) in it {
-        if d.overloaded {
-            continue;
-        }
-        let doh = oh(d);
-        if (loh as i64) * (d.weight as i64) > (doh as i64) * (list[least].weight as i64) {
-            least = i;
-            loh = doh;
-        }
-    }
-    Some(least)
-}
-
-fn model_lc(list: &[Dest]) -> Option<usize> {
-    let mut least: Option<usize> = None;
-    let mut loh = 0u32;
-    for (i, d) in list.iter().enumerate() {
-        if d.overloaded || d.weight == 0 {
-            continue;
-        }
-        let doh = overhead(d) as u32;
-        if least.is_none() || doh < loh {
-            least = Some(i);
-            loh = doh;
-        }
-    }
-    least
-}
-
-fn model_nq(list: &[Dest]) -> Option<usize> {
-    let mut least: Option<usize> = None;
-    let mut loh = 0u32;
-    for (i, d) in list.iter().enumerate() {
-        if d.overloaded || d.weight == 0 {
-            continue;
-        }
-        let doh = d.active as u32 + 1;
-        if d.active == 0 {
-            return Some(i);
-        }
-        if least.is_none() || loh.wrapping_mul(d.weight as u32) > doh.wrapping_mul(list[least.unwrap()].weight as u32) {
-            least = Some(i);
-            loh = doh;
-        }
-    }
-    least
-}
-
-/// `sched_data` is a pointer into the list or the head (None).
-fn model_rr(list: &[Dest], sched_data: &mut Option<usize>) -> Option<usize> {
-    let n = list.len();
-    let last = *sched_data;
-    // list_for_each_entry_continue from `last`, then a second pass from the head.
-    let order: Vec<usize> = match last {
-        None => (0..n).collect(),
-        Some(l) => (l + 1..n).chain(0..=l).collect(),
-    };
-    for i in order {
-        let d = &list[i];
-        if !d.overloaded && d.weight > 0 {
-            *sched_data = Some(i);
-            return Some(i);
-        }
-    }
-    None
-}
-
 fn dest_strategy() -> impl Strategy<Value = Dest> {
     (prop_oneof![Just(0), 1..5i32, 1..100i32, Just(65535)], 0..2000i32, 0..5000i32, prop::bool::weighted(0.1))
         .prop_map(|(weight, active, inactive, overloaded)| Dest { weight, active, inactive, overloaded })
@@ -124,10 +36,10 @@ proptest! {
     #[test]
     fn wlc_lc_sed_nq_match_ipvs(list in prop::collection::vec(dest_strategy(), 0..40)) {
         let l = List(list.clone());
-        prop_assert_eq!(sched::wlc(&l).map(|i| i as usize), model_wlc(&list, overhead));
-        prop_assert_eq!(sched::sed(&l).map(|i| i as usize), model_wlc(&list, |d| d.active + 1));
-        prop_assert_eq!(sched::lc(&l).map(|i| i as usize), model_lc(&list));
-        prop_assert_eq!(sched::nq(&l).map(|i| i as usize), model_nq(&list));
+        prop_assert_eq!(sched::wlc(&l).map(|i| i as usize), ipvs::wlc(&list));
+        prop_assert_eq!(sched::sed(&l).map(|i| i as usize), ipvs::sed(&list));
+        prop_assert_eq!(sched::lc(&l).map(|i| i as usize), ipvs::lc(&list));
+        prop_assert_eq!(sched::nq(&l).map(|i| i as usize), ipvs::nq(&list));
     }
 
     #[test]
@@ -135,7 +47,7 @@ proptest! {
         let l = List(list.clone());
         let (mut pos, mut model_pos) = (sched::RR_HEAD, None);
         for _ in 0..steps {
-            prop_assert_eq!(sched::rr(&l, &mut pos).map(|i| i as usize), model_rr(&list, &mut model_pos));
+            prop_assert_eq!(sched::rr(&l, &mut pos).map(|i| i as usize), ipvs::rr(&list, &mut model_pos));
         }
     }
 }

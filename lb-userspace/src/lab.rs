@@ -42,10 +42,16 @@ pub struct Host {
 
 pub const CLIENT: Host = Host { role: "client", addr: CLIENT_ADDR, mac: [0x02, 0xd1, 0, 0, 0, 0x0a] };
 pub const DIRECTOR: Host = Host { role: "director", addr: DIRECTOR_ADDR, mac: [0x02, 0xd1, 0, 0, 0, 0x02] };
-pub const REAL_SERVERS: [Host; 2] = [
+/// Every real server a lab can have; a lab uses the first `real_servers` of them.
+pub const ALL_REAL_SERVERS: [Host; 3] = [
     Host { role: "rs1", addr: Ipv4Addr::new(198, 18, 0, 11), mac: [0x02, 0xd1, 0, 0, 0, 0x11] },
     Host { role: "rs2", addr: Ipv4Addr::new(198, 18, 0, 12), mac: [0x02, 0xd1, 0, 0, 0, 0x12] },
+    Host { role: "rs3", addr: Ipv4Addr::new(198, 18, 0, 13), mac: [0x02, 0xd1, 0, 0, 0, 0x13] },
 ];
+/// The default lab's two real servers.
+pub const REAL_SERVERS: [Host; 2] = [ALL_REAL_SERVERS[0], ALL_REAL_SERVERS[1]];
+/// A second address on the client, to act as a second client.
+pub const CLIENT2_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 20);
 
 /// Prefix of every namespace the lab creates: `drlbNNNNN-K-role` (NNNNN = creator pid).
 const NS_PREFIX: &str = "drlb";
@@ -82,8 +88,8 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Resu
 pub struct Tally {
     pub ok: usize,
     pub failed: usize,
-    /// Answers per real server role, in REAL_SERVERS order.
-    pub per_server: [usize; 2],
+    /// Answers per real server role, in ALL_REAL_SERVERS order.
+    pub per_server: [usize; 3],
     pub first_error: Option<String>,
 }
 
@@ -92,6 +98,7 @@ pub struct Lab {
     tag: String,
     pub dir: PathBuf,
     pub mode: XdpMode,
+    rs_count: usize,
     children: Vec<(String, Child)>,
     drlb: Option<Child>,
     /// Holds the XDP_PASS program on the director's bridge-side veth (native mode).
@@ -106,24 +113,44 @@ impl Lab {
         format!("{}-{role}", self.tag)
     }
 
-    /// Builds the topology and starts nginx on both real servers. `mode` decides the
-    /// native-mode extras (XDP_PASS on the peer veth, client tx checksum offload off).
+    /// Builds the topology with two real servers and starts nginx on them. `mode` decides
+    /// the native-mode extras (XDP_PASS on the peer veth, client tx checksum offload off).
     pub fn build(mode: XdpMode) -> Result<Lab> {
+        Self::build_with(mode, 2)
+    }
+
+    /// [`Lab::build`] with 1 to 3 real servers.
+    pub fn build_with(mode: XdpMode, real_servers: usize) -> Result<Lab> {
+        assert!((1..=ALL_REAL_SERVERS.len()).contains(&real_servers));
         remove_stale_labs();
         let tag = format!("{NS_PREFIX}{}-{}", std::process::id(), LAB_COUNTER.fetch_add(1, Ordering::SeqCst));
         let dir = std::env::temp_dir().join(&tag);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut lab = Lab { tag, dir, mode, children: Vec::new(), drlb: None, peer_pass: None, namespaces: Vec::new() };
+        let mut lab = Lab {
+            tag,
+            dir,
+            mode,
+            rs_count: real_servers,
+            children: Vec::new(),
+            drlb: None,
+            peer_pass: None,
+            namespaces: Vec::new(),
+        };
         lab.create_topology()?;
-        for rs in REAL_SERVERS {
+        for rs in lab.real_servers().to_vec() {
             lab.start_nginx(&rs)?;
         }
-        for rs in REAL_SERVERS {
+        for rs in lab.real_servers().to_vec() {
             lab.wait_for_tcp(rs.addr, 80, Duration::from_secs(10))
                 .with_context(|| format!("nginx on {} did not come up; see {}", rs.role, lab.dir.join(rs.role).display()))?;
         }
         Ok(lab)
+    }
+
+    /// This lab's real servers.
+    pub fn real_servers(&self) -> &'static [Host] {
+        &ALL_REAL_SERVERS[..self.rs_count]
     }
 
     fn add_ns(&mut self, role: &str) -> Result<String> {
@@ -138,7 +165,7 @@ impl Lab {
         let br = self.add_ns("br")?;
         sh("ip", &["-n", &br, "link", "add", "br0", "type", "bridge"])?;
         sh("ip", &["-n", &br, "link", "set", "br0", "up"])?;
-        let hosts: Vec<Host> = [CLIENT, DIRECTOR].into_iter().chain(REAL_SERVERS).collect();
+        let hosts: Vec<Host> = [CLIENT, DIRECTOR].into_iter().chain(self.real_servers().iter().copied()).collect();
         for host in &hosts {
             let ns = self.add_ns(host.role)?;
             let peer = format!("v{}", host.role);
@@ -149,9 +176,10 @@ impl Lab {
             sh("ip", &["-n", &ns, "addr", "add", &format!("{}/{PREFIX}", host.addr), "dev", "eth0"])?;
             sh("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
         }
+        sh("ip", &["-n", &self.ns("client"), "addr", "add", &format!("{CLIENT2_ADDR}/{PREFIX}"), "dev", "eth0"])?;
         // The director owns the VIP, as keepalived would configure it.
         sh("ip", &["-n", &self.ns("director"), "addr", "add", &format!("{VIP}/32"), "dev", "eth0"])?;
-        for rs in REAL_SERVERS {
+        for rs in self.real_servers() {
             let ns = self.ns(rs.role);
             sh("ip", &["-n", &ns, "addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
             for (key, value) in [
@@ -186,8 +214,9 @@ impl Lab {
             &conf,
             format!(
                 "daemon off;\nmaster_process on;\nworker_processes 1;\nuser root;\npid {d}/nginx.pid;\n\
-                 error_log {d}/error.log;\nevents {{ worker_connections 256; }}\n\
+                 error_log {d}/error.log;\nworker_rlimit_nofile 4096;\nevents {{ worker_connections 2048; }}\n\
                  http {{\n  access_log off;\n  client_body_temp_path {d};\n  default_type text/plain;\n\
+                 keepalive_timeout 300s;\n  keepalive_requests 100000;\n\
                  server {{ listen 80; location / {{ return 200 \"{role}\\n\"; }} }}\n}}\n",
                 d = dir.display(),
                 role = rs.role
@@ -224,7 +253,7 @@ impl Lab {
             XdpMode::Auto => "auto",
         };
         let mut servers = String::new();
-        for rs in REAL_SERVERS {
+        for rs in self.real_servers() {
             servers += &format!("      - {{ address: {}, weight: 1 }}\n", rs.addr);
         }
         format!(
@@ -288,7 +317,7 @@ impl Lab {
             let mut t = Tally::default();
             for _ in 0..n {
                 match http_get(VIP, timeout) {
-                    Ok(body) => match REAL_SERVERS.iter().position(|rs| body.trim() == rs.role) {
+                    Ok(body) => match ALL_REAL_SERVERS.iter().position(|rs| body.trim() == rs.role) {
                         Some(i) => {
                             t.ok += 1;
                             t.per_server[i] += 1;
@@ -305,6 +334,37 @@ impl Lab {
                 }
             }
             Ok(t)
+        })
+    }
+
+    /// Opens `n` connections to VIP:80 one after the other from `source`, each making one
+    /// keep-alive HTTP request; returns which real server (index into ALL_REAL_SERVERS)
+    /// answered each. With `hold` the connections stay open (ESTABLISHED: active at the
+    /// director) and are returned; otherwise each is closed by the client before the next
+    /// opens (its FIN makes it inactive).
+    pub fn connections(&self, n: usize, source: Ipv4Addr, hold: bool) -> Result<(Vec<usize>, Vec<TcpStream>)> {
+        in_netns(&self.ns("client"), || {
+            let mut answered = Vec::with_capacity(n);
+            let mut held = Vec::new();
+            for k in 0..n {
+                let mut s = connect_from(source, SocketAddr::from((VIP, 80)), Duration::from_secs(3))
+                    .with_context(|| format!("connection {k} of {n} from {source}"))?;
+                let body = keepalive_get(&mut s).with_context(|| format!("request on connection {k} of {n}"))?;
+                let rs = ALL_REAL_SERVERS
+                    .iter()
+                    .position(|rs| body.trim() == rs.role)
+                    .ok_or_else(|| anyhow!("unexpected body {body:?}"))?;
+                answered.push(rs);
+                if hold {
+                    held.push(s);
+                } else {
+                    s.shutdown(std::net::Shutdown::Both).ok();
+                    drop(s);
+                    // Let the FIN reach the director before the next SYN is sent.
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            Ok((answered, held))
         })
     }
 
@@ -352,6 +412,42 @@ fn http_get(addr: Ipv4Addr, timeout: Duration) -> Result<String> {
         bail!("status line {:?}", head.lines().next().unwrap_or(""));
     }
     Ok(body.to_string())
+}
+
+/// A TCP connection from a chosen local address (the second lab client).
+fn connect_from(source: Ipv4Addr, to: SocketAddr, timeout: Duration) -> Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    s.bind(&SocketAddr::from((source, 0)).into()).with_context(|| format!("binding to {source}"))?;
+    s.connect_timeout(&to.into(), timeout).context("connect")?;
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    Ok(s)
+}
+
+/// One HTTP/1.1 GET on a connection that stays open; returns the body.
+fn keepalive_get(s: &mut TcpStream) -> Result<String> {
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: {VIP}\r\nUser-Agent: drlb-lab\r\n\r\n").as_bytes())?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = s.read(&mut chunk).context("read")?;
+        if n == 0 {
+            bail!("connection closed before the response was complete");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                .ok_or_else(|| anyhow!("no Content-Length in {head:?}"))?;
+            if body.len() >= len {
+                return Ok(body[..len].to_string());
+            }
+        }
+    }
 }
 
 /// SIGTERM, then SIGKILL after `grace`.

@@ -2,6 +2,8 @@
 //! the host exactly as the XDP program runs over BPF maps. Used as the reference the
 //! kernel's output is compared with, and to test scheduling and state without a kernel.
 
+pub mod ipvs;
+
 use core::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
