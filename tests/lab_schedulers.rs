@@ -130,3 +130,29 @@ fn persistence_pins_a_client_and_plain_rr_spreads() {
     let rs1 = c.iter().filter(|&&i| i == 0).count();
     assert_eq!(rs1, 25, "without persistence rr alternates: {c:?}");
 }
+
+/// Weight 0 is quiescent: set live by `drlb reload`, the server keeps its open connections
+/// and gets no new ones. A file that does not validate is refused and nothing changes.
+#[test]
+fn weight_zero_by_reload_keeps_open_connections_and_takes_no_new_ones() {
+    let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = Lab::build_with(XdpMode::Native, 2).expect("build the lab");
+    lab.start_drlb_with(drlb(), &config("wlc", &[1, 1], "")).expect("start drlb");
+    let (first, mut held) = lab.connections(10, CLIENT_ADDR, true).expect("10 held connections");
+    assert_eq!(first.iter().filter(|&&i| i == 1).count(), 5, "wlc 1:1 alternates: {first:?}");
+
+    let broken = config("wlc", &[1, 1], "").replace("protocol: tcp", "protocol: tcpp");
+    let out = lab.reload_drlb(drlb(), &broken);
+    assert!(out.is_err(), "drlb reload must refuse a file that does not validate");
+
+    let out = lab.reload_drlb(drlb(), &config("wlc", &[1, 0], "")).expect("reload");
+    assert!(out.contains("reloaded"), "{out}");
+    // The open connections to rs2 still work.
+    let again = lab.requests_on(&mut held).expect("requests on the held connections");
+    assert_eq!(again, first, "open connections must stay on their servers");
+    // New connections avoid rs2.
+    let (new, _more) = lab.connections(10, CLIENT_ADDR, true).expect("new connections");
+    assert!(new.iter().all(|&i| i == 0), "weight-0 rs2 got new connections: {new:?}");
+    drop(held);
+    lab.stop_drlb().unwrap();
+}

@@ -23,6 +23,8 @@ pub trait Tables {
     fn service_id(&self, key: &ServiceKey) -> Option<u32>;
     fn service(&self, id: u32) -> Option<Service>;
     fn backend(&self, slot: u32) -> Option<Backend>;
+    /// Entry `index` of `DRLB_MEMBERS`: a backend slot.
+    fn member(&self, index: u32) -> u32;
     fn conn_counts(&self, slot: u32) -> ConnCounts;
     /// Adds the deltas to a backend's ActiveConn/InActConn (atomically in BPF).
     fn adjust_conn_counts(&self, slot: u32, active: i32, inactive: i32);
@@ -53,14 +55,14 @@ pub trait Tables {
 /// A service's real servers in IPVS list order (the reverse of configuration order).
 struct ServiceDests<'a, T: Tables> {
     tables: &'a T,
-    first: u32,
+    members_offset: u32,
     count: u32,
 }
 
 impl<T: Tables> ServiceDests<'_, T> {
     #[inline(always)]
     fn slot(&self, list_index: u32) -> u32 {
-        self.first + (self.count - 1 - list_index)
+        self.tables.member(self.members_offset + (self.count - 1 - list_index))
     }
 }
 
@@ -86,8 +88,8 @@ impl<T: Tables> Dests for ServiceDests<'_, T> {
 /// Picks a real server slot for a new connection of service `id`.
 #[inline(always)]
 pub fn schedule<T: Tables>(t: &T, id: u32, svc: &Service, client: &Addr16) -> Option<u32> {
-    let dests = ServiceDests { tables: t, first: svc.first_backend, count: svc.backend_count };
-    if svc.backend_count == 0 {
+    let dests = ServiceDests { tables: t, members_offset: svc.members_offset, count: svc.member_count };
+    if svc.member_count == 0 {
         return None;
     }
     let list_index = match svc.scheduler {
@@ -130,7 +132,7 @@ fn table_choice<T: Tables>(t: &T, svc: &Service, index: u32) -> Option<u32> {
         return None;
     }
     let v = t.sched_table(svc.table_offset + index);
-    if v == NO_DEST || v as u32 >= svc.backend_count { None } else { Some(v as u32) }
+    if v == NO_DEST || v as u32 >= svc.member_count { None } else { Some(v as u32) }
 }
 
 /// The client hash mh looks up its Maglev table with.
@@ -269,7 +271,7 @@ pub fn process<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T) -> Stat {
                 let pinned = match t.persist(&pkey) {
                     Some(p) if now.wrapping_sub(p.last_used_ns) <= svc.persist_timeout_s as u64 * 1_000_000_000 => {
                         match t.backend(p.backend) {
-                            Some(b) if b.is_present() => Some(p.backend),
+                            Some(b) if b.is_present() && !b.is_draining() => Some(p.backend),
                             _ => None,
                         }
                     }
@@ -347,7 +349,7 @@ mod tests {
         let mut t = HostTables::default();
         t.vips.insert(v4_mapped(VIP), Vip { flags: 0 });
         t.service_ids.insert(ServiceKey::new(v4_mapped(VIP), 80, IPPROTO_TCP), 0);
-        t.services.insert(0, Service { first_backend: 0, backend_count: 1, ..Default::default() });
+        t.services.insert(0, Service { members_offset: 0, member_count: 1, ..Default::default() });
         t.backends.insert(
             0,
             Backend { addr: v4_mapped([198, 18, 0, 11]), mac: RS_MAC, src_mac: DIR_MAC, weight: 1, flags: BACKEND_F_PRESENT },

@@ -15,8 +15,12 @@ pub const MAP_VIPS: &str = "DRLB_VIPS";
 pub const MAP_SERVICE_IDS: &str = "DRLB_SVC_IDS";
 /// `Array<Service>`: service id → service.
 pub const MAP_SERVICES: &str = "DRLB_SERVICES";
-/// `Array<Backend>`: real servers; each service owns a contiguous slice of slots.
+/// `Array<Backend>`: real servers, by slot. A real server keeps its slot for as long as it
+/// is configured (and after removal, while connections may still use it).
 pub const MAP_BACKENDS: &str = "DRLB_BACKENDS";
+/// `Array<u32>`: each service's members (backend slots) in configuration order, at
+/// `Service::members_offset`. Double-buffered: each update writes the half not in use.
+pub const MAP_MEMBERS: &str = "DRLB_MEMBERS";
 /// `Array<ConnCounts>`: ActiveConn/InActConn per backend slot, updated atomically.
 pub const MAP_CONN_COUNTS: &str = "DRLB_CONN_COUNT";
 /// `PerCpuArray<BackendStats>`: connections, packets and bytes per backend slot.
@@ -42,12 +46,14 @@ pub const MAX_SERVICES: u32 = 4096;
 pub const MAX_BACKENDS_PER_SERVICE: u32 = 256;
 /// Capacity of `DRLB_BACKENDS`: real servers over all services.
 pub const MAX_BACKENDS: u32 = 65536;
+/// Capacity of `DRLB_MEMBERS`: two halves of `MAX_BACKENDS`.
+pub const MEMBERS_SIZE: u32 = 2 * MAX_BACKENDS;
 /// Default capacity of `DRLB_CONNS` (`director.conn_table_size`).
 pub const DEFAULT_CONN_TABLE_SIZE: u32 = 1 << 20;
 /// Capacity of `DRLB_PERSIST`.
 pub const PERSIST_TABLE_SIZE: u32 = 1 << 18;
-/// Capacity of `DRLB_SCHED_TAB`.
-pub const SCHED_TABLE_SIZE: u32 = 1 << 20;
+/// Capacity of `DRLB_SCHED_TAB` (two halves, written alternately like `DRLB_MEMBERS`).
+pub const SCHED_TABLE_SIZE: u32 = 1 << 21;
 
 /// Slot of `DRLB_VIP_FILTER` for a destination address.
 #[inline(always)]
@@ -131,11 +137,11 @@ pub const SVC_F_WILDCARD: u32 = 1 << 2;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Service {
-    /// First slot of this service's real servers in `DRLB_BACKENDS`, in configuration
-    /// order (IPVS list order is the reverse).
-    pub first_backend: u32,
-    /// Number of configured real servers (usable or not) in that slice.
-    pub backend_count: u32,
+    /// Where this service's member list starts in `DRLB_MEMBERS` (configuration order;
+    /// IPVS list order is the reverse).
+    pub members_offset: u32,
+    /// Number of configured real servers (usable or not).
+    pub member_count: u32,
     pub flags: u32,
     pub scheduler: u32,
     /// This service's region of `DRLB_SCHED_TAB` (wrr, sh, mh).
@@ -152,6 +158,9 @@ pub struct Service {
 
 /// `Backend::flags`: slot holds a real server whose MAC is known.
 pub const BACKEND_F_PRESENT: u32 = 1 << 0;
+/// `Backend::flags`: removed from the configuration; its existing connections continue,
+/// but persistence templates no longer lead to it.
+pub const BACKEND_F_DRAINING: u32 = 1 << 1;
 
 /// Value of `DRLB_BACKENDS`.
 #[repr(C)]
@@ -172,6 +181,11 @@ impl Backend {
     #[inline(always)]
     pub fn is_present(&self) -> bool {
         self.flags & BACKEND_F_PRESENT != 0
+    }
+
+    #[inline(always)]
+    pub fn is_draining(&self) -> bool {
+        self.flags & BACKEND_F_DRAINING != 0
     }
 }
 

@@ -88,8 +88,8 @@ fn one_server(sloppy: bool) -> HostTables {
     t.services.insert(
         0,
         Service {
-            first_backend: 0,
-            backend_count: 1,
+            members_offset: 0,
+            member_count: 1,
             scheduler: scheduler::WLC,
             flags: if sloppy { lb_common::maps::SVC_F_SLOPPY_TCP } else { 0 },
             timeouts: Timeouts::default(),

@@ -13,7 +13,7 @@ use lb_common::{
     dataplane::Tables,
     maps::{
         vip_filter_index, Backend, BackendStats, ConnCounts, Persist, SchedState, Service, ServiceKey, Vip, VipKey,
-        DEFAULT_CONN_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, MAX_VIPS, PERSIST_TABLE_SIZE, SCHED_TABLE_SIZE,
+        DEFAULT_CONN_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, MEMBERS_SIZE, MAX_VIPS, PERSIST_TABLE_SIZE, SCHED_TABLE_SIZE,
         VIP_FILTER_SIZE,
     },
     sched::NO_DEST,
@@ -34,6 +34,9 @@ static SERVICES: Array<Service> = Array::with_max_entries(MAX_SERVICES, 0);
 
 #[map(name = "DRLB_BACKENDS")]
 static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+#[map(name = "DRLB_MEMBERS")]
+static MEMBERS: Array<u32> = Array::with_max_entries(MEMBERS_SIZE, 0);
 
 #[map(name = "DRLB_CONN_COUNT")]
 static CONN_COUNTS: Array<ConnCounts> = Array::with_max_entries(MAX_BACKENDS, 0);
@@ -97,6 +100,11 @@ impl Tables for BpfTables {
     #[inline(always)]
     fn backend(&self, slot: u32) -> Option<Backend> {
         BACKENDS.get(slot).copied()
+    }
+
+    #[inline(always)]
+    fn member(&self, index: u32) -> u32 {
+        MEMBERS.get(index).copied().unwrap_or(u32::MAX)
     }
 
     #[inline(always)]

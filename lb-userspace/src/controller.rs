@@ -3,17 +3,18 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::{Instant, interval, sleep_until};
 
 use crate::config::Config;
 use crate::dataplane::{Dataplane, PROGRAM_LB, log_counters, monotonic_ns};
 use crate::netlink::{self, Interface, NeighbourEvent, NeighbourWatch};
+use crate::slots::Slots;
 use crate::tables::{Mac, Tables, Usability, usability};
 
 /// How long start-up waits for real servers' ARP replies before attaching anyway.
@@ -69,7 +70,112 @@ fn log_usability(config: &Config, macs: &HashMap<IpAddr, Mac>) {
     }
 }
 
-/// Runs until SIGINT or SIGTERM.
+/// The running controller's state: everything the maps are computed from.
+struct Controller {
+    config_path: PathBuf,
+    config: Config,
+    iface: Interface,
+    handle: rtnetlink::Handle,
+    macs: HashMap<IpAddr, Mac>,
+    slots: Slots,
+    tables: Tables,
+    dp: Dataplane,
+}
+
+impl Controller {
+    fn wanted(&self) -> Vec<IpAddr> {
+        real_server_addrs(&self.config)
+    }
+
+    /// Recomputes the tables and writes what changed.
+    fn rebuild(&mut self) -> Result<()> {
+        self.tables = Tables::build_with(&self.config, &self.macs, self.iface.mac, &mut self.slots);
+        self.dp.apply(&self.tables).context("updating the maps")
+    }
+
+    /// SIGHUP / `drlb reload`: validate the file, refuse what cannot change live, apply
+    /// the rest as map updates. On any error the running configuration keeps serving.
+    async fn reload(&mut self) {
+        let new = match Config::load(&self.config_path) {
+            Ok(c) => c,
+            Err(errors) => {
+                error!("reload rejected; still serving the previous configuration:\n{errors}");
+                return;
+            }
+        };
+        if new.director != self.config.director {
+            error!(
+                "reload rejected: the director section changed (interface, xdp_mode or conn_table_size); \
+                 that needs a restart (`systemctl restart drlb`); still serving the previous configuration"
+            );
+            return;
+        }
+        if let Err(e) = check_on_link(&new, &self.iface) {
+            error!("reload rejected: {e:#}; still serving the previous configuration");
+            return;
+        }
+        let before = self.wanted();
+        self.config = new;
+        for addr in self.wanted().into_iter().filter(|a| !before.contains(a) && !self.macs.contains_key(a)) {
+            if let Err(e) = netlink::trigger_resolution(&self.handle, self.iface.index, addr).await {
+                warn!("{e:#}");
+            }
+        }
+        match self.rebuild() {
+            Ok(()) => {
+                info!("reloaded {}: {} service(s)", self.config_path.display(), self.config.services.len());
+                log_usability(&self.config, &self.macs);
+            }
+            Err(e) => error!("reload failed while updating the maps: {e:#}"),
+        }
+    }
+
+    fn on_neighbour(&mut self, ev: NeighbourEvent) -> Result<()> {
+        let wanted = self.wanted();
+        let index = self.iface.index;
+        let changed = match ev {
+            NeighbourEvent::Resolved { ifindex, addr, mac } if ifindex == index && wanted.contains(&addr) => {
+                let old = self.macs.insert(addr, mac);
+                if old != Some(mac) {
+                    info!("real server {addr} is at {}", format_mac(&mac));
+                }
+                old != Some(mac)
+            }
+            NeighbourEvent::Failed { ifindex, addr } if ifindex == index && wanted.contains(&addr) => {
+                warn!("real server {addr} stopped answering ARP; it gets no traffic until it answers again");
+                self.macs.remove(&addr).is_some()
+            }
+            _ => false,
+        };
+        if changed { self.rebuild() } else { Ok(()) }
+    }
+
+    fn sweep(&mut self) {
+        match self.dp.sweep(monotonic_ns()) {
+            Ok(r) => {
+                for (slot, had, now) in &r.corrected {
+                    debug!(
+                        "backend slot {slot}: counts corrected from {}/{} to {}/{} active/inactive",
+                        had.active, had.inactive, now.active, now.inactive
+                    );
+                }
+                if r.expired_removed > 0 {
+                    debug!("swept {} expired connection(s); {} live", r.expired_removed, r.live);
+                }
+                let freed = self.slots.release_drained(|slot| r.in_use.contains(&slot));
+                if !freed.is_empty() {
+                    debug!("{} removed real server(s) drained", freed.len());
+                    if let Err(e) = self.rebuild() {
+                        warn!("{e:#}");
+                    }
+                }
+            }
+            Err(e) => warn!("sweeping the connection table: {e:#}"),
+        }
+    }
+}
+
+/// Runs until SIGINT or SIGTERM; SIGHUP reloads the configuration.
 pub async fn run(config_path: &Path) -> Result<()> {
     let config = Config::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let handle = netlink::connect()?;
@@ -101,23 +207,35 @@ pub async fn run(config_path: &Path) -> Result<()> {
     }
     log_usability(&config, &macs);
 
-    let mut dp = Dataplane::load_with(config.director.conn_table_size)?;
-    dp.apply(&Tables::build(&config, &macs, iface.mac))?;
-    let (link, mode) = dp.attach(PROGRAM_LB, &iface.name, config.director.xdp_mode)?;
-    let usable = config
+    let dp = Dataplane::load_with(config.director.conn_table_size)?;
+    let mut c = Controller {
+        config_path: config_path.to_owned(),
+        config,
+        iface,
+        handle,
+        macs,
+        slots: Slots::default(),
+        tables: Tables::default(),
+        dp,
+    };
+    c.rebuild()?;
+    let (link, mode) = c.dp.attach(PROGRAM_LB, &c.iface.name, c.config.director.xdp_mode)?;
+    let usable = c
+        .config
         .services
         .iter()
         .flat_map(|s| &s.real_servers)
-        .filter(|rs| usability(rs, &macs) == Usability::Usable)
+        .filter(|rs| usability(rs, &c.macs) == Usability::Usable)
         .count();
     info!(
         "ready: XDP attached to {} in {mode} mode; {} service(s), {usable} usable real server(s)",
-        iface.name,
-        config.services.len()
+        c.iface.name,
+        c.config.services.len()
     );
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut refresh = interval(REFRESH_INTERVAL);
     refresh.tick().await;
     let mut sweep = interval(SWEEP_INTERVAL);
@@ -126,59 +244,34 @@ pub async fn run(config_path: &Path) -> Result<()> {
         tokio::select! {
             _ = sigint.recv() => { info!("SIGINT: detaching"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: detaching"); break; }
-            _ = sweep.tick() => {
-                match dp.sweep(monotonic_ns()) {
-                    Ok(r) => {
-                        for (slot, had, now) in &r.corrected {
-                            debug!("backend slot {slot}: counts corrected from {}/{} to {}/{} active/inactive", had.active, had.inactive, now.active, now.inactive);
-                        }
-                        if r.expired_removed > 0 {
-                            debug!("swept {} expired connection(s); {} live", r.expired_removed, r.live);
-                        }
-                    }
-                    Err(e) => warn!("sweeping the connection table: {e:#}"),
-                }
-            }
+            _ = sighup.recv() => { info!("SIGHUP: reloading {}", c.config_path.display()); c.reload().await; }
+            _ = sweep.tick() => c.sweep(),
             _ = refresh.tick() => {
-                for addr in &wanted {
-                    if let Err(e) = netlink::trigger_resolution(&handle, iface.index, *addr).await {
+                for addr in c.wanted() {
+                    if let Err(e) = netlink::trigger_resolution(&c.handle, c.iface.index, addr).await {
                         warn!("{e:#}");
                     }
                 }
             }
             ev = watch.next() => {
                 let Some(ev) = ev else { bail!("the neighbour-table subscription ended") };
-                let changed = match ev {
-                    NeighbourEvent::Resolved { ifindex, addr, mac } if ifindex == iface.index && wanted.contains(&addr) => {
-                        let old = macs.insert(addr, mac);
-                        if old != Some(mac) {
-                            info!("real server {addr} is at {}", format_mac(&mac));
-                        }
-                        old != Some(mac)
-                    }
-                    NeighbourEvent::Failed { ifindex, addr } if ifindex == iface.index && wanted.contains(&addr) => {
-                        warn!("real server {addr} stopped answering ARP; it gets no traffic until it answers again");
-                        macs.remove(&addr).is_some()
-                    }
-                    NeighbourEvent::Removed { ifindex, addr } if ifindex == iface.index && wanted.contains(&addr) => {
+                if let NeighbourEvent::Removed { ifindex, addr } = ev {
+                    if ifindex == c.iface.index && c.wanted().contains(&addr) {
                         // Keep forwarding to the MAC we know and ask the kernel to confirm it.
-                        netlink::trigger_resolution(&handle, iface.index, addr).await.ok();
-                        false
+                        netlink::trigger_resolution(&c.handle, c.iface.index, addr).await.ok();
                     }
-                    _ => false,
-                };
-                if changed {
-                    dp.apply(&Tables::build(&config, &macs, iface.mac)).context("updating the maps")?;
+                } else {
+                    c.on_neighbour(ev)?;
                 }
             }
         }
     }
-    if let Ok(c) = dp.counters() {
-        log_counters(&c);
+    if let Ok(counters) = c.dp.counters() {
+        log_counters(&counters);
     }
-    log_backend_counters(&config, &dp);
-    dp.detach(PROGRAM_LB, link)?;
-    info!("detached from {}", iface.name);
+    log_backend_counters(&c.config, &c.tables, &c.dp);
+    c.dp.detach(PROGRAM_LB, link)?;
+    info!("detached from {}", c.iface.name);
     Ok(())
 }
 
@@ -187,17 +280,15 @@ pub fn format_mac(m: &Mac) -> String {
 }
 
 /// One line per real server: `rs web 198.18.0.11: active=.. inactive=.. conns=.. packets=.. bytes=..`.
-pub fn log_backend_counters(config: &Config, dp: &Dataplane) {
-    let mut slot = 0u32;
-    for svc in &config.services {
-        for rs in &svc.real_servers {
-            if let Ok(c) = dp.backend_counters(slot) {
+pub fn log_backend_counters(config: &Config, tables: &Tables, dp: &Dataplane) {
+    for (svc, slots) in config.services.iter().zip(&tables.slots) {
+        for (rs, slot) in svc.real_servers.iter().zip(slots) {
+            if let Ok(c) = dp.backend_counters(*slot) {
                 info!(
                     "rs {} {}: active={} inactive={} conns={} packets={} bytes={}",
                     svc.name, rs.address, c.active, c.inactive, c.conns, c.packets, c.bytes
                 );
             }
-            slot += 1;
         }
     }
 }

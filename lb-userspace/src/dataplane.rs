@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use lb_common::conn::{Conn, ConnKey};
 use lb_common::maps::{
-    Backend, BackendStats, ConnCounts, SchedState, Service, ServiceKey, Vip, VipKey, MAP_BACKENDS,
+    Backend, BackendStats, ConnCounts, SchedState, Service, ServiceKey, Vip, VipKey, MAP_BACKENDS, MAP_MEMBERS,
     MAP_BACKEND_STATS, MAP_CONNS, MAP_CONN_COUNTS, MAP_SCHED_STATE, MAP_SCHED_TABLE, MAP_SERVICES, MAP_SERVICE_IDS,
     MAP_STATS, MAP_VIPS, MAP_VIP_FILTER,
 };
@@ -70,6 +70,8 @@ pub struct SweepReport {
     pub expired_removed: usize,
     /// Backends whose counts were corrected (drift found), with the old counts.
     pub corrected: Vec<(u32, ConnCounts, ConnCounts)>,
+    /// Backend slots that live connections use.
+    pub in_use: std::collections::BTreeSet<u32>,
 }
 
 /// Monotonic nanoseconds, the clock `bpf_ktime_get_ns()` reads.
@@ -178,15 +180,19 @@ impl Dataplane {
             }
         }
         {
+            // The half this build uses is not the one packets read now: no reader sees a
+            // list being rewritten.
+            let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(MAP_MEMBERS)?)?;
+            for (i, slot) in &tables.members {
+                if old.members.get(i) != Some(slot) {
+                    m.set(*i, *slot, 0).context("writing a member list")?;
+                }
+            }
+        }
+        {
             let mut m: Array<&mut MapData, SchedState> = Array::try_from(self.map_mut(MAP_SCHED_STATE)?)?;
-            for (id, svc) in &tables.services {
-                let region = tables.sched_regions.iter().find(|(o, _)| *o == svc.table_offset && svc.table_len > 0);
-                let old_region = old.sched_regions.iter().find(|(o, _)| *o == svc.table_offset && svc.table_len > 0);
-                let changed = old.services.get(id) != Some(svc)
-                    || region != old_region
-                    || (svc.first_backend..svc.first_backend + svc.backend_count)
-                        .any(|s| old.backends.get(&s) != tables.backends.get(&s));
-                if changed {
+            for id in tables.services.keys() {
+                if old.scheduler_input(*id) != tables.scheduler_input(*id) {
                     m.set(*id, Tables::initial_sched_state(), 0).context("writing scheduler state")?;
                 }
             }
@@ -304,6 +310,7 @@ impl Dataplane {
                 continue;
             }
             report.live += 1;
+            report.in_use.insert(c.backend);
             let e = counts.entry(c.backend).or_default();
             if c.is_inactive() {
                 e.inactive += 1;

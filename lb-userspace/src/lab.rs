@@ -303,6 +303,40 @@ impl Lab {
         }
     }
 
+    /// Rewrites drlb's config and runs `drlb reload`; returns once drlb logs the outcome
+    /// (`reloaded` or `reload rejected`), with the log lines since the reload.
+    pub fn reload_drlb(&mut self, drlb: &Path, config_text: &str) -> Result<String> {
+        let log = self.dir.join("drlb.log");
+        let before = fs::read_to_string(&log).unwrap_or_default().len();
+        fs::write(self.dir.join("drlb.yaml"), config_text)?;
+        let out = Command::new(drlb).args(["reload", "--config"]).arg(self.dir.join("drlb.yaml")).output()?;
+        if !out.status.success() {
+            bail!("drlb reload failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            let new = text.get(before..).unwrap_or("").to_string();
+            if new.contains("reloaded ") || new.contains("reload rejected") || new.contains("reload failed") {
+                return Ok(new);
+            }
+            if Instant::now() > deadline {
+                bail!("drlb did not report the reload within 10 s:\n{new}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Makes one more request on each of `held` connections; returns who answered.
+    pub fn requests_on(&self, held: &mut [TcpStream]) -> Result<Vec<usize>> {
+        held.iter_mut()
+            .map(|s| {
+                let body = keepalive_get(s)?;
+                ALL_REAL_SERVERS.iter().position(|rs| body.trim() == rs.role).ok_or_else(|| anyhow!("unexpected body {body:?}"))
+            })
+            .collect()
+    }
+
     /// Stops drlb with SIGTERM (it detaches and logs its counters) and returns its log.
     pub fn stop_drlb(&mut self) -> Result<String> {
         if let Some(child) = self.drlb.take() {

@@ -8,3 +8,5 @@ pub mod netlink;
 pub mod controller;
 pub mod lab;
 pub mod sched_tables;
+pub mod slots;
+pub mod process;

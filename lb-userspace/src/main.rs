@@ -27,6 +27,12 @@ enum Command {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Make the `drlb run` using this config re-read it (same as SIGHUP). The file is
+    /// validated first; a running controller also keeps serving if it finds it invalid.
+    Reload {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -45,6 +51,27 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Reload { config } => {
+            if let Err(errors) = Config::load(&config) {
+                eprintln!("{errors}");
+                eprintln!("drlb reload: not reloading: the file does not validate");
+                return ExitCode::FAILURE;
+            }
+            match lb_userspace::process::signal_controllers(&config, nix::sys::signal::Signal::SIGHUP) {
+                Ok(pids) if pids.is_empty() => {
+                    eprintln!("drlb reload: no `drlb run --config {}` is running", config.display());
+                    ExitCode::FAILURE
+                }
+                Ok(pids) => {
+                    println!("drlb reload: sent SIGHUP to {}", pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("drlb reload: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config } => {
             let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
                 Ok(r) => r,

@@ -1,7 +1,7 @@
 //! What the maps should hold for a config and the real servers' MACs: a pure function, so
 //! it is tested without a kernel, and the source of the host model of the dataplane.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use lb_common::addr::{v4_mapped, Addr16};
@@ -9,12 +9,13 @@ use lb_common::conn::Timeouts;
 use lb_common::host::HostTables;
 use lb_common::maps::{
     scheduler as code, vip_filter_index, Backend, SchedState, Service, ServiceKey, Vip, BACKEND_F_PRESENT,
-    SCHED_TABLE_SIZE, SVC_F_PERSISTENT, SVC_F_SLOPPY_TCP, SVC_F_WILDCARD, VIP_F_WILDCARD_TCP, VIP_F_WILDCARD_UDP,
+    MAX_BACKENDS, SCHED_TABLE_SIZE, SVC_F_PERSISTENT, SVC_F_SLOPPY_TCP, SVC_F_WILDCARD, VIP_F_WILDCARD_TCP, VIP_F_WILDCARD_UDP,
 };
 use lb_common::sched::{DestInfo, RR_HEAD};
 
 use crate::config::{self, Config, Protocol, Scheduler};
 use crate::sched_tables::{self, ListDests, MH_TABLE_SIZE};
+use crate::slots::Slots;
 
 pub type Mac = [u8; 6];
 
@@ -26,8 +27,15 @@ pub struct Tables {
     pub vips: BTreeMap<Addr16, Vip>,
     pub service_ids: BTreeMap<ServiceKey, u32>,
     pub services: BTreeMap<u32, Service>,
-    /// Slot → backend; every configured real server has a slot, usable or not.
+    /// Slot → backend; every configured real server has a slot, usable or not, and so do
+    /// removed ones still draining.
     pub backends: BTreeMap<u32, Backend>,
+    /// `DRLB_MEMBERS` entries: index → backend slot.
+    pub members: BTreeMap<u32, u32>,
+    /// Backend slot of each configured real server: `[service][real server]`.
+    pub slots: Vec<Vec<u32>>,
+    /// Service id of each configured service.
+    pub service_id_of: Vec<u32>,
     /// Regions of `DRLB_SCHED_TAB`: (offset, entries).
     pub sched_regions: Vec<(u32, Vec<u16>)>,
 }
@@ -83,15 +91,31 @@ fn secs(d: std::time::Duration) -> u32 {
 }
 
 impl Tables {
-    /// Service `i` owns the next `real_servers.len()` backend slots, in configuration order
-    /// (the dataplane walks them in reverse: IPVS list order).
+    /// The tables for `config` with fresh identities (tests, `drlb check`).
     pub fn build(config: &Config, macs: &HashMap<IpAddr, Mac>, director_mac: Mac) -> Tables {
+        Self::build_with(config, macs, director_mac, &mut Slots::default())
+    }
+
+    /// The tables for `config`, keeping the service ids and backend slots `slots` already
+    /// gave out, and writing the half of the double-buffered arrays not used last time.
+    pub fn build_with(config: &Config, macs: &HashMap<IpAddr, Mac>, director_mac: Mac, slots: &mut Slots) -> Tables {
         let mut t = Tables::default();
-        let mut next_slot = 0u32;
-        let mut next_table = 0u32;
-        for (i, svc) in config.services.iter().enumerate() {
-            let id = i as u32;
+        let keep: BTreeSet<(ServiceKey, IpAddr)> = config
+            .services
+            .iter()
+            .flat_map(|s| {
+                let key = ServiceKey::new(addr16(s.vip), s.port, s.protocol.number());
+                s.real_servers.iter().map(move |r| (key, r.address))
+            })
+            .collect();
+        let generation = slots.next_generation();
+        let mut next_member = generation * MAX_BACKENDS;
+        let mut next_table = generation * (SCHED_TABLE_SIZE / 2);
+        let table_end = next_table + SCHED_TABLE_SIZE / 2;
+        for svc in &config.services {
             let vip = addr16(svc.vip);
+            let key = ServiceKey::new(vip, svc.port, svc.protocol.number());
+            let id = slots.service_id(key);
             let flags = t.vips.entry(vip).or_default();
             if svc.port == 0 {
                 flags.flags |= match svc.protocol {
@@ -101,11 +125,13 @@ impl Tables {
             }
             *t.vip_filter.entry(vip_filter_index(&vip)).or_default() = 1;
 
-            let first = next_slot;
-            for (j, rs) in svc.real_servers.iter().enumerate() {
+            let members_offset = next_member;
+            let mut svc_slots = Vec::new();
+            for rs in &svc.real_servers {
+                let slot = slots.backend_slot(key, rs.address);
                 let mac = macs.get(&rs.address).copied();
                 t.backends.insert(
-                    first + j as u32,
+                    slot,
                     Backend {
                         addr: addr16(rs.address),
                         mac: mac.unwrap_or_default(),
@@ -114,9 +140,11 @@ impl Tables {
                         flags: if mac.is_some() { BACKEND_F_PRESENT } else { 0 },
                     },
                 );
+                t.members.insert(next_member, slot);
+                next_member += 1;
+                svc_slots.push(slot);
             }
             let count = svc.real_servers.len() as u32;
-            next_slot += count;
 
             // IPVS list order: last configured first.
             let list = ListDests(
@@ -138,11 +166,13 @@ impl Tables {
                 }
                 _ => (Vec::new(), 0),
             };
-            let table_offset = next_table;
-            let table_len = table.len() as u32;
-            if table_len > 0 && table_offset + table_len <= SCHED_TABLE_SIZE {
-                t.sched_regions.push((table_offset, table));
+            let mut table_offset = 0;
+            let mut table_len = 0;
+            if !table.is_empty() && next_table + table.len() as u32 <= table_end {
+                table_offset = next_table;
+                table_len = table.len() as u32;
                 next_table += table_len;
+                t.sched_regions.push((table_offset, table));
             }
 
             let mut svc_flags = 0;
@@ -155,12 +185,14 @@ impl Tables {
             if svc.port == 0 {
                 svc_flags |= SVC_F_WILDCARD;
             }
-            t.service_ids.insert(ServiceKey::new(vip, svc.port, svc.protocol.number()), id);
+            t.service_ids.insert(key, id);
+            t.service_id_of.push(id);
+            t.slots.push(svc_slots);
             t.services.insert(
                 id,
                 Service {
-                    first_backend: first,
-                    backend_count: count,
+                    members_offset,
+                    member_count: count,
                     flags: svc_flags,
                     scheduler: scheduler_code(svc.scheduler),
                     table_offset,
@@ -177,7 +209,29 @@ impl Tables {
                 },
             );
         }
+        // Removed real servers drain: their connections keep their slot and MAC.
+        slots.retire(&keep);
+        for (slot, b) in slots.draining() {
+            t.backends.entry(*slot).or_insert(*b);
+        }
+        slots.remember(&t.backends);
         t
+    }
+
+    /// What the scheduler of service `id` decides from: scheduler, members in order with
+    /// their weights and availability, and its table. When this changes, the scheduler's
+    /// position restarts (as IPVS resets wrr when a destination changes).
+    pub fn scheduler_input(&self, id: u32) -> Option<(u32, Vec<(u32, u32, bool)>, Option<&Vec<u16>>)> {
+        let svc = self.services.get(&id)?;
+        let members = (svc.members_offset..svc.members_offset + svc.member_count)
+            .map(|i| {
+                let slot = self.members.get(&i).copied().unwrap_or(u32::MAX);
+                let b = self.backends.get(&slot).copied().unwrap_or_default();
+                (slot, b.weight, b.is_present())
+            })
+            .collect();
+        let table = self.sched_regions.iter().find(|(o, _)| *o == svc.table_offset && svc.table_len > 0).map(|(_, e)| e);
+        Some((svc.scheduler, members, table))
     }
 
     /// The scheduler positions a service starts from.
@@ -192,6 +246,7 @@ impl Tables {
             service_ids: self.service_ids.clone(),
             services: self.services.clone(),
             backends: self.backends.clone(),
+            members: self.members.clone(),
             ..Default::default()
         };
         for (offset, entries) in &self.sched_regions {

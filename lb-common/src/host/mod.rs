@@ -21,6 +21,7 @@ pub struct HostTables {
     pub service_ids: BTreeMap<ServiceKey, u32>,
     pub services: BTreeMap<u32, Service>,
     pub backends: BTreeMap<u32, Backend>,
+    pub members: BTreeMap<u32, u32>,
     pub sched_table: BTreeMap<u32, u16>,
     pub sched_state: RefCell<BTreeMap<u32, SchedState>>,
     pub counts: RefCell<BTreeMap<u32, ConnCounts>>,
@@ -51,6 +52,10 @@ impl Tables for HostTables {
 
     fn backend(&self, slot: u32) -> Option<Backend> {
         Some(self.backends.get(&slot).copied().unwrap_or_default())
+    }
+
+    fn member(&self, index: u32) -> u32 {
+        self.members.get(&index).copied().unwrap_or(0)
     }
 
     fn conn_counts(&self, slot: u32) -> ConnCounts {

@@ -26,7 +26,7 @@ pub struct Config {
     pub services: Vec<Service>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Director {
     /// The interface that receives VIP traffic and sends it on to the real servers.

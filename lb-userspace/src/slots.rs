@@ -1,0 +1,106 @@
+//! Stable identities in the dataplane: service ids and backend slots stay the same across
+//! reloads for as long as the service (VIP, port, protocol) and real server (address) stay
+//! configured, so connections keep pointing at the right server. A removed real server's
+//! slot drains: its connections continue until none is left, then the slot is freed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use lb_common::maps::{Backend, ServiceKey, BACKEND_F_DRAINING, MAX_BACKENDS, MAX_SERVICES};
+
+#[derive(Debug, Default, Clone)]
+pub struct Slots {
+    services: HashMap<ServiceKey, u32>,
+    free_services: BTreeSet<u32>,
+    next_service: u32,
+    backends: HashMap<(ServiceKey, IpAddr), u32>,
+    free_backends: BTreeSet<u32>,
+    next_backend: u32,
+    /// Removed real servers whose connections may still be alive.
+    draining: BTreeMap<u32, Backend>,
+    /// Which half of the double-buffered arrays the next build writes.
+    generation: u32,
+    /// The backend entries of the last build, to keep a removed server's MAC while it drains.
+    last: BTreeMap<u32, Backend>,
+}
+
+impl Slots {
+    pub fn service_id(&mut self, key: ServiceKey) -> u32 {
+        if let Some(id) = self.services.get(&key) {
+            return *id;
+        }
+        let id = match self.free_services.pop_first() {
+            Some(id) => id,
+            None => {
+                self.next_service += 1;
+                self.next_service - 1
+            }
+        };
+        assert!(id < MAX_SERVICES, "service ids exhausted (drlb check limits services)");
+        self.services.insert(key, id);
+        id
+    }
+
+    pub fn backend_slot(&mut self, service: ServiceKey, addr: IpAddr) -> u32 {
+        if let Some(slot) = self.backends.get(&(service, addr)) {
+            return *slot;
+        }
+        let slot = match self.free_backends.pop_first() {
+            Some(s) => s,
+            None => {
+                self.next_backend += 1;
+                self.next_backend - 1
+            }
+        };
+        assert!(slot < MAX_BACKENDS, "backend slots exhausted (drlb check limits real servers)");
+        self.draining.remove(&slot);
+        self.backends.insert((service, addr), slot);
+        slot
+    }
+
+    /// Forgets services and real servers that are no longer configured. Removed real
+    /// servers drain, keeping the backend entry they had in the last build.
+    pub fn retire(&mut self, keep: &BTreeSet<(ServiceKey, IpAddr)>) {
+        let gone: Vec<(ServiceKey, IpAddr)> = self.backends.keys().filter(|k| !keep.contains(k)).copied().collect();
+        for k in gone {
+            let slot = self.backends.remove(&k).expect("present");
+            let mut b = self.last.get(&slot).copied().unwrap_or_default();
+            b.flags |= BACKEND_F_DRAINING;
+            b.weight = 0;
+            self.draining.insert(slot, b);
+        }
+        let services: BTreeSet<ServiceKey> = keep.iter().map(|(s, _)| *s).collect();
+        let gone: Vec<ServiceKey> = self.services.keys().filter(|k| !services.contains(k)).copied().collect();
+        for k in gone {
+            let id = self.services.remove(&k).expect("present");
+            self.free_services.insert(id);
+        }
+    }
+
+    /// Records what a build wrote, for the next `retire`.
+    pub fn remember(&mut self, backends: &BTreeMap<u32, Backend>) {
+        self.last = backends.clone();
+    }
+
+    /// Backend entries of draining real servers, to keep in the dataplane.
+    pub fn draining(&self) -> &BTreeMap<u32, Backend> {
+        &self.draining
+    }
+
+    /// Frees draining slots that no connection uses any more.
+    pub fn release_drained(&mut self, in_use: impl Fn(u32) -> bool) -> Vec<u32> {
+        let idle: Vec<u32> = self.draining.keys().copied().filter(|s| !in_use(*s)).collect();
+        for s in &idle {
+            self.draining.remove(s);
+            self.free_backends.insert(*s);
+        }
+        idle
+    }
+
+    /// The half to write next, and flips to the other one for the build after.
+    pub fn next_generation(&mut self) -> u32 {
+        let g = self.generation;
+        self.generation ^= 1;
+        g
+    }
+}
