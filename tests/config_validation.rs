@@ -149,3 +149,32 @@ fn yaml_syntax_error_has_a_position() {
     let got = error_of("director:\n  interface: [eth0\n");
     assert!(got.starts_with("3:1") || got.starts_with("2:"), "{got}");
 }
+
+#[test]
+fn more_than_256_real_servers_in_a_service_are_refused() {
+    let mut text = GOOD.replace("      - { address: 198.18.0.11, weight: 1 }\n      - { address: 198.18.0.12, weight: 1 }\n", "");
+    for i in 0..257 {
+        text += &format!("      - {{ address: 198.18.{}.{} }}\n", 1 + i / 250, 1 + i % 250);
+    }
+    assert_error(&text, "10:7", "a service may have at most 256");
+}
+
+#[test]
+fn scheduler_options_are_parsed() {
+    let text = GOOD.replace(
+        "    protocol: tcp\n",
+        "    protocol: tcp\n    scheduler: mh\n    sloppy_tcp: true\n    persistence_timeout: 5m\n    persistence_granularity: 255.255.255.0\n    timeouts: { tcp: 1h, tcp_fin: 30s, udp: 60s }\n",
+    );
+    let c = Config::parse(Path::new("t.yaml"), &text).unwrap();
+    let s = &c.services[0];
+    assert_eq!(s.scheduler, Scheduler::Mh);
+    assert!(s.sloppy_tcp);
+    assert_eq!(s.persistence_granularity.map(|g| g.0), Some(24));
+    assert_eq!((s.timeouts.tcp.as_secs(), s.timeouts.tcp_fin.as_secs(), s.timeouts.udp.as_secs()), (3600, 30, 60));
+}
+
+#[test]
+fn non_contiguous_netmask_is_refused() {
+    let text = GOOD.replace("    protocol: tcp\n", "    protocol: tcp\n    persistence_timeout: 60s\n    persistence_granularity: 255.0.255.0\n");
+    assert_error(&text, "10:30", "not contiguous");
+}
