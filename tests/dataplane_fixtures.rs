@@ -587,3 +587,28 @@ services:
     println!("mh over 600 clients: rs1 {} rs2 {} rs3 {}", share(RS1), share(RS2), share(RS3));
     assert!((100..200).contains(&share(RS1)) && (100..200).contains(&share(RS2)) && (240..360).contains(&share(RS3)));
 }
+
+/// A persistence template outlives its timeout while a connection made through it is
+/// alive: the sweep keeps it, so the client's next connection still lands on its server.
+#[test]
+fn persistence_template_lives_while_its_connection_does() {
+    let mut h = Harness::new();
+    let sticky = vip(STICKY);
+    let (_, first, _) = h.run(&tcp_to(sticky, 48000, 80, SYN), "syn");
+    h.run(&tcp_to(sticky, 48000, 80, ACK), "ack");
+    // Make the template look 2 minutes old (timeout 60 s); the connection is fresh.
+    let (tkey, mut t) = h.dp.templates().unwrap().into_iter().next().expect("a template");
+    t.last_used_ns -= 120_000_000_000;
+    h.dp.insert_template(&tkey, &t).unwrap();
+    h.dp.sweep(monotonic_ns()).unwrap();
+    let refreshed = h.dp.templates().unwrap().into_iter().find(|(k, _)| *k == tkey).unwrap().1;
+    assert!(monotonic_ns() - refreshed.last_used_ns < 10_000_000_000, "the sweep did not refresh the template");
+    // rr alone would now pick the other server; the template keeps the client where it was.
+    let mut out = vec![0u8; 200];
+    let frame = tcp_to(sticky, 48001, 80, SYN);
+    let r = h.dp.program(PROGRAM_LB).unwrap()
+        .test_run(TestRunOptions { data_in: Some(&frame), data_out: Some(&mut out), ..TestRunOptions::new() })
+        .unwrap();
+    assert_eq!(r.return_value, XDP_TX);
+    assert_eq!(out[..6], first[..6], "the client's next connection moved although its first is alive");
+}

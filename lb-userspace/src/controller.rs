@@ -280,15 +280,29 @@ pub fn format_mac(m: &Mac) -> String {
 }
 
 /// One line per real server: `rs web 198.18.0.11: active=.. inactive=.. conns=.. packets=.. bytes=..`.
+/// One line per service (the sum of its servers: in DR every packet of a service goes to
+/// one of them) and one per real server: active, inactive, conns, packets, bytes.
 pub fn log_backend_counters(config: &Config, tables: &Tables, dp: &Dataplane) {
     for (svc, slots) in config.services.iter().zip(&tables.slots) {
-        for (rs, slot) in svc.real_servers.iter().zip(slots) {
-            if let Ok(c) = dp.backend_counters(*slot) {
-                info!(
-                    "rs {} {}: active={} inactive={} conns={} packets={} bytes={}",
-                    svc.name, rs.address, c.active, c.inactive, c.conns, c.packets, c.bytes
-                );
-            }
+        let per_rs: Vec<_> = svc.real_servers.iter().zip(slots).map(|(rs, slot)| (rs, dp.backend_counters(*slot).unwrap_or_default())).collect();
+        let sum = |f: fn(&crate::dataplane::BackendCounters) -> u64| per_rs.iter().map(|(_, c)| f(c)).sum::<u64>();
+        info!(
+            "service {} {}:{}/{}: active={} inactive={} conns={} packets={} bytes={}",
+            svc.name,
+            svc.vip,
+            svc.port,
+            svc.protocol,
+            sum(|c| c.active as u64),
+            sum(|c| c.inactive as u64),
+            sum(|c| c.conns),
+            sum(|c| c.packets),
+            sum(|c| c.bytes)
+        );
+        for (rs, c) in &per_rs {
+            info!(
+                "rs {} {}: active={} inactive={} conns={} packets={} bytes={}",
+                svc.name, rs.address, c.active, c.inactive, c.conns, c.packets, c.bytes
+            );
         }
     }
 }

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 
 use lb_common::conn::{Conn, ConnKey};
 use lb_common::maps::{
-    Backend, BackendStats, ConnCounts, SchedState, Service, ServiceKey, Vip, VipKey, MAP_BACKENDS, MAP_MEMBERS,
+    Backend, BackendStats, ConnCounts, Persist, SchedState, Service, ServiceKey, Vip, VipKey, MAP_BACKENDS, MAP_MEMBERS,
+    MAP_PERSIST, SVC_F_PERSISTENT, SVC_F_WILDCARD,
     MAP_BACKEND_STATS, MAP_CONNS, MAP_CONN_COUNTS, MAP_SCHED_STATE, MAP_SCHED_TABLE, MAP_SERVICES, MAP_SERVICE_IDS,
     MAP_STATS, MAP_VIPS, MAP_VIP_FILTER,
 };
@@ -290,10 +291,58 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Every persistence template.
+    pub fn templates(&self) -> Result<Vec<(ConnKey, Persist)>> {
+        let m: BpfHashMap<&MapData, ConnKey, Persist> = BpfHashMap::try_from(self.map(MAP_PERSIST)?)?;
+        Ok(m.iter().filter_map(|r| r.ok()).collect())
+    }
+
+    /// Writes a persistence template (tests and state transfer).
+    pub fn insert_template(&mut self, key: &ConnKey, value: &Persist) -> Result<()> {
+        let mut m: BpfHashMap<&mut MapData, ConnKey, Persist> = BpfHashMap::try_from(self.map_mut(MAP_PERSIST)?)?;
+        m.insert(key, value, 0)?;
+        Ok(())
+    }
+
     /// Every live entry of the connection table.
     pub fn connections(&self) -> Result<Vec<(ConnKey, Conn)>> {
         let conns: BpfHashMap<&MapData, ConnKey, Conn> = BpfHashMap::try_from(self.map(MAP_CONNS)?)?;
         Ok(conns.iter().filter_map(|r| r.ok()).collect())
+    }
+
+    /// A persistence template lives while connections made through it do (IPVS keeps a
+    /// template while it controls connections): each sweep moves a template's last use up
+    /// to the newest packet of its live connections.
+    fn refresh_templates(&mut self, entries: &[(ConnKey, Conn)], now_ns: u64) -> Result<()> {
+        let services = self.applied.services.clone();
+        let mut newest: BTreeMap<ConnKey, u64> = BTreeMap::new();
+        for (k, c) in entries {
+            let Some(svc) = services.get(&c.service) else { continue };
+            if svc.flags & SVC_F_PERSISTENT == 0 || c.expired(now_ns) {
+                continue;
+            }
+            let mut client = k.client;
+            for (b, m) in client.iter_mut().zip(svc.persist_mask) {
+                *b &= m;
+            }
+            let vport = if svc.flags & SVC_F_WILDCARD != 0 { 0 } else { k.vport };
+            let tkey = ConnKey { client, vip: k.vip, cport: 0, vport, proto: k.proto, _pad: [0; 3] };
+            let e = newest.entry(tkey).or_default();
+            *e = (*e).max(c.last_seen_ns);
+        }
+        if newest.is_empty() {
+            return Ok(());
+        }
+        let mut m: BpfHashMap<&mut MapData, ConnKey, Persist> = BpfHashMap::try_from(self.map_mut(MAP_PERSIST)?)?;
+        for (k, seen) in newest {
+            if let Ok(mut p) = m.get(&k, 0)
+                && p.last_used_ns < seen
+            {
+                p.last_used_ns = seen;
+                m.insert(k, p, 0)?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes expired connections and recomputes every backend's ActiveConn/InActConn from
@@ -330,6 +379,7 @@ impl Dataplane {
                 }
             }
         }
+        self.refresh_templates(&entries, now_ns)?;
         let slots: Vec<u32> = self.applied.backends.keys().copied().collect();
         let mut m: Array<&mut MapData, ConnCounts> = Array::try_from(self.map_mut(MAP_CONN_COUNTS)?)?;
         for slot in slots {
