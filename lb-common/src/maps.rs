@@ -35,6 +35,35 @@ pub const MAP_SCHED_STATE: &str = "DRLB_SCHED";
 pub const MAP_SCHED_TABLE: &str = "DRLB_SCHED_TAB";
 /// `PerCpuArray<u64>`: one counter per [`crate::stats::Stat`].
 pub const MAP_STATS: &str = "DRLB_STATS";
+/// `Array<u32>`: the layout a pinned dataplane was created with ([`layout`]), so a restarted
+/// controller adopts only a dataplane whose maps it understands.
+pub const MAP_META: &str = "DRLB_META";
+
+/// Every map, for pinning.
+pub const ALL_MAPS: [&str; 14] = [
+    MAP_VIP_FILTER, MAP_VIPS, MAP_SERVICE_IDS, MAP_SERVICES, MAP_BACKENDS, MAP_MEMBERS, MAP_CONN_COUNTS,
+    MAP_BACKEND_STATS, MAP_CONNS, MAP_PERSIST, MAP_SCHED_STATE, MAP_SCHED_TABLE, MAP_STATS, MAP_META,
+];
+
+/// Bump when any map's meaning changes; sizes are checked too (see [`layout`]).
+pub const LAYOUT_VERSION: u32 = 1;
+/// Entries of `DRLB_META`.
+pub const META_SIZE: u32 = 8;
+
+/// What `DRLB_META` holds: the layout version and the sizes of the types in the maps.
+pub fn layout() -> [u32; META_SIZE as usize] {
+    use core::mem::size_of;
+    [
+        LAYOUT_VERSION,
+        size_of::<Service>() as u32,
+        size_of::<Backend>() as u32,
+        size_of::<crate::conn::Conn>() as u32,
+        size_of::<crate::conn::ConnKey>() as u32,
+        size_of::<ServiceKey>() as u32,
+        crate::stats::STAT_COUNT,
+        MAX_BACKENDS,
+    ]
+}
 
 /// Capacity of `DRLB_VIP_FILTER` (a power of two).
 pub const VIP_FILTER_SIZE: u32 = 4096;

@@ -13,7 +13,7 @@ use lb_common::{
     dataplane::Tables,
     maps::{
         vip_filter_index, Backend, BackendStats, ConnCounts, Persist, SchedState, Service, ServiceKey, Vip, VipKey,
-        DEFAULT_CONN_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, MEMBERS_SIZE, MAX_VIPS, PERSIST_TABLE_SIZE, SCHED_TABLE_SIZE,
+        DEFAULT_CONN_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, MEMBERS_SIZE, META_SIZE, MAX_VIPS, PERSIST_TABLE_SIZE, SCHED_TABLE_SIZE,
         VIP_FILTER_SIZE,
     },
     sched::NO_DEST,
@@ -56,6 +56,10 @@ static SCHED_STATE: Array<SchedState> = Array::with_max_entries(MAX_SERVICES, 0)
 
 #[map(name = "DRLB_SCHED_TAB")]
 static SCHED_TABLE: Array<u16> = Array::with_max_entries(SCHED_TABLE_SIZE, 0);
+
+/// Written by the controller only; the program never reads it.
+#[map(name = "DRLB_META")]
+static META: Array<u32> = Array::with_max_entries(META_SIZE, 0);
 
 #[map(name = "DRLB_STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);

@@ -12,7 +12,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::{Instant, interval, sleep_until};
 
 use crate::config::Config;
-use crate::dataplane::{Dataplane, PROGRAM_LB, log_counters, monotonic_ns};
+use crate::dataplane::{Dataplane, Origin, log_counters, monotonic_ns};
 use crate::netlink::{self, Interface, NeighbourEvent, NeighbourWatch};
 use crate::slots::Slots;
 use crate::tables::{Mac, Tables, Usability, usability};
@@ -175,8 +175,9 @@ impl Controller {
     }
 }
 
-/// Runs until SIGINT or SIGTERM; SIGHUP reloads the configuration.
-pub async fn run(config_path: &Path) -> Result<()> {
+/// Runs until SIGINT or SIGTERM (which remove the dataplane) or SIGUSR2 (which leaves it
+/// forwarding, pinned, for the next controller to adopt); SIGHUP reloads the configuration.
+pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
     let config = Config::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let handle = netlink::connect()?;
     let iface = netlink::interface(&handle, &config.director.interface).await?;
@@ -207,19 +208,28 @@ pub async fn run(config_path: &Path) -> Result<()> {
     }
     log_usability(&config, &macs);
 
-    let dp = Dataplane::load_with(config.director.conn_table_size)?;
-    let mut c = Controller {
-        config_path: config_path.to_owned(),
-        config,
-        iface,
-        handle,
-        macs,
-        slots: Slots::default(),
-        tables: Tables::default(),
-        dp,
+    let pin_dir = config.director.pin_dir();
+    let (mut dp, origin) = Dataplane::open(config.director.conn_table_size, Some(&pin_dir), replace_dataplane)?;
+    let (tables, slots) = match origin {
+        Origin::Created => (Tables::default(), Slots::default()),
+        Origin::Adopted => {
+            let t = dp.adopt_tables().context("reading the pinned dataplane's maps")?;
+            let slots = Slots::recover(&t);
+            info!(
+                "adopting the dataplane pinned at {} ({} service(s)): its connections and counters continue",
+                pin_dir.display(),
+                t.services.len()
+            );
+            (t, slots)
+        }
     };
+    let mut c = Controller { config_path: config_path.to_owned(), config, iface, handle, macs, slots, tables, dp };
     c.rebuild()?;
-    let (link, mode) = c.dp.attach(PROGRAM_LB, &c.iface.name, c.config.director.xdp_mode)?;
+    let attached = c.dp.attach_balancer(&c.iface.name, c.config.director.xdp_mode)?;
+    let mode = match attached {
+        Some(m) => format!("{m} mode"),
+        None => "the mode it had (taken over from the pinned link)".to_string(),
+    };
     let usable = c
         .config
         .services
@@ -228,7 +238,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
         .filter(|rs| usability(rs, &c.macs) == Usability::Usable)
         .count();
     info!(
-        "ready: XDP attached to {} in {mode} mode; {} service(s), {usable} usable real server(s)",
+        "ready: XDP attached to {} in {mode}; {} service(s), {usable} usable real server(s)",
         c.iface.name,
         c.config.services.len()
     );
@@ -236,6 +246,8 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut sigusr2 = signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?;
+    let mut leave = false;
     let mut refresh = interval(REFRESH_INTERVAL);
     refresh.tick().await;
     let mut sweep = interval(SWEEP_INTERVAL);
@@ -244,6 +256,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
         tokio::select! {
             _ = sigint.recv() => { info!("SIGINT: detaching"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: detaching"); break; }
+            _ = sigusr2.recv() => { info!("SIGUSR2: exiting, leaving the dataplane forwarding for the next controller"); leave = true; break; }
             _ = sighup.recv() => { info!("SIGHUP: reloading {}", c.config_path.display()); c.reload().await; }
             _ = sweep.tick() => c.sweep(),
             _ = refresh.tick() => {
@@ -270,8 +283,13 @@ pub async fn run(config_path: &Path) -> Result<()> {
         log_counters(&counters);
     }
     log_backend_counters(&c.config, &c.tables, &c.dp);
-    c.dp.detach(PROGRAM_LB, link)?;
-    info!("detached from {}", c.iface.name);
+    if leave {
+        c.dp.leave_running();
+        info!("left the dataplane pinned at {}", pin_dir.display());
+    } else {
+        c.dp.shut_down()?;
+        info!("detached from {}", c.iface.name);
+    }
     Ok(())
 }
 

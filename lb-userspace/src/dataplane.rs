@@ -2,14 +2,17 @@
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
-use aya::programs::{Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId};
+use std::path::{Path, PathBuf};
+
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{Xdp, XdpMode as AyaXdpMode, xdp::{XdpLink, XdpLinkId}};
 use aya::{Ebpf, EbpfLoader};
 use std::collections::BTreeMap;
 
 use lb_common::conn::{Conn, ConnKey};
 use lb_common::maps::{
     Backend, BackendStats, ConnCounts, Persist, SchedState, Service, ServiceKey, Vip, VipKey, MAP_BACKENDS, MAP_MEMBERS,
-    MAP_PERSIST, SVC_F_PERSISTENT, SVC_F_WILDCARD,
+    MAP_PERSIST, SVC_F_PERSISTENT, SVC_F_WILDCARD, ALL_MAPS, MAP_META, META_SIZE, layout,
     MAP_BACKEND_STATS, MAP_CONNS, MAP_CONN_COUNTS, MAP_SCHED_STATE, MAP_SCHED_TABLE, MAP_SERVICES, MAP_SERVICE_IDS,
     MAP_STATS, MAP_VIPS, MAP_VIP_FILTER,
 };
@@ -52,7 +55,73 @@ pub struct Dataplane {
     /// What the last `apply` wrote, so the next one writes only differences and clears
     /// what is gone.
     applied: Tables,
+    /// Where maps and the XDP link are pinned, if they are.
+    pin_dir: Option<PathBuf>,
+    /// The balancer's XDP attachment.
+    attachment: Option<Attachment>,
 }
+
+enum Attachment {
+    /// Held by the program object: detached when it is dropped (tests, the lab's peer).
+    Managed(&'static str, XdpLinkId),
+    /// A bpf_link pinned in bpffs: stays attached while the pin exists, whoever holds it.
+    Pinned(FdLink),
+}
+
+/// Whether `open` created the dataplane or took over a pinned one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Created,
+    /// A pinned dataplane with this layout, left by an earlier controller: its connections
+    /// and counters continue.
+    Adopted,
+}
+
+/// bpffs's `statfs` magic.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC).unwrap_or(false)
+}
+
+/// The layout recorded in a pin directory, if there is one.
+pub fn pinned_layout(dir: &Path) -> Result<Option<[u32; META_SIZE as usize]>> {
+    let path = dir.join(MAP_META);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let map = aya::maps::Map::Array(data);
+    let meta: Array<&MapData, u32> = Array::try_from(&map)?;
+    let mut out = [0u32; META_SIZE as usize];
+    for (i, v) in out.iter_mut().enumerate() {
+        *v = meta.get(&(i as u32), 0)?;
+    }
+    Ok(Some(out))
+}
+
+/// Removes a pinned dataplane: the link pin first (which detaches XDP once no process
+/// holds it), then the map pins and the directory. Returns what it removed.
+pub fn remove_pins(dir: &Path) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    let link = dir.join(LINK_PIN);
+    if link.exists() {
+        std::fs::remove_file(&link).with_context(|| format!("removing {}", link.display()))?;
+        removed.push(LINK_PIN.to_string());
+    }
+    if dir.exists() {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            std::fs::remove_file(entry.path()).with_context(|| format!("removing {}", entry.path().display()))?;
+            removed.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        std::fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(removed)
+}
+
+/// Name of the pinned XDP link in a pin directory.
+pub const LINK_PIN: &str = "link";
 
 /// A real server's counters as `ipvsadm -Ln --stats` shows them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -85,10 +154,64 @@ pub fn monotonic_ns() -> u64 {
 
 impl Dataplane {
     /// Loads the object and its programs into the kernel (verifier runs here), with the
-    /// connection table sized `conn_table_size` entries.
+    /// connection table sized `conn_table_size` entries, maps not pinned.
     pub fn load_with(conn_table_size: u32) -> Result<Self> {
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(MAP_CONNS, conn_table_size)
+        Ok(Self::open(conn_table_size, None, false)?.0)
+    }
+
+    /// [`Dataplane::load_with`] the default connection-table size.
+    pub fn load() -> Result<Self> {
+        Self::load_with(lb_common::maps::DEFAULT_CONN_TABLE_SIZE)
+    }
+
+    /// Loads the dataplane with its maps pinned in `pin_dir` (on bpffs). A dataplane pinned
+    /// there with this layout is adopted: its maps — connections, counters — are reused,
+    /// and `attach` takes over its XDP link without a gap. One with another layout is
+    /// refused with an explanation, or removed first if `replace`.
+    pub fn open(conn_table_size: u32, pin_dir: Option<&Path>, replace: bool) -> Result<(Self, Origin)> {
+        let mut origin = Origin::Created;
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(MAP_CONNS, conn_table_size);
+        let pin_paths: Vec<(&'static str, PathBuf)> = match pin_dir {
+            Some(dir) => ALL_MAPS.iter().map(|m| (*m, dir.join(m))).collect(),
+            None => Vec::new(),
+        };
+        if let Some(dir) = pin_dir {
+            let root = dir.parent().unwrap_or(dir);
+            if !is_bpffs(root) {
+                bail!(
+                    "{} is not on a BPF filesystem, so the dataplane cannot be pinned there: mount one \
+                     (`mount -t bpf bpf /sys/fs/bpf`, which `cargo xtask setup` does) or set director.pin_root",
+                    root.display()
+                );
+            }
+            match pinned_layout(dir)? {
+                Some(found) if found == layout() => origin = Origin::Adopted,
+                Some(found) => {
+                    if !replace {
+                        bail!(
+                            "a drlb dataplane is pinned at {} with layout {:?}, but this drlb uses layout {:?}: it cannot \
+                             take it over. Remove it with `drlb stop` (or start with --replace-dataplane); either drops \
+                             the connections it tracks",
+                            dir.display(),
+                            found,
+                            layout()
+                        );
+                    }
+                    warn!("replacing the dataplane pinned at {} (layout {found:?}, ours {:?}): its connections are dropped", dir.display(), layout());
+                    remove_pins(dir)?;
+                }
+                None if dir.exists() && dir.join(LINK_PIN).exists() => {
+                    bail!("{} holds an XDP link but no layout record; remove it with `drlb stop`", dir.display());
+                }
+                None => {}
+            }
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading drlb's BPF object (are you root, and is this kernel 5.10 or newer?)")?;
         for name in [PROGRAM_LB, PROGRAM_PASS] {
@@ -98,12 +221,58 @@ impl Dataplane {
                 .try_into()?;
             prog.load().with_context(|| format!("the kernel verifier rejected {name}"))?;
         }
-        Ok(Dataplane { ebpf, applied: Tables::default() })
+        let mut dp = Dataplane { ebpf, applied: Tables::default(), pin_dir: pin_dir.map(Path::to_owned), attachment: None };
+        if origin == Origin::Created && pin_dir.is_some() {
+            let mut meta: Array<&mut MapData, u32> = Array::try_from(dp.map_mut(MAP_META)?)?;
+            for (i, v) in layout().iter().enumerate() {
+                meta.set(i as u32, *v, 0)?;
+            }
+        }
+        Ok((dp, origin))
     }
 
-    /// [`Dataplane::load_with`] the default connection-table size.
-    pub fn load() -> Result<Self> {
-        Self::load_with(lb_common::maps::DEFAULT_CONN_TABLE_SIZE)
+    /// The tables an adopted dataplane's maps hold (so the next `apply` writes only what
+    /// differs and clears what is gone), and the identities they use.
+    pub fn adopt_tables(&mut self) -> Result<Tables> {
+        let mut t = Tables::default();
+        {
+            let ids: BpfHashMap<&MapData, ServiceKey, u32> = BpfHashMap::try_from(self.map(MAP_SERVICE_IDS)?)?;
+            for (k, id) in ids.iter().filter_map(|r| r.ok()) {
+                t.service_ids.insert(k, id);
+            }
+            let vips: BpfHashMap<&MapData, VipKey, Vip> = BpfHashMap::try_from(self.map(MAP_VIPS)?)?;
+            for (k, v) in vips.iter().filter_map(|r| r.ok()) {
+                t.vips.insert(k.addr, v);
+            }
+        }
+        let services: Array<&MapData, Service> = Array::try_from(self.map(MAP_SERVICES)?)?;
+        let members: Array<&MapData, u32> = Array::try_from(self.map(MAP_MEMBERS)?)?;
+        let backends: Array<&MapData, Backend> = Array::try_from(self.map(MAP_BACKENDS)?)?;
+        let filter: Array<&MapData, u32> = Array::try_from(self.map(MAP_VIP_FILTER)?)?;
+        for id in t.service_ids.values() {
+            let svc = services.get(id, 0)?;
+            for i in svc.members_offset..svc.members_offset + svc.member_count {
+                let slot = members.get(&i, 0)?;
+                t.members.insert(i, slot);
+                t.backends.insert(slot, backends.get(&slot, 0)?);
+            }
+            t.services.insert(*id, svc);
+        }
+        for i in 0..lb_common::maps::VIP_FILTER_SIZE {
+            let v = filter.get(&i, 0)?;
+            if v != 0 {
+                t.vip_filter.insert(i, v);
+            }
+        }
+        // Draining servers are not members but still hold backend entries.
+        for slot in 0..lb_common::maps::MAX_BACKENDS {
+            let b = backends.get(&slot, 0)?;
+            if b.flags != 0 {
+                t.backends.entry(slot).or_insert(b);
+            }
+        }
+        self.applied = t.clone();
+        Ok(t)
     }
 
     pub fn program(&self, name: &str) -> Result<&Xdp> {
@@ -114,8 +283,8 @@ impl Dataplane {
         Ok(self.ebpf.program_mut(name).with_context(|| format!("no program {name}"))?.try_into()?)
     }
 
-    /// Attaches `program` to `interface` in `mode`. `Auto` tries native first and falls
-    /// back to generic, logging why.
+    /// Attaches `program` to `interface` in `mode`, held by this object (detached on drop).
+    /// `Auto` tries native first and falls back to generic, logging why.
     pub fn attach(&mut self, program: &str, interface: &str, mode: XdpMode) -> Result<(XdpLinkId, AttachedMode)> {
         let prog = self.program_mut(program)?;
         let native = |prog: &mut Xdp| {
@@ -137,6 +306,56 @@ impl Dataplane {
                 }
             },
         }
+    }
+
+    /// Attaches the balancer to `interface`. With a pin directory the link is pinned there
+    /// (forwarding outlives this process), and a link already pinned there is taken over by
+    /// swapping in this program atomically — no packet goes unbalanced. Returns the mode,
+    /// `None` when an existing attachment was taken over (its mode is kept).
+    pub fn attach_balancer(&mut self, interface: &str, mode: XdpMode) -> Result<Option<AttachedMode>> {
+        let Some(dir) = self.pin_dir.clone() else {
+            let (id, m) = self.attach(PROGRAM_LB, interface, mode)?;
+            self.attachment = Some(Attachment::Managed(PROGRAM_LB, id));
+            return Ok(Some(m));
+        };
+        let path = dir.join(LINK_PIN);
+        if path.exists() {
+            let pinned = PinnedLink::from_pin(&path).with_context(|| format!("opening the pinned XDP link {}", path.display()))?;
+            let link = XdpLink::try_from(FdLink::from(pinned)).context("the pinned link is not an XDP link")?;
+            let prog = self.program_mut(PROGRAM_LB)?;
+            let id = prog.attach_to_link(link).context("swapping the new program into the pinned XDP link")?;
+            let link = prog.take_link(id)?;
+            let fd: FdLink = link.try_into().context("XDP link without a bpf_link fd")?;
+            self.attachment = Some(Attachment::Pinned(fd));
+            return Ok(None);
+        }
+        let (id, m) = self.attach(PROGRAM_LB, interface, mode)?;
+        let link = self.program_mut(PROGRAM_LB)?.take_link(id)?;
+        let fd: FdLink = link.try_into().context(
+            "this kernel attached XDP without a bpf_link (needs 5.9+), so the attachment cannot be pinned",
+        )?;
+        let pinned = fd.pin(&path).with_context(|| format!("pinning the XDP link at {}", path.display()))?;
+        self.attachment = Some(Attachment::Pinned(FdLink::from(pinned)));
+        Ok(Some(m))
+    }
+
+    /// Detaches the balancer and removes every pin: the dataplane is gone.
+    pub fn shut_down(&mut self) -> Result<()> {
+        match self.attachment.take() {
+            Some(Attachment::Managed(program, id)) => self.detach(program, id)?,
+            Some(Attachment::Pinned(fd)) => drop(fd),
+            None => {}
+        }
+        if let Some(dir) = &self.pin_dir {
+            remove_pins(dir)?;
+        }
+        Ok(())
+    }
+
+    /// Leaves the pinned dataplane running without this process (upgrades, restarts).
+    pub fn leave_running(mut self) {
+        self.attachment = None;
+        self.pin_dir = None;
     }
 
     pub fn detach(&mut self, program: &str, link: XdpLinkId) -> Result<()> {

@@ -93,12 +93,56 @@ pub struct Tally {
     pub first_error: Option<String>,
 }
 
+/// What a load run saw.
+#[derive(Debug, Default, Clone)]
+pub struct LoadReport {
+    pub ok: usize,
+    pub per_server: [usize; 3],
+    /// (time since the load started, which server answered), per success.
+    pub answers: Vec<(Duration, usize)>,
+    /// (time since the load started, error), per failed request.
+    pub failures: Vec<(Duration, String)>,
+}
+
+impl LoadReport {
+    /// Failures at or after `t` (since the load started).
+    pub fn failures_after(&self, t: Duration) -> Vec<&(Duration, String)> {
+        self.failures.iter().filter(|(at, _)| *at >= t).collect()
+    }
+}
+
+/// A load in progress.
+pub struct Load {
+    pub started: Instant,
+    handles: Vec<std::thread::JoinHandle<Result<LoadReport>>>,
+}
+
+impl Load {
+    /// Waits for the load's end and merges what every worker saw.
+    pub fn finish(self) -> Result<LoadReport> {
+        let mut all = LoadReport::default();
+        for h in self.handles {
+            let r = h.join().map_err(|_| anyhow!("a load worker panicked"))??;
+            all.ok += r.ok;
+            for i in 0..3 {
+                all.per_server[i] += r.per_server[i];
+            }
+            all.answers.extend(r.answers);
+            all.failures.extend(r.failures);
+        }
+        all.answers.sort_by_key(|a| a.0);
+        all.failures.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(all)
+    }
+}
+
 /// A running lab; dropping it tears everything down.
 pub struct Lab {
     tag: String,
     pub dir: PathBuf,
     pub mode: XdpMode,
     rs_count: usize,
+    bpffs_mounted: bool,
     children: Vec<(String, Child)>,
     drlb: Option<Child>,
     /// Holds the XDP_PASS program on the director's bridge-side veth (native mode).
@@ -132,11 +176,17 @@ impl Lab {
             dir,
             mode,
             rs_count: real_servers,
+            bpffs_mounted: false,
             children: Vec::new(),
             drlb: None,
             peer_pass: None,
             namespaces: Vec::new(),
         };
+        // drlb pins its dataplane here: `ip netns exec` remounts /sys, so /sys/fs/bpf is not
+        // shared with the namespace view; a bpffs of the lab's own is, and goes with the lab.
+        fs::create_dir_all(lab.pin_root())?;
+        sh("mount", &["-t", "bpf", "bpf", &lab.pin_root().to_string_lossy()])?;
+        lab.bpffs_mounted = true;
         lab.create_topology()?;
         for rs in lab.real_servers().to_vec() {
             lab.start_nginx(&rs)?;
@@ -146,6 +196,11 @@ impl Lab {
                 .with_context(|| format!("nginx on {} did not come up; see {}", rs.role, lab.dir.join(rs.role).display()))?;
         }
         Ok(lab)
+    }
+
+    /// The lab's own bpffs, used as drlb's `director.pin_root`.
+    pub fn pin_root(&self) -> PathBuf {
+        self.dir.join("bpffs")
     }
 
     /// This lab's real servers.
@@ -257,8 +312,9 @@ impl Lab {
             servers += &format!("      - {{ address: {}, weight: 1 }}\n", rs.addr);
         }
         format!(
-            "director:\n  interface: eth0\n  xdp_mode: {mode}\nservices:\n  - name: web\n    vip: {VIP}\n    port: 80\n    \
-             protocol: tcp\n    scheduler: wlc\n    real_servers:\n{servers}"
+            "director:\n  interface: eth0\n  xdp_mode: {mode}\n  pin_root: {}\nservices:\n  - name: web\n    vip: {VIP}\n    port: 80\n    \
+             protocol: tcp\n    scheduler: wlc\n    real_servers:\n{servers}",
+            self.pin_root().display()
         )
     }
 
@@ -273,7 +329,7 @@ impl Lab {
     /// with its log if it exits first.
     pub fn start_drlb_with(&mut self, drlb: &Path, config_text: &str) -> Result<()> {
         let config = self.dir.join("drlb.yaml");
-        fs::write(&config, config_text)?;
+        fs::write(&config, self.with_pin_root(config_text))?;
         let log = self.dir.join("drlb.log");
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns("director")])
@@ -308,7 +364,7 @@ impl Lab {
     pub fn reload_drlb(&mut self, drlb: &Path, config_text: &str) -> Result<String> {
         let log = self.dir.join("drlb.log");
         let before = fs::read_to_string(&log).unwrap_or_default().len();
-        fs::write(self.dir.join("drlb.yaml"), config_text)?;
+        fs::write(self.dir.join("drlb.yaml"), self.with_pin_root(config_text))?;
         let out = Command::new(drlb).args(["reload", "--config"]).arg(self.dir.join("drlb.yaml")).output()?;
         if !out.status.success() {
             bail!("drlb reload failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -327,6 +383,14 @@ impl Lab {
         }
     }
 
+    /// Adds `pin_root: <the lab's bpffs>` to a block-style `director:` section without one.
+    pub fn with_pin_root(&self, config_text: &str) -> String {
+        if config_text.contains("pin_root:") {
+            return config_text.to_string();
+        }
+        config_text.replacen("director:\n", &format!("director:\n  pin_root: {}\n", self.pin_root().display()), 1)
+    }
+
     /// Makes one more request on each of `held` connections; returns who answered.
     pub fn requests_on(&self, held: &mut [TcpStream]) -> Result<Vec<usize>> {
         held.iter_mut()
@@ -335,6 +399,65 @@ impl Lab {
                 ALL_REAL_SERVERS.iter().position(|rs| body.trim() == rs.role).ok_or_else(|| anyhow!("unexpected body {body:?}"))
             })
             .collect()
+    }
+
+    /// Kills drlb with SIGKILL, as a crash would: nothing of it runs any more, but what it
+    /// pinned stays.
+    pub fn kill_drlb(&mut self) -> Result<String> {
+        if let Some(mut child) = self.drlb.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(fs::read_to_string(self.dir.join("drlb.log")).unwrap_or_default())
+    }
+
+    /// Runs `drlb` with `args` and this lab's config in the director namespace (status,
+    /// stop...), returning its stdout; fails with its stderr.
+    pub fn drlb_cli(&self, drlb: &Path, args: &[&str]) -> Result<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns("director")])
+            .arg(drlb)
+            .args(args)
+            .arg("--config")
+            .arg(self.dir.join("drlb.yaml"))
+            .output()?;
+        if !out.status.success() {
+            bail!("drlb {} failed: {}{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Starts a bounded load: `workers` threads in the client namespace making short HTTP
+    /// requests to the VIP (a new connection each) for `duration`.
+    pub fn start_load(&self, duration: Duration, workers: usize) -> Load {
+        let ns = self.ns("client");
+        let started = Instant::now();
+        let handles = (0..workers)
+            .map(|_| {
+                let ns = ns.clone();
+                std::thread::spawn(move || {
+                    in_netns(&ns, || {
+                        let mut r = LoadReport::default();
+                        while started.elapsed() < duration {
+                            let at = started.elapsed();
+                            match http_get(VIP, Duration::from_secs(2)) {
+                                Ok(body) => match ALL_REAL_SERVERS.iter().position(|rs| body.trim() == rs.role) {
+                                    Some(i) => {
+                                        r.ok += 1;
+                                        r.per_server[i] += 1;
+                                        r.answers.push((at, i));
+                                    }
+                                    None => r.failures.push((at, format!("unexpected body {body:?}"))),
+                                },
+                                Err(e) => r.failures.push((at, format!("{e:#}"))),
+                            }
+                        }
+                        Ok(r)
+                    })
+                })
+            })
+            .collect();
+        Load { started, handles }
     }
 
     /// Stops drlb with SIGTERM (it detaches and logs its counters) and returns its log.
@@ -423,6 +546,11 @@ impl Lab {
         self.peer_pass = None;
         for ns in self.namespaces.drain(..).rev() {
             delete_namespace(&ns);
+        }
+        if self.bpffs_mounted {
+            // Unmounting drops every pin, and with them anything drlb left attached.
+            let _ = sh("umount", &[&self.pin_root().to_string_lossy()]);
+            self.bpffs_mounted = false;
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
@@ -519,7 +647,10 @@ fn remove_stale_labs() {
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
         if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
             delete_namespace(name);
-            let _ = fs::remove_dir_all(std::env::temp_dir().join(name.rsplit_once('-').map(|(t, _)| t).unwrap_or(name)));
+            // `drlbPID-N-role` → the lab directory `drlbPID-N`.
+            let lab_dir = std::env::temp_dir().join(name.rsplit_once('-').map(|(t, _)| t).unwrap_or(name));
+            let _ = sh("umount", &[&lab_dir.join("bpffs").to_string_lossy()]);
+            let _ = fs::remove_dir_all(lab_dir);
         }
     }
 }

@@ -21,6 +21,16 @@ enum Command {
     Run {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// If a dataplane with another layout is pinned for this interface, remove it (its
+        /// connections are dropped) instead of refusing to start.
+        #[arg(long)]
+        replace_dataplane: bool,
+    },
+    /// Remove the dataplane on purpose: stop the controller if one runs, detach XDP and
+    /// remove the pins.
+    Stop {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
     },
     /// Validate a config file; prints FILE:LINE:COLUMN: message per problem.
     Check {
@@ -72,7 +82,17 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config } => {
+        Command::Stop { config } => match lb_userspace::process::stop(&config) {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("drlb stop: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config, replace_dataplane } => {
             let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {
@@ -80,7 +100,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(lb_userspace::controller::run(&config)) {
+            match runtime.block_on(lb_userspace::controller::run(&config, replace_dataplane)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     log::error!("{e:#}");

@@ -63,3 +63,27 @@ mod tests {
         assert_eq!(run_config(b"/bin/bash\0run\0"), None);
     }
 }
+
+/// `drlb stop`: SIGTERM to the controller using `config` (it removes the dataplane itself),
+/// then removes whatever is still pinned (a controller that died leaves its pins).
+pub fn stop(config: &Path) -> Result<String> {
+    let cfg = crate::config::Config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut report = Vec::new();
+    let pids = signal_controllers(config, Signal::SIGTERM)?;
+    for pid in &pids {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while Path::new(&format!("/proc/{pid}")).exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        report.push(format!("stopped controller {pid}"));
+    }
+    let dir = cfg.director.pin_dir();
+    let removed = crate::dataplane::remove_pins(&dir)?;
+    if !removed.is_empty() {
+        report.push(format!("removed the pinned dataplane at {} ({} pins; XDP detached)", dir.display(), removed.len()));
+    }
+    if report.is_empty() {
+        report.push(format!("nothing to stop: no controller for {} and nothing pinned at {}", config.display(), dir.display()));
+    }
+    Ok(report.join("\n"))
+}

@@ -97,6 +97,42 @@ impl Slots {
         idle
     }
 
+    /// The identities an adopted dataplane already uses, so a restarted controller keeps
+    /// every connection pointing at the same server.
+    pub fn recover(tables: &crate::tables::Tables) -> Slots {
+        let mut s = Slots::default();
+        let mut used_services = BTreeSet::new();
+        let mut used_slots = BTreeSet::new();
+        let mut upper_half = false;
+        for (key, id) in &tables.service_ids {
+            s.services.insert(*key, *id);
+            used_services.insert(*id);
+            let Some(svc) = tables.services.get(id) else { continue };
+            upper_half |= svc.members_offset >= MAX_BACKENDS;
+            for i in svc.members_offset..svc.members_offset + svc.member_count {
+                let Some(slot) = tables.members.get(&i) else { continue };
+                let Some(b) = tables.backends.get(slot) else { continue };
+                if let Some(ip) = crate::tables::ip_of(&b.addr) {
+                    s.backends.insert((*key, ip), *slot);
+                }
+                used_slots.insert(*slot);
+            }
+        }
+        for (slot, b) in &tables.backends {
+            if b.flags & BACKEND_F_DRAINING != 0 && !used_slots.contains(slot) {
+                s.draining.insert(*slot, *b);
+                used_slots.insert(*slot);
+            }
+        }
+        s.next_service = used_services.iter().max().map_or(0, |m| m + 1);
+        s.free_services = (0..s.next_service).filter(|i| !used_services.contains(i)).collect();
+        s.next_backend = used_slots.iter().max().map_or(0, |m| m + 1);
+        s.free_backends = (0..s.next_backend).filter(|i| !used_slots.contains(i)).collect();
+        s.generation = if upper_half { 0 } else { 1 };
+        s.last = tables.backends.clone();
+        s
+    }
+
     /// The half to write next, and flips to the other one for the build after.
     pub fn next_generation(&mut self) -> u32 {
         let g = self.generation;

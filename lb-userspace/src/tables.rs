@@ -48,6 +48,15 @@ pub fn addr16(ip: IpAddr) -> Addr16 {
     }
 }
 
+/// The address a map entry holds.
+pub fn ip_of(a: &Addr16) -> Option<IpAddr> {
+    match lb_common::addr::as_v4(a) {
+        Some(v4) => Some(IpAddr::from(v4)),
+        None if a.iter().any(|b| *b != 0) => Some(IpAddr::from(*a)),
+        None => None,
+    }
+}
+
 /// Whether a configured real server may take new connections now, and why not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Usability {

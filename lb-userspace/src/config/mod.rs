@@ -36,6 +36,20 @@ pub struct Director {
     /// Connection-table capacity (LRU: the least recently used entry makes room).
     #[serde(default = "default_conn_table_size")]
     pub conn_table_size: u32,
+    /// bpffs directory under which the dataplane is pinned, as `<pin_root>/<interface>/`.
+    #[serde(default = "default_pin_root")]
+    pub pin_root: PathBuf,
+}
+
+fn default_pin_root() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/drlb")
+}
+
+impl Director {
+    /// Where this director's dataplane is pinned.
+    pub fn pin_dir(&self) -> PathBuf {
+        self.pin_root.join(&self.interface)
+    }
 }
 
 fn default_conn_table_size() -> u32 {

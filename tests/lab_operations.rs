@@ -1,0 +1,71 @@
+//! Operating drlb under load in the netns lab: hitless restart, reload, `drlb stop`.
+//! A bounded load generator in the client namespace makes short HTTP requests for a fixed
+//! time and counts failures. Needs root.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use lb_userspace::config::XdpMode;
+use lb_userspace::lab::Lab;
+
+static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn drlb() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_drlb"))
+}
+
+fn counter(log: &str, name: &str) -> u64 {
+    log.lines()
+        .filter(|l| l.contains("counters:"))
+        .last()
+        .and_then(|l| l.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{name}="))).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// SIGKILL the controller mid-load: forwarding goes on from the pinned dataplane with no
+/// failed request, the restarted controller adopts it and the counters continue; `drlb
+/// stop` then removes it on purpose.
+#[test]
+fn sigkill_mid_load_is_hitless_and_restart_adopts() {
+    let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = Lab::build(XdpMode::Native).expect("build the lab");
+    lab.start_drlb(drlb()).expect("start drlb");
+
+    let load = lab.start_load(Duration::from_secs(6), 2);
+    std::thread::sleep(Duration::from_secs(1));
+    lab.kill_drlb().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let config = lab.drlb_config();
+    lab.start_drlb_with(drlb(), &config).expect("restart drlb");
+    let report = load.finish().unwrap();
+    println!("load: {} ok, {} failed, per server {:?}", report.ok, report.failures.len(), report.per_server);
+    assert!(report.ok > 100, "too little load to mean anything: {}", report.ok);
+    assert!(report.failures.is_empty(), "failed requests: {:?}", &report.failures[..report.failures.len().min(5)]);
+    // Requests kept being answered while no controller ran.
+    assert!(report.answers.iter().any(|(t, _)| *t > Duration::from_millis(1500) && *t < Duration::from_millis(2800)));
+
+    let log = lab.stop_drlb().unwrap();
+    assert!(log.contains("adopting the dataplane pinned at"), "the restarted controller did not adopt:\n{log}");
+    // The counters the second controller reports include the first one's traffic.
+    let forwarded = counter(&log, "tx_forwarded") + counter(&log, "tx_scheduled");
+    assert!(forwarded as usize >= 3 * report.ok, "counters restarted: {forwarded} packets for {} requests", report.ok);
+
+    // SIGTERM removed the dataplane: the VIP no longer answers.
+    let after = lab.http_requests(2, Duration::from_secs(1)).unwrap();
+    assert_eq!(after.ok, 0, "forwarding continued after a clean stop");
+}
+
+/// `drlb stop` removes a dataplane whose controller is gone.
+#[test]
+fn drlb_stop_removes_an_orphaned_dataplane() {
+    let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = Lab::build(XdpMode::Generic).expect("build the lab");
+    lab.start_drlb(drlb()).expect("start drlb");
+    lab.kill_drlb().unwrap();
+    assert_eq!(lab.http_requests(5, Duration::from_secs(2)).unwrap().ok, 5, "forwarding stops when the controller dies");
+    let out = lab.drlb_cli(drlb(), &["stop"]).expect("drlb stop");
+    assert!(out.contains("removed the pinned dataplane"), "{out}");
+    assert_eq!(lab.http_requests(2, Duration::from_secs(1)).unwrap().ok, 0, "still forwarding after drlb stop");
+    assert!(!lab.pin_root().join("eth0").exists());
+}
