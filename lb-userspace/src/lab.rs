@@ -428,7 +428,10 @@ impl Lab {
     }
 
     /// Starts a bounded load: `workers` threads in the client namespace making short HTTP
-    /// requests to the VIP (a new connection each) for `duration`.
+    /// requests to the VIP (a new connection each) for `duration`, each worker pausing 2 ms
+    /// between requests. The pause keeps a run from cycling through the client's ephemeral
+    /// ports: a reused 4-tuple would meet the real server's TIME_WAIT from the previous
+    /// connection, a failure of the test's making rather than the balancer's.
     pub fn start_load(&self, duration: Duration, workers: usize) -> Load {
         let ns = self.ns("client");
         let started = Instant::now();
@@ -451,6 +454,7 @@ impl Lab {
                                 },
                                 Err(e) => r.failures.push((at, format!("{e:#}"))),
                             }
+                            std::thread::sleep(Duration::from_millis(2));
                         }
                         Ok(r)
                     })
