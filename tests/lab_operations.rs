@@ -69,3 +69,37 @@ fn drlb_stop_removes_an_orphaned_dataplane() {
     assert_eq!(lab.http_requests(2, Duration::from_secs(1)).unwrap().ok, 0, "still forwarding after drlb stop");
     assert!(!lab.pin_root().join("eth0").exists());
 }
+
+/// `drlb status` shows ActiveConn/InActConn for a known set of open and closed
+/// connections, with MACs and health; `--stats`, `--json`; and it still works from the
+/// pins after the controller was killed.
+#[test]
+fn status_shows_active_and_inactive_connections() {
+    let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = Lab::build(XdpMode::Generic).expect("build the lab");
+    lab.start_drlb(drlb()).expect("start drlb");
+    // wlc over two servers: 4 held open (2 each), then 3 closed by the client.
+    let (_, held) = lab.connections(4, lb_userspace::lab::CLIENT_ADDR, true).unwrap();
+    let (_, _) = lab.connections(3, lb_userspace::lab::CLIENT_ADDR, false).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    let text = lab.drlb_cli(drlb(), &["status"]).expect("drlb status");
+    println!("{text}");
+    assert!(text.contains("TCP  198.18.0.100:80 wlc"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&lab.drlb_cli(drlb(), &["status", "--json"]).unwrap()).unwrap();
+    let rs = json["services"][0]["real_servers"].as_array().unwrap().clone();
+    let active: u64 = rs.iter().map(|r| r["active_conns"].as_u64().unwrap()).sum();
+    let inactive: u64 = rs.iter().map(|r| r["inactive_conns"].as_u64().unwrap()).sum();
+    assert_eq!((active, inactive), (4, 3), "{json:#}");
+    assert!(rs.iter().all(|r| r["health"] == "up" && r["mac"].as_str().unwrap().starts_with("02:d1")), "{json:#}");
+    assert_eq!(json["services"][0]["conns"].as_u64(), Some(7));
+
+    let stats = lab.drlb_cli(drlb(), &["status", "--stats"]).unwrap();
+    assert!(stats.contains("Conns") && stats.contains("InPkts"), "{stats}");
+
+    lab.kill_drlb().unwrap();
+    let after = lab.drlb_cli(drlb(), &["status"]).expect("status from the pins after the controller died");
+    assert!(after.contains("198.18.0.11:80") && after.contains("198.18.0.12:80"), "{after}");
+    drop(held);
+    lab.drlb_cli(drlb(), &["stop"]).unwrap();
+}

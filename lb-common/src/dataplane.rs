@@ -271,7 +271,7 @@ pub fn process<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T) -> Stat {
                 let pinned = match t.persist(&pkey) {
                     Some(p) if now.wrapping_sub(p.last_used_ns) <= svc.persist_timeout_s as u64 * 1_000_000_000 => {
                         match t.backend(p.backend) {
-                            Some(b) if b.is_present() && !b.is_draining() => Some(p.backend),
+                            Some(b) if b.accepts_persistent() => Some(p.backend),
                             _ => None,
                         }
                     }

@@ -190,6 +190,9 @@ pub const BACKEND_F_PRESENT: u32 = 1 << 0;
 /// `Backend::flags`: removed from the configuration; its existing connections continue,
 /// but persistence templates no longer lead to it.
 pub const BACKEND_F_DRAINING: u32 = 1 << 1;
+/// `Backend::flags`: its health check failed. It takes no new connections; persistence
+/// templates no longer lead to it (IPVS removes such a destination).
+pub const BACKEND_F_HEALTH_DOWN: u32 = 1 << 2;
 
 /// Value of `DRLB_BACKENDS`.
 #[repr(C)]
@@ -215,6 +218,13 @@ impl Backend {
     #[inline(always)]
     pub fn is_draining(&self) -> bool {
         self.flags & BACKEND_F_DRAINING != 0
+    }
+
+    /// Whether a persistence template may still send a client here: known MAC, still
+    /// configured, and not failed its health check.
+    #[inline(always)]
+    pub fn accepts_persistent(&self) -> bool {
+        self.flags & (BACKEND_F_PRESENT | BACKEND_F_DRAINING | BACKEND_F_HEALTH_DOWN) == BACKEND_F_PRESENT
     }
 }
 

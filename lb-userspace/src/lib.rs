@@ -10,3 +10,4 @@ pub mod lab;
 pub mod sched_tables;
 pub mod slots;
 pub mod process;
+pub mod status;

@@ -26,6 +26,24 @@ enum Command {
         #[arg(long)]
         replace_dataplane: bool,
     },
+    /// Show services and real servers as `ipvsadm -Ln` does, from the pinned dataplane
+    /// (works while `drlb run` runs and after it died).
+    Status {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Conns, InPkts, InBytes since the dataplane was created.
+        #[arg(long)]
+        stats: bool,
+        /// CPS, InPPS, InBPS over one second.
+        #[arg(long)]
+        rate: bool,
+        /// Packets by verdict reason.
+        #[arg(long)]
+        reasons: bool,
+        /// Everything as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove the dataplane on purpose: stop the controller if one runs, detach XDP and
     /// remove the pins.
     Stop {
@@ -78,6 +96,35 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("drlb reload: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Status { config, stats, rate, reasons, json } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let dir = cfg.director.pin_dir();
+            let status = if rate || json {
+                lb_userspace::status::read_with_rates(&dir, Some(&cfg), std::time::Duration::from_secs(1))
+            } else {
+                lb_userspace::status::read(&dir, Some(&cfg))
+            };
+            match status {
+                Ok(s) if json => {
+                    println!("{}", serde_json::to_string_pretty(&s).expect("status serialises"));
+                    ExitCode::SUCCESS
+                }
+                Ok(s) => {
+                    print!("{}", lb_userspace::status::render(&s, lb_userspace::status::View { stats, rate, reasons }));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("drlb status: {e:#}");
                     ExitCode::FAILURE
                 }
             }

@@ -1,0 +1,267 @@
+//! `drlb status`: what `ipvsadm -Ln` shows, read from the pinned maps — so it works while
+//! `drlb run` runs and after it died. Names come from the config file when it has them.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
+use lb_common::maps::{
+    scheduler, Backend, BackendStats, ConnCounts, Service, ServiceKey, BACKEND_F_DRAINING, BACKEND_F_HEALTH_DOWN,
+    MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONN_COUNTS, MAP_MEMBERS, MAP_SERVICES, MAP_SERVICE_IDS, MAP_STATS,
+    SVC_F_PERSISTENT, SVC_F_SLOPPY_TCP,
+};
+use lb_common::stats::{Stat, STAT_COUNT};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::controller::format_mac;
+use crate::dataplane::pinned_layout;
+use crate::tables::ip_of;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RealServerStatus {
+    pub address: String,
+    pub port: u16,
+    pub mac: String,
+    pub weight: u32,
+    /// up, down (health check), unresolved (no ARP reply), draining (removed, connections finishing)
+    pub health: String,
+    pub active_conns: u32,
+    pub inactive_conns: u32,
+    pub conns: u64,
+    pub in_pkts: u64,
+    pub in_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Rate>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Default)]
+pub struct Rate {
+    pub cps: f64,
+    pub in_pps: f64,
+    pub in_bps: f64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ServiceStatus {
+    pub name: Option<String>,
+    pub protocol: String,
+    pub vip: String,
+    pub port: u16,
+    pub scheduler: String,
+    pub persistence_timeout_s: Option<u32>,
+    pub sloppy_tcp: bool,
+    pub conns: u64,
+    pub in_pkts: u64,
+    pub in_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Rate>,
+    pub real_servers: Vec<RealServerStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Status {
+    pub pin_dir: String,
+    pub layout: Vec<u32>,
+    pub services: Vec<ServiceStatus>,
+    /// Packets per verdict reason since the dataplane was created.
+    pub reasons: BTreeMap<String, u64>,
+}
+
+fn open(dir: &Path, name: &str) -> Result<MapData> {
+    let path = dir.join(name);
+    MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))
+}
+
+pub fn scheduler_name(code: u32) -> &'static str {
+    match code {
+        scheduler::WLC => "wlc",
+        scheduler::RR => "rr",
+        scheduler::WRR => "wrr",
+        scheduler::LC => "lc",
+        scheduler::SH => "sh",
+        scheduler::MH => "mh",
+        scheduler::SED => "sed",
+        scheduler::NQ => "nq",
+        _ => "?",
+    }
+}
+
+/// Reads the dataplane pinned at `dir`; `config` supplies names.
+pub fn read(dir: &Path, config: Option<&Config>) -> Result<Status> {
+    let Some(layout) = pinned_layout(dir)? else {
+        bail!("no drlb dataplane is pinned at {} (is `drlb run` running for this interface?)", dir.display());
+    };
+    let ids_map = Map::HashMap(open(dir, MAP_SERVICE_IDS)?);
+    let ids: BpfHashMap<&MapData, ServiceKey, u32> = BpfHashMap::try_from(&ids_map)?;
+    let services_map = Map::Array(open(dir, MAP_SERVICES)?);
+    let services: Array<&MapData, Service> = Array::try_from(&services_map)?;
+    let members_map = Map::Array(open(dir, MAP_MEMBERS)?);
+    let members: Array<&MapData, u32> = Array::try_from(&members_map)?;
+    let backends_map = Map::Array(open(dir, MAP_BACKENDS)?);
+    let backends: Array<&MapData, Backend> = Array::try_from(&backends_map)?;
+    let counts_map = Map::Array(open(dir, MAP_CONN_COUNTS)?);
+    let counts: Array<&MapData, ConnCounts> = Array::try_from(&counts_map)?;
+    let stats_map = Map::PerCpuArray(open(dir, MAP_BACKEND_STATS)?);
+    let stats: PerCpuArray<&MapData, BackendStats> = PerCpuArray::try_from(&stats_map)?;
+    let reasons_map = Map::PerCpuArray(open(dir, MAP_STATS)?);
+    let reasons: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(&reasons_map)?;
+
+    let mut keys: Vec<(ServiceKey, u32)> = ids.iter().filter_map(|r| r.ok()).collect();
+    keys.sort_by_key(|(k, _)| (k.vip, k.port, k.proto));
+    let mut out = Vec::new();
+    for (key, id) in keys {
+        let svc = services.get(&id, 0)?;
+        let vip = ip_of(&key.vip).map(|a| a.to_string()).unwrap_or_default();
+        let cfg = config.and_then(|c| {
+            c.services.iter().find(|s| s.vip.to_string() == vip && s.port == key.port && s.protocol.number() == key.proto)
+        });
+        let mut real_servers = Vec::new();
+        for i in svc.members_offset..svc.members_offset + svc.member_count {
+            let slot = members.get(&i, 0)?;
+            let b = backends.get(&slot, 0)?;
+            let c = counts.get(&slot, 0)?;
+            let (mut conns, mut pkts, mut bytes) = (0, 0, 0);
+            for s in stats.get(&slot, 0)?.iter() {
+                conns += s.conns;
+                pkts += s.packets;
+                bytes += s.bytes;
+            }
+            let health = if b.flags & BACKEND_F_DRAINING != 0 {
+                "draining"
+            } else if b.flags & BACKEND_F_HEALTH_DOWN != 0 {
+                "down"
+            } else if !b.is_present() {
+                "unresolved"
+            } else {
+                "up"
+            };
+            real_servers.push(RealServerStatus {
+                address: ip_of(&b.addr).map(|a: IpAddr| a.to_string()).unwrap_or_default(),
+                port: key.port,
+                mac: if b.is_present() { format_mac(&b.mac) } else { "-".into() },
+                weight: b.weight,
+                health: health.into(),
+                active_conns: c.active,
+                inactive_conns: c.inactive,
+                conns,
+                in_pkts: pkts,
+                in_bytes: bytes,
+                rate: None,
+            });
+        }
+        out.push(ServiceStatus {
+            name: cfg.map(|s| s.name.clone()),
+            protocol: if key.proto == 6 { "TCP".into() } else { "UDP".into() },
+            vip,
+            port: key.port,
+            scheduler: scheduler_name(svc.scheduler).into(),
+            persistence_timeout_s: (svc.flags & SVC_F_PERSISTENT != 0).then_some(svc.persist_timeout_s),
+            sloppy_tcp: svc.flags & SVC_F_SLOPPY_TCP != 0,
+            conns: real_servers.iter().map(|r| r.conns).sum(),
+            in_pkts: real_servers.iter().map(|r| r.in_pkts).sum(),
+            in_bytes: real_servers.iter().map(|r| r.in_bytes).sum(),
+            rate: None,
+            real_servers,
+        });
+    }
+    let mut reason_counts = BTreeMap::new();
+    for s in Stat::ALL {
+        let total: u64 = reasons.get(&s.index(), 0)?.iter().sum();
+        reason_counts.insert(s.name().to_string(), total);
+    }
+    debug_assert_eq!(reason_counts.len(), STAT_COUNT as usize);
+    Ok(Status { pin_dir: dir.display().to_string(), layout: layout.to_vec(), services: out, reasons: reason_counts })
+}
+
+/// Two readings `interval` apart, with per-second rates filled in from their difference.
+pub fn read_with_rates(dir: &Path, config: Option<&Config>, interval: Duration) -> Result<Status> {
+    let a = read(dir, config)?;
+    std::thread::sleep(interval);
+    let mut b = read(dir, config)?;
+    let secs = interval.as_secs_f64();
+    let rate = |c0: u64, c1: u64, p0: u64, p1: u64, b0: u64, b1: u64| Rate {
+        cps: c1.saturating_sub(c0) as f64 / secs,
+        in_pps: p1.saturating_sub(p0) as f64 / secs,
+        in_bps: b1.saturating_sub(b0) as f64 * 8.0 / secs,
+    };
+    for sb in &mut b.services {
+        let Some(sa) = a.services.iter().find(|s| s.vip == sb.vip && s.port == sb.port && s.protocol == sb.protocol) else { continue };
+        sb.rate = Some(rate(sa.conns, sb.conns, sa.in_pkts, sb.in_pkts, sa.in_bytes, sb.in_bytes));
+        for rb in &mut sb.real_servers {
+            if let Some(ra) = sa.real_servers.iter().find(|r| r.address == rb.address) {
+                rb.rate = Some(rate(ra.conns, rb.conns, ra.in_pkts, rb.in_pkts, ra.in_bytes, rb.in_bytes));
+            }
+        }
+    }
+    Ok(b)
+}
+
+/// What to show.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct View {
+    pub stats: bool,
+    pub rate: bool,
+    pub reasons: bool,
+}
+
+/// `ipvsadm -Ln`'s layout, with drlb's MAC and health columns.
+pub fn render(s: &Status, view: View) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "drlb Direct-Routing load balancer (dataplane pinned at {}, layout {})", s.pin_dir, s.layout[0]);
+    if view.stats {
+        let _ = writeln!(o, "Prot LocalAddress:Port               Conns   InPkts  InBytes");
+        let _ = writeln!(o, "  -> RemoteAddress:Port");
+    } else if view.rate {
+        let _ = writeln!(o, "Prot LocalAddress:Port                 CPS    InPPS    InBPS");
+        let _ = writeln!(o, "  -> RemoteAddress:Port");
+    } else {
+        let _ = writeln!(o, "Prot LocalAddress:Port Scheduler Flags");
+        let _ = writeln!(o, "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn MAC               Health");
+    }
+    for svc in &s.services {
+        let local = format!("{}:{}", svc.vip, svc.port);
+        if view.stats {
+            let _ = writeln!(o, "{:<4} {:<28} {:>8} {:>8} {:>8}", svc.protocol, local, svc.conns, svc.in_pkts, svc.in_bytes);
+        } else if view.rate {
+            let r = svc.rate.unwrap_or_default();
+            let _ = writeln!(o, "{:<4} {:<28} {:>8.0} {:>8.0} {:>8.0}", svc.protocol, local, r.cps, r.in_pps, r.in_bps);
+        } else {
+            let mut flags = String::new();
+            if let Some(p) = svc.persistence_timeout_s {
+                flags += &format!("persistent {p}");
+            }
+            if svc.sloppy_tcp {
+                flags += if flags.is_empty() { "sloppy" } else { " sloppy" };
+            }
+            let name = svc.name.as_deref().map(|n| format!("  ({n})")).unwrap_or_default();
+            let _ = writeln!(o, "{:<4} {} {} {}{}", svc.protocol, local, svc.scheduler, flags, name);
+        }
+        for rs in &svc.real_servers {
+            let remote = format!("{}:{}", rs.address, rs.port);
+            if view.stats {
+                let _ = writeln!(o, "  -> {:<28} {:>8} {:>8} {:>8}", remote, rs.conns, rs.in_pkts, rs.in_bytes);
+            } else if view.rate {
+                let r = rs.rate.unwrap_or_default();
+                let _ = writeln!(o, "  -> {:<28} {:>8.0} {:>8.0} {:>8.0}", remote, r.cps, r.in_pps, r.in_bps);
+            } else {
+                let _ = writeln!(
+                    o,
+                    "  -> {:<28} Route   {:<6} {:<10} {:<9} {:<17} {}",
+                    remote, rs.weight, rs.active_conns, rs.inactive_conns, rs.mac, rs.health
+                );
+            }
+        }
+    }
+    if view.reasons {
+        let _ = writeln!(o, "Packets by verdict reason:");
+        for (k, v) in &s.reasons {
+            let _ = writeln!(o, "  {k:<24} {v}");
+        }
+    }
+    o
+}
