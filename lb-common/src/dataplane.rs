@@ -226,7 +226,11 @@ pub fn process<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T) -> Stat {
     let lookup = t.with_conn(&key, |entry| match entry {
         None => Lookup::Miss,
         Some(c) => {
-            if c.expired(now) || (syn && tcp::syn_starts_new_connection(c.state)) {
+            // A SYN also starts afresh when its entry's server went away (health check
+            // failed, or removed by a reload): it is a new connection (or a retry of one
+            // that server refused), and the server takes no new connections.
+            let server_gone = syn && !matches!(t.backend(c.backend), Some(b) if b.accepts_new());
+            if c.expired(now) || (syn && tcp::syn_starts_new_connection(c.state)) || server_gone {
                 release(t, c);
                 Lookup::Dead
             } else {

@@ -220,6 +220,12 @@ impl Backend {
         self.flags & BACKEND_F_DRAINING != 0
     }
 
+    /// Whether a new connection may go here: known MAC, still configured, healthy.
+    #[inline(always)]
+    pub fn accepts_new(&self) -> bool {
+        self.accepts_persistent()
+    }
+
     /// Whether a persistence template may still send a client here: known MAC, still
     /// configured, and not failed its health check.
     #[inline(always)]

@@ -14,8 +14,10 @@ use tokio::time::{Instant, interval, sleep_until};
 use crate::config::Config;
 use crate::dataplane::{Dataplane, Origin, log_counters, monotonic_ns};
 use crate::netlink::{self, Interface, NeighbourEvent, NeighbourWatch};
+use crate::health::{self, Tracker};
 use crate::slots::Slots;
-use crate::tables::{Mac, Tables, Usability, usability};
+use crate::tables::{Down, Mac, Tables, Usability, usability};
+use tokio::sync::mpsc;
 
 /// How long start-up waits for real servers' ARP replies before attaching anyway.
 const INITIAL_RESOLUTION_WAIT: Duration = Duration::from_secs(3);
@@ -32,12 +34,13 @@ const REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 /// Refuses real servers that are not on-link: DR delivers frames at layer 2 only.
 pub fn check_on_link(config: &Config, iface: &Interface) -> Result<()> {
     for svc in &config.services {
-        for rs in &svc.real_servers {
-            if !iface.on_link(rs.address) {
+        let addrs = svc.real_servers.iter().map(|r| r.address).chain(svc.sorry_server.as_ref().map(|x| x.address));
+        for address in addrs {
+            if !iface.on_link(address) {
                 bail!(
                     "real server {} of service `{}` is not on-link on {} ({}): Direct Routing forwards \
                      frames at layer 2, so every real server must be in a subnet of the director's interface",
-                    rs.address,
+                    address,
                     svc.name,
                     iface.name,
                     iface.describe_subnets()
@@ -49,7 +52,11 @@ pub fn check_on_link(config: &Config, iface: &Interface) -> Result<()> {
 }
 
 fn real_server_addrs(config: &Config) -> Vec<IpAddr> {
-    let mut v: Vec<IpAddr> = config.services.iter().flat_map(|s| s.real_servers.iter().map(|r| r.address)).collect();
+    let mut v: Vec<IpAddr> = config
+        .services
+        .iter()
+        .flat_map(|s| s.real_servers.iter().map(|r| r.address).chain(s.sorry_server.as_ref().map(|x| x.address)))
+        .collect();
     v.sort();
     v.dedup();
     v
@@ -80,6 +87,10 @@ struct Controller {
     slots: Slots,
     tables: Tables,
     dp: Dataplane,
+    health: Tracker,
+    down: Down,
+    checkers: Vec<tokio::task::JoinHandle<()>>,
+    rounds_tx: mpsc::Sender<health::Round>,
 }
 
 impl Controller {
@@ -89,7 +100,7 @@ impl Controller {
 
     /// Recomputes the tables and writes what changed.
     fn rebuild(&mut self) -> Result<()> {
-        self.tables = Tables::build_with(&self.config, &self.macs, self.iface.mac, &mut self.slots);
+        self.tables = Tables::build_with(&self.config, &self.macs, self.iface.mac, &mut self.slots, &self.down);
         self.dp.apply(&self.tables).context("updating the maps")
     }
 
@@ -121,6 +132,7 @@ impl Controller {
                 warn!("{e:#}");
             }
         }
+        self.start_checkers();
         match self.rebuild() {
             Ok(()) => {
                 info!("reloaded {}: {} service(s)", self.config_path.display(), self.config.services.len());
@@ -128,6 +140,46 @@ impl Controller {
             }
             Err(e) => error!("reload failed while updating the maps: {e:#}"),
         }
+    }
+
+    /// (Re)starts one checker per real server with a health check; rounds arrive on the
+    /// controller's channel.
+    fn start_checkers(&mut self) {
+        for h in self.checkers.drain(..) {
+            h.abort();
+        }
+        let targets = health::targets(&self.config);
+        self.health.retain(&targets);
+        self.down.retain(|(svc, addr)| targets.iter().any(|t| &t.service == svc && t.address == *addr));
+        for t in targets {
+            let tx = self.rounds_tx.clone();
+            self.checkers.push(tokio::spawn(async move {
+                if let Some(w) = t.check.warmup {
+                    tokio::time::sleep(w.mul_f64(fastrand::f64())).await;
+                }
+                loop {
+                    let r = health::round(&t).await;
+                    if tx.send(r).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(t.check.interval).await;
+                }
+            }));
+        }
+    }
+
+    /// A health-check round's result: rise/fall, and on a change the log line and the maps.
+    fn on_round(&mut self, r: health::Round) -> Result<()> {
+        let Some((up, line)) = self.health.apply(&r) else { return Ok(()) };
+        let key = (r.target.service.clone(), r.target.address);
+        if up {
+            info!("{line}");
+            self.down.remove(&key);
+        } else {
+            warn!("{line}");
+            self.down.insert(key);
+        }
+        self.rebuild()
     }
 
     fn on_neighbour(&mut self, ev: NeighbourEvent) -> Result<()> {
@@ -223,7 +275,21 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
             (t, slots)
         }
     };
-    let mut c = Controller { config_path: config_path.to_owned(), config, iface, handle, macs, slots, tables, dp };
+    let (rounds_tx, mut rounds) = mpsc::channel(1024);
+    let mut c = Controller {
+        config_path: config_path.to_owned(),
+        config,
+        iface,
+        handle,
+        macs,
+        slots,
+        tables,
+        dp,
+        health: Tracker::default(),
+        down: Down::default(),
+        checkers: Vec::new(),
+        rounds_tx,
+    };
     c.rebuild()?;
     let attached = c.dp.attach_balancer(&c.iface.name, c.config.director.xdp_mode)?;
     let mode = match attached {
@@ -243,6 +309,7 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
         c.config.services.len()
     );
 
+    c.start_checkers();
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -259,6 +326,7 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
             _ = sigusr2.recv() => { info!("SIGUSR2: exiting, leaving the dataplane forwarding for the next controller"); leave = true; break; }
             _ = sighup.recv() => { info!("SIGHUP: reloading {}", c.config_path.display()); c.reload().await; }
             _ = sweep.tick() => c.sweep(),
+            Some(r) = rounds.recv() => c.on_round(r)?,
             _ = refresh.tick() => {
                 for addr in c.wanted() {
                     if let Err(e) = netlink::trigger_resolution(&c.handle, c.iface.index, addr).await {

@@ -261,6 +261,60 @@ impl Lab {
         Ok(())
     }
 
+    /// Stops a real server's nginx (the server itself stays up: ARP, ping).
+    pub fn stop_nginx(&mut self, role: &str) -> Result<()> {
+        let name = format!("nginx {role}");
+        let i = self.children.iter().position(|(n, _)| *n == name).ok_or_else(|| anyhow!("no {name} running"))?;
+        let (_, child) = self.children.remove(i);
+        stop_child(child, Duration::from_secs(5))
+    }
+
+    /// Starts a real server's nginx again and waits until it accepts connections.
+    pub fn restart_nginx(&mut self, role: &str) -> Result<()> {
+        let rs = *ALL_REAL_SERVERS.iter().find(|h| h.role == role).ok_or_else(|| anyhow!("no real server {role}"))?;
+        self.start_nginx(&rs)?;
+        self.wait_for_tcp(rs.addr, 80, Duration::from_secs(10))
+    }
+
+    /// Makes a real server's `/health` answer 503 (or 200 again), port 80 staying open.
+    pub fn set_unhealthy(&self, role: &str, unhealthy: bool) -> Result<()> {
+        let flag = self.dir.join(role).join("unhealthy");
+        if unhealthy {
+            fs::write(&flag, "")?;
+        } else if flag.exists() {
+            fs::remove_file(&flag)?;
+        }
+        Ok(())
+    }
+
+    /// Sends SIGHUP to the running drlb (a reload without `drlb reload`'s validation).
+    pub fn sighup_drlb(&self, config_text: &str) -> Result<()> {
+        fs::write(self.dir.join("drlb.yaml"), self.with_pin_root(config_text))?;
+        let child = self.drlb.as_ref().ok_or_else(|| anyhow!("drlb is not running"))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGHUP)?;
+        Ok(())
+    }
+
+    /// Waits until drlb's log contains `needle` after byte `from`; returns when it appeared.
+    pub fn wait_for_log(&self, needle: &str, from: usize, limit: Duration) -> Result<Instant> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let text = fs::read_to_string(self.dir.join("drlb.log")).unwrap_or_default();
+            if text.get(from..).is_some_and(|t| t.contains(needle)) {
+                return Ok(Instant::now());
+            }
+            if Instant::now() > deadline {
+                bail!("`{needle}` not in drlb's log within {limit:?}:\n{}", text.get(from..).unwrap_or(""));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Current length of drlb's log, to wait for what comes after.
+    pub fn log_len(&self) -> usize {
+        fs::read_to_string(self.dir.join("drlb.log")).map(|t| t.len()).unwrap_or(0)
+    }
+
     fn start_nginx(&mut self, rs: &Host) -> Result<()> {
         let dir = self.dir.join(rs.role);
         fs::create_dir_all(&dir)?;
@@ -272,7 +326,8 @@ impl Lab {
                  error_log {d}/error.log;\nworker_rlimit_nofile 4096;\nevents {{ worker_connections 2048; }}\n\
                  http {{\n  access_log off;\n  client_body_temp_path {d};\n  default_type text/plain;\n\
                  keepalive_timeout 300s;\n  keepalive_requests 100000;\n\
-                 server {{ listen 80; location / {{ return 200 \"{role}\\n\"; }} }}\n}}\n",
+                 server {{ listen 80;\n    location /health {{ if (-f {d}/unhealthy) {{ return 503 \"sick\\n\"; }} return 200 \"ok\\n\"; }}\n\
+                 location / {{ return 200 \"{role}\\n\"; }} }}\n}}\n",
                 d = dir.display(),
                 role = rs.role
             ),

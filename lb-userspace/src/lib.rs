@@ -11,3 +11,4 @@ pub mod sched_tables;
 pub mod slots;
 pub mod process;
 pub mod status;
+pub mod health;

@@ -8,7 +8,7 @@ use lb_common::addr::{v4_mapped, Addr16};
 use lb_common::conn::Timeouts;
 use lb_common::host::HostTables;
 use lb_common::maps::{
-    scheduler as code, vip_filter_index, Backend, SchedState, Service, ServiceKey, Vip, BACKEND_F_PRESENT,
+    scheduler as code, vip_filter_index, Backend, SchedState, Service, ServiceKey, Vip, BACKEND_F_HEALTH_DOWN, BACKEND_F_PRESENT,
     MAX_BACKENDS, SCHED_TABLE_SIZE, SVC_F_PERSISTENT, SVC_F_SLOPPY_TCP, SVC_F_WILDCARD, VIP_F_WILDCARD_TCP, VIP_F_WILDCARD_UDP,
 };
 use lb_common::sched::{DestInfo, RR_HEAD};
@@ -18,6 +18,9 @@ use crate::sched_tables::{self, ListDests, MH_TABLE_SIZE};
 use crate::slots::Slots;
 
 pub type Mac = [u8; 6];
+
+/// Real servers whose health check failed: (service name, address).
+pub type Down = std::collections::HashSet<(String, IpAddr)>;
 
 /// The static content of the dataplane's maps (everything the controller writes; the
 /// connection table, counters and scheduler positions are the dataplane's own).
@@ -100,21 +103,27 @@ fn secs(d: std::time::Duration) -> u32 {
 }
 
 impl Tables {
-    /// The tables for `config` with fresh identities (tests, `drlb check`).
+    /// The tables for `config` with fresh identities and every server healthy (tests).
     pub fn build(config: &Config, macs: &HashMap<IpAddr, Mac>, director_mac: Mac) -> Tables {
-        Self::build_with(config, macs, director_mac, &mut Slots::default())
+        Self::build_with(config, macs, director_mac, &mut Slots::default(), &Down::default())
     }
 
     /// The tables for `config`, keeping the service ids and backend slots `slots` already
     /// gave out, and writing the half of the double-buffered arrays not used last time.
-    pub fn build_with(config: &Config, macs: &HashMap<IpAddr, Mac>, director_mac: Mac, slots: &mut Slots) -> Tables {
+    pub fn build_with(
+        config: &Config,
+        macs: &HashMap<IpAddr, Mac>,
+        director_mac: Mac,
+        slots: &mut Slots,
+        down: &Down,
+    ) -> Tables {
         let mut t = Tables::default();
         let keep: BTreeSet<(ServiceKey, IpAddr)> = config
             .services
             .iter()
             .flat_map(|s| {
                 let key = ServiceKey::new(addr16(s.vip), s.port, s.protocol.number());
-                s.real_servers.iter().map(move |r| (key, r.address))
+                s.real_servers.iter().map(|r| r.address).chain(s.sorry_server.as_ref().map(|x| x.address)).map(move |a| (key, a))
             })
             .collect();
         let generation = slots.next_generation();
@@ -134,43 +143,80 @@ impl Tables {
             }
             *t.vip_filter.entry(vip_filter_index(&vip)).or_default() = 1;
 
-            let members_offset = next_member;
+            // Every configured server keeps a backend entry (its connections continue);
+            // health decides membership: a failed server leaves the member list, or with
+            // inhibit_on_failure stays with weight 0.
             let mut svc_slots = Vec::new();
+            let mut members: Vec<(u32, IpAddr, u32)> = Vec::new();
             for rs in &svc.real_servers {
                 let slot = slots.backend_slot(key, rs.address);
                 let mac = macs.get(&rs.address).copied();
+                let is_down = down.contains(&(svc.name.clone(), rs.address));
+                let mut flags = if mac.is_some() { BACKEND_F_PRESENT } else { 0 };
+                let mut weight = rs.weight;
+                if is_down {
+                    flags |= BACKEND_F_HEALTH_DOWN;
+                    if svc.expire_nodest_conn {
+                        flags &= !BACKEND_F_PRESENT;
+                    }
+                    if svc.inhibit_on_failure {
+                        weight = 0;
+                    }
+                }
+                t.backends.insert(
+                    slot,
+                    Backend { addr: addr16(rs.address), mac: mac.unwrap_or_default(), src_mac: director_mac, weight, flags },
+                );
+                svc_slots.push(slot);
+                if !is_down || svc.inhibit_on_failure {
+                    members.push((slot, rs.address, weight));
+                }
+            }
+            let up_weight: u64 = members
+                .iter()
+                .filter(|(slot, _, w)| *w > 0 && t.backends[slot].flags & BACKEND_F_HEALTH_DOWN == 0 && t.backends[slot].is_present())
+                .map(|(_, _, w)| *w as u64)
+                .sum();
+            if up_weight < svc.quorum as u64
+                && let Some(sorry) = &svc.sorry_server
+            {
+                let slot = slots.backend_slot(key, sorry.address);
+                let mac = macs.get(&sorry.address).copied();
                 t.backends.insert(
                     slot,
                     Backend {
-                        addr: addr16(rs.address),
+                        addr: addr16(sorry.address),
                         mac: mac.unwrap_or_default(),
                         src_mac: director_mac,
-                        weight: rs.weight,
+                        weight: 1,
                         flags: if mac.is_some() { BACKEND_F_PRESENT } else { 0 },
                     },
                 );
-                t.members.insert(next_member, slot);
-                next_member += 1;
-                svc_slots.push(slot);
+                members = vec![(slot, sorry.address, 1)];
             }
-            let count = svc.real_servers.len() as u32;
+            let members_offset = next_member;
+            for (slot, _, _) in &members {
+                t.members.insert(next_member, *slot);
+                next_member += 1;
+            }
+            let count = members.len() as u32;
 
             // IPVS list order: last configured first.
             let list = ListDests(
-                svc.real_servers
+                members
                     .iter()
                     .rev()
-                    .map(|rs| DestInfo { weight: rs.weight, available: macs.contains_key(&rs.address), ..Default::default() })
+                    .map(|(slot, _, w)| DestInfo { weight: *w, available: t.backends[slot].is_present(), ..Default::default() })
                     .collect(),
             );
             let (table, cycle_start) = match svc.scheduler {
                 Scheduler::Wrr => {
-                    let weights: Vec<u32> = svc.real_servers.iter().map(|r| r.weight).collect();
+                    let weights: Vec<u32> = members.iter().map(|m| m.2).collect();
                     sched_tables::wrr_sequence(&list, &weights).unwrap_or_default()
                 }
                 Scheduler::Sh => (sched_tables::sh_table(&list), 0),
                 Scheduler::Mh => {
-                    let addrs: Vec<Addr16> = svc.real_servers.iter().rev().map(|r| addr16(r.address)).collect();
+                    let addrs: Vec<Addr16> = members.iter().rev().map(|m| addr16(m.1)).collect();
                     (sched_tables::mh_table(&list, &addrs, MH_TABLE_SIZE), 0)
                 }
                 _ => (Vec::new(), 0),

@@ -129,8 +129,29 @@ pub struct Service {
     #[serde(default)]
     pub timeouts: ServiceTimeouts,
     pub health_check: Option<HealthCheck>,
+    /// On a failed health check set the server's weight to 0 instead of removing it.
+    #[serde(default)]
+    pub inhibit_on_failure: bool,
+    /// On a failed health check also drop the server's existing connections.
+    #[serde(default)]
+    pub expire_nodest_conn: bool,
+    /// Takes new connections while no real server is up (or the quorum is lost).
+    pub sorry_server: Option<SorryServer>,
+    /// Minimum sum of the weights of up servers below which the service counts as down.
+    #[serde(default = "default_quorum")]
+    pub quorum: u32,
     #[serde(default)]
     pub real_servers: Vec<RealServer>,
+}
+
+fn default_quorum() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SorryServer {
+    pub address: IpAddr,
 }
 
 /// `timeouts:` of a service.
@@ -197,6 +218,8 @@ impl<'de> Deserialize<'de> for Granularity {
 #[serde(deny_unknown_fields)]
 pub struct RealServer {
     pub address: IpAddr,
+    /// A name for logs and status (`rs1`); the address when absent.
+    pub name: Option<String>,
     /// IPVS weight: 0 keeps the server configured but gives it no new connections.
     #[serde(default = "default_weight")]
     pub weight: u32,
@@ -425,6 +448,11 @@ impl Config {
                             crate::sched_tables::MAX_WRR_SEQUENCE
                         ),
                     ));
+                }
+            }
+            if let Some(sorry) = &svc.sorry_server {
+                if sorry.address == svc.vip || svc.real_servers.iter().any(|r| r.address == sorry.address) {
+                    problems.push((at("sorry_server.address"), "the sorry server must differ from the VIP and from every real server".into()));
                 }
             }
             let mut seen = HashSet::new();

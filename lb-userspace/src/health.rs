@@ -1,0 +1,217 @@
+//! Health checks with keepalived's meaning: `tcp` (TCP_CHECK), `http` (HTTP_GET) and
+//! `script` (MISC_CHECK), each run against a real server's own address.
+//!
+//! A checker task per (service, real server) probes every `interval`; one round tries up
+//! to `retries + 1` times, `retry_delay` apart, each attempt bounded by `timeout`. Rounds
+//! are reported to the controller, which applies `rise`/`fall` ([`Tracker`]) and changes
+//! the dataplane. Worst case from failure to DOWN with fall 1: interval + timeout ×
+//! (retries + 1) + retry_delay × retries.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt as _, Empty};
+use hyper::body::Bytes;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use crate::config::{parse_status_range, CheckType, Config, HealthCheck};
+
+/// What one checker probes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub service: String,
+    pub vip: IpAddr,
+    /// The real server's display name (its `name`, else its address).
+    pub name: String,
+    pub address: IpAddr,
+    pub port: u16,
+    pub check: HealthCheck,
+}
+
+impl Target {
+    /// `web rs1 198.18.0.11:80`
+    pub fn label(&self) -> String {
+        format!("{} {} {}", self.service, self.name, SocketAddr::new(self.address, self.port))
+    }
+}
+
+/// The outcome of one round.
+#[derive(Debug, Clone)]
+pub struct Round {
+    pub target: Target,
+    pub ok: bool,
+    /// Why the last attempt failed.
+    pub reason: String,
+    pub failed_attempts: u32,
+    pub attempts: u32,
+    /// Duration of the last attempt.
+    pub latency: Duration,
+}
+
+/// Every checker a config asks for.
+pub fn targets(config: &Config) -> Vec<Target> {
+    let mut out = Vec::new();
+    for svc in &config.services {
+        let Some(check) = &svc.health_check else { continue };
+        for rs in &svc.real_servers {
+            out.push(Target {
+                service: svc.name.clone(),
+                vip: svc.vip,
+                name: rs.name.clone().unwrap_or_else(|| rs.address.to_string()),
+                address: rs.address,
+                port: check.port.unwrap_or(svc.port),
+                check: check.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// One attempt; `Err` says why it failed.
+pub async fn probe(t: &Target) -> Result<(), String> {
+    let c = &t.check;
+    let addr = SocketAddr::new(t.address, t.port);
+    match c.kind {
+        CheckType::Tcp => match timeout(c.timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("connect failed: {e}")),
+            Err(_) => Err(format!("connect timeout after {}", humantime::format_duration(c.timeout))),
+        },
+        CheckType::Http => match timeout(c.timeout, http_get(t)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no HTTP response within {}", humantime::format_duration(c.timeout))),
+        },
+        CheckType::Script => run_script(t).await,
+    }
+}
+
+async fn http_get(t: &Target) -> Result<(), String> {
+    let c = &t.check;
+    let addr = SocketAddr::new(t.address, t.port);
+    let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect failed: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP handshake failed: {e}"))?;
+    tokio::spawn(conn);
+    let path = c.path.clone().unwrap_or_else(|| "/".into());
+    let host = c.host.clone().unwrap_or_else(|| t.vip.to_string());
+    let req = hyper::Request::get(&path)
+        .header(hyper::header::HOST, host)
+        .header(hyper::header::USER_AGENT, "drlb-healthcheck")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("bad request: {e}"))?;
+    let resp = sender.send_request(req).await.map_err(|e| format!("HTTP request failed: {e}"))?;
+    let status = resp.status().as_u16();
+    let ranges: Vec<(u16, u16)> = match &c.status {
+        Some(list) => list.iter().filter_map(|s| parse_status_range(s)).collect(),
+        None => vec![(200, 299)],
+    };
+    if !ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status)) {
+        let want: Vec<String> = ranges.iter().map(|(l, h)| if l == h { l.to_string() } else { format!("{l}-{h}") }).collect();
+        return Err(format!("HTTP status {status} for GET {path}, expected {}", want.join(", ")));
+    }
+    if let Some(pattern) = &c.regex {
+        let body = resp.into_body().collect().await.map_err(|e| format!("reading the body failed: {e}"))?.to_bytes();
+        let re = regex::Regex::new(pattern).map_err(|e| format!("bad regex: {e}"))?;
+        if !re.is_match(&String::from_utf8_lossy(&body)) {
+            return Err(format!("body of GET {path} does not match /{pattern}/"));
+        }
+    }
+    Ok(())
+}
+
+async fn run_script(t: &Target) -> Result<(), String> {
+    let c = &t.check;
+    let command = c.command.clone().unwrap_or_default();
+    let mut child = tokio::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(&command)
+        .env("DRLB_SERVICE", &t.service)
+        .env("DRLB_VIP", t.vip.to_string())
+        .env("DRLB_RS_ADDRESS", t.address.to_string())
+        .env("DRLB_RS_PORT", t.port.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run `{command}`: {e}"))?;
+    match timeout(c.timeout, child.wait()).await {
+        Ok(Ok(s)) if s.success() => Ok(()),
+        Ok(Ok(s)) => Err(format!("`{command}` exited with {s}")),
+        Ok(Err(e)) => Err(format!("waiting for `{command}`: {e}")),
+        Err(_) => {
+            let _ = child.kill().await;
+            Err(format!("`{command}` killed after {}", humantime::format_duration(c.timeout)))
+        }
+    }
+}
+
+/// One round: up to `retries + 1` attempts, `retry_delay` apart, stopping at the first success.
+pub async fn round(t: &Target) -> Round {
+    let attempts = t.check.retries + 1;
+    let mut failed = 0;
+    let mut reason = String::new();
+    let mut latency = Duration::ZERO;
+    for attempt in 0..attempts {
+        let start = Instant::now();
+        let r = probe(t).await;
+        latency = start.elapsed();
+        match r {
+            Ok(()) => return Round { target: t.clone(), ok: true, reason, failed_attempts: failed, attempts, latency },
+            Err(e) => {
+                failed += 1;
+                reason = e;
+            }
+        }
+        if attempt + 1 < attempts {
+            tokio::time::sleep(t.check.retry_delay).await;
+        }
+    }
+    Round { target: t.clone(), ok: false, reason, failed_attempts: failed, attempts, latency }
+}
+
+/// Up or down, per target, with keepalived's default of one success to come up and
+/// `rise`/`fall` consecutive rounds when configured.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    state: HashMap<(String, IpAddr), (bool, u32, u32)>,
+}
+
+impl Tracker {
+    /// Applies a round; returns the log line when the state changes.
+    pub fn apply(&mut self, r: &Round) -> Option<(bool, String)> {
+        let key = (r.target.service.clone(), r.target.address);
+        let (up, oks, fails) = self.state.entry(key).or_insert((true, 0, 0));
+        if r.ok {
+            *oks += 1;
+            *fails = 0;
+            if !*up && *oks >= r.target.check.rise {
+                *up = true;
+                return Some((true, format!("{} UP: check succeeded ({}/{} successes)", r.target.label(), oks, r.target.check.rise)));
+            }
+        } else {
+            *fails += 1;
+            *oks = 0;
+            if *up && *fails >= r.target.check.fall {
+                *up = false;
+                return Some((
+                    false,
+                    format!("{} DOWN: {} ({}/{} failures)", r.target.label(), r.reason, r.failed_attempts, r.attempts),
+                ));
+            }
+        }
+        None
+    }
+
+    pub fn is_down(&self, service: &str, address: IpAddr) -> bool {
+        self.state.get(&(service.to_string(), address)).is_some_and(|(up, _, _)| !up)
+    }
+
+    /// Forgets targets a reload removed.
+    pub fn retain(&mut self, targets: &[Target]) {
+        self.state.retain(|(s, a), _| targets.iter().any(|t| &t.service == s && t.address == *a));
+    }
+}
