@@ -103,3 +103,37 @@ fn status_shows_active_and_inactive_connections() {
     drop(held);
     lab.drlb_cli(drlb(), &["stop"]).unwrap();
 }
+
+/// Prometheus metrics on the director's loopback: reasons, per-server gauges and counters,
+/// health-check latency, XDP mode.
+#[test]
+fn metrics_are_served_on_loopback() {
+    let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = Lab::build(XdpMode::Native).expect("build the lab");
+    let config = lab.drlb_config().replace(
+        "    scheduler: wlc\n",
+        "    scheduler: wlc\n    health_check: { type: tcp, port: 80, interval: 300ms, timeout: 1s }\n",
+    );
+    lab.start_drlb_with(drlb(), &config).expect("start drlb");
+    let (_, held) = lab.connections(3, lb_userspace::lab::CLIENT_ADDR, true).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let text = lab.fetch("director", "127.0.0.1:9469".parse().unwrap(), "/metrics").expect("GET /metrics");
+    for needle in [
+        "drlb_xdp_attached{mode=\"native\"} 1",
+        "drlb_packets_total{reason=\"tx_scheduled\"} 3",
+        "drlb_real_server_active_connections{service=\"web\"",
+        "drlb_service_connections_total{service=\"web\",vip=\"198.18.0.100\",port=\"80\",protocol=\"TCP\"} 3",
+        "drlb_health_check_duration_seconds_bucket{",
+        "drlb_real_server_up{",
+    ] {
+        assert!(text.contains(needle), "`{needle}` missing from:\n{text}");
+    }
+    let active: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("drlb_real_server_active_connections{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(active, 3, "{text}");
+    drop(held);
+    lab.stop_drlb().unwrap();
+}

@@ -15,6 +15,9 @@ use crate::config::Config;
 use crate::dataplane::{Dataplane, Origin, log_counters, monotonic_ns};
 use crate::netlink::{self, Interface, NeighbourEvent, NeighbourWatch};
 use crate::health::{self, Tracker};
+use crate::metrics::Metrics;
+use crate::{notify, status};
+use std::sync::Arc;
 use crate::slots::Slots;
 use crate::tables::{Down, Mac, Tables, Usability, usability};
 use tokio::sync::mpsc;
@@ -91,6 +94,7 @@ struct Controller {
     down: Down,
     checkers: Vec<tokio::task::JoinHandle<()>>,
     rounds_tx: mpsc::Sender<health::Round>,
+    metrics: Arc<Metrics>,
 }
 
 impl Controller {
@@ -107,6 +111,12 @@ impl Controller {
     /// SIGHUP / `drlb reload`: validate the file, refuse what cannot change live, apply
     /// the rest as map updates. On any error the running configuration keeps serving.
     async fn reload(&mut self) {
+        notify::notify("RELOADING=1");
+        self.reload_inner().await;
+        notify::notify("READY=1");
+    }
+
+    async fn reload_inner(&mut self) {
         let new = match Config::load(&self.config_path) {
             Ok(c) => c,
             Err(errors) => {
@@ -170,6 +180,12 @@ impl Controller {
 
     /// A health-check round's result: rise/fall, and on a change the log line and the maps.
     fn on_round(&mut self, r: health::Round) -> Result<()> {
+        let kind = match r.target.check.kind {
+            crate::config::CheckType::Tcp => "tcp",
+            crate::config::CheckType::Http => "http",
+            crate::config::CheckType::Script => "script",
+        };
+        self.metrics.observe_check(&r.target.service, &r.target.name, kind, r.ok, r.latency);
         let Some((up, line)) = self.health.apply(&r) else { return Ok(()) };
         let key = (r.target.service.clone(), r.target.address);
         if up {
@@ -289,6 +305,7 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
         down: Down::default(),
         checkers: Vec::new(),
         rounds_tx,
+        metrics: Arc::new(Metrics::new()),
     };
     c.rebuild()?;
     let attached = c.dp.attach_balancer(&c.iface.name, c.config.director.xdp_mode)?;
@@ -303,11 +320,24 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
         .flat_map(|s| &s.real_servers)
         .filter(|rs| usability(rs, &c.macs) == Usability::Usable)
         .count();
+    c.metrics.set_xdp_mode(&match attached {
+        Some(m) => m.to_string(),
+        None => "adopted".to_string(),
+    });
+    let metrics_task = match c.config.director.metrics_listen {
+        Some(addr) => {
+            let task = c.metrics.clone().serve(addr).await?;
+            info!("metrics on http://{addr}/metrics");
+            Some(task)
+        }
+        None => None,
+    };
     info!(
         "ready: XDP attached to {} in {mode}; {} service(s), {usable} usable real server(s)",
         c.iface.name,
         c.config.services.len()
     );
+    notify::notify("READY=1");
 
     c.start_checkers();
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -319,6 +349,7 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
     refresh.tick().await;
     let mut sweep = interval(SWEEP_INTERVAL);
     sweep.tick().await;
+    let mut observe = interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = sigint.recv() => { info!("SIGINT: detaching"); break; }
@@ -326,6 +357,14 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
             _ = sigusr2.recv() => { info!("SIGUSR2: exiting, leaving the dataplane forwarding for the next controller"); leave = true; break; }
             _ = sighup.recv() => { info!("SIGHUP: reloading {}", c.config_path.display()); c.reload().await; }
             _ = sweep.tick() => c.sweep(),
+            _ = observe.tick() => {
+                if c.config.director.metrics_listen.is_some() {
+                    match status::read(&pin_dir, Some(&c.config)) {
+                        Ok(s) => c.metrics.set_status(s),
+                        Err(e) => debug!("reading the dataplane for metrics: {e:#}"),
+                    }
+                }
+            }
             Some(r) = rounds.recv() => c.on_round(r)?,
             _ = refresh.tick() => {
                 for addr in c.wanted() {
@@ -346,6 +385,13 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
                 }
             }
         }
+    }
+    notify::notify("STOPPING=1");
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    for h in c.checkers.drain(..) {
+        h.abort();
     }
     if let Ok(counters) = c.dp.counters() {
         log_counters(&counters);

@@ -584,6 +584,19 @@ impl Lab {
         })
     }
 
+    /// `GET path` from inside `role`'s namespace (e.g. the director's metrics on loopback).
+    pub fn fetch(&self, role: &str, addr: SocketAddr, path: &str) -> Result<String> {
+        in_netns(&self.ns(role), || {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).with_context(|| format!("connect {addr}"))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            let (_, body) = text.split_once("\r\n\r\n").ok_or_else(|| anyhow!("no HTTP response"))?;
+            Ok(body.to_string())
+        })
+    }
+
     /// Pings the director's own address from the client.
     pub fn ping_director(&self) -> Result<()> {
         sh("ip", &["netns", "exec", &self.ns("client"), "ping", "-c", "1", "-W", "2", &DIRECTOR_ADDR.to_string()])

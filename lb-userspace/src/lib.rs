@@ -12,3 +12,5 @@ pub mod slots;
 pub mod process;
 pub mod status;
 pub mod health;
+pub mod metrics;
+pub mod notify;

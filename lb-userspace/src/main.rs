@@ -64,9 +64,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .init();
+    // Logs go through tracing; `log` records (ours, aya's) are forwarded to it.
+    use std::io::IsTerminal as _;
+    let _ = tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .try_init();
     match Cli::parse().command {
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {

@@ -39,6 +39,14 @@ pub struct Director {
     /// bpffs directory under which the dataplane is pinned, as `<pin_root>/<interface>/`.
     #[serde(default = "default_pin_root")]
     pub pin_root: PathBuf,
+    /// Where Prometheus metrics are served (`null`: not at all). Loopback by default:
+    /// exposing them on other interfaces is a deliberate choice.
+    #[serde(default = "default_metrics_listen")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+fn default_metrics_listen() -> Option<std::net::SocketAddr> {
+    Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9469)))
 }
 
 fn default_pin_root() -> PathBuf {

@@ -1,0 +1,187 @@
+//! Prometheus text exposition (by default on 127.0.0.1:9469, `/metrics`): packets by
+//! verdict reason, per-service and per-real-server connections, packets, bytes, ActiveConn,
+//! InActConn, weight and health, health-check latency histograms, and the XDP mode.
+//!
+//! Dataplane figures are read from the pinned maps (what `drlb status` shows) once a second
+//! into a snapshot that scrapes encode; histograms are updated as checks complete.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::status::Status;
+
+type Labels = Vec<(String, String)>;
+
+/// What the last reading of the dataplane showed.
+#[derive(Debug, Default)]
+struct Snapshot {
+    status: Option<Status>,
+    xdp_mode: String,
+}
+
+#[derive(Debug)]
+struct DataplaneCollector {
+    snapshot: Arc<Mutex<Snapshot>>,
+}
+
+fn family<'a>(
+    enc: &mut DescriptorEncoder<'a>,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    rows: Vec<(Labels, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
+    for (labels, v) in rows {
+        let e = m.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => ConstCounter::new(v).encode(e)?,
+            _ => ConstGauge::new(v as i64).encode(e)?,
+        }
+    }
+    Ok(())
+}
+
+impl Collector for DataplaneCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snap = self.snapshot.lock().expect("metrics snapshot lock");
+        let l = |pairs: &[(&str, &str)]| -> Labels { pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() };
+        family(&mut enc, "drlb_xdp_attached", "1 while the balancer is attached, by XDP mode", MetricType::Gauge, vec![(l(&[("mode", &snap.xdp_mode)]), 1)])?;
+        let Some(s) = &snap.status else { return Ok(()) };
+        family(
+            &mut enc,
+            "drlb_packets",
+            "Packets seen by the dataplane, by verdict reason",
+            MetricType::Counter,
+            s.reasons.iter().map(|(r, v)| (l(&[("reason", r)]), *v)).collect(),
+        )?;
+        let svc_labels = |svc: &crate::status::ServiceStatus| -> Labels {
+            let name = svc.name.clone().unwrap_or_default();
+            l(&[("service", &name), ("vip", &svc.vip), ("port", &svc.port.to_string()), ("protocol", &svc.protocol)])
+        };
+        for (name, help, get) in [
+            ("drlb_service_connections", "Connections scheduled for the service", (|s: &crate::status::ServiceStatus| s.conns) as fn(&crate::status::ServiceStatus) -> u64),
+            ("drlb_service_in_packets", "Packets forwarded for the service", |s| s.in_pkts),
+            ("drlb_service_in_bytes", "Bytes forwarded for the service", |s| s.in_bytes),
+        ] {
+            family(&mut enc, name, help, MetricType::Counter, s.services.iter().map(|svc| (svc_labels(svc), get(svc))).collect())?;
+        }
+        let rs_rows = |get: fn(&crate::status::RealServerStatus) -> u64| -> Vec<(Labels, u64)> {
+            s.services
+                .iter()
+                .flat_map(|svc| {
+                    svc.real_servers.iter().map(move |rs| {
+                        let mut labels = svc_labels(svc);
+                        labels.push(("server".into(), rs.address.clone()));
+                        (labels, get(rs))
+                    })
+                })
+                .collect()
+        };
+        family(&mut enc, "drlb_real_server_connections", "Connections scheduled to the real server", MetricType::Counter, rs_rows(|r| r.conns))?;
+        family(&mut enc, "drlb_real_server_in_packets", "Packets forwarded to the real server", MetricType::Counter, rs_rows(|r| r.in_pkts))?;
+        family(&mut enc, "drlb_real_server_in_bytes", "Bytes forwarded to the real server", MetricType::Counter, rs_rows(|r| r.in_bytes))?;
+        family(&mut enc, "drlb_real_server_active_connections", "ActiveConn (ESTABLISHED)", MetricType::Gauge, rs_rows(|r| r.active_conns as u64))?;
+        family(&mut enc, "drlb_real_server_inactive_connections", "InActConn (other states)", MetricType::Gauge, rs_rows(|r| r.inactive_conns as u64))?;
+        family(&mut enc, "drlb_real_server_weight", "Weight in effect", MetricType::Gauge, rs_rows(|r| r.weight as u64))?;
+        family(&mut enc, "drlb_real_server_up", "1 when the real server takes new connections (healthy, MAC known)", MetricType::Gauge, rs_rows(|r| (r.health == "up") as u64))?;
+        Ok(())
+    }
+}
+
+/// The registry and what feeds it.
+pub struct Metrics {
+    registry: Arc<Registry>,
+    snapshot: Arc<Mutex<Snapshot>>,
+    check_latency: Family<Labels, Histogram>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let snapshot = Arc::new(Mutex::new(Snapshot::default()));
+        registry.register_collector(Box::new(DataplaneCollector { snapshot: snapshot.clone() }));
+        let check_latency =
+            Family::<Labels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 14)));
+        registry.register(
+            "drlb_health_check_duration_seconds",
+            "Duration of health-check attempts, by service, server, check type and result",
+            check_latency.clone(),
+        );
+        Metrics { registry: Arc::new(registry), snapshot, check_latency }
+    }
+
+    pub fn set_xdp_mode(&self, mode: &str) {
+        self.snapshot.lock().expect("metrics lock").xdp_mode = mode.to_string();
+    }
+
+    pub fn set_status(&self, status: Status) {
+        self.snapshot.lock().expect("metrics lock").status = Some(status);
+    }
+
+    pub fn observe_check(&self, service: &str, server: &str, kind: &str, ok: bool, latency: Duration) {
+        let labels: Labels = vec![
+            ("service".into(), service.into()),
+            ("server".into(), server.into()),
+            ("type".into(), kind.into()),
+            ("result".into(), if ok { "ok" } else { "fail" }.into()),
+        ];
+        self.check_latency.get_or_create(&labels).observe(latency.as_secs_f64());
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encoding metrics into a String");
+        out
+    }
+
+    /// Serves `GET /metrics` on `listen` until the task is aborted.
+    pub async fn serve(self: Arc<Self>, listen: SocketAddr) -> Result<tokio::task::JoinHandle<()>> {
+        let listener = TcpListener::bind(listen).await.with_context(|| format!("listening for metrics on {listen}"))?;
+        Ok(tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let metrics = self.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let metrics = metrics.clone();
+                        async move {
+                            let resp = if req.uri().path() == "/metrics" {
+                                hyper::Response::builder()
+                                    .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                                    .body(Full::new(Bytes::from(metrics.render())))
+                            } else {
+                                hyper::Response::builder().status(404).body(Full::new(Bytes::from_static(b"see /metrics\n")))
+                            };
+                            Ok::<_, hyper::http::Error>(resp.expect("static response"))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        }))
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
