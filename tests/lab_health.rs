@@ -150,3 +150,30 @@ fn reloads_under_load_fail_no_request() {
     assert!((0.65..0.85).contains(&share), "rs1 (weight 3) share {share:.2}, want about 0.75: {after:?}");
 }
 
+
+/// With every real server down the sorry server takes new connections; with quorum 2 it
+/// does as soon as one of two weight-1 servers is down.
+#[test]
+fn sorry_server_takes_over_when_the_quorum_is_lost() {
+    let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = Lab::build_with(XdpMode::Generic, 3).expect("build the lab");
+    let check = "{ type: tcp, port: 80, interval: 300ms, timeout: 1s, retries: 0 }";
+    let sorry = format!("    sorry_server: {{ address: {} }}\n    quorum: 2\n", ALL_REAL_SERVERS[2].addr);
+    let cfg = config(&lab, &[(0, 1), (1, 1)], check).replace("    real_servers:\n", &format!("{sorry}    real_servers:\n"));
+    lab.start_drlb_with(drlb(), &cfg).expect("start drlb");
+    let t = lab.http_requests(10, Duration::from_secs(2)).unwrap();
+    assert_eq!((t.ok, t.per_server[2]), (10, 0), "the sorry server answered while the quorum held: {t:?}");
+    let from = lab.log_len();
+    lab.stop_nginx("rs1").unwrap();
+    lab.wait_for_log("web rs1 198.18.0.11:80 DOWN:", from, Duration::from_secs(5)).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let t = lab.http_requests(10, Duration::from_secs(2)).unwrap();
+    assert_eq!((t.ok, t.per_server[2]), (10, 10), "quorum 2 lost with one server down: the sorry server should answer: {t:?}");
+    let from = lab.log_len();
+    lab.restart_nginx("rs1").unwrap();
+    lab.wait_for_log("web rs1 198.18.0.11:80 UP:", from, Duration::from_secs(5)).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let t = lab.http_requests(10, Duration::from_secs(2)).unwrap();
+    assert_eq!((t.ok, t.per_server[2]), (10, 0), "quorum back: the real servers answer again: {t:?}");
+    lab.stop_drlb().unwrap();
+}
