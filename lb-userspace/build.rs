@@ -9,6 +9,15 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("lb-userspace has no parent directory"))?
         .join("lb-ebpf");
     let root = root.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
+    // The commit benchmark reports name, for binaries run where there is no git.
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=DRLB_COMMIT={commit}");
     aya_build::build_ebpf(
         [aya_build::Package { name: "lb-ebpf", root_dir: root, ..Default::default() }],
         aya_build::Toolchain::default(),

@@ -39,7 +39,10 @@ pub const MAP_STATS: &str = "DRLB_STATS";
 /// controller adopts only a dataplane whose maps it understands.
 pub const MAP_META: &str = "DRLB_META";
 
-/// Every map, for pinning.
+/// `PerCpuArray<u64>`: frames counted by the benchmark's sink program (never pinned).
+pub const MAP_BENCH_RX: &str = "DRLB_BENCH_RX";
+
+/// Every map the balancer uses, for pinning.
 pub const ALL_MAPS: [&str; 14] = [
     MAP_VIP_FILTER, MAP_VIPS, MAP_SERVICE_IDS, MAP_SERVICES, MAP_BACKENDS, MAP_MEMBERS, MAP_CONN_COUNTS,
     MAP_BACKEND_STATS, MAP_CONNS, MAP_PERSIST, MAP_SCHED_STATE, MAP_SCHED_TABLE, MAP_STATS, MAP_META,

@@ -69,6 +69,37 @@ pub fn drlb_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// Benchmark floor (b): swap the MACs and send the frame back, the least any XDP_TX
+/// forwarder does. `drlb bench` reports the balancer against it.
+#[xdp]
+pub fn drlb_floor_swap(ctx: XdpContext) -> u32 {
+    let mut pkt = XdpPacket { start: ctx.data(), end: ctx.data_end() };
+    let Some(macs) = pkt.load::<12>(0) else { return xdp_action::XDP_PASS };
+    let mut swapped = [0u8; 12];
+    let mut i = 0;
+    while i < 6 {
+        swapped[i] = macs[i + 6];
+        swapped[i + 6] = macs[i];
+        i += 1;
+    }
+    pkt.store(0, &swapped);
+    xdp_action::XDP_TX
+}
+
+/// Benchmark generator: sends the frame out unchanged (live-frames mode of
+/// BPF_PROG_TEST_RUN turns each run into a transmitted frame).
+#[xdp]
+pub fn drlb_bench_tx(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
+}
+
+/// Benchmark sink: counts frames (per CPU) and drops them.
+#[xdp]
+pub fn drlb_bench_sink(_ctx: XdpContext) -> u32 {
+    maps::count_bench_frame();
+    xdp_action::XDP_DROP
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

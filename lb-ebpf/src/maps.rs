@@ -217,3 +217,14 @@ pub fn count(stat: Stat) {
         unsafe { *counter += 1 };
     }
 }
+
+/// Frames seen by `drlb_bench_sink`.
+#[map(name = "DRLB_BENCH_RX")]
+static BENCH_RX: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn count_bench_frame() {
+    if let Some(c) = BENCH_RX.get_ptr_mut(0) {
+        unsafe { *c += 1 };
+    }
+}

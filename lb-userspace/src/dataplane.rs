@@ -27,8 +27,13 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 
 /// The balancing program's name in the object.
 pub const PROGRAM_LB: &str = "drlb_xdp";
-/// An XDP_PASS-only program (for veth peers in the lab).
+/// An XDP_PASS-only program (for veth peers in the lab; benchmark floor (a)).
 pub const PROGRAM_PASS: &str = "drlb_pass";
+/// Benchmark floor (b): swap MACs, XDP_TX.
+pub const PROGRAM_FLOOR_SWAP: &str = "drlb_floor_swap";
+/// Benchmark generator (XDP_TX unchanged) and sink (count, XDP_DROP).
+pub const PROGRAM_BENCH_TX: &str = "drlb_bench_tx";
+pub const PROGRAM_BENCH_SINK: &str = "drlb_bench_sink";
 
 /// Attachment mode actually in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,7 +219,7 @@ impl Dataplane {
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading drlb's BPF object (are you root, and is this kernel 5.10 or newer?)")?;
-        for name in [PROGRAM_LB, PROGRAM_PASS] {
+        for name in [PROGRAM_LB, PROGRAM_PASS, PROGRAM_FLOOR_SWAP, PROGRAM_BENCH_TX, PROGRAM_BENCH_SINK] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
@@ -370,7 +375,13 @@ impl Dataplane {
         }
     }
 
-    fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+    /// Frames the benchmark sink counted, over CPUs.
+    pub fn bench_rx(&self) -> Result<u64> {
+        let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(lb_common::maps::MAP_BENCH_RX)?)?;
+        Ok(m.get(&0, 0)?.iter().sum())
+    }
+
+    pub fn map(&self, name: &str) -> Result<&aya::maps::Map> {
         self.ebpf.map(name).with_context(|| format!("map {name} missing from the object"))
     }
 

@@ -14,3 +14,4 @@ pub mod status;
 pub mod health;
 pub mod metrics;
 pub mod notify;
+pub mod bench;

@@ -44,6 +44,34 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Benchmark the dataplane: BPF_PROG_TEST_RUN replay against floors measured in the
+    /// same run, and live forwarding through a veth pair. Writes a Markdown report, an SVG
+    /// chart and JSON to --out.
+    Bench {
+        /// Runs per figure (min / median / max over them; at least 5).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Small packet counts (a smoke run, not for figures).
+        #[arg(long)]
+        quick: bool,
+        /// Skip the live veth measurement.
+        #[arg(long)]
+        no_live: bool,
+        /// Also replay a capture.
+        #[arg(long)]
+        pcap: Option<PathBuf>,
+        /// Rewrite the capture's IPv4 destinations to the bench VIP.
+        #[arg(long)]
+        rewrite_vip: bool,
+        /// Real servers behind the bench VIP (wlc).
+        #[arg(long, default_value_t = 16)]
+        real_servers: u32,
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+        /// Print one JSON object instead of the Markdown report.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove the dataplane on purpose: stop the controller if one runs, detach XDP and
     /// remove the pins.
     Stop {
@@ -132,6 +160,41 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("drlb status: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Bench { runs, quick, no_live, pcap, rewrite_vip, real_servers, out, json } => {
+            let mut opts = if quick { lb_userspace::bench::Options::quick() } else { lb_userspace::bench::Options::full() };
+            opts.runs = runs.max(5);
+            opts.live = !no_live;
+            opts.pcap = pcap;
+            opts.pcap_rewrite_vip = rewrite_vip;
+            opts.real_servers = real_servers.clamp(1, 256);
+            opts.progress = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let machine = lb_userspace::bench::report::Machine::probe();
+            match lb_userspace::bench::run(&opts) {
+                Ok(results) => {
+                    let path = lb_userspace::bench::report::write(&out, &machine, &results);
+                    if json {
+                        let report = lb_userspace::bench::report::Report {
+                            machine: &machine,
+                            ratios: &results.ratios,
+                            targets: &results.targets,
+                            results: &results,
+                        };
+                        println!("{}", serde_json::to_string(&report).expect("report serialises"));
+                    } else {
+                        print!("{}", lb_userspace::bench::report::markdown(&machine, &results));
+                    }
+                    match path {
+                        Ok(p) => eprintln!("drlb bench: report written to {}", p.display()),
+                        Err(e) => eprintln!("drlb bench: could not write the report: {e:#}"),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("drlb bench: {e:#}");
                     ExitCode::FAILURE
                 }
             }

@@ -47,8 +47,12 @@ enum Cmd {
         #[arg(long, default_value = "native")]
         mode: String,
     },
-    /// Packet-replay benchmark against floors measured in the same run.
-    Bench,
+    /// Packet-replay benchmark against floors measured in the same run (`drlb bench`).
+    Bench {
+        /// Arguments for `drlb bench` (e.g. --quick, --pcap FILE, --json).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn workspace_root() -> PathBuf {
@@ -171,9 +175,11 @@ fn main() -> Result<()> {
             let dir = build(false, None)?;
             run_cmd(Command::new(dir.join("drlb-lab")).args(["demo", "--mode", &mode, "--drlb"]).arg(dir.join("drlb")))
         }
-        Cmd::Bench => {
+        Cmd::Bench { args } => {
+            require_root("cargo xtask bench")?;
             setup::ensure(&setup::Needs::default())?;
-            bail!("the packet-replay benchmark is not built yet (tracked as issue #5)")
+            let dir = build(true, None)?;
+            run_cmd(Command::new(dir.join("drlb")).arg("bench").args(&args))
         }
     }
 }

@@ -1,0 +1,116 @@
+//! Benchmark traffic: frames built layer by layer, in the sizes and mixes the report uses.
+
+use std::net::Ipv4Addr;
+
+use etherparse::PacketBuilder;
+
+use crate::tables::Mac;
+
+/// Frame sizes (bytes on the wire, without FCS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Size {
+    /// The smallest Ethernet frame: 64 bytes with FCS, 60 without.
+    Min64,
+    /// Simple IMIX: 7 × 60, 4 × 590, 1 × 1514 bytes.
+    Imix,
+}
+
+impl Size {
+    pub fn name(self) -> &'static str {
+        match self {
+            Size::Min64 => "64B",
+            Size::Imix => "IMIX",
+        }
+    }
+
+    /// Length of the `i`-th frame of a stream.
+    pub fn len(self, i: usize) -> usize {
+        match self {
+            Size::Min64 => 60,
+            Size::Imix => match i % 12 {
+                0..=6 => 60,
+                7..=10 => 590,
+                _ => 1514,
+            },
+        }
+    }
+}
+
+pub const CLIENT_MAC: Mac = [0x02, 0xbe, 0, 0, 0, 0x0a];
+pub const DIRECTOR_MAC: Mac = [0x02, 0xbe, 0, 0, 0, 0x02];
+pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+pub const NON_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+
+/// The `n`-th client address (198.18.1.0/24 onwards, never the VIP's subnet).
+pub fn client(n: u32) -> [u8; 4] {
+    let n = n % (1 << 16);
+    [198, 19, (n >> 8) as u8, (n & 0xff) as u8]
+}
+
+/// A TCP segment with exactly `flags`, padded to `len` bytes.
+pub fn tcp(src: [u8; 4], dst: Ipv4Addr, sport: u16, dport: u16, flags: u8, len: usize) -> Vec<u8> {
+    let payload_len = len.saturating_sub(14 + 20 + 20);
+    let mut out = Vec::with_capacity(len);
+    PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC)
+        .ipv4(src, dst.octets(), 64)
+        .tcp(sport, dport, 1, 64240)
+        .write(&mut out, &vec![0u8; payload_len])
+        .expect("building a frame");
+    out[14 + 20 + 13] = flags;
+    out
+}
+
+pub const SYN: u8 = 0x02;
+pub const ACK: u8 = 0x10;
+pub const PSH_ACK: u8 = 0x18;
+
+/// The flow `i` of a set of `n`: distinct (client, port) pairs.
+pub fn flow(i: u32) -> ([u8; 4], u16) {
+    (client(i / 50_000), 10_000 + (i % 50_000) as u16)
+}
+
+/// SYNs of `n` new flows, starting at flow `first`.
+pub fn syn_storm(first: u32, n: u32, size: Size) -> Vec<Vec<u8>> {
+    (0..n).map(|i| {
+        let (c, p) = flow(first + i);
+        tcp(c, VIP, p, 80, SYN, size.len(i as usize))
+    })
+    .collect()
+}
+
+/// What opens `n` flows (SYN, then the handshake's ACK), and then their data segments.
+pub fn established(first: u32, n: u32, size: Size) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let mut setup = Vec::with_capacity(2 * n as usize);
+    let mut data = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let (c, p) = flow(first + i);
+        setup.push(tcp(c, VIP, p, 80, SYN, 60));
+        setup.push(tcp(c, VIP, p, 80, ACK, 60));
+        data.push(tcp(c, VIP, p, 80, PSH_ACK, size.len(i as usize)));
+    }
+    (setup, data)
+}
+
+/// Traffic for the director's own address.
+pub fn non_vip(n: u32, size: Size) -> Vec<Vec<u8>> {
+    (0..n).map(|i| {
+        let (c, p) = flow(i);
+        tcp(c, NON_VIP, p, 22, PSH_ACK, size.len(i as usize))
+    })
+    .collect()
+}
+
+/// A realistic mix: data on `flows` established flows, with one new flow (SYN) in twenty.
+pub fn realistic(established_first: u32, flows: u32, new_first: u32, n: u32, size: Size) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            if i % 20 == 19 {
+                let (c, p) = flow(new_first + i / 20);
+                tcp(c, VIP, p, 80, SYN, size.len(i as usize))
+            } else {
+                let (c, p) = flow(established_first + fastrand::u32(0..flows));
+                tcp(c, VIP, p, 80, PSH_ACK, size.len(i as usize))
+            }
+        })
+        .collect()
+}
