@@ -137,3 +137,35 @@ fn metrics_are_served_on_loopback() {
     drop(held);
     lab.stop_drlb().unwrap();
 }
+
+/// A pinned dataplane of another layout is not adopted silently: `drlb run` explains and
+/// refuses; `--replace-dataplane` replaces it on purpose.
+#[test]
+fn layout_mismatch_is_explained_and_replaced_only_on_request() {
+    let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = Lab::build(XdpMode::Generic).expect("build the lab");
+    lab.start_drlb(drlb()).expect("start drlb");
+    lab.kill_drlb().unwrap();
+    // Pretend an older drlb pinned this dataplane.
+    let meta = lab.pin_root().join("eth0").join(lb_common::maps::MAP_META);
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(&meta)
+        .args(["key", "0", "0", "0", "0", "value", "0", "0", "0", "0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
+    let config = lab.drlb_config();
+    let err = lab.start_drlb_with(drlb(), &config).expect_err("a dataplane of another layout must not be adopted");
+    let text = format!("{err:#}");
+    assert!(text.contains("cannot take it over") && text.contains("drlb stop"), "{text}");
+    // Forwarding by the old dataplane went on meanwhile.
+    assert_eq!(lab.http_requests(3, Duration::from_secs(2)).unwrap().ok, 3);
+    let replaced = lab.drlb_cli(drlb(), &["stop"]).unwrap();
+    assert!(replaced.contains("removed the pinned dataplane"), "{replaced}");
+    lab.start_drlb(drlb()).expect("a fresh start after drlb stop");
+    assert_eq!(lab.http_requests(3, Duration::from_secs(2)).unwrap().ok, 3);
+    let rate = lab.drlb_cli(drlb(), &["status", "--rate"]).unwrap();
+    assert!(rate.contains("CPS") && rate.contains("InPPS"), "{rate}");
+    lab.stop_drlb().unwrap();
+}
