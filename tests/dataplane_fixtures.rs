@@ -355,7 +355,8 @@ impl Harness {
             .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::new() })
             .unwrap_or_else(|e| panic!("{what}: BPF_PROG_TEST_RUN failed: {e}"));
         out.truncate(result.data_size_out as usize);
-        self.model.now.set(monotonic_ns());
+        // The model's clock counts milliseconds (its services' ticks_per_sec is 1000).
+        self.model.now.set(monotonic_ns() / 1_000_000);
         let mut model_out = frame.to_vec();
         let model_stat = lb_common::dataplane::process(model_out.as_mut_slice(), &self.model);
         assert_eq!(result.return_value, model_stat.xdp_action(), "{what}: kernel and host model disagree on the verdict");
@@ -369,22 +370,24 @@ impl Harness {
             Setup::Age(secs) => {
                 let key = key.unwrap();
                 let mut c = self.dp.connection(&key).unwrap().expect("a connection to age");
-                c.last_seen_ns -= secs * 1_000_000_000;
+                c.last_seen -= secs * self.dp.hz() as u64;
                 self.dp.insert_connection(&key, &c).unwrap();
-                self.model.conns.borrow_mut().get_mut(&key).unwrap().last_seen_ns -= secs * 1_000_000_000;
+                self.model.conns.borrow_mut().get_mut(&key).unwrap().last_seen -= secs * 1000;
             }
             Setup::Established(slot) => {
                 let key = key.unwrap();
-                let c = Conn {
-                    last_seen_ns: monotonic_ns(),
+                let mut c = Conn {
+                    last_seen: self.dp.now().unwrap(),
                     backend: *slot,
                     service: self.model.services.iter().find(|(_, s)| (s.members_offset..s.members_offset + s.member_count).contains(slot)).map(|(id, _)| *id).unwrap(),
-                    timeout_s: 900,
+                    timeout: 900 * self.dp.hz(),
                     state: tcp::ESTABLISHED,
                     flags: 0,
                     _pad: [0; 2],
                 };
                 self.dp.insert_connection(&key, &c).unwrap();
+                c.last_seen = monotonic_ns() / 1_000_000;
+                c.timeout = 900 * 1000;
                 self.model.insert_conn(&key, &c);
                 let counts = self.model.conn_counts(*slot);
                 let counts = ConnCounts { active: counts.active + 1, inactive: counts.inactive };
@@ -437,8 +440,10 @@ fn fixture_table_through_bpf_prog_test_run() {
         }
         // The kernel's state equals the model's, entry and counts.
         if let Some(key) = key {
-            let k = h.dp.connection(&key).unwrap().map(|c| (c.backend, c.state, c.flags, c.service, c.timeout_s));
-            let m = h.model.conns.borrow().get(&key).map(|c| (c.backend, c.state, c.flags, c.service, c.timeout_s));
+            // Timeouts compared in seconds: the kernel counts jiffies, the model milliseconds.
+            let hz = h.dp.hz();
+            let k = h.dp.connection(&key).unwrap().map(|c| (c.backend, c.state, c.flags, c.service, c.timeout / hz));
+            let m = h.model.conns.borrow().get(&key).map(|c| (c.backend, c.state, c.flags, c.service, c.timeout / 1000));
             assert_eq!(k, m, "{what}: kernel and model connection entries differ");
         }
         for &slot in &h.slots {
@@ -482,7 +487,7 @@ fn sweep_removes_expired_and_corrects_drift() {
         h.setup(&Setup::Age(30), conn_key(&tcp_to(vip(SHORT), 47000 + port, 80, ACK)));
     }
     h.dp.set_conn_counts(slot::SHORT_RS1, ConnCounts { active: 17, inactive: 3 }).unwrap();
-    let report = h.dp.sweep(monotonic_ns()).unwrap();
+    let report = h.dp.sweep(h.dp.now().unwrap()).unwrap();
     assert_eq!(report.expired_removed, 4);
     assert_eq!(report.live, 6);
     assert_eq!(h.kernel_counts(slot::SHORT_RS1), ConnCounts { active: 6, inactive: 0 });
@@ -598,11 +603,12 @@ fn persistence_template_lives_while_its_connection_does() {
     h.run(&tcp_to(sticky, 48000, 80, ACK), "ack");
     // Make the template look 2 minutes old (timeout 60 s); the connection is fresh.
     let (tkey, mut t) = h.dp.templates().unwrap().into_iter().next().expect("a template");
-    t.last_used_ns -= 120_000_000_000;
+    let hz = h.dp.hz() as u64;
+    t.last_used -= 120 * hz;
     h.dp.insert_template(&tkey, &t).unwrap();
-    h.dp.sweep(monotonic_ns()).unwrap();
+    h.dp.sweep(h.dp.now().unwrap()).unwrap();
     let refreshed = h.dp.templates().unwrap().into_iter().find(|(k, _)| *k == tkey).unwrap().1;
-    assert!(monotonic_ns() - refreshed.last_used_ns < 10_000_000_000, "the sweep did not refresh the template");
+    assert!(h.dp.now().unwrap() - refreshed.last_used < 10 * hz, "the sweep did not refresh the template");
     // rr alone would now pick the other server; the template keeps the client where it was.
     let mut out = vec![0u8; 200];
     let frame = tcp_to(sticky, 48001, 80, SYN);

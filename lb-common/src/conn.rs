@@ -22,14 +22,14 @@ pub const CONN_F_INACTIVE: u8 = 1 << 0;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Conn {
-    /// `bpf_ktime_get_ns()` of the last packet.
-    pub last_seen_ns: u64,
+    /// Clock ticks (`bpf_jiffies64()`) of the last packet.
+    pub last_seen: u64,
     /// Slot of the real server in `DRLB_BACKENDS`.
     pub backend: u32,
     /// Service id (index into `DRLB_SERVICES`).
     pub service: u32,
-    /// Idle time after which the entry is dead, for its current state (IPVS `cp->timeout`).
-    pub timeout_s: u32,
+    /// Idle ticks after which the entry is dead, for its current state (IPVS `cp->timeout`).
+    pub timeout: u32,
     pub state: u8,
     pub flags: u8,
     pub _pad: [u8; 2],
@@ -41,10 +41,10 @@ impl Conn {
         self.flags & CONN_F_INACTIVE != 0
     }
 
-    /// Whether the entry outlived its timeout at `now_ns`.
+    /// Whether the entry outlived its timeout at `now` (ticks).
     #[inline(always)]
-    pub fn expired(&self, now_ns: u64) -> bool {
-        now_ns.wrapping_sub(self.last_seen_ns) > self.timeout_s as u64 * 1_000_000_000
+    pub fn expired(&self, now: u64) -> bool {
+        now.wrapping_sub(self.last_seen) > self.timeout as u64
     }
 }
 

@@ -39,8 +39,9 @@ pub trait Tables {
     fn sched_table(&self, index: u32) -> u16;
     fn persist(&self, key: &ConnKey) -> Option<Persist>;
     fn insert_persist(&self, key: &ConnKey, value: &Persist);
-    /// Monotonic nanoseconds (`bpf_ktime_get_ns()`).
-    fn now_ns(&self) -> u64;
+    /// Clock ticks (`bpf_jiffies64()`: a variable read, where reading a clock source costs
+    /// tens of nanoseconds per packet).
+    fn now(&self) -> u64;
     /// Picks a real server slot for a new connection of service `id` ([`schedule`]). The
     /// XDP program routes this through a separately verified BPF function.
     #[inline(always)]
@@ -155,9 +156,9 @@ fn tcp_transition<T: Tables>(t: &T, c: &mut Conn, flags: u8) {
             c.flags &= !CONN_F_INACTIVE;
         }
         c.state = new;
-        c.timeout_s = match t.service(c.service) {
-            Some(s) => s.timeouts.tcp(new),
-            None => tcp::DEFAULT_TIMEOUTS[tcp::CLOSE as usize],
+        c.timeout = match t.service(c.service) {
+            Some(s) => s.ticks(s.timeouts.tcp(new)),
+            None => 0,
         };
     }
 }
@@ -220,7 +221,7 @@ pub fn process<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T) -> Stat {
     let is_tcp = ip.proto == IPPROTO_TCP;
     let syn = is_tcp && l4.tcp_flags & tcp::FLAG_SYN != 0;
     let key = ConnKey { client: ip.src, vip: ip.dst, cport: l4.sport, vport: l4.dport, proto: ip.proto, _pad: [0; 3] };
-    let now = t.now_ns();
+    let now = t.now();
     let bytes = pkt.len() as u64;
 
     let lookup = t.with_conn(&key, |entry| match entry {
@@ -237,7 +238,7 @@ pub fn process<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T) -> Stat {
                 if is_tcp {
                     tcp_transition(t, c, l4.tcp_flags);
                 }
-                c.last_seen_ns = now;
+                c.last_seen = now;
                 Lookup::Hit(c.backend)
             }
         }
@@ -273,7 +274,7 @@ pub fn process<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T) -> Stat {
                     _pad: [0; 3],
                 };
                 let pinned = match t.persist(&pkey) {
-                    Some(p) if now.wrapping_sub(p.last_used_ns) <= svc.persist_timeout_s as u64 * 1_000_000_000 => {
+                    Some(p) if now.wrapping_sub(p.last_used) <= svc.ticks(svc.persist_timeout_s) as u64 => {
                         match t.backend(p.backend) {
                             Some(b) if b.accepts_persistent() => Some(p.backend),
                             _ => None,
@@ -288,7 +289,7 @@ pub fn process<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T) -> Stat {
                         None => return Stat::DropNoRealServer,
                     },
                 };
-                t.insert_persist(&pkey, &Persist { last_used_ns: now, backend: slot, _pad: 0 });
+                t.insert_persist(&pkey, &Persist { last_used: now, backend: slot, _pad: 0 });
                 slot
             } else {
                 match t.schedule(id, &svc, &ip.src) {
@@ -299,17 +300,17 @@ pub fn process<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T) -> Stat {
             // ip_vs_conn_new(): a new connection starts inactive, then takes this packet's
             // state transition.
             let mut c = Conn {
-                last_seen_ns: now,
+                last_seen: now,
                 backend: slot,
                 service: id,
-                timeout_s: svc.timeouts.udp,
+                timeout: svc.ticks(svc.timeouts.udp),
                 state: tcp::NONE,
                 flags: CONN_F_INACTIVE,
                 _pad: [0; 2],
             };
             t.adjust_conn_counts(slot, 0, 1);
             if is_tcp {
-                c.timeout_s = svc.timeouts.tcp(tcp::NONE);
+                c.timeout = svc.ticks(svc.timeouts.tcp(tcp::NONE));
                 tcp_transition(t, &mut c, l4.tcp_flags);
             }
             t.insert_conn(&key, &c);

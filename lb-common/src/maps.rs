@@ -39,6 +39,8 @@ pub const MAP_STATS: &str = "DRLB_STATS";
 /// controller adopts only a dataplane whose maps it understands.
 pub const MAP_META: &str = "DRLB_META";
 
+/// `Array<u64>`: the dataplane clock, written by the `drlb_clock` program (never pinned).
+pub const MAP_CLOCK: &str = "DRLB_CLOCK";
 /// `PerCpuArray<u64>`: frames counted by the benchmark's sink program (never pinned).
 pub const MAP_BENCH_RX: &str = "DRLB_BENCH_RX";
 
@@ -185,7 +187,17 @@ pub struct Service {
     /// Applied to the client address to form the persistence template key.
     pub persist_mask: Addr16,
     pub timeouts: crate::conn::Timeouts,
-    pub _pad: u32,
+    /// Ticks per second of the dataplane's clock (jiffies: the kernel's HZ), set by the
+    /// controller; timeouts are converted with it when a connection changes state.
+    pub ticks_per_sec: u32,
+}
+
+impl Service {
+    /// `secs` in the dataplane's clock ticks.
+    #[inline(always)]
+    pub fn ticks(&self, secs: u32) -> u32 {
+        secs.saturating_mul(self.ticks_per_sec)
+    }
 }
 
 /// `Backend::flags`: slot holds a real server whose MAC is known.
@@ -258,7 +270,8 @@ pub struct BackendStats {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Persist {
-    pub last_used_ns: u64,
+    /// Clock ticks of the last connection made through the template.
+    pub last_used: u64,
     pub backend: u32,
     pub _pad: u32,
 }

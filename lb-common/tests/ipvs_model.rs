@@ -93,6 +93,7 @@ fn one_server(sloppy: bool) -> HostTables {
             scheduler: scheduler::WLC,
             flags: if sloppy { lb_common::maps::SVC_F_SLOPPY_TCP } else { 0 },
             timeouts: Timeouts::default(),
+            ticks_per_sec: 1000,
             ..Default::default()
         },
     );
@@ -180,7 +181,7 @@ proptest! {
             let conn = t.conns.borrow().get(&key).copied().unwrap();
             prop_assert_eq!(conn.state, c.state);
             prop_assert_eq!(conn.is_inactive(), c.inactive);
-            prop_assert_eq!(conn.timeout_s, Timeouts::default().tcp(c.state));
+            prop_assert_eq!(conn.timeout, Timeouts::default().tcp(c.state) * 1000);
         }
     }
 }

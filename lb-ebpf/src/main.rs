@@ -69,6 +69,14 @@ pub fn drlb_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// Publishes the dataplane's clock (jiffies) to `DRLB_CLOCK`; the controller runs it with
+/// BPF_PROG_TEST_RUN to learn "now" in the units connection entries use.
+#[xdp]
+pub fn drlb_clock(_ctx: XdpContext) -> u32 {
+    maps::publish_clock();
+    xdp_action::XDP_PASS
+}
+
 /// Benchmark floor (b): swap the MACs and send the frame back, the least any XDP_TX
 /// forwarder does. `drlb bench` reports the balancer against it.
 #[xdp]

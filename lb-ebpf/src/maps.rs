@@ -3,7 +3,7 @@
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_jiffies64,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
@@ -183,9 +183,9 @@ impl Tables for BpfTables {
     }
 
     #[inline(always)]
-    fn now_ns(&self) -> u64 {
+    fn now(&self) -> u64 {
         // SAFETY: helper without preconditions.
-        unsafe { bpf_ktime_get_ns() }
+        unsafe { bpf_jiffies64() }
     }
 
     #[inline(always)]
@@ -215,6 +215,19 @@ pub extern "C" fn drlb_schedule(id: u32, client_v4: u32) -> u32 {
 pub fn count(stat: Stat) {
     if let Some(counter) = STATS.get_ptr_mut(stat.index()) {
         unsafe { *counter += 1 };
+    }
+}
+
+/// The dataplane clock as `drlb_clock` last read it, for the controller.
+#[map(name = "DRLB_CLOCK")]
+static CLOCK: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Records the dataplane clock where the controller can read it.
+#[inline(always)]
+pub fn publish_clock() {
+    if let Some(c) = CLOCK.get_ptr_mut(0) {
+        // SAFETY: valid array value; helper without preconditions.
+        unsafe { *c = bpf_jiffies64() };
     }
 }
 

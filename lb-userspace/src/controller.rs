@@ -12,7 +12,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::{Instant, interval, sleep_until};
 
 use crate::config::Config;
-use crate::dataplane::{Dataplane, Origin, log_counters, monotonic_ns};
+use crate::dataplane::{Dataplane, Origin, log_counters};
 use crate::netlink::{self, Interface, NeighbourEvent, NeighbourWatch};
 use crate::health::{self, Tracker};
 use crate::metrics::Metrics;
@@ -219,7 +219,7 @@ impl Controller {
     }
 
     fn sweep(&mut self) {
-        match self.dp.sweep(monotonic_ns()) {
+        match self.dp.now().and_then(|now| self.dp.sweep(now)) {
             Ok(r) => {
                 for (slot, had, now) in &r.corrected {
                     debug!(

@@ -31,6 +31,8 @@ pub const PROGRAM_LB: &str = "drlb_xdp";
 pub const PROGRAM_PASS: &str = "drlb_pass";
 /// Benchmark floor (b): swap MACs, XDP_TX.
 pub const PROGRAM_FLOOR_SWAP: &str = "drlb_floor_swap";
+/// Publishes the dataplane clock (see [`Dataplane::now`]).
+pub const PROGRAM_CLOCK: &str = "drlb_clock";
 /// Benchmark generator (XDP_TX unchanged) and sink (count, XDP_DROP).
 pub const PROGRAM_BENCH_TX: &str = "drlb_bench_tx";
 pub const PROGRAM_BENCH_SINK: &str = "drlb_bench_sink";
@@ -62,6 +64,8 @@ pub struct Dataplane {
     applied: Tables,
     /// Where maps and the XDP link are pinned, if they are.
     pin_dir: Option<PathBuf>,
+    /// Ticks per second of the dataplane clock (the kernel's HZ).
+    hz: u32,
     /// The balancer's XDP attachment.
     attachment: Option<Attachment>,
 }
@@ -219,14 +223,16 @@ impl Dataplane {
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading drlb's BPF object (are you root, and is this kernel 5.10 or newer?)")?;
-        for name in [PROGRAM_LB, PROGRAM_PASS, PROGRAM_FLOOR_SWAP, PROGRAM_BENCH_TX, PROGRAM_BENCH_SINK] {
+        for name in [PROGRAM_LB, PROGRAM_PASS, PROGRAM_FLOOR_SWAP, PROGRAM_BENCH_TX, PROGRAM_BENCH_SINK, PROGRAM_CLOCK] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
                 .try_into()?;
             prog.load().with_context(|| format!("the kernel verifier rejected {name}"))?;
         }
-        let mut dp = Dataplane { ebpf, applied: Tables::default(), pin_dir: pin_dir.map(Path::to_owned), attachment: None };
+        let mut dp =
+            Dataplane { ebpf, applied: Tables::default(), pin_dir: pin_dir.map(Path::to_owned), attachment: None, hz: 0 };
+        dp.hz = dp.calibrate_clock().context("measuring the dataplane clock")?;
         if origin == Origin::Created && pin_dir.is_some() {
             let mut meta: Array<&mut MapData, u32> = Array::try_from(dp.map_mut(MAP_META)?)?;
             for (i, v) in layout().iter().enumerate() {
@@ -375,6 +381,35 @@ impl Dataplane {
         }
     }
 
+    /// The dataplane clock now, in the ticks connection entries and templates use.
+    pub fn now(&self) -> Result<u64> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let frame = [0u8; 64];
+        self.program(PROGRAM_CLOCK)?
+            .test_run(TestRunOptions { data_in: Some(&frame), ..TestRunOptions::new() })
+            .context("reading the dataplane clock")?;
+        let m: Array<&MapData, u64> = Array::try_from(self.map(lb_common::maps::MAP_CLOCK)?)?;
+        Ok(m.get(&0, 0)?)
+    }
+
+    /// Ticks per second of the dataplane clock.
+    pub fn hz(&self) -> u32 {
+        self.hz
+    }
+
+    /// Measures the clock's rate over 100 ms and rounds it to the HZ values kernels use.
+    fn calibrate_clock(&self) -> Result<u32> {
+        let (t0, j0) = (std::time::Instant::now(), self.now()?);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let (j1, dt) = (self.now()?, t0.elapsed().as_secs_f64());
+        let measured = (j1 - j0) as f64 / dt;
+        let hz = [100u32, 250, 300, 1000]
+            .into_iter()
+            .min_by(|a, b| (*a as f64 - measured).abs().total_cmp(&(*b as f64 - measured).abs()))
+            .unwrap_or(1000);
+        Ok(hz)
+    }
+
     /// Frames the benchmark sink counted, over CPUs.
     pub fn bench_rx(&self) -> Result<u64> {
         let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(lb_common::maps::MAP_BENCH_RX)?)?;
@@ -390,6 +425,11 @@ impl Dataplane {
     /// removals last. A service whose scheduler input changed restarts its scheduler
     /// position (as IPVS does when a destination changes).
     pub fn apply(&mut self, tables: &Tables) -> Result<()> {
+        let mut tables = tables.clone();
+        for svc in tables.services.values_mut() {
+            svc.ticks_per_sec = self.hz;
+        }
+        let tables = &tables;
         let old = std::mem::take(&mut self.applied);
         {
             let mut m: Array<&mut MapData, Backend> = Array::try_from(self.map_mut(MAP_BACKENDS)?)?;
@@ -543,12 +583,12 @@ impl Dataplane {
     /// A persistence template lives while connections made through it do (IPVS keeps a
     /// template while it controls connections): each sweep moves a template's last use up
     /// to the newest packet of its live connections.
-    fn refresh_templates(&mut self, entries: &[(ConnKey, Conn)], now_ns: u64) -> Result<()> {
+    fn refresh_templates(&mut self, entries: &[(ConnKey, Conn)], now: u64) -> Result<()> {
         let services = self.applied.services.clone();
         let mut newest: BTreeMap<ConnKey, u64> = BTreeMap::new();
         for (k, c) in entries {
             let Some(svc) = services.get(&c.service) else { continue };
-            if svc.flags & SVC_F_PERSISTENT == 0 || c.expired(now_ns) {
+            if svc.flags & SVC_F_PERSISTENT == 0 || c.expired(now) {
                 continue;
             }
             let mut client = k.client;
@@ -558,7 +598,7 @@ impl Dataplane {
             let vport = if svc.flags & SVC_F_WILDCARD != 0 { 0 } else { k.vport };
             let tkey = ConnKey { client, vip: k.vip, cport: 0, vport, proto: k.proto, _pad: [0; 3] };
             let e = newest.entry(tkey).or_default();
-            *e = (*e).max(c.last_seen_ns);
+            *e = (*e).max(c.last_seen);
         }
         if newest.is_empty() {
             return Ok(());
@@ -566,9 +606,9 @@ impl Dataplane {
         let mut m: BpfHashMap<&mut MapData, ConnKey, Persist> = BpfHashMap::try_from(self.map_mut(MAP_PERSIST)?)?;
         for (k, seen) in newest {
             if let Ok(mut p) = m.get(&k, 0)
-                && p.last_used_ns < seen
+                && p.last_used < seen
             {
-                p.last_used_ns = seen;
+                p.last_used = seen;
                 m.insert(k, p, 0)?;
             }
         }
@@ -578,13 +618,13 @@ impl Dataplane {
     /// Removes expired connections and recomputes every backend's ActiveConn/InActConn from
     /// the live ones, correcting drift (entries evicted by the LRU, or that expired without
     /// another packet); keeps persistence templates alive while their connections live.
-    pub fn sweep(&mut self, now_ns: u64) -> Result<SweepReport> {
+    pub fn sweep(&mut self, now: u64) -> Result<SweepReport> {
         let mut report = SweepReport::default();
         let entries = self.connections()?;
         let mut expired = Vec::new();
         let mut counts: BTreeMap<u32, ConnCounts> = BTreeMap::new();
         for (k, c) in &entries {
-            if c.expired(now_ns) {
+            if c.expired(now) {
                 expired.push(*k);
                 continue;
             }
@@ -602,14 +642,14 @@ impl Dataplane {
             for k in &expired {
                 // The entry may have been refreshed meanwhile; re-check before removing.
                 if let Ok(c) = conns.get(k, 0)
-                    && c.expired(now_ns)
+                    && c.expired(now)
                 {
                     conns.remove(k)?;
                     report.expired_removed += 1;
                 }
             }
         }
-        self.refresh_templates(&entries, now_ns)?;
+        self.refresh_templates(&entries, now)?;
         let slots: Vec<u32> = self.applied.backends.keys().copied().collect();
         let mut m: Array<&mut MapData, ConnCounts> = Array::try_from(self.map_mut(MAP_CONN_COUNTS)?)?;
         for slot in slots {

@@ -260,7 +260,8 @@ impl Tables {
                         tcp_fin_wait: secs(svc.timeouts.tcp_fin),
                         udp: secs(svc.timeouts.udp),
                     },
-                    _pad: 0,
+                    // Set by `Dataplane::apply` to the kernel's clock; the host model counts ms.
+                    ticks_per_sec: 1000,
                 },
             );
         }

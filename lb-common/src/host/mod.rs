@@ -115,7 +115,7 @@ impl Tables for HostTables {
         self.persist.borrow_mut().insert(*key, *value);
     }
 
-    fn now_ns(&self) -> u64 {
+    fn now(&self) -> u64 {
         self.now.get()
     }
 }
