@@ -26,6 +26,10 @@ pub trait Packet {
     fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]>;
     /// Overwrites the `N` bytes at `off`; `false` if the frame is shorter than `off + N`.
     fn store<const N: usize>(&mut self, off: usize, bytes: &[u8; N]) -> bool;
+    /// Runs `f` on the `N` bytes at `off` in place, or `None` if the frame is shorter.
+    /// Unlike `load`, nothing is copied: `f` reads just the bytes it needs, each straight
+    /// from the checked header (the BPF target copies unaligned bytes one by one).
+    fn with_header<const N: usize, R>(&self, off: usize, f: impl FnOnce(&[u8; N]) -> R) -> Option<R>;
 }
 
 /// A frame held in memory (host tests, the benchmark's packet builder).
@@ -38,6 +42,12 @@ impl Packet for [u8] {
     #[inline]
     fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
         self.get(off..off.checked_add(N)?)?.try_into().ok()
+    }
+
+    #[inline]
+    fn with_header<const N: usize, R>(&self, off: usize, f: impl FnOnce(&[u8; N]) -> R) -> Option<R> {
+        let h: &[u8; N] = self.get(off..off.checked_add(N)?)?.try_into().ok()?;
+        Some(f(h))
     }
 
     #[inline]
@@ -106,18 +116,20 @@ pub fn parse_l3<P: Packet + ?Sized>(p: &P) -> L3 {
         ETH_P_IPV6 => return L3::Ipv6,
         _ => return L3::Other,
     }
-    let Some(ip) = p.load::<IPV4_MIN_HLEN>(l3_off) else { return L3::Malformed };
-    let version = ip[0] >> 4;
+    let fields = p.with_header::<IPV4_MIN_HLEN, _>(l3_off, |ip| {
+        (ip[0], be16([ip[6], ip[7]]), ip[9], [ip[12], ip[13], ip[14], ip[15]], [ip[16], ip[17], ip[18], ip[19]])
+    });
+    let Some((ver_ihl, frag, proto, src, dst)) = fields else { return L3::Malformed };
+    let version = ver_ihl >> 4;
     // Masked to 4 bits and shifted, so the verifier sees an offset of at most 60.
-    let ihl = ((ip[0] & 0x0f) as usize) << 2;
+    let ihl = ((ver_ihl & 0x0f) as usize) << 2;
     if version != 4 || ihl < IPV4_MIN_HLEN {
         return L3::Malformed;
     }
-    let frag = be16([ip[6], ip[7]]);
     L3::Ipv4(Ipv4Info {
-        src: v4_mapped([ip[12], ip[13], ip[14], ip[15]]),
-        dst: v4_mapped([ip[16], ip[17], ip[18], ip[19]]),
-        proto: ip[9],
+        src: v4_mapped(src),
+        dst: v4_mapped(dst),
+        proto,
         // 0x3fff: the MF bit and the 13-bit fragment offset.
         fragment: frag & 0x3fff != 0,
         l4_off: l3_off + ihl,
@@ -128,15 +140,17 @@ pub fn parse_l3<P: Packet + ?Sized>(p: &P) -> L3 {
 #[inline(always)]
 pub fn parse_l4<P: Packet + ?Sized>(p: &P, l4_off: usize, proto: u8) -> Option<L4Info> {
     if proto == IPPROTO_TCP {
-        let tcp = p.load::<TCP_MIN_HLEN>(l4_off)?;
-        Some(L4Info {
+        p.with_header::<TCP_MIN_HLEN, _>(l4_off, |tcp| L4Info {
             sport: be16([tcp[0], tcp[1]]),
             dport: be16([tcp[2], tcp[3]]),
             tcp_flags: tcp[13],
         })
     } else if proto == IPPROTO_UDP {
-        let udp = p.load::<UDP_HLEN>(l4_off)?;
-        Some(L4Info { sport: be16([udp[0], udp[1]]), dport: be16([udp[2], udp[3]]), tcp_flags: 0 })
+        p.with_header::<UDP_HLEN, _>(l4_off, |udp| L4Info {
+            sport: be16([udp[0], udp[1]]),
+            dport: be16([udp[2], udp[3]]),
+            tcp_flags: 0,
+        })
     } else {
         None
     }

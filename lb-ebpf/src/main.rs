@@ -37,6 +37,16 @@ impl Packet for XdpPacket {
     }
 
     #[inline(always)]
+    fn with_header<const N: usize, R>(&self, off: usize, f: impl FnOnce(&[u8; N]) -> R) -> Option<R> {
+        let ptr = self.start + off;
+        if ptr + N > self.end {
+            return None;
+        }
+        // SAFETY: [ptr, ptr + N) lies inside the frame (checked above); u8 has no alignment.
+        Some(f(unsafe { &*(ptr as *const [u8; N]) }))
+    }
+
+    #[inline(always)]
     fn store<const N: usize>(&mut self, off: usize, bytes: &[u8; N]) -> bool {
         let ptr = self.start + off;
         if ptr + N > self.end {
