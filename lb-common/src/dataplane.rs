@@ -32,7 +32,8 @@ pub trait Tables {
     fn account(&self, slot: u32, bytes: u64, new_conn: bool);
     /// Runs `f` on the connection entry for `key`, if there is one, in place.
     fn with_conn<R>(&self, key: &ConnKey, f: impl FnOnce(Option<&mut Conn>) -> R) -> R;
-    fn insert_conn(&self, key: &ConnKey, conn: &Conn);
+    /// Records a connection; `false` if the table had no room.
+    fn insert_conn(&self, key: &ConnKey, conn: &Conn) -> bool;
     fn remove_conn(&self, key: &ConnKey);
     fn with_sched_state<R>(&self, service: u32, f: impl FnOnce(&mut SchedState) -> R) -> Option<R>;
     /// Entry `index` of `DRLB_SCHED_TAB` (`NO_DEST` if out of range).
@@ -193,10 +194,29 @@ fn masked(addr: &Addr16, mask: &Addr16) -> Addr16 {
     out
 }
 
+/// What `process_traced` learnt about a VIP-bound packet, for `drlb trace`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Outcome {
+    /// Set once the packet is known to be for a VIP with a TCP/UDP header.
+    pub vip_bound: bool,
+    pub key: ConnKey,
+    pub tcp_flags: u8,
+    pub new_conn: bool,
+    /// Backend slot, when one was chosen.
+    pub slot: Option<u32>,
+    pub service: Option<u32>,
+}
+
 /// Decides what happens to one frame and, when it is forwarded, rewrites its MACs.
 /// The returned reason names the verdict (`Stat::xdp_action`) and the counter to bump.
 #[inline(always)]
 pub fn process<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T) -> Stat {
+    process_traced(pkt, t, &mut Outcome::default())
+}
+
+/// [`process`], also filling `out` for tracing.
+#[inline(always)]
+pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &mut Outcome) -> Stat {
     let ip = match parse_l3(pkt) {
         L3::Ipv4(ip) => ip,
         L3::Arp => return Stat::PassArp,
@@ -220,11 +240,15 @@ pub fn process<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T) -> Stat {
     };
     let is_tcp = ip.proto == IPPROTO_TCP;
     let syn = is_tcp && l4.tcp_flags & tcp::FLAG_SYN != 0;
-    let key = ConnKey { client: ip.src, vip: ip.dst, cport: l4.sport, vport: l4.dport, proto: ip.proto, _pad: [0; 3] };
+    // Built in place in `out`: the BPF stack (512 bytes) has no room for a second copy.
+    out.key = ConnKey { client: ip.src, vip: ip.dst, cport: l4.sport, vport: l4.dport, proto: ip.proto, _pad: [0; 3] };
+    let key = &out.key;
     let now = t.now();
     let bytes = pkt.len() as u64;
+    out.vip_bound = true;
+    out.tcp_flags = l4.tcp_flags;
 
-    let lookup = t.with_conn(&key, |entry| match entry {
+    let lookup = t.with_conn(key, |entry| match entry {
         None => Lookup::Miss,
         Some(c) => {
             // A SYN also starts afresh when its entry's server went away (health check
@@ -247,7 +271,7 @@ pub fn process<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T) -> Stat {
         Lookup::Hit(slot) => (slot, Stat::TxForwarded),
         Lookup::Dead | Lookup::Miss => {
             if let Lookup::Dead = lookup {
-                t.remove_conn(&key);
+                t.remove_conn(key);
             }
             let id = match t.service_id(&ServiceKey::new(ip.dst, l4.dport, ip.proto)) {
                 Some(id) => id,
@@ -256,6 +280,7 @@ pub fn process<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T) -> Stat {
                     None => return if is_vip() { Stat::PassVipNoService } else { Stat::PassNotVip },
                 },
             };
+            out.service = Some(id);
             let Some(svc) = t.service(id) else { return Stat::DropNoRealServer };
             if is_tcp {
                 let rst = l4.tcp_flags & tcp::FLAG_RST != 0;
@@ -313,10 +338,15 @@ pub fn process<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T) -> Stat {
                 c.timeout = svc.ticks(svc.timeouts.tcp(tcp::NONE));
                 tcp_transition(t, &mut c, l4.tcp_flags);
             }
-            t.insert_conn(&key, &c);
+            if !t.insert_conn(key, &c) {
+                t.adjust_conn_counts(slot, 0, -1);
+                return Stat::DropConnTableFull;
+            }
+            out.new_conn = true;
             (slot, Stat::TxScheduled)
         }
     };
+    out.slot = Some(slot);
     let Some(backend) = t.backend(slot) else { return Stat::DropBackendMissing };
     if !backend.is_present() {
         return Stat::DropBackendMissing;

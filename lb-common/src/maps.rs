@@ -39,19 +39,48 @@ pub const MAP_STATS: &str = "DRLB_STATS";
 /// controller adopts only a dataplane whose maps it understands.
 pub const MAP_META: &str = "DRLB_META";
 
+/// `Array<u32>`: 1 while `drlb trace` runs; the program then reports each VIP packet's
+/// decision to `DRLB_TRACE`. Only VIP-bound packets read it.
+pub const MAP_TRACE_ON: &str = "DRLB_TRACE_ON";
+/// `RingBuf` of [`TraceEvent`]s.
+pub const MAP_TRACE: &str = "DRLB_TRACE";
+/// Size of `DRLB_TRACE` in bytes.
+pub const TRACE_RING_BYTES: u32 = 1 << 18;
+
+/// One traced decision.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TraceEvent {
+    pub client: Addr16,
+    pub vip: Addr16,
+    pub cport: u16,
+    pub vport: u16,
+    pub proto: u8,
+    pub tcp_flags: u8,
+    /// The [`crate::stats::Stat`] index.
+    pub stat: u8,
+    /// 1 when the packet started a new connection.
+    pub new_conn: u8,
+    /// Backend slot forwarded to (u32::MAX: none).
+    pub slot: u32,
+    /// Service id (u32::MAX: none).
+    pub service: u32,
+}
+
 /// `Array<u64>`: the dataplane clock, written by the `drlb_clock` program (never pinned).
 pub const MAP_CLOCK: &str = "DRLB_CLOCK";
 /// `PerCpuArray<u64>`: frames counted by the benchmark's sink program (never pinned).
 pub const MAP_BENCH_RX: &str = "DRLB_BENCH_RX";
 
 /// Every map the balancer uses, for pinning.
-pub const ALL_MAPS: [&str; 14] = [
+pub const ALL_MAPS: [&str; 16] = [
     MAP_VIP_FILTER, MAP_VIPS, MAP_SERVICE_IDS, MAP_SERVICES, MAP_BACKENDS, MAP_MEMBERS, MAP_CONN_COUNTS,
     MAP_BACKEND_STATS, MAP_CONNS, MAP_PERSIST, MAP_SCHED_STATE, MAP_SCHED_TABLE, MAP_STATS, MAP_META,
+    MAP_TRACE_ON, MAP_TRACE,
 ];
 
 /// Bump when any map's meaning changes; sizes are checked too (see [`layout`]).
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Entries of `DRLB_META`.
 pub const META_SIZE: u32 = 8;
 
@@ -298,6 +327,7 @@ mod pod {
     unsafe impl aya::Pod for super::BackendStats {}
     unsafe impl aya::Pod for super::Persist {}
     unsafe impl aya::Pod for super::SchedState {}
+    unsafe impl aya::Pod for super::TraceEvent {}
     unsafe impl aya::Pod for crate::conn::ConnKey {}
     unsafe impl aya::Pod for crate::conn::Conn {}
 }

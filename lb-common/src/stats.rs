@@ -33,10 +33,12 @@ pub enum Stat {
     TxScheduled = 11,
     /// XDP_DROP: a TCP packet other than SYN with no connection (non-sloppy service).
     DropNoConnection = 12,
+    /// XDP_DROP: a new connection could not be recorded (the connection table is full).
+    DropConnTableFull = 13,
 }
 
 /// Number of counters; the size of `DRLB_STATS`.
-pub const STAT_COUNT: u32 = 13;
+pub const STAT_COUNT: u32 = 14;
 
 impl Stat {
     /// All reasons, in index order.
@@ -54,6 +56,7 @@ impl Stat {
         Stat::DropBackendMissing,
         Stat::TxScheduled,
         Stat::DropNoConnection,
+        Stat::DropConnTableFull,
     ];
 
     /// Stable snake_case name used by `drlb` output and metrics.
@@ -72,6 +75,7 @@ impl Stat {
             Stat::DropBackendMissing => "drop_backend_missing",
             Stat::TxScheduled => "tx_scheduled",
             Stat::DropNoConnection => "drop_no_connection",
+            Stat::DropConnTableFull => "drop_conn_table_full",
         }
     }
 
@@ -115,7 +119,8 @@ impl Stat {
             | Stat::DropTruncatedL4
             | Stat::DropFragment
             | Stat::DropBackendMissing
-            | Stat::DropNoConnection => XDP_DROP,
+            | Stat::DropNoConnection
+            | Stat::DropConnTableFull => XDP_DROP,
         }
     }
 }

@@ -11,7 +11,10 @@
 mod maps;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{dataplane::process, packet::Packet};
+use lb_common::{
+    dataplane::{process_traced, Outcome},
+    packet::Packet,
+};
 
 /// The frame between `data` and `data_end`. Every access is checked against `data_end`
 /// in the form the verifier recognises.
@@ -67,8 +70,13 @@ impl Packet for XdpPacket {
 #[xdp]
 pub fn drlb_xdp(ctx: XdpContext) -> u32 {
     let mut pkt = XdpPacket { start: ctx.data(), end: ctx.data_end() };
-    let stat = process(&mut pkt, &maps::BpfTables);
+    let mut out = Outcome::default();
+    let stat = process_traced(&mut pkt, &maps::BpfTables, &mut out);
     maps::count(stat);
+    // Packets not for a VIP never read the trace switch.
+    if out.vip_bound {
+        maps::trace(&out, stat);
+    }
     stat.xdp_action()
 }
 

@@ -5,14 +5,15 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use aya_ebpf::{
     helpers::bpf_jiffies64,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
     addr::Addr16,
     conn::{Conn, ConnKey},
-    dataplane::Tables,
+    dataplane::{Outcome, Tables},
     maps::{
-        vip_filter_index, Backend, BackendStats, ConnCounts, Persist, SchedState, Service, ServiceKey, Vip, VipKey,
+        vip_filter_index, Backend, BackendStats, ConnCounts, Persist, SchedState, Service, ServiceKey, TraceEvent, Vip,
+        VipKey, TRACE_RING_BYTES,
         DEFAULT_CONN_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, MEMBERS_SIZE, META_SIZE, MAX_VIPS, PERSIST_TABLE_SIZE, SCHED_TABLE_SIZE,
         VIP_FILTER_SIZE,
     },
@@ -151,8 +152,8 @@ impl Tables for BpfTables {
     }
 
     #[inline(always)]
-    fn insert_conn(&self, key: &ConnKey, conn: &Conn) {
-        let _ = CONNS.insert(key, conn, 0);
+    fn insert_conn(&self, key: &ConnKey, conn: &Conn) -> bool {
+        CONNS.insert(key, conn, 0).is_ok()
     }
 
     #[inline(always)]
@@ -216,6 +217,44 @@ pub fn count(stat: Stat) {
     if let Some(counter) = STATS.get_ptr_mut(stat.index()) {
         unsafe { *counter += 1 };
     }
+}
+
+#[map(name = "DRLB_TRACE_ON")]
+static TRACE_ON: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map(name = "DRLB_TRACE")]
+static TRACE: RingBuf = RingBuf::with_byte_size(TRACE_RING_BYTES, 0);
+
+/// Reports a VIP-bound packet's decision if `drlb trace` is listening.
+#[inline(always)]
+pub fn trace(out: &Outcome, stat: Stat) {
+    if !matches!(TRACE_ON.get(0), Some(on) if *on != 0) {
+        return;
+    }
+    // Written straight into the ring: an event built on the stack would not fit the
+    // program's 512-byte stack next to the rest.
+    let Some(mut entry) = TRACE.reserve::<TraceEvent>(0) else { return };
+    let p = entry.as_mut_ptr();
+    // SAFETY: `p` points to a reserved, writable TraceEvent in the ring.
+    unsafe {
+        (*p).client = out.key.client;
+        (*p).vip = out.key.vip;
+        (*p).cport = out.key.cport;
+        (*p).vport = out.key.vport;
+        (*p).proto = out.key.proto;
+        (*p).tcp_flags = out.tcp_flags;
+        (*p).stat = stat.index() as u8;
+        (*p).new_conn = out.new_conn as u8;
+        (*p).slot = match out.slot {
+            Some(s) => s,
+            None => u32::MAX,
+        };
+        (*p).service = match out.service {
+            Some(s) => s,
+            None => u32::MAX,
+        };
+    }
+    entry.submit(0);
 }
 
 /// The dataplane clock as `drlb_clock` last read it, for the controller.

@@ -90,8 +90,9 @@ impl Tables for HostTables {
         }
     }
 
-    fn insert_conn(&self, key: &ConnKey, conn: &Conn) {
+    fn insert_conn(&self, key: &ConnKey, conn: &Conn) -> bool {
         self.conns.borrow_mut().insert(*key, *conn);
+        true
     }
 
     fn remove_conn(&self, key: &ConnKey) {
