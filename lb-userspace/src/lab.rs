@@ -584,6 +584,55 @@ impl Lab {
         })
     }
 
+    /// Runs a program in `role`'s namespace; returns (success, stdout + stderr).
+    pub fn run_in(&self, role: &str, program: &Path, args: &[&str]) -> Result<(bool, String)> {
+        let out = Command::new("ip").args(["netns", "exec", &self.ns(role)]).arg(program).args(args).output()?;
+        Ok((out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))))
+    }
+
+    /// Starts a program in `role`'s namespace with piped stdout and stderr.
+    pub fn spawn_in(&self, role: &str, program: &Path, args: &[&str]) -> Result<Child> {
+        Ok(Command::new("ip")
+            .args(["netns", "exec", &self.ns(role)])
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?)
+    }
+
+    /// Sends one raw Ethernet frame out of `role`'s eth0.
+    pub fn send_raw(&self, role: &str, frame: &[u8]) -> Result<()> {
+        in_netns(&self.ns(role), || {
+            // SAFETY: plain socket calls with valid buffers; the fd is closed below.
+            unsafe {
+                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+                if fd < 0 {
+                    bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+                }
+                let ifindex = libc::if_nametoindex(c"eth0".as_ptr());
+                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+                addr.sll_family = libc::AF_PACKET as u16;
+                addr.sll_ifindex = ifindex as i32;
+                addr.sll_halen = 6;
+                let n = libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                libc::close(fd);
+                if n < 0 {
+                    bail!("sending a raw frame: {}", std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// `GET path` from inside `role`'s namespace (e.g. the director's metrics on loopback).
     pub fn fetch(&self, role: &str, addr: SocketAddr, path: &str) -> Result<String> {
         in_netns(&self.ns(role), || {

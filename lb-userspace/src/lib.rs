@@ -15,3 +15,6 @@ pub mod health;
 pub mod metrics;
 pub mod notify;
 pub mod bench;
+pub mod realserver;
+pub mod trace;
+pub mod doctor;

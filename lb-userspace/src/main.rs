@@ -72,6 +72,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check the director end to end: one line per check, OK or FAIL with the fix.
+    Doctor {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// How long to watch the counters.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        sample: std::time::Duration,
+    },
+    /// Show the dataplane's decision for each VIP-bound packet, live.
+    Trace {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Only packets for this VIP.
+        #[arg(long)]
+        vip: Option<std::net::IpAddr>,
+        /// Stop after this many packets.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Stop after this long.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+    },
+    /// The real-server side of Direct Routing.
+    Realserver {
+        #[command(subcommand)]
+        command: RealserverCommand,
+    },
     /// Remove the dataplane on purpose: stop the controller if one runs, detach XDP and
     /// remove the pins.
     Stop {
@@ -88,6 +115,28 @@ enum Command {
     Reload {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum RealserverCommand {
+    /// Put each VIP on lo, set arp_ignore=1 / arp_announce=2 on all, lo and the uplink,
+    /// relax a strict rp_filter; with --persist also a sysctl.d file and a systemd unit.
+    Setup {
+        #[arg(long = "vip", required = true)]
+        vips: Vec<std::net::IpAddr>,
+        /// The interface clients' packets arrive on (default: the default route's).
+        #[arg(long)]
+        uplink: Option<String>,
+        #[arg(long)]
+        persist: bool,
+    },
+    /// Report every setting that breaks DR on this server, with its consequence.
+    Check {
+        #[arg(long = "vip", required = true)]
+        vips: Vec<std::net::IpAddr>,
+        #[arg(long)]
+        uplink: Option<String>,
     },
 }
 
@@ -197,6 +246,89 @@ fn main() -> ExitCode {
                     eprintln!("drlb bench: {e:#}");
                     ExitCode::FAILURE
                 }
+            }
+        }
+        Command::Doctor { config, sample } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            match rt.block_on(lb_userspace::doctor::run(&cfg, sample)) {
+                Ok(checks) => {
+                    for c in &checks {
+                        println!("{c}");
+                    }
+                    if checks.iter().all(|c| c.ok) { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+                }
+                Err(e) => {
+                    eprintln!("drlb doctor: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Trace { config, vip, count, duration } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = stop.clone();
+            let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst));
+            let dir = cfg.director.pin_dir();
+            match lb_userspace::trace::run(&dir, Some(cfg), vip, count, duration, stop) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("drlb trace: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Realserver { command } => {
+            let (vips, uplink) = match &command {
+                RealserverCommand::Setup { vips, uplink, .. } | RealserverCommand::Check { vips, uplink } => (vips.clone(), uplink.clone()),
+            };
+            let uplink = match uplink.map(Ok).unwrap_or_else(lb_userspace::realserver::uplink) {
+                Ok(u) => u,
+                Err(e) => {
+                    eprintln!("drlb realserver: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match command {
+                RealserverCommand::Setup { persist, .. } => match lb_userspace::realserver::setup(&vips, &uplink, persist) {
+                    Ok(did) => {
+                        if did.is_empty() {
+                            println!("already set up: nothing to change");
+                        }
+                        for d in did {
+                            println!("{d}");
+                        }
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("drlb realserver setup: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                },
+                RealserverCommand::Check { .. } => match lb_userspace::realserver::check(&vips, &uplink) {
+                    Ok(findings) => {
+                        for f in &findings {
+                            println!("{} {}", if f.ok { "OK  " } else { "FAIL" }, f.text);
+                        }
+                        if findings.iter().all(|f| f.ok) { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+                    }
+                    Err(e) => {
+                        eprintln!("drlb realserver check: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                },
             }
         }
         Command::Stop { config } => match lb_userspace::process::stop(&config) {

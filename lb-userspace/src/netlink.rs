@@ -148,6 +148,31 @@ pub async fn neighbours(handle: &Handle, ifindex: u32) -> Result<HashMap<IpAddr,
     Ok(out)
 }
 
+/// Every neighbour entry on `ifindex`: its MAC (if any) and state ("REACHABLE", "FAILED"...).
+pub async fn neighbour_states(handle: &Handle, ifindex: u32) -> Result<HashMap<IpAddr, (Option<Mac>, String)>> {
+    let mut out = HashMap::new();
+    let mut dump = handle.neighbours().get().execute();
+    while let Some(msg) = dump.try_next().await.context("dumping the neighbour table")? {
+        if msg.header.ifindex != ifindex {
+            continue;
+        }
+        let Some(addr) = msg.attributes.iter().find_map(|a| match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+            _ => None,
+        }) else {
+            continue;
+        };
+        let mac = msg.attributes.iter().find_map(|a| match a {
+            NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => Some([b[0], b[1], b[2], b[3], b[4], b[5]]),
+            _ => None,
+        });
+        let state = format!("{:?}", msg.header.state).to_uppercase();
+        let usable = usable(msg.header.state);
+        out.insert(addr, (if usable { mac } else { None }, state));
+    }
+    Ok(out)
+}
+
 /// Asks the kernel to resolve (or re-confirm) `addr` on `ifindex` now: an RTM_NEWNEIGH with
 /// NTF_USE, which makes the kernel send ARP as if it had a packet for the address.
 pub async fn trigger_resolution(handle: &Handle, ifindex: u32, addr: IpAddr) -> Result<()> {

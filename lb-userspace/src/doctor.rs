@@ -1,0 +1,211 @@
+//! `drlb doctor`: answers "why is this SYN not forwarded?" on the director, one line per
+//! check, each failure with its fix — the manual checks of the deployment drlb replaces
+//! (capture, subnet, ARP, caches, rp_filter, kernel, a second balancer), in one command.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::config::Config;
+use crate::controller::format_mac;
+use crate::dataplane::pinned_layout;
+use crate::netlink;
+use crate::status;
+
+/// One line of the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub ok: bool,
+    pub name: &'static str,
+    pub text: String,
+}
+
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {:<12} {}", if self.ok { "OK  " } else { "FAIL" }, self.name, self.text)
+    }
+}
+
+fn ok(name: &'static str, text: impl Into<String>) -> Check {
+    Check { ok: true, name, text: text.into() }
+}
+
+fn fail(name: &'static str, text: impl Into<String>) -> Check {
+    Check { ok: false, name, text: text.into() }
+}
+
+fn cmd(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// The XDP program attached to `iface`: (mode, program id).
+fn attached_xdp(iface: &str) -> Option<(&'static str, u32)> {
+    let text = cmd("ip", &["-d", "link", "show", "dev", iface]);
+    let mode = if text.contains("xdpgeneric") {
+        "generic"
+    } else if text.contains("xdpoffload") {
+        "offload"
+    } else if text.contains(" xdp ") || text.contains("xdpdrv") || text.contains("prog/xdp") {
+        "native"
+    } else {
+        return None;
+    };
+    let id = text.split("prog/xdp id ").nth(1)?.split_whitespace().next()?.parse().ok()?;
+    Some((mode, id))
+}
+
+fn program_name(id: u32) -> String {
+    let text = cmd("bpftool", &["prog", "show", "id", &id.to_string()]);
+    text.split(" name ").nth(1).and_then(|s| s.split_whitespace().next()).unwrap_or("?").to_string()
+}
+
+fn read_sysctl(iface: &str, key: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{iface}/{key}")).ok()?.trim().parse().ok()
+}
+
+/// Every check, in the order an operator would go through them.
+pub async fn run(config: &Config, sample: Duration) -> Result<Vec<Check>> {
+    let mut out = Vec::new();
+    let iface_name = &config.director.interface;
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    out.push(ok("kernel", format!("{kernel}, {}", std::env::consts::ARCH)));
+    out.push(if std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        ok("btf", "kernel BTF present (/sys/kernel/btf/vmlinux)")
+    } else {
+        ok("btf", "no kernel BTF; drlb does not need it")
+    });
+
+    // The dataplane: pinned, ours, attached.
+    let dir = config.director.pin_dir();
+    match pinned_layout(&dir) {
+        Ok(Some(l)) if l == lb_common::maps::layout() => out.push(ok("pins", format!("drlb dataplane pinned at {} (layout {})", dir.display(), l[0]))),
+        Ok(Some(l)) => out.push(fail("pins", format!("the dataplane at {} has layout {}, this drlb {}: fix: `drlb stop`, then `drlb run`", dir.display(), l[0], lb_common::maps::LAYOUT_VERSION))),
+        Ok(None) => out.push(fail("pins", format!("no drlb dataplane at {}: drlb is not running (fix: start it: `drlb run --config ...` or `systemctl start drlb`)", dir.display()))),
+        Err(e) => out.push(fail("pins", format!("{e:#}"))),
+    }
+    match attached_xdp(iface_name) {
+        Some((mode, id)) => {
+            let name = program_name(id);
+            if name != crate::dataplane::PROGRAM_LB {
+                out.push(fail("xdp", format!("{iface_name} runs XDP program `{name}` (id {id}), not drlb's: another XDP user took the interface (fix: remove it, then `drlb run`)")));
+            } else if mode == "generic" {
+                let lro = cmd("ethtool", &["-k", iface_name]).lines().any(|l| l.trim() == "large-receive-offload: on");
+                let why = if lro { "large-receive-offload is on (fix: ethtool -K IFACE lro off)" } else { "the driver has no native XDP, or xdp_mode is generic" };
+                out.push(ok("xdp", format!("drlb attached to {iface_name} in generic mode (slower): {why}")));
+            } else {
+                out.push(ok("xdp", format!("drlb attached to {iface_name} in {mode} mode (program id {id})")));
+            }
+        }
+        None => out.push(fail("xdp", format!("no XDP program on {iface_name}: nothing balances VIP traffic (it was detached, or drlb is not running; fix: `drlb stop`, then `drlb run`)"))),
+    }
+
+    // The interface, the VIPs, ARP.
+    let handle = netlink::connect()?;
+    let iface = match netlink::interface(&handle, iface_name).await {
+        Ok(i) => i,
+        Err(e) => {
+            out.push(fail("interface", format!("{e:#}")));
+            return Ok(out);
+        }
+    };
+    out.push(ok("interface", format!("{iface_name} {} ({})", format_mac(&iface.mac), iface.describe_subnets())));
+    let arp_ignore = read_sysctl("all", "arp_ignore").unwrap_or(0).max(read_sysctl(iface_name, "arp_ignore").unwrap_or(0));
+    let mut vips: Vec<IpAddr> = config.services.iter().map(|s| s.vip).collect();
+    vips.sort();
+    vips.dedup();
+    for vip in &vips {
+        let on_iface = iface.ipv4.iter().any(|(a, _)| IpAddr::V4(*a) == *vip);
+        out.push(if !on_iface {
+            fail("vip", format!("VIP {vip} is not on {iface_name}: clients' ARP for it gets no answer from the director (fix: ip addr add {vip}/32 dev {iface_name}, or keepalived's virtual_ipaddress)"))
+        } else if arp_ignore > 1 {
+            fail("vip", format!("VIP {vip} is on {iface_name} but arp_ignore={arp_ignore} there: the director may not answer ARP for it (fix: arp_ignore=0 on the director)"))
+        } else {
+            ok("vip", format!("VIP {vip} on {iface_name}; the director answers ARP for it (arp_ignore={arp_ignore})"))
+        });
+    }
+
+    // Real servers: on-link, MAC, health.
+    let neighbours = netlink::neighbour_states(&handle, iface.index).await.unwrap_or_default();
+    let health = status::read(&dir, Some(config)).ok();
+    for svc in &config.services {
+        for rs in &svc.real_servers {
+            let label = match &rs.name {
+                Some(n) => format!("{} {n}", svc.name),
+                None => svc.name.clone(),
+            };
+            if !iface.on_link(rs.address) {
+                out.push(fail("real-server", format!("{label} {}: not on-link on {iface_name} ({}): DR forwards at layer 2, so it cannot reach it (fix: put it in the director's subnet)", rs.address, iface.describe_subnets())));
+                continue;
+            }
+            match neighbours.get(&rs.address) {
+                Some((Some(mac), state)) => out.push(ok("real-server", format!("{label} {} at {} ({state})", rs.address, format_mac(mac)))),
+                Some((None, state)) => out.push(fail("real-server", format!("{label} {}: ARP {state}: it does not answer ARP (down, or not on this segment?)", rs.address))),
+                None => out.push(fail("real-server", format!("{label} {}: no ARP entry: drlb has not resolved it (is drlb running?)", rs.address))),
+            }
+            if let Some(s) = &health {
+                let h = s
+                    .services
+                    .iter()
+                    .flat_map(|x| &x.real_servers)
+                    .find(|r| r.address == rs.address.to_string())
+                    .map(|r| r.health.clone());
+                match h.as_deref() {
+                    Some("up") | None => {}
+                    Some(other) => out.push(fail("health", format!("{label} {} is {other}: it gets no new connections (see `drlb status` and drlb's log for why)", rs.address))),
+                }
+            }
+        }
+        if let Some(s) = health.as_ref().and_then(|h| h.services.iter().find(|x| x.vip == svc.vip.to_string() && x.port == svc.port)) {
+            if !s.real_servers.iter().any(|r| r.health == "up" && r.weight > 0) {
+                out.push(fail("service", format!("{} {}:{}: no real server takes new connections: every SYN is dropped (drop_no_real_server)", svc.name, svc.vip, svc.port)));
+            }
+        }
+    }
+
+    // Traffic: are VIP packets arriving, forwarded, dropped?
+    if let Ok(before) = status::read(&dir, None) {
+        tokio::time::sleep(sample).await;
+        if let Ok(after) = status::read(&dir, None) {
+            let delta = |k: &str| after.reasons.get(k).copied().unwrap_or(0) - before.reasons.get(k).copied().unwrap_or(0);
+            let forwarded = delta("tx_forwarded") + delta("tx_scheduled");
+            let drops: Vec<String> = after
+                .reasons
+                .keys()
+                .filter(|k| k.starts_with("drop_") && delta(k) > 0)
+                .map(|k| format!("{k}={}", delta(k)))
+                .collect();
+            let secs = sample.as_secs_f64();
+            if !drops.is_empty() && forwarded == 0 {
+                out.push(fail("traffic", format!("in {secs:.0} s: VIP packets arrive but none is forwarded: {} (see `drlb trace`)", drops.join(" "))));
+            } else if forwarded == 0 {
+                out.push(ok("traffic", format!("in {secs:.0} s: no VIP traffic arrived (is the VIP's ARP answered by this director?)")));
+            } else {
+                out.push(ok("traffic", format!("in {secs:.0} s: {forwarded} VIP packets forwarded{}", if drops.is_empty() { String::new() } else { format!(", dropped: {}", drops.join(" ")) })));
+            }
+        }
+    }
+
+    // A second balancer: the kernel's IPVS configured for the same VIP.
+    let ipvs = std::fs::read_to_string("/proc/net/ip_vs").unwrap_or_default();
+    let clash: Vec<String> = vips
+        .iter()
+        .filter_map(|v| match v {
+            IpAddr::V4(a) => {
+                let hex = format!("{:08X}", u32::from(*a));
+                ipvs.contains(&hex).then(|| a.to_string())
+            }
+            _ => None,
+        })
+        .collect();
+    out.push(if clash.is_empty() {
+        ok("ipvs", if ipvs.is_empty() { "the kernel's IPVS is not loaded".to_string() } else { "the kernel's IPVS has no virtual server for drlb's VIPs".to_string() })
+    } else {
+        fail("ipvs", format!("the kernel's IPVS also balances {}: two balancers for one VIP (fix: ipvsadm -C, remove keepalived's virtual_server)", clash.join(", ")))
+    });
+    Ok(out)
+}

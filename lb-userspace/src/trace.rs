@@ -1,0 +1,135 @@
+//! `drlb trace`: the dataplane's decision for each VIP-bound packet, live, from the pinned
+//! ring buffer. The program reports only while a trace runs (it checks a switch for VIP
+//! packets only), so tracing costs nothing when nobody listens.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{Array, Map, MapData, RingBuf};
+use lb_common::maps::{Backend, Service, TraceEvent, MAP_BACKENDS, MAP_SERVICES, MAP_TRACE, MAP_TRACE_ON};
+use lb_common::stats::{Stat, XDP_DROP, XDP_PASS};
+
+use crate::config::Config;
+use crate::controller::format_mac;
+use crate::status::scheduler_name;
+use crate::tables::ip_of;
+
+fn open(dir: &Path, name: &str) -> Result<MapData> {
+    let p = dir.join(name);
+    MapData::from_pin(&p).with_context(|| format!("opening {} (is `drlb run` running for this interface?)", p.display()))
+}
+
+/// "SYN", "PSH|ACK", "FIN|ACK", "RST" ...
+pub fn tcp_flags(f: u8) -> String {
+    let names = [(0x02, "SYN"), (0x01, "FIN"), (0x04, "RST"), (0x08, "PSH"), (0x20, "URG"), (0x10, "ACK")];
+    let parts: Vec<&str> = names.iter().filter(|(b, _)| f & b != 0).map(|(_, n)| *n).collect();
+    if parts.is_empty() { "NONE".into() } else { parts.join("|") }
+}
+
+/// What each reason means to an operator.
+pub fn explain(stat: Stat) -> &'static str {
+    match stat {
+        Stat::TxForwarded => "established",
+        Stat::TxScheduled => "new",
+        Stat::PassArp => "ARP",
+        Stat::PassIpv6 => "IPv6, not balanced",
+        Stat::PassOtherL3 => "not IP",
+        Stat::PassNotVip => "not for a VIP",
+        Stat::PassVipNoService => "no service on this port: the director's own",
+        Stat::PassMalformed => "malformed",
+        Stat::DropNoRealServer => "no usable real server",
+        Stat::DropTruncatedL4 => "truncated header",
+        Stat::DropFragment => "fragment",
+        Stat::DropBackendMissing => "real server has no MAC (unresolved)",
+        Stat::DropNoConnection => "no connection (non-SYN)",
+        Stat::DropConnTableFull => "connection table full",
+    }
+}
+
+struct Names {
+    backends: Array<MapData, Backend>,
+    services: Array<MapData, Service>,
+    config: Option<Config>,
+}
+
+impl Names {
+    fn line(&self, ev: &TraceEvent) -> String {
+        let client = ip_of(&ev.client).map(|a| a.to_string()).unwrap_or_default();
+        let vip = ip_of(&ev.vip).map(|a| a.to_string()).unwrap_or_default();
+        let (what, proto) = if ev.proto == 6 { (tcp_flags(ev.tcp_flags), "tcp") } else { ("UDP".to_string(), "udp") };
+        let head = format!("{what} {client}:{} -> {vip}:{} {proto}", ev.cport, ev.vport);
+        let stat = Stat::ALL.get(ev.stat as usize).copied().unwrap_or(Stat::PassMalformed);
+        match stat.xdp_action() {
+            XDP_DROP => format!("{head} => DROP {}", explain(stat)),
+            XDP_PASS => format!("{head} => PASS {}", explain(stat)),
+            _ => {
+                let b = self.backends.get(&ev.slot, 0).unwrap_or_default();
+                let addr: Option<IpAddr> = ip_of(&b.addr);
+                let name = addr
+                    .and_then(|a| {
+                        self.config.as_ref()?.services.iter().flat_map(|s| &s.real_servers).find(|r| r.address == a)?.name.clone()
+                    })
+                    .unwrap_or_else(|| "rs".into());
+                let sched = self.services.get(&ev.service, 0).map(|s| scheduler_name(s.scheduler)).unwrap_or("?");
+                let why = if ev.new_conn != 0 { format!("new, {sched}") } else { "established".into() };
+                format!(
+                    "{head} => {name} {} {} XDP_TX ({why})",
+                    addr.map(|a| a.to_string()).unwrap_or_default(),
+                    format_mac(&b.mac)
+                )
+            }
+        }
+    }
+}
+
+/// Prints decisions until `count` were printed, `limit` passed or `stop` is set.
+pub fn run(dir: &Path, config: Option<Config>, vip: Option<IpAddr>, count: Option<usize>, limit: Option<Duration>, stop: Arc<AtomicBool>) -> Result<usize> {
+    let names = Names {
+        backends: Array::try_from(Map::Array(open(dir, MAP_BACKENDS)?))?,
+        services: Array::try_from(Map::Array(open(dir, MAP_SERVICES)?))?,
+        config,
+    };
+    let mut ring = RingBuf::try_from(Map::RingBuf(open(dir, MAP_TRACE)?))?;
+    let mut switch: Array<MapData, u32> = Array::try_from(Map::Array(open(dir, MAP_TRACE_ON)?))?;
+    // Drain what an earlier trace left, then switch on.
+    while ring.next().is_some() {}
+    switch.set(0, 1, 0).context("switching tracing on")?;
+    eprintln!("drlb trace: tracing VIP-bound packets at {} (Ctrl-C to stop)", dir.display());
+    let started = Instant::now();
+    let mut printed = 0;
+    let result = (|| -> Result<()> {
+        loop {
+            let mut got = false;
+            while let Some(item) = ring.next() {
+                got = true;
+                if item.len() < std::mem::size_of::<TraceEvent>() {
+                    continue;
+                }
+                // SAFETY: the program writes whole TraceEvents; read_unaligned copies one out.
+                let ev: TraceEvent = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const TraceEvent) };
+                if let Some(v) = vip
+                    && ip_of(&ev.vip) != Some(v)
+                {
+                    continue;
+                }
+                println!("{}", names.line(&ev));
+                printed += 1;
+                if count.is_some_and(|c| printed >= c) {
+                    return Ok(());
+                }
+            }
+            if stop.load(Ordering::SeqCst) || limit.is_some_and(|l| started.elapsed() >= l) {
+                return Ok(());
+            }
+            if !got {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    })();
+    let _ = switch.set(0, 0, 0);
+    result.map(|()| printed)
+}
