@@ -91,8 +91,18 @@ pub async fn run(config: &Config, sample: Duration) -> Result<Vec<Check>> {
     match attached_xdp(iface_name) {
         Some((mode, id)) => {
             let name = program_name(id);
+            let link = dir.join(crate::dataplane::LINK_PIN);
+            let pinned_prog: Option<u32> = cmd("bpftool", &["link", "show", "pinned", &link.to_string_lossy()])
+                .split("prog ")
+                .nth(1)
+                .and_then(|s| s.split_whitespace().next())
+                .and_then(|s| s.parse().ok());
             if name != crate::dataplane::PROGRAM_LB {
                 out.push(fail("xdp", format!("{iface_name} runs XDP program `{name}` (id {id}), not drlb's: another XDP user took the interface (fix: remove it, then `drlb run`)")));
+            } else if pinned_prog.is_some_and(|p| p != id) {
+                out.push(fail("xdp", format!("{iface_name} runs a drlb program (id {id}) that is not the one pinned at {} (id {}): a second drlb replaced it (fix: `drlb stop`, then one `drlb run`)", link.display(), pinned_prog.unwrap_or(0))));
+            } else if pinned_prog.is_none() {
+                out.push(fail("xdp", format!("drlb's program is attached to {iface_name} but no link is pinned at {}: a restart cannot take it over (fix: `drlb stop`, then `drlb run`)", link.display())));
             } else if mode == "generic" {
                 let lro = cmd("ethtool", &["-k", iface_name]).lines().any(|l| l.trim() == "large-receive-offload: on");
                 let why = if lro { "large-receive-offload is on (fix: ethtool -K IFACE lro off)" } else { "the driver has no native XDP, or xdp_mode is generic" };
