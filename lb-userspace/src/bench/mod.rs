@@ -287,26 +287,18 @@ pub fn run(opts: &Options) -> Result<Results> {
     };
     let syn_n = opts.syn_flows;
     let rs = opts.real_servers;
-    figures.push(trace_case(
-        &format!("SYN storm, wlc over {rs}"),
-        Size::Min64,
-        &mut |next| {
-            let f = traffic::syn_storm(*next, syn_n, Size::Min64);
-            *next += syn_n;
-            f
-        },
-        &[Stat::TxScheduled],
-    )?);
-    figures.push(trace_case(
-        &format!("SYN storm, wlc over {rs}"),
-        Size::Imix,
-        &mut |next| {
-            let f = traffic::syn_storm(*next, syn_n, Size::Imix);
-            *next += syn_n;
-            f
-        },
-        &[Stat::TxScheduled],
-    )?);
+    for size in [Size::Min64, Size::Imix] {
+        figures.push(trace_case(
+            &format!("SYN storm, wlc over {rs}"),
+            size,
+            &mut |next| {
+                let f = traffic::syn_storm(*next, syn_n, size);
+                *next += syn_n;
+                f
+            },
+            &[Stat::TxScheduled],
+        )?);
+    }
     let small = opts.small_flows;
     figures.push(trace_case(&format!("established, {small} flows"), Size::Min64, &mut |_| data_small.clone(), &[Stat::TxForwarded])?);
     figures.push(trace_case(&format!("established, {small} flows"), Size::Imix, &mut |_| data_small_imix.clone(), &[Stat::TxForwarded])?);
