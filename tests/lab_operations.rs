@@ -169,3 +169,29 @@ fn layout_mismatch_is_explained_and_replaced_only_on_request() {
     assert!(rate.contains("CPS") && rate.contains("InPPS"), "{rate}");
     lab.stop_drlb().unwrap();
 }
+
+/// systemd's readiness protocol: READY=1 once the dataplane is attached and the maps are
+/// filled, RELOADING=1 / READY=1 around a reload, STOPPING=1 on the way out.
+#[test]
+fn systemd_notifications_follow_the_lifecycle() {
+    use std::os::unix::net::UnixDatagram;
+    let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = Lab::build(XdpMode::Generic).expect("build the lab");
+    let path = lab.dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let config = lab.drlb_config();
+    lab.start_drlb_env(drlb(), &config, &[("NOTIFY_SOCKET", &path.to_string_lossy())]).expect("start drlb");
+    let mut buf = [0u8; 256];
+    let mut next = || {
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(next(), "READY=1");
+    // Forwarding works by the time READY=1 arrives.
+    assert_eq!(lab.http_requests(3, Duration::from_secs(2)).unwrap().ok, 3);
+    lab.reload_drlb(drlb(), &config).expect("reload");
+    assert_eq!((next(), next()), ("RELOADING=1".to_string(), "READY=1".to_string()));
+    lab.stop_drlb().unwrap();
+    assert_eq!(next(), "STOPPING=1");
+}

@@ -383,6 +383,11 @@ impl Lab {
     /// Starts `drlb run` with the given config text; returns once it is ready, or fails
     /// with its log if it exits first.
     pub fn start_drlb_with(&mut self, drlb: &Path, config_text: &str) -> Result<()> {
+        self.start_drlb_env(drlb, config_text, &[])
+    }
+
+    /// [`Lab::start_drlb_with`] with extra environment variables (e.g. `NOTIFY_SOCKET`).
+    pub fn start_drlb_env(&mut self, drlb: &Path, config_text: &str, env: &[(&str, &str)]) -> Result<()> {
         let config = self.dir.join("drlb.yaml");
         fs::write(&config, self.with_pin_root(config_text))?;
         let log = self.dir.join("drlb.log");
@@ -391,6 +396,7 @@ impl Lab {
             .arg(drlb)
             .args(["run", "--config", &config.to_string_lossy()])
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(File::create(self.dir.join("drlb.stdout"))?)
             .stderr(File::create(&log)?)
