@@ -26,6 +26,21 @@ pub trait Tables {
     /// Entry `index` of `DRLB_MEMBERS`: a backend slot.
     fn member(&self, index: u32) -> u32;
     fn conn_counts(&self, slot: u32) -> ConnCounts;
+    /// What a scheduler needs of the backend in `slot`. The XDP program reads just these
+    /// fields in place rather than copying whole entries 256 times in a scheduling loop.
+    #[inline(always)]
+    fn dest_info(&self, slot: u32) -> DestInfo
+    where
+        Self: Sized,
+    {
+        match self.backend(slot) {
+            Some(b) => {
+                let c = self.conn_counts(slot);
+                DestInfo { weight: b.weight, active: c.active, inactive: c.inactive, available: b.accepts_new() }
+            }
+            None => DestInfo::default(),
+        }
+    }
     /// Adds the deltas to a backend's ActiveConn/InActConn (atomically in BPF).
     fn adjust_conn_counts(&self, slot: u32, active: i32, inactive: i32);
     /// Counts one packet (and maybe a new connection) for a backend.
@@ -76,14 +91,7 @@ impl<T: Tables> Dests for ServiceDests<'_, T> {
 
     #[inline(always)]
     fn get(&self, list_index: u32) -> DestInfo {
-        let slot = self.slot(list_index);
-        match self.tables.backend(slot) {
-            Some(b) => {
-                let c = self.tables.conn_counts(slot);
-                DestInfo { weight: b.weight, active: c.active, inactive: c.inactive, available: b.is_present() }
-            }
-            None => DestInfo::default(),
-        }
+        self.tables.dest_info(self.slot(list_index))
     }
 }
 

@@ -17,7 +17,7 @@ use lb_common::{
         DEFAULT_CONN_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, MEMBERS_SIZE, META_SIZE, MAX_VIPS, PERSIST_TABLE_SIZE, SCHED_TABLE_SIZE,
         VIP_FILTER_SIZE,
     },
-    sched::NO_DEST,
+    sched::{DestInfo, NO_DEST},
     stats::{Stat, STAT_COUNT},
 };
 
@@ -110,6 +110,12 @@ impl Tables for BpfTables {
     #[inline(always)]
     fn member(&self, index: u32) -> u32 {
         MEMBERS.get(index).copied().unwrap_or(u32::MAX)
+    }
+
+    #[inline(always)]
+    fn dest_info(&self, slot: u32) -> DestInfo {
+        let (Some(b), Some(c)) = (BACKENDS.get(slot), CONN_COUNTS.get(slot)) else { return DestInfo::default() };
+        DestInfo { weight: b.weight, active: c.active, inactive: c.inactive, available: b.accepts_new() }
     }
 
     #[inline(always)]
