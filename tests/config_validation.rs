@@ -178,3 +178,14 @@ fn non_contiguous_netmask_is_refused() {
     let text = GOOD.replace("    protocol: tcp\n", "    protocol: tcp\n    persistence_timeout: 60s\n    persistence_granularity: 255.0.255.0\n");
     assert_error(&text, "10:30", "not contiguous");
 }
+
+#[test]
+fn warmup_takes_a_duration_or_true() {
+    let with = |w: &str| GOOD.replace("    protocol: tcp\n", &format!("    protocol: tcp\n    health_check: {{ type: tcp, interval: 7s, warmup: {w} }}\n"));
+    let c = Config::parse(Path::new("t.yaml"), &with("3s")).unwrap();
+    assert_eq!(c.services[0].health_check.as_ref().unwrap().warmup, Some(std::time::Duration::from_secs(3)));
+    let c = Config::parse(Path::new("t.yaml"), &with("true")).unwrap();
+    assert_eq!(c.services[0].health_check.as_ref().unwrap().warmup, Some(std::time::Duration::MAX));
+    let c = Config::parse(Path::new("t.yaml"), &with("false")).unwrap();
+    assert_eq!(c.services[0].health_check.as_ref().unwrap().warmup, None);
+}

@@ -165,7 +165,8 @@ impl Controller {
             let tx = self.rounds_tx.clone();
             self.checkers.push(tokio::spawn(async move {
                 if let Some(w) = t.check.warmup {
-                    tokio::time::sleep(w.mul_f64(fastrand::f64())).await;
+                    let up_to = if w == Duration::MAX { t.check.interval } else { w };
+                    tokio::time::sleep(up_to.mul_f64(fastrand::f64())).await;
                 }
                 loop {
                     let r = health::round(&t).await;

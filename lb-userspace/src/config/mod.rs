@@ -266,7 +266,9 @@ pub struct HealthCheck {
     pub retries: u32,
     #[serde(default = "duration::default_retry_delay", with = "duration::required")]
     pub retry_delay: Duration,
-    #[serde(default, with = "duration::option")]
+    /// Random delay before the first check: up to this long, or with `true` up to the
+    /// interval (keepalived's warmup).
+    #[serde(default, with = "duration::warmup")]
     pub warmup: Option<Duration>,
     #[serde(default = "default_one")]
     pub rise: u32,
