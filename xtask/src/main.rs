@@ -2,6 +2,7 @@
 //! tools runs `setup` first, which installs only what is missing and says what it does.
 
 mod setup;
+mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -46,6 +47,14 @@ enum Cmd {
         /// native or generic XDP on the director.
         #[arg(long, default_value = "native")]
         mode: String,
+    },
+    /// Boot Debian kernels under QEMU and check drlb's dataplane loads and decides there.
+    VmTest {
+        /// 5.10 or 6.1; all of them when not given.
+        #[arg(long)]
+        kernel: Option<String>,
+        #[arg(long, default_value = "x86_64")]
+        arch: String,
     },
     /// Packet-replay benchmark against floors measured in the same run (`drlb bench`).
     Bench {
@@ -133,6 +142,22 @@ fn build(release: bool, target: Option<&str>) -> Result<PathBuf> {
     Ok(dir.join(if release { "release" } else { "debug" }))
 }
 
+/// Runs the VM tests; a machine that cannot run one says so plainly and is not a failure.
+fn vm_tests(kernels: &[&str], arch: &str) -> Result<()> {
+    setup::ensure(&setup::Needs { vm: true, ..Default::default() })?;
+    let dir = build(true, None)?;
+    for k in kernels {
+        match vm::run(k, arch, &dir.join("drlb")) {
+            Ok(banner) => println!("vm-test {k} {arch}: PASS ({banner}: dataplane loaded, verdicts checked)"),
+            Err(e) if e.downcast_ref::<vm::CannotRun>().is_some() => {
+                println!("vm-test {k} {arch}: CANNOT RUN here: {e}")
+            }
+            Err(e) => bail!("vm-test {k} {arch}: FAIL: {e:#}"),
+        }
+    }
+    Ok(())
+}
+
 fn require_root(what: &str) -> Result<()> {
     if !is_root() {
         bail!("{what} needs root (BPF, network namespaces): run it with sudo");
@@ -167,7 +192,20 @@ fn main() -> Result<()> {
             // built for BPF by lb-userspace's build script and tested through it.
             let mut cmd = cargo();
             cmd.args(["test", "--workspace", "--exclude", "lb-ebpf"]).args(&args);
-            run_tests(&mut cmd)
+            run_tests(&mut cmd)?;
+            if args.is_empty() {
+                vm_tests(&["5.10", "6.1"], "x86_64")?;
+            }
+            Ok(())
+        }
+        Cmd::VmTest { kernel, arch } => {
+            require_root("cargo xtask vm-test")?;
+            setup::ensure(&setup::Needs { vm: true, ..Default::default() })?;
+            let kernels: Vec<&str> = match &kernel {
+                Some(k) => vec![k.as_str()],
+                None => vec!["5.10", "6.1"],
+            };
+            vm_tests(&kernels, &arch)
         }
         Cmd::Demo { mode } => {
             require_root("cargo xtask demo")?;

@@ -27,6 +27,8 @@ const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 pub struct Needs {
     /// A cross-compilation target (adds its rustup target and C linker).
     pub cross_target: Option<String>,
+    /// QEMU and what the VM tests' initramfs is made of.
+    pub vm: bool,
 }
 
 fn say(msg: impl AsRef<str>) {
@@ -128,6 +130,13 @@ fn bpffs() -> Result<()> {
 /// Idempotent: each step checks first and only acts on what is missing.
 pub fn ensure(needs: &Needs) -> Result<()> {
     install_debs(PACKAGES)?;
+    if needs.vm {
+        install_debs(&[
+            ("qemu-system-x86", "the VM tests boot Debian kernels"),
+            ("busybox-static", "the VM tests' initramfs"),
+            ("cpio", "packing the initramfs"),
+        ])?;
+    }
     rust_toolchain(needs)?;
     bpf_linker()?;
     bpffs()?;
