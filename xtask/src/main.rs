@@ -78,9 +78,9 @@ pub fn run_cmd(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Runs `cargo test`, passing its output through, and closes with one line that sums every
-/// test binary's result: `tests: N passed, M failed`.
-fn run_tests(cmd: &mut Command) -> Result<()> {
+/// Runs `cargo test`, passing its output through; returns every test binary's results
+/// summed (passed, failed). Fails if cargo test failed.
+fn run_tests(cmd: &mut Command) -> Result<(u64, u64)> {
     use std::io::{BufRead as _, BufReader};
     eprintln!("xtask: $ {}", describe(cmd));
     let mut child = cmd
@@ -106,11 +106,11 @@ fn run_tests(cmd: &mut Command) -> Result<()> {
         }
     }
     let status = child.wait()?;
-    println!("tests: {passed} passed, {failed} failed");
     if !status.success() {
+        println!("tests: {passed} passed, {failed} failed");
         bail!("`{}` failed ({status})", describe(cmd));
     }
-    Ok(())
+    Ok((passed, failed))
 }
 
 pub fn describe(cmd: &Command) -> String {
@@ -143,19 +143,25 @@ fn build(release: bool, target: Option<&str>) -> Result<PathBuf> {
 }
 
 /// Runs the VM tests; a machine that cannot run one says so plainly and is not a failure.
-fn vm_tests(kernels: &[&str], arch: &str) -> Result<()> {
+/// Returns (passed, could not run).
+fn vm_tests(kernels: &[&str], arch: &str) -> Result<(u64, u64)> {
     setup::ensure(&setup::Needs { vm: true, ..Default::default() })?;
     let dir = build(true, None)?;
+    let (mut passed, mut skipped) = (0, 0);
     for k in kernels {
         match vm::run(k, arch, &dir.join("drlb")) {
-            Ok(banner) => println!("vm-test {k} {arch}: PASS ({banner}: dataplane loaded, verdicts checked)"),
+            Ok(banner) => {
+                println!("vm-test {k} {arch}: PASS ({banner}: dataplane loaded, verdicts checked)");
+                passed += 1;
+            }
             Err(e) if e.downcast_ref::<vm::CannotRun>().is_some() => {
-                println!("vm-test {k} {arch}: CANNOT RUN here: {e}")
+                println!("vm-test {k} {arch}: CANNOT RUN here: {e}");
+                skipped += 1;
             }
             Err(e) => bail!("vm-test {k} {arch}: FAIL: {e:#}"),
         }
     }
-    Ok(())
+    Ok((passed, skipped))
 }
 
 fn require_root(what: &str) -> Result<()> {
@@ -192,10 +198,15 @@ fn main() -> Result<()> {
             // built for BPF by lb-userspace's build script and tested through it.
             let mut cmd = cargo();
             cmd.args(["test", "--workspace", "--exclude", "lb-ebpf"]).args(&args);
-            run_tests(&mut cmd)?;
+            let (mut passed, failed) = run_tests(&mut cmd)?;
+            let mut skipped = 0;
             if args.is_empty() {
-                vm_tests(&["5.10", "6.1"], "x86_64")?;
+                let (p, s) = vm_tests(&["5.10", "6.1"], "x86_64")?;
+                passed += p;
+                skipped += s;
             }
+            // The closing line counts every test binary's tests and the VM entries.
+            println!("tests: {passed} passed, {failed} failed, {skipped} skipped");
             Ok(())
         }
         Cmd::VmTest { kernel, arch } => {
@@ -205,7 +216,7 @@ fn main() -> Result<()> {
                 Some(k) => vec![k.as_str()],
                 None => vec!["5.10", "6.1"],
             };
-            vm_tests(&kernels, &arch)
+            vm_tests(&kernels, &arch).map(|_| ())
         }
         Cmd::Demo { mode } => {
             require_root("cargo xtask demo")?;

@@ -60,9 +60,8 @@ pub fn tcp(src: [u8; 4], dst: Ipv4Addr, sport: u16, dport: u16, flags: u8, len: 
     out
 }
 
-pub const SYN: u8 = 0x02;
-pub const ACK: u8 = 0x10;
-pub const PSH_ACK: u8 = 0x18;
+use lb_common::conn::tcp::{FLAG_ACK as ACK, FLAG_SYN as SYN};
+const PSH_ACK: u8 = ACK | 0x08;
 
 /// The flow `i` of a set of `n`: distinct (client, port) pairs.
 pub fn flow(i: u32) -> ([u8; 4], u16) {
