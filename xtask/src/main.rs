@@ -145,8 +145,9 @@ fn build(release: bool, target: Option<&str>) -> Result<PathBuf> {
 /// Runs the VM tests; a machine that cannot run one says so plainly and is not a failure.
 /// Returns (passed, could not run).
 fn vm_tests(kernels: &[&str], arch: &str) -> Result<(u64, u64)> {
-    setup::ensure(&setup::Needs { vm: true, ..Default::default() })?;
-    let dir = build(true, None)?;
+    let cross = (arch == "aarch64").then(|| "aarch64-unknown-linux-gnu".to_string());
+    setup::ensure(&setup::Needs { vm: true, cross_target: cross.clone() })?;
+    let dir = build(true, cross.as_deref())?;
     let (mut passed, mut skipped) = (0, 0);
     for k in kernels {
         match vm::run(k, arch, &dir.join("drlb")) {

@@ -133,6 +133,7 @@ pub fn ensure(needs: &Needs) -> Result<()> {
     if needs.vm {
         install_debs(&[
             ("qemu-system-x86", "the VM tests boot Debian kernels"),
+            ("qemu-system-arm", "the VM tests boot arm64 kernels (Kunpeng)"),
             ("busybox-static", "the VM tests' initramfs"),
             ("cpio", "packing the initramfs"),
         ])?;

@@ -35,68 +35,98 @@ fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// apt options that read a private sources list (bullseye for 5.10) without touching the
-/// machine's.
-fn apt_side_list(dir: &Path, suite: &str) -> Result<Vec<String>> {
+/// Debian's name for an architecture.
+fn deb_arch(arch: &str) -> &'static str {
+    if arch == "aarch64" { "arm64" } else { "amd64" }
+}
+
+/// apt options that read a private sources list (a suite and architecture of our choice)
+/// without touching the machine's.
+fn apt_side_list(dir: &Path, suite: &str, arch: &str) -> Result<Vec<String>> {
     let lists = dir.join("lists");
     std::fs::create_dir_all(lists.join("partial"))?;
     let sources = dir.join("sources.list");
-    std::fs::write(&sources, format!("deb http://deb.debian.org/debian {suite} main\n"))?;
+    let a = deb_arch(arch);
+    std::fs::write(&sources, format!("deb [arch={a}] http://deb.debian.org/debian {suite} main\n"))?;
     let opts = vec![
         format!("-oDir::Etc::sourcelist={}", sources.display()),
         "-oDir::Etc::sourceparts=-".to_string(),
         format!("-oDir::State::Lists={}", lists.display()),
+        format!("-oAPT::Architecture={a}"),
+        format!("-oAPT::Architectures={a}"),
     ];
     output(Command::new("apt-get").arg("-qq").args(&opts).arg("update")).map_err(|e| cannot(format!("apt-get update for {suite}: {e:#}")))?;
     Ok(opts)
 }
 
-/// Downloads and unpacks the newest Debian `linux-image-<series>-*-amd64`; returns vmlinuz.
-fn kernel(cache: &Path, series: &str) -> Result<PathBuf> {
+/// Downloads and unpacks a Debian package of `arch` from `suite` into `dest`.
+fn fetch_deb(cache: &Path, suite: &str, arch: &str, name: &str, dest: &Path) -> Result<()> {
+    let opts = apt_side_list(&cache.join(format!("apt-{suite}-{arch}")), suite, arch)?;
+    let debs = cache.join("debs");
+    std::fs::create_dir_all(&debs)?;
+    eprintln!("vm-test: downloading {name} ({}) from Debian {suite}", deb_arch(arch));
+    output(Command::new("apt-get").current_dir(&debs).arg("-qq").args(&opts).args(["download", name]))
+        .map_err(|e| cannot(format!("downloading {name}: {e:#}")))?;
+    let deb = std::fs::read_dir(&debs)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{name}_")) && n.ends_with(&format!("_{}.deb", deb_arch(arch))))
+        })
+        .ok_or_else(|| cannot(format!("{name} was not downloaded")))?;
+    output(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(dest))?;
+    Ok(())
+}
+
+/// Downloads and unpacks the newest Debian `linux-image-<series>-*-<arch>`; returns vmlinuz.
+fn kernel(cache: &Path, series: &str, arch: &str) -> Result<PathBuf> {
     let suite = match series {
         "5.10" => "bullseye",
         "6.1" => "bookworm",
         other => bail!("no Debian kernel series {other} (5.10 or 6.1)"),
     };
-    let dir = cache.join(format!("kernel-{series}"));
+    let dir = cache.join(format!("kernel-{series}-{arch}"));
     if let Some(v) = std::fs::read_dir(dir.join("boot")).ok().and_then(|mut d| d.find_map(|e| {
         let p = e.ok()?.path();
         p.file_name()?.to_str()?.starts_with("vmlinuz-").then_some(p)
     })) {
         return Ok(v);
     }
-    let opts = apt_side_list(&cache.join(format!("apt-{suite}")), suite)?;
-    let pattern = format!("^linux-image-{}.0-[0-9]+-amd64$", series);
+    let opts = apt_side_list(&cache.join(format!("apt-{suite}-{arch}")), suite, arch)?;
+    let pattern = format!("^linux-image-{}.0-[0-9]+-{}$", series, deb_arch(arch));
     let found = output(Command::new("apt-cache").args(&opts).args(["search", "--names-only", &pattern]))?;
     let mut names: Vec<&str> = found.lines().filter_map(|l| l.split_whitespace().next()).collect();
     names.sort_by_key(|n| n.split('-').nth(3).and_then(|x| x.parse::<u32>().ok()).unwrap_or(0));
     let name = names.last().ok_or_else(|| cannot(format!("no {pattern} in Debian {suite}")))?.to_string();
-    let debs = cache.join("debs");
-    std::fs::create_dir_all(&debs)?;
-    eprintln!("vm-test: downloading {name} from Debian {suite}");
-    output(Command::new("apt-get").current_dir(&debs).arg("-qq").args(&opts).args(["download", &name]))
-        .map_err(|e| cannot(format!("downloading {name}: {e:#}")))?;
-    let deb = std::fs::read_dir(&debs)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{name}_"))))
-        .ok_or_else(|| cannot(format!("{name} was not downloaded")))?;
-    output(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
-    kernel(cache, series)
+    fetch_deb(cache, suite, arch, &name, &dir)?;
+    kernel(cache, series, arch)
 }
 
 /// An initramfs with busybox, `drlb` and the libraries it links.
-fn initramfs(cache: &Path, drlb: &Path) -> Result<PathBuf> {
-    let root = cache.join("initramfs");
+fn initramfs(cache: &Path, drlb: &Path, arch: &str) -> Result<PathBuf> {
+    let root = cache.join(format!("initramfs-{arch}"));
     let _ = std::fs::remove_dir_all(&root);
-    for d in ["bin", "proc", "sys", "tmp", "dev"] {
+    for d in ["bin", "proc", "sys", "tmp", "dev", "lib"] {
         std::fs::create_dir_all(root.join(d))?;
     }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).map_err(|e| cannot(format!("/bin/busybox (busybox-static): {e}")))?;
     std::fs::copy(drlb, root.join("drlb"))?;
-    for lib in output(Command::new("ldd").arg(drlb))?.split_whitespace().filter(|w| w.starts_with('/')) {
-        let dst = root.join(lib.trim_start_matches('/'));
-        std::fs::create_dir_all(dst.parent().expect("a parent"))?;
-        std::fs::copy(lib, &dst).with_context(|| format!("copying {lib}"))?;
+    if arch == "aarch64" {
+        // The cross-built binary, with the arm64 C runtime it links and an arm64 busybox.
+        let bb = cache.join("busybox-arm64");
+        if !bb.join("bin/busybox").exists() {
+            fetch_deb(cache, "bookworm", arch, "busybox-static", &bb)?;
+        }
+        std::fs::copy(bb.join("bin/busybox"), root.join("bin/busybox"))?;
+        for lib in ["ld-linux-aarch64.so.1", "libc.so.6", "libm.so.6", "libgcc_s.so.1"] {
+            let src = Path::new("/usr/aarch64-linux-gnu/lib").join(lib);
+            std::fs::copy(&src, root.join("lib").join(lib)).map_err(|e| cannot(format!("{} (libc6-arm64-cross): {e}", src.display())))?;
+        }
+    } else {
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).map_err(|e| cannot(format!("/bin/busybox (busybox-static): {e}")))?;
+        for lib in output(Command::new("ldd").arg(drlb))?.split_whitespace().filter(|w| w.starts_with('/')) {
+            let dst = root.join(lib.trim_start_matches('/'));
+            std::fs::create_dir_all(dst.parent().expect("a parent"))?;
+            std::fs::copy(lib, &dst).with_context(|| format!("copying {lib}"))?;
+        }
     }
     let init = root.join("init");
     std::fs::write(
@@ -109,7 +139,7 @@ fn initramfs(cache: &Path, drlb: &Path) -> Result<PathBuf> {
     )?;
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))?;
-    let image = cache.join("initramfs.cpio.gz");
+    let image = cache.join(format!("initramfs-{arch}.cpio.gz"));
     let status = Command::new("sh")
         .arg("-c")
         .arg(format!("cd {} && find . | cpio -o -H newc 2>/dev/null | gzip -1 > {}", root.display(), image.display()))
@@ -120,28 +150,30 @@ fn initramfs(cache: &Path, drlb: &Path) -> Result<PathBuf> {
     Ok(image)
 }
 
-/// Boots `series` (x86_64) and runs drlb there. `Err(CannotRun)` when the machine cannot
-/// do it (download, QEMU, boot time-out); any other `Err` is a failure of drlb's.
+/// Boots `series` on `arch` (x86_64, or aarch64 for Kunpeng) and runs `drlb` — built for
+/// that architecture — there. `Err(CannotRun)` when the machine cannot do it (download,
+/// QEMU, boot time-out); any other `Err` is a failure of drlb's.
 pub fn run(series: &str, arch: &str, drlb: &Path) -> Result<String> {
-    if arch != "x86_64" {
-        return Err(cannot(format!(
-            "{arch} guests are not wired up yet: the aarch64 binary builds (cargo xtask build --release --target aarch64-unknown-linux-gnu) but booting it needs qemu-system-aarch64 with an arm64 kernel"
-        )));
-    }
-    if Command::new("qemu-system-x86_64").arg("--version").stdout(Stdio::null()).status().map(|s| !s.success()).unwrap_or(true) {
-        return Err(cannot("qemu-system-x86_64 is not installed (cargo xtask setup installs it)"));
+    let (qemu, machine, console): (&str, &[&str], &str) = match arch {
+        "x86_64" => ("qemu-system-x86_64", &[], "ttyS0"),
+        "aarch64" => ("qemu-system-aarch64", &["-M", "virt", "-cpu", "cortex-a57"], "ttyAMA0"),
+        other => bail!("no VM test for {other} (x86_64 or aarch64)"),
+    };
+    if Command::new(qemu).arg("--version").stdout(Stdio::null()).status().map(|s| !s.success()).unwrap_or(true) {
+        return Err(cannot(format!("{qemu} is not installed (cargo xtask vm-test installs it)")));
     }
     let cache = workspace_root().join("target/vm");
     std::fs::create_dir_all(&cache)?;
-    let vmlinuz = kernel(&cache, series)?;
-    let image = initramfs(&cache, drlb)?;
+    let vmlinuz = kernel(&cache, series, arch)?;
+    let image = initramfs(&cache, drlb, arch)?;
     eprintln!("vm-test: booting {} under QEMU (TCG)", vmlinuz.display());
-    let mut child = Command::new("qemu-system-x86_64")
+    let mut child = Command::new(qemu)
+        .args(machine)
         .args(["-m", "1024", "-smp", "1", "-nographic", "-no-reboot", "-kernel"])
         .arg(&vmlinuz)
         .arg("-initrd")
         .arg(&image)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .args(["-append", &format!("console={console} panic=-1 quiet")])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
