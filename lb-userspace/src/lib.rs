@@ -18,3 +18,4 @@ pub mod bench;
 pub mod realserver;
 pub mod trace;
 pub mod doctor;
+pub mod fixtures;

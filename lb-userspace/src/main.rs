@@ -94,6 +94,9 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<std::time::Duration>,
     },
+    /// Load the dataplane into this kernel and run the fixture table through it
+    /// (BPF_PROG_TEST_RUN; touches no interface). What the VM tests run in each guest.
+    Selftest,
     /// The real-server side of Direct Routing.
     Realserver {
         #[command(subcommand)]
@@ -290,6 +293,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Selftest => match std::panic::catch_unwind(lb_userspace::fixtures::run_table) {
+            Ok(rows) => {
+                println!("selftest: {rows} fixture rows passed");
+                ExitCode::SUCCESS
+            }
+            Err(_) => {
+                eprintln!("selftest: FAILED (see the message above)");
+                ExitCode::FAILURE
+            }
+        },
         Command::Realserver { command } => {
             let (vips, uplink) = match &command {
                 RealserverCommand::Setup { vips, uplink, .. } | RealserverCommand::Check { vips, uplink } => (vips.clone(), uplink.clone()),

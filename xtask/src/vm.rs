@@ -134,7 +134,8 @@ fn initramfs(cache: &Path, drlb: &Path, arch: &str) -> Result<PathBuf> {
         "#!/bin/busybox sh\n/bin/busybox --install -s /bin\nmount -t proc proc /proc\nmount -t sysfs sys /sys\n\
          mount -t bpf bpf /sys/fs/bpf\nmount -t tmpfs tmp /tmp\nmount -t devtmpfs dev /dev\n\
          echo \"drlb-vm: kernel $(uname -r) $(uname -m)\"\n\
-         /drlb bench --quick --no-live --runs 5 --out /tmp/b > /tmp/out 2>&1\nrc=$?\ncat /tmp/out\n\
+         /drlb selftest > /tmp/out 2>&1 && /drlb bench --quick --no-live --runs 5 --out /tmp/b >> /tmp/out 2>&1\nrc=$?\n\
+         grep -E 'selftest:|misses|meets|Error|error|panicked' /tmp/out\n\
          echo \"drlb-vm: exit $rc\"\npoweroff -f\n",
     )?;
     use std::os::unix::fs::PermissionsExt as _;
@@ -205,8 +206,10 @@ pub fn run(series: &str, arch: &str, drlb: &Path) -> Result<String> {
         .lines()
         .find_map(|l| l.find("drlb-vm: kernel").map(|i| l[i + "drlb-vm: ".len()..].trim().to_string()))
         .unwrap_or_default();
-    if rc.trim() != "0" {
+    if rc.trim() != "0" || !console.contains("fixture rows passed") {
         bail!("drlb failed on {series} ({banner}):\n{console}");
     }
+    let rows = console.lines().find_map(|l| l.find("selftest: ").map(|i| l[i..].trim().to_string())).unwrap_or_default();
+    let banner = format!("{banner}; {rows}");
     Ok(banner)
 }

@@ -1,0 +1,460 @@
+//! The dataplane fixture table: real packets through the real BPF object with
+//! BPF_PROG_TEST_RUN. Run by `tests/dataplane_fixtures.rs` and by `drlb selftest` (so inside
+//! the VM tests' guests too).
+//!
+//! One table, run in order against one loaded object (rows build on the connections
+//! earlier rows made). Each row: description, optional setup, input frame built layer by
+//! layer, expected verdict and reason, expected output frame (forwarded to which real
+//! server), and the connection state and counts it must leave. Every row also runs through
+//! the host model (`lb_common::dataplane` over the same tables) and both must agree on
+//! verdict, bytes, connection entry and every server's ActiveConn/InActConn. Needs root.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+use aya::programs::{TestRun, TestRunOptions};
+use etherparse::{IpHeaders, Ipv4Extensions, Ipv4Header, Ipv4Options, IpNumber, PacketBuilder};
+use lb_common::addr::v4_mapped;
+use lb_common::conn::{tcp, Conn, ConnKey, CONN_F_INACTIVE};
+use lb_common::dataplane::Tables as _;
+use lb_common::host::HostTables;
+use lb_common::maps::ConnCounts;
+use lb_common::packet::{parse_l3, parse_l4, L3};
+use lb_common::stats::{Stat, XDP_DROP, XDP_PASS, XDP_TX};
+use crate::config::Config;
+use crate::dataplane::{monotonic_ns, Dataplane, PROGRAM_LB};
+use crate::tables::{Mac, Tables};
+
+pub const DIRECTOR_MAC: Mac = [0x02, 0, 0, 0, 0, 0x02];
+pub const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0, 0x0a];
+pub const RS1: Mac = [0x02, 0, 0, 0, 0, 0x11];
+pub const RS2: Mac = [0x02, 0, 0, 0, 0, 0x12];
+pub const RS3: Mac = [0x02, 0, 0, 0, 0, 0x13];
+pub const RS4: Mac = [0x02, 0, 0, 0, 0, 0x14];
+
+pub const CLIENT: [u8; 4] = [198, 18, 0, 10];
+pub const CLIENT_SAME_NET: [u8; 4] = [198, 18, 0, 77];
+pub const CLIENT_OTHER_NET: [u8; 4] = [198, 18, 9, 10];
+pub const DIRECTOR: [u8; 4] = [198, 18, 0, 2];
+
+pub fn vip(last: u8) -> [u8; 4] {
+    [198, 18, 0, last]
+}
+pub const WEB: u8 = 100;
+pub const DNS: u8 = 101;
+pub const EMPTY: u8 = 102;
+pub const ALL_PORTS: u8 = 103;
+pub const SLOPPY: u8 = 104;
+pub const STICKY: u8 = 105;
+pub const QUIESCE: u8 = 106;
+pub const RR3: u8 = 107;
+pub const WRR: u8 = 108;
+pub const SH: u8 = 109;
+pub const MH: u8 = 110;
+pub const SHORT: u8 = 111;
+
+pub const CONFIG: &str = r#"
+director: { interface: eth0, xdp_mode: native, conn_table_size: 65536 }
+services:
+  - { name: web, vip: 198.18.0.100, port: 80, protocol: tcp, scheduler: wlc,
+      real_servers: [ { address: 198.18.0.11 }, { address: 198.18.0.12 } ] }
+  - { name: dns, vip: 198.18.0.101, port: 53, protocol: udp, real_servers: [ { address: 198.18.0.13 } ] }
+  - { name: empty, vip: 198.18.0.102, port: 80, protocol: tcp, real_servers: [ { address: 198.18.0.11, weight: 0 } ] }
+  - { name: all-ports, vip: 198.18.0.103, port: 0, protocol: tcp, real_servers: [ { address: 198.18.0.14 } ] }
+  - { name: sloppy, vip: 198.18.0.104, port: 80, protocol: tcp, sloppy_tcp: true, real_servers: [ { address: 198.18.0.11 } ] }
+  - { name: sticky, vip: 198.18.0.105, port: 80, protocol: tcp, scheduler: rr, persistence_timeout: 60s,
+      persistence_granularity: 24, real_servers: [ { address: 198.18.0.11 }, { address: 198.18.0.12 } ] }
+  - { name: quiesce, vip: 198.18.0.106, port: 80, protocol: tcp,
+      real_servers: [ { address: 198.18.0.11, weight: 1 }, { address: 198.18.0.12, weight: 0 } ] }
+  - { name: rr3, vip: 198.18.0.107, port: 80, protocol: tcp, scheduler: rr,
+      real_servers: [ { address: 198.18.0.11 }, { address: 198.18.0.12 }, { address: 198.18.0.13 } ] }
+  - { name: wrr, vip: 198.18.0.108, port: 80, protocol: tcp, scheduler: wrr,
+      real_servers: [ { address: 198.18.0.11, weight: 1 }, { address: 198.18.0.12, weight: 2 }, { address: 198.18.0.13, weight: 3 } ] }
+  - { name: sh, vip: 198.18.0.109, port: 80, protocol: tcp, scheduler: sh,
+      real_servers: [ { address: 198.18.0.11 }, { address: 198.18.0.12 } ] }
+  - { name: mh, vip: 198.18.0.110, port: 80, protocol: tcp, scheduler: mh,
+      real_servers: [ { address: 198.18.0.11 }, { address: 198.18.0.12 }, { address: 198.18.0.13 } ] }
+  - { name: short, vip: 198.18.0.111, port: 80, protocol: tcp, timeouts: { tcp: 5s, tcp_fin: 3s },
+      real_servers: [ { address: 198.18.0.11 } ] }
+"#;
+
+/// Backend slots, in configuration order over all services.
+pub mod slot {
+    pub const WEB_RS1: u32 = 0;
+    pub const WEB_RS2: u32 = 1;
+    pub const DNS_RS3: u32 = 2;
+    pub const SLOPPY_RS1: u32 = 5;
+    pub const QUIESCE_RS2: u32 = 9;
+    pub const SHORT_RS1: u32 = 21;
+}
+
+pub fn config() -> Config {
+    Config::parse(Path::new("fixture.yaml"), CONFIG).expect("fixture config is valid")
+}
+
+pub fn macs() -> HashMap<IpAddr, Mac> {
+    [("198.18.0.11", RS1), ("198.18.0.12", RS2), ("198.18.0.13", RS3), ("198.18.0.14", RS4)]
+        .into_iter()
+        .map(|(ip, mac)| (ip.parse().unwrap(), mac))
+        .collect()
+}
+
+pub fn tables() -> Tables {
+    Tables::build(&config(), &macs(), DIRECTOR_MAC)
+}
+
+pub fn eth() -> etherparse::PacketBuilderStep<etherparse::Ethernet2Header> {
+    PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC)
+}
+
+/// A TCP segment with exactly the given flags (tcp::FLAG_*).
+pub fn tcp_from(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    eth().ipv4(src, dst, 64).tcp(sport, dport, 1000, 64240).write(&mut out, b"").unwrap();
+    out[14 + 20 + 13] = flags;
+    out
+}
+
+pub fn tcp_to(dst: [u8; 4], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    tcp_from(CLIENT, dst, sport, dport, flags)
+}
+
+pub const SYN: u8 = tcp::FLAG_SYN;
+pub const ACK: u8 = tcp::FLAG_ACK;
+pub const PSH_ACK: u8 = tcp::FLAG_ACK | 0x08;
+pub const FIN_ACK: u8 = tcp::FLAG_FIN | tcp::FLAG_ACK;
+pub const RST: u8 = tcp::FLAG_RST;
+
+pub fn udp_to(dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    eth().ipv4(CLIENT, dst, 64).udp(sport, dport).write(&mut out, b"query").unwrap();
+    out
+}
+
+pub fn with_ipv4_header(h: Ipv4Header, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    eth().ip(IpHeaders::Ipv4(h, Ipv4Extensions::default())).tcp(40100, 8443, 1, 1024).syn().write(&mut out, payload).unwrap();
+    out
+}
+
+pub fn arp_request_for(target: [u8; 4]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&0x0806u16.to_be_bytes());
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&CLIENT);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target);
+    f
+}
+
+/// The input with its MACs rewritten as DR forwarding does.
+pub fn forwarded(input: &[u8], to: Mac) -> Vec<u8> {
+    let mut out = input.to_vec();
+    out[..6].copy_from_slice(&to);
+    out[6..12].copy_from_slice(&DIRECTOR_MAC);
+    out
+}
+
+/// The connection key of a frame, if it has one.
+pub fn conn_key(frame: &[u8]) -> Option<ConnKey> {
+    let L3::Ipv4(ip) = parse_l3(frame) else { return None };
+    let l4 = parse_l4(frame, ip.l4_off, ip.proto)?;
+    Some(ConnKey { client: ip.src, vip: ip.dst, cport: l4.sport, vport: l4.dport, proto: ip.proto, _pad: [0; 3] })
+}
+
+pub enum Expect {
+    /// Passed or dropped untouched, for this reason.
+    Untouched(Stat),
+    /// Forwarded to this real server, for this reason (TxScheduled / TxForwarded).
+    To(Stat, Mac),
+}
+
+pub enum Setup {
+    None,
+    /// Make the frame's connection look idle for this many seconds.
+    Age(u64),
+    /// Insert an ESTABLISHED connection for the frame to this backend slot.
+    Established(u32),
+}
+
+pub struct Row {
+    description: &'static str,
+    setup: Setup,
+    frame: Vec<u8>,
+    expect: Expect,
+    /// The frame's connection afterwards: (state, inactive), or None for no entry.
+    conn_after: Option<Option<(u8, bool)>>,
+    /// A backend's (active, inactive) afterwards.
+    counts_after: Option<(u32, u32, u32)>,
+}
+
+pub fn row(description: &'static str, frame: Vec<u8>, expect: Expect) -> Row {
+    Row { description, setup: Setup::None, frame, expect, conn_after: None, counts_after: None }
+}
+
+impl Row {
+    pub fn setup(mut self, s: Setup) -> Self {
+        self.setup = s;
+        self
+    }
+    fn conn(mut self, state: u8, inactive: bool) -> Self {
+        self.conn_after = Some(Some((state, inactive)));
+        self
+    }
+    fn no_conn(mut self) -> Self {
+        self.conn_after = Some(None);
+        self
+    }
+    fn counts(mut self, slot: u32, active: u32, inactive: u32) -> Self {
+        self.counts_after = Some((slot, active, inactive));
+        self
+    }
+}
+
+pub fn rows() -> Vec<Row> {
+    use Expect::*;
+    use Stat::*;
+    let web = vip(WEB);
+    let mut v = vec![
+        // --- TCP state as IPVS tracks it, input-only (wlc: ties go to the last configured) ---
+        row("SYN to web: new connection, wlc tie goes to the last configured server (rs2)", tcp_to(web, 40000, 80, SYN), To(TxScheduled, RS2))
+            .conn(tcp::SYN_RECV, true).counts(slot::WEB_RS2, 0, 1),
+        row("retransmitted SYN stays on rs2 in SYN_RECV", tcp_to(web, 40000, 80, SYN), To(TxForwarded, RS2))
+            .conn(tcp::SYN_RECV, true).counts(slot::WEB_RS2, 0, 1),
+        row("ACK completes the handshake: ESTABLISHED, active", tcp_to(web, 40000, 80, ACK), To(TxForwarded, RS2))
+            .conn(tcp::ESTABLISHED, false).counts(slot::WEB_RS2, 1, 0),
+        row("second client port: wlc picks the idle rs1", tcp_to(web, 40001, 80, SYN), To(TxScheduled, RS1))
+            .conn(tcp::SYN_RECV, true).counts(slot::WEB_RS1, 0, 1),
+        row("data (PSH|ACK) on an established connection", tcp_to(web, 40000, 80, PSH_ACK), To(TxForwarded, RS2))
+            .conn(tcp::ESTABLISHED, false),
+        row("client FIN: FIN_WAIT, inactive", tcp_to(web, 40000, 80, FIN_ACK), To(TxForwarded, RS2))
+            .conn(tcp::FIN_WAIT, true).counts(slot::WEB_RS2, 0, 1),
+        row("last ACK keeps FIN_WAIT", tcp_to(web, 40000, 80, ACK), To(TxForwarded, RS2)).conn(tcp::FIN_WAIT, true),
+        row("SYN on a FIN_WAIT entry reuses it (conn_reuse_mode 1)", tcp_to(web, 40000, 80, SYN), To(TxForwarded, RS2))
+            .conn(tcp::SYN_RECV, true).counts(slot::WEB_RS2, 0, 1),
+        row("RST in SYN_RECV keeps SYN_RECV (IPVS input-only table)", tcp_to(web, 40001, 80, RST), To(TxForwarded, RS1))
+            .conn(tcp::SYN_RECV, true).counts(slot::WEB_RS1, 0, 1),
+        row("ACK establishes rs1's connection", tcp_to(web, 40001, 80, ACK), To(TxForwarded, RS1))
+            .conn(tcp::ESTABLISHED, false).counts(slot::WEB_RS1, 1, 0),
+        row("RST|ACK on ESTABLISHED: CLOSE, inactive", tcp_to(web, 40001, 80, RST | ACK), To(TxForwarded, RS1))
+            .conn(tcp::CLOSE, true).counts(slot::WEB_RS1, 0, 1),
+        row("SYN on a CLOSE entry is a new connection, scheduled afresh", tcp_to(web, 40001, 80, SYN), To(TxScheduled, RS1))
+            .conn(tcp::SYN_RECV, true).counts(slot::WEB_RS1, 0, 1),
+        row("ACK without a connection is dropped (non-sloppy)", tcp_to(web, 40002, 80, ACK), Untouched(DropNoConnection)).no_conn(),
+        row("RST without a connection is dropped", tcp_to(web, 40002, 80, RST), Untouched(DropNoConnection)).no_conn(),
+        row("segment without SYN/FIN/ACK/RST moves an entry to CLOSE", tcp_to(web, 40000, 80, 0x08), To(TxForwarded, RS2))
+            .conn(tcp::CLOSE, true),
+        row("sloppy_tcp: ACK without a connection is scheduled, straight to ESTABLISHED", tcp_to(vip(SLOPPY), 40003, 80, ACK), To(TxScheduled, RS1))
+            .conn(tcp::ESTABLISHED, false).counts(slot::SLOPPY_RS1, 1, 0),
+        row("sloppy_tcp still drops a RST without a connection", tcp_to(vip(SLOPPY), 40004, 80, RST), Untouched(DropNoConnection)).no_conn(),
+        // --- UDP ---
+        row("UDP to a UDP VIP: new connection, inactive (UDP is never active)", udp_to(vip(DNS), 5353, 53), To(TxScheduled, RS3))
+            .conn(tcp::NONE, true).counts(slot::DNS_RS3, 0, 1),
+        row("UDP again on the same 5-tuple: same connection", udp_to(vip(DNS), 5353, 53), To(TxForwarded, RS3)).counts(slot::DNS_RS3, 0, 1),
+        row("TCP to a UDP-only VIP:port is passed (no such service)", tcp_to(vip(DNS), 40000, 53, SYN), Untouched(PassVipNoService)),
+    ];
+    let mut vlan = Vec::new();
+    eth().single_vlan(42.try_into().unwrap()).ipv4(CLIENT, vip(DNS), 64).udp(5354, 53).write(&mut vlan, b"q").unwrap();
+    v.push(row("802.1Q-tagged UDP to the VIP is forwarded with its tag kept", vlan, To(TxScheduled, RS3)));
+    let mut opts = Ipv4Header::new(0, 64, IpNumber::TCP, CLIENT, vip(ALL_PORTS)).unwrap();
+    opts.options = Ipv4Options::try_from(&[0x01, 0x01, 0x01, 0x01, 0x94, 0x04, 0x00, 0x00][..]).unwrap();
+    v.push(row("IPv4 with options (IHL 7) is parsed past the options and forwarded", with_ipv4_header(opts, b""), To(TxScheduled, RS4)));
+    v.push(row("port-0 service takes any port (22)", tcp_to(vip(ALL_PORTS), 40005, 22, SYN), To(TxScheduled, RS4)));
+    v.push(row("VIP whose only real server has weight 0: dropped", tcp_to(vip(EMPTY), 40000, 80, SYN), Untouched(DropNoRealServer)).no_conn());
+    // --- what is not ours ---
+    v.push(row("TCP to the director's own address is passed", tcp_to(DIRECTOR, 40000, 22, SYN), Untouched(PassNotVip)));
+    v.push(row("TCP to the VIP on a port with no service is passed to the director", tcp_to(web, 40000, 22, SYN), Untouched(PassVipNoService)));
+    let mut icmp = Vec::new();
+    eth().ipv4(CLIENT, web, 64).icmpv4_echo_request(1, 1).write(&mut icmp, b"ping").unwrap();
+    v.push(row("ICMP echo to the VIP is passed (the director answers pings)", icmp, Untouched(PassVipNoService)));
+    v.push(row("ARP request for the VIP is passed", arp_request_for(web), Untouched(PassArp)));
+    let mut v6 = Vec::new();
+    eth().ipv6([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a], [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x64], 64)
+        .tcp(40000, 80, 1, 1024)
+        .syn()
+        .write(&mut v6, b"")
+        .unwrap();
+    v.push(row("IPv6 is passed (not balanced yet)", v6, Untouched(PassIpv6)));
+    let mut trunc_vlan = tcp_to(web, 40000, 80, SYN)[..12].to_vec();
+    trunc_vlan.extend_from_slice(&0x8100u16.to_be_bytes());
+    v.push(row("truncated Ethernet (802.1Q type, no tag) is passed", trunc_vlan, Untouched(PassMalformed)));
+    v.push(row("truncated IPv4 header (10 of 20 bytes) is passed", tcp_to(web, 40000, 80, SYN)[..24].to_vec(), Untouched(PassMalformed)));
+    v.push(row("truncated TCP header to the VIP (8 of 20 bytes) is dropped", tcp_to(web, 40000, 80, SYN)[..42].to_vec(), Untouched(DropTruncatedL4)));
+    let mut frag = Ipv4Header::new(0, 64, IpNumber::TCP, CLIENT, web).unwrap();
+    frag.more_fragments = true;
+    v.push(row("first IPv4 fragment to the VIP is dropped (not reassembled)", with_ipv4_header(frag, &[0; 64]), Untouched(DropFragment)));
+    let mut bad_ihl = tcp_to(web, 40000, 80, SYN);
+    bad_ihl[14] = 0x44;
+    v.push(row("IPv4 with IHL 4 is passed as malformed", bad_ihl, Untouched(PassMalformed)));
+    // --- persistence (rr underneath: first choice is the last configured, rs2) ---
+    let sticky = vip(STICKY);
+    v.push(row("persistent service: first client connection scheduled (rr → rs2)", tcp_to(sticky, 41000, 80, SYN), To(TxScheduled, RS2)));
+    v.push(row("persistent: the client's next connection is pinned to rs2 (rr alone would give rs1)", tcp_to(sticky, 41001, 80, SYN), To(TxScheduled, RS2)));
+    v.push(row("persistent /24: a neighbour in the same /24 is pinned too", tcp_from(CLIENT_SAME_NET, sticky, 41000, 80, SYN), To(TxScheduled, RS2)));
+    v.push(row("persistent /24: a client in another /24 is scheduled (rr → rs1)", tcp_from(CLIENT_OTHER_NET, sticky, 41000, 80, SYN), To(TxScheduled, RS1)));
+    // --- weight 0 is quiescent ---
+    v.push(row("weight-0 rs2 gets no new connection", tcp_to(vip(QUIESCE), 42000, 80, SYN), To(TxScheduled, RS1)));
+    v.push(row("weight-0 rs2 keeps its established connection", tcp_to(vip(QUIESCE), 42001, 80, PSH_ACK), To(TxForwarded, RS2))
+        .setup(Setup::Established(slot::QUIESCE_RS2)).conn(tcp::ESTABLISHED, false).counts(slot::QUIESCE_RS2, 1, 0));
+    // --- rr 1:1:1 and wrr 1:2:3, as ipvsadm would choose ---
+    for (i, to) in [RS3, RS2, RS1, RS3].into_iter().enumerate() {
+        v.push(row("rr 1:1:1 walks the list from the last configured server", tcp_to(vip(RR3), 43000 + i as u16, 80, SYN), To(TxScheduled, to)));
+    }
+    for (i, to) in [RS3, RS2, RS1, RS3, RS3, RS2, RS3, RS2, RS1].into_iter().enumerate() {
+        v.push(row("wrr 1:2:3 after keepalived's one-by-one adds", tcp_to(vip(WRR), 44000 + i as u16, 80, SYN), To(TxScheduled, to)));
+    }
+    // --- sh and mh: one client, one server ---
+    let sh_to = [RS2, RS1][crate::sched_tables::sh_table(&crate::sched_tables::ListDests(vec![
+        lb_common::sched::DestInfo { weight: 1, available: true, ..Default::default() };
+        2
+    ]))[lb_common::sched::sh_bucket(CLIENT) as usize] as usize];
+    v.push(row("sh: a client goes to its bucket's server", tcp_to(vip(SH), 45000, 80, SYN), To(TxScheduled, sh_to)));
+    v.push(row("sh: the same client on another port goes there too", tcp_to(vip(SH), 45001, 80, SYN), To(TxScheduled, sh_to)));
+    let mh_service = tables().services[&10];
+    let mh_regions = tables().sched_regions;
+    let (_, mh_table) = mh_regions.iter().find(|(o, _)| *o == mh_service.table_offset).unwrap();
+    let mh_index = mh_table[(lb_common::dataplane::mh_hash(&v4_mapped(CLIENT)) % mh_service.table_len) as usize];
+    let mh_to = [RS3, RS2, RS1][mh_index as usize];
+    v.push(row("mh: a client goes to its Maglev entry's server", tcp_to(vip(MH), 45100, 80, SYN), To(TxScheduled, mh_to)));
+    v.push(row("mh: the same client on another port goes there too", tcp_to(vip(MH), 45101, 80, SYN), To(TxScheduled, mh_to)));
+    // --- expiry (service `short`: tcp 5s) ---
+    let short = vip(SHORT);
+    v.push(row("short-timeout service: SYN", tcp_to(short, 46000, 80, SYN), To(TxScheduled, RS1)).conn(tcp::SYN_RECV, true).counts(slot::SHORT_RS1, 0, 1));
+    v.push(row("short-timeout service: ACK → ESTABLISHED (5 s timeout)", tcp_to(short, 46000, 80, ACK), To(TxForwarded, RS1)).conn(tcp::ESTABLISHED, false).counts(slot::SHORT_RS1, 1, 0));
+    v.push(row("after 10 s idle the entry is expired: ACK dropped, the count released, the entry removed", tcp_to(short, 46000, 80, ACK), Untouched(DropNoConnection))
+        .setup(Setup::Age(10)).no_conn().counts(slot::SHORT_RS1, 0, 0));
+    v.push(row("a SYN afterwards is a fresh connection", tcp_to(short, 46000, 80, SYN), To(TxScheduled, RS1)).conn(tcp::SYN_RECV, true).counts(slot::SHORT_RS1, 0, 1));
+    v.push(row("a SYN on an expired entry replaces it (old count released)", tcp_to(short, 46000, 80, SYN), To(TxScheduled, RS1))
+        .setup(Setup::Age(100)).conn(tcp::SYN_RECV, true).counts(slot::SHORT_RS1, 0, 1));
+    v
+}
+
+pub struct Harness {
+    pub dp: Dataplane,
+    pub model: HostTables,
+    pub slots: Vec<u32>,
+}
+
+impl Harness {
+    pub fn new() -> Harness {
+        let tables = tables();
+        let mut dp = Dataplane::load_with(65536).expect("load the dataplane (run as root)");
+        dp.apply(&tables).unwrap();
+        let slots = tables.backends.keys().copied().collect();
+        Harness { dp, model: tables.host_model(), slots }
+    }
+
+    /// Runs a frame through the kernel and the model; they must agree. Returns the
+    /// kernel's verdict and output.
+    pub fn run(&self, frame: &[u8], what: &str) -> (u32, Vec<u8>, Stat) {
+        let prog = self.dp.program(PROGRAM_LB).unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = prog
+            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::new() })
+            .unwrap_or_else(|e| panic!("{what}: BPF_PROG_TEST_RUN failed: {e}"));
+        out.truncate(result.data_size_out as usize);
+        // The model's clock counts milliseconds (its services' ticks_per_sec is 1000).
+        self.model.now.set(monotonic_ns() / 1_000_000);
+        let mut model_out = frame.to_vec();
+        let model_stat = lb_common::dataplane::process(model_out.as_mut_slice(), &self.model);
+        assert_eq!(result.return_value, model_stat.xdp_action(), "{what}: kernel and host model disagree on the verdict");
+        assert_eq!(out, model_out, "{what}: kernel and host model disagree on the output");
+        (result.return_value, out, model_stat)
+    }
+
+    pub fn setup(&mut self, setup: &Setup, key: Option<ConnKey>) {
+        match setup {
+            Setup::None => {}
+            Setup::Age(secs) => {
+                let key = key.unwrap();
+                let mut c = self.dp.connection(&key).unwrap().expect("a connection to age");
+                c.last_seen -= secs * self.dp.hz() as u64;
+                self.dp.insert_connection(&key, &c).unwrap();
+                self.model.conns.borrow_mut().get_mut(&key).unwrap().last_seen -= secs * 1000;
+            }
+            Setup::Established(slot) => {
+                let key = key.unwrap();
+                let mut c = Conn {
+                    last_seen: self.dp.now().unwrap(),
+                    backend: *slot,
+                    service: self.model.services.iter().find(|(_, s)| (s.members_offset..s.members_offset + s.member_count).contains(slot)).map(|(id, _)| *id).unwrap(),
+                    timeout: 900 * self.dp.hz(),
+                    state: tcp::ESTABLISHED,
+                    flags: 0,
+                    _pad: [0; 2],
+                };
+                self.dp.insert_connection(&key, &c).unwrap();
+                c.last_seen = monotonic_ns() / 1_000_000;
+                c.timeout = 900 * 1000;
+                self.model.insert_conn(&key, &c);
+                let counts = self.model.conn_counts(*slot);
+                let counts = ConnCounts { active: counts.active + 1, inactive: counts.inactive };
+                self.dp.set_conn_counts(*slot, counts).unwrap();
+                self.model.counts.borrow_mut().insert(*slot, counts);
+            }
+        }
+    }
+
+    pub fn kernel_counts(&self, slot: u32) -> ConnCounts {
+        let c = self.dp.backend_counters(slot).unwrap();
+        ConnCounts { active: c.active, inactive: c.inactive }
+    }
+}
+
+/// Runs the whole fixture table against a freshly loaded dataplane; panics on the first
+/// row whose verdict, output, connection or counts differ from the expectation or from the
+/// host model. Returns the number of rows.
+pub fn run_table() -> usize {
+    let mut h = Harness::new();
+    let rows = rows();
+    assert!(rows.len() >= 40, "{} rows", rows.len());
+    let mut before = h.dp.counters().unwrap();
+    for (n, r) in rows.iter().enumerate() {
+        let what = format!("row {n}: {}", r.description);
+        let key = conn_key(&r.frame);
+        h.setup(&r.setup, key);
+        let (verdict, out, _) = h.run(&r.frame, &what);
+
+        let after = h.dp.counters().unwrap();
+        let bumped: Vec<Stat> = Stat::ALL.iter().copied().filter(|s| after[s.index() as usize] != before[s.index() as usize]).collect();
+        before = after;
+        match r.expect {
+            Expect::Untouched(stat) => {
+                let want = if stat.xdp_action() == XDP_DROP { XDP_DROP } else { XDP_PASS };
+                assert_eq!(verdict, want, "{what}: verdict");
+                assert_eq!(out, r.frame, "{what}: frame must be untouched");
+                assert_eq!(bumped, vec![stat], "{what}: reason");
+            }
+            Expect::To(stat, mac) => {
+                assert_eq!(verdict, XDP_TX, "{what}: verdict");
+                assert_eq!(out, forwarded(&r.frame, mac), "{what}: forwarded to {:02x?}", &out[..6]);
+                assert_eq!(bumped, vec![stat], "{what}: reason");
+            }
+        }
+        if let Some(expect) = r.conn_after {
+            let got = h.dp.connection(&key.unwrap()).unwrap().map(|c| (c.state, c.flags & CONN_F_INACTIVE != 0));
+            assert_eq!(got, expect, "{what}: connection state (state, inactive)");
+        }
+        if let Some((slot, active, inactive)) = r.counts_after {
+            assert_eq!(h.kernel_counts(slot), ConnCounts { active, inactive }, "{what}: counts of slot {slot}");
+        }
+        // The kernel's state equals the model's, entry and counts.
+        if let Some(key) = key {
+            // Timeouts compared in seconds: the kernel counts jiffies, the model milliseconds.
+            let hz = h.dp.hz();
+            let k = h.dp.connection(&key).unwrap().map(|c| (c.backend, c.state, c.flags, c.service, c.timeout / hz));
+            let m = h.model.conns.borrow().get(&key).map(|c| (c.backend, c.state, c.flags, c.service, c.timeout / 1000));
+            assert_eq!(k, m, "{what}: kernel and model connection entries differ");
+        }
+        for &slot in &h.slots {
+            assert_eq!(h.kernel_counts(slot), h.model.conn_counts(slot), "{what}: kernel and model counts differ for slot {slot}");
+        }
+        println!("ok: {what}");
+    }
+    rows.len()
+}
+
