@@ -84,11 +84,7 @@ fn real_capture_frames_get_sensible_verdicts() {
         assert_eq!(verdict, XDP_PASS, "frame {i}: nothing in the capture is for a lab VIP");
         assert_eq!(&out, original, "frame {i} was modified");
 
-        let l3 = match u16::from_be_bytes([original[12], original[13]]) {
-            0x0800 => 14,
-            0x8100 if original.len() > 18 && original[16..18] == [0x08, 0x00] => 18,
-            _ => continue,
-        };
+        let Some((lb_common::packet::ETH_P_IP, l3)) = lb_common::packet::ethernet(original.as_slice()) else { continue };
         if original.len() < l3 + 20 {
             continue;
         }

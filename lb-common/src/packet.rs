@@ -99,17 +99,21 @@ fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
 }
 
+/// Reads Ethernet with at most one 802.1Q/802.1ad tag: (ethertype, offset of layer 3).
+#[inline(always)]
+pub fn ethernet<P: Packet + ?Sized>(p: &P) -> Option<(u16, usize)> {
+    let ethertype = be16(p.load::<2>(12)?);
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        let inner = p.load::<2>(ETH_HLEN + 2)?;
+        return Some((be16(inner), ETH_HLEN + VLAN_HLEN));
+    }
+    Some((ethertype, ETH_HLEN))
+}
+
 /// Reads Ethernet (with at most one 802.1Q/802.1ad tag) and, for IPv4, the IP header.
 #[inline(always)]
 pub fn parse_l3<P: Packet + ?Sized>(p: &P) -> L3 {
-    let Some(ethertype) = p.load::<2>(12) else { return L3::Malformed };
-    let mut ethertype = be16(ethertype);
-    let mut l3_off = ETH_HLEN;
-    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        let Some(inner) = p.load::<2>(ETH_HLEN + 2) else { return L3::Malformed };
-        ethertype = be16(inner);
-        l3_off = ETH_HLEN + VLAN_HLEN;
-    }
+    let Some((ethertype, l3_off)) = ethernet(p) else { return L3::Malformed };
     match ethertype {
         ETH_P_IP => {}
         ETH_P_ARP => return L3::Arp,

@@ -168,11 +168,6 @@ impl Dataplane {
         Ok(Self::open(conn_table_size, None, false)?.0)
     }
 
-    /// [`Dataplane::load_with`] the default connection-table size.
-    pub fn load() -> Result<Self> {
-        Self::load_with(lb_common::maps::DEFAULT_CONN_TABLE_SIZE)
-    }
-
     /// Loads the dataplane with its maps pinned in `pin_dir` (on bpffs). A dataplane pinned
     /// there with this layout is adopted: its maps — connections, counters — are reused,
     /// and `attach` takes over its XDP link without a gap. One with another layout is

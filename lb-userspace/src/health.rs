@@ -206,10 +206,6 @@ impl Tracker {
         None
     }
 
-    pub fn is_down(&self, service: &str, address: IpAddr) -> bool {
-        self.state.get(&(service.to_string(), address)).is_some_and(|(up, _, _)| !up)
-    }
-
     /// Forgets targets a reload removed.
     pub fn retain(&mut self, targets: &[Target]) {
         self.state.retain(|(s, a), _| targets.iter().any(|t| &t.service == s && t.address == *a));

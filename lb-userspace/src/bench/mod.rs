@@ -384,12 +384,7 @@ pub fn pcap_frames(path: &std::path::Path, rewrite_vip: bool) -> Result<Vec<Vec<
             continue;
         }
         if rewrite_vip {
-            let l3 = match u16::from_be_bytes([f[12], f[13]]) {
-                0x0800 => Some(14),
-                0x8100 if f.len() > 18 && f[16..18] == [0x08, 0x00] => Some(18),
-                _ => None,
-            };
-            if let Some(l3) = l3
+            if let Some((lb_common::packet::ETH_P_IP, l3)) = lb_common::packet::ethernet(f.as_slice())
                 && f.len() >= l3 + 20
             {
                 f[l3 + 16..l3 + 20].copy_from_slice(&traffic::VIP.octets());
