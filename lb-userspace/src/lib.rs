@@ -19,3 +19,4 @@ pub mod realserver;
 pub mod trace;
 pub mod doctor;
 pub mod fixtures;
+pub mod selflab;

@@ -96,7 +96,13 @@ enum Command {
     },
     /// Load the dataplane into this kernel and run the fixture table through it
     /// (BPF_PROG_TEST_RUN; touches no interface). What the VM tests run in each guest.
-    Selftest,
+    Selftest {
+        /// Also build a throwaway lab of network namespaces (needs veth and bridge) and
+        /// send real TCP through the VIP with the balancer attached, in native and generic
+        /// mode. Needs no tool besides this binary.
+        #[arg(long)]
+        lab: bool,
+    },
     /// The real-server side of Direct Routing.
     Realserver {
         #[command(subcommand)]
@@ -293,16 +299,25 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Selftest => match std::panic::catch_unwind(lb_userspace::fixtures::run_table) {
-            Ok(rows) => {
-                println!("selftest: {rows} fixture rows passed");
-                ExitCode::SUCCESS
+        Command::Selftest { lab } => {
+            match std::panic::catch_unwind(lb_userspace::fixtures::run_table) {
+                Ok(rows) => println!("selftest: {rows} fixture rows passed"),
+                Err(_) => {
+                    eprintln!("selftest: FAILED (see the message above)");
+                    return ExitCode::FAILURE;
+                }
             }
-            Err(_) => {
-                eprintln!("selftest: FAILED (see the message above)");
-                ExitCode::FAILURE
+            if lab {
+                match lb_userspace::selflab::run(&[lb_userspace::config::XdpMode::Native, lb_userspace::config::XdpMode::Generic]) {
+                    Ok(results) => println!("{}", lb_userspace::selflab::summary(&results)),
+                    Err(e) => {
+                        eprintln!("selftest lab: FAILED: {e:#}");
+                        return ExitCode::FAILURE;
+                    }
+                }
             }
-        },
+            ExitCode::SUCCESS
+        }
         Command::Realserver { command } => {
             let (vips, uplink) = match &command {
                 RealserverCommand::Setup { vips, uplink, .. } | RealserverCommand::Check { vips, uplink } => (vips.clone(), uplink.clone()),

@@ -101,14 +101,31 @@ fn kernel(cache: &Path, series: &str, arch: &str) -> Result<PathBuf> {
     kernel(cache, series, arch)
 }
 
-/// An initramfs with busybox, `drlb` and the libraries it links.
-fn initramfs(cache: &Path, drlb: &Path, arch: &str) -> Result<PathBuf> {
+/// The kernel modules the guest lab needs, in load order (Debian builds them as modules).
+const LAB_MODULES: [&str; 4] = ["net/llc/llc.ko", "net/802/stp.ko", "net/bridge/bridge.ko", "drivers/net/veth.ko"];
+
+/// An initramfs with busybox, `drlb`, the libraries it links and the lab's modules from
+/// the kernel package unpacked in `kernel_dir`.
+fn initramfs(cache: &Path, drlb: &Path, arch: &str, kernel_dir: &Path) -> Result<PathBuf> {
     let root = cache.join(format!("initramfs-{arch}"));
     let _ = std::fs::remove_dir_all(&root);
-    for d in ["bin", "proc", "sys", "tmp", "dev", "lib"] {
+    for d in ["bin", "proc", "sys", "tmp", "dev", "lib", "modules"] {
         std::fs::create_dir_all(root.join(d))?;
     }
     std::fs::copy(drlb, root.join("drlb"))?;
+    let release = std::fs::read_dir(kernel_dir.join("lib/modules"))
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(|e| e.ok())
+        .map(|e| e.path())
+        .ok_or_else(|| cannot(format!("no lib/modules in {}", kernel_dir.display())))?;
+    let mut insmods = String::new();
+    for m in LAB_MODULES {
+        let name = Path::new(m).file_name().expect("a file name").to_string_lossy().to_string();
+        std::fs::copy(release.join("kernel").join(m), root.join("modules").join(&name))
+            .with_context(|| format!("copying module {m} from {}", release.display()))?;
+        insmods += &format!("insmod /modules/{name}\n");
+    }
     if arch == "aarch64" {
         // The cross-built binary, with the arm64 C runtime it links and an arm64 busybox.
         let bb = cache.join("busybox-arm64");
@@ -131,12 +148,13 @@ fn initramfs(cache: &Path, drlb: &Path, arch: &str) -> Result<PathBuf> {
     let init = root.join("init");
     std::fs::write(
         &init,
-        "#!/bin/busybox sh\n/bin/busybox --install -s /bin\nmount -t proc proc /proc\nmount -t sysfs sys /sys\n\
+        format!("#!/bin/busybox sh\n/bin/busybox --install -s /bin\nmount -t proc proc /proc\nmount -t sysfs sys /sys\n\
          mount -t bpf bpf /sys/fs/bpf\nmount -t tmpfs tmp /tmp\nmount -t devtmpfs dev /dev\n\
          echo \"drlb-vm: kernel $(uname -r) $(uname -m)\"\n\
-         /drlb selftest > /tmp/out 2>&1 && /drlb bench --quick --no-live --runs 5 --out /tmp/b >> /tmp/out 2>&1\nrc=$?\n\
-         grep -E 'selftest:|misses|meets|Error|error|panicked' /tmp/out\n\
-         echo \"drlb-vm: exit $rc\"\npoweroff -f\n",
+         {insmods}\
+         /drlb selftest --lab > /tmp/out 2>&1 && /drlb bench --quick --no-live --runs 5 --out /tmp/b >> /tmp/out 2>&1\nrc=$?\n\
+         grep -E 'selftest|misses|meets|Error|error|panicked' /tmp/out\n\
+         echo \"drlb-vm: exit $rc\"\npoweroff -f\n"),
     )?;
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))?;
@@ -166,7 +184,8 @@ pub fn run(series: &str, arch: &str, drlb: &Path) -> Result<String> {
     let cache = workspace_root().join("target/vm");
     std::fs::create_dir_all(&cache)?;
     let vmlinuz = kernel(&cache, series, arch)?;
-    let image = initramfs(&cache, drlb, arch)?;
+    let kernel_dir = vmlinuz.parent().and_then(Path::parent).expect("vmlinuz in <dir>/boot");
+    let image = initramfs(&cache, drlb, arch, kernel_dir)?;
     eprintln!("vm-test: booting {} under QEMU (TCG)", vmlinuz.display());
     let mut child = Command::new(qemu)
         .args(machine)
@@ -206,10 +225,17 @@ pub fn run(series: &str, arch: &str, drlb: &Path) -> Result<String> {
         .lines()
         .find_map(|l| l.find("drlb-vm: kernel").map(|i| l[i + "drlb-vm: ".len()..].trim().to_string()))
         .unwrap_or_default();
-    if rc.trim() != "0" || !console.contains("fixture rows passed") {
+    // The lab's line per mode: "selftest lab: native mode: 40/40 HTTP requests ...".
+    let lab: Vec<String> = ["native", "generic"]
+        .iter()
+        .filter_map(|mode| {
+            let marker = format!("selftest lab: {mode} mode: ");
+            console.lines().find_map(|l| l.find(&marker).map(|i| format!("{mode} {}", l[i + marker.len()..].split(' ').next().unwrap_or(""))))
+        })
+        .collect();
+    if rc.trim() != "0" || !console.contains("fixture rows passed") || lab.len() != 2 {
         bail!("drlb failed on {series} ({banner}):\n{console}");
     }
-    let rows = console.lines().find_map(|l| l.find("selftest: ").map(|i| l[i..].trim().to_string())).unwrap_or_default();
-    let banner = format!("{banner}; {rows}");
-    Ok(banner)
+    let rows = console.lines().find_map(|l| l.find("selftest: ").map(|i| l[i + "selftest: ".len()..].trim().to_string())).unwrap_or_default();
+    Ok(format!("{banner}; {rows}; lab forwarded real TCP: {}", lab.join(", ")))
 }
