@@ -126,7 +126,19 @@ fn cargo() -> Command {
 
 /// Builds lb-userspace's binaries; returns the directory holding them.
 fn build(release: bool, target: Option<&str>) -> Result<PathBuf> {
+    build_with(release, target, cargo())
+}
+
+/// Builds statically linked release binaries for `target`, as the VM guests run them (no C
+/// library in their initramfs). aarch64 is always static (.cargo/config.toml); for x86_64
+/// an explicit `--target` keeps build scripts and proc macros dynamic.
+fn build_static(target: &str) -> Result<PathBuf> {
     let mut cmd = cargo();
+    cmd.env(format!("CARGO_TARGET_{}_RUSTFLAGS", target.to_uppercase().replace('-', "_")), "-C target-feature=+crt-static");
+    build_with(true, Some(target), cmd)
+}
+
+fn build_with(release: bool, target: Option<&str>, mut cmd: Command) -> Result<PathBuf> {
     cmd.args(["build", "--package", "lb-userspace", "--bins"]);
     if release {
         cmd.arg("--release");
@@ -147,7 +159,7 @@ fn build(release: bool, target: Option<&str>) -> Result<PathBuf> {
 fn vm_tests(kernels: &[&str], arch: &str) -> Result<(u64, u64)> {
     let cross = (arch == "aarch64").then(|| "aarch64-unknown-linux-gnu".to_string());
     setup::ensure(&setup::Needs { vm: true, cross_target: cross.clone() })?;
-    let dir = build(true, cross.as_deref())?;
+    let dir = build_static(cross.as_deref().unwrap_or("x86_64-unknown-linux-gnu"))?;
     let (mut passed, mut skipped) = (0, 0);
     for k in kernels {
         match vm::run(k, arch, &dir.join("drlb")) {

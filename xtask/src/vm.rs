@@ -104,12 +104,12 @@ fn kernel(cache: &Path, series: &str, arch: &str) -> Result<PathBuf> {
 /// The kernel modules the guest lab needs, in load order (Debian builds them as modules).
 const LAB_MODULES: [&str; 4] = ["net/llc/llc.ko", "net/802/stp.ko", "net/bridge/bridge.ko", "drivers/net/veth.ko"];
 
-/// An initramfs with busybox, `drlb`, the libraries it links and the lab's modules from
+/// An initramfs with busybox, the statically linked `drlb` and the lab's modules from
 /// the kernel package unpacked in `kernel_dir`.
 fn initramfs(cache: &Path, drlb: &Path, arch: &str, kernel_dir: &Path) -> Result<PathBuf> {
     let root = cache.join(format!("initramfs-{arch}"));
     let _ = std::fs::remove_dir_all(&root);
-    for d in ["bin", "proc", "sys", "tmp", "dev", "lib", "modules"] {
+    for d in ["bin", "proc", "sys", "tmp", "dev", "modules"] {
         std::fs::create_dir_all(root.join(d))?;
     }
     std::fs::copy(drlb, root.join("drlb"))?;
@@ -126,24 +126,20 @@ fn initramfs(cache: &Path, drlb: &Path, arch: &str, kernel_dir: &Path) -> Result
             .with_context(|| format!("copying module {m} from {}", release.display()))?;
         insmods += &format!("insmod /modules/{name}\n");
     }
-    if arch == "aarch64" {
-        // The cross-built binary, with the arm64 C runtime it links and an arm64 busybox.
+    // `drlb` is statically linked: busybox is the only other program in the image.
+    let busybox = if arch == "aarch64" {
         let bb = cache.join("busybox-arm64");
         if !bb.join("bin/busybox").exists() {
             fetch_deb(cache, "bookworm", arch, "busybox-static", &bb)?;
         }
-        std::fs::copy(bb.join("bin/busybox"), root.join("bin/busybox"))?;
-        for lib in ["ld-linux-aarch64.so.1", "libc.so.6", "libm.so.6", "libgcc_s.so.1"] {
-            let src = Path::new("/usr/aarch64-linux-gnu/lib").join(lib);
-            std::fs::copy(&src, root.join("lib").join(lib)).map_err(|e| cannot(format!("{} (libc6-arm64-cross): {e}", src.display())))?;
-        }
+        bb.join("bin/busybox")
     } else {
-        std::fs::copy("/bin/busybox", root.join("bin/busybox")).map_err(|e| cannot(format!("/bin/busybox (busybox-static): {e}")))?;
-        for lib in output(Command::new("ldd").arg(drlb))?.split_whitespace().filter(|w| w.starts_with('/')) {
-            let dst = root.join(lib.trim_start_matches('/'));
-            std::fs::create_dir_all(dst.parent().expect("a parent"))?;
-            std::fs::copy(lib, &dst).with_context(|| format!("copying {lib}"))?;
-        }
+        PathBuf::from("/bin/busybox")
+    };
+    std::fs::copy(&busybox, root.join("bin/busybox")).map_err(|e| cannot(format!("{} (busybox-static): {e}", busybox.display())))?;
+    let linkage = output(Command::new("file").arg("-L").arg(drlb)).unwrap_or_default();
+    if linkage.contains("dynamically linked") {
+        bail!("{} is dynamically linked; the guest has no C library", drlb.display());
     }
     let init = root.join("init");
     std::fs::write(
