@@ -6,8 +6,9 @@
 
 use crate::addr::Addr16;
 use crate::conn::{tcp, Conn, ConnKey, CONN_F_INACTIVE};
+use crate::flowcache::{self, FlowCacheEntry};
 use crate::maps::{
-    scheduler, Backend, ConnCounts, Persist, SchedState, Service, ServiceKey, Vip, VipKey, IPPROTO_TCP,
+    scheduler, Backend, ConnCounts, Persist, BACKEND_F_PRESENT, SchedState, Service, ServiceKey, Vip, VipKey, IPPROTO_TCP,
     IPPROTO_UDP, SVC_F_PERSISTENT, SVC_F_SLOPPY_TCP, SVC_F_WILDCARD,
 };
 use crate::packet::{parse_l3, parse_l4, Packet, L3};
@@ -23,6 +24,15 @@ pub trait Tables {
     fn service_id(&self, key: &ServiceKey) -> Option<u32>;
     fn service(&self, id: u32) -> Option<Service>;
     fn backend(&self, slot: u32) -> Option<Backend>;
+    /// What forwarding to `slot` needs of its backend: flags and [`Backend::l2_words`].
+    /// The XDP program reads just these words in place.
+    #[inline(always)]
+    fn backend_l2(&self, slot: u32) -> Option<(u32, [u32; 3])>
+    where
+        Self: Sized,
+    {
+        self.backend(slot).map(|b| (b.flags, b.l2_words()))
+    }
     /// Entry `index` of `DRLB_MEMBERS`: a backend slot.
     fn member(&self, index: u32) -> u32;
     fn conn_counts(&self, slot: u32) -> ConnCounts;
@@ -47,6 +57,12 @@ pub trait Tables {
     fn account(&self, slot: u32, bytes: u64, new_conn: bool);
     /// Runs `f` on the connection entry for `key`, if there is one, in place.
     fn with_conn<R>(&self, key: &ConnKey, f: impl FnOnce(Option<&mut Conn>) -> R) -> R;
+    /// Runs `f` on this CPU's flow-cache entry `index` ([`crate::flowcache`]).
+    fn with_flow_cache<R>(&self, index: u32, f: impl FnOnce(&mut FlowCacheEntry) -> R) -> Option<R>;
+    /// `DRLB_CONN_GEN`.
+    fn conn_generation(&self) -> u32;
+    /// Moves `DRLB_CONN_GEN` on: a connection was removed or replaced.
+    fn bump_conn_generation(&self);
     /// Records a connection; `false` if the table had no room.
     fn insert_conn(&self, key: &ConnKey, conn: &Conn) -> bool;
     fn remove_conn(&self, key: &ConnKey);
@@ -182,10 +198,12 @@ fn release<T: Tables>(t: &T, c: &Conn) {
     }
 }
 
-/// What the connection table said about a packet.
+/// What the flow cache or the connection table said about a packet.
 enum Lookup {
     /// Live connection: its backend slot.
     Hit(u32),
+    /// Served by this CPU's flow cache: the backend slot.
+    Cached(u32),
     /// An entry that is over (expired, or closed and now a new SYN): released, to remove.
     Dead,
     Miss,
@@ -233,10 +251,10 @@ pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &m
         L3::Malformed => return Stat::PassMalformed,
     };
     // One array lookup settles almost every packet that is not for a VIP.
-    if !t.vip_filter(&ip.dst) {
+    if !t.vip_filter(&ip.dst()) {
         return Stat::PassNotVip;
     }
-    let is_vip = || t.vip(&VipKey { addr: ip.dst }).is_some();
+    let is_vip = || t.vip(&VipKey { addr: ip.dst() }).is_some();
     if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
         return if is_vip() { Stat::PassVipNoService } else { Stat::PassNotVip };
     }
@@ -249,41 +267,55 @@ pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &m
     let is_tcp = ip.proto == IPPROTO_TCP;
     let syn = is_tcp && l4.tcp_flags & tcp::FLAG_SYN != 0;
     // Built in place in `out`: the BPF stack (512 bytes) has no room for a second copy.
-    out.key = ConnKey { client: ip.src, vip: ip.dst, cport: l4.sport, vport: l4.dport, proto: ip.proto, _pad: [0; 3] };
+    out.key = ConnKey::v4(ip.src4, ip.dst4, l4.sport, l4.dport, ip.proto);
     let key = &out.key;
     let now = t.now();
     let bytes = pkt.len() as u64;
     out.vip_bound = true;
     out.tcp_flags = l4.tcp_flags;
 
-    let lookup = t.with_conn(key, |entry| match entry {
-        None => Lookup::Miss,
-        Some(c) => {
-            // A SYN also starts afresh when its entry's server went away (health check
-            // failed, or removed by a reload): it is a new connection (or a retry of one
-            // that server refused), and the server takes no new connections.
-            let server_gone = syn && !matches!(t.backend(c.backend), Some(b) if b.accepts_new());
-            if c.expired(now) || (syn && tcp::syn_starts_new_connection(c.state)) || server_gone {
-                release(t, c);
-                Lookup::Dead
-            } else {
-                if is_tcp {
-                    tcp_transition(t, c, l4.tcp_flags);
+    // Most packets are ACKs or data of established connections: try this CPU's flow cache
+    // before the connection table's hash lookup.
+    let cacheable = flowcache::packet_cacheable(if is_tcp { Some(l4.tcp_flags) } else { None });
+    let cache_index = flowcache::index(key);
+    let generation = t.conn_generation();
+    let cached = if cacheable { t.with_flow_cache(cache_index, |e| e.lookup(key, now, generation)).flatten() } else { None };
+
+    let lookup = match cached {
+        Some(slot) => Lookup::Cached(slot),
+        None => t.with_conn(key, |entry| match entry {
+            None => Lookup::Miss,
+            Some(c) => {
+                // A SYN also starts afresh when its entry's server went away (health check
+                // failed, or removed by a reload): it is a new connection (or a retry of one
+                // that server refused), and the server takes no new connections.
+                let server_gone = syn && !matches!(t.backend(c.backend), Some(b) if b.accepts_new());
+                if c.expired(now) || (syn && tcp::syn_starts_new_connection(c.state)) || server_gone {
+                    release(t, c);
+                    Lookup::Dead
+                } else {
+                    if is_tcp {
+                        tcp_transition(t, c, l4.tcp_flags);
+                    }
+                    c.last_seen = now;
+                    let keep = cacheable && flowcache::conn_cacheable(c, is_tcp);
+                    t.with_flow_cache(cache_index, |e| if keep { e.fill(key, c, now, generation) } else { e.clear() });
+                    Lookup::Hit(c.backend)
                 }
-                c.last_seen = now;
-                Lookup::Hit(c.backend)
             }
-        }
-    });
+        }),
+    };
     let (slot, stat) = match lookup {
-        Lookup::Hit(slot) => (slot, Stat::TxForwarded),
+        Lookup::Hit(slot) | Lookup::Cached(slot) => (slot, Stat::TxForwarded),
         Lookup::Dead | Lookup::Miss => {
             if let Lookup::Dead = lookup {
                 t.remove_conn(key);
+                // Other CPUs may cache the connection this one replaces.
+                t.bump_conn_generation();
             }
-            let id = match t.service_id(&ServiceKey::new(ip.dst, l4.dport, ip.proto)) {
+            let id = match t.service_id(&ServiceKey::new(ip.dst(), l4.dport, ip.proto)) {
                 Some(id) => id,
-                None => match t.service_id(&ServiceKey::new(ip.dst, 0, ip.proto)) {
+                None => match t.service_id(&ServiceKey::new(ip.dst(), 0, ip.proto)) {
                     Some(id) => id,
                     None => return if is_vip() { Stat::PassVipNoService } else { Stat::PassNotVip },
                 },
@@ -299,8 +331,8 @@ pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &m
             }
             let slot = if svc.flags & SVC_F_PERSISTENT != 0 {
                 let pkey = ConnKey {
-                    client: masked(&ip.src, &svc.persist_mask),
-                    vip: ip.dst,
+                    client: masked(&ip.src(), &svc.persist_mask),
+                    vip: ip.dst(),
                     cport: 0,
                     vport: if svc.flags & SVC_F_WILDCARD != 0 { 0 } else { l4.dport },
                     proto: ip.proto,
@@ -317,7 +349,7 @@ pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &m
                 };
                 let slot = match pinned {
                     Some(s) => s,
-                    None => match t.schedule(id, &svc, &ip.src) {
+                    None => match t.schedule(id, &svc, &ip.src()) {
                         Some(s) => s,
                         None => return Stat::DropNoRealServer,
                     },
@@ -325,7 +357,7 @@ pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &m
                 t.insert_persist(&pkey, &Persist { last_used: now, backend: slot, _pad: 0 });
                 slot
             } else {
-                match t.schedule(id, &svc, &ip.src) {
+                match t.schedule(id, &svc, &ip.src()) {
                     Some(s) => s,
                     None => return Stat::DropNoRealServer,
                 }
@@ -355,20 +387,13 @@ pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &m
         }
     };
     out.slot = Some(slot);
-    let Some(backend) = t.backend(slot) else { return Stat::DropBackendMissing };
-    if !backend.is_present() {
+    let Some((flags, l2)) = t.backend_l2(slot) else { return Stat::DropBackendMissing };
+    if flags & BACKEND_F_PRESENT == 0 {
         return Stat::DropBackendMissing;
     }
     t.account(slot, bytes, stat == Stat::TxScheduled);
     // DR: only layer 2 changes; IP header and checksums stay as the client sent them.
-    let mut macs = [0u8; 12];
-    let mut i = 0;
-    while i < 6 {
-        macs[i] = backend.mac[i];
-        macs[i + 6] = backend.src_mac[i];
-        i += 1;
-    }
-    if !pkt.store(0, &macs) {
+    if !(pkt.store_u32(0, l2[0]) && pkt.store_u32(4, l2[1]) && pkt.store_u32(8, l2[2])) {
         return Stat::PassMalformed;
     }
     stat
@@ -379,7 +404,6 @@ mod tests {
     use super::*;
     use crate::addr::v4_mapped;
     use crate::host::HostTables;
-    use crate::maps::BACKEND_F_PRESENT;
     use proptest::prelude::*;
     use std::vec::Vec;
 

@@ -11,6 +11,7 @@
 pub mod addr;
 pub mod conn;
 pub mod dataplane;
+pub mod flowcache;
 pub mod hash;
 pub mod maps;
 pub mod packet;

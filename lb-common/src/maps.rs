@@ -39,6 +39,14 @@ pub const MAP_STATS: &str = "DRLB_STATS";
 /// controller adopts only a dataplane whose maps it understands.
 pub const MAP_META: &str = "DRLB_META";
 
+/// `PerCpuArray<FlowCacheEntry>`: the per-CPU flow cache in front of `DRLB_CONNS`
+/// ([`crate::flowcache`]). Not pinned: a new program starts with an empty one.
+pub const MAP_FLOW_CACHE: &str = "DRLB_FLOW_CACHE";
+/// `Array<u32>` of one: the connection table's generation. Whoever removes or replaces
+/// connections adds one, which invalidates every CPU's flow cache. Not pinned (it belongs
+/// with the cache).
+pub const MAP_CONN_GEN: &str = "DRLB_CONN_GEN";
+
 /// `Array<u32>`: 1 while `drlb trace` runs; the program then reports each VIP packet's
 /// decision to `DRLB_TRACE`. Only VIP-bound packets read it.
 pub const MAP_TRACE_ON: &str = "DRLB_TRACE_ON";
@@ -254,6 +262,18 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// The 12 bytes a forwarded frame starts with — destination MAC (the real server's),
+    /// then source MAC (the director's) — as three little-endian words.
+    #[inline(always)]
+    pub fn l2_words(&self) -> [u32; 3] {
+        let (d, s) = (self.mac, self.src_mac);
+        [
+            u32::from_le_bytes([d[0], d[1], d[2], d[3]]),
+            u32::from_le_bytes([d[4], d[5], s[0], s[1]]),
+            u32::from_le_bytes([s[2], s[3], s[4], s[5]]),
+        ]
+    }
+
     #[inline(always)]
     pub fn is_present(&self) -> bool {
         self.flags & BACKEND_F_PRESENT != 0

@@ -30,6 +30,17 @@ pub trait Packet {
     /// Unlike `load`, nothing is copied: `f` reads just the bytes it needs, each straight
     /// from the checked header (the BPF target copies unaligned bytes one by one).
     fn with_header<const N: usize, R>(&self, off: usize, f: impl FnOnce(&[u8; N]) -> R) -> Option<R>;
+    /// The 4 bytes at `off` read as a little-endian u32 (drlb's targets, bpfel included,
+    /// are little-endian), in one load where the target allows it.
+    #[inline(always)]
+    fn load_u32(&self, off: usize) -> Option<u32> {
+        self.load::<4>(off).map(u32::from_le_bytes)
+    }
+    /// Writes `v`'s little-endian bytes at `off`, in one store where the target allows it.
+    #[inline(always)]
+    fn store_u32(&mut self, off: usize, v: u32) -> bool {
+        self.store::<4>(off, &v.to_le_bytes())
+    }
 }
 
 /// A frame held in memory (host tests, the benchmark's packet builder).
@@ -76,13 +87,29 @@ pub enum L3 {
 /// The parts of an IPv4 header the dataplane decides on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ipv4Info {
-    pub src: Addr16,
-    pub dst: Addr16,
+    /// Source and destination address as loaded: the header's 4 bytes read little-endian
+    /// (`u32::from_le_bytes`), so `to_le_bytes()` gives them back in network order.
+    pub src4: u32,
+    pub dst4: u32,
     pub proto: u8,
     /// Any fragment (MF set or non-zero offset): no dependable L4 header.
     pub fragment: bool,
     /// Offset of the L4 header from the start of the frame.
     pub l4_off: usize,
+}
+
+impl Ipv4Info {
+    /// The source in the maps' 16-byte form.
+    #[inline(always)]
+    pub fn src(&self) -> Addr16 {
+        v4_mapped(self.src4.to_le_bytes())
+    }
+
+    /// The destination in the maps' 16-byte form.
+    #[inline(always)]
+    pub fn dst(&self) -> Addr16 {
+        v4_mapped(self.dst4.to_le_bytes())
+    }
 }
 
 /// Ports (host byte order) and TCP flags of an L4 header.
@@ -120,10 +147,10 @@ pub fn parse_l3<P: Packet + ?Sized>(p: &P) -> L3 {
         ETH_P_IPV6 => return L3::Ipv6,
         _ => return L3::Other,
     }
-    let fields = p.with_header::<IPV4_MIN_HLEN, _>(l3_off, |ip| {
-        (ip[0], be16([ip[6], ip[7]]), ip[9], [ip[12], ip[13], ip[14], ip[15]], [ip[16], ip[17], ip[18], ip[19]])
-    });
-    let Some((ver_ihl, frag, proto, src, dst)) = fields else { return L3::Malformed };
+    let fields = p.with_header::<IPV4_MIN_HLEN, _>(l3_off, |ip| (ip[0], be16([ip[6], ip[7]]), ip[9]));
+    let Some((ver_ihl, frag, proto)) = fields else { return L3::Malformed };
+    // Whole words: one load each in the XDP program (the header is known to be there).
+    let (Some(src), Some(dst)) = (p.load_u32(l3_off + 12), p.load_u32(l3_off + 16)) else { return L3::Malformed };
     let version = ver_ihl >> 4;
     // Masked to 4 bits and shifted, so the verifier sees an offset of at most 60.
     let ihl = ((ver_ihl & 0x0f) as usize) << 2;
@@ -131,8 +158,8 @@ pub fn parse_l3<P: Packet + ?Sized>(p: &P) -> L3 {
         return L3::Malformed;
     }
     L3::Ipv4(Ipv4Info {
-        src: v4_mapped(src),
-        dst: v4_mapped(dst),
+        src4: src,
+        dst4: dst,
         proto,
         // 0x3fff: the MF bit and the 13-bit fragment offset.
         fragment: frag & 0x3fff != 0,
@@ -143,21 +170,17 @@ pub fn parse_l3<P: Packet + ?Sized>(p: &P) -> L3 {
 /// Reads the TCP or UDP header at `l4_off`; `None` if the whole header is not there.
 #[inline(always)]
 pub fn parse_l4<P: Packet + ?Sized>(p: &P, l4_off: usize, proto: u8) -> Option<L4Info> {
-    if proto == IPPROTO_TCP {
-        p.with_header::<TCP_MIN_HLEN, _>(l4_off, |tcp| L4Info {
-            sport: be16([tcp[0], tcp[1]]),
-            dport: be16([tcp[2], tcp[3]]),
-            tcp_flags: tcp[13],
-        })
+    // The whole header must be there, although only the ports and the flags are read.
+    let tcp_flags = if proto == IPPROTO_TCP {
+        p.with_header::<TCP_MIN_HLEN, _>(l4_off, |tcp| tcp[13])?
     } else if proto == IPPROTO_UDP {
-        p.with_header::<UDP_HLEN, _>(l4_off, |udp| L4Info {
-            sport: be16([udp[0], udp[1]]),
-            dport: be16([udp[2], udp[3]]),
-            tcp_flags: 0,
-        })
+        p.with_header::<UDP_HLEN, _>(l4_off, |_| 0)?
     } else {
-        None
-    }
+        return None;
+    };
+    // Both ports in one load: bytes [s0, s1, d0, d1] read little-endian.
+    let ports = p.load_u32(l4_off)?;
+    Some(L4Info { sport: (ports as u16).swap_bytes(), dport: ((ports >> 16) as u16).swap_bytes(), tcp_flags })
 }
 
 #[cfg(test)]

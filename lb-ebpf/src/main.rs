@@ -6,6 +6,8 @@
 #![no_main]
 // Atomic adds on map values: the BPF target has no core::sync::atomic types.
 #![feature(core_intrinsics)]
+// Word-sized packet access: see `XdpPacket::load_u32`.
+#![feature(asm_experimental_arch)]
 #![allow(internal_features)]
 
 mod maps;
@@ -47,6 +49,34 @@ impl Packet for XdpPacket {
         }
         // SAFETY: [ptr, ptr + N) lies inside the frame (checked above); u8 has no alignment.
         Some(f(unsafe { &*(ptr as *const [u8; N]) }))
+    }
+
+    #[inline(always)]
+    fn load_u32(&self, off: usize) -> Option<u32> {
+        let ptr = self.start + off;
+        if ptr + 4 > self.end {
+            return None;
+        }
+        let v: u64;
+        // One 32-bit load. LLVM splits a Rust unaligned read into four byte loads on BPF,
+        // and an aligned read would claim an alignment packet headers do not have; the
+        // kernels drlb runs on (x86_64, arm64) load misaligned packet words natively and
+        // their verifiers allow it.
+        // SAFETY: [ptr, ptr + 4) lies inside the frame (checked above).
+        unsafe { core::arch::asm!("{0} = *(u32 *)({1} + 0)", out(reg) v, in(reg) ptr, options(readonly, nostack, preserves_flags)) };
+        Some(v as u32)
+    }
+
+    #[inline(always)]
+    fn store_u32(&mut self, off: usize, v: u32) -> bool {
+        let ptr = self.start + off;
+        if ptr + 4 > self.end {
+            return false;
+        }
+        // One 32-bit store, for the reason `load_u32` gives.
+        // SAFETY: [ptr, ptr + 4) lies inside the frame (checked above).
+        unsafe { core::arch::asm!("*(u32 *)({0} + 0) = {1}", in(reg) ptr, in(reg) v as u64, options(nostack, preserves_flags)) };
+        true
     }
 
     #[inline(always)]

@@ -11,6 +11,7 @@ use lb_common::{
     addr::Addr16,
     conn::{Conn, ConnKey},
     dataplane::{Outcome, Tables},
+    flowcache::{FlowCacheEntry, FLOW_CACHE_SIZE},
     maps::{
         vip_filter_index, Backend, BackendStats, ConnCounts, Persist, SchedState, Service, ServiceKey, TraceEvent, Vip,
         VipKey, TRACE_RING_BYTES,
@@ -62,6 +63,12 @@ static SCHED_TABLE: Array<u16> = Array::with_max_entries(SCHED_TABLE_SIZE, 0);
 #[map(name = "DRLB_META")]
 static META: Array<u32> = Array::with_max_entries(META_SIZE, 0);
 
+#[map(name = "DRLB_FLOW_CACHE")]
+static FLOW_CACHE: PerCpuArray<FlowCacheEntry> = PerCpuArray::with_max_entries(FLOW_CACHE_SIZE, 0);
+
+#[map(name = "DRLB_CONN_GEN")]
+static CONN_GEN: Array<u32> = Array::with_max_entries(1, 0);
+
 #[map(name = "DRLB_STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 
@@ -105,6 +112,17 @@ impl Tables for BpfTables {
     #[inline(always)]
     fn backend(&self, slot: u32) -> Option<Backend> {
         BACKENDS.get(slot).copied()
+    }
+
+    #[inline(always)]
+    fn backend_l2(&self, slot: u32) -> Option<(u32, [u32; 3])> {
+        let b = BACKENDS.get_ptr(slot)?;
+        // SAFETY: a valid array value; `mac` and `src_mac` are the 12 bytes at offset 16 of
+        // an 8-aligned value, so the three words are aligned.
+        unsafe {
+            let words = (b as *const u8).add(core::mem::offset_of!(Backend, mac)) as *const u32;
+            Some(((*b).flags, [words.read(), words.add(1).read(), words.add(2).read()]))
+        }
     }
 
     #[inline(always)]
@@ -154,6 +172,28 @@ impl Tables for BpfTables {
             // SAFETY: the entry stays valid for the program's run (RCU).
             Some(c) => f(Some(unsafe { &mut *c })),
             None => f(None),
+        }
+    }
+
+    #[inline(always)]
+    fn with_flow_cache<R>(&self, index: u32, f: impl FnOnce(&mut FlowCacheEntry) -> R) -> Option<R> {
+        let e = FLOW_CACHE.get_ptr_mut(index)?;
+        // SAFETY: this CPU's entry; nothing else writes it while the program runs here.
+        Some(f(unsafe { &mut *e }))
+    }
+
+    #[inline(always)]
+    fn conn_generation(&self) -> u32 {
+        match CONN_GEN.get(0) {
+            Some(g) => *g,
+            None => 0,
+        }
+    }
+
+    #[inline(always)]
+    fn bump_conn_generation(&self) {
+        if let Some(g) = CONN_GEN.get_ptr_mut(0) {
+            atomic_add(g, 1);
         }
     }
 

@@ -13,7 +13,7 @@ use lb_common::conn::{Conn, ConnKey};
 use lb_common::maps::{
     Backend, BackendStats, ConnCounts, Persist, SchedState, Service, ServiceKey, Vip, VipKey, MAP_BACKENDS, MAP_MEMBERS,
     MAP_PERSIST, SVC_F_PERSISTENT, SVC_F_WILDCARD, ALL_MAPS, MAP_META, META_SIZE, layout,
-    MAP_BACKEND_STATS, MAP_CONNS, MAP_CONN_COUNTS, MAP_SCHED_STATE, MAP_SCHED_TABLE, MAP_SERVICES, MAP_SERVICE_IDS,
+    MAP_BACKEND_STATS, MAP_CONNS, MAP_CONN_COUNTS, MAP_CONN_GEN, MAP_SCHED_STATE, MAP_SCHED_TABLE, MAP_SERVICES, MAP_SERVICE_IDS,
     MAP_STATS, MAP_VIPS, MAP_VIP_FILTER,
 };
 use lb_common::stats::{Stat, STAT_COUNT};
@@ -546,6 +546,16 @@ impl Dataplane {
     pub fn insert_connection(&mut self, key: &ConnKey, conn: &Conn) -> Result<()> {
         let mut conns: BpfHashMap<&mut MapData, ConnKey, Conn> = BpfHashMap::try_from(self.map_mut(MAP_CONNS)?)?;
         conns.insert(key, conn, 0).context("writing a connection")?;
+        self.invalidate_flow_caches()
+    }
+
+    /// Empties every CPU's flow cache (`lb_common::flowcache`): call after changing or
+    /// removing connections. The program adds 1 when it replaces one; adding 2^16 to what
+    /// was read keeps a concurrent add of the program's from cancelling this change.
+    pub fn invalidate_flow_caches(&mut self) -> Result<()> {
+        let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(MAP_CONN_GEN)?)?;
+        let g = m.get(&0, 0)?;
+        m.set(0, g.wrapping_add(1 << 16), 0)?;
         Ok(())
     }
 
@@ -643,6 +653,9 @@ impl Dataplane {
                     report.expired_removed += 1;
                 }
             }
+        }
+        if report.expired_removed > 0 {
+            self.invalidate_flow_caches()?;
         }
         self.refresh_templates(&entries, now)?;
         let slots: Vec<u32> = self.applied.backends.keys().copied().collect();

@@ -163,7 +163,7 @@ pub fn forwarded(input: &[u8], to: Mac) -> Vec<u8> {
 pub fn conn_key(frame: &[u8]) -> Option<ConnKey> {
     let L3::Ipv4(ip) = parse_l3(frame) else { return None };
     let l4 = parse_l4(frame, ip.l4_off, ip.proto)?;
-    Some(ConnKey { client: ip.src, vip: ip.dst, cport: l4.sport, vport: l4.dport, proto: ip.proto, _pad: [0; 3] })
+    Some(ConnKey { client: ip.src(), vip: ip.dst(), cport: l4.sport, vport: l4.dport, proto: ip.proto, _pad: [0; 3] })
 }
 
 pub enum Expect {
@@ -375,6 +375,7 @@ impl Harness {
                 c.last_seen -= secs * self.dp.hz() as u64;
                 self.dp.insert_connection(&key, &c).unwrap();
                 self.model.conns.borrow_mut().get_mut(&key).unwrap().last_seen -= secs * 1000;
+                self.model.bump_conn_generation();
             }
             Setup::Established(slot) => {
                 let key = key.unwrap();
@@ -391,6 +392,7 @@ impl Harness {
                 c.last_seen = monotonic_ns() / 1_000_000;
                 c.timeout = 900 * 1000;
                 self.model.insert_conn(&key, &c);
+                self.model.bump_conn_generation();
                 let counts = self.model.conn_counts(*slot);
                 let counts = ConnCounts { active: counts.active + 1, inactive: counts.inactive };
                 self.dp.set_conn_counts(*slot, counts).unwrap();

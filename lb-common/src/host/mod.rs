@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use crate::addr::Addr16;
 use crate::conn::{Conn, ConnKey};
 use crate::dataplane::Tables;
+use crate::flowcache::FlowCacheEntry;
 use crate::maps::{
     vip_filter_index, Backend, BackendStats, ConnCounts, Persist, SchedState, Service, ServiceKey, Vip, VipKey,
 };
@@ -28,6 +29,9 @@ pub struct HostTables {
     pub stats: RefCell<BTreeMap<u32, BackendStats>>,
     pub conns: RefCell<BTreeMap<ConnKey, Conn>>,
     pub persist: RefCell<BTreeMap<ConnKey, Persist>>,
+    /// The flow cache of the model's single CPU.
+    pub flow_cache: RefCell<BTreeMap<u32, FlowCacheEntry>>,
+    pub conn_generation: Cell<u32>,
     pub now: Cell<u64>,
 }
 
@@ -88,6 +92,18 @@ impl Tables for HostTables {
                 r
             }
         }
+    }
+
+    fn with_flow_cache<R>(&self, index: u32, f: impl FnOnce(&mut FlowCacheEntry) -> R) -> Option<R> {
+        Some(f(self.flow_cache.borrow_mut().entry(index).or_default()))
+    }
+
+    fn conn_generation(&self) -> u32 {
+        self.conn_generation.get()
+    }
+
+    fn bump_conn_generation(&self) {
+        self.conn_generation.set(self.conn_generation.get().wrapping_add(1));
     }
 
     fn insert_conn(&self, key: &ConnKey, conn: &Conn) -> bool {
