@@ -47,6 +47,9 @@ pub const MAP_FLOW_CACHE: &str = "DRLB_FLOW_CACHE";
 /// with the cache).
 pub const MAP_CONN_GEN: &str = "DRLB_CONN_GEN";
 
+/// `LruHashMap<ConnKey, Conn>`: benchmark floor (c)'s connection table (`drlb bench` only).
+pub const MAP_FLOOR_CONNS: &str = "DRLB_FLOOR_CONNS";
+
 /// `Array<u32>`: 1 while `drlb trace` runs; the program then reports each VIP packet's
 /// decision to `DRLB_TRACE`. Only VIP-bound packets read it.
 pub const MAP_TRACE_ON: &str = "DRLB_TRACE_ON";

@@ -14,6 +14,7 @@ mod maps;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
+    conn::ConnKey,
     dataplane::{process_traced, Outcome},
     packet::Packet,
 };
@@ -125,12 +126,10 @@ pub fn drlb_clock(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// Benchmark floor (b): swap the MACs and send the frame back, the least any XDP_TX
-/// forwarder does. `drlb bench` reports the balancer against it.
-#[xdp]
-pub fn drlb_floor_swap(ctx: XdpContext) -> u32 {
-    let mut pkt = XdpPacket { start: ctx.data(), end: ctx.data_end() };
-    let Some(macs) = pkt.load::<12>(0) else { return xdp_action::XDP_PASS };
+/// Swaps the frame's MACs; `false` if it is shorter than an Ethernet header.
+#[inline(always)]
+fn swap_macs(pkt: &mut XdpPacket) -> bool {
+    let Some(macs) = pkt.load::<12>(0) else { return false };
     let mut swapped = [0u8; 12];
     let mut i = 0;
     while i < 6 {
@@ -138,7 +137,34 @@ pub fn drlb_floor_swap(ctx: XdpContext) -> u32 {
         swapped[i + 6] = macs[i];
         i += 1;
     }
-    pkt.store(0, &swapped);
+    pkt.store(0, &swapped)
+}
+
+/// Benchmark floor (b): swap the MACs and send the frame back, the least any XDP_TX
+/// forwarder does. `drlb bench` reports the balancer against it.
+#[xdp]
+pub fn drlb_floor_swap(ctx: XdpContext) -> u32 {
+    let mut pkt = XdpPacket { start: ctx.data(), end: ctx.data_end() };
+    if !swap_macs(&mut pkt) {
+        return xdp_action::XDP_PASS;
+    }
+    xdp_action::XDP_TX
+}
+
+/// Benchmark floor (c): what any balancer that records connections in a kernel LRU hash
+/// must do for a new flow — look its 5-tuple up (a miss) and insert it — on top of floor
+/// (b). Reads the 5-tuple at fixed offsets (IPv4 without options, as the benchmark's SYNs).
+#[xdp]
+pub fn drlb_floor_insert(ctx: XdpContext) -> u32 {
+    let mut pkt = XdpPacket { start: ctx.data(), end: ctx.data_end() };
+    let (Some(src), Some(dst), Some(ports)) = (pkt.load_u32(26), pkt.load_u32(30), pkt.load_u32(34)) else {
+        return xdp_action::XDP_PASS;
+    };
+    let key = ConnKey::v4(src, dst, (ports as u16).swap_bytes(), ((ports >> 16) as u16).swap_bytes(), 6);
+    maps::floor_record_conn(&key);
+    if !swap_macs(&mut pkt) {
+        return xdp_action::XDP_PASS;
+    }
     xdp_action::XDP_TX
 }
 

@@ -326,3 +326,17 @@ pub fn count_bench_frame() {
         unsafe { *c += 1 };
     }
 }
+
+/// Benchmark floor (c)'s connection table. One entry unless the benchmark sizes it like
+/// `DRLB_CONNS`; `drlb run` never uses it.
+#[map(name = "DRLB_FLOOR_CONNS")]
+static FLOOR_CONNS: LruHashMap<ConnKey, Conn> = LruHashMap::with_max_entries(1, 0);
+
+/// Records a new flow as a connection table would: a lookup (expected to miss), an insert.
+#[inline(always)]
+pub fn floor_record_conn(key: &ConnKey) {
+    // SAFETY: only checks presence.
+    if unsafe { FLOOR_CONNS.get(key) }.is_none() {
+        let _ = FLOOR_CONNS.insert(key, &Conn::default(), 0);
+    }
+}

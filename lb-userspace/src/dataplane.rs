@@ -13,7 +13,7 @@ use lb_common::conn::{Conn, ConnKey};
 use lb_common::maps::{
     Backend, BackendStats, ConnCounts, Persist, SchedState, Service, ServiceKey, Vip, VipKey, MAP_BACKENDS, MAP_MEMBERS,
     MAP_PERSIST, SVC_F_PERSISTENT, SVC_F_WILDCARD, ALL_MAPS, MAP_META, META_SIZE, layout,
-    MAP_BACKEND_STATS, MAP_CONNS, MAP_CONN_COUNTS, MAP_CONN_GEN, MAP_SCHED_STATE, MAP_SCHED_TABLE, MAP_SERVICES, MAP_SERVICE_IDS,
+    MAP_BACKEND_STATS, MAP_CONNS, MAP_CONN_COUNTS, MAP_CONN_GEN, MAP_FLOOR_CONNS, MAP_SCHED_STATE, MAP_SCHED_TABLE, MAP_SERVICES, MAP_SERVICE_IDS,
     MAP_STATS, MAP_VIPS, MAP_VIP_FILTER,
 };
 use lb_common::stats::{Stat, STAT_COUNT};
@@ -31,6 +31,8 @@ pub const PROGRAM_LB: &str = "drlb_xdp";
 pub const PROGRAM_PASS: &str = "drlb_pass";
 /// Benchmark floor (b): swap MACs, XDP_TX.
 pub const PROGRAM_FLOOR_SWAP: &str = "drlb_floor_swap";
+/// Benchmark floor (c): a connection-table lookup and insert, then floor (b).
+pub const PROGRAM_FLOOR_INSERT: &str = "drlb_floor_insert";
 /// Publishes the dataplane clock (see [`Dataplane::now`]).
 pub const PROGRAM_CLOCK: &str = "drlb_clock";
 /// Benchmark generator (XDP_TX unchanged) and sink (count, XDP_DROP).
@@ -168,14 +170,25 @@ impl Dataplane {
         Ok(Self::open(conn_table_size, None, false)?.0)
     }
 
+    /// [`Dataplane::load_with`], with benchmark floor (c)'s connection table as large as
+    /// the balancer's (only the benchmark pays for that memory).
+    pub fn load_for_bench(conn_table_size: u32) -> Result<Self> {
+        Ok(Self::open_sized(conn_table_size, conn_table_size, None, false)?.0)
+    }
+
     /// Loads the dataplane with its maps pinned in `pin_dir` (on bpffs). A dataplane pinned
     /// there with this layout is adopted: its maps — connections, counters — are reused,
     /// and `attach` takes over its XDP link without a gap. One with another layout is
     /// refused with an explanation, or removed first if `replace`.
     pub fn open(conn_table_size: u32, pin_dir: Option<&Path>, replace: bool) -> Result<(Self, Origin)> {
+        Self::open_sized(conn_table_size, 1, pin_dir, replace)
+    }
+
+    fn open_sized(conn_table_size: u32, floor_conn_table_size: u32, pin_dir: Option<&Path>, replace: bool) -> Result<(Self, Origin)> {
         let mut origin = Origin::Created;
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(MAP_CONNS, conn_table_size);
+        loader.map_max_entries(MAP_FLOOR_CONNS, floor_conn_table_size);
         let pin_paths: Vec<(&'static str, PathBuf)> = match pin_dir {
             Some(dir) => ALL_MAPS.iter().map(|m| (*m, dir.join(m))).collect(),
             None => Vec::new(),
@@ -218,7 +231,7 @@ impl Dataplane {
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading drlb's BPF object (are you root, and is this kernel 5.10 or newer?)")?;
-        for name in [PROGRAM_LB, PROGRAM_PASS, PROGRAM_FLOOR_SWAP, PROGRAM_BENCH_TX, PROGRAM_BENCH_SINK, PROGRAM_CLOCK] {
+        for name in [PROGRAM_LB, PROGRAM_PASS, PROGRAM_FLOOR_SWAP, PROGRAM_FLOOR_INSERT, PROGRAM_BENCH_TX, PROGRAM_BENCH_SINK, PROGRAM_CLOCK] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?

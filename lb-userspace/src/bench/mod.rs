@@ -20,7 +20,7 @@ use lb_common::stats::{Stat, XDP_PASS, XDP_TX};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::dataplane::{Counters, Dataplane, PROGRAM_FLOOR_SWAP, PROGRAM_LB, PROGRAM_PASS};
+use crate::dataplane::{Counters, Dataplane, PROGRAM_FLOOR_INSERT, PROGRAM_FLOOR_SWAP, PROGRAM_LB, PROGRAM_PASS};
 use crate::tables::{Mac, Tables};
 use traffic::Size;
 
@@ -99,6 +99,10 @@ pub struct Figure {
     pub drlb: Spread,
     pub floor_pass: Spread,
     pub floor_swap: Spread,
+    /// Floor (c), for new-flow scenarios: a connection-table lookup and insert on top of
+    /// floor (b).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor_insert: Option<Spread>,
 }
 
 impl Figure {
@@ -203,12 +207,13 @@ fn check_reasons(before: &Counters, after: &Counters, n: u64, reasons: &[Stat], 
 pub fn run(opts: &Options) -> Result<Results> {
     let (config, macs) = bench_config(opts.real_servers);
     let tables = Tables::build(&config, &macs, traffic::DIRECTOR_MAC);
-    let mut dp = Dataplane::load_with(4 << 20).context("loading the dataplane")?;
+    let mut dp = Dataplane::load_for_bench(4 << 20).context("loading the dataplane")?;
     dp.apply(&tables)?;
 
     let total: u64 = opts.runs as u64
         * (3 * opts.hot_repeat as u64 * 2
-            + 3 * (2 * opts.small_flows as u64 + opts.large_flows as u64 + 2 * opts.syn_flows as u64 + opts.small_flows as u64))
+            + 3 * (2 * opts.small_flows as u64 + opts.large_flows as u64 + 2 * opts.syn_flows as u64 + opts.small_flows as u64)
+            + 2 * opts.syn_flows as u64)
         + 2 * opts.large_flows as u64
         + 2 * opts.small_flows as u64;
     let progress = if opts.progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
@@ -257,14 +262,16 @@ pub fn run(opts: &Options) -> Result<Results> {
             drlb: Spread::of(d),
             floor_pass: Spread::of(a),
             floor_swap: Spread::of(s),
+            floor_insert: None,
         });
     }
 
     // Traces: each packet once (cache behaviour of real traffic).
     let mut next_new_flow = opts.small_flows + opts.large_flows;
-    let mut trace_case = |name: &str, size: Size, make: &mut dyn FnMut(&mut u32) -> Vec<Vec<u8>>, reasons: &[Stat]| -> Result<Figure> {
+    // `new_flows`: also run floor (c) over the same frames (all of them new flows).
+    let mut trace_case = |name: &str, size: Size, make: &mut dyn FnMut(&mut u32) -> Vec<Vec<u8>>, reasons: &[Stat], new_flows: bool| -> Result<Figure> {
         b.progress.set_message(format!("{name} ({})", size.name()));
-        let (mut d, mut a, mut s) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut d, mut a, mut s, mut c) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut n = 0;
         for _ in 0..opts.runs {
             let frames = make(&mut next_new_flow);
@@ -274,6 +281,9 @@ pub fn run(opts: &Options) -> Result<Results> {
             check_reasons(&before, &b.counters()?, n, reasons, name)?;
             a.push(b.trace(PROGRAM_PASS, &frames, XDP_PASS)?);
             s.push(b.trace(PROGRAM_FLOOR_SWAP, &frames, XDP_TX)?);
+            if new_flows {
+                c.push(b.trace(PROGRAM_FLOOR_INSERT, &frames, XDP_TX)?);
+            }
         }
         Ok(Figure {
             name: name.into(),
@@ -283,6 +293,7 @@ pub fn run(opts: &Options) -> Result<Results> {
             drlb: Spread::of(d),
             floor_pass: Spread::of(a),
             floor_swap: Spread::of(s),
+            floor_insert: new_flows.then(|| Spread::of(c)),
         })
     };
     let syn_n = opts.syn_flows;
@@ -297,13 +308,14 @@ pub fn run(opts: &Options) -> Result<Results> {
                 f
             },
             &[Stat::TxScheduled],
+            true,
         )?);
     }
     let small = opts.small_flows;
-    figures.push(trace_case(&format!("established, {small} flows"), Size::Min64, &mut |_| data_small.clone(), &[Stat::TxForwarded])?);
-    figures.push(trace_case(&format!("established, {small} flows"), Size::Imix, &mut |_| data_small_imix.clone(), &[Stat::TxForwarded])?);
+    figures.push(trace_case(&format!("established, {small} flows"), Size::Min64, &mut |_| data_small.clone(), &[Stat::TxForwarded], false)?);
+    figures.push(trace_case(&format!("established, {small} flows"), Size::Imix, &mut |_| data_small_imix.clone(), &[Stat::TxForwarded], false)?);
     let large = opts.large_flows;
-    figures.push(trace_case(&format!("established, {large} flows"), Size::Min64, &mut |_| data_large.clone(), &[Stat::TxForwarded])?);
+    figures.push(trace_case(&format!("established, {large} flows"), Size::Min64, &mut |_| data_large.clone(), &[Stat::TxForwarded], false)?);
     figures.push(trace_case(
         "realistic mix, 5 % new flows",
         Size::Imix,
@@ -313,6 +325,7 @@ pub fn run(opts: &Options) -> Result<Results> {
             f
         },
         &[Stat::TxForwarded, Stat::TxScheduled],
+        false,
     )?);
     if let Some(path) = &opts.pcap {
         let frames = pcap_frames(path, opts.pcap_rewrite_vip)?;
@@ -338,6 +351,7 @@ pub fn run(opts: &Options) -> Result<Results> {
             drlb: Spread::of(d),
             floor_pass: Spread::of(a),
             floor_swap: Spread::of(s),
+            floor_insert: None,
         });
     }
     b.progress.finish_and_clear();
@@ -355,6 +369,13 @@ pub fn run(opts: &Options) -> Result<Results> {
     if let Some(r) = find("SYN storm", "trace", "64B") {
         ratios.insert(format!("syn_wlc{}", opts.real_servers), r);
     }
+    // How many floor (b)s the connection-table insert alone costs: a lower bound for any
+    // SYN that records its connection in a kernel LRU hash.
+    if let Some(f) = figures.iter().find(|f| f.name.starts_with("SYN storm") && f.size == "64B")
+        && let Some(c) = f.floor_insert
+    {
+        ratios.insert("syn_insert_floor".to_string(), c.median / f.floor_swap.median);
+    }
     if let Some(r) = find("non-VIP", "hot loop", "64B") {
         ratios.insert("non_vip".to_string(), r);
     }
@@ -366,6 +387,7 @@ pub fn run(opts: &Options) -> Result<Results> {
         ("syn_wlc16", "<= 4.0 x floor (b)"),
         ("non_vip", "<= 1.5 x floor (b)"),
         ("live", ">= 0.80 of the bare MAC-swap program"),
+        ("syn_insert_floor", "none: floor (c) / floor (b), a lower bound for syn_wlc16"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -113,6 +113,34 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
             f.ratio()
         );
     }
+    let new_flow: Vec<&super::Figure> = r.figures.iter().filter(|f| f.floor_insert.is_some()).collect();
+    if !new_flow.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n## New flows: what the connection-table insert alone costs\n\n\
+             Floor (c) is floor (b) plus what any balancer that records connections in a kernel LRU hash does for \
+             a new flow: one lookup of the 5-tuple (a miss) and one insert, into a table of the same size, over the \
+             same SYNs. It bounds a SYN's cost from below for drlb and Katran alike.\n\n\
+             | scenario | size | floor (b) ns | floor (c) ns | floor (c) × floor (b) | drlb ns | drlb − floor (c) ns |\n\
+             | --- | --- | --- | --- | --- | --- | --- |"
+        );
+        for f in new_flow {
+            let c = f.floor_insert.expect("filtered");
+            let _ = writeln!(
+                o,
+                "| {} | {} | {:.1} | {:.1} / {:.1} / {:.1} | {:.2} | {:.1} | {:.1} |",
+                f.name,
+                f.size,
+                f.floor_swap.median,
+                c.min,
+                c.median,
+                c.max,
+                c.median / f.floor_swap.median,
+                f.drlb.median,
+                f.drlb.median - c.median
+            );
+        }
+    }
     if let Some(l) = &r.live {
         let _ = writeln!(
             o,
