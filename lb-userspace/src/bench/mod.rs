@@ -138,7 +138,7 @@ pub fn bench_config(n: u32) -> (Config, HashMap<IpAddr, Mac>) {
         macs.insert(addr, [0x02, 0xbe, 0, 0, 1, i as u8]);
     }
     let text = format!(
-        "director: {{ interface: eth0, conn_table_size: 4194304 }}\nservices:\n  - name: bench\n    vip: {}\n    port: 80\n    \
+        "director: {{ interface: eth0 }}\nservices:\n  - name: bench\n    vip: {}\n    port: 80\n    \
          protocol: tcp\n    scheduler: wlc\n    real_servers:\n{rs}",
         traffic::VIP
     );
@@ -207,7 +207,12 @@ fn check_reasons(before: &Counters, after: &Counters, n: u64, reasons: &[Stat], 
 pub fn run(opts: &Options) -> Result<Results> {
     let (config, macs) = bench_config(opts.real_servers);
     let tables = Tables::build(&config, &macs, traffic::DIRECTOR_MAC);
-    let mut dp = Dataplane::load_for_bench(4 << 20).context("loading the dataplane")?;
+    // Room for every flow the run opens (no LRU eviction during a figure), twice over.
+    let flows = opts.small_flows as u64
+        + opts.large_flows as u64
+        + opts.runs as u64 * (2 * opts.syn_flows as u64 + opts.small_flows as u64 / 20 + 1);
+    let table_size = (2 * flows).next_power_of_two().clamp(1 << 16, 1 << 23) as u32;
+    let mut dp = Dataplane::load_for_bench(table_size).context("loading the dataplane")?;
     dp.apply(&tables)?;
 
     let total: u64 = opts.runs as u64
