@@ -236,6 +236,9 @@ pub fn run(opts: &Options) -> Result<Results> {
     for f in setup_small.iter().chain(&setup_large) {
         let (v, _, _) = b.run(PROGRAM_LB, f, 1)?;
         ensure!(v == XDP_TX, "opening a flow: verdict {v}");
+        // Floor (c)'s table holds as many connections as drlb's when it is measured.
+        let (v, _, _) = b.run(PROGRAM_FLOOR_INSERT, f, 1)?;
+        ensure!(v == XDP_TX, "opening a flow in floor (c): verdict {v}");
         b.progress.inc(1);
     }
 
