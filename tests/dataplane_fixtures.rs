@@ -179,3 +179,66 @@ fn persistence_template_lives_while_its_connection_does() {
     assert_eq!(r.return_value, XDP_TX);
     assert_eq!(out[..6], first[..6], "the client's next connection moved although its first is alive");
 }
+
+/// Pins the calling thread to `cpu`: BPF_PROG_TEST_RUN runs the program on the caller's CPU,
+/// so this chooses whose per-CPU flow cache a packet meets.
+fn run_on_cpu(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+}
+
+/// The flow cache across CPUs: CPU A forwards an established connection from its cache; on
+/// CPU B the client resets it and opens the same 5-tuple again, which the scheduler now puts
+/// on the other server. A's next data segment must follow the new connection (the program
+/// moved the connection generation when it replaced the entry), not A's cached server.
+#[test]
+fn flow_cache_follows_a_connection_replaced_on_another_cpu() {
+    let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+    let cpus: Vec<usize> = (0..nix::sched::CpuSet::count()).filter(|c| allowed.is_set(*c).unwrap_or(false)).collect();
+    if cpus.len() < 2 {
+        println!("skipped: this test needs two CPUs, the machine allows {}", cpus.len());
+        return;
+    }
+    let (a, b) = (cpus[0], cpus[1]);
+    let config = |rs2_weight: u32| {
+        let text = format!(
+            "director: {{ interface: eth0 }}\nservices:\n  - {{ name: web, vip: 198.18.0.100, port: 80, protocol: tcp, scheduler: wlc,\n      \
+             real_servers: [ {{ address: 198.18.0.11 }}, {{ address: 198.18.0.12, weight: {rs2_weight} }} ] }}\n"
+        );
+        Tables::build(&Config::parse(Path::new("cpus.yaml"), &text).unwrap(), &macs(), DIRECTOR_MAC)
+    };
+    let mut dp = Dataplane::load_with(65536).expect("load the dataplane");
+    dp.apply(&config(1)).unwrap();
+    let run = |dp: &Dataplane, flags: u8| -> (u32, Vec<u8>) {
+        let frame = tcp_to(vip(WEB), 45000, 80, flags);
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = dp
+            .program(PROGRAM_LB)
+            .unwrap()
+            .test_run(TestRunOptions { data_in: Some(&frame), data_out: Some(&mut out), ..TestRunOptions::new() })
+            .unwrap();
+        out.truncate(r.data_size_out as usize);
+        assert_eq!(out[6..], forwarded(&frame, RS1)[6..], "only the destination MAC may change");
+        (r.return_value, out[..6].to_vec())
+    };
+
+    run_on_cpu(a);
+    assert_eq!(run(&dp, SYN), (XDP_TX, RS2.to_vec()), "wlc tie: the last configured server");
+    assert_eq!(run(&dp, ACK), (XDP_TX, RS2.to_vec()));
+    assert_eq!(run(&dp, PSH_ACK), (XDP_TX, RS2.to_vec()), "established: now in CPU A's cache");
+    assert_eq!(run(&dp, PSH_ACK), (XDP_TX, RS2.to_vec()), "served by CPU A's cache");
+
+    // rs2 takes no new connections; the established one keeps it.
+    dp.apply(&config(0)).unwrap();
+    run_on_cpu(b);
+    assert_eq!(run(&dp, RST | ACK), (XDP_TX, RS2.to_vec()), "RST: CLOSE, still to rs2");
+    assert_eq!(run(&dp, SYN), (XDP_TX, RS1.to_vec()), "SYN on a CLOSE entry: a new connection, on rs1");
+    assert_eq!(run(&dp, ACK), (XDP_TX, RS1.to_vec()));
+
+    run_on_cpu(a);
+    assert_eq!(run(&dp, PSH_ACK), (XDP_TX, RS1.to_vec()), "CPU A must not forward the new connection to the old server");
+    let key = conn_key(&tcp_to(vip(WEB), 45000, 80, ACK)).unwrap();
+    let c = dp.connection(&key).unwrap().expect("the connection");
+    assert_eq!(c.state, lb_common::conn::tcp::ESTABLISHED);
+}
