@@ -13,13 +13,14 @@
 
 use std::fs::{self, File};
 use std::io::{Read as _, Write as _};
+use std::os::fd::AsRawFd as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use aya::programs::xdp::XdpLinkId;
 use nix::sched::{CloneFlags, setns};
 
@@ -81,6 +82,33 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Resu
         .join()
         .map_err(|_| anyhow!("thread in namespace {ns} panicked"))?
     })
+}
+
+/// `ethtool -K IFACE tx off` in the calling thread's namespace: veth leaves TCP checksums
+/// to an offload that XDP_TX skips.
+pub fn tx_checksum_off(iface: &str) -> Result<()> {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    const SIOCETHTOOL: u64 = 0x8946;
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    let mut value = EthtoolValue { cmd: ETHTOOL_STXCSUM, data: 0 };
+    // SAFETY: zeroed ifreq is valid; the name fits (checked) and stays NUL-terminated.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    ensure!(iface.len() < ifr.ifr_name.len(), "interface name {iface} too long");
+    for (d, s) in ifr.ifr_name.iter_mut().zip(iface.bytes()) {
+        *d = s as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = (&raw mut value).cast();
+    // SAFETY: SIOCETHTOOL with an ethtool_value that outlives the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL as _, &mut ifr) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("turning tx checksum offload off on {iface}"));
+    }
+    Ok(())
 }
 
 /// What a batch of HTTP requests to the VIP got.
@@ -251,7 +279,7 @@ impl Lab {
         if self.mode == XdpMode::Native {
             // veth checksum offload leaves TCP checksums to be finished by the receiver's
             // stack, which XDP_TX bypasses: compute them at the client instead.
-            sh("ip", &["netns", "exec", &self.ns("client"), "ethtool", "-K", "eth0", "tx", "off"])?;
+            in_netns(&self.ns("client"), || tx_checksum_off("eth0"))?;
             // Native XDP_TX on a veth needs an XDP program on its peer.
             // Only its XDP_PASS program is used: keep its connection table small.
             let mut dp = Dataplane::load_with(1024)?;
@@ -689,7 +717,8 @@ impl Drop for Lab {
     }
 }
 
-fn http_get(addr: Ipv4Addr, timeout: Duration) -> Result<String> {
+/// One HTTP/1.0 GET of `/` on port 80 of `addr`; the body of a 200 answer.
+pub fn http_get(addr: Ipv4Addr, timeout: Duration) -> Result<String> {
     let mut s = TcpStream::connect_timeout(&SocketAddr::from((addr, 80)), timeout).context("connect")?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;

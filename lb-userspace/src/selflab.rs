@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::future::Future;
 use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, TcpListener};
 use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +29,7 @@ use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth};
 
 use crate::config::{Config, XdpMode};
 use crate::dataplane::{Dataplane, PROGRAM_LB, PROGRAM_PASS};
-use crate::lab::{CLIENT, DIRECTOR, Host, PREFIX, REAL_SERVERS, VIP};
+use crate::lab::{CLIENT, DIRECTOR, Host, PREFIX, REAL_SERVERS, VIP, http_get, tx_checksum_off};
 use crate::tables::{Mac, Tables};
 use lb_common::stats::Stat;
 
@@ -88,32 +88,6 @@ fn ifindex(name: &str) -> Result<u32> {
 
 fn write_sysctl(path: &str, value: &str) -> Result<()> {
     std::fs::write(path, value).with_context(|| format!("writing {value} to {path}"))
-}
-
-/// `ethtool -K IFACE tx off`: veth leaves TCP checksums to an offload that XDP_TX skips.
-fn tx_checksum_off(iface: &str) -> Result<()> {
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    const ETHTOOL_STXCSUM: u32 = 0x17;
-    const SIOCETHTOOL: u64 = 0x8946;
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
-    let mut value = EthtoolValue { cmd: ETHTOOL_STXCSUM, data: 0 };
-    // SAFETY: zeroed ifreq is valid; the name fits (checked) and stays NUL-terminated.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    ensure!(iface.len() < ifr.ifr_name.len(), "interface name {iface} too long");
-    for (d, s) in ifr.ifr_name.iter_mut().zip(iface.bytes()) {
-        *d = s as libc::c_char;
-    }
-    ifr.ifr_ifru.ifru_data = (&raw mut value).cast();
-    // SAFETY: SIOCETHTOOL with an ethtool_value that outlives the call.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL as _, &mut ifr) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("turning tx checksum offload off on {iface}"));
-    }
-    Ok(())
 }
 
 /// A real server's HTTP server: answers every request with its role, until stopped.
@@ -243,7 +217,7 @@ impl SelfLab {
             let mut per_server = vec![0; REAL_SERVERS.len()];
             let mut first_error = None;
             for _ in 0..n {
-                match http_get(SocketAddr::from((VIP, 80))) {
+                match http_get(VIP, Duration::from_secs(2)) {
                     Ok(body) => match REAL_SERVERS.iter().position(|rs| body.trim() == rs.role) {
                         Some(i) => {
                             ok += 1;
@@ -269,17 +243,6 @@ impl Drop for SelfLab {
             s.stop();
         }
     }
-}
-
-fn http_get(to: SocketAddr) -> Result<String> {
-    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).with_context(|| format!("connecting to {to}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: drlb\r\n\r\n")?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).context("reading the answer")?;
-    let (head, body) = reply.split_once("\r\n\r\n").ok_or_else(|| anyhow!("malformed answer {reply:?}"))?;
-    ensure!(head.starts_with("HTTP/1.0 200"), "answer {head:?}");
-    Ok(body.to_string())
 }
 
 /// The service the lab balances: VIP:80/tcp, wlc over both real servers.
