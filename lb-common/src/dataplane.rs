@@ -1,7 +1,8 @@
 //! The forwarding decision: one function, run by the XDP program and by host tests.
 //!
-//! Per packet, in order of cost: one array lookup rejects addresses that are not VIPs; one
-//! hash lookup finds an existing connection, whose real server is one array lookup away.
+//! Per packet, in order of cost: one array lookup rejects addresses that are not VIPs; this
+//! CPU's flow cache (an array) or else one hash lookup finds an existing connection, whose
+//! real server is one array lookup away.
 //! Only a packet without a connection pays for the service lookup and the scheduler.
 
 use crate::addr::Addr16;
@@ -382,6 +383,9 @@ pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &m
                 t.adjust_conn_counts(slot, 0, -1);
                 return Stat::DropConnTableFull;
             }
+            // An entry the LRU evicted leaves no trace but a cache entry of this key may
+            // remain here: it must not outlive the connection that replaces it.
+            t.with_flow_cache(cache_index, |e| e.clear());
             out.new_conn = true;
             (slot, Stat::TxScheduled)
         }

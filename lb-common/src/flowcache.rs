@@ -18,7 +18,11 @@
 //!   this CPU's entry. Whenever a connection is replaced or removed — by the program (an
 //!   expired or closed entry taken by a new SYN) or by the controller (expiry sweep,
 //!   expire_nodest_conn, tests) — the generation in `DRLB_CONN_GEN` moves on, which
-//!   empties every CPU's cache at once.
+//!   empties every CPU's cache at once. A new connection clears this CPU's entry for its
+//!   key. What remains: the kernel's LRU evicting, on a full table, a connection another
+//!   CPU forwarded in the last 16 ticks, and the same 5-tuple opening again within those
+//!   ticks; eviction takes the least recently used entries, so this needs the whole
+//!   table to turn over in 16 ticks.
 
 use crate::conn::{tcp, Conn, ConnKey};
 
