@@ -128,7 +128,7 @@ pub struct LoadReport {
     pub per_server: [usize; 3],
     /// (time since the load started, which server answered), per success.
     pub answers: Vec<(Duration, usize)>,
-    /// (time since the load started, error), per failed request.
+    /// (time since the load started when the request failed, error), per failed request.
     pub failures: Vec<(Duration, String)>,
 }
 
@@ -539,9 +539,11 @@ impl Lab {
                                         r.per_server[i] += 1;
                                         r.answers.push((at, i));
                                     }
-                                    None => r.failures.push((at, format!("unexpected body {body:?}"))),
+                                    None => r.failures.push((started.elapsed(), format!("unexpected body {body:?}"))),
                                 },
-                                Err(e) => r.failures.push((at, format!("{e:#}"))),
+                                // When it failed: a request in flight when a server stops
+                                // fails after the stop, though it was sent before.
+                                Err(e) => r.failures.push((started.elapsed(), format!("{e:#}"))),
                             }
                             std::thread::sleep(Duration::from_millis(2));
                         }
