@@ -18,6 +18,16 @@ fn main() -> anyhow::Result<()> {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=DRLB_COMMIT={commit}");
+    // Rebuild when HEAD moves, or reports would name the commit of an older build. Only
+    // files that exist: cargo reruns a script on every build for a missing one.
+    let git_dir = std::path::Path::new(&manifest_dir).join("../.git");
+    let head = git_dir.join("HEAD");
+    let reference = std::fs::read_to_string(&head).ok().and_then(|h| h.strip_prefix("ref: ").map(|r| git_dir.join(r.trim())));
+    for path in [Some(head), reference, Some(git_dir.join("packed-refs"))].into_iter().flatten() {
+        if path.is_file() {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
+    }
     aya_build::build_ebpf(
         [aya_build::Package { name: "lb-ebpf", root_dir: root, ..Default::default() }],
         aya_build::Toolchain::default(),
