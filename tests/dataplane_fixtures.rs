@@ -7,7 +7,7 @@ use std::path::Path;
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::stats::{XDP_PASS, XDP_TX};
 use lb_userspace::config::Config;
-use lb_userspace::dataplane::{Dataplane, PROGRAM_LB};
+use lb_userspace::dataplane::{Dataplane, PROGRAM_FLOOR_INSERT, PROGRAM_FLOOR_SWAP, PROGRAM_LB};
 use lb_userspace::fixtures::*;
 use lb_userspace::tables::{Mac, Tables};
 use lb_common::maps::ConnCounts;
@@ -241,4 +241,26 @@ fn flow_cache_follows_a_connection_replaced_on_another_cpu() {
     let key = conn_key(&tcp_to(vip(WEB), 45000, 80, ACK)).unwrap();
     let c = dp.connection(&key).unwrap().expect("the connection");
     assert_eq!(c.state, lb_common::conn::tcp::ESTABLISHED);
+}
+
+/// The benchmark's floors do what the report says they do: (b) swaps the MACs and sends the
+/// frame back, unchanged otherwise; (c) does the same after recording the flow.
+#[test]
+fn benchmark_floors_swap_macs() {
+    let dp = Dataplane::load_with(1024).expect("load the dataplane");
+    let frame = tcp_to(vip(WEB), 45001, 80, SYN);
+    let mut expected = frame.clone();
+    expected[..6].copy_from_slice(&frame[6..12]);
+    expected[6..12].copy_from_slice(&frame[..6]);
+    assert_ne!(expected, frame);
+    for program in [PROGRAM_FLOOR_SWAP, PROGRAM_FLOOR_INSERT] {
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = dp
+            .program(program)
+            .unwrap()
+            .test_run(TestRunOptions { data_in: Some(&frame), data_out: Some(&mut out), ..TestRunOptions::new() })
+            .unwrap();
+        out.truncate(r.data_size_out as usize);
+        assert_eq!((r.return_value, &out), (XDP_TX, &expected), "{program}");
+    }
 }

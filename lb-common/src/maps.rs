@@ -264,6 +264,11 @@ pub struct Backend {
     pub flags: u32,
 }
 
+// The XDP program reads `mac` and `src_mac` as three aligned words (`l2_words`).
+const _: () = assert!(
+    core::mem::offset_of!(Backend, mac) % 4 == 0 && core::mem::offset_of!(Backend, src_mac) == core::mem::offset_of!(Backend, mac) + 6
+);
+
 impl Backend {
     /// The 12 bytes a forwarded frame starts with — destination MAC (the real server's),
     /// then source MAC (the director's) — as three little-endian words.
