@@ -1,7 +1,7 @@
 //! `drlb bench`: the dataplane object replayed with BPF_PROG_TEST_RUN, its maps filled as
-//! `drlb run` fills them, against two floors measured in the same run — (a) a program
-//! returning XDP_PASS and (b) one that swaps MACs and returns XDP_TX — plus a live mode
-//! through a veth pair. Every figure is min / median / max over the runs; every verdict is
+//! `drlb run` fills them, against floors measured in the same run — (a) a program
+//! returning XDP_PASS, (b) one that swaps MACs and returns XDP_TX, and for new flows (c) (b)
+//! plus a connection-table lookup and insert — plus a live mode through a veth pair. Every figure is min / median / max over the runs; every verdict is
 //! checked (the per-reason counters must have moved by exactly the packets sent), so a
 //! figure is of the path it names.
 
