@@ -2,10 +2,15 @@
 //! floors, live veth pair) and reports what `--json` promises. Figures from a quick run
 //! mean nothing; the real ones come from `cargo xtask bench`. Needs root.
 
+mod support;
+
 use std::process::Command;
 
 #[test]
 fn quick_bench_reports_every_ratio() {
+    if support::skip_unless_root() {
+        return;
+    }
     let out_dir = std::env::temp_dir().join(format!("drlb-bench-smoke-{}", std::process::id()));
     let out = Command::new(env!("CARGO_BIN_EXE_drlb"))
         .args(["bench", "--quick", "--json", "--out"])

@@ -2,6 +2,8 @@
 //! `drlb realserver check` or `drlb trace` names it (and the fix); a healthy lab reports
 //! every check OK. Needs root.
 
+mod support;
+
 use std::io::Read as _;
 use std::path::Path;
 use std::sync::Mutex;
@@ -23,6 +25,9 @@ fn doctor(lab: &Lab) -> (bool, String) {
 
 #[test]
 fn healthy_lab_is_all_ok_and_realserver_faults_are_named() {
+    if support::skip_unless_root() {
+        return;
+    }
     let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = Lab::build(XdpMode::Native).expect("build the lab");
     lab.start_drlb(drlb()).expect("start drlb");
@@ -57,6 +62,9 @@ fn healthy_lab_is_all_ok_and_realserver_faults_are_named() {
 
 #[test]
 fn off_link_server_all_down_and_detached_xdp_are_named() {
+    if support::skip_unless_root() {
+        return;
+    }
     let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = Lab::build(XdpMode::Generic).expect("build the lab");
     let config = lab.drlb_config().replace(
@@ -111,6 +119,9 @@ fn off_link_server_all_down_and_detached_xdp_are_named() {
 
 #[test]
 fn trace_shows_forwarding_decisions() {
+    if support::skip_unless_root() {
+        return;
+    }
     let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = Lab::build(XdpMode::Native).expect("build the lab");
     let config = lab.drlb_config().replace("      - { address: 198.18.0.11, weight: 1 }", "      - { name: rs1, address: 198.18.0.11, weight: 1 }");

@@ -1,6 +1,8 @@
 //! End to end in the netns lab: real TCP from a client through drlb's XDP program on the
 //! director to nginx real servers, in native and in generic XDP mode. Needs root.
 
+mod support;
+
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -67,11 +69,17 @@ fn end_to_end(mode: XdpMode) {
 
 #[test]
 fn native_mode_forwards_real_tcp_in_dr() {
+    if support::skip_unless_root() {
+        return;
+    }
     end_to_end(XdpMode::Native);
 }
 
 #[test]
 fn generic_mode_forwards_real_tcp_in_dr() {
+    if support::skip_unless_root() {
+        return;
+    }
     end_to_end(XdpMode::Generic);
 }
 
@@ -79,6 +87,9 @@ fn generic_mode_forwards_real_tcp_in_dr() {
 /// says so, and nothing is attached.
 #[test]
 fn real_server_not_on_link_is_refused() {
+    if support::skip_unless_root() {
+        return;
+    }
     let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let drlb = Path::new(env!("CARGO_BIN_EXE_drlb"));
     let mut lab = Lab::build(XdpMode::Generic).expect("build the lab");
@@ -93,6 +104,9 @@ fn real_server_not_on_link_is_refused() {
 /// every request succeeds again — all without restarting drlb.
 #[test]
 fn neighbour_changes_are_followed() {
+    if support::skip_unless_root() {
+        return;
+    }
     let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let drlb = Path::new(env!("CARGO_BIN_EXE_drlb"));
     let mut lab = Lab::build(XdpMode::Generic).expect("build the lab");
@@ -126,6 +140,9 @@ fn neighbour_changes_are_followed() {
 /// generic mode and logs why.
 #[test]
 fn auto_mode_falls_back_to_generic_with_a_reason() {
+    if support::skip_unless_root() {
+        return;
+    }
     let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let drlb = Path::new(env!("CARGO_BIN_EXE_drlb"));
     let mut lab = Lab::build(XdpMode::Generic).expect("build the lab");

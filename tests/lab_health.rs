@@ -2,6 +2,8 @@
 //! client namespace makes short HTTP requests for a fixed time and counts failures.
 //! Needs root.
 
+mod support;
+
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -46,6 +48,9 @@ fn answered(r: &LoadReport, from: Duration, to: Duration) -> [usize; 3] {
 
 #[test]
 fn stopped_server_goes_down_within_the_bound_and_comes_back() {
+    if support::skip_unless_root() {
+        return;
+    }
     let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = Lab::build(XdpMode::Native).expect("build the lab");
     lab.start_drlb_with(drlb(), &config(&lab, &[(0, 1), (1, 1)], TCP_CHECK)).expect("start drlb");
@@ -90,6 +95,9 @@ fn stopped_server_goes_down_within_the_bound_and_comes_back() {
 /// script reporting maintenance; port 80 stays open all along.
 #[test]
 fn http_and_script_checks_catch_what_tcp_misses() {
+    if support::skip_unless_root() {
+        return;
+    }
     let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = Lab::build(XdpMode::Generic).expect("build the lab");
     for (kind, check) in [
@@ -123,6 +131,9 @@ fn http_and_script_checks_catch_what_tcp_misses() {
 /// a file that does not parse — no request fails.
 #[test]
 fn reloads_under_load_fail_no_request() {
+    if support::skip_unless_root() {
+        return;
+    }
     let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = Lab::build_with(XdpMode::Native, 3).expect("build the lab");
     lab.start_drlb_with(drlb(), &config(&lab, &[(0, 1), (1, 1)], TCP_CHECK)).expect("start drlb");
@@ -155,6 +166,9 @@ fn reloads_under_load_fail_no_request() {
 /// does as soon as one of two weight-1 servers is down.
 #[test]
 fn sorry_server_takes_over_when_the_quorum_is_lost() {
+    if support::skip_unless_root() {
+        return;
+    }
     let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = Lab::build_with(XdpMode::Generic, 3).expect("build the lab");
     let check = "{ type: tcp, port: 80, interval: 300ms, timeout: 1s, retries: 0 }";

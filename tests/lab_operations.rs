@@ -2,6 +2,8 @@
 //! A bounded load generator in the client namespace makes short HTTP requests for a fixed
 //! time and counts failures. Needs root.
 
+mod support;
+
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -28,6 +30,9 @@ fn counter(log: &str, name: &str) -> u64 {
 /// stop` then removes it on purpose.
 #[test]
 fn sigkill_mid_load_is_hitless_and_restart_adopts() {
+    if support::skip_unless_root() {
+        return;
+    }
     let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = Lab::build(XdpMode::Native).expect("build the lab");
     lab.start_drlb(drlb()).expect("start drlb");
@@ -59,6 +64,9 @@ fn sigkill_mid_load_is_hitless_and_restart_adopts() {
 /// `drlb stop` removes a dataplane whose controller is gone.
 #[test]
 fn drlb_stop_removes_an_orphaned_dataplane() {
+    if support::skip_unless_root() {
+        return;
+    }
     let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = Lab::build(XdpMode::Generic).expect("build the lab");
     lab.start_drlb(drlb()).expect("start drlb");
@@ -75,6 +83,9 @@ fn drlb_stop_removes_an_orphaned_dataplane() {
 /// pins after the controller was killed.
 #[test]
 fn status_shows_active_and_inactive_connections() {
+    if support::skip_unless_root() {
+        return;
+    }
     let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = Lab::build(XdpMode::Generic).expect("build the lab");
     lab.start_drlb(drlb()).expect("start drlb");
@@ -108,6 +119,9 @@ fn status_shows_active_and_inactive_connections() {
 /// health-check latency, XDP mode.
 #[test]
 fn metrics_are_served_on_loopback() {
+    if support::skip_unless_root() {
+        return;
+    }
     let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = Lab::build(XdpMode::Native).expect("build the lab");
     let config = lab.drlb_config().replace(
@@ -142,6 +156,9 @@ fn metrics_are_served_on_loopback() {
 /// refuses; `--replace-dataplane` replaces it on purpose.
 #[test]
 fn layout_mismatch_is_explained_and_replaced_only_on_request() {
+    if support::skip_unless_root() {
+        return;
+    }
     let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = Lab::build(XdpMode::Generic).expect("build the lab");
     lab.start_drlb(drlb()).expect("start drlb");
@@ -174,6 +191,9 @@ fn layout_mismatch_is_explained_and_replaced_only_on_request() {
 /// filled, RELOADING=1 / READY=1 around a reload, STOPPING=1 on the way out.
 #[test]
 fn systemd_notifications_follow_the_lifecycle() {
+    if support::skip_unless_root() {
+        return;
+    }
     use std::os::unix::net::UnixDatagram;
     let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = Lab::build(XdpMode::Generic).expect("build the lab");

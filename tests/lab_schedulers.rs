@@ -2,6 +2,8 @@
 //! connection, against the sequence IPVS's sources give (`lb_common::host::ipvs`, a plain
 //! transcription), and the splits and stickiness operators rely on. Needs root.
 
+mod support;
+
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -62,6 +64,9 @@ fn ipvs_sequence(scheduler: &str, weights: &[u32], n: usize, hold: bool) -> Vec<
 
 #[test]
 fn choice_sequences_match_ipvs() {
+    if support::skip_unless_root() {
+        return;
+    }
     let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = Lab::build_with(XdpMode::Generic, 3).expect("build the lab");
     let mut cases: Vec<(&str, Vec<u32>)> = Vec::new();
@@ -97,6 +102,9 @@ fn choice_sequences_match_ipvs() {
 
 #[test]
 fn wlc_1_to_3_splits_400_concurrent_connections_25_75() {
+    if support::skip_unless_root() {
+        return;
+    }
     let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = Lab::build_with(XdpMode::Native, 2).expect("build the lab");
     lab.start_drlb_with(drlb(), &config("wlc", &[1, 3], "")).expect("start drlb");
@@ -112,6 +120,9 @@ fn wlc_1_to_3_splits_400_concurrent_connections_25_75() {
 
 #[test]
 fn persistence_pins_a_client_and_plain_rr_spreads() {
+    if support::skip_unless_root() {
+        return;
+    }
     let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = Lab::build_with(XdpMode::Generic, 2).expect("build the lab");
 
@@ -135,6 +146,9 @@ fn persistence_pins_a_client_and_plain_rr_spreads() {
 /// and gets no new ones. A file that does not validate is refused and nothing changes.
 #[test]
 fn weight_zero_by_reload_keeps_open_connections_and_takes_no_new_ones() {
+    if support::skip_unless_root() {
+        return;
+    }
     let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = Lab::build_with(XdpMode::Native, 2).expect("build the lab");
     lab.start_drlb_with(drlb(), &config("wlc", &[1, 1], "")).expect("start drlb");

@@ -2,6 +2,8 @@
 //! (namespaces by unshare, links by netlink, in-process real servers) forwards real TCP
 //! through the VIP in native and generic mode and leaves nothing behind. Needs root.
 
+mod support;
+
 use std::process::Command;
 
 fn links() -> String {
@@ -14,6 +16,9 @@ fn links() -> String {
 
 #[test]
 fn selftest_lab_forwards_real_tcp_in_both_modes() {
+    if support::skip_unless_root() {
+        return;
+    }
     let before = links();
     let out = Command::new(env!("CARGO_BIN_EXE_drlb")).args(["selftest", "--lab"]).output().expect("run drlb selftest --lab");
     let stdout = String::from_utf8_lossy(&out.stdout);

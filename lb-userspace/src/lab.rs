@@ -688,6 +688,12 @@ impl Lab {
             .map(|_| ())
     }
 
+    /// Starts a capture of every frame on `role`'s eth0 into a pcap file at `out`; stop it
+    /// with [`PcapCapture::finish`].
+    pub fn capture_pcap(&self, role: &str, out: &Path) -> Result<PcapCapture> {
+        PcapCapture::start(&self.ns(role), out)
+    }
+
     /// Starts a capture in `role`'s namespace; stop it with [`Capture::finish`].
     pub fn capture(&self, role: &str, filter: &str) -> Result<Capture> {
         Capture::start(&self.ns(role), &self.dir.join(format!("capture-{role}.txt")), filter)
@@ -810,6 +816,41 @@ fn remove_stale_labs() {
             let _ = sh("umount", &[&lab_dir.join("bpffs").to_string_lossy()]);
             let _ = fs::remove_dir_all(lab_dir);
         }
+    }
+}
+
+/// A tcpdump in a namespace writing whole frames to a pcap file.
+pub struct PcapCapture {
+    child: Child,
+}
+
+impl PcapCapture {
+    fn start(ns: &str, out: &Path) -> Result<PcapCapture> {
+        let err_path = out.with_extension("err");
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "tcpdump", "-i", "eth0", "-s", "0", "--immediate-mode", "-U", "-w"])
+            .arg(out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&err_path)?)
+            .spawn()
+            .context("starting tcpdump (`cargo xtask setup` installs it)")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !fs::read_to_string(&err_path).unwrap_or_default().contains("listening on") {
+            if Instant::now() > deadline {
+                bail!("tcpdump did not start: {}", fs::read_to_string(&err_path).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = fs::remove_file(&err_path);
+        Ok(PcapCapture { child })
+    }
+
+    /// Stops the capture; the file is complete when this returns.
+    pub fn finish(self) -> Result<()> {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGINT);
+        stop_child(self.child, Duration::from_secs(5))
     }
 }
 

@@ -37,6 +37,37 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         requests: usize,
     },
+    /// Record the client's side of a lab session (ARP, IPv6 neighbour discovery, TCP through
+    /// the VIP, ping, UDP answered by ICMP) into a pcap: how tests/data/lab-client.pcap,
+    /// which the dataplane tests replay, was made.
+    Record {
+        #[arg(long)]
+        drlb: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn record(drlb: PathBuf, out: PathBuf) -> Result<String> {
+    let mut lab = Lab::build(XdpMode::Native)?;
+    // Started after drlb: starting it turns the client's tx offloads off, which restarts
+    // the capture's interface.
+    lab.start_drlb(&drlb)?;
+    let capture = lab.capture_pcap("client", &std::path::absolute(&out)?)?;
+    // The client asks for the VIP's MAC afresh, so the capture starts with ARP.
+    lab::sh("ip", &["netns", "exec", &lab.ns("client"), "ip", "neigh", "flush", "dev", "eth0"])?;
+    let tally = lab.http_requests(10, Duration::from_secs(2))?;
+    lab.ping_director()?;
+    // No service for UDP: the director's kernel answers with ICMP port unreachable.
+    lab::in_netns(&lab.ns("client"), || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        s.send_to(b"drlb-lab", (lab::VIP, 53))?;
+        std::thread::sleep(Duration::from_millis(200));
+        Ok(())
+    })?;
+    capture.finish()?;
+    lab.stop_drlb()?;
+    Ok(format!("record: {} written ({} of 10 requests ok)", out.display(), tally.ok))
 }
 
 fn demo(drlb: PathBuf, mode: Mode, requests: usize, interrupted: Arc<AtomicBool>) -> Result<String> {
@@ -96,6 +127,16 @@ fn main() -> ExitCode {
     // The lab is torn down by Drop when demo() returns early on Ctrl-C.
     let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
     match Cli::parse().command {
+        Cmd::Record { drlb, out } => match record(drlb, out) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("record failed: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Demo { drlb, mode, requests } => match demo(drlb, mode, requests, interrupted) {
             Ok(summary) => {
                 let all_ok = summary.contains(&format!(" {requests}/{requests} "));
