@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use lb_userspace::config::XdpMode;
-use lb_userspace::lab::Lab;
+use lb_userspace::lab::{Lab, Launch};
 
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -214,4 +214,62 @@ fn systemd_notifications_follow_the_lifecycle() {
     assert_eq!((next(), next()), ("RELOADING=1".to_string(), "READY=1".to_string()));
     lab.stop_drlb().unwrap();
     assert_eq!(next(), "STOPPING=1");
+}
+
+/// A fresh director: the default pin_root under an empty, freshly mounted bpffs (nothing
+/// pinned, no /sys/fs/bpf/drlb yet), and under a /sys/fs/bpf where nothing is mounted
+/// (drlb mounts bpffs there and says so). Both forward.
+#[test]
+fn fresh_director_pins_under_the_default_root() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = Lab::build(XdpMode::Native).expect("build the lab");
+    let config: String = lab.drlb_config().lines().filter(|l| !l.contains("pin_root:")).map(|l| format!("{l}\n")).collect();
+    for launch in [Launch::FreshBpffs, Launch::NetnsExec] {
+        lab.start_drlb_as(drlb(), &config, launch, &[]).unwrap_or_else(|e| panic!("{launch:?}: {e:#}"));
+        let tally = lab.http_requests(20, Duration::from_secs(2)).unwrap();
+        // Read-only commands need no config file: they find the pinned dataplane (run in
+        // drlb's own mount namespace, where its bpffs is; no /etc/drlb/drlb.yaml here).
+        assert!(!Path::new("/etc/drlb/drlb.yaml").exists());
+        let pid = lab.drlb_pid().unwrap().to_string();
+        for args in [&["status"][..], &["doctor", "--sample", "1s"][..]] {
+            let out = std::process::Command::new("nsenter").args(["-t", &pid, "-m", "-n"]).arg(drlb()).args(args).output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+            println!("{launch:?} drlb {}:\n{text}", args.join(" "));
+            assert!(text.contains("/sys/fs/bpf/drlb/eth0"), "{launch:?} {args:?}: {text}");
+            assert!(text.contains("198.18.0.100"), "{launch:?} {args:?}: {text}");
+        }
+        let log = lab.stop_drlb().unwrap();
+        println!("{launch:?}: {}/20 ok\n{log}", tally.ok);
+        assert_eq!(tally.ok, 20, "{launch:?}: {:?}\n{log}", tally.first_error);
+        assert!(log.contains("ready:"), "{log}");
+        if launch == Launch::NetnsExec {
+            assert!(log.contains("mounted a BPF filesystem at /sys/fs/bpf"), "{log}");
+        }
+    }
+}
+
+/// Two directors in two network namespaces, both with an `eth0`, pinning under one bpffs:
+/// the second neither adopts the first one's dataplane nor removes it with `drlb stop`.
+#[test]
+fn a_dataplane_of_another_namespace_is_neither_adopted_nor_stopped() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = Lab::build(XdpMode::Native).expect("build the lab");
+    lab.start_drlb(drlb()).expect("start drlb");
+    let config = lab.dir().join("drlb.yaml");
+    let config = config.to_str().unwrap();
+    // The client's namespace also has an eth0 on the lab's subnet.
+    let (ok, out) = lab.run_in("client", drlb(), &["run", "--config", config]).unwrap();
+    assert!(!ok, "a second drlb adopted another namespace's dataplane:\n{out}");
+    assert!(out.contains("another director pins there"), "{out}");
+    let (ok, out) = lab.run_in("client", drlb(), &["stop", "--config", config]).unwrap();
+    assert!(!ok && out.contains("another director pins there"), "{out}");
+    let tally = lab.http_requests(10, Duration::from_secs(2)).unwrap();
+    assert_eq!(tally.ok, 10, "the first director stopped forwarding: {:?}", tally.first_error);
+    lab.stop_drlb().unwrap();
 }

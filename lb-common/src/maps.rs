@@ -91,12 +91,20 @@ pub const ALL_MAPS: [&str; 16] = [
 ];
 
 /// Bump when any map's meaning changes; sizes are checked too (see [`layout`]).
-pub const LAYOUT_VERSION: u32 = 2;
-/// Entries of `DRLB_META`.
-pub const META_SIZE: u32 = 8;
+pub const LAYOUT_VERSION: u32 = 3;
+/// Entries of `DRLB_META`: the layout, then who the dataplane belongs to.
+pub const META_SIZE: u32 = 12;
+/// Entries of `DRLB_META` that record the [`layout`].
+pub const META_LAYOUT_ENTRIES: usize = 8;
+/// `DRLB_META` index of the low and high halves of the network namespace's inode number the
+/// XDP link was attached in, and of the interface's index there: a second drlb in another
+/// namespace, whose interface has the same name, must not take this dataplane over.
+pub const META_OWNER_NETNS_LO: u32 = 8;
+pub const META_OWNER_NETNS_HI: u32 = 9;
+pub const META_OWNER_IFINDEX: u32 = 10;
 
-/// What `DRLB_META` holds: the layout version and the sizes of the types in the maps.
-pub fn layout() -> [u32; META_SIZE as usize] {
+/// What `DRLB_META` holds first: the layout version and the sizes of the types in the maps.
+pub fn layout() -> [u32; META_LAYOUT_ENTRIES] {
     use core::mem::size_of;
     [
         LAYOUT_VERSION,

@@ -278,6 +278,21 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
     log_usability(&config, &macs);
 
     let pin_dir = config.director.pin_dir();
+    if let Some(owner) = crate::pins::check_owner(&pin_dir, &iface.name)?
+        && owner.ifindex != iface.index
+    {
+        // Same namespace, but the interface was deleted and made again: the old link went
+        // with it. Keep the maps (connections, counters), attach afresh.
+        warn!(
+            "the dataplane pinned at {} was attached to interface index {}, which {} no longer is (now {}): attaching anew",
+            pin_dir.display(),
+            owner.ifindex,
+            iface.name,
+            iface.index
+        );
+        let link = pin_dir.join(crate::dataplane::LINK_PIN);
+        std::fs::remove_file(&link).with_context(|| format!("removing the stale link pin {}", link.display()))?;
+    }
     let (mut dp, origin) = Dataplane::open(config.director.conn_table_size, Some(&pin_dir), replace_dataplane)?;
     let (tables, slots) = match origin {
         Origin::Created => (Tables::default(), Slots::default()),

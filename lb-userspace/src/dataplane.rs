@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use lb_common::conn::{Conn, ConnKey};
 use lb_common::maps::{
     Backend, BackendStats, ConnCounts, Persist, SchedState, Service, ServiceKey, Vip, VipKey, MAP_BACKENDS, MAP_MEMBERS,
-    MAP_PERSIST, SVC_F_PERSISTENT, SVC_F_WILDCARD, ALL_MAPS, MAP_META, META_SIZE, layout,
+    MAP_PERSIST, SVC_F_PERSISTENT, SVC_F_WILDCARD, ALL_MAPS, MAP_META, META_LAYOUT_ENTRIES, layout,
     MAP_BACKEND_STATS, MAP_CONNS, MAP_CONN_COUNTS, MAP_CONN_GEN, MAP_FLOOR_CONNS, MAP_SCHED_STATE, MAP_SCHED_TABLE, MAP_SERVICES, MAP_SERVICE_IDS,
     MAP_STATS, MAP_VIPS, MAP_VIP_FILTER,
 };
@@ -88,15 +88,8 @@ pub enum Origin {
     Adopted,
 }
 
-/// bpffs's `statfs` magic.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
-fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC).unwrap_or(false)
-}
-
 /// The layout recorded in a pin directory, if there is one.
-pub fn pinned_layout(dir: &Path) -> Result<Option<[u32; META_SIZE as usize]>> {
+pub fn pinned_layout(dir: &Path) -> Result<Option<[u32; META_LAYOUT_ENTRIES]>> {
     let path = dir.join(MAP_META);
     if !path.exists() {
         return Ok(None);
@@ -104,7 +97,7 @@ pub fn pinned_layout(dir: &Path) -> Result<Option<[u32; META_SIZE as usize]>> {
     let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
     let map = aya::maps::Map::Array(data);
     let meta: Array<&MapData, u32> = Array::try_from(&map)?;
-    let mut out = [0u32; META_SIZE as usize];
+    let mut out = [0u32; META_LAYOUT_ENTRIES];
     for (i, v) in out.iter_mut().enumerate() {
         *v = meta.get(&(i as u32), 0)?;
     }
@@ -194,14 +187,7 @@ impl Dataplane {
             None => Vec::new(),
         };
         if let Some(dir) = pin_dir {
-            let root = dir.parent().unwrap_or(dir);
-            if !is_bpffs(root) {
-                bail!(
-                    "{} is not on a BPF filesystem, so the dataplane cannot be pinned there: mount one \
-                     (`mount -t bpf bpf /sys/fs/bpf`, which `cargo xtask setup` does) or set director.pin_root",
-                    root.display()
-                );
-            }
+            crate::pins::prepare_dir(dir)?;
             match pinned_layout(dir)? {
                 Some(found) if found == layout() => origin = Origin::Adopted,
                 Some(found) => {
@@ -223,7 +209,7 @@ impl Dataplane {
                 }
                 None => {}
             }
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            crate::pins::prepare_dir(dir)?;
         }
         for (name, path) in &pin_paths {
             loader.map_pin_path(name, path.as_path());
@@ -354,6 +340,8 @@ impl Dataplane {
             "this kernel attached XDP without a bpf_link (needs 5.9+), so the attachment cannot be pinned",
         )?;
         let pinned = fd.pin(&path).with_context(|| format!("pinning the XDP link at {}", path.display()))?;
+        let owner = crate::pins::Owner::here(interface)?;
+        owner.record(&mut Array::try_from(self.map_mut(MAP_META)?)?)?;
         self.attachment = Some(Attachment::Pinned(FdLink::from(pinned)));
         Ok(Some(m))
     }

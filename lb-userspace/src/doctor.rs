@@ -68,10 +68,69 @@ fn read_sysctl(iface: &str, key: &str) -> Option<u32> {
     std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{iface}/{key}")).ok()?.trim().parse().ok()
 }
 
-/// Every check, in the order an operator would go through them.
-pub async fn run(config: &Config, sample: Duration) -> Result<Vec<Check>> {
+/// What the doctor examines: from the config file, or, without one, from what the pinned
+/// dataplane holds (as `ipvsadm -Ln` needs no file).
+struct Subject {
+    interface: String,
+    pin_dir: std::path::PathBuf,
+    vips: Vec<IpAddr>,
+    /// (service label, VIP, port, real servers as (label, address)).
+    services: Vec<(String, IpAddr, u16, Vec<(String, IpAddr)>)>,
+}
+
+impl Subject {
+    fn from_config(config: &Config) -> Subject {
+        let services = config
+            .services
+            .iter()
+            .map(|svc| {
+                let servers = svc
+                    .real_servers
+                    .iter()
+                    .map(|rs| {
+                        let label = match &rs.name {
+                            Some(n) => format!("{} {n}", svc.name),
+                            None => svc.name.clone(),
+                        };
+                        (label, rs.address)
+                    })
+                    .collect();
+                (svc.name.clone(), svc.vip, svc.port, servers)
+            })
+            .collect();
+        Subject {
+            interface: config.director.interface.clone(),
+            pin_dir: config.director.pin_dir(),
+            vips: config.services.iter().map(|s| s.vip).collect(),
+            services,
+        }
+    }
+
+    /// The pin directory is `<pin_root>/<interface>`.
+    fn from_pins(dir: &std::path::Path) -> Subject {
+        let interface = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut services = Vec::new();
+        if let Ok(s) = status::read(dir, None) {
+            for svc in &s.services {
+                let Ok(vip) = svc.vip.parse::<IpAddr>() else { continue };
+                let label = format!("{}:{}/{}", svc.vip, svc.port, svc.protocol.to_lowercase());
+                let servers = svc.real_servers.iter().filter_map(|r| Some((label.clone(), r.address.parse().ok()?))).collect();
+                services.push((label, vip, svc.port, servers));
+            }
+        }
+        Subject { interface, pin_dir: dir.to_owned(), vips: services.iter().map(|s| s.1).collect(), services }
+    }
+}
+
+/// Every check, in the order an operator would go through them; `config` when there is a
+/// file, otherwise what the dataplane pinned at `pin_dir` holds.
+pub async fn run(config: Option<&Config>, pin_dir: &std::path::Path, sample: Duration) -> Result<Vec<Check>> {
+    let subject = match config {
+        Some(c) => Subject::from_config(c),
+        None => Subject::from_pins(pin_dir),
+    };
     let mut out = Vec::new();
-    let iface_name = &config.director.interface;
+    let iface_name = &subject.interface;
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
     out.push(ok("kernel", format!("{kernel}, {}", std::env::consts::ARCH)));
     out.push(if std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
@@ -81,7 +140,7 @@ pub async fn run(config: &Config, sample: Duration) -> Result<Vec<Check>> {
     });
 
     // The dataplane: pinned, ours, attached.
-    let dir = config.director.pin_dir();
+    let dir = subject.pin_dir.clone();
     match pinned_layout(&dir) {
         Ok(Some(l)) if l == lb_common::maps::layout() => out.push(ok("pins", format!("drlb dataplane pinned at {} (layout {})", dir.display(), l[0]))),
         Ok(Some(l)) => out.push(fail("pins", format!("the dataplane at {} has layout {}, this drlb {}: fix: `drlb stop`, then `drlb run`", dir.display(), l[0], lb_common::maps::LAYOUT_VERSION))),
@@ -125,7 +184,7 @@ pub async fn run(config: &Config, sample: Duration) -> Result<Vec<Check>> {
     };
     out.push(ok("interface", format!("{iface_name} {} ({})", format_mac(&iface.mac), iface.describe_subnets())));
     let arp_ignore = read_sysctl("all", "arp_ignore").unwrap_or(0).max(read_sysctl(iface_name, "arp_ignore").unwrap_or(0));
-    let mut vips: Vec<IpAddr> = config.services.iter().map(|s| s.vip).collect();
+    let mut vips = subject.vips.clone();
     vips.sort();
     vips.dedup();
     for vip in &vips {
@@ -141,38 +200,34 @@ pub async fn run(config: &Config, sample: Duration) -> Result<Vec<Check>> {
 
     // Real servers: on-link, MAC, health.
     let neighbours = netlink::neighbour_states(&handle, iface.index).await.unwrap_or_default();
-    let health = status::read(&dir, Some(config)).ok();
-    for svc in &config.services {
-        for rs in &svc.real_servers {
-            let label = match &rs.name {
-                Some(n) => format!("{} {n}", svc.name),
-                None => svc.name.clone(),
-            };
-            if !iface.on_link(rs.address) {
-                out.push(fail("real-server", format!("{label} {}: not on-link on {iface_name} ({}): DR forwards at layer 2, so it cannot reach it (fix: put it in the director's subnet)", rs.address, iface.describe_subnets())));
+    let health = status::read(&dir, config).ok();
+    for (name, vip, port, servers) in &subject.services {
+        for (label, address) in servers {
+            if !iface.on_link(*address) {
+                out.push(fail("real-server", format!("{label} {address}: not on-link on {iface_name} ({}): DR forwards at layer 2, so it cannot reach it (fix: put it in the director's subnet)", iface.describe_subnets())));
                 continue;
             }
-            match neighbours.get(&rs.address) {
-                Some((Some(mac), state)) => out.push(ok("real-server", format!("{label} {} at {} ({state})", rs.address, format_mac(mac)))),
-                Some((None, state)) => out.push(fail("real-server", format!("{label} {}: ARP {state}: it does not answer ARP (down, or not on this segment?)", rs.address))),
-                None => out.push(fail("real-server", format!("{label} {}: no ARP entry: drlb has not resolved it (is drlb running?)", rs.address))),
+            match neighbours.get(address) {
+                Some((Some(mac), state)) => out.push(ok("real-server", format!("{label} {address} at {} ({state})", format_mac(mac)))),
+                Some((None, state)) => out.push(fail("real-server", format!("{label} {address}: ARP {state}: it does not answer ARP (down, or not on this segment?)"))),
+                None => out.push(fail("real-server", format!("{label} {address}: no ARP entry: drlb has not resolved it (is drlb running?)"))),
             }
             if let Some(s) = &health {
                 let h = s
                     .services
                     .iter()
                     .flat_map(|x| &x.real_servers)
-                    .find(|r| r.address == rs.address.to_string())
+                    .find(|r| r.address == address.to_string())
                     .map(|r| r.health.clone());
                 match h.as_deref() {
                     Some("up") | None => {}
-                    Some(other) => out.push(fail("health", format!("{label} {} is {other}: it gets no new connections (see `drlb status` and drlb's log for why)", rs.address))),
+                    Some(other) => out.push(fail("health", format!("{label} {address} is {other}: it gets no new connections (see `drlb status` and drlb's log for why)"))),
                 }
             }
         }
-        if let Some(s) = health.as_ref().and_then(|h| h.services.iter().find(|x| x.vip == svc.vip.to_string() && x.port == svc.port)) {
+        if let Some(s) = health.as_ref().and_then(|h| h.services.iter().find(|x| x.vip == vip.to_string() && x.port == *port)) {
             if !s.real_servers.iter().any(|r| r.health == "up" && r.weight > 0) {
-                out.push(fail("service", format!("{} {}:{}: no real server takes new connections: every SYN is dropped (drop_no_real_server)", svc.name, svc.vip, svc.port)));
+                out.push(fail("service", format!("{name} {vip}:{port}: no real server takes new connections: every SYN is dropped (drop_no_real_server)")));
             }
         }
     }

@@ -226,6 +226,16 @@ impl Lab {
         Ok(lab)
     }
 
+    /// The running `drlb run`'s process id (its launcher execs it: the same process).
+    pub fn drlb_pid(&self) -> Option<u32> {
+        self.drlb.as_ref().map(|c| c.id())
+    }
+
+    /// The lab's working directory (configs, logs, captures).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The lab's own bpffs, used as drlb's `director.pin_root`.
     pub fn pin_root(&self) -> PathBuf {
         self.dir.join("bpffs")
@@ -416,13 +426,37 @@ impl Lab {
 
     /// [`Lab::start_drlb_with`] with extra environment variables (e.g. `NOTIFY_SOCKET`).
     pub fn start_drlb_env(&mut self, drlb: &Path, config_text: &str, env: &[(&str, &str)]) -> Result<()> {
+        let text = self.with_pin_root(config_text);
+        self.start_drlb_as(drlb, &text, Launch::NetnsExec, env)
+    }
+
+    /// Starts `drlb run` with `config_text` exactly as given (no lab pin root added),
+    /// launched as `launch` says.
+    pub fn start_drlb_as(&mut self, drlb: &Path, config_text: &str, launch: Launch, env: &[(&str, &str)]) -> Result<()> {
         let config = self.dir.join("drlb.yaml");
-        fs::write(&config, self.with_pin_root(config_text))?;
+        fs::write(&config, config_text)?;
         let log = self.dir.join("drlb.log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns("director")])
-            .arg(drlb)
-            .args(["run", "--config", &config.to_string_lossy()])
+        let ns_path = format!("/run/netns/{}", self.ns("director"));
+        let mut cmd = match launch {
+            Launch::NetnsExec => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &self.ns("director")]).arg(drlb);
+                c
+            }
+            Launch::FreshBpffs => {
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                    .arg(r#"mount -t bpf bpf /sys/fs/bpf && exec nsenter --net="$1" "$2" run --config "$3""#)
+                    .args(["sh", &ns_path])
+                    .arg(drlb);
+                c
+            }
+        };
+        if launch == Launch::NetnsExec {
+            cmd.args(["run", "--config"]);
+        }
+        let child = cmd
+            .arg(&config)
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -817,6 +851,17 @@ fn remove_stale_labs() {
             let _ = fs::remove_dir_all(lab_dir);
         }
     }
+}
+
+/// How the lab starts `drlb run` in the director's network namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Launch {
+    /// `ip netns exec`: a mount namespace of its own with a fresh /sys, where nothing is
+    /// mounted at /sys/fs/bpf (drlb mounts bpffs there itself).
+    NetnsExec,
+    /// A mount namespace of its own with an empty BPF filesystem freshly mounted at
+    /// /sys/fs/bpf, as a new director has: nothing pinned, no /sys/fs/bpf/drlb yet.
+    FreshBpffs,
 }
 
 /// A tcpdump in a namespace writing whole frames to a pcap file.

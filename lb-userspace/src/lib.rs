@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod dataplane;
+pub mod pins;
 pub mod tables;
 pub mod netlink;
 pub mod controller;

@@ -29,8 +29,10 @@ enum Command {
     /// Show services and real servers as `ipvsadm -Ln` does, from the pinned dataplane
     /// (works while `drlb run` runs and after it died).
     Status {
-        #[arg(long, short, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
+        /// The config file (names, the interface); without one, /etc/drlb/drlb.yaml if it
+        /// exists, else every dataplane pinned under /sys/fs/bpf/drlb.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         /// Conns, InPkts, InBytes since the dataplane was created.
         #[arg(long)]
         stats: bool,
@@ -74,16 +76,20 @@ enum Command {
     },
     /// Check the director end to end: one line per check, OK or FAIL with the fix.
     Doctor {
-        #[arg(long, short, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
+        /// The config file (names, the interface); without one, /etc/drlb/drlb.yaml if it
+        /// exists, else every dataplane pinned under /sys/fs/bpf/drlb.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         /// How long to watch the counters.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         sample: std::time::Duration,
     },
     /// Show the dataplane's decision for each VIP-bound packet, live.
     Trace {
-        #[arg(long, short, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
+        /// The config file (names, the interface); without one, /etc/drlb/drlb.yaml if it
+        /// exists, else every dataplane pinned under /sys/fs/bpf/drlb.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         /// Only packets for this VIP.
         #[arg(long)]
         vip: Option<std::net::IpAddr>,
@@ -149,6 +155,27 @@ enum RealserverCommand {
     },
 }
 
+/// The dataplanes a read-only command looks at, with the config that names their parts:
+/// the file given, else /etc/drlb/drlb.yaml if it exists, else every dataplane pinned
+/// under the default pin root (no names then).
+fn targets(config: Option<PathBuf>) -> Result<Vec<(Option<Config>, PathBuf)>, String> {
+    let path = config.or_else(|| Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.exists()));
+    if let Some(path) = path {
+        let cfg = Config::load(&path).map_err(|e| e.to_string())?;
+        let dir = cfg.director.pin_dir();
+        return Ok(vec![(Some(cfg), dir)]);
+    }
+    let root = std::path::Path::new(lb_userspace::pins::DEFAULT_PIN_ROOT);
+    let found = lb_userspace::pins::discover(root);
+    if found.is_empty() {
+        return Err(format!(
+            "no config file ({DEFAULT_CONFIG} does not exist) and no drlb dataplane pinned under {}: is `drlb run` running?",
+            root.display()
+        ));
+    }
+    Ok(found.into_iter().map(|d| (None, d)).collect())
+}
+
 fn main() -> ExitCode {
     // Logs go through tracing; `log` records (ours, aya's) are forwarded to it.
     use std::io::IsTerminal as _;
@@ -194,33 +221,30 @@ fn main() -> ExitCode {
             }
         }
         Command::Status { config, stats, rate, reasons, json } => {
-            let cfg = match Config::load(&config) {
-                Ok(c) => c,
-                Err(errors) => {
-                    eprintln!("{errors}");
+            let targets = match targets(config) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("drlb status: {e}");
                     return ExitCode::FAILURE;
                 }
             };
-            let dir = cfg.director.pin_dir();
-            let status = if rate || json {
-                lb_userspace::status::read_with_rates(&dir, Some(&cfg), std::time::Duration::from_secs(1))
-            } else {
-                lb_userspace::status::read(&dir, Some(&cfg))
-            };
-            match status {
-                Ok(s) if json => {
-                    println!("{}", serde_json::to_string_pretty(&s).expect("status serialises"));
-                    ExitCode::SUCCESS
-                }
-                Ok(s) => {
-                    print!("{}", lb_userspace::status::render(&s, lb_userspace::status::View { stats, rate, reasons }));
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("drlb status: {e:#}");
-                    ExitCode::FAILURE
+            let mut code = ExitCode::SUCCESS;
+            for (cfg, dir) in &targets {
+                let status = if rate || json {
+                    lb_userspace::status::read_with_rates(dir, cfg.as_ref(), std::time::Duration::from_secs(1))
+                } else {
+                    lb_userspace::status::read(dir, cfg.as_ref())
+                };
+                match status {
+                    Ok(s) if json => println!("{}", serde_json::to_string_pretty(&s).expect("status serialises")),
+                    Ok(s) => print!("{}", lb_userspace::status::render(&s, lb_userspace::status::View { stats, rate, reasons })),
+                    Err(e) => {
+                        eprintln!("drlb status: {e:#}");
+                        code = ExitCode::FAILURE;
+                    }
                 }
             }
+            code
         }
         Command::Bench { runs, quick, no_live, pcap, rewrite_vip, real_servers, out, json } => {
             let mut opts = if quick { lb_userspace::bench::Options::quick() } else { lb_userspace::bench::Options::full() };
@@ -258,40 +282,52 @@ fn main() -> ExitCode {
             }
         }
         Command::Doctor { config, sample } => {
-            let cfg = match Config::load(&config) {
-                Ok(c) => c,
-                Err(errors) => {
-                    eprintln!("{errors}");
+            let targets = match targets(config) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("drlb doctor: {e}");
                     return ExitCode::FAILURE;
                 }
             };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            match rt.block_on(lb_userspace::doctor::run(&cfg, sample)) {
-                Ok(checks) => {
-                    for c in &checks {
-                        println!("{c}");
-                    }
-                    if checks.iter().all(|c| c.ok) { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            let mut all_ok = true;
+            for (cfg, dir) in &targets {
+                if targets.len() > 1 {
+                    println!("== {}", dir.display());
                 }
-                Err(e) => {
-                    eprintln!("drlb doctor: {e:#}");
-                    ExitCode::FAILURE
+                match rt.block_on(lb_userspace::doctor::run(cfg.as_ref(), dir, sample)) {
+                    Ok(checks) => {
+                        for c in &checks {
+                            println!("{c}");
+                        }
+                        all_ok &= checks.iter().all(|c| c.ok);
+                    }
+                    Err(e) => {
+                        eprintln!("drlb doctor: {e:#}");
+                        all_ok = false;
+                    }
                 }
             }
+            if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
         Command::Trace { config, vip, count, duration } => {
-            let cfg = match Config::load(&config) {
-                Ok(c) => c,
-                Err(errors) => {
-                    eprintln!("{errors}");
+            let mut targets = match targets(config) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("drlb trace: {e}");
                     return ExitCode::FAILURE;
                 }
             };
+            if targets.len() > 1 {
+                let dirs: Vec<String> = targets.iter().map(|(_, d)| d.display().to_string()).collect();
+                eprintln!("drlb trace: several dataplanes are pinned ({}): name one with --config", dirs.join(", "));
+                return ExitCode::FAILURE;
+            }
+            let (cfg, dir) = targets.remove(0);
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             let flag = stop.clone();
             let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst));
-            let dir = cfg.director.pin_dir();
-            match lb_userspace::trace::run(&dir, Some(cfg), vip, count, duration, stop) {
+            match lb_userspace::trace::run(&dir, cfg, vip, count, duration, stop) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("drlb trace: {e:#}");

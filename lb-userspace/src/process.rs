@@ -69,6 +69,9 @@ mod tests {
 pub fn stop(config: &Path) -> Result<String> {
     let cfg = crate::config::Config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut report = Vec::new();
+    let dir = cfg.director.pin_dir();
+    // Refuses a dataplane another network namespace's drlb pinned at the same path.
+    crate::pins::check_owner(&dir, &cfg.director.interface)?;
     let pids = signal_controllers(config, Signal::SIGTERM)?;
     for pid in &pids {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
@@ -77,7 +80,6 @@ pub fn stop(config: &Path) -> Result<String> {
         }
         report.push(format!("stopped controller {pid}"));
     }
-    let dir = cfg.director.pin_dir();
     let removed = crate::dataplane::remove_pins(&dir)?;
     if !removed.is_empty() {
         report.push(format!("removed the pinned dataplane at {} ({} pins; XDP detached)", dir.display(), removed.len()));

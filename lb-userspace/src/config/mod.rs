@@ -50,7 +50,7 @@ fn default_metrics_listen() -> Option<std::net::SocketAddr> {
 }
 
 fn default_pin_root() -> PathBuf {
-    PathBuf::from("/sys/fs/bpf/drlb")
+    PathBuf::from(crate::pins::DEFAULT_PIN_ROOT)
 }
 
 impl Director {
