@@ -172,7 +172,7 @@ services:
       real_servers: [ { address: 198.18.0.11 }, { address: 198.18.0.12 }, { address: 198.18.0.13, weight: 2 } ] }
 "#;
     let config = Config::parse(Path::new("mh.yaml"), config).unwrap();
-    let tables = Tables::build(&config, &macs(), DIRECTOR_MAC);
+    let tables = Tables::build(&config, &macs(), DIRECTOR_MAC).unwrap();
     let mut a = Dataplane::load_with(65536).expect("load director A");
     let mut b = Dataplane::load_with(65536).expect("load director B");
     a.apply(&tables).unwrap();
@@ -263,7 +263,7 @@ fn flow_cache_follows_a_connection_replaced_on_another_cpu() {
             "director: {{ interface: eth0 }}\nservices:\n  - {{ name: web, vip: 198.18.0.100, port: 80, protocol: tcp, scheduler: wlc,\n      \
              real_servers: [ {{ address: 198.18.0.11 }}, {{ address: 198.18.0.12, weight: {rs2_weight} }} ] }}\n"
         );
-        Tables::build(&Config::parse(Path::new("cpus.yaml"), &text).unwrap(), &macs(), DIRECTOR_MAC)
+        Tables::build(&Config::parse(Path::new("cpus.yaml"), &text).unwrap(), &macs(), DIRECTOR_MAC).unwrap()
     };
     let mut dp = Dataplane::load_with(65536).expect("load the dataplane");
     dp.apply(&config(1)).unwrap();

@@ -12,6 +12,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::{Instant, interval, sleep_until};
 
 use crate::config::Config;
+use crate::tables::BuildError;
 use crate::dataplane::{Dataplane, Origin, log_counters};
 use crate::netlink::{self, Interface, NeighbourEvent, NeighbourWatch};
 use crate::health::{self, Tracker};
@@ -80,6 +81,24 @@ fn log_usability(config: &Config, macs: &HashMap<IpAddr, Mac>) {
     }
 }
 
+/// Why the maps could not be brought up to date.
+#[derive(Debug)]
+enum ApplyError {
+    /// The tables do not fit the maps: nothing was changed.
+    Build(BuildError),
+    /// A map write failed part way: the maps hold a mix until the retry.
+    Write(anyhow::Error),
+}
+
+impl std::fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApplyError::Build(e) => write!(f, "{e}"),
+            ApplyError::Write(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
 /// The running controller's state: everything the maps are computed from.
 struct Controller {
     config_path: PathBuf,
@@ -95,6 +114,10 @@ struct Controller {
     checkers: Vec<tokio::task::JoinHandle<()>>,
     rounds_tx: mpsc::Sender<health::Round>,
     metrics: Arc<Metrics>,
+    /// A rebuild failed; retried once a second.
+    retry_pending: bool,
+    /// Tables were decided but their write did not complete.
+    maps_stale: bool,
 }
 
 impl Controller {
@@ -102,10 +125,60 @@ impl Controller {
         real_server_addrs(&self.config)
     }
 
-    /// Recomputes the tables and writes what changed.
-    fn rebuild(&mut self) -> Result<()> {
-        self.tables = Tables::build_with(&self.config, &self.macs, self.iface.mac, &mut self.slots, &self.down);
-        self.dp.apply(&self.tables).context("updating the maps")
+    /// Recomputes the tables for `config` and the live state and writes what changed. A
+    /// build that does not fit changes nothing (identities and maps stay as they were); a
+    /// failed map write is retried whole by [`Controller::retry_if_stale`].
+    fn apply_config(&mut self, config: &Config) -> Result<(), ApplyError> {
+        let mut slots = self.slots.clone();
+        let tables = Tables::build_with(config, &self.macs, self.iface.mac, &mut slots, &self.down).map_err(ApplyError::Build)?;
+        self.slots = slots;
+        self.tables = tables;
+        self.maps_stale = true;
+        self.dp.apply(&self.tables).context("updating the maps").map_err(ApplyError::Write)?;
+        self.maps_stale = false;
+        self.metrics.set_maps_current(true);
+        Ok(())
+    }
+
+    /// After a health, neighbour or drain event: rebuilds from the running configuration.
+    /// A failure keeps the dataplane forwarding with what it has, is logged with what
+    /// failed, counted (`drlb_controller_errors_total`), shown (`drlb_maps_current` 0) and
+    /// retried every second.
+    fn rebuild(&mut self, why: &str) {
+        let config = self.config.clone();
+        if let Err(e) = self.apply_config(&config) {
+            self.on_apply_error(why, &e);
+        }
+    }
+
+    fn on_apply_error(&mut self, why: &str, e: &ApplyError) {
+        let operation = match e {
+            ApplyError::Build(_) => "tables",
+            ApplyError::Write(_) => "map_write",
+        };
+        error!("{why}: the dataplane keeps its previous tables: {e}; retrying every second");
+        self.metrics.controller_error(operation);
+        self.metrics.set_maps_current(false);
+        self.retry_pending = true;
+    }
+
+    /// Retries a rebuild that failed (once a second).
+    fn retry_if_stale(&mut self) {
+        if self.retry_pending || self.maps_stale {
+            self.retry_pending = false;
+            let config = self.config.clone();
+            match self.apply_config(&config) {
+                Ok(()) => info!("the dataplane's tables are current again"),
+                Err(e) => {
+                    self.metrics.controller_error(match e {
+                        ApplyError::Build(_) => "tables",
+                        ApplyError::Write(_) => "map_write",
+                    });
+                    self.retry_pending = true;
+                    debug!("retry failed: {e}");
+                }
+            }
+        }
     }
 
     /// SIGHUP / `drlb reload`: validate the file, refuse what cannot change live, apply
@@ -117,11 +190,21 @@ impl Controller {
     }
 
     async fn reload_inner(&mut self) {
+        let ok = self.try_reload().await;
+        self.metrics.set_reload_ok(ok);
+        if !ok {
+            self.metrics.controller_error("reload");
+        }
+    }
+
+    /// Applies the file, or rejects it with the reason while the running configuration
+    /// keeps serving; true when applied.
+    async fn try_reload(&mut self) -> bool {
         let new = match Config::load(&self.config_path) {
             Ok(c) => c,
             Err(errors) => {
                 error!("reload rejected; still serving the previous configuration:\n{errors}");
-                return;
+                return false;
             }
         };
         if new.director != self.config.director {
@@ -129,13 +212,22 @@ impl Controller {
                 "reload rejected: the director section changed (interface, xdp_mode or conn_table_size); \
                  that needs a restart (`systemctl restart drlb`); still serving the previous configuration"
             );
-            return;
+            return false;
         }
         if let Err(e) = check_on_link(&new, &self.iface) {
             error!("reload rejected: {e:#}; still serving the previous configuration");
-            return;
+            return false;
         }
         let before = self.wanted();
+        match self.apply_config(&new) {
+            Err(ApplyError::Build(e)) => {
+                error!("reload rejected: {e}; still serving the previous configuration");
+                return false;
+            }
+            // The new tables are decided; the retry writes them.
+            Err(e) => self.on_apply_error("reload", &e),
+            Ok(()) => {}
+        }
         self.config = new;
         for addr in self.wanted().into_iter().filter(|a| !before.contains(a) && !self.macs.contains_key(a)) {
             if let Err(e) = netlink::trigger_resolution(&self.handle, self.iface.index, addr).await {
@@ -143,13 +235,9 @@ impl Controller {
             }
         }
         self.start_checkers();
-        match self.rebuild() {
-            Ok(()) => {
-                info!("reloaded {}: {} service(s)", self.config_path.display(), self.config.services.len());
-                log_usability(&self.config, &self.macs);
-            }
-            Err(e) => error!("reload failed while updating the maps: {e:#}"),
-        }
+        info!("reloaded {}: {} service(s)", self.config_path.display(), self.config.services.len());
+        log_usability(&self.config, &self.macs);
+        true
     }
 
     /// (Re)starts one checker per real server with a health check; rounds arrive on the
@@ -165,8 +253,7 @@ impl Controller {
             let tx = self.rounds_tx.clone();
             self.checkers.push(tokio::spawn(async move {
                 if let Some(w) = t.check.warmup {
-                    let up_to = if w == Duration::MAX { t.check.interval } else { w };
-                    tokio::time::sleep(up_to.mul_f64(fastrand::f64())).await;
+                    tokio::time::sleep(w.limit(t.check.interval).mul_f64(fastrand::f64())).await;
                 }
                 loop {
                     let r = health::round(&t).await;
@@ -180,14 +267,14 @@ impl Controller {
     }
 
     /// A health-check round's result: rise/fall, and on a change the log line and the maps.
-    fn on_round(&mut self, r: health::Round) -> Result<()> {
+    fn on_round(&mut self, r: health::Round) {
         let kind = match r.target.check.kind {
             crate::config::CheckType::Tcp => "tcp",
             crate::config::CheckType::Http => "http",
             crate::config::CheckType::Script => "script",
         };
         self.metrics.observe_check(&r.target.service, &r.target.name, kind, r.ok, r.latency);
-        let Some((up, line)) = self.health.apply(&r) else { return Ok(()) };
+        let Some((up, line)) = self.health.apply(&r) else { return };
         let key = (r.target.service.clone(), r.target.address);
         if up {
             info!("{line}");
@@ -196,10 +283,10 @@ impl Controller {
             warn!("{line}");
             self.down.insert(key);
         }
-        self.rebuild()
+        self.rebuild("health change");
     }
 
-    fn on_neighbour(&mut self, ev: NeighbourEvent) -> Result<()> {
+    fn on_neighbour(&mut self, ev: NeighbourEvent) {
         let wanted = self.wanted();
         let index = self.iface.index;
         let changed = match ev {
@@ -216,7 +303,9 @@ impl Controller {
             }
             _ => false,
         };
-        if changed { self.rebuild() } else { Ok(()) }
+        if changed {
+            self.rebuild("neighbour change");
+        }
     }
 
     fn sweep(&mut self) {
@@ -234,12 +323,13 @@ impl Controller {
                 let freed = self.slots.release_drained(|slot| r.in_use.contains(&slot));
                 if !freed.is_empty() {
                     debug!("{} removed real server(s) drained", freed.len());
-                    if let Err(e) = self.rebuild() {
-                        warn!("{e:#}");
-                    }
+                    self.rebuild("drained servers freed");
                 }
             }
-            Err(e) => warn!("sweeping the connection table: {e:#}"),
+            Err(e) => {
+                warn!("sweeping the connection table: {e:#}; next sweep in {SWEEP_INTERVAL:?}");
+                self.metrics.controller_error("sweep");
+            }
         }
     }
 }
@@ -322,8 +412,12 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
         checkers: Vec::new(),
         rounds_tx,
         metrics: Arc::new(Metrics::new()),
+        retry_pending: false,
+        maps_stale: false,
     };
-    c.rebuild()?;
+    // At start nothing forwards yet: a config that does not fit is fatal here.
+    let config = c.config.clone();
+    c.apply_config(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let attached = c.dp.attach_balancer(&c.iface.name, c.config.director.xdp_mode)?;
     let mode = match attached {
         Some(m) => format!("{m} mode"),
@@ -374,14 +468,18 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
             _ = sighup.recv() => { info!("SIGHUP: reloading {}", c.config_path.display()); c.reload().await; }
             _ = sweep.tick() => c.sweep(),
             _ = observe.tick() => {
+                c.retry_if_stale();
                 if c.config.director.metrics_listen.is_some() {
                     match status::read(&pin_dir, Some(&c.config)) {
                         Ok(s) => c.metrics.set_status(s),
-                        Err(e) => debug!("reading the dataplane for metrics: {e:#}"),
+                        Err(e) => {
+                            debug!("reading the dataplane for metrics: {e:#}");
+                            c.metrics.controller_error("metrics");
+                        }
                     }
                 }
             }
-            Some(r) = rounds.recv() => c.on_round(r)?,
+            Some(r) = rounds.recv() => c.on_round(r),
             _ = refresh.tick() => {
                 for addr in c.wanted() {
                     if let Err(e) = netlink::trigger_resolution(&c.handle, c.iface.index, addr).await {
@@ -397,7 +495,7 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
                         netlink::trigger_resolution(&c.handle, c.iface.index, addr).await.ok();
                     }
                 } else {
-                    c.on_neighbour(ev)?;
+                    c.on_neighbour(ev);
                 }
             }
         }

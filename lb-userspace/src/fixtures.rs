@@ -101,7 +101,7 @@ pub fn macs() -> HashMap<IpAddr, Mac> {
 }
 
 pub fn tables() -> Tables {
-    Tables::build(&config(), &macs(), DIRECTOR_MAC)
+    Tables::build(&config(), &macs(), DIRECTOR_MAC).expect("the fixture config fits the maps")
 }
 
 pub fn eth() -> etherparse::PacketBuilderStep<etherparse::Ethernet2Header> {

@@ -16,7 +16,7 @@ use hyper::body::Bytes;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::config::{parse_status_range, CheckType, Config, HealthCheck};
+use crate::config::{BodyRegex, CheckType, Config, HealthCheck, StatusRange};
 
 /// What one checker probes.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,19 +104,15 @@ async fn http_get(t: &Target) -> Result<(), String> {
         .map_err(|e| format!("bad request: {e}"))?;
     let resp = sender.send_request(req).await.map_err(|e| format!("HTTP request failed: {e}"))?;
     let status = resp.status().as_u16();
-    let ranges: Vec<(u16, u16)> = match &c.status {
-        Some(list) => list.iter().filter_map(|s| parse_status_range(s)).collect(),
-        None => vec![(200, 299)],
-    };
-    if !ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status)) {
-        let want: Vec<String> = ranges.iter().map(|(l, h)| if l == h { l.to_string() } else { format!("{l}-{h}") }).collect();
+    let ranges = c.status.as_deref().unwrap_or(&[StatusRange::DEFAULT]);
+    if !ranges.iter().any(|r| r.contains(status)) {
+        let want: Vec<String> = ranges.iter().map(|r| r.to_string()).collect();
         return Err(format!("HTTP status {status} for GET {path}, expected {}", want.join(", ")));
     }
-    if let Some(pattern) = &c.regex {
+    if let Some(BodyRegex(re)) = &c.regex {
         let body = resp.into_body().collect().await.map_err(|e| format!("reading the body failed: {e}"))?.to_bytes();
-        let re = regex::Regex::new(pattern).map_err(|e| format!("bad regex: {e}"))?;
         if !re.is_match(&String::from_utf8_lossy(&body)) {
-            return Err(format!("body of GET {path} does not match /{pattern}/"));
+            return Err(format!("body of GET {path} does not match /{}/", re.as_str()));
         }
     }
     Ok(())

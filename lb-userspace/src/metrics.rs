@@ -14,9 +14,9 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
@@ -108,6 +108,9 @@ pub struct Metrics {
     registry: Arc<Registry>,
     snapshot: Arc<Mutex<Snapshot>>,
     check_latency: Family<Labels, Histogram>,
+    controller_errors: Family<Labels, Counter>,
+    reload_ok: Gauge,
+    maps_current: Gauge,
 }
 
 impl Metrics {
@@ -122,7 +125,40 @@ impl Metrics {
             "Duration of health-check attempts, by service, server, check type and result",
             check_latency.clone(),
         );
-        Metrics { registry: Arc::new(registry), snapshot, check_latency }
+        let controller_errors = Family::<Labels, Counter>::default();
+        registry.register(
+            "drlb_controller_errors",
+            "Failures the controller survived, by operation (reload, tables, map_write, sweep, neighbours, metrics)",
+            controller_errors.clone(),
+        );
+        let reload_ok = Gauge::default();
+        reload_ok.set(1);
+        registry.register(
+            "drlb_config_last_reload_successful",
+            "0 after a reload was rejected (the previous configuration still serves), 1 otherwise",
+            reload_ok.clone(),
+        );
+        let maps_current = Gauge::default();
+        maps_current.set(1);
+        registry.register(
+            "drlb_maps_current",
+            "1 when the dataplane's maps hold what the configuration and live state ask for; 0 while a failed update awaits its retry",
+            maps_current.clone(),
+        );
+        Metrics { registry: Arc::new(registry), snapshot, check_latency, controller_errors, reload_ok, maps_current }
+    }
+
+    /// Counts a failure the controller survived.
+    pub fn controller_error(&self, operation: &str) {
+        self.controller_errors.get_or_create(&vec![("operation".into(), operation.into())]).inc();
+    }
+
+    pub fn set_reload_ok(&self, ok: bool) {
+        self.reload_ok.set(ok as i64);
+    }
+
+    pub fn set_maps_current(&self, current: bool) {
+        self.maps_current.set(current as i64);
     }
 
     pub fn set_xdp_mode(&self, mode: &str) {

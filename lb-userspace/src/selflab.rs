@@ -282,7 +282,7 @@ pub fn run(modes: &[XdpMode]) -> Result<Vec<ModeResult>> {
 
     let (config, macs) = lab_config()?;
     let mut dp = Dataplane::load_with(65_536).context("loading the dataplane")?;
-    dp.apply(&Tables::build(&config, &macs, DIRECTOR.mac))?;
+    dp.apply(&Tables::build(&config, &macs, DIRECTOR.mac)?)?;
     let mut results = Vec::new();
     for &mode in modes {
         let before = dp.counters()?;

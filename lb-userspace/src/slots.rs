@@ -25,37 +25,40 @@ pub struct Slots {
 }
 
 impl Slots {
-    pub fn service_id(&mut self, key: ServiceKey) -> u32 {
+    /// The service's id; `None` when all [`MAX_SERVICES`] are in use.
+    pub fn service_id(&mut self, key: ServiceKey) -> Option<u32> {
         if let Some(id) = self.services.get(&key) {
-            return *id;
+            return Some(*id);
         }
         let id = match self.free_services.pop_first() {
             Some(id) => id,
-            None => {
+            None if self.next_service < MAX_SERVICES => {
                 self.next_service += 1;
                 self.next_service - 1
             }
+            None => return None,
         };
-        assert!(id < MAX_SERVICES, "service ids exhausted (drlb check limits services)");
         self.services.insert(key, id);
-        id
+        Some(id)
     }
 
-    pub fn backend_slot(&mut self, service: ServiceKey, addr: IpAddr) -> u32 {
+    /// The real server's backend slot; `None` when all [`MAX_BACKENDS`] are in use
+    /// (draining ones included).
+    pub fn backend_slot(&mut self, service: ServiceKey, addr: IpAddr) -> Option<u32> {
         if let Some(slot) = self.backends.get(&(service, addr)) {
-            return *slot;
+            return Some(*slot);
         }
         let slot = match self.free_backends.pop_first() {
             Some(s) => s,
-            None => {
+            None if self.next_backend < MAX_BACKENDS => {
                 self.next_backend += 1;
                 self.next_backend - 1
             }
+            None => return None,
         };
-        assert!(slot < MAX_BACKENDS, "backend slots exhausted (drlb check limits real servers)");
         self.draining.remove(&slot);
         self.backends.insert((service, addr), slot);
-        slot
+        Some(slot)
     }
 
     /// Forgets services and real servers that are no longer configured. Removed real

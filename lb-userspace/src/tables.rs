@@ -9,12 +9,12 @@ use lb_common::conn::Timeouts;
 use lb_common::host::HostTables;
 use lb_common::maps::{
     scheduler as code, vip_filter_index, Backend, SchedState, Service, ServiceKey, Vip, BACKEND_F_HEALTH_DOWN, BACKEND_F_PRESENT,
-    MAX_BACKENDS, SCHED_TABLE_SIZE, SVC_F_PERSISTENT, SVC_F_SLOPPY_TCP, SVC_F_WILDCARD, VIP_F_WILDCARD_TCP, VIP_F_WILDCARD_UDP,
+    MAX_BACKENDS, MAX_SERVICES, MAX_VIPS, SCHED_TABLE_SIZE, SVC_F_PERSISTENT, SVC_F_SLOPPY_TCP, SVC_F_WILDCARD, VIP_F_WILDCARD_TCP, VIP_F_WILDCARD_UDP,
 };
-use lb_common::sched::{DestInfo, RR_HEAD};
+use lb_common::sched::{DestInfo, RR_HEAD, SH_TABLE_SIZE};
 
 use crate::config::{self, Config, Protocol, Scheduler};
-use crate::sched_tables::{self, ListDests, MH_TABLE_SIZE};
+use crate::sched_tables::{self, ListDests, MAX_WRR_SEQUENCE, MH_TABLE_SIZE};
 use crate::slots::Slots;
 
 pub type Mac = [u8; 6];
@@ -41,6 +41,97 @@ pub struct Tables {
     pub service_id_of: Vec<u32>,
     /// Regions of `DRLB_SCHED_TAB`: (offset, entries).
     pub sched_regions: Vec<(u32, Vec<u16>)>,
+}
+
+/// Why a configuration's tables do not fit the dataplane's maps. `drlb check` finds these
+/// ahead ([`check_budget`]); a build can still meet them when live state (servers still
+/// draining, a health change that lengthens a wrr cycle) takes room the file did not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildError {
+    ServiceIds,
+    BackendSlots { service: String },
+    Members { service: String },
+    WrrTooLong { service: String },
+    SchedTable { service: String, needed: usize, free: usize },
+}
+
+impl std::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BuildError::ServiceIds => write!(f, "more than {MAX_SERVICES} services"),
+            BuildError::BackendSlots { service } => write!(
+                f,
+                "service `{service}`: no backend slot left ({MAX_BACKENDS} real servers, sorry servers and removed servers \
+                 still draining, over all services)"
+            ),
+            BuildError::Members { service } => {
+                write!(f, "service `{service}`: the member lists of all services exceed {MAX_BACKENDS} entries")
+            }
+            BuildError::WrrTooLong { service } => write!(
+                f,
+                "service `{service}`: its wrr cycle is longer than {MAX_WRR_SEQUENCE} choices; divide the weights by a common factor"
+            ),
+            BuildError::SchedTable { service, needed, free } => write!(
+                f,
+                "service `{service}`: its scheduler table needs {needed} entries and {free} of the dataplane's {} are left \
+                 (an mh service takes {MH_TABLE_SIZE}, sh {SH_TABLE_SIZE}, wrr one per choice of its cycle)",
+                SCHED_TABLE_SIZE / 2
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+/// Entries of `DRLB_SCHED_TAB` a service takes with every server usable (`None`: a wrr cycle
+/// too long to store).
+pub fn sched_table_entries(svc: &config::Service) -> Option<usize> {
+    match svc.scheduler {
+        Scheduler::Mh => Some(MH_TABLE_SIZE),
+        Scheduler::Sh => Some(SH_TABLE_SIZE),
+        Scheduler::Wrr => {
+            let weights: Vec<u32> = svc.real_servers.iter().map(|r| r.weight).collect();
+            Some(sched_tables::wrr_cycle_len(&weights)).filter(|n| *n <= MAX_WRR_SEQUENCE)
+        }
+        _ => Some(0),
+    }
+}
+
+/// Every limit of the dataplane's maps a config must fit, as (config path, message) for
+/// `drlb check`: VIPs, services, backend slots, member lists, scheduler tables.
+pub fn check_budget(config: &Config) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    let vips: BTreeSet<IpAddr> = config.services.iter().map(|s| s.vip).collect();
+    if vips.len() > MAX_VIPS as usize {
+        problems.push(("services".into(), format!("{} distinct VIPs; the dataplane holds at most {MAX_VIPS}", vips.len())));
+    }
+    if config.services.len() > MAX_SERVICES as usize {
+        problems.push(("services".into(), format!("{} services; the dataplane holds at most {MAX_SERVICES}", config.services.len())));
+    }
+    let (mut slots, mut members, mut table) = (0usize, 0usize, 0usize);
+    for (i, svc) in config.services.iter().enumerate() {
+        slots += svc.real_servers.len() + svc.sorry_server.is_some() as usize;
+        members += svc.real_servers.len().max(svc.sorry_server.is_some() as usize);
+        if slots > MAX_BACKENDS as usize {
+            problems.push((format!("services[{i}].real_servers"), BuildError::BackendSlots { service: svc.name.clone() }.to_string()));
+            break;
+        }
+        if members > MAX_BACKENDS as usize {
+            problems.push((format!("services[{i}].real_servers"), BuildError::Members { service: svc.name.clone() }.to_string()));
+            break;
+        }
+        let Some(needed) = sched_table_entries(svc) else {
+            problems.push((format!("services[{i}].scheduler"), BuildError::WrrTooLong { service: svc.name.clone() }.to_string()));
+            continue;
+        };
+        let free = SCHED_TABLE_SIZE as usize / 2 - table;
+        if needed > free {
+            problems.push((format!("services[{i}].scheduler"), BuildError::SchedTable { service: svc.name.clone(), needed, free }.to_string()));
+            continue;
+        }
+        table += needed;
+    }
+    problems
 }
 
 /// Stores an address in the maps' 16-byte form.
@@ -104,19 +195,20 @@ fn secs(d: std::time::Duration) -> u32 {
 
 impl Tables {
     /// The tables for `config` with fresh identities and every server healthy (tests).
-    pub fn build(config: &Config, macs: &HashMap<IpAddr, Mac>, director_mac: Mac) -> Tables {
+    pub fn build(config: &Config, macs: &HashMap<IpAddr, Mac>, director_mac: Mac) -> Result<Tables, BuildError> {
         Self::build_with(config, macs, director_mac, &mut Slots::default(), &Down::default())
     }
 
     /// The tables for `config`, keeping the service ids and backend slots `slots` already
     /// gave out, and writing the half of the double-buffered arrays not used last time.
+    /// On an error `slots` may have changed: build with a copy and keep it on success.
     pub fn build_with(
         config: &Config,
         macs: &HashMap<IpAddr, Mac>,
         director_mac: Mac,
         slots: &mut Slots,
         down: &Down,
-    ) -> Tables {
+    ) -> Result<Tables, BuildError> {
         let mut t = Tables::default();
         let keep: BTreeSet<(ServiceKey, IpAddr)> = config
             .services
@@ -130,10 +222,12 @@ impl Tables {
         let mut next_member = generation * MAX_BACKENDS;
         let mut next_table = generation * (SCHED_TABLE_SIZE / 2);
         let table_end = next_table + SCHED_TABLE_SIZE / 2;
+        let members_end = next_member + MAX_BACKENDS;
         for svc in &config.services {
             let vip = addr16(svc.vip);
             let key = ServiceKey::new(vip, svc.port, svc.protocol.number());
-            let id = slots.service_id(key);
+            let id = slots.service_id(key).ok_or(BuildError::ServiceIds)?;
+            let no_slot = || BuildError::BackendSlots { service: svc.name.clone() };
             let flags = t.vips.entry(vip).or_default();
             if svc.port == 0 {
                 flags.flags |= match svc.protocol {
@@ -149,7 +243,7 @@ impl Tables {
             let mut svc_slots = Vec::new();
             let mut members: Vec<(u32, IpAddr, u32)> = Vec::new();
             for rs in &svc.real_servers {
-                let slot = slots.backend_slot(key, rs.address);
+                let slot = slots.backend_slot(key, rs.address).ok_or_else(no_slot)?;
                 let mac = macs.get(&rs.address).copied();
                 let is_down = down.contains(&(svc.name.clone(), rs.address));
                 let mut flags = if mac.is_some() { BACKEND_F_PRESENT } else { 0 };
@@ -180,7 +274,7 @@ impl Tables {
             if up_weight < svc.quorum as u64
                 && let Some(sorry) = &svc.sorry_server
             {
-                let slot = slots.backend_slot(key, sorry.address);
+                let slot = slots.backend_slot(key, sorry.address).ok_or_else(no_slot)?;
                 let mac = macs.get(&sorry.address).copied();
                 t.backends.insert(
                     slot,
@@ -195,6 +289,9 @@ impl Tables {
                 members = vec![(slot, sorry.address, 1)];
             }
             let members_offset = next_member;
+            if next_member + members.len() as u32 > members_end {
+                return Err(BuildError::Members { service: svc.name.clone() });
+            }
             for (slot, _, _) in &members {
                 t.members.insert(next_member, *slot);
                 next_member += 1;
@@ -212,7 +309,7 @@ impl Tables {
             let (table, cycle_start) = match svc.scheduler {
                 Scheduler::Wrr => {
                     let weights: Vec<u32> = members.iter().map(|m| m.2).collect();
-                    sched_tables::wrr_sequence(&list, &weights).unwrap_or_default()
+                    sched_tables::wrr_sequence(&list, &weights).ok_or_else(|| BuildError::WrrTooLong { service: svc.name.clone() })?
                 }
                 Scheduler::Sh => (sched_tables::sh_table(&list), 0),
                 Scheduler::Mh => {
@@ -223,7 +320,14 @@ impl Tables {
             };
             let mut table_offset = 0;
             let mut table_len = 0;
-            if !table.is_empty() && next_table + table.len() as u32 <= table_end {
+            if !table.is_empty() {
+                if next_table + table.len() as u32 > table_end {
+                    return Err(BuildError::SchedTable {
+                        service: svc.name.clone(),
+                        needed: table.len(),
+                        free: (table_end - next_table) as usize,
+                    });
+                }
                 table_offset = next_table;
                 table_len = table.len() as u32;
                 next_table += table_len;
@@ -271,7 +375,7 @@ impl Tables {
             t.backends.entry(*slot).or_insert(*b);
         }
         slots.remember(&t.backends);
-        t
+        Ok(t)
     }
 
     /// What the scheduler of service `id` decides from: scheduler, members in order with

@@ -206,7 +206,7 @@ fn check_reasons(before: &Counters, after: &Counters, n: u64, reasons: &[Stat], 
 /// Runs every scenario `opts.runs` times.
 pub fn run(opts: &Options) -> Result<Results> {
     let (config, macs) = bench_config(opts.real_servers);
-    let tables = Tables::build(&config, &macs, traffic::DIRECTOR_MAC);
+    let tables = Tables::build(&config, &macs, traffic::DIRECTOR_MAC)?;
     // Room for every flow the run opens (no LRU eviction during a figure), twice over.
     let flows = opts.small_flows as u64
         + opts.large_flows as u64

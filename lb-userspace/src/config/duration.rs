@@ -43,37 +43,38 @@ pub mod required {
 }
 
 /// `warmup:` — a duration, or `true` for "up to the interval" (keepalived's meaning) and
-/// `false` for none. `Some(Duration::MAX)` stands for "the interval", resolved by the caller.
+/// `false` for none.
 pub mod warmup {
     use super::*;
+    use crate::config::Warmup;
 
     struct WarmupVisitor;
 
     impl de::Visitor<'_> for WarmupVisitor {
-        type Value = Option<Duration>;
+        type Value = Option<Warmup>;
 
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("true, false, or a duration such as 3s")
         }
 
-        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Option<Duration>, E> {
-            Ok(v.then_some(Duration::MAX))
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Option<Warmup>, E> {
+            Ok(v.then_some(Warmup::UpToInterval))
         }
 
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Option<Duration>, E> {
-            DurationVisitor.visit_u64(v).map(Some)
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Option<Warmup>, E> {
+            DurationVisitor.visit_u64(v).map(|d| Some(Warmup::UpTo(d)))
         }
 
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Option<Duration>, E> {
-            DurationVisitor.visit_i64(v).map(Some)
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Option<Warmup>, E> {
+            DurationVisitor.visit_i64(v).map(|d| Some(Warmup::UpTo(d)))
         }
 
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<Duration>, E> {
-            DurationVisitor.visit_str(v).map(Some)
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<Warmup>, E> {
+            DurationVisitor.visit_str(v).map(|d| Some(Warmup::UpTo(d)))
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Warmup>, D::Error> {
         d.deserialize_any(WarmupVisitor)
     }
 }

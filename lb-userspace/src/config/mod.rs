@@ -269,7 +269,7 @@ pub struct HealthCheck {
     /// Random delay before the first check: up to this long, or with `true` up to the
     /// interval (keepalived's warmup).
     #[serde(default, with = "duration::warmup")]
-    pub warmup: Option<Duration>,
+    pub warmup: Option<Warmup>,
     #[serde(default = "default_one")]
     pub rise: u32,
     #[serde(default = "default_one")]
@@ -277,10 +277,84 @@ pub struct HealthCheck {
     /// http: request path, host header, accepted status codes ("200", "200-299"), body regex.
     pub path: Option<String>,
     pub host: Option<String>,
-    pub status: Option<Vec<String>>,
-    pub regex: Option<String>,
+    pub status: Option<Vec<StatusRange>>,
+    pub regex: Option<BodyRegex>,
     /// script: the command to run.
     pub command: Option<String>,
+}
+
+/// keepalived's `warmup`: the first check waits a random time up to this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Warmup {
+    /// `true`: up to the check interval.
+    UpToInterval,
+    UpTo(Duration),
+}
+
+impl Warmup {
+    /// The longest the first check waits for a check run every `interval`.
+    pub fn limit(self, interval: Duration) -> Duration {
+        match self {
+            Warmup::UpToInterval => interval,
+            Warmup::UpTo(d) => d,
+        }
+    }
+}
+
+/// An accepted HTTP status code or range: `200` or `"200-299"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl StatusRange {
+    /// What an http check accepts when `status` is not given.
+    pub const DEFAULT: StatusRange = StatusRange { lo: 200, hi: 299 };
+
+    pub fn contains(&self, status: u16) -> bool {
+        (self.lo..=self.hi).contains(&status)
+    }
+}
+
+impl fmt::Display for StatusRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.lo == self.hi { write!(f, "{}", self.lo) } else { write!(f, "{}-{}", self.lo, self.hi) }
+    }
+}
+
+impl<'de> Deserialize<'de> for StatusRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // A YAML scalar: 200 arrives as a number, 200-299 as a string.
+        let text = match serde_yaml::Value::deserialize(d)? {
+            serde_yaml::Value::Number(n) => n.to_string(),
+            serde_yaml::Value::String(s) => s,
+            other => return Err(serde::de::Error::custom(format!("{other:?} is not a status code or range such as 200 or 200-299"))),
+        };
+        parse_status_range(&text)
+            .map(|(lo, hi)| StatusRange { lo, hi })
+            .ok_or_else(|| serde::de::Error::custom(format!("`{text}` is not a status code or range such as 200 or 200-299 (100 to 599)")))
+    }
+}
+
+/// A regular expression the body of an http check's answer must match, compiled when the
+/// file is read: a pattern that does not compile is a config error, not a failing check.
+#[derive(Debug, Clone)]
+pub struct BodyRegex(pub regex::Regex);
+
+impl PartialEq for BodyRegex {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl<'de> Deserialize<'de> for BodyRegex {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let pattern = String::deserialize(d)?;
+        regex::Regex::new(&pattern)
+            .map(BodyRegex)
+            .map_err(|e| serde::de::Error::custom(format!("regex `{pattern}` does not compile: {e}")))
+    }
 }
 
 fn default_retries() -> u32 {
@@ -391,13 +465,7 @@ impl Config {
                 format!("conn_table_size {size} is outside 1024..=67108864"),
             ));
         }
-        if self.services.len() > lb_common::maps::MAX_SERVICES as usize {
-            problems.push(("services".into(), format!("at most {} services are supported", lb_common::maps::MAX_SERVICES)));
-        }
-        let total: usize = self.services.iter().map(|s| s.real_servers.len()).sum();
-        if total > lb_common::maps::MAX_BACKENDS as usize {
-            problems.push(("services".into(), format!("{total} real servers in all; at most {} are supported", lb_common::maps::MAX_BACKENDS)));
-        }
+        problems.extend(crate::tables::check_budget(self));
         let mut names = HashSet::new();
         let mut endpoints = HashSet::new();
         for (i, svc) in self.services.iter().enumerate() {
@@ -447,18 +515,6 @@ impl Config {
             }
             if svc.persistence_granularity.is_some() && svc.persistence_timeout.is_none() {
                 problems.push((at("persistence_granularity"), "persistence_granularity needs persistence_timeout".into()));
-            }
-            if svc.scheduler == Scheduler::Wrr {
-                let weights: Vec<u32> = svc.real_servers.iter().map(|r| r.weight).collect();
-                if crate::sched_tables::wrr_cycle_len(&weights) > crate::sched_tables::MAX_WRR_SEQUENCE {
-                    problems.push((
-                        at("scheduler"),
-                        format!(
-                            "the weights make a wrr cycle longer than {} choices; divide them by a common factor or use wlc",
-                            crate::sched_tables::MAX_WRR_SEQUENCE
-                        ),
-                    ));
-                }
             }
             if let Some(sorry) = &svc.sorry_server {
                 if sorry.address == svc.vip || svc.real_servers.iter().any(|r| r.address == sorry.address) {
@@ -522,19 +578,12 @@ impl HealthCheck {
             }
             _ => {}
         }
-        if let Some(statuses) = &self.status {
-            for s in statuses {
-                if parse_status_range(s).is_none() {
-                    problems.push(("status", format!("`{s}` is not a status code or range such as 200 or 200-299")));
-                }
-            }
-        }
         problems
     }
 }
 
 /// "200" or "200-299" → inclusive range.
-pub fn parse_status_range(s: &str) -> Option<(u16, u16)> {
+fn parse_status_range(s: &str) -> Option<(u16, u16)> {
     let (lo, hi) = match s.split_once('-') {
         Some((lo, hi)) => (lo.trim().parse().ok()?, hi.trim().parse().ok()?),
         None => {
