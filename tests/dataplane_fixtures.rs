@@ -9,7 +9,7 @@ use std::path::Path;
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::stats::{XDP_PASS, XDP_TX};
 use lb_userspace::config::Config;
-use lb_userspace::dataplane::{Dataplane, PROGRAM_FLOOR_INSERT, PROGRAM_FLOOR_SWAP, PROGRAM_LB};
+use lb_userspace::dataplane::{Dataplane, Tools, PROGRAM_FLOOR_INSERT, PROGRAM_FLOOR_SWAP, PROGRAM_LB};
 use lb_userspace::fixtures::*;
 use lb_userspace::tables::{Mac, Tables};
 use lb_common::maps::ConnCounts;
@@ -307,7 +307,7 @@ fn benchmark_floors_swap_macs() {
     if support::skip_unless_root() {
         return;
     }
-    let dp = Dataplane::load_with(1024).expect("load the dataplane");
+    let tools = Tools::load(1024).expect("load the tools object");
     let frame = tcp_to(vip(WEB), 45001, 80, SYN);
     let mut expected = frame.clone();
     expected[..6].copy_from_slice(&frame[6..12]);
@@ -315,7 +315,7 @@ fn benchmark_floors_swap_macs() {
     assert_ne!(expected, frame);
     for program in [PROGRAM_FLOOR_SWAP, PROGRAM_FLOOR_INSERT] {
         let mut out = vec![0u8; frame.len() + 256];
-        let r = dp
+        let r = tools
             .program(program)
             .unwrap()
             .test_run(TestRunOptions { data_in: Some(&frame), data_out: Some(&mut out), ..TestRunOptions::new() })
@@ -323,4 +323,102 @@ fn benchmark_floors_swap_macs() {
         out.truncate(r.data_size_out as usize);
         assert_eq!((r.return_value, &out), (XDP_TX, &expected), "{program}");
     }
+}
+
+/// Reloads hammered while traffic flows. One CPU sends SYNs to service `x` through the
+/// balancer; another keeps switching the configuration — `x` between 2 and 4 real servers
+/// (so its member list moves and its count changes, next to service `y`'s list) and every
+/// server between two MACs. A packet that paired a new member offset with an old count, or
+/// read half of an old MAC and half of a new one, would leave with a MAC that is not one of
+/// `x`'s servers': there must be none.
+#[test]
+fn reloads_under_traffic_never_tear_a_service_or_a_mac() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+    let cpus: Vec<usize> = (0..nix::sched::CpuSet::count()).filter(|c| allowed.is_set(*c).unwrap_or(false)).collect();
+    if cpus.len() < 2 {
+        support::skip(&format!("needs two CPUs so reloads and packets meet; this machine allows {}", cpus.len()));
+        return;
+    }
+    use lb_userspace::slots::Slots;
+    use lb_userspace::tables::Down;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    // Both handles share maps through pins in a private bpffs (gone with the unmount).
+    let bpffs = std::env::temp_dir().join(format!("drlb-hammer-{}", std::process::id()));
+    std::fs::create_dir_all(&bpffs).unwrap();
+    nix::mount::mount(Some("bpf"), &bpffs, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>).unwrap();
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount(&self.0);
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _unmount = Unmount(bpffs.clone());
+    let pins = bpffs.join("eth0");
+
+    let config = |x_servers: &[u8]| {
+        let x: Vec<String> = x_servers.iter().map(|i| format!("{{ address: 198.18.0.{i} }}")).collect();
+        let text = format!(
+            "director: {{ interface: eth0, conn_table_size: 65536 }}\nservices:\n  \
+             - {{ name: x, vip: 198.18.0.100, port: 80, protocol: tcp, real_servers: [ {} ] }}\n  \
+             - {{ name: y, vip: 198.18.0.101, port: 80, protocol: tcp, real_servers: [ {{ address: 198.18.0.31 }}, {{ address: 198.18.0.32 }} ] }}\n",
+            x.join(", ")
+        );
+        Config::parse(Path::new("hammer.yaml"), &text).unwrap()
+    };
+    let mac_of = |last: u8, alt: bool| -> Mac { [0x02, if alt { 0xbb } else { 0xaa }, 0xcc, 0xdd, if alt { 0x55 } else { 0x44 }, last] };
+    let macs = |alt: bool| -> HashMap<std::net::IpAddr, Mac> {
+        [11u8, 12, 13, 14, 31, 32].iter().map(|&i| (format!("198.18.0.{i}").parse().unwrap(), mac_of(i, alt))).collect()
+    };
+    let x_macs: Vec<Mac> = [11u8, 12, 13, 14].iter().flat_map(|&i| [mac_of(i, false), mac_of(i, true)]).collect();
+    let configs = [config(&[11, 12]), config(&[11, 12, 13, 14])];
+
+    let (mut reloader, _) = Dataplane::open(65536, Some(&pins), false).expect("load the dataplane");
+    let mut slots = Slots::default();
+    let first = Tables::build_with(&configs[0], &macs(false), DIRECTOR_MAC, &mut slots, &Down::default()).unwrap();
+    reloader.apply(&first).unwrap();
+    let (sender, _) = Dataplane::open(65536, Some(&pins), false).expect("adopt the pinned dataplane");
+
+    let stop = AtomicBool::new(false);
+    let (sent, outside, reloads) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let mut examples = Vec::new();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            run_on_cpu(cpus[1]);
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let t = Tables::build_with(&configs[n % 2], &macs(n % 4 >= 2), DIRECTOR_MAC, &mut slots, &Down::default()).unwrap();
+                reloader.apply(&t).unwrap();
+                reloads.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        run_on_cpu(cpus[0]);
+        let started = std::time::Instant::now();
+        let prog = sender.program(PROGRAM_LB).unwrap();
+        let mut sport = 1024u16;
+        while started.elapsed() < std::time::Duration::from_secs(3) {
+            sport = if sport == u16::MAX { 1024 } else { sport + 1 };
+            let frame = tcp_to(vip(WEB), sport, 80, SYN);
+            let mut out = vec![0u8; frame.len() + 256];
+            let r = prog.test_run(TestRunOptions { data_in: Some(&frame), data_out: Some(&mut out), ..TestRunOptions::new() }).unwrap();
+            sent.fetch_add(1, Ordering::Relaxed);
+            let dst: Mac = out[..6].try_into().unwrap();
+            if r.return_value != XDP_TX || !x_macs.contains(&dst) || out[6..12] != DIRECTOR_MAC {
+                outside.fetch_add(1, Ordering::Relaxed);
+                if examples.len() < 5 {
+                    examples.push(format!("verdict {} dst {dst:02x?} src {:02x?}", r.return_value, &out[6..12]));
+                }
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let (sent, outside, reloads) = (sent.into_inner(), outside.into_inner(), reloads.into_inner());
+    println!("hammer: {sent} SYNs, {reloads} reloads, {outside} sent outside service x");
+    assert!(reloads >= 50 && sent >= 10_000, "too little happened to mean anything: {reloads} reloads, {sent} packets");
+    assert_eq!(outside, 0, "packets left with a MAC not of service x's servers: {examples:?}");
 }

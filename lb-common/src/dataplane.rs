@@ -423,7 +423,7 @@ mod tests {
         t.services.insert(0, Service { members_offset: 0, member_count: 1, ..Default::default() });
         t.backends.insert(
             0,
-            Backend { addr: v4_mapped([198, 18, 0, 11]), mac: RS_MAC, src_mac: DIR_MAC, weight: 1, flags: BACKEND_F_PRESENT },
+            Backend::new(v4_mapped([198, 18, 0, 11]), RS_MAC, DIR_MAC, 1, BACKEND_F_PRESENT),
         );
         t
     }

@@ -13,7 +13,7 @@ pub const MAP_VIP_FILTER: &str = "DRLB_VIP_FILTER";
 pub const MAP_VIPS: &str = "DRLB_VIPS";
 /// `HashMap<ServiceKey, u32>`: (VIP, port, protocol) → service id. Port 0 = every port.
 pub const MAP_SERVICE_IDS: &str = "DRLB_SVC_IDS";
-/// `Array<Service>`: service id → service.
+/// `Array<ServiceSlot>`: service id → the service, in two versions (see [`ServiceSlot`]).
 pub const MAP_SERVICES: &str = "DRLB_SERVICES";
 /// `Array<Backend>`: real servers, by slot. A real server keeps its slot for as long as it
 /// is configured (and after removal, while connections may still use it).
@@ -240,6 +240,48 @@ pub struct Service {
     pub ticks_per_sec: u32,
 }
 
+/// Value of `DRLB_SERVICES`: two versions of a service and, in one word, which is current.
+///
+/// A service is several words the program reads together (member list offset and count,
+/// table region), and a map update is a plain copy another CPU may read halfway. So the
+/// controller writes the version not in use, then flips `current` ([`ServiceSlot::staged`]):
+/// each write changes only bytes no reader looks at, or the one word that says which to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceSlot {
+    /// Index of the current version (bit 0).
+    pub current: u32,
+    pub _pad: u32,
+    pub versions: [Service; 2],
+}
+
+impl ServiceSlot {
+    /// A slot holding only `svc` (for an id no packet can reach yet).
+    pub fn new(svc: Service) -> Self {
+        ServiceSlot { current: 0, _pad: 0, versions: [svc, svc] }
+    }
+
+    #[inline(always)]
+    pub fn service(&self) -> &Service {
+        &self.versions[(self.current & 1) as usize]
+    }
+
+    /// The values to write, in order, to make `svc` current while readers see either the
+    /// old version or the new one whole: the new version into the unused half, then the
+    /// flip. One write when nothing changes.
+    pub fn staged(&self, svc: &Service) -> ([ServiceSlot; 2], usize) {
+        if self.service() == svc {
+            return ([*self, *self], 0);
+        }
+        let next = (self.current & 1) ^ 1;
+        let mut prepared = *self;
+        prepared.versions[next as usize] = *svc;
+        let mut flipped = prepared;
+        flipped.current = next;
+        ([prepared, flipped], 2)
+    }
+}
+
 impl Service {
     /// `secs` in the dataplane's clock ticks.
     #[inline(always)]
@@ -256,33 +298,94 @@ pub const BACKEND_F_DRAINING: u32 = 1 << 1;
 /// `Backend::flags`: its health check failed. It takes no new connections; persistence
 /// templates no longer lead to it (IPVS removes such a destination).
 pub const BACKEND_F_HEALTH_DOWN: u32 = 1 << 2;
+/// `Backend::flags`: `l2[1]` is the current link-layer header, not `l2[0]`.
+pub const BACKEND_F_L2_ALT: u32 = 1 << 3;
+
+/// The 12 bytes a forwarded frame starts with.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct L2 {
+    /// Destination MAC: the real server's.
+    pub mac: [u8; 6],
+    /// Source MAC: the director interface's. Kept with the backend rather than in a
+    /// config map so a forwarded packet costs no extra lookup.
+    pub src_mac: [u8; 6],
+}
 
 /// Value of `DRLB_BACKENDS`.
+///
+/// The MACs are double-buffered like [`ServiceSlot`]: a new MAC goes into the `l2` entry
+/// not in use, then `flags` (one word) switches to it ([`Backend::staged`]), so no frame
+/// leaves with half of an old MAC and half of a new one. `weight` and `flags` are single
+/// words the program reads on their own.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Backend {
     /// The real server's own address (for status and tracing; DR never rewrites L3).
     pub addr: Addr16,
-    /// Destination MAC written into forwarded frames: the real server's.
-    pub mac: [u8; 6],
-    /// Source MAC written into forwarded frames: the director interface's. Kept here
-    /// rather than in a config map so a forwarded packet costs no extra lookup.
-    pub src_mac: [u8; 6],
+    pub l2: [L2; 2],
     pub weight: u32,
     pub flags: u32,
 }
 
-// The XDP program reads `mac` and `src_mac` as three aligned words (`l2_words`).
-const _: () = assert!(
-    core::mem::offset_of!(Backend, mac) % 4 == 0 && core::mem::offset_of!(Backend, src_mac) == core::mem::offset_of!(Backend, mac) + 6
-);
+// The XDP program reads each `l2` entry as three aligned words (`l2_words`).
+const _: () = assert!(core::mem::offset_of!(Backend, l2) % 4 == 0 && core::mem::size_of::<L2>() == 12);
 
 impl Backend {
-    /// The 12 bytes a forwarded frame starts with — destination MAC (the real server's),
-    /// then source MAC (the director's) — as three little-endian words.
+    /// A backend whose current link-layer header is (`mac`, `src_mac`).
+    pub fn new(addr: Addr16, mac: [u8; 6], src_mac: [u8; 6], weight: u32, flags: u32) -> Self {
+        let l2 = L2 { mac, src_mac };
+        Backend { addr, l2: [l2, l2], weight, flags: flags & !BACKEND_F_L2_ALT }
+    }
+
+    /// Index of the current `l2` entry.
+    #[inline(always)]
+    pub fn l2_index(flags: u32) -> usize {
+        (flags & BACKEND_F_L2_ALT != 0) as usize
+    }
+
+    /// The current link-layer header.
+    #[inline(always)]
+    pub fn current_l2(&self) -> &L2 {
+        &self.l2[Self::l2_index(self.flags)]
+    }
+
+    /// The real server's MAC in use.
+    pub fn mac(&self) -> [u8; 6] {
+        self.current_l2().mac
+    }
+
+    /// The same backend with its current header in `l2[0]` and no alternate flag: what the
+    /// controller computes, whatever half the map happens to use.
+    pub fn normalized(&self) -> Backend {
+        let l2 = *self.current_l2();
+        Backend { addr: self.addr, l2: [l2, l2], weight: self.weight, flags: self.flags & !BACKEND_F_L2_ALT }
+    }
+
+    /// The values to write, in order, to turn this map value into `want` (a normalized
+    /// backend) while readers see a whole old or a whole new header: a changed header goes
+    /// into the unused entry first, then one write switches `flags` (and sets `weight`).
+    pub fn staged(&self, want: &Backend) -> ([Backend; 2], usize) {
+        let at = Self::l2_index(self.flags);
+        let mut next = *self;
+        next.addr = want.addr;
+        next.weight = want.weight;
+        if self.l2[at] == want.l2[0] {
+            next.flags = (want.flags & !BACKEND_F_L2_ALT) | (self.flags & BACKEND_F_L2_ALT);
+            return if next == *self { ([next, next], 0) } else { ([next, next], 1) };
+        }
+        let mut prepared = *self;
+        prepared.l2[at ^ 1] = want.l2[0];
+        next.l2 = prepared.l2;
+        next.flags = (want.flags & !BACKEND_F_L2_ALT) | if at == 0 { BACKEND_F_L2_ALT } else { 0 };
+        ([prepared, next], 2)
+    }
+
+    /// The current header's 12 bytes — destination MAC (the real server's), then source
+    /// MAC (the director's) — as three little-endian words.
     #[inline(always)]
     pub fn l2_words(&self) -> [u32; 3] {
-        let (d, s) = (self.mac, self.src_mac);
+        let L2 { mac: d, src_mac: s } = *self.current_l2();
         [
             u32::from_le_bytes([d[0], d[1], d[2], d[3]]),
             u32::from_le_bytes([d[4], d[5], s[0], s[1]]),
@@ -310,7 +413,13 @@ impl Backend {
     /// configured, and not failed its health check.
     #[inline(always)]
     pub fn accepts_persistent(&self) -> bool {
-        self.flags & (BACKEND_F_PRESENT | BACKEND_F_DRAINING | BACKEND_F_HEALTH_DOWN) == BACKEND_F_PRESENT
+        Self::flags_accept_new(self.flags)
+    }
+
+    /// [`Backend::accepts_new`] from the flags word alone.
+    #[inline(always)]
+    pub fn flags_accept_new(flags: u32) -> bool {
+        flags & (BACKEND_F_PRESENT | BACKEND_F_DRAINING | BACKEND_F_HEALTH_DOWN) == BACKEND_F_PRESENT
     }
 }
 
@@ -358,6 +467,7 @@ mod pod {
     unsafe impl aya::Pod for super::Vip {}
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::Service {}
+    unsafe impl aya::Pod for super::ServiceSlot {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::ConnCounts {}
     unsafe impl aya::Pod for super::BackendStats {}
@@ -382,6 +492,47 @@ mod tests {
         assert_eq!(size_of::<crate::conn::ConnKey>(), 16 + 16 + 2 + 2 + 1 + 3);
         assert_eq!(size_of::<crate::conn::Conn>(), 8 + 4 * 3 + 4);
         assert_eq!(size_of::<Persist>(), 16);
-        assert_eq!(size_of::<Backend>(), 16 + 6 + 6 + 4 + 4);
+        assert_eq!(size_of::<Backend>(), 16 + 2 * 12 + 4 + 4);
+        assert_eq!(size_of::<ServiceSlot>(), 8 + 2 * size_of::<Service>());
+    }
+
+    fn svc(count: u32) -> Service {
+        Service { members_offset: 7, member_count: count, ..Default::default() }
+    }
+
+    /// Each staged write changes either bytes of the version not current, or only the word
+    /// that selects it: a reader between two writes sees one whole version.
+    #[test]
+    fn service_updates_touch_only_the_unused_version_then_the_selector() {
+        let slot = ServiceSlot::new(svc(2));
+        let (writes, n) = slot.staged(&svc(4));
+        assert_eq!(n, 2);
+        assert_eq!(writes[0].service(), &svc(2), "the first write leaves the current version as it was");
+        assert_eq!(writes[0].current, slot.current);
+        assert_eq!(writes[1].versions, writes[0].versions, "the second write flips only the selector");
+        assert_eq!(writes[1].service(), &svc(4));
+        let (again, n) = writes[1].staged(&svc(3));
+        assert_eq!((n, again[0].service(), again[1].service()), (2, &svc(4), &svc(3)));
+        assert_eq!(writes[1].staged(&svc(4)).1, 0);
+    }
+
+    #[test]
+    fn mac_changes_go_through_the_unused_half() {
+        let a = Backend::new([1; 16], [0xa; 6], [2; 6], 1, BACKEND_F_PRESENT);
+        let b = Backend::new([1; 16], [0xb; 6], [2; 6], 3, BACKEND_F_PRESENT | BACKEND_F_HEALTH_DOWN);
+        let (w, n) = a.staged(&b);
+        assert_eq!(n, 2);
+        assert_eq!((w[0].current_l2(), w[0].flags, w[0].weight), (a.current_l2(), a.flags, a.weight), "prepared, not switched");
+        assert_eq!(w[1].l2, w[0].l2, "the switch writes the flags word (and weight) only");
+        assert_eq!(w[1].normalized(), b);
+        // Back again uses the other half.
+        let (w2, n) = w[1].staged(&a);
+        assert_eq!((n, w2[1].normalized()), (2, a));
+        assert_eq!(Backend::l2_index(w2[1].flags), 0);
+        // A weight or flag change alone is one write of single words.
+        let mut c = b;
+        c.weight = 9;
+        let (w3, n) = w[1].staged(&c);
+        assert_eq!((n, w3[0].l2, w3[0].normalized()), (1, w[1].l2, c));
     }
 }

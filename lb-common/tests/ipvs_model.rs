@@ -97,7 +97,7 @@ fn one_server(sloppy: bool) -> HostTables {
             ..Default::default()
         },
     );
-    t.backends.insert(0, Backend { mac: [2, 0, 0, 0, 0, 1], weight: 1, flags: BACKEND_F_PRESENT, ..Default::default() });
+    t.backends.insert(0, Backend::new([0; 16], [2, 0, 0, 0, 0, 1], [0; 6], 1, BACKEND_F_PRESENT));
     t.now.set(1_000_000_000);
     t
 }

@@ -1,6 +1,14 @@
-//! The program's maps. Names, sizes and types all come from `lb_common::maps`.
+//! The balancer's maps. Names, sizes and types all come from `lb_common::maps`.
+//!
+//! Map values are memory other CPUs (and the controller, through the bpf() syscall) write
+//! while this program runs. They are never borrowed as Rust references: values are read
+//! and written through raw pointers (copied in and out), counters shared between CPUs are
+//! changed with atomic adds, and per-CPU values are written only by this CPU's program.
+//! Multi-word values the controller rewrites are versioned (`ServiceSlot`, `Backend::l2`):
+//! the program reads the one word that selects a version first, then that version.
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
+use core::ptr::{addr_of, read_volatile, write_volatile};
 
 use aya_ebpf::{
     helpers::bpf_jiffies64,
@@ -13,10 +21,9 @@ use lb_common::{
     dataplane::{Outcome, Tables},
     flowcache::{FlowCacheEntry, FLOW_CACHE_SIZE},
     maps::{
-        vip_filter_index, Backend, BackendStats, ConnCounts, Persist, SchedState, Service, ServiceKey, TraceEvent, Vip,
-        VipKey, TRACE_RING_BYTES,
-        DEFAULT_CONN_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, MEMBERS_SIZE, META_SIZE, MAX_VIPS, PERSIST_TABLE_SIZE, SCHED_TABLE_SIZE,
-        VIP_FILTER_SIZE,
+        vip_filter_index, Backend, BackendStats, ConnCounts, Persist, SchedState, Service, ServiceKey, ServiceSlot,
+        TraceEvent, Vip, VipKey, DEFAULT_CONN_TABLE_SIZE, L2, MAX_BACKENDS, MAX_SERVICES, MAX_VIPS, MEMBERS_SIZE, META_SIZE,
+        PERSIST_TABLE_SIZE, SCHED_TABLE_SIZE, TRACE_RING_BYTES, VIP_FILTER_SIZE,
     },
     sched::{DestInfo, NO_DEST},
     stats::{Stat, STAT_COUNT},
@@ -32,7 +39,7 @@ static VIPS: HashMap<VipKey, Vip> = HashMap::with_max_entries(MAX_VIPS, 0);
 static SERVICE_IDS: HashMap<ServiceKey, u32> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
 #[map(name = "DRLB_SERVICES")]
-static SERVICES: Array<Service> = Array::with_max_entries(MAX_SERVICES, 0);
+static SERVICES: Array<ServiceSlot> = Array::with_max_entries(MAX_SERVICES, 0);
 
 #[map(name = "DRLB_BACKENDS")]
 static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
@@ -72,6 +79,14 @@ static CONN_GEN: Array<u32> = Array::with_max_entries(1, 0);
 #[map(name = "DRLB_STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 
+/// A copy of the value at `p`, read once (the compiler may not read it again later and see
+/// a newer value another CPU wrote meanwhile).
+#[inline(always)]
+fn read<T: Copy>(p: *const T) -> T {
+    // SAFETY: callers pass pointers to map values, valid while the program runs.
+    unsafe { read_volatile(p) }
+}
+
 /// The dataplane's view of the maps.
 pub struct BpfTables;
 
@@ -90,61 +105,81 @@ fn atomic_add(ptr: *mut u32, delta: i32) {
 impl Tables for BpfTables {
     #[inline(always)]
     fn vip_filter(&self, addr: &Addr16) -> bool {
-        matches!(VIP_FILTER.get(vip_filter_index(addr)), Some(n) if *n != 0)
+        matches!(VIP_FILTER.get_ptr(vip_filter_index(addr)), Some(n) if read(n) != 0)
     }
 
     #[inline(always)]
     fn vip(&self, key: &VipKey) -> Option<Vip> {
-        // SAFETY: the value is copied out before the map can change under us.
-        unsafe { VIPS.get(key).copied() }
+        VIPS.get_ptr(key).map(read)
     }
 
     #[inline(always)]
     fn service_id(&self, key: &ServiceKey) -> Option<u32> {
-        unsafe { SERVICE_IDS.get(key).copied() }
+        SERVICE_IDS.get_ptr(key).map(read)
     }
 
     #[inline(always)]
     fn service(&self, id: u32) -> Option<Service> {
-        SERVICES.get(id).copied()
+        let slot = SERVICES.get_ptr(id)?;
+        // SAFETY: a valid array value; the selector is read once, then the version it
+        // names, which the controller leaves alone while it is current.
+        unsafe {
+            let current = read(addr_of!((*slot).current)) & 1;
+            Some(read(addr_of!((*slot).versions).cast::<Service>().add(current as usize)))
+        }
     }
 
     #[inline(always)]
     fn backend(&self, slot: u32) -> Option<Backend> {
-        BACKENDS.get(slot).copied()
+        BACKENDS.get_ptr(slot).map(read)
     }
 
     #[inline(always)]
     fn backend_l2(&self, slot: u32) -> Option<(u32, [u32; 3])> {
         let b = BACKENDS.get_ptr(slot)?;
-        // SAFETY: a valid array value; `mac` and `src_mac` are the 12 bytes at offset 16 of
-        // an 8-aligned value, so the three words are aligned.
+        // SAFETY: a valid array value. `flags` is read once and names the current `l2`
+        // entry, which the controller leaves alone while it is current; each entry is 12
+        // bytes at a 4-aligned offset of a value the map aligns to 8, so the words are
+        // aligned.
         unsafe {
-            let words = (b as *const u8).add(core::mem::offset_of!(Backend, mac)) as *const u32;
-            Some(((*b).flags, [words.read(), words.add(1).read(), words.add(2).read()]))
+            let flags = read(addr_of!((*b).flags));
+            let words = addr_of!((*b).l2).cast::<L2>().add(Backend::l2_index(flags)).cast::<u32>();
+            Some((flags, [read(words), read(words.add(1)), read(words.add(2))]))
         }
     }
 
     #[inline(always)]
     fn member(&self, index: u32) -> u32 {
-        MEMBERS.get(index).copied().unwrap_or(u32::MAX)
+        match MEMBERS.get_ptr(index) {
+            Some(m) => read(m),
+            None => u32::MAX,
+        }
     }
 
     #[inline(always)]
     fn dest_info(&self, slot: u32) -> DestInfo {
-        let (Some(b), Some(c)) = (BACKENDS.get(slot), CONN_COUNTS.get(slot)) else { return DestInfo::default() };
-        DestInfo { weight: b.weight, active: c.active, inactive: c.inactive, available: b.accepts_new() }
+        let (Some(b), Some(c)) = (BACKENDS.get_ptr(slot), CONN_COUNTS.get_ptr(slot)) else { return DestInfo::default() };
+        // SAFETY: valid array values; single words, each read once.
+        unsafe {
+            let accepts = Backend::flags_accept_new(read(addr_of!((*b).flags)));
+            DestInfo {
+                weight: read(addr_of!((*b).weight)),
+                active: read(addr_of!((*c).active)),
+                inactive: read(addr_of!((*c).inactive)),
+                available: accepts,
+            }
+        }
     }
 
     #[inline(always)]
     fn conn_counts(&self, slot: u32) -> ConnCounts {
-        CONN_COUNTS.get(slot).copied().unwrap_or_default()
+        CONN_COUNTS.get_ptr(slot).map(read).unwrap_or_default()
     }
 
     #[inline(always)]
     fn adjust_conn_counts(&self, slot: u32, active: i32, inactive: i32) {
         if let Some(c) = CONN_COUNTS.get_ptr_mut(slot) {
-            // SAFETY: `c` is a valid pointer to the slot's value.
+            // SAFETY: `c` is a valid pointer to the slot's value; no reference is formed.
             unsafe {
                 atomic_add(&raw mut (*c).active, active);
                 atomic_add(&raw mut (*c).inactive, inactive);
@@ -155,7 +190,7 @@ impl Tables for BpfTables {
     #[inline(always)]
     fn account(&self, slot: u32, bytes: u64, new_conn: bool) {
         if let Some(s) = BACKEND_STATS.get_ptr_mut(slot) {
-            // SAFETY: per-CPU slot: no other writer.
+            // SAFETY: this CPU's slot: only this program on this CPU writes it.
             unsafe {
                 (*s).packets += 1;
                 (*s).bytes += bytes;
@@ -169,8 +204,15 @@ impl Tables for BpfTables {
     #[inline(always)]
     fn with_conn<R>(&self, key: &ConnKey, f: impl FnOnce(Option<&mut Conn>) -> R) -> R {
         match CONNS.get_ptr_mut(key) {
-            // SAFETY: the entry stays valid for the program's run (RCU).
-            Some(c) => f(Some(unsafe { &mut *c })),
+            Some(p) => {
+                // Other CPUs forward packets of the same connection: work on a copy and
+                // write it back, rather than hold a `&mut` to shared memory.
+                let mut c = read(p);
+                let r = f(Some(&mut c));
+                // SAFETY: the entry stays valid for the program's run (RCU).
+                unsafe { write_volatile(p, c) };
+                r
+            }
             None => f(None),
         }
     }
@@ -178,14 +220,15 @@ impl Tables for BpfTables {
     #[inline(always)]
     fn with_flow_cache<R>(&self, index: u32, f: impl FnOnce(&mut FlowCacheEntry) -> R) -> Option<R> {
         let e = FLOW_CACHE.get_ptr_mut(index)?;
-        // SAFETY: this CPU's entry; nothing else writes it while the program runs here.
+        // SAFETY: this CPU's entry: only this program on this CPU uses it (XDP does not
+        // nest on a CPU), and the controller never writes the cache.
         Some(f(unsafe { &mut *e }))
     }
 
     #[inline(always)]
     fn conn_generation(&self) -> u32 {
-        match CONN_GEN.get(0) {
-            Some(g) => *g,
+        match CONN_GEN.get_ptr(0) {
+            Some(g) => read(g),
             None => 0,
         }
     }
@@ -209,19 +252,27 @@ impl Tables for BpfTables {
 
     #[inline(always)]
     fn with_sched_state<R>(&self, service: u32, f: impl FnOnce(&mut SchedState) -> R) -> Option<R> {
-        let s = SCHED_STATE.get_ptr_mut(service)?;
-        // SAFETY: valid array value; concurrent CPUs may race, as IPVS without its lock would.
-        Some(f(unsafe { &mut *s }))
+        let p = SCHED_STATE.get_ptr_mut(service)?;
+        // Concurrent CPUs may race on the position, as IPVS without its lock would; a copy
+        // keeps that a lost update, never a `&mut` alias.
+        let mut s = read(p);
+        let r = f(&mut s);
+        // SAFETY: a valid array value.
+        unsafe { write_volatile(p, s) };
+        Some(r)
     }
 
     #[inline(always)]
     fn sched_table(&self, index: u32) -> u16 {
-        SCHED_TABLE.get(index).copied().unwrap_or(NO_DEST)
+        match SCHED_TABLE.get_ptr(index) {
+            Some(e) => read(e),
+            None => NO_DEST,
+        }
     }
 
     #[inline(always)]
     fn persist(&self, key: &ConnKey) -> Option<Persist> {
-        unsafe { PERSIST.get(key).copied() }
+        PERSIST.get_ptr(key).map(read)
     }
 
     #[inline(always)]
@@ -252,15 +303,16 @@ const NO_SLOT: u32 = u32::MAX;
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn drlb_schedule(id: u32, client_v4: u32) -> u32 {
-    let Some(svc) = SERVICES.get(id).copied() else { return NO_SLOT };
+    let Some(svc) = BpfTables.service(id) else { return NO_SLOT };
     let client = lb_common::addr::v4_mapped(client_v4.to_be_bytes());
     lb_common::dataplane::schedule(&BpfTables, id, &svc, &client).unwrap_or(NO_SLOT)
 }
 
-/// Bumps the CPU-local counter for `stat` (no atomics needed: per-CPU slot).
+/// Bumps the CPU-local counter for `stat`.
 #[inline(always)]
 pub fn count(stat: Stat) {
     if let Some(counter) = STATS.get_ptr_mut(stat.index()) {
+        // SAFETY: this CPU's counter: only this program on this CPU writes it.
         unsafe { *counter += 1 };
     }
 }
@@ -274,14 +326,15 @@ static TRACE: RingBuf = RingBuf::with_byte_size(TRACE_RING_BYTES, 0);
 /// Reports a VIP-bound packet's decision if `drlb trace` is listening.
 #[inline(always)]
 pub fn trace(out: &Outcome, stat: Stat) {
-    if !matches!(TRACE_ON.get(0), Some(on) if *on != 0) {
+    if !matches!(TRACE_ON.get_ptr(0), Some(on) if read(on) != 0) {
         return;
     }
     // Written straight into the ring: an event built on the stack would not fit the
     // program's 512-byte stack next to the rest.
     let Some(mut entry) = TRACE.reserve::<TraceEvent>(0) else { return };
     let p = entry.as_mut_ptr();
-    // SAFETY: `p` points to a reserved, writable TraceEvent in the ring.
+    // SAFETY: `p` points to a reserved, writable TraceEvent in the ring that only this
+    // program holds until it submits it.
     unsafe {
         (*p).client = out.key.client;
         (*p).vip = out.key.vip;
@@ -312,31 +365,6 @@ static CLOCK: Array<u64> = Array::with_max_entries(1, 0);
 pub fn publish_clock() {
     if let Some(c) = CLOCK.get_ptr_mut(0) {
         // SAFETY: valid array value; helper without preconditions.
-        unsafe { *c = bpf_jiffies64() };
-    }
-}
-
-/// Frames seen by `drlb_bench_sink`.
-#[map(name = "DRLB_BENCH_RX")]
-static BENCH_RX: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-#[inline(always)]
-pub fn count_bench_frame() {
-    if let Some(c) = BENCH_RX.get_ptr_mut(0) {
-        unsafe { *c += 1 };
-    }
-}
-
-/// Benchmark floor (c)'s connection table. One entry unless the benchmark sizes it like
-/// `DRLB_CONNS`; `drlb run` never uses it.
-#[map(name = "DRLB_FLOOR_CONNS")]
-static FLOOR_CONNS: LruHashMap<ConnKey, Conn> = LruHashMap::with_max_entries(1, 0);
-
-/// Records a new flow as a connection table would: a lookup (expected to miss), an insert.
-#[inline(always)]
-pub fn floor_record_conn(key: &ConnKey) {
-    // SAFETY: only checks presence.
-    if unsafe { FLOOR_CONNS.get(key) }.is_none() {
-        let _ = FLOOR_CONNS.insert(key, &Conn::default(), 0);
+        unsafe { write_volatile(c, bpf_jiffies64()) };
     }
 }

@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 
 use lb_common::conn::{Conn, ConnKey};
 use lb_common::maps::{
-    Backend, BackendStats, ConnCounts, Persist, SchedState, Service, ServiceKey, Vip, VipKey, MAP_BACKENDS, MAP_MEMBERS,
+    Backend, BackendStats, ConnCounts, Persist, SchedState, ServiceKey, ServiceSlot, Vip, VipKey, MAP_BACKENDS, MAP_MEMBERS,
     MAP_PERSIST, SVC_F_PERSISTENT, SVC_F_WILDCARD, ALL_MAPS, MAP_META, META_LAYOUT_ENTRIES, layout,
-    MAP_BACKEND_STATS, MAP_CONNS, MAP_CONN_COUNTS, MAP_CONN_GEN, MAP_FLOOR_CONNS, MAP_SCHED_STATE, MAP_SCHED_TABLE, MAP_SERVICES, MAP_SERVICE_IDS,
+    MAP_BACKEND_STATS, MAP_BENCH_RX, MAP_CONNS, MAP_CONN_COUNTS, MAP_CONN_GEN, MAP_FLOOR_CONNS, MAP_SCHED_STATE, MAP_SCHED_TABLE, MAP_SERVICES, MAP_SERVICE_IDS,
     MAP_STATS, MAP_VIPS, MAP_VIP_FILTER,
 };
 use lb_common::stats::{Stat, STAT_COUNT};
@@ -22,22 +22,100 @@ use log::{info, warn};
 use crate::config::XdpMode;
 use crate::tables::Tables;
 
-/// The compiled dataplane, embedded so that `drlb` is one self-contained binary.
+/// The compiled dataplane, embedded so that `drlb` is one self-contained binary: what
+/// `drlb run` loads (the balancer and its clock).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+/// The tools object: the lab's and the benchmark's programs ([`Tools`]).
+pub static TOOLS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf-tools"));
 
 /// The balancing program's name in the object.
 pub const PROGRAM_LB: &str = "drlb_xdp";
-/// An XDP_PASS-only program (for veth peers in the lab; benchmark floor (a)).
-pub const PROGRAM_PASS: &str = "drlb_pass";
-/// Benchmark floor (b): swap MACs, XDP_TX.
-pub const PROGRAM_FLOOR_SWAP: &str = "drlb_floor_swap";
-/// Benchmark floor (c): a connection-table lookup and insert, then floor (b).
-pub const PROGRAM_FLOOR_INSERT: &str = "drlb_floor_insert";
 /// Publishes the dataplane clock (see [`Dataplane::now`]).
 pub const PROGRAM_CLOCK: &str = "drlb_clock";
-/// Benchmark generator (XDP_TX unchanged) and sink (count, XDP_DROP).
+/// Tools: XDP_PASS only (for veth peers in the lab; benchmark floor (a)).
+pub const PROGRAM_PASS: &str = "drlb_pass";
+/// Tools: benchmark floor (b), swap MACs and XDP_TX.
+pub const PROGRAM_FLOOR_SWAP: &str = "drlb_floor_swap";
+/// Tools: benchmark floor (c), a connection-table lookup and insert, then floor (b).
+pub const PROGRAM_FLOOR_INSERT: &str = "drlb_floor_insert";
+/// Tools: benchmark generator (XDP_TX unchanged) and sink (count, XDP_DROP).
 pub const PROGRAM_BENCH_TX: &str = "drlb_bench_tx";
 pub const PROGRAM_BENCH_SINK: &str = "drlb_bench_sink";
+
+/// Loads and attaches XDP programs of an object, each attachment held by the object
+/// (detached when it is dropped).
+fn load_programs(ebpf: &mut Ebpf, names: &[&str]) -> Result<()> {
+    for name in names {
+        let prog: &mut Xdp = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))?
+            .try_into()?;
+        prog.load().with_context(|| format!("the kernel verifier rejected {name}"))?;
+    }
+    Ok(())
+}
+
+/// Attaches `program` of `ebpf` to `interface` in `mode`. `Auto` tries native first and
+/// falls back to generic, logging why.
+fn attach_program(ebpf: &mut Ebpf, program: &str, interface: &str, mode: XdpMode) -> Result<(XdpLinkId, AttachedMode)> {
+    let prog: &mut Xdp = ebpf.program_mut(program).with_context(|| format!("no program {program}"))?.try_into()?;
+    let native = |prog: &mut Xdp| {
+        prog.attach(interface, AyaXdpMode::Driver).with_context(|| format!("attaching XDP in native (driver) mode to {interface}"))
+    };
+    let generic = |prog: &mut Xdp| {
+        prog.attach(interface, AyaXdpMode::Skb).with_context(|| format!("attaching XDP in generic (SKB) mode to {interface}"))
+    };
+    match mode {
+        XdpMode::Native => Ok((native(prog)?, AttachedMode::Native)),
+        XdpMode::Generic => Ok((generic(prog)?, AttachedMode::Generic)),
+        XdpMode::Auto => match native(prog) {
+            Ok(link) => Ok((link, AttachedMode::Native)),
+            Err(e) => {
+                warn!("native XDP is not available on {interface} ({e:#}); falling back to generic mode, which is slower");
+                Ok((generic(prog)?, AttachedMode::Generic))
+            }
+        },
+    }
+}
+
+/// The tools object loaded: the lab's XDP_PASS peer program and the benchmark's floors,
+/// generator and sink. Never loaded by `drlb run`.
+pub struct Tools {
+    ebpf: Ebpf,
+}
+
+impl Tools {
+    /// Loads the tools, with floor (c)'s connection table sized `floor_conn_table_size`
+    /// (the benchmark sizes it like the balancer's).
+    pub fn load(floor_conn_table_size: u32) -> Result<Tools> {
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(MAP_FLOOR_CONNS, floor_conn_table_size.max(1));
+        let mut ebpf = loader.load(TOOLS_OBJECT).context("loading drlb's tools object")?;
+        load_programs(&mut ebpf, &[PROGRAM_PASS, PROGRAM_FLOOR_SWAP, PROGRAM_FLOOR_INSERT, PROGRAM_BENCH_TX, PROGRAM_BENCH_SINK])?;
+        Ok(Tools { ebpf })
+    }
+
+    pub fn program(&self, name: &str) -> Result<&Xdp> {
+        Ok(self.ebpf.program(name).with_context(|| format!("no program {name}"))?.try_into()?)
+    }
+
+    pub fn attach(&mut self, program: &str, interface: &str, mode: XdpMode) -> Result<(XdpLinkId, AttachedMode)> {
+        attach_program(&mut self.ebpf, program, interface, mode)
+    }
+
+    pub fn detach(&mut self, program: &str, link: XdpLinkId) -> Result<()> {
+        let prog: &mut Xdp = self.ebpf.program_mut(program).with_context(|| format!("no program {program}"))?.try_into()?;
+        prog.detach(link).context("detaching XDP")?;
+        Ok(())
+    }
+
+    /// Frames the benchmark sink counted, over CPUs.
+    pub fn bench_rx(&self) -> Result<u64> {
+        let map = self.ebpf.map(MAP_BENCH_RX).context("map DRLB_BENCH_RX missing from the tools object")?;
+        let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
+        Ok(m.get(&0, 0)?.iter().sum())
+    }
+}
 
 /// Attachment mode actually in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +148,10 @@ pub struct Dataplane {
     hz: u32,
     /// The balancer's XDP attachment.
     attachment: Option<Attachment>,
+    /// When the last `apply` finished (see [`GRACE`]).
+    last_apply: Option<std::time::Instant>,
+    /// The last `apply` failed part way: the next rewrites every entry.
+    rewrite_all: bool,
 }
 
 enum Attachment {
@@ -86,6 +168,18 @@ pub enum Origin {
     /// A pinned dataplane with this layout, left by an earlier controller: its connections
     /// and counters continue.
     Adopted,
+}
+
+/// How long a version the dataplane stopped using stays untouched before the next update
+/// may write it. A program run takes microseconds; this is thousands of them.
+pub const GRACE: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// A removal of a key already gone is not an error.
+fn remove_if_present(r: std::result::Result<(), aya::maps::MapError>) -> std::result::Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
 }
 
 /// The layout recorded in a pin directory, if there is one.
@@ -163,25 +257,14 @@ impl Dataplane {
         Ok(Self::open(conn_table_size, None, false)?.0)
     }
 
-    /// [`Dataplane::load_with`], with benchmark floor (c)'s connection table as large as
-    /// the balancer's (only the benchmark pays for that memory).
-    pub fn load_for_bench(conn_table_size: u32) -> Result<Self> {
-        Ok(Self::open_sized(conn_table_size, conn_table_size, None, false)?.0)
-    }
-
     /// Loads the dataplane with its maps pinned in `pin_dir` (on bpffs). A dataplane pinned
     /// there with this layout is adopted: its maps — connections, counters — are reused,
     /// and `attach` takes over its XDP link without a gap. One with another layout is
     /// refused with an explanation, or removed first if `replace`.
     pub fn open(conn_table_size: u32, pin_dir: Option<&Path>, replace: bool) -> Result<(Self, Origin)> {
-        Self::open_sized(conn_table_size, 1, pin_dir, replace)
-    }
-
-    fn open_sized(conn_table_size: u32, floor_conn_table_size: u32, pin_dir: Option<&Path>, replace: bool) -> Result<(Self, Origin)> {
         let mut origin = Origin::Created;
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(MAP_CONNS, conn_table_size);
-        loader.map_max_entries(MAP_FLOOR_CONNS, floor_conn_table_size);
         let pin_paths: Vec<(&'static str, PathBuf)> = match pin_dir {
             Some(dir) => ALL_MAPS.iter().map(|m| (*m, dir.join(m))).collect(),
             None => Vec::new(),
@@ -217,15 +300,17 @@ impl Dataplane {
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading drlb's BPF object (are you root, and is this kernel 5.10 or newer?)")?;
-        for name in [PROGRAM_LB, PROGRAM_PASS, PROGRAM_FLOOR_SWAP, PROGRAM_FLOOR_INSERT, PROGRAM_BENCH_TX, PROGRAM_BENCH_SINK, PROGRAM_CLOCK] {
-            let prog: &mut Xdp = ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing from the object"))?
-                .try_into()?;
-            prog.load().with_context(|| format!("the kernel verifier rejected {name}"))?;
-        }
+        load_programs(&mut ebpf, &[PROGRAM_LB, PROGRAM_CLOCK])?;
         let mut dp =
-            Dataplane { ebpf, applied: Tables::default(), pin_dir: pin_dir.map(Path::to_owned), attachment: None, hz: 0 };
+            Dataplane {
+                ebpf,
+                applied: Tables::default(),
+                pin_dir: pin_dir.map(Path::to_owned),
+                attachment: None,
+                hz: 0,
+                last_apply: None,
+                rewrite_all: false,
+            };
         dp.hz = dp.calibrate_clock().context("measuring the dataplane clock")?;
         if origin == Origin::Created && pin_dir.is_some() {
             let mut meta: Array<&mut MapData, u32> = Array::try_from(dp.map_mut(MAP_META)?)?;
@@ -250,16 +335,16 @@ impl Dataplane {
                 t.vips.insert(k.addr, v);
             }
         }
-        let services: Array<&MapData, Service> = Array::try_from(self.map(MAP_SERVICES)?)?;
+        let services: Array<&MapData, ServiceSlot> = Array::try_from(self.map(MAP_SERVICES)?)?;
         let members: Array<&MapData, u32> = Array::try_from(self.map(MAP_MEMBERS)?)?;
         let backends: Array<&MapData, Backend> = Array::try_from(self.map(MAP_BACKENDS)?)?;
         let filter: Array<&MapData, u32> = Array::try_from(self.map(MAP_VIP_FILTER)?)?;
         for id in t.service_ids.values() {
-            let svc = services.get(id, 0)?;
+            let svc = *services.get(id, 0)?.service();
             for i in svc.members_offset..svc.members_offset + svc.member_count {
                 let slot = members.get(&i, 0)?;
                 t.members.insert(i, slot);
-                t.backends.insert(slot, backends.get(&slot, 0)?);
+                t.backends.insert(slot, backends.get(&slot, 0)?.normalized());
             }
             t.services.insert(*id, svc);
         }
@@ -271,7 +356,7 @@ impl Dataplane {
         }
         // Draining servers are not members but still hold backend entries.
         for slot in 0..lb_common::maps::MAX_BACKENDS {
-            let b = backends.get(&slot, 0)?;
+            let b = backends.get(&slot, 0)?.normalized();
             if b.flags != 0 {
                 t.backends.entry(slot).or_insert(b);
             }
@@ -291,26 +376,7 @@ impl Dataplane {
     /// Attaches `program` to `interface` in `mode`, held by this object (detached on drop).
     /// `Auto` tries native first and falls back to generic, logging why.
     pub fn attach(&mut self, program: &str, interface: &str, mode: XdpMode) -> Result<(XdpLinkId, AttachedMode)> {
-        let prog = self.program_mut(program)?;
-        let native = |prog: &mut Xdp| {
-            prog.attach(interface, AyaXdpMode::Driver)
-                .with_context(|| format!("attaching XDP in native (driver) mode to {interface}"))
-        };
-        let generic = |prog: &mut Xdp| {
-            prog.attach(interface, AyaXdpMode::Skb)
-                .with_context(|| format!("attaching XDP in generic (SKB) mode to {interface}"))
-        };
-        match mode {
-            XdpMode::Native => Ok((native(prog)?, AttachedMode::Native)),
-            XdpMode::Generic => Ok((generic(prog)?, AttachedMode::Generic)),
-            XdpMode::Auto => match native(prog) {
-                Ok(link) => Ok((link, AttachedMode::Native)),
-                Err(e) => {
-                    warn!("native XDP is not available on {interface} ({e:#}); falling back to generic mode, which is slower");
-                    Ok((generic(prog)?, AttachedMode::Generic))
-                }
-            },
-        }
+        attach_program(&mut self.ebpf, program, interface, mode)
     }
 
     /// Attaches the balancer to `interface`. With a pin directory the link is pinned there
@@ -406,11 +472,6 @@ impl Dataplane {
         Ok(hz)
     }
 
-    /// Frames the benchmark sink counted, over CPUs.
-    pub fn bench_rx(&self) -> Result<u64> {
-        let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(lb_common::maps::MAP_BENCH_RX)?)?;
-        Ok(m.get(&0, 0)?.iter().sum())
-    }
 
     pub fn map(&self, name: &str) -> Result<&aya::maps::Map> {
         self.ebpf.map(name).with_context(|| format!("map {name} missing from the object"))
@@ -420,25 +481,64 @@ impl Dataplane {
     /// scheduler tables first, then services, then the ids and VIPs that lead to them;
     /// removals last. A service whose scheduler input changed restarts its scheduler
     /// position (as IPVS does when a destination changes).
+    ///
+    /// No packet reads a multi-word value half written: member lists and scheduler tables
+    /// go to the half of their map not in use, services and backend MACs to the version not
+    /// in use, and one word then switches each ([`ServiceSlot::staged`],
+    /// [`Backend::staged`]). A version stops being current only at the next apply, which
+    /// waits [`GRACE`] after this one so packets that read the old one are long done.
+    ///
+    /// If a write fails the maps hold a mix of old and new; the next apply rewrites every
+    /// entry (not only the differences) and removes what neither needs.
     pub fn apply(&mut self, tables: &Tables) -> Result<()> {
+        if let Some(wait) = self.last_apply.and_then(|t| GRACE.checked_sub(t.elapsed())) {
+            std::thread::sleep(wait);
+        }
         let mut tables = tables.clone();
         for svc in tables.services.values_mut() {
             svc.ticks_per_sec = self.hz;
         }
-        let tables = &tables;
         let old = std::mem::take(&mut self.applied);
+        let full = std::mem::replace(&mut self.rewrite_all, true);
+        let result = self.write(&old, &tables, full);
+        self.last_apply = Some(std::time::Instant::now());
+        match result {
+            Ok(()) => {
+                self.applied = tables;
+                self.rewrite_all = false;
+                Ok(())
+            }
+            Err(e) => {
+                // Remember both, so the next apply removes what either left.
+                let mut mixed = old;
+                mixed.service_ids.extend(tables.service_ids);
+                mixed.vips.extend(tables.vips);
+                mixed.vip_filter.extend(tables.vip_filter);
+                mixed.backends.extend(tables.backends);
+                self.applied = mixed;
+                Err(e)
+            }
+        }
+    }
+
+    fn write(&mut self, old: &Tables, tables: &Tables, full: bool) -> Result<()> {
+        let changed = |same: bool| full || !same;
         {
             let mut m: Array<&mut MapData, Backend> = Array::try_from(self.map_mut(MAP_BACKENDS)?)?;
             for (slot, b) in &tables.backends {
-                if old.backends.get(slot) != Some(b) {
-                    m.set(*slot, *b, 0).with_context(|| format!("writing backend slot {slot}"))?;
+                if changed(old.backends.get(slot) == Some(b)) {
+                    let current = m.get(slot, 0).with_context(|| format!("reading backend slot {slot}"))?;
+                    let (writes, n) = current.staged(b);
+                    for w in &writes[..n] {
+                        m.set(*slot, *w, 0).with_context(|| format!("writing backend slot {slot}"))?;
+                    }
                 }
             }
         }
         {
             let mut m: Array<&mut MapData, u16> = Array::try_from(self.map_mut(MAP_SCHED_TABLE)?)?;
             for (offset, entries) in &tables.sched_regions {
-                if old.sched_regions.iter().any(|(o, e)| o == offset && e == entries) {
+                if !full && old.sched_regions.iter().any(|(o, e)| o == offset && e == entries) {
                     continue;
                 }
                 for (k, e) in entries.iter().enumerate() {
@@ -451,7 +551,7 @@ impl Dataplane {
             // list being rewritten.
             let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(MAP_MEMBERS)?)?;
             for (i, slot) in &tables.members {
-                if old.members.get(i) != Some(slot) {
+                if changed(old.members.get(i) == Some(slot)) {
                     m.set(*i, *slot, 0).context("writing a member list")?;
                 }
             }
@@ -459,53 +559,68 @@ impl Dataplane {
         {
             let mut m: Array<&mut MapData, SchedState> = Array::try_from(self.map_mut(MAP_SCHED_STATE)?)?;
             for id in tables.services.keys() {
-                if old.scheduler_input(*id) != tables.scheduler_input(*id) {
+                if changed(old.scheduler_input(*id) == tables.scheduler_input(*id)) {
                     m.set(*id, Tables::initial_sched_state(), 0).context("writing scheduler state")?;
                 }
             }
         }
         {
-            let mut m: Array<&mut MapData, Service> = Array::try_from(self.map_mut(MAP_SERVICES)?)?;
+            let mut m: Array<&mut MapData, ServiceSlot> = Array::try_from(self.map_mut(MAP_SERVICES)?)?;
             for (id, svc) in &tables.services {
-                if old.services.get(id) != Some(svc) {
-                    m.set(*id, *svc, 0).context("writing a service")?;
+                if changed(old.services.get(id) == Some(svc)) {
+                    let current = m.get(id, 0).with_context(|| format!("reading service {id}"))?;
+                    let (writes, n) = current.staged(svc);
+                    for w in &writes[..n] {
+                        m.set(*id, *w, 0).with_context(|| format!("writing service {id}"))?;
+                    }
                 }
             }
         }
         {
             let mut m: BpfHashMap<&mut MapData, ServiceKey, u32> = BpfHashMap::try_from(self.map_mut(MAP_SERVICE_IDS)?)?;
             for (k, id) in &tables.service_ids {
-                m.insert(k, id, 0).context("writing a service id")?;
+                if changed(old.service_ids.get(k) == Some(id)) {
+                    m.insert(k, id, 0).context("writing a service id")?;
+                }
             }
             for k in old.service_ids.keys().filter(|k| !tables.service_ids.contains_key(k)) {
-                m.remove(k)?;
+                remove_if_present(m.remove(k)).context("removing a service id")?;
             }
         }
         {
             let mut m: BpfHashMap<&mut MapData, VipKey, Vip> = BpfHashMap::try_from(self.map_mut(MAP_VIPS)?)?;
             for (addr, v) in &tables.vips {
-                m.insert(VipKey { addr: *addr }, v, 0).context("writing a VIP")?;
+                if changed(old.vips.get(addr) == Some(v)) {
+                    m.insert(VipKey { addr: *addr }, v, 0).context("writing a VIP")?;
+                }
             }
             for addr in old.vips.keys().filter(|a| !tables.vips.contains_key(*a)) {
-                m.remove(&VipKey { addr: *addr })?;
+                remove_if_present(m.remove(&VipKey { addr: *addr })).context("removing a VIP")?;
             }
         }
         {
             let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(MAP_VIP_FILTER)?)?;
             for (i, v) in &tables.vip_filter {
-                m.set(*i, *v, 0)?;
+                if changed(old.vip_filter.get(i) == Some(v)) {
+                    m.set(*i, *v, 0).context("writing the VIP filter")?;
+                }
             }
             for i in old.vip_filter.keys().filter(|i| !tables.vip_filter.contains_key(i)) {
-                m.set(*i, 0, 0)?;
+                m.set(*i, 0, 0).context("clearing the VIP filter")?;
             }
         }
         {
+            // A freed slot: flags go to 0 before the MAC does (staged), so a packet of a
+            // connection still pointing here is dropped, never sent to half a MAC.
             let mut m: Array<&mut MapData, Backend> = Array::try_from(self.map_mut(MAP_BACKENDS)?)?;
             for slot in old.backends.keys().filter(|s| !tables.backends.contains_key(s)) {
-                m.set(*slot, Backend::default(), 0)?;
+                let current = m.get(slot, 0).with_context(|| format!("reading backend slot {slot}"))?;
+                let (writes, n) = current.staged(&Backend::default());
+                for w in &writes[..n] {
+                    m.set(*slot, *w, 0).with_context(|| format!("clearing backend slot {slot}"))?;
+                }
             }
         }
-        self.applied = tables.clone();
         Ok(())
     }
 

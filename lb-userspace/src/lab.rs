@@ -25,7 +25,7 @@ use aya::programs::xdp::XdpLinkId;
 use nix::sched::{CloneFlags, setns};
 
 use crate::config::XdpMode;
-use crate::dataplane::{Dataplane, PROGRAM_PASS};
+use crate::dataplane::{Tools, PROGRAM_PASS};
 use crate::tables::Mac;
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
@@ -174,7 +174,7 @@ pub struct Lab {
     children: Vec<(String, Child)>,
     drlb: Option<Child>,
     /// Holds the XDP_PASS program on the director's bridge-side veth (native mode).
-    peer_pass: Option<(Dataplane, XdpLinkId)>,
+    peer_pass: Option<(Tools, XdpLinkId)>,
     namespaces: Vec<String>,
 }
 
@@ -291,10 +291,9 @@ impl Lab {
             // stack, which XDP_TX bypasses: compute them at the client instead.
             in_netns(&self.ns("client"), || tx_checksum_off("eth0"))?;
             // Native XDP_TX on a veth needs an XDP program on its peer.
-            // Only its XDP_PASS program is used: keep its connection table small.
-            let mut dp = Dataplane::load_with(1024)?;
-            let link = in_netns(&br, || Ok(dp.attach(PROGRAM_PASS, "vdirector", XdpMode::Native)?.0))?;
-            self.peer_pass = Some((dp, link));
+            let mut tools = Tools::load(1)?;
+            let link = in_netns(&br, || Ok(tools.attach(PROGRAM_PASS, "vdirector", XdpMode::Native)?.0))?;
+            self.peer_pass = Some((tools, link));
         }
         Ok(())
     }

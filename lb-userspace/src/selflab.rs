@@ -28,7 +28,7 @@ use rtnetlink::packet_route::link::{InfoData, InfoVeth};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth};
 
 use crate::config::{Config, XdpMode};
-use crate::dataplane::{Dataplane, PROGRAM_LB, PROGRAM_PASS};
+use crate::dataplane::{Dataplane, Tools, PROGRAM_LB, PROGRAM_PASS};
 use crate::lab::{CLIENT, DIRECTOR, Host, PREFIX, REAL_SERVERS, VIP, http_get, tx_checksum_off};
 use crate::tables::{Mac, Tables};
 use lb_common::stats::Stat;
@@ -283,6 +283,7 @@ pub fn run(modes: &[XdpMode]) -> Result<Vec<ModeResult>> {
     let (config, macs) = lab_config()?;
     let mut dp = Dataplane::load_with(65_536).context("loading the dataplane")?;
     dp.apply(&Tables::build(&config, &macs, DIRECTOR.mac)?)?;
+    let mut tools = Tools::load(1).context("loading the XDP_PASS program for the veth peer")?;
     let mut results = Vec::new();
     for &mode in modes {
         let before = dp.counters()?;
@@ -290,7 +291,7 @@ pub fn run(modes: &[XdpMode]) -> Result<Vec<ModeResult>> {
         // checksums finished in software.
         let peer = if mode == XdpMode::Native {
             lab.client.run(|| tx_checksum_off("eth0"))?;
-            Some(lab.bridge.run(|| dp.attach(PROGRAM_PASS, "vdirector", XdpMode::Native))?.0)
+            Some(lab.bridge.run(|| tools.attach(PROGRAM_PASS, "vdirector", XdpMode::Native))?.0)
         } else {
             None
         };
@@ -299,7 +300,7 @@ pub fn run(modes: &[XdpMode]) -> Result<Vec<ModeResult>> {
         let after = dp.counters()?;
         lab.director.run(|| dp.detach(PROGRAM_LB, link))?;
         if let Some(peer) = peer {
-            lab.bridge.run(|| dp.detach(PROGRAM_PASS, peer))?;
+            lab.bridge.run(|| tools.detach(PROGRAM_PASS, peer))?;
         }
         let delta = |s: Stat| after[s.index() as usize] - before[s.index() as usize];
         let r = ModeResult { mode, ok, per_server, scheduled: delta(Stat::TxScheduled), forwarded: delta(Stat::TxForwarded) };

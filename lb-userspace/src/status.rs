@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use lb_common::maps::{
-    scheduler, Backend, BackendStats, ConnCounts, Service, ServiceKey, BACKEND_F_DRAINING, BACKEND_F_HEALTH_DOWN,
+    scheduler, Backend, BackendStats, ConnCounts, ServiceKey, ServiceSlot, BACKEND_F_DRAINING, BACKEND_F_HEALTH_DOWN,
     MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONN_COUNTS, MAP_MEMBERS, MAP_SERVICES, MAP_SERVICE_IDS, MAP_STATS,
     SVC_F_PERSISTENT, SVC_F_SLOPPY_TCP,
 };
@@ -99,7 +99,7 @@ pub fn read(dir: &Path, config: Option<&Config>) -> Result<Status> {
     let ids_map = Map::HashMap(open(dir, MAP_SERVICE_IDS)?);
     let ids: BpfHashMap<&MapData, ServiceKey, u32> = BpfHashMap::try_from(&ids_map)?;
     let services_map = Map::Array(open(dir, MAP_SERVICES)?);
-    let services: Array<&MapData, Service> = Array::try_from(&services_map)?;
+    let services: Array<&MapData, ServiceSlot> = Array::try_from(&services_map)?;
     let members_map = Map::Array(open(dir, MAP_MEMBERS)?);
     let members: Array<&MapData, u32> = Array::try_from(&members_map)?;
     let backends_map = Map::Array(open(dir, MAP_BACKENDS)?);
@@ -115,7 +115,7 @@ pub fn read(dir: &Path, config: Option<&Config>) -> Result<Status> {
     keys.sort_by_key(|(k, _)| (k.vip, k.port, k.proto));
     let mut out = Vec::new();
     for (key, id) in keys {
-        let svc = services.get(&id, 0)?;
+        let svc = *services.get(&id, 0)?.service();
         let vip = ip_of(&key.vip).map(|a| a.to_string()).unwrap_or_default();
         let cfg = config.and_then(|c| {
             c.services.iter().find(|s| s.vip.to_string() == vip && s.port == key.port && s.protocol.number() == key.proto)
@@ -143,7 +143,7 @@ pub fn read(dir: &Path, config: Option<&Config>) -> Result<Status> {
             real_servers.push(RealServerStatus {
                 address: ip_of(&b.addr).map(|a: IpAddr| a.to_string()).unwrap_or_default(),
                 port: key.port,
-                mac: if b.is_present() { format_mac(&b.mac) } else { "-".into() },
+                mac: if b.is_present() { format_mac(&b.mac()) } else { "-".into() },
                 weight: b.weight,
                 health: health.into(),
                 active_conns: c.active,

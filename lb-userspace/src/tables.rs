@@ -257,10 +257,7 @@ impl Tables {
                         weight = 0;
                     }
                 }
-                t.backends.insert(
-                    slot,
-                    Backend { addr: addr16(rs.address), mac: mac.unwrap_or_default(), src_mac: director_mac, weight, flags },
-                );
+                t.backends.insert(slot, Backend::new(addr16(rs.address), mac.unwrap_or_default(), director_mac, weight, flags));
                 svc_slots.push(slot);
                 if !is_down || svc.inhibit_on_failure {
                     members.push((slot, rs.address, weight));
@@ -276,16 +273,8 @@ impl Tables {
             {
                 let slot = slots.backend_slot(key, sorry.address).ok_or_else(no_slot)?;
                 let mac = macs.get(&sorry.address).copied();
-                t.backends.insert(
-                    slot,
-                    Backend {
-                        addr: addr16(sorry.address),
-                        mac: mac.unwrap_or_default(),
-                        src_mac: director_mac,
-                        weight: 1,
-                        flags: if mac.is_some() { BACKEND_F_PRESENT } else { 0 },
-                    },
-                );
+                let flags = if mac.is_some() { BACKEND_F_PRESENT } else { 0 };
+                t.backends.insert(slot, Backend::new(addr16(sorry.address), mac.unwrap_or_default(), director_mac, 1, flags));
                 members = vec![(slot, sorry.address, 1)];
             }
             let members_offset = next_member;

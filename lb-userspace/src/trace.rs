@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, Map, MapData, RingBuf};
-use lb_common::maps::{Backend, Service, TraceEvent, MAP_BACKENDS, MAP_SERVICES, MAP_TRACE, MAP_TRACE_ON};
+use lb_common::maps::{Backend, ServiceSlot, TraceEvent, MAP_BACKENDS, MAP_SERVICES, MAP_TRACE, MAP_TRACE_ON};
 use lb_common::stats::{Stat, XDP_DROP, XDP_PASS};
 
 use crate::config::Config;
@@ -52,7 +52,7 @@ pub fn explain(stat: Stat) -> &'static str {
 
 struct Names {
     backends: Array<MapData, Backend>,
-    services: Array<MapData, Service>,
+    services: Array<MapData, ServiceSlot>,
     config: Option<Config>,
 }
 
@@ -74,12 +74,12 @@ impl Names {
                         self.config.as_ref()?.services.iter().flat_map(|s| &s.real_servers).find(|r| r.address == a)?.name.clone()
                     })
                     .unwrap_or_else(|| "rs".into());
-                let sched = self.services.get(&ev.service, 0).map(|s| scheduler_name(s.scheduler)).unwrap_or("?");
+                let sched = self.services.get(&ev.service, 0).map(|s| scheduler_name(s.service().scheduler)).unwrap_or("?");
                 let why = if ev.new_conn != 0 { format!("new, {sched}") } else { "established".into() };
                 format!(
                     "{head} => {name} {} {} XDP_TX ({why})",
                     addr.map(|a| a.to_string()).unwrap_or_default(),
-                    format_mac(&b.mac)
+                    format_mac(&b.mac())
                 )
             }
         }

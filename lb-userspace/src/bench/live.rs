@@ -12,9 +12,8 @@ use serde::Serialize;
 
 use super::{Options, Spread, traffic};
 use crate::config::XdpMode;
-use crate::dataplane::{Dataplane, PROGRAM_BENCH_SINK, PROGRAM_BENCH_TX, PROGRAM_FLOOR_SWAP, PROGRAM_LB};
+use crate::dataplane::{Dataplane, Tools, PROGRAM_BENCH_SINK, PROGRAM_BENCH_TX, PROGRAM_FLOOR_SWAP, PROGRAM_LB};
 use crate::lab::{in_netns, sh};
-use crate::tables::Tables;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LiveResult {
@@ -48,7 +47,7 @@ fn mac(m: &[u8; 6]) -> String {
     crate::controller::format_mac(m)
 }
 
-pub fn run(dp: &mut Dataplane, _tables: &Tables, opts: &Options) -> Result<LiveResult> {
+pub fn run(dp: &mut Dataplane, tools: &mut Tools, opts: &Options) -> Result<LiveResult> {
     let tag = format!("drlb{}-b", std::process::id());
     let pair = Pair { generator: format!("{tag}-gen"), dir: format!("{tag}-dir") };
     sh("ip", &["netns", "add", &pair.generator])?;
@@ -59,16 +58,19 @@ pub fn run(dp: &mut Dataplane, _tables: &Tables, opts: &Options) -> Result<LiveR
 
     // The generator's veth counts and drops what comes back (and, being the peer of the
     // director's veth, lets native XDP_TX work there).
-    let sink = in_netns(&pair.generator, || Ok(dp.attach(PROGRAM_BENCH_SINK, "veth0", XdpMode::Native)?.0))?;
+    let sink = in_netns(&pair.generator, || Ok(tools.attach(PROGRAM_BENCH_SINK, "veth0", XdpMode::Native)?.0))?;
     let ifindex = ifindex_in(&pair.generator).context("veth0's ifindex in the generator namespace")?;
 
     // Established flows the main bench opened: the director forwards these.
     let (_, data) = traffic::established(0, 64, traffic::Size::Min64);
     let mut measure = |program: &'static str| -> Result<Vec<f64>> {
-        let link = in_netns(&pair.dir, || Ok(dp.attach(program, "eth0", XdpMode::Native)?.0))?;
+        // The balancer is in drlb's object, the floor in the tools object.
+        let link = in_netns(&pair.dir, || {
+            Ok(if program == PROGRAM_LB { dp.attach(program, "eth0", XdpMode::Native)? } else { tools.attach(program, "eth0", XdpMode::Native)? }.0)
+        })?;
         let mut rates = Vec::new();
         for _ in 0..opts.runs {
-            let before = dp.bench_rx()?;
+            let before = tools.bench_rx()?;
             let per_call = 50_000u32;
             let calls = opts.live_frames.div_ceil(per_call);
             let started = Instant::now();
@@ -78,7 +80,7 @@ pub fn run(dp: &mut Dataplane, _tables: &Tables, opts: &Options) -> Result<LiveR
                     let mut ctx = [0u8; 24];
                     ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
                     ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-                    dp.program(PROGRAM_BENCH_TX)?
+                    tools.program(PROGRAM_BENCH_TX)?
                         .test_run(TestRunOptions {
                             data_in: Some(frame),
                             ctx_in: Some(&ctx),
@@ -92,16 +94,16 @@ pub fn run(dp: &mut Dataplane, _tables: &Tables, opts: &Options) -> Result<LiveR
             })?;
             let elapsed = started.elapsed();
             std::thread::sleep(Duration::from_millis(50));
-            let got = dp.bench_rx()? - before;
+            let got = tools.bench_rx()? - before;
             ensure!(got > 0, "no frame came back through {program}");
             rates.push(got as f64 / elapsed.as_secs_f64() / 1e6);
         }
-        dp.detach(program, link)?;
+        if program == PROGRAM_LB { dp.detach(program, link)? } else { tools.detach(program, link)? }
         Ok(rates)
     };
     let drlb = measure(PROGRAM_LB)?;
     let swap = measure(PROGRAM_FLOOR_SWAP)?;
-    dp.detach(PROGRAM_BENCH_SINK, sink)?;
+    tools.detach(PROGRAM_BENCH_SINK, sink)?;
     drop(pair);
     Ok(LiveResult { frames_per_run: opts.live_frames as u64, drlb_mpps: Spread::of(drlb), swap_mpps: Spread::of(swap) })
 }

@@ -20,7 +20,7 @@ use lb_common::stats::{Stat, XDP_PASS, XDP_TX};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::dataplane::{Counters, Dataplane, PROGRAM_FLOOR_INSERT, PROGRAM_FLOOR_SWAP, PROGRAM_LB, PROGRAM_PASS};
+use crate::dataplane::{Counters, Dataplane, Tools, PROGRAM_FLOOR_INSERT, PROGRAM_FLOOR_SWAP, PROGRAM_LB, PROGRAM_PASS};
 use crate::tables::{Mac, Tables};
 use traffic::Size;
 
@@ -147,6 +147,7 @@ pub fn bench_config(n: u32) -> (Config, HashMap<IpAddr, Mac>) {
 
 struct Bench<'a> {
     dp: &'a Dataplane,
+    tools: &'a Tools,
     progress: ProgressBar,
 }
 
@@ -154,9 +155,9 @@ impl Bench<'_> {
     /// One BPF_PROG_TEST_RUN: (verdict, ns per run, output).
     fn run(&self, program: &str, frame: &[u8], repeat: u32) -> Result<(u32, f64, Vec<u8>)> {
         let mut out = vec![0u8; frame.len() + 64];
-        let r = self
-            .dp
-            .program(program)?
+        // The balancer is in drlb's object; the floors are in the tools object.
+        let prog = if program == PROGRAM_LB { self.dp.program(program)? } else { self.tools.program(program)? };
+        let r = prog
             .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat, ..TestRunOptions::new() })
             .with_context(|| format!("BPF_PROG_TEST_RUN of {program}"))?;
         out.truncate(r.data_size_out as usize);
@@ -212,8 +213,10 @@ pub fn run(opts: &Options) -> Result<Results> {
         + opts.large_flows as u64
         + opts.runs as u64 * (2 * opts.syn_flows as u64 + opts.small_flows as u64 / 20 + 1);
     let table_size = (2 * flows).next_power_of_two().clamp(1 << 16, 1 << 23) as u32;
-    let mut dp = Dataplane::load_for_bench(table_size).context("loading the dataplane")?;
+    let mut dp = Dataplane::load_with(table_size).context("loading the dataplane")?;
     dp.apply(&tables)?;
+    // Floor (c)'s table as large as the balancer's: it pays for the same LRU.
+    let mut tools = Tools::load(table_size).context("loading the benchmark's floors")?;
 
     let total: u64 = opts.runs as u64
         * (3 * opts.hot_repeat as u64 * 2
@@ -225,7 +228,7 @@ pub fn run(opts: &Options) -> Result<Results> {
     progress.set_style(
         ProgressStyle::with_template("{spinner} {msg:32} [{bar:30}] {percent:>3}% {eta}").expect("style").progress_chars("=> "),
     );
-    let b = Bench { dp: &dp, progress };
+    let b = Bench { dp: &dp, tools: &tools, progress };
     let mut figures = Vec::new();
 
     // Open the flows the established scenarios replay (not timed).
@@ -365,7 +368,7 @@ pub fn run(opts: &Options) -> Result<Results> {
     b.progress.finish_and_clear();
     drop(b);
 
-    let live = if opts.live { Some(live::run(&mut dp, &tables, opts)?) } else { None };
+    let live = if opts.live { Some(live::run(&mut dp, &mut tools, opts)?) } else { None };
 
     let find = |name: &str, mode: &str, size: &str| {
         figures.iter().find(|f| f.name.starts_with(name) && f.mode == mode && f.size == size).map(Figure::ratio)

@@ -1,0 +1,114 @@
+//! drlb's tools object: programs the lab and `drlb bench` load beside the balancer, kept
+//! out of the object `drlb run` loads. An XDP_PASS program for veth peers (and benchmark
+//! floor (a)), floors (b) and (c), and the live benchmark's generator and sink.
+#![no_std]
+#![no_main]
+#![feature(asm_experimental_arch)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+#[path = "xdp_packet.rs"]
+mod xdp_packet;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{LruHashMap, PerCpuArray},
+    programs::XdpContext,
+};
+use lb_common::conn::{Conn, ConnKey};
+use lb_common::packet::Packet;
+use xdp_packet::XdpPacket;
+
+/// XDP_PASS and nothing else. The lab attaches it to the bridge-side peer of the
+/// director's veth: native XDP_TX on a veth needs an XDP program on the peer.
+#[xdp]
+pub fn drlb_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// Swaps the frame's MACs; `false` if it is shorter than an Ethernet header. Three word
+/// loads and three word stores, as the balancer writes its MACs: a floor written byte by
+/// byte would be slower than it need be and flatter every ratio against it.
+#[inline(always)]
+fn swap_macs(pkt: &mut XdpPacket) -> bool {
+    // Words of bytes [d0..d3], [d4 d5 s0 s1], [s2..s5]: little-endian, byte 0 lowest.
+    let (Some(w0), Some(w1), Some(w2)) = (pkt.load_u32(0), pkt.load_u32(4), pkt.load_u32(8)) else { return false };
+    // [s0..s3], [s4 s5 d0 d1], [d2..d5].
+    pkt.store_u32(0, w1 >> 16 | w2 << 16) && pkt.store_u32(4, w2 >> 16 | w0 << 16) && pkt.store_u32(8, w0 >> 16 | w1 << 16)
+}
+
+/// Benchmark floor (b): swap the MACs and send the frame back, the least any XDP_TX
+/// forwarder does. `drlb bench` reports the balancer against it.
+#[xdp]
+pub fn drlb_floor_swap(ctx: XdpContext) -> u32 {
+    let mut pkt = XdpPacket::of(&ctx);
+    if !swap_macs(&mut pkt) {
+        return xdp_action::XDP_PASS;
+    }
+    xdp_action::XDP_TX
+}
+
+/// Benchmark floor (c): what any balancer that records connections in a kernel LRU hash
+/// must do for a new flow — look its 5-tuple up (a miss) and insert it — on top of floor
+/// (b). Reads the 5-tuple at fixed offsets (IPv4 without options, as the benchmark's SYNs).
+#[xdp]
+pub fn drlb_floor_insert(ctx: XdpContext) -> u32 {
+    let mut pkt = XdpPacket::of(&ctx);
+    let (Some(src), Some(dst), Some(ports)) = (pkt.load_u32(26), pkt.load_u32(30), pkt.load_u32(34)) else {
+        return xdp_action::XDP_PASS;
+    };
+    let key = ConnKey::v4(src, dst, (ports as u16).swap_bytes(), ((ports >> 16) as u16).swap_bytes(), 6);
+    floor_record_conn(&key);
+    if !swap_macs(&mut pkt) {
+        return xdp_action::XDP_PASS;
+    }
+    xdp_action::XDP_TX
+}
+
+/// Benchmark generator: sends the frame out unchanged (live-frames mode of
+/// BPF_PROG_TEST_RUN turns each run into a transmitted frame).
+#[xdp]
+pub fn drlb_bench_tx(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
+}
+
+/// Benchmark sink: counts frames (per CPU) and drops them.
+#[xdp]
+pub fn drlb_bench_sink(_ctx: XdpContext) -> u32 {
+    count_bench_frame();
+    xdp_action::XDP_DROP
+}
+
+/// Frames seen by `drlb_bench_sink`.
+#[map(name = "DRLB_BENCH_RX")]
+static BENCH_RX: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn count_bench_frame() {
+    if let Some(c) = BENCH_RX.get_ptr_mut(0) {
+        // SAFETY: this CPU's counter; only this program on this CPU writes it.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Benchmark floor (c)'s connection table, sized like the balancer's by the benchmark.
+#[map(name = "DRLB_FLOOR_CONNS")]
+static FLOOR_CONNS: LruHashMap<ConnKey, Conn> = LruHashMap::with_max_entries(1, 0);
+
+/// Records a new flow as a connection table would: a lookup (expected to miss), an insert.
+#[inline(always)]
+fn floor_record_conn(key: &ConnKey) {
+    if FLOOR_CONNS.get_ptr(key).is_none() {
+        let _ = FLOOR_CONNS.insert(key, &Conn::default(), 0);
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
