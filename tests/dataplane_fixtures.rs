@@ -422,3 +422,15 @@ fn reloads_under_traffic_never_tear_a_service_or_a_mac() {
     assert!(reloads >= 50 && sent >= 10_000, "too little happened to mean anything: {reloads} reloads, {sent} packets");
     assert_eq!(outside, 0, "packets left with a MAC not of service x's servers: {examples:?}");
 }
+
+/// A short differential fuzz (`drlb selftest --fuzz N` runs long ones): random and mutated
+/// frames through the program and the host model, identical on every one.
+#[test]
+fn differential_fuzz_short_run() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let report = lb_userspace::fuzz::run(100_000, 2026).unwrap_or_else(|e| panic!("{e:#}"));
+    println!("{report}");
+    assert!(report.reasons.get("tx_scheduled").copied().unwrap_or(0) > 1000, "the fuzz should schedule connections: {report}");
+}

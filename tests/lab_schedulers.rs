@@ -8,7 +8,6 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use lb_common::host::ipvs::{self, Dest};
-use lb_common::sched;
 use lb_userspace::config::XdpMode;
 use lb_userspace::lab::{Lab, ALL_REAL_SERVERS, CLIENT2_ADDR, CLIENT_ADDR, VIP};
 
@@ -36,10 +35,7 @@ fn config(scheduler: &str, weights: &[u32], extra: &str) -> String {
 fn ipvs_sequence(scheduler: &str, weights: &[u32], n: usize, hold: bool) -> Vec<usize> {
     let mut list: Vec<Dest> = ipvs::list_for(weights);
     let mut rr_pos = None;
-    let mut wrr = sched::wrr_mark_after_adds(weights);
-    let wrr_dests = lb_userspace::sched_tables::ListDests(
-        weights.iter().rev().map(|&w| sched::DestInfo { weight: w, available: true, ..Default::default() }).collect(),
-    );
+    let mut wrr = ipvs::Wrr::after_adds(weights);
     (0..n)
         .map(|_| {
             let i = match scheduler {
@@ -48,7 +44,7 @@ fn ipvs_sequence(scheduler: &str, weights: &[u32], n: usize, hold: bool) -> Vec<
                 "sed" => ipvs::sed(&list),
                 "nq" => ipvs::nq(&list),
                 "rr" => ipvs::rr(&list, &mut rr_pos),
-                "wrr" => sched::wrr_schedule(&wrr_dests, &mut wrr).map(|i| i as usize),
+                "wrr" => wrr.next(),
                 other => panic!("no model for {other}"),
             }
             .expect("a server");

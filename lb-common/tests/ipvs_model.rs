@@ -195,3 +195,42 @@ impl CountsOf for HostTables {
         lb_common::dataplane::Tables::conn_counts(self, slot)
     }
 }
+
+proptest::proptest! {
+    /// wrr: the transcription of the kernel's loop (`sched::wrr_schedule`, what the
+    /// dataplane's tables are built from) and the algorithm as the LVS documentation states
+    /// it (`ipvs::Wrr`) choose the same servers, from the state keepalived's additions leave.
+    #[test]
+    fn wrr_transcription_equals_the_documented_algorithm(weights in proptest::collection::vec(1u32..12, 1..7)) {
+        let mut model = lb_common::host::ipvs::Wrr::after_adds(&weights);
+        let mut mark = lb_common::sched::wrr_mark_after_adds(&weights);
+        let dests = ListDests(weights.iter().rev().map(|&w| lb_common::sched::DestInfo { weight: w, available: true, ..Default::default() }).collect());
+        for step in 0..200 {
+            let a = lb_common::sched::wrr_schedule(&dests, &mut mark).map(|i| i as usize);
+            let b = model.next();
+            proptest::prop_assert_eq!(a, b, "step {} for weights {:?}", step, weights);
+        }
+    }
+
+    /// sh: drlb's bucket table and bucket hash against `ip_vs_sh` written from the kernel.
+    #[test]
+    fn sh_equals_the_kernels(weights in proptest::collection::vec(1u32..5, 1..6), client in proptest::prelude::any::<[u8; 4]>()) {
+        let list = lb_common::host::ipvs::list_for(&weights);
+        let list_weights: Vec<u32> = weights.iter().rev().copied().collect();
+        let table = lb_common::sched::sh_table(&list_weights);
+        let drlb = table[lb_common::sched::sh_bucket(client) as usize] as usize;
+        proptest::prop_assert_eq!(Some(drlb), lb_common::host::ipvs::sh(&list, client));
+    }
+}
+
+/// A `Dests` over a list, for the wrr comparison.
+struct ListDests(Vec<lb_common::sched::DestInfo>);
+
+impl lb_common::sched::Dests for ListDests {
+    fn len(&self) -> u32 {
+        self.0.len() as u32
+    }
+    fn get(&self, i: u32) -> lb_common::sched::DestInfo {
+        self.0[i as usize]
+    }
+}

@@ -197,6 +197,11 @@ pub fn row(description: &'static str, frame: Vec<u8>, expect: Expect) -> Row {
 }
 
 impl Row {
+    /// The row's input frame.
+    pub fn frame(&self) -> &[u8] {
+        &self.frame
+    }
+
     pub fn setup(mut self, s: Setup) -> Self {
         self.setup = s;
         self
@@ -307,18 +312,13 @@ pub fn rows() -> Vec<Row> {
     for (i, to) in [RS3, RS2, RS1, RS3, RS3, RS2, RS3, RS2, RS1].into_iter().enumerate() {
         v.push(row("wrr 1:2:3 after keepalived's one-by-one adds", tcp_to(vip(WRR), 44000 + i as u16, 80, SYN), To(TxScheduled, to)));
     }
-    // --- sh and mh: one client, one server ---
-    let sh_to = [RS2, RS1][crate::sched_tables::sh_table(&crate::sched_tables::ListDests(vec![
-        lb_common::sched::DestInfo { weight: 1, available: true, ..Default::default() };
-        2
-    ]))[lb_common::sched::sh_bucket(CLIENT) as usize] as usize];
+    // --- sh and mh: one client, one server; the expected server comes from models written
+    // apart from the code under test (IPVS's sh from the kernel source, Maglev from the paper) ---
+    let sh_list = lb_common::host::ipvs::list_for(&[1, 1]);
+    let sh_to = [RS2, RS1][lb_common::host::ipvs::sh(&sh_list, CLIENT).expect("sh picks a server")];
     v.push(row("sh: a client goes to its bucket's server", tcp_to(vip(SH), 45000, 80, SYN), To(TxScheduled, sh_to)));
     v.push(row("sh: the same client on another port goes there too", tcp_to(vip(SH), 45001, 80, SYN), To(TxScheduled, sh_to)));
-    let mh_service = tables().services[&10];
-    let mh_regions = tables().sched_regions;
-    let (_, mh_table) = mh_regions.iter().find(|(o, _)| *o == mh_service.table_offset).unwrap();
-    let mh_index = mh_table[(lb_common::dataplane::mh_hash(&v4_mapped(CLIENT)) % mh_service.table_len) as usize];
-    let mh_to = [RS3, RS2, RS1][mh_index as usize];
+    let mh_to = [RS1, RS2, RS3][maglev_choice(&[([198, 18, 0, 11], 1), ([198, 18, 0, 12], 1), ([198, 18, 0, 13], 1)], CLIENT)];
     v.push(row("mh: a client goes to its Maglev entry's server", tcp_to(vip(MH), 45100, 80, SYN), To(TxScheduled, mh_to)));
     v.push(row("mh: the same client on another port goes there too", tcp_to(vip(MH), 45101, 80, SYN), To(TxScheduled, mh_to)));
     // --- expiry (service `short`: tcp 5s) ---
@@ -333,6 +333,31 @@ pub fn rows() -> Vec<Row> {
     v
 }
 
+/// The server (index into `servers`, given in configuration order as (address, weight))
+/// that Maglev — populated as the paper's pseudocode does, with drlb's offset and skip
+/// hashes of each server's address — gives `client`.
+pub fn maglev_choice(servers: &[([u8; 4], u32)], client: [u8; 4]) -> usize {
+    use lb_common::hash::flow_hash;
+    let m = crate::sched_tables::MH_TABLE_SIZE as u64;
+    let g = servers.iter().map(|s| s.1).fold(0, |a, b| if a == 0 { b } else { gcd(a, b) });
+    // IPVS list order (last configured first) is the order Maglev takes turns in.
+    let list: Vec<(u64, u64, u32)> = servers
+        .iter()
+        .rev()
+        .map(|(addr, w)| {
+            let a = v4_mapped(*addr);
+            (flow_hash(&a, &[0; 16], 0, 0, 1) as u64 % m, flow_hash(&a, &[0; 16], 0, 0, 2) as u64 % (m - 1) + 1, w / g)
+        })
+        .collect();
+    let table = lb_common::host::ipvs::maglev_populate(&list, m as usize);
+    let list_index = table[(lb_common::dataplane::mh_hash(&v4_mapped(client)) as u64 % m) as usize];
+    servers.len() - 1 - list_index
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
 pub struct Harness {
     pub dp: Dataplane,
     pub model: HostTables,
@@ -341,11 +366,15 @@ pub struct Harness {
 
 impl Harness {
     pub fn new() -> Harness {
-        let tables = tables();
-        let mut dp = Dataplane::load_with(65536).expect("load the dataplane (run as root)");
-        dp.apply(&tables).unwrap();
+        Self::with_tables(&tables()).expect("load the dataplane (run as root)")
+    }
+
+    /// A dataplane loaded with `tables`, and the host model over the same tables.
+    pub fn with_tables(tables: &Tables) -> anyhow::Result<Harness> {
+        let mut dp = Dataplane::load_with(65536)?;
+        dp.apply(tables)?;
         let slots = tables.backends.keys().copied().collect();
-        Harness { dp, model: tables.host_model(), slots }
+        Ok(Harness { dp, model: tables.host_model(), slots })
     }
 
     /// Runs a frame through the kernel and the model; they must agree. Returns the

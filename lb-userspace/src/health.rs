@@ -207,3 +207,44 @@ impl Tracker {
         self.state.retain(|(s, a), _| targets.iter().any(|t| &t.service == s && t.address == *a));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(ok: bool, rise: u32, fall: u32) -> Round {
+        let config = crate::config::Config::parse(
+            std::path::Path::new("t.yaml"),
+            &format!(
+                "director: {{ interface: eth0 }}\nservices:\n  - {{ name: web, vip: 198.18.0.100, port: 80, protocol: tcp, \
+                 health_check: {{ type: tcp, rise: {rise}, fall: {fall} }}, real_servers: [ {{ address: 198.18.0.11, name: rs1 }} ] }}\n"
+            ),
+        )
+        .unwrap();
+        let target = targets(&config).remove(0);
+        Round { target, ok, reason: "connect failed".into(), failed_attempts: if ok { 0 } else { 2 }, attempts: 2, latency: Duration::ZERO }
+    }
+
+    /// keepalived's meaning: a server starts up; `fall` failed rounds in a row take it down,
+    /// `rise` good rounds in a row bring it back; a round of the other kind restarts the count.
+    #[test]
+    fn rise_and_fall_count_consecutive_rounds() {
+        let mut t = Tracker::default();
+        let seq = [(false, None), (true, None), (false, None), (false, None), (false, Some(false)), (false, None), (true, None), (true, Some(true)), (true, None)];
+        for (i, (ok, change)) in seq.into_iter().enumerate() {
+            let got = t.apply(&round(ok, 2, 3)).map(|(up, _)| up);
+            assert_eq!(got, change, "round {i} ({})", if ok { "ok" } else { "failed" });
+        }
+        let (_, line) = Tracker::default().apply(&round(false, 1, 1)).unwrap();
+        assert_eq!(line, "web rs1 198.18.0.11:80 DOWN: connect failed (2/2 failures)");
+    }
+
+    #[test]
+    fn a_reload_forgets_removed_targets() {
+        let mut t = Tracker::default();
+        t.apply(&round(false, 1, 1));
+        t.retain(&[]);
+        // Forgotten: it starts up again, so a failed round takes it down anew.
+        assert!(t.apply(&round(false, 1, 1)).is_some());
+    }
+}

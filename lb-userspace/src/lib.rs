@@ -20,4 +20,5 @@ pub mod realserver;
 pub mod trace;
 pub mod doctor;
 pub mod fixtures;
+pub mod fuzz;
 pub mod selflab;

@@ -108,6 +108,13 @@ enum Command {
         /// mode. Needs no tool besides this binary.
         #[arg(long)]
         lab: bool,
+        /// Also send this many random and mutated frames through the program and the host
+        /// model, which must agree on every one (verdict, output, connection, counts).
+        #[arg(long, value_name = "FRAMES")]
+        fuzz: Option<u64>,
+        /// The fuzz run's random seed (a failure names the seed that reproduces it).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// The real-server side of Direct Routing.
     Realserver {
@@ -335,12 +342,21 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Selftest { lab } => {
+        Command::Selftest { lab, fuzz, seed } => {
             match std::panic::catch_unwind(lb_userspace::fixtures::run_table) {
                 Ok(rows) => println!("selftest: {rows} fixture rows passed"),
                 Err(_) => {
                     eprintln!("selftest: FAILED (see the message above)");
                     return ExitCode::FAILURE;
+                }
+            }
+            if let Some(frames) = fuzz {
+                match lb_userspace::fuzz::run(frames, seed) {
+                    Ok(report) => println!("{report}"),
+                    Err(e) => {
+                        eprintln!("selftest fuzz: FAILED: {e:#}");
+                        return ExitCode::FAILURE;
+                    }
                 }
             }
             if lab {

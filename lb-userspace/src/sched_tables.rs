@@ -135,6 +135,22 @@ mod tests {
         assert_eq!(counts, [3, 2, 1]);
     }
 
+    /// The builder against Maglev's population as the paper writes it
+    /// (`lb_common::host::ipvs::maglev_populate`), with weights.
+    #[test]
+    fn maglev_table_equals_the_papers_population() {
+        let addrs: Vec<Addr16> = (0..4).map(|i| v4_mapped([198, 18, 0, 11 + i])).collect();
+        let weights = [2, 4, 2, 6];
+        let m = MH_TABLE_SIZE as u64;
+        let servers: Vec<(u64, u64, u32)> = addrs
+            .iter()
+            .zip(weights)
+            .map(|(a, w)| (flow_hash(a, &[0; 16], 0, 0, 1) as u64 % m, flow_hash(a, &[0; 16], 0, 0, 2) as u64 % (m - 1) + 1, w / 2))
+            .collect();
+        let want: Vec<u16> = lb_common::host::ipvs::maglev_populate(&servers, MH_TABLE_SIZE).into_iter().map(|i| i as u16).collect();
+        assert_eq!(mh_table(&dests(&weights), &addrs, MH_TABLE_SIZE), want);
+    }
+
     #[test]
     fn maglev_honours_weights_and_disrupts_little() {
         let addrs: Vec<Addr16> = (0..5).map(|i| v4_mapped([198, 18, 0, 11 + i])).collect();

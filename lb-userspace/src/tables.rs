@@ -409,3 +409,90 @@ impl Tables {
         h
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_common::maps::BACKEND_F_DRAINING;
+
+    const DIRECTOR: Mac = [2, 0, 0, 0, 0, 2];
+
+    fn config(text: &str) -> Config {
+        Config::parse(std::path::Path::new("t.yaml"), &format!("director: {{ interface: eth0 }}\nservices:\n{text}")).unwrap()
+    }
+
+    fn macs(addrs: &[&str]) -> HashMap<IpAddr, Mac> {
+        addrs.iter().enumerate().map(|(i, a)| (a.parse().unwrap(), [2, 0, 0, 0, 1, i as u8])).collect()
+    }
+
+    const TWO: &str = "  - { name: web, vip: 198.18.0.100, port: 80, protocol: tcp, real_servers: [ { address: 198.18.0.11 }, { address: 198.18.0.12 } ] }\n";
+    const ONE: &str = "  - { name: web, vip: 198.18.0.100, port: 80, protocol: tcp, real_servers: [ { address: 198.18.0.12 } ] }\n";
+
+    /// Rebuilds keep each real server's slot and write the other half of the member list;
+    /// a removed server keeps its slot, draining, until no connection uses it.
+    #[test]
+    fn identities_are_stable_and_removed_servers_drain() {
+        let m = macs(&["198.18.0.11", "198.18.0.12"]);
+        let mut slots = Slots::default();
+        let a = Tables::build_with(&config(TWO), &m, DIRECTOR, &mut slots, &Down::default()).unwrap();
+        let b = Tables::build_with(&config(ONE), &m, DIRECTOR, &mut slots, &Down::default()).unwrap();
+        assert_eq!(a.slots, vec![vec![0, 1]]);
+        assert_eq!(b.slots, vec![vec![1]], "rs2 keeps its slot");
+        let (sa, sb) = (a.services[&0], b.services[&0]);
+        assert_ne!(sa.members_offset / MAX_BACKENDS, sb.members_offset / MAX_BACKENDS, "each build writes the other half");
+        assert_eq!(b.backends[&0].flags & BACKEND_F_DRAINING, BACKEND_F_DRAINING, "rs1 drains");
+        assert_eq!(b.backends[&0].mac(), m[&"198.18.0.11".parse().unwrap()], "with the MAC its connections use");
+        assert_eq!(slots.release_drained(|s| s == 0), Vec::<u32>::new(), "still in use");
+        assert_eq!(slots.release_drained(|_| false), vec![0]);
+        let c = Tables::build_with(&config(TWO), &m, DIRECTOR, &mut slots, &Down::default()).unwrap();
+        assert_eq!(c.slots, vec![vec![0, 1]], "a freed slot is given out again");
+    }
+
+    /// A health-down server leaves the member list (or, with inhibit_on_failure, stays with
+    /// weight 0); an unresolved one stays a member but is not present.
+    #[test]
+    fn health_and_resolution_shape_membership() {
+        let m = macs(&["198.18.0.12"]);
+        let mut down = Down::default();
+        down.insert(("web".into(), "198.18.0.12".parse().unwrap()));
+        let t = Tables::build_with(&config(TWO), &m, DIRECTOR, &mut Slots::default(), &down).unwrap();
+        assert_eq!(t.services[&0].member_count, 1);
+        assert!(!t.backends[&0].is_present(), "198.18.0.11 has no MAC");
+        assert_eq!(t.backends[&1].flags & BACKEND_F_HEALTH_DOWN, BACKEND_F_HEALTH_DOWN);
+        let inhibit = TWO.replace("protocol: tcp,", "protocol: tcp, inhibit_on_failure: true,");
+        let t = Tables::build_with(&config(&inhibit), &m, DIRECTOR, &mut Slots::default(), &down).unwrap();
+        assert_eq!((t.services[&0].member_count, t.backends[&1].weight), (2, 0));
+    }
+
+    /// Live state can take room the file did not: removed servers still draining hold
+    /// slots, and a build that needs more fails with the service named, changing nothing.
+    #[test]
+    fn a_build_that_does_not_fit_is_an_error() {
+        let mut text = String::new();
+        for s in 0..256 {
+            let servers: Vec<String> = (0..256).map(|r| format!("{{ address: 198.19.{}.{} }}", r, s % 250 + 1)).collect();
+            text += &format!("  - {{ name: s{s}, vip: 198.18.{}.{}, port: 80, protocol: tcp, real_servers: [ {} ] }}\n", s / 250, s % 250 + 1, servers.join(", "));
+        }
+        let full = config(&text);
+        let mut slots = Slots::default();
+        Tables::build_with(&full, &HashMap::new(), DIRECTOR, &mut slots, &Down::default()).unwrap();
+        // Every slot in use; replacing one server means a new slot while the old drains.
+        let changed = config(&text.replacen("198.19.0.1 }", "198.19.255.254 }", 1));
+        let err = Tables::build_with(&changed, &HashMap::new(), DIRECTOR, &mut slots, &Down::default()).unwrap_err();
+        assert_eq!(err, BuildError::BackendSlots { service: "s0".into() });
+        assert!(err.to_string().contains("no backend slot left"), "{err}");
+    }
+
+    #[test]
+    fn check_budget_names_the_service_that_does_not_fit() {
+        let mut text = String::new();
+        for s in 0..17 {
+            text += &format!("  - {{ name: m{s}, vip: 198.18.1.{}, port: 80, protocol: tcp, scheduler: mh, real_servers: [ {{ address: 198.18.0.11 }} ] }}\n", s + 1);
+        }
+        let c: Config = serde_yaml::from_str(&format!("director: {{ interface: eth0 }}\nservices:\n{text}")).unwrap();
+        let problems = check_budget(&c);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "services[16].scheduler");
+        assert!(problems[0].1.contains("service `m16`"), "{}", problems[0].1);
+    }
+}

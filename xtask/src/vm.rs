@@ -148,8 +148,8 @@ fn initramfs(cache: &Path, drlb: &Path, arch: &str, kernel_dir: &Path) -> Result
          mount -t bpf bpf /sys/fs/bpf\nmount -t tmpfs tmp /tmp\nmount -t devtmpfs dev /dev\n\
          echo \"drlb-vm: kernel $(uname -r) $(uname -m)\"\n\
          {insmods}\
-         /drlb selftest --lab > /tmp/out 2>&1 && /drlb bench --quick --no-live --runs 5 --out /tmp/b >> /tmp/out 2>&1\nrc=$?\n\
-         grep -E 'selftest|misses|meets|Error|error|panicked' /tmp/out\n\
+         /drlb selftest --lab --fuzz 20000 > /tmp/out 2>&1 && /drlb bench --quick --no-live --runs 5 --out /tmp/b >> /tmp/out 2>&1\nrc=$?\n\
+         grep -E 'selftest|fuzz|misses|meets|Error|error|panicked' /tmp/out\n\
          echo \"drlb-vm: exit $rc\"\npoweroff -f\n"),
     )?;
     use std::os::unix::fs::PermissionsExt as _;
@@ -229,9 +229,14 @@ pub fn run(series: &str, arch: &str, drlb: &Path) -> Result<String> {
             console.lines().find_map(|l| l.find(&marker).map(|i| format!("{mode} {}", l[i + marker.len()..].split(' ').next().unwrap_or(""))))
         })
         .collect();
-    if rc.trim() != "0" || !console.contains("fixture rows passed") || lab.len() != 2 {
+    let fuzz = console.lines().find_map(|l| l.find("fuzz: ").map(|i| l[i + "fuzz: ".len()..].split(" frames").next().unwrap_or("").to_string()));
+    if rc.trim() != "0" || !console.contains("fixture rows passed") || lab.len() != 2 || fuzz.is_none() {
         bail!("drlb failed on {series} ({banner}):\n{console}");
     }
     let rows = console.lines().find_map(|l| l.find("selftest: ").map(|i| l[i + "selftest: ".len()..].trim().to_string())).unwrap_or_default();
-    Ok(format!("{banner}; {rows}; lab forwarded real TCP: {}", lab.join(", ")))
+    Ok(format!(
+        "{banner}; {rows}; {} fuzzed frames identical in kernel and model; lab forwarded real TCP: {}",
+        fuzz.unwrap_or_default(),
+        lab.join(", ")
+    ))
 }
