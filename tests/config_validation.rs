@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use lb_userspace::config::{Config, Scheduler, StatusRange, Warmup};
+use lb_userspace::control::config::{Config, Scheduler, StatusRange, Warmup};
 
 const GOOD: &str = "\
 director:

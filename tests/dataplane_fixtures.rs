@@ -1,4 +1,4 @@
-//! Dataplane fixtures: the table (`lb_userspace::fixtures`) and the tests that build on its
+//! Dataplane fixtures: the table (`lb_userspace::selftest::fixtures`) and the tests that build on its
 //! harness, all through BPF_PROG_TEST_RUN on the real object. Needs root.
 
 mod support;
@@ -8,10 +8,10 @@ use std::path::Path;
 
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::stats::{XDP_PASS, XDP_TX};
-use lb_userspace::config::Config;
-use lb_userspace::dataplane::{Dataplane, Tools, PROGRAM_FLOOR_INSERT, PROGRAM_FLOOR_SWAP, PROGRAM_LB};
-use lb_userspace::fixtures::*;
-use lb_userspace::tables::{Mac, Tables};
+use lb_userspace::control::config::Config;
+use lb_userspace::kernel::bpf::{Dataplane, Tools, PROGRAM_FLOOR_INSERT, PROGRAM_FLOOR_SWAP, PROGRAM_LB};
+use lb_userspace::selftest::fixtures::*;
+use lb_userspace::kernel::mac::Mac;
 use lb_common::maps::ConnCounts;
 
 #[test]
@@ -172,7 +172,7 @@ services:
       real_servers: [ { address: 198.18.0.11 }, { address: 198.18.0.12 }, { address: 198.18.0.13, weight: 2 } ] }
 "#;
     let config = Config::parse(Path::new("mh.yaml"), config).unwrap();
-    let tables = Tables::build(&config, &macs(), DIRECTOR_MAC).unwrap();
+    let tables = lb_userspace::control::tables::build(&config, &macs(), DIRECTOR_MAC).unwrap();
     let mut a = Dataplane::load_with(65536).expect("load director A");
     let mut b = Dataplane::load_with(65536).expect("load director B");
     a.apply(&tables).unwrap();
@@ -263,7 +263,7 @@ fn flow_cache_follows_a_connection_replaced_on_another_cpu() {
             "director: {{ interface: eth0 }}\nservices:\n  - {{ name: web, vip: 198.18.0.100, port: 80, protocol: tcp, scheduler: wlc,\n      \
              real_servers: [ {{ address: 198.18.0.11 }}, {{ address: 198.18.0.12, weight: {rs2_weight} }} ] }}\n"
         );
-        Tables::build(&Config::parse(Path::new("cpus.yaml"), &text).unwrap(), &macs(), DIRECTOR_MAC).unwrap()
+        lb_userspace::control::tables::build(&Config::parse(Path::new("cpus.yaml"), &text).unwrap(), &macs(), DIRECTOR_MAC).unwrap()
     };
     let mut dp = Dataplane::load_with(65536).expect("load the dataplane");
     dp.apply(&config(1)).unwrap();
@@ -342,8 +342,8 @@ fn reloads_under_traffic_never_tear_a_service_or_a_mac() {
         support::skip(&format!("needs two CPUs so reloads and packets meet; this machine allows {}", cpus.len()));
         return;
     }
-    use lb_userspace::slots::Slots;
-    use lb_userspace::tables::Down;
+    use lb_userspace::control::slots::Slots;
+    use lb_userspace::control::tables::Down;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     // Both handles share maps through pins in a private bpffs (gone with the unmount).
@@ -379,7 +379,7 @@ fn reloads_under_traffic_never_tear_a_service_or_a_mac() {
 
     let (mut reloader, _) = Dataplane::open(65536, Some(&pins), false).expect("load the dataplane");
     let mut slots = Slots::default();
-    let first = Tables::build_with(&configs[0], &macs(false), DIRECTOR_MAC, &mut slots, &Down::default()).unwrap();
+    let first = lb_userspace::control::tables::build_with(&configs[0], &macs(false), DIRECTOR_MAC, &mut slots, &Down::default()).unwrap();
     reloader.apply(&first).unwrap();
     let (sender, _) = Dataplane::open(65536, Some(&pins), false).expect("adopt the pinned dataplane");
 
@@ -392,7 +392,7 @@ fn reloads_under_traffic_never_tear_a_service_or_a_mac() {
             let mut n = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                let t = Tables::build_with(&configs[n % 2], &macs(n % 4 >= 2), DIRECTOR_MAC, &mut slots, &Down::default()).unwrap();
+                let t = lb_userspace::control::tables::build_with(&configs[n % 2], &macs(n % 4 >= 2), DIRECTOR_MAC, &mut slots, &Down::default()).unwrap();
                 reloader.apply(&t).unwrap();
                 reloads.fetch_add(1, Ordering::Relaxed);
             }
@@ -418,9 +418,10 @@ fn reloads_under_traffic_never_tear_a_service_or_a_mac() {
         stop.store(true, Ordering::Relaxed);
     });
     let (sent, outside, reloads) = (sent.into_inner(), outside.into_inner(), reloads.into_inner());
-    println!("hammer: {sent} SYNs, {reloads} reloads, {outside} sent outside service x");
+    let reasons = lb_userspace::kernel::bpf::format_counters(&sender.counters().unwrap());
+    println!("hammer: {sent} SYNs, {reloads} reloads, {outside} sent outside service x ({reasons})");
     assert!(reloads >= 50 && sent >= 10_000, "too little happened to mean anything: {reloads} reloads, {sent} packets");
-    assert_eq!(outside, 0, "packets left with a MAC not of service x's servers: {examples:?}");
+    assert_eq!(outside, 0, "packets not forwarded to service x's servers: {examples:?}; reasons: {reasons}");
 }
 
 /// A short differential fuzz (`drlb selftest --fuzz N` runs long ones): random and mutated
@@ -430,7 +431,7 @@ fn differential_fuzz_short_run() {
     if support::skip_unless_root() {
         return;
     }
-    let report = lb_userspace::fuzz::run(100_000, 2026).unwrap_or_else(|e| panic!("{e:#}"));
+    let report = lb_userspace::selftest::fuzz::run(100_000, 2026).unwrap_or_else(|e| panic!("{e:#}"));
     println!("{report}");
     assert!(report.reasons.get("tx_scheduled").copied().unwrap_or(0) > 1000, "the fuzz should schedule connections: {report}");
 }

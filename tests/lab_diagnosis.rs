@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use lb_userspace::config::XdpMode;
-use lb_userspace::lab::{Lab, CLIENT, DIRECTOR, VIP};
+use lb_userspace::control::config::XdpMode;
+use drlb_lab::{Lab, CLIENT, DIRECTOR, VIP};
 
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -44,7 +44,7 @@ fn healthy_lab_is_all_ok_and_realserver_faults_are_named() {
     assert!(ok, "a correctly set up real server passes:\n{text}");
 
     // Fault 1: the VIP is not on lo.
-    lb_userspace::lab::sh("ip", &["-n", &lab.ns("rs1"), "addr", "del", &format!("{VIP}/32"), "dev", "lo"]).unwrap();
+    drlb_lab::sh("ip", &["-n", &lab.ns("rs1"), "addr", "del", &format!("{VIP}/32"), "dev", "lo"]).unwrap();
     let (ok, text) = lab.run_in("rs1", drlb(), &["realserver", "check", "--vip", &vip, "--uplink", "eth0"]).unwrap();
     assert!(!ok && text.contains(&format!("VIP {vip} missing on lo: this server drops packets forwarded for the VIP")), "{text}");
     // `setup` repairs it.
@@ -53,7 +53,7 @@ fn healthy_lab_is_all_ok_and_realserver_faults_are_named() {
 
     // Fault 2: arp_ignore=0 on the uplink (and on all).
     for key in ["net.ipv4.conf.all.arp_ignore=0", "net.ipv4.conf.eth0.arp_ignore=0"] {
-        lb_userspace::lab::sh("ip", &["netns", "exec", &lab.ns("rs2"), "sysctl", "-qw", key]).unwrap();
+        drlb_lab::sh("ip", &["netns", "exec", &lab.ns("rs2"), "sysctl", "-qw", key]).unwrap();
     }
     let (ok, text) = lab.run_in("rs2", drlb(), &["realserver", "check", "--vip", &vip, "--uplink", "eth0"]).unwrap();
     assert!(!ok && text.contains("arp_ignore=0 on eth0: this server answers ARP for the VIP and steals traffic from the director"), "{text}");

@@ -7,9 +7,9 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use lb_userspace::config::XdpMode;
-use lb_userspace::controller::format_mac;
-use lb_userspace::lab::{DIRECTOR, Lab, REAL_SERVERS, VIP};
+use lb_userspace::control::config::XdpMode;
+use lb_userspace::kernel::mac::format_mac;
+use drlb_lab::{DIRECTOR, Lab, REAL_SERVERS, VIP};
 
 /// Labs run one at a time: they are cheap, and timing-sensitive assertions (like "no
 /// reply crossed the director") are clearer without a second lab competing for the CPUs.
@@ -114,7 +114,7 @@ fn neighbour_changes_are_followed() {
     let director = lab.ns("director");
     let rs2 = REAL_SERVERS[1];
     let set_rs2_mac = |mac: &str| {
-        lb_userspace::lab::sh("ip", &["-n", &director, "neigh", "replace", &rs2.addr.to_string(), "lladdr", mac, "dev", "eth0", "nud", "permanent"])
+        drlb_lab::sh("ip", &["-n", &director, "neigh", "replace", &rs2.addr.to_string(), "lladdr", mac, "dev", "eth0", "nud", "permanent"])
             .unwrap();
         std::thread::sleep(Duration::from_millis(500));
     };
@@ -152,7 +152,7 @@ fn auto_mode_falls_back_to_generic_with_a_reason() {
         vec!["-n", &director, "addr", "add", "198.18.5.2/24", "dev", "nox0"],
         vec!["-n", &director, "link", "set", "nox0", "up"],
     ] {
-        lb_userspace::lab::sh("ip", &args).unwrap();
+        drlb_lab::sh("ip", &args).unwrap();
     }
     let config = "director:\n  interface: nox0\n  xdp_mode: auto\nservices:\n  - name: web\n    vip: 198.18.5.100\n    port: 80\n    protocol: tcp\n    real_servers:\n      - { address: 198.18.5.11 }\n";
     lab.start_drlb_with(drlb, config).expect("drlb starts in generic mode");

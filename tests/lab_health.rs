@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use lb_userspace::config::XdpMode;
-use lb_userspace::lab::{Lab, LoadReport, ALL_REAL_SERVERS, VIP};
+use lb_userspace::control::config::XdpMode;
+use drlb_lab::{Lab, LoadReport, ALL_REAL_SERVERS, VIP};
 
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
 

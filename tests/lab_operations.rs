@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use lb_userspace::config::XdpMode;
-use lb_userspace::lab::{Lab, Launch};
+use lb_userspace::control::config::XdpMode;
+use drlb_lab::{Lab, Launch};
 
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -90,8 +90,8 @@ fn status_shows_active_and_inactive_connections() {
     let mut lab = Lab::build(XdpMode::Generic).expect("build the lab");
     lab.start_drlb(drlb()).expect("start drlb");
     // wlc over two servers: 4 held open (2 each), then 3 closed by the client.
-    let (_, held) = lab.connections(4, lb_userspace::lab::CLIENT_ADDR, true).unwrap();
-    let (_, _) = lab.connections(3, lb_userspace::lab::CLIENT_ADDR, false).unwrap();
+    let (_, held) = lab.connections(4, drlb_lab::CLIENT_ADDR, true).unwrap();
+    let (_, _) = lab.connections(3, drlb_lab::CLIENT_ADDR, false).unwrap();
     std::thread::sleep(Duration::from_millis(200));
 
     let text = lab.drlb_cli(drlb(), &["status"]).expect("drlb status");
@@ -129,7 +129,7 @@ fn metrics_are_served_on_loopback() {
         "    scheduler: wlc\n    health_check: { type: tcp, port: 80, interval: 300ms, timeout: 1s }\n",
     );
     lab.start_drlb_with(drlb(), &config).expect("start drlb");
-    let (_, held) = lab.connections(3, lb_userspace::lab::CLIENT_ADDR, true).unwrap();
+    let (_, held) = lab.connections(3, drlb_lab::CLIENT_ADDR, true).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     let text = lab.fetch("director", "127.0.0.1:9469".parse().unwrap(), "/metrics").expect("GET /metrics");
     for needle in [

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use lb_common::host::ipvs::{self, Dest};
-use lb_userspace::config::XdpMode;
-use lb_userspace::lab::{Lab, ALL_REAL_SERVERS, CLIENT2_ADDR, CLIENT_ADDR, VIP};
+use lb_userspace::control::config::XdpMode;
+use drlb_lab::{Lab, ALL_REAL_SERVERS, CLIENT2_ADDR, CLIENT_ADDR, VIP};
 
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
 

@@ -19,6 +19,23 @@ pub fn as_v4(addr: &Addr16) -> Option<[u8; 4]> {
     }
 }
 
+/// An address in the maps' 16-byte form.
+pub fn from_ip(ip: core::net::IpAddr) -> Addr16 {
+    match ip {
+        core::net::IpAddr::V4(v4) => v4_mapped(v4.octets()),
+        core::net::IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The address a map entry holds (`None` for the all-zero address of an empty entry).
+pub fn to_ip(a: &Addr16) -> Option<core::net::IpAddr> {
+    match as_v4(a) {
+        Some(v4) => Some(core::net::IpAddr::from(v4)),
+        None if a.iter().any(|b| *b != 0) => Some(core::net::IpAddr::from(*a)),
+        None => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,8 +9,8 @@ use crate::addr::Addr16;
 use crate::conn::{tcp, Conn, ConnKey, CONN_F_INACTIVE};
 use crate::flowcache::{self, FlowCacheEntry};
 use crate::maps::{
-    scheduler, Backend, ConnCounts, Persist, BACKEND_F_PRESENT, SchedState, Service, ServiceKey, Vip, VipKey, IPPROTO_TCP,
-    IPPROTO_UDP, SVC_F_PERSISTENT, SVC_F_SLOPPY_TCP, SVC_F_WILDCARD,
+    Scheduler, Backend, ConnCounts, Persist, BACKEND_F_PRESENT, SchedState, Service, ServiceKey, Vip, VipKey, IPPROTO_TCP,
+    IPPROTO_UDP, SVC_F_PERSISTENT, SVC_F_SLOPPY_TCP,
 };
 use crate::packet::{parse_l3, parse_l4, Packet, L3};
 use crate::sched::{self, DestInfo, Dests, NO_DEST};
@@ -119,13 +119,14 @@ pub fn schedule<T: Tables>(t: &T, id: u32, svc: &Service, client: &Addr16) -> Op
     if svc.member_count == 0 {
         return None;
     }
-    let list_index = match svc.scheduler {
-        scheduler::WLC => sched::wlc(&dests),
-        scheduler::LC => sched::lc(&dests),
-        scheduler::SED => sched::sed(&dests),
-        scheduler::NQ => sched::nq(&dests),
-        scheduler::RR => t.with_sched_state(id, |s| sched::rr(&dests, &mut s.rr_pos)).flatten(),
-        scheduler::WRR => {
+    let scheduler = Scheduler::from_code(svc.scheduler)?;
+    let list_index = match scheduler {
+        Scheduler::Wlc => sched::wlc(&dests),
+        Scheduler::Lc => sched::lc(&dests),
+        Scheduler::Sed => sched::sed(&dests),
+        Scheduler::Nq => sched::nq(&dests),
+        Scheduler::Rr => t.with_sched_state(id, |s| sched::rr(&dests, &mut s.rr_pos)).flatten(),
+        Scheduler::Wrr => {
             let index = t.with_sched_state(id, |s| {
                 let mut i = s.seq_pos;
                 if i >= svc.table_len {
@@ -136,19 +137,23 @@ pub fn schedule<T: Tables>(t: &T, id: u32, svc: &Service, client: &Addr16) -> Op
             })?;
             table_choice(t, svc, index)
         }
-        scheduler::SH => table_choice(t, svc, sched::sh_bucket([client[12], client[13], client[14], client[15]])),
-        scheduler::MH => {
+        Scheduler::Sh => table_choice(t, svc, sched::sh_bucket([client[12], client[13], client[14], client[15]])),
+        Scheduler::Mh => {
             if svc.table_len == 0 {
                 return None;
             }
             table_choice(t, svc, mh_hash(client) % svc.table_len)
         }
-        _ => None,
     }?;
     // Table-driven choices were made from weights alone; availability is checked now.
-    let d = dests.get(list_index);
-    if !d.available || d.weight == 0 {
-        return None;
+    // The loop schedulers chose among servers they read as available: reading again could
+    // meet a reload that just retired the chosen one and drop the SYN for it, where
+    // sending it on (the retired server drains, MAC kept) is what the decision meant.
+    if matches!(scheduler, Scheduler::Wrr | Scheduler::Sh | Scheduler::Mh) {
+        let d = dests.get(list_index);
+        if !d.available || d.weight == 0 {
+            return None;
+        }
     }
     Some(dests.slot(list_index))
 }
@@ -210,16 +215,6 @@ enum Lookup {
     Miss,
 }
 
-#[inline(always)]
-fn masked(addr: &Addr16, mask: &Addr16) -> Addr16 {
-    let mut out = [0u8; 16];
-    let mut i = 0;
-    while i < 16 {
-        out[i] = addr[i] & mask[i];
-        i += 1;
-    }
-    out
-}
 
 /// What `process_traced` learnt about a VIP-bound packet, for `drlb trace`.
 #[derive(Clone, Copy, Debug, Default)]
@@ -331,14 +326,7 @@ pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &m
                 }
             }
             let slot = if svc.flags & SVC_F_PERSISTENT != 0 {
-                let pkey = ConnKey {
-                    client: masked(&ip.src(), &svc.persist_mask),
-                    vip: ip.dst(),
-                    cport: 0,
-                    vport: if svc.flags & SVC_F_WILDCARD != 0 { 0 } else { l4.dport },
-                    proto: ip.proto,
-                    _pad: [0; 3],
-                };
+                let pkey = svc.template_key(&ip.src(), ip.dst(), l4.dport, ip.proto);
                 let pinned = match t.persist(&pkey) {
                     Some(p) if now.wrapping_sub(p.last_used) <= svc.ticks(svc.persist_timeout_s) as u64 => {
                         match t.backend(p.backend) {

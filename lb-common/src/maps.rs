@@ -196,16 +196,56 @@ impl ServiceKey {
     }
 }
 
-/// Scheduler codes in `Service::scheduler`.
-pub mod scheduler {
-    pub const WLC: u32 = 0;
-    pub const RR: u32 = 1;
-    pub const WRR: u32 = 2;
-    pub const LC: u32 = 3;
-    pub const SH: u32 = 4;
-    pub const MH: u32 = 5;
-    pub const SED: u32 = 6;
-    pub const NQ: u32 = 7;
+/// The schedulers, by their `ipvsadm -s` names; `Service::scheduler` holds [`Scheduler::code`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub enum Scheduler {
+    #[default]
+    Wlc = 0,
+    Rr = 1,
+    Wrr = 2,
+    Lc = 3,
+    Sh = 4,
+    Mh = 5,
+    Sed = 6,
+    Nq = 7,
+}
+
+impl Scheduler {
+    pub const ALL: [Scheduler; 8] =
+        [Scheduler::Wlc, Scheduler::Rr, Scheduler::Wrr, Scheduler::Lc, Scheduler::Sh, Scheduler::Mh, Scheduler::Sed, Scheduler::Nq];
+
+    /// What `Service::scheduler` holds.
+    #[inline(always)]
+    pub const fn code(self) -> u32 {
+        self as u32
+    }
+
+    #[inline(always)]
+    pub fn from_code(code: u32) -> Option<Scheduler> {
+        match code {
+            0 => Some(Scheduler::Wlc),
+            1 => Some(Scheduler::Rr),
+            2 => Some(Scheduler::Wrr),
+            3 => Some(Scheduler::Lc),
+            4 => Some(Scheduler::Sh),
+            5 => Some(Scheduler::Mh),
+            6 => Some(Scheduler::Sed),
+            7 => Some(Scheduler::Nq),
+            _ => None,
+        }
+    }
+
+    /// The names `ipvsadm -s` and drlb's config use, by code.
+    pub const NAMES: [&'static str; 8] = ["wlc", "rr", "wrr", "lc", "sh", "mh", "sed", "nq"];
+
+    pub const fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+
+    pub fn from_name(name: &str) -> Option<Scheduler> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
 }
 
 /// `Service::flags`: clients are pinned by persistence templates.
@@ -283,6 +323,27 @@ impl ServiceSlot {
 }
 
 impl Service {
+    /// The persistence template key for a connection of this service from `client` to
+    /// `vip`:`vport`: the client's address masked to the persistence granularity, the VIP,
+    /// the port (0 for a port-0 service, whose templates cover every port), the protocol.
+    #[inline(always)]
+    pub fn template_key(&self, client: &Addr16, vip: Addr16, vport: u16, proto: u8) -> crate::conn::ConnKey {
+        let mut k = crate::conn::ConnKey {
+            client: *client,
+            vip,
+            cport: 0,
+            vport: if self.flags & SVC_F_WILDCARD != 0 { 0 } else { vport },
+            proto,
+            _pad: [0; 3],
+        };
+        let mut i = 0;
+        while i < 16 {
+            k.client[i] &= self.persist_mask[i];
+            i += 1;
+        }
+        k
+    }
+
     /// `secs` in the dataplane's clock ticks.
     #[inline(always)]
     pub fn ticks(&self, secs: u32) -> u32 {

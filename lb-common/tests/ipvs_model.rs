@@ -8,7 +8,7 @@ use lb_common::addr::v4_mapped;
 use lb_common::conn::{tcp, ConnKey, Timeouts};
 use lb_common::dataplane::process;
 use lb_common::host::HostTables;
-use lb_common::maps::{scheduler, Backend, Service, ServiceKey, Vip, BACKEND_F_PRESENT, IPPROTO_TCP};
+use lb_common::maps::{Scheduler, Backend, Service, ServiceKey, Vip, BACKEND_F_PRESENT, IPPROTO_TCP};
 use lb_common::sched::{self, DestInfo, Dests};
 use lb_common::stats::Stat;
 use proptest::prelude::*;
@@ -90,7 +90,7 @@ fn one_server(sloppy: bool) -> HostTables {
         Service {
             members_offset: 0,
             member_count: 1,
-            scheduler: scheduler::WLC,
+            scheduler: Scheduler::Wlc.code(),
             flags: if sloppy { lb_common::maps::SVC_F_SLOPPY_TCP } else { 0 },
             timeouts: Timeouts::default(),
             ticks_per_sec: 1000,

@@ -1,24 +1,21 @@
-//! drlb's controller: configuration, the dataplane loader and map programming, kernel
-//! neighbour resolution, and the netns lab used by the demo and the integration tests.
+//! drlb's controller and the tools it ships, in layers (each imports only those below it):
+//!
+//! - [`kernel`]: the BPF objects in the kernel (load, pin, attach, map reads and writes),
+//!   netlink, systemd notification, the controller's process. Knows lb-common, not drlb's config.
+//! - [`control`]: the configuration, what the maps should hold for it (tables, stable
+//!   identities, scheduler tables), health checks, and the controller's event loop.
+//! - [`observe`]: status, metrics, doctor and trace, read from the pinned maps.
+//! - [`selftest`]: the fixture table, the differential fuzz and the in-process lab that
+//!   `drlb selftest` runs on a director before it takes traffic.
+//! - [`bench`]: `drlb bench`.
+//! - [`realserver`]: the real-server side of Direct Routing (`drlb realserver`).
+//!
+//! The nginx lab behind `cargo xtask demo` and the integration tests is not here: it is the
+//! `drlb-lab` crate under `tests/lab`.
 
-pub mod config;
-pub mod dataplane;
-pub mod pins;
-pub mod tables;
-pub mod netlink;
-pub mod controller;
-pub mod lab;
-pub mod sched_tables;
-pub mod slots;
-pub mod process;
-pub mod status;
-pub mod health;
-pub mod metrics;
-pub mod notify;
 pub mod bench;
+pub mod control;
+pub mod kernel;
+pub mod observe;
 pub mod realserver;
-pub mod trace;
-pub mod doctor;
-pub mod fixtures;
-pub mod fuzz;
-pub mod selflab;
+pub mod selftest;

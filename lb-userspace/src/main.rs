@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use lb_userspace::config::Config;
+use lb_userspace::control::config::Config;
 
 #[derive(Parser)]
 #[command(name = "drlb", version, about = "Direct-Routing L4 load balancer (XDP dataplane)")]
@@ -172,8 +172,8 @@ fn targets(config: Option<PathBuf>) -> Result<Vec<(Option<Config>, PathBuf)>, St
         let dir = cfg.director.pin_dir();
         return Ok(vec![(Some(cfg), dir)]);
     }
-    let root = std::path::Path::new(lb_userspace::pins::DEFAULT_PIN_ROOT);
-    let found = lb_userspace::pins::discover(root);
+    let root = std::path::Path::new(lb_userspace::kernel::pins::DEFAULT_PIN_ROOT);
+    let found = lb_userspace::kernel::pins::discover(root);
     if found.is_empty() {
         return Err(format!(
             "no config file ({DEFAULT_CONFIG} does not exist) and no drlb dataplane pinned under {}: is `drlb run` running?",
@@ -212,7 +212,7 @@ fn main() -> ExitCode {
                 eprintln!("drlb reload: not reloading: the file does not validate");
                 return ExitCode::FAILURE;
             }
-            match lb_userspace::process::signal_controllers(&config, nix::sys::signal::Signal::SIGHUP) {
+            match lb_userspace::kernel::process::signal_controllers(&config, nix::sys::signal::Signal::SIGHUP) {
                 Ok(pids) if pids.is_empty() => {
                     eprintln!("drlb reload: no `drlb run --config {}` is running", config.display());
                     ExitCode::FAILURE
@@ -238,13 +238,13 @@ fn main() -> ExitCode {
             let mut code = ExitCode::SUCCESS;
             for (cfg, dir) in &targets {
                 let status = if rate || json {
-                    lb_userspace::status::read_with_rates(dir, cfg.as_ref(), std::time::Duration::from_secs(1))
+                    lb_userspace::observe::status::read_with_rates(dir, cfg.as_ref(), std::time::Duration::from_secs(1))
                 } else {
-                    lb_userspace::status::read(dir, cfg.as_ref())
+                    lb_userspace::observe::status::read(dir, cfg.as_ref())
                 };
                 match status {
                     Ok(s) if json => println!("{}", serde_json::to_string_pretty(&s).expect("status serialises")),
-                    Ok(s) => print!("{}", lb_userspace::status::render(&s, lb_userspace::status::View { stats, rate, reasons })),
+                    Ok(s) => print!("{}", lb_userspace::observe::status::render(&s, lb_userspace::observe::status::View { stats, rate, reasons })),
                     Err(e) => {
                         eprintln!("drlb status: {e:#}");
                         code = ExitCode::FAILURE;
@@ -302,7 +302,7 @@ fn main() -> ExitCode {
                 if targets.len() > 1 {
                     println!("== {}", dir.display());
                 }
-                match rt.block_on(lb_userspace::doctor::run(cfg.as_ref(), dir, sample)) {
+                match rt.block_on(lb_userspace::observe::doctor::run(cfg.as_ref(), dir, sample)) {
                     Ok(checks) => {
                         for c in &checks {
                             println!("{c}");
@@ -334,7 +334,7 @@ fn main() -> ExitCode {
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             let flag = stop.clone();
             let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst));
-            match lb_userspace::trace::run(&dir, cfg, vip, count, duration, stop) {
+            match lb_userspace::observe::trace::run(&dir, cfg, vip, count, duration, stop) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("drlb trace: {e:#}");
@@ -343,7 +343,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Selftest { lab, fuzz, seed } => {
-            match std::panic::catch_unwind(lb_userspace::fixtures::run_table) {
+            match std::panic::catch_unwind(lb_userspace::selftest::fixtures::run_table) {
                 Ok(rows) => println!("selftest: {rows} fixture rows passed"),
                 Err(_) => {
                     eprintln!("selftest: FAILED (see the message above)");
@@ -351,7 +351,7 @@ fn main() -> ExitCode {
                 }
             }
             if let Some(frames) = fuzz {
-                match lb_userspace::fuzz::run(frames, seed) {
+                match lb_userspace::selftest::fuzz::run(frames, seed) {
                     Ok(report) => println!("{report}"),
                     Err(e) => {
                         eprintln!("selftest fuzz: FAILED: {e:#}");
@@ -360,8 +360,8 @@ fn main() -> ExitCode {
                 }
             }
             if lab {
-                match lb_userspace::selflab::run(&[lb_userspace::config::XdpMode::Native, lb_userspace::config::XdpMode::Generic]) {
-                    Ok(results) => println!("{}", lb_userspace::selflab::summary(&results)),
+                match lb_userspace::selftest::lab::run(&[lb_userspace::control::config::XdpMode::Native, lb_userspace::control::config::XdpMode::Generic]) {
+                    Ok(results) => println!("{}", lb_userspace::selftest::lab::summary(&results)),
                     Err(e) => {
                         eprintln!("selftest lab: FAILED: {e:#}");
                         return ExitCode::FAILURE;
@@ -411,7 +411,7 @@ fn main() -> ExitCode {
                 },
             }
         }
-        Command::Stop { config } => match lb_userspace::process::stop(&config) {
+        Command::Stop { config } => match lb_userspace::kernel::process::stop(&config) {
             Ok(report) => {
                 println!("{report}");
                 ExitCode::SUCCESS
@@ -429,7 +429,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(lb_userspace::controller::run(&config, replace_dataplane)) {
+            match runtime.block_on(lb_userspace::control::controller::run(&config, replace_dataplane)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     log::error!("{e:#}");

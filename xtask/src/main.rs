@@ -139,7 +139,11 @@ fn build_static(target: &str) -> Result<PathBuf> {
 }
 
 fn build_with(release: bool, target: Option<&str>, mut cmd: Command) -> Result<PathBuf> {
+    // drlb, and the test lab's drlb-lab (the demo runs it).
     cmd.args(["build", "--package", "lb-userspace", "--bins"]);
+    if target.is_none() {
+        cmd.args(["--package", "drlb-lab"]);
+    }
     if release {
         cmd.arg("--release");
     }

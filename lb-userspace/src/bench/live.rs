@@ -11,9 +11,9 @@ use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
 use serde::Serialize;
 
 use super::{Options, Spread, traffic};
-use crate::config::XdpMode;
-use crate::dataplane::{Dataplane, Tools, PROGRAM_BENCH_SINK, PROGRAM_BENCH_TX, PROGRAM_FLOOR_SWAP, PROGRAM_LB};
-use crate::lab::{in_netns, sh};
+use crate::control::config::XdpMode;
+use crate::kernel::bpf::{Dataplane, Tools, PROGRAM_BENCH_SINK, PROGRAM_BENCH_TX, PROGRAM_FLOOR_SWAP, PROGRAM_LB};
+use crate::selftest::netns::{in_netns, sh};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LiveResult {
@@ -44,7 +44,7 @@ impl Drop for Pair {
 }
 
 fn mac(m: &[u8; 6]) -> String {
-    crate::controller::format_mac(m)
+    crate::kernel::mac::format_mac(m)
 }
 
 pub fn run(dp: &mut Dataplane, tools: &mut Tools, opts: &Options) -> Result<LiveResult> {

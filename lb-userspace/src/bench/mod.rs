@@ -19,9 +19,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lb_common::stats::{Stat, XDP_PASS, XDP_TX};
 use serde::Serialize;
 
-use crate::config::Config;
-use crate::dataplane::{Counters, Dataplane, Tools, PROGRAM_FLOOR_INSERT, PROGRAM_FLOOR_SWAP, PROGRAM_LB, PROGRAM_PASS};
-use crate::tables::{Mac, Tables};
+use crate::control::config::Config;
+use crate::kernel::bpf::{Counters, Dataplane, Tools, PROGRAM_FLOOR_INSERT, PROGRAM_FLOOR_SWAP, PROGRAM_LB, PROGRAM_PASS};
+use crate::kernel::mac::Mac;
 use traffic::Size;
 
 /// How much to measure.
@@ -207,7 +207,7 @@ fn check_reasons(before: &Counters, after: &Counters, n: u64, reasons: &[Stat], 
 /// Runs every scenario `opts.runs` times.
 pub fn run(opts: &Options) -> Result<Results> {
     let (config, macs) = bench_config(opts.real_servers);
-    let tables = Tables::build(&config, &macs, traffic::DIRECTOR_MAC)?;
+    let tables = crate::control::tables::build(&config, &macs, traffic::DIRECTOR_MAC)?;
     // Room for every flow the run opens (no LRU eviction during a figure), twice over.
     let flows = opts.small_flows as u64
         + opts.large_flows as u64

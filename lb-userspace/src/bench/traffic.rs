@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 
 use etherparse::PacketBuilder;
 
-use crate::tables::Mac;
+use crate::kernel::mac::Mac;
 
 /// Frame sizes (bytes on the wire, without FCS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

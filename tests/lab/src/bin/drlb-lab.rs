@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use lb_userspace::config::XdpMode;
-use lb_userspace::controller::format_mac;
-use lb_userspace::lab::{self, Lab, REAL_SERVERS};
+use lb_userspace::control::config::XdpMode;
+use lb_userspace::kernel::mac::format_mac;
+use drlb_lab::{self as lab, Lab, REAL_SERVERS};
 
 #[derive(Parser)]
 #[command(name = "drlb-lab", about = "drlb's network-namespace lab")]

@@ -4,7 +4,7 @@
 //! servers inside this process. The VM tests run it in every guest kernel (no iproute2,
 //! no nginx there), and an operator can run it on a Kunpeng director before installing.
 //!
-//! Same topology and addresses as [`crate::lab`]: client, director and two real servers
+//! Same topology and addresses as [`crate::selftest::netns`]: client, director and two real servers
 //! joined by a bridge in its own namespace; the VIP on the director's eth0 and on the real
 //! servers' lo (arp_ignore=1, arp_announce=2). Real TCP goes from the client to the VIP,
 //! through drlb's XDP program on the director, and back from the real servers directly.
@@ -27,10 +27,10 @@ use nix::sched::{CloneFlags, setns, unshare};
 use rtnetlink::packet_route::link::{InfoData, InfoVeth};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth};
 
-use crate::config::{Config, XdpMode};
-use crate::dataplane::{Dataplane, Tools, PROGRAM_LB, PROGRAM_PASS};
-use crate::lab::{CLIENT, DIRECTOR, Host, PREFIX, REAL_SERVERS, VIP, http_get, tx_checksum_off};
-use crate::tables::{Mac, Tables};
+use crate::control::config::{Config, XdpMode};
+use crate::kernel::bpf::{Dataplane, Tools, PROGRAM_LB, PROGRAM_PASS};
+use crate::selftest::netns::{CLIENT, DIRECTOR, Host, PREFIX, REAL_SERVERS, VIP, http_get, tx_checksum_off};
+use crate::kernel::mac::Mac;
 use lb_common::stats::Stat;
 
 /// HTTP requests per XDP mode.
@@ -282,7 +282,7 @@ pub fn run(modes: &[XdpMode]) -> Result<Vec<ModeResult>> {
 
     let (config, macs) = lab_config()?;
     let mut dp = Dataplane::load_with(65_536).context("loading the dataplane")?;
-    dp.apply(&Tables::build(&config, &macs, DIRECTOR.mac)?)?;
+    dp.apply(&crate::control::tables::build(&config, &macs, DIRECTOR.mac)?)?;
     let mut tools = Tools::load(1).context("loading the XDP_PASS program for the veth peer")?;
     let mut results = Vec::new();
     for &mode in modes {

@@ -12,15 +12,15 @@ use std::collections::BTreeMap;
 use lb_common::conn::{Conn, ConnKey};
 use lb_common::maps::{
     Backend, BackendStats, ConnCounts, Persist, SchedState, ServiceKey, ServiceSlot, Vip, VipKey, MAP_BACKENDS, MAP_MEMBERS,
-    MAP_PERSIST, SVC_F_PERSISTENT, SVC_F_WILDCARD, ALL_MAPS, MAP_META, META_LAYOUT_ENTRIES, layout,
+    MAP_PERSIST, SVC_F_PERSISTENT, ALL_MAPS, MAP_META, META_LAYOUT_ENTRIES, layout,
     MAP_BACKEND_STATS, MAP_BENCH_RX, MAP_CONNS, MAP_CONN_COUNTS, MAP_CONN_GEN, MAP_FLOOR_CONNS, MAP_SCHED_STATE, MAP_SCHED_TABLE, MAP_SERVICES, MAP_SERVICE_IDS,
     MAP_STATS, MAP_VIPS, MAP_VIP_FILTER,
 };
 use lb_common::stats::{Stat, STAT_COUNT};
 use log::{info, warn};
 
-use crate::config::XdpMode;
-use crate::tables::Tables;
+use crate::control::config::XdpMode;
+use crate::kernel::content::MapContent;
 
 /// The compiled dataplane, embedded so that `drlb` is one self-contained binary: what
 /// `drlb run` loads (the balancer and its clock).
@@ -141,7 +141,7 @@ pub struct Dataplane {
     ebpf: Ebpf,
     /// What the last `apply` wrote, so the next one writes only differences and clears
     /// what is gone.
-    applied: Tables,
+    applied: MapContent,
     /// Where maps and the XDP link are pinned, if they are.
     pin_dir: Option<PathBuf>,
     /// Ticks per second of the dataplane clock (the kernel's HZ).
@@ -270,7 +270,7 @@ impl Dataplane {
             None => Vec::new(),
         };
         if let Some(dir) = pin_dir {
-            crate::pins::prepare_dir(dir)?;
+            crate::kernel::pins::prepare_dir(dir)?;
             match pinned_layout(dir)? {
                 Some(found) if found == layout() => origin = Origin::Adopted,
                 Some(found) => {
@@ -292,7 +292,7 @@ impl Dataplane {
                 }
                 None => {}
             }
-            crate::pins::prepare_dir(dir)?;
+            crate::kernel::pins::prepare_dir(dir)?;
         }
         for (name, path) in &pin_paths {
             loader.map_pin_path(name, path.as_path());
@@ -304,7 +304,7 @@ impl Dataplane {
         let mut dp =
             Dataplane {
                 ebpf,
-                applied: Tables::default(),
+                applied: MapContent::default(),
                 pin_dir: pin_dir.map(Path::to_owned),
                 attachment: None,
                 hz: 0,
@@ -323,8 +323,8 @@ impl Dataplane {
 
     /// The tables an adopted dataplane's maps hold (so the next `apply` writes only what
     /// differs and clears what is gone), and the identities they use.
-    pub fn adopt_tables(&mut self) -> Result<Tables> {
-        let mut t = Tables::default();
+    pub fn adopt_tables(&mut self) -> Result<MapContent> {
+        let mut t = MapContent::default();
         {
             let ids: BpfHashMap<&MapData, ServiceKey, u32> = BpfHashMap::try_from(self.map(MAP_SERVICE_IDS)?)?;
             for (k, id) in ids.iter().filter_map(|r| r.ok()) {
@@ -406,7 +406,7 @@ impl Dataplane {
             "this kernel attached XDP without a bpf_link (needs 5.9+), so the attachment cannot be pinned",
         )?;
         let pinned = fd.pin(&path).with_context(|| format!("pinning the XDP link at {}", path.display()))?;
-        let owner = crate::pins::Owner::here(interface)?;
+        let owner = crate::kernel::pins::Owner::here(interface)?;
         owner.record(&mut Array::try_from(self.map_mut(MAP_META)?)?)?;
         self.attachment = Some(Attachment::Pinned(FdLink::from(pinned)));
         Ok(Some(m))
@@ -490,7 +490,7 @@ impl Dataplane {
     ///
     /// If a write fails the maps hold a mix of old and new; the next apply rewrites every
     /// entry (not only the differences) and removes what neither needs.
-    pub fn apply(&mut self, tables: &Tables) -> Result<()> {
+    pub fn apply(&mut self, tables: &MapContent) -> Result<()> {
         if let Some(wait) = self.last_apply.and_then(|t| GRACE.checked_sub(t.elapsed())) {
             std::thread::sleep(wait);
         }
@@ -521,7 +521,7 @@ impl Dataplane {
         }
     }
 
-    fn write(&mut self, old: &Tables, tables: &Tables, full: bool) -> Result<()> {
+    fn write(&mut self, old: &MapContent, tables: &MapContent, full: bool) -> Result<()> {
         let changed = |same: bool| full || !same;
         {
             let mut m: Array<&mut MapData, Backend> = Array::try_from(self.map_mut(MAP_BACKENDS)?)?;
@@ -560,7 +560,7 @@ impl Dataplane {
             let mut m: Array<&mut MapData, SchedState> = Array::try_from(self.map_mut(MAP_SCHED_STATE)?)?;
             for id in tables.services.keys() {
                 if changed(old.scheduler_input(*id) == tables.scheduler_input(*id)) {
-                    m.set(*id, Tables::initial_sched_state(), 0).context("writing scheduler state")?;
+                    m.set(*id, MapContent::initial_sched_state(), 0).context("writing scheduler state")?;
                 }
             }
         }
@@ -712,12 +712,7 @@ impl Dataplane {
             if svc.flags & SVC_F_PERSISTENT == 0 || c.expired(now) {
                 continue;
             }
-            let mut client = k.client;
-            for (b, m) in client.iter_mut().zip(svc.persist_mask) {
-                *b &= m;
-            }
-            let vport = if svc.flags & SVC_F_WILDCARD != 0 { 0 } else { k.vport };
-            let tkey = ConnKey { client, vip: k.vip, cport: 0, vport, proto: k.proto, _pad: [0; 3] };
+            let tkey = svc.template_key(&k.client, k.vip, k.vport, k.proto);
             let e = newest.entry(tkey).or_default();
             *e = (*e).max(c.last_seen);
         }

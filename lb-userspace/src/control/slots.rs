@@ -102,7 +102,7 @@ impl Slots {
 
     /// The identities an adopted dataplane already uses, so a restarted controller keeps
     /// every connection pointing at the same server.
-    pub fn recover(tables: &crate::tables::Tables) -> Slots {
+    pub fn recover(tables: &crate::kernel::content::MapContent) -> Slots {
         let mut s = Slots::default();
         let mut used_services = BTreeSet::new();
         let mut used_slots = BTreeSet::new();
@@ -115,7 +115,7 @@ impl Slots {
             for i in svc.members_offset..svc.members_offset + svc.member_count {
                 let Some(slot) = tables.members.get(&i) else { continue };
                 let Some(b) = tables.backends.get(slot) else { continue };
-                if let Some(ip) = crate::tables::ip_of(&b.addr) {
+                if let Some(ip) = lb_common::addr::to_ip(&b.addr) {
                     s.backends.insert((*key, ip), *slot);
                 }
                 used_slots.insert(*slot);

@@ -10,17 +10,17 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use lb_common::maps::{
-    scheduler, Backend, BackendStats, ConnCounts, ServiceKey, ServiceSlot, BACKEND_F_DRAINING, BACKEND_F_HEALTH_DOWN,
+    Backend, BackendStats, ConnCounts, ServiceKey, ServiceSlot, BACKEND_F_DRAINING, BACKEND_F_HEALTH_DOWN,
     MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONN_COUNTS, MAP_MEMBERS, MAP_SERVICES, MAP_SERVICE_IDS, MAP_STATS,
     SVC_F_PERSISTENT, SVC_F_SLOPPY_TCP,
 };
 use lb_common::stats::{Stat, STAT_COUNT};
 use serde::Serialize;
 
-use crate::config::Config;
-use crate::controller::format_mac;
-use crate::dataplane::pinned_layout;
-use crate::tables::ip_of;
+use crate::control::config::Config;
+use crate::kernel::mac::format_mac;
+use crate::kernel::bpf::pinned_layout;
+use lb_common::addr::to_ip as ip_of;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RealServerStatus {
@@ -77,18 +77,9 @@ fn open(dir: &Path, name: &str) -> Result<MapData> {
     MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))
 }
 
+/// A service's scheduler name, from the code its map value holds.
 pub fn scheduler_name(code: u32) -> &'static str {
-    match code {
-        scheduler::WLC => "wlc",
-        scheduler::RR => "rr",
-        scheduler::WRR => "wrr",
-        scheduler::LC => "lc",
-        scheduler::SH => "sh",
-        scheduler::MH => "mh",
-        scheduler::SED => "sed",
-        scheduler::NQ => "nq",
-        _ => "?",
-    }
+    lb_common::maps::Scheduler::from_code(code).map_or("?", |s| s.name())
 }
 
 /// Reads the dataplane pinned at `dir`; `config` supplies names.

@@ -46,7 +46,7 @@ pub mod required {
 /// `false` for none.
 pub mod warmup {
     use super::*;
-    use crate::config::Warmup;
+    use crate::control::config::Warmup;
 
     struct WarmupVisitor;
 
@@ -101,17 +101,17 @@ pub fn default_retry_delay() -> Duration {
     Duration::from_secs(1)
 }
 
-/// IPVS's TCP ESTABLISHED timeout.
+/// IPVS's TCP ESTABLISHED timeout (the dataplane's default, `lb_common::conn::Timeouts`).
 pub fn default_tcp() -> Duration {
-    Duration::from_secs(900)
+    Duration::from_secs(lb_common::conn::Timeouts::default().tcp_established.into())
 }
 
 /// IPVS's TCP FIN_WAIT timeout.
 pub fn default_tcp_fin() -> Duration {
-    Duration::from_secs(120)
+    Duration::from_secs(lb_common::conn::Timeouts::default().tcp_fin_wait.into())
 }
 
 /// IPVS's UDP timeout.
 pub fn default_udp() -> Duration {
-    Duration::from_secs(300)
+    Duration::from_secs(lb_common::conn::Timeouts::default().udp.into())
 }

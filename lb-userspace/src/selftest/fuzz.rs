@@ -17,12 +17,12 @@ use aya::programs::{TestRun, TestRunOptions};
 use lb_common::dataplane::Tables as _;
 use lb_common::stats::Stat;
 
-use crate::dataplane::{monotonic_ns, PROGRAM_LB};
-use crate::fixtures::{self, conn_key, Harness};
+use crate::kernel::bpf::{monotonic_ns, PROGRAM_LB};
+use crate::selftest::fixtures::{self, conn_key, Harness};
 
 /// The project's capture of real lab traffic (ARP, IPv6 neighbour discovery, TCP through the
 /// VIP, ICMP), embedded so `drlb selftest` needs no file.
-const LAB_CAPTURE: &[u8] = include_bytes!("../../tests/data/lab-client.pcap");
+const LAB_CAPTURE: &[u8] = include_bytes!("../../../tests/data/lab-client.pcap");
 
 /// What a fuzz run did.
 #[derive(Debug, Default)]
@@ -50,8 +50,8 @@ impl std::fmt::Display for Report {
 /// (the kernel's jiffies, the model's milliseconds) and would differ at the boundary.
 fn harness() -> Result<Harness> {
     let text = fixtures::CONFIG.replace("timeouts: { tcp: 5s, tcp_fin: 3s },", "").replace("persistence_timeout: 60s", "persistence_timeout: 1h");
-    let config = crate::config::Config::parse(std::path::Path::new("fuzz.yaml"), &text).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let tables = crate::tables::Tables::build(&config, &fixtures::macs(), fixtures::DIRECTOR_MAC)?;
+    let config = crate::control::config::Config::parse(std::path::Path::new("fuzz.yaml"), &text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tables = crate::control::tables::build(&config, &fixtures::macs(), fixtures::DIRECTOR_MAC)?;
     Harness::with_tables(&tables)
 }
 
@@ -184,7 +184,7 @@ fn step(h: &Harness, frame: &[u8]) -> Result<Stat> {
 }
 
 /// Counts, templates and reason counters: kernel against model.
-fn compare_state(h: &Harness, tally: &BTreeMap<&'static str, u64>, base: &crate::dataplane::Counters) -> Result<()> {
+fn compare_state(h: &Harness, tally: &BTreeMap<&'static str, u64>, base: &crate::kernel::bpf::Counters) -> Result<()> {
     for &slot in &h.slots {
         let (k, m) = (h.kernel_counts(slot), h.model.conn_counts(slot));
         if k != m {

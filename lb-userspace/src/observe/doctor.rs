@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::config::Config;
-use crate::controller::format_mac;
-use crate::dataplane::pinned_layout;
-use crate::netlink;
-use crate::status;
+use crate::control::config::Config;
+use crate::kernel::mac::format_mac;
+use crate::kernel::bpf::pinned_layout;
+use crate::kernel::netlink;
+use crate::observe::status;
 
 /// One line of the report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,13 +150,13 @@ pub async fn run(config: Option<&Config>, pin_dir: &std::path::Path, sample: Dur
     match attached_xdp(iface_name) {
         Some((mode, id)) => {
             let name = program_name(id);
-            let link = dir.join(crate::dataplane::LINK_PIN);
+            let link = dir.join(crate::kernel::bpf::LINK_PIN);
             let pinned_prog: Option<u32> = cmd("bpftool", &["link", "show", "pinned", &link.to_string_lossy()])
                 .split("prog ")
                 .nth(1)
                 .and_then(|s| s.split_whitespace().next())
                 .and_then(|s| s.parse().ok());
-            if name != crate::dataplane::PROGRAM_LB {
+            if name != crate::kernel::bpf::PROGRAM_LB {
                 out.push(fail("xdp", format!("{iface_name} runs XDP program `{name}` (id {id}), not drlb's: another XDP user took the interface (fix: remove it, then `drlb run`)")));
             } else if pinned_prog.is_some_and(|p| p != id) {
                 out.push(fail("xdp", format!("{iface_name} runs a drlb program (id {id}) that is not the one pinned at {} (id {}): a second drlb replaced it (fix: `drlb stop`, then one `drlb run`)", link.display(), pinned_prog.unwrap_or(0))));

@@ -16,7 +16,7 @@ use rtnetlink::packet_route::neighbour::{
 };
 use rtnetlink::{Handle, MulticastGroup, sys::SocketAddr};
 
-use crate::tables::Mac;
+use crate::kernel::mac::Mac;
 
 /// The director's interface as the kernel reports it.
 #[derive(Debug, Clone)]

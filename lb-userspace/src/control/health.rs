@@ -16,7 +16,7 @@ use hyper::body::Bytes;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::config::{BodyRegex, CheckType, Config, HealthCheck, StatusRange};
+use crate::control::config::{BodyRegex, CheckType, Config, HealthCheck, StatusRange};
 
 /// What one checker probes.
 #[derive(Debug, Clone, PartialEq)]
@@ -213,7 +213,7 @@ mod tests {
     use super::*;
 
     fn round(ok: bool, rise: u32, fall: u32) -> Round {
-        let config = crate::config::Config::parse(
+        let config = crate::control::config::Config::parse(
             std::path::Path::new("t.yaml"),
             &format!(
                 "director: {{ interface: eth0 }}\nservices:\n  - {{ name: web, vip: 198.18.0.100, port: 80, protocol: tcp, \

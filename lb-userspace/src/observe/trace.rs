@@ -13,10 +13,10 @@ use aya::maps::{Array, Map, MapData, RingBuf};
 use lb_common::maps::{Backend, ServiceSlot, TraceEvent, MAP_BACKENDS, MAP_SERVICES, MAP_TRACE, MAP_TRACE_ON};
 use lb_common::stats::{Stat, XDP_DROP, XDP_PASS};
 
-use crate::config::Config;
-use crate::controller::format_mac;
-use crate::status::scheduler_name;
-use crate::tables::ip_of;
+use crate::control::config::Config;
+use crate::kernel::mac::format_mac;
+use crate::observe::status::scheduler_name;
+use lb_common::addr::to_ip as ip_of;
 
 fn open(dir: &Path, name: &str) -> Result<MapData> {
     let p = dir.join(name);

@@ -22,9 +22,10 @@ use lb_common::host::HostTables;
 use lb_common::maps::ConnCounts;
 use lb_common::packet::{parse_l3, parse_l4, L3};
 use lb_common::stats::{Stat, XDP_DROP, XDP_PASS, XDP_TX};
-use crate::config::Config;
-use crate::dataplane::{monotonic_ns, Dataplane, PROGRAM_LB};
-use crate::tables::{Mac, Tables};
+use crate::control::config::Config;
+use crate::kernel::bpf::{monotonic_ns, Dataplane, PROGRAM_LB};
+use crate::kernel::content::MapContent;
+use crate::kernel::mac::Mac;
 
 pub const DIRECTOR_MAC: Mac = [0x02, 0, 0, 0, 0, 0x02];
 pub const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0, 0x0a];
@@ -100,8 +101,8 @@ pub fn macs() -> HashMap<IpAddr, Mac> {
         .collect()
 }
 
-pub fn tables() -> Tables {
-    Tables::build(&config(), &macs(), DIRECTOR_MAC).expect("the fixture config fits the maps")
+pub fn tables() -> MapContent {
+    crate::control::tables::build(&config(), &macs(), DIRECTOR_MAC).expect("the fixture config fits the maps")
 }
 
 pub fn eth() -> etherparse::PacketBuilderStep<etherparse::Ethernet2Header> {
@@ -338,7 +339,7 @@ pub fn rows() -> Vec<Row> {
 /// hashes of each server's address — gives `client`.
 pub fn maglev_choice(servers: &[([u8; 4], u32)], client: [u8; 4]) -> usize {
     use lb_common::hash::flow_hash;
-    let m = crate::sched_tables::MH_TABLE_SIZE as u64;
+    let m = crate::control::sched_tables::MH_TABLE_SIZE as u64;
     let g = servers.iter().map(|s| s.1).fold(0, |a, b| if a == 0 { b } else { gcd(a, b) });
     // IPVS list order (last configured first) is the order Maglev takes turns in.
     let list: Vec<(u64, u64, u32)> = servers
@@ -370,7 +371,7 @@ impl Harness {
     }
 
     /// A dataplane loaded with `tables`, and the host model over the same tables.
-    pub fn with_tables(tables: &Tables) -> anyhow::Result<Harness> {
+    pub fn with_tables(tables: &MapContent) -> anyhow::Result<Harness> {
         let mut dp = Dataplane::load_with(65536)?;
         dp.apply(tables)?;
         let slots = tables.backends.keys().copied().collect();

@@ -22,7 +22,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use crate::status::Status;
+use crate::observe::status::Status;
 
 type Labels = Vec<(String, String)>;
 
@@ -69,18 +69,18 @@ impl Collector for DataplaneCollector {
             MetricType::Counter,
             s.reasons.iter().map(|(r, v)| (l(&[("reason", r)]), *v)).collect(),
         )?;
-        let svc_labels = |svc: &crate::status::ServiceStatus| -> Labels {
+        let svc_labels = |svc: &crate::observe::status::ServiceStatus| -> Labels {
             let name = svc.name.clone().unwrap_or_default();
             l(&[("service", &name), ("vip", &svc.vip), ("port", &svc.port.to_string()), ("protocol", &svc.protocol)])
         };
         for (name, help, get) in [
-            ("drlb_service_connections", "Connections scheduled for the service", (|s: &crate::status::ServiceStatus| s.conns) as fn(&crate::status::ServiceStatus) -> u64),
+            ("drlb_service_connections", "Connections scheduled for the service", (|s: &crate::observe::status::ServiceStatus| s.conns) as fn(&crate::observe::status::ServiceStatus) -> u64),
             ("drlb_service_in_packets", "Packets forwarded for the service", |s| s.in_pkts),
             ("drlb_service_in_bytes", "Bytes forwarded for the service", |s| s.in_bytes),
         ] {
             family(&mut enc, name, help, MetricType::Counter, s.services.iter().map(|svc| (svc_labels(svc), get(svc))).collect())?;
         }
-        let rs_rows = |get: fn(&crate::status::RealServerStatus) -> u64| -> Vec<(Labels, u64)> {
+        let rs_rows = |get: fn(&crate::observe::status::RealServerStatus) -> u64| -> Vec<(Labels, u64)> {
             s.services
                 .iter()
                 .flat_map(|svc| {

@@ -11,16 +11,19 @@ use log::{debug, error, info, warn};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::{Instant, interval, sleep_until};
 
-use crate::config::Config;
-use crate::tables::BuildError;
-use crate::dataplane::{Dataplane, Origin, log_counters};
-use crate::netlink::{self, Interface, NeighbourEvent, NeighbourWatch};
-use crate::health::{self, Tracker};
-use crate::metrics::Metrics;
-use crate::{notify, status};
+use crate::control::config::Config;
+use crate::control::tables::BuildError;
+use crate::kernel::bpf::{Dataplane, Origin, log_counters};
+use crate::kernel::netlink::{self, Interface, NeighbourEvent, NeighbourWatch};
+use crate::control::health::{self, Tracker};
+use crate::observe::metrics::Metrics;
+use crate::kernel::notify;
+use crate::observe::status;
 use std::sync::Arc;
-use crate::slots::Slots;
-use crate::tables::{Down, Mac, Tables, Usability, usability};
+use crate::control::slots::Slots;
+use crate::control::tables::{Down, Usability, usability};
+use crate::kernel::content::MapContent;
+use crate::kernel::mac::{format_mac, Mac};
 use tokio::sync::mpsc;
 
 /// How long start-up waits for real servers' ARP replies before attaching anyway.
@@ -107,7 +110,7 @@ struct Controller {
     handle: rtnetlink::Handle,
     macs: HashMap<IpAddr, Mac>,
     slots: Slots,
-    tables: Tables,
+    tables: MapContent,
     dp: Dataplane,
     health: Tracker,
     down: Down,
@@ -130,7 +133,7 @@ impl Controller {
     /// failed map write is retried whole by [`Controller::retry_if_stale`].
     fn apply_config(&mut self, config: &Config) -> Result<(), ApplyError> {
         let mut slots = self.slots.clone();
-        let tables = Tables::build_with(config, &self.macs, self.iface.mac, &mut slots, &self.down).map_err(ApplyError::Build)?;
+        let tables = crate::control::tables::build_with(config, &self.macs, self.iface.mac, &mut slots, &self.down).map_err(ApplyError::Build)?;
         self.slots = slots;
         self.tables = tables;
         self.maps_stale = true;
@@ -269,9 +272,9 @@ impl Controller {
     /// A health-check round's result: rise/fall, and on a change the log line and the maps.
     fn on_round(&mut self, r: health::Round) {
         let kind = match r.target.check.kind {
-            crate::config::CheckType::Tcp => "tcp",
-            crate::config::CheckType::Http => "http",
-            crate::config::CheckType::Script => "script",
+            crate::control::config::CheckType::Tcp => "tcp",
+            crate::control::config::CheckType::Http => "http",
+            crate::control::config::CheckType::Script => "script",
         };
         self.metrics.observe_check(&r.target.service, &r.target.name, kind, r.ok, r.latency);
         let Some((up, line)) = self.health.apply(&r) else { return };
@@ -368,7 +371,7 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
     log_usability(&config, &macs);
 
     let pin_dir = config.director.pin_dir();
-    if let Some(owner) = crate::pins::check_owner(&pin_dir, &iface.name)?
+    if let Some(owner) = crate::kernel::pins::check_owner(&pin_dir, &iface.name)?
         && owner.ifindex != iface.index
     {
         // Same namespace, but the interface was deleted and made again: the old link went
@@ -380,12 +383,12 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
             iface.name,
             iface.index
         );
-        let link = pin_dir.join(crate::dataplane::LINK_PIN);
+        let link = pin_dir.join(crate::kernel::bpf::LINK_PIN);
         std::fs::remove_file(&link).with_context(|| format!("removing the stale link pin {}", link.display()))?;
     }
     let (mut dp, origin) = Dataplane::open(config.director.conn_table_size, Some(&pin_dir), replace_dataplane)?;
     let (tables, slots) = match origin {
-        Origin::Created => (Tables::default(), Slots::default()),
+        Origin::Created => (MapContent::default(), Slots::default()),
         Origin::Adopted => {
             let t = dp.adopt_tables().context("reading the pinned dataplane's maps")?;
             let slots = Slots::recover(&t);
@@ -521,17 +524,13 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn format_mac(m: &Mac) -> String {
-    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
-}
-
 /// One line per real server: `rs web 198.18.0.11: active=.. inactive=.. conns=.. packets=.. bytes=..`.
 /// One line per service (the sum of its servers: in DR every packet of a service goes to
 /// one of them) and one per real server: active, inactive, conns, packets, bytes.
-pub fn log_backend_counters(config: &Config, tables: &Tables, dp: &Dataplane) {
+pub fn log_backend_counters(config: &Config, tables: &MapContent, dp: &Dataplane) {
     for (svc, slots) in config.services.iter().zip(&tables.slots) {
         let per_rs: Vec<_> = svc.real_servers.iter().zip(slots).map(|(rs, slot)| (rs, dp.backend_counters(*slot).unwrap_or_default())).collect();
-        let sum = |f: fn(&crate::dataplane::BackendCounters) -> u64| per_rs.iter().map(|(_, c)| f(c)).sum::<u64>();
+        let sum = |f: fn(&crate::kernel::bpf::BackendCounters) -> u64| per_rs.iter().map(|(_, c)| f(c)).sum::<u64>();
         info!(
             "service {} {}:{}/{}: active={} inactive={} conns={} packets={} bytes={}",
             svc.name,

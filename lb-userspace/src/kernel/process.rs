@@ -67,11 +67,11 @@ mod tests {
 /// `drlb stop`: SIGTERM to the controller using `config` (it removes the dataplane itself),
 /// then removes whatever is still pinned (a controller that died leaves its pins).
 pub fn stop(config: &Path) -> Result<String> {
-    let cfg = crate::config::Config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cfg = crate::control::config::Config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut report = Vec::new();
     let dir = cfg.director.pin_dir();
     // Refuses a dataplane another network namespace's drlb pinned at the same path.
-    crate::pins::check_owner(&dir, &cfg.director.interface)?;
+    crate::kernel::pins::check_owner(&dir, &cfg.director.interface)?;
     let pids = signal_controllers(config, Signal::SIGTERM)?;
     for pid in &pids {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
@@ -80,7 +80,7 @@ pub fn stop(config: &Path) -> Result<String> {
         }
         report.push(format!("stopped controller {pid}"));
     }
-    let removed = crate::dataplane::remove_pins(&dir)?;
+    let removed = crate::kernel::bpf::remove_pins(&dir)?;
     if !removed.is_empty() {
         report.push(format!("removed the pinned dataplane at {} ({} pins; XDP detached)", dir.display(), removed.len()));
     }

@@ -50,7 +50,7 @@ fn default_metrics_listen() -> Option<std::net::SocketAddr> {
 }
 
 fn default_pin_root() -> PathBuf {
-    PathBuf::from(crate::pins::DEFAULT_PIN_ROOT)
+    PathBuf::from(crate::kernel::pins::DEFAULT_PIN_ROOT)
 }
 
 impl Director {
@@ -100,19 +100,23 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// IPVS scheduler names (`ipvsadm -s`).
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Scheduler {
-    #[default]
-    Wlc,
-    Rr,
-    Wrr,
-    Lc,
-    Sh,
-    Mh,
-    Sed,
-    Nq,
+/// IPVS's schedulers (`ipvsadm -s` names), as the dataplane knows them.
+pub use lb_common::maps::Scheduler;
+
+/// `scheduler:` — one of [`Scheduler`]'s names.
+fn scheduler_by_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Scheduler, D::Error> {
+    // A visitor, so an unknown name is reported at the value's line and column.
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = Scheduler;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a scheduler name")
+        }
+        fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Scheduler, E> {
+            Scheduler::from_name(name).ok_or_else(|| E::unknown_variant(name, &Scheduler::NAMES))
+        }
+    }
+    d.deserialize_str(V)
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -123,7 +127,7 @@ pub struct Service {
     /// 0 balances every port of the VIP.
     pub port: u16,
     pub protocol: Protocol,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "scheduler_by_name")]
     pub scheduler: Scheduler,
     #[serde(default, with = "duration::option")]
     pub persistence_timeout: Option<Duration>,
@@ -465,7 +469,7 @@ impl Config {
                 format!("conn_table_size {size} is outside 1024..=67108864"),
             ));
         }
-        problems.extend(crate::tables::check_budget(self));
+        problems.extend(crate::control::tables::check_budget(self));
         let mut names = HashSet::new();
         let mut endpoints = HashSet::new();
         for (i, svc) in self.services.iter().enumerate() {

@@ -1,0 +1,405 @@
+//! What the maps should hold for a config and the real servers' MACs: a pure function, so
+//! it is tested without a kernel, and the source of the host model of the dataplane.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use lb_common::addr::Addr16;
+use lb_common::conn::Timeouts;
+use lb_common::maps::{
+    vip_filter_index, Backend, Service, ServiceKey, BACKEND_F_HEALTH_DOWN, BACKEND_F_PRESENT,
+    MAX_BACKENDS, MAX_SERVICES, MAX_VIPS, SCHED_TABLE_SIZE, SVC_F_PERSISTENT, SVC_F_SLOPPY_TCP, SVC_F_WILDCARD, VIP_F_WILDCARD_TCP, VIP_F_WILDCARD_UDP,
+};
+use lb_common::sched::{DestInfo, SH_TABLE_SIZE};
+
+use crate::control::config::{self, Config, Protocol, Scheduler};
+use crate::control::sched_tables::{self, ListDests, MAX_WRR_SEQUENCE, MH_TABLE_SIZE};
+use crate::control::slots::Slots;
+use crate::kernel::content::MapContent;
+use crate::kernel::mac::Mac;
+use lb_common::addr::from_ip;
+
+
+/// Real servers whose health check failed: (service name, address).
+pub type Down = std::collections::HashSet<(String, IpAddr)>;
+
+/// Why a configuration's tables do not fit the dataplane's maps. `drlb check` finds these
+/// ahead ([`check_budget`]); a build can still meet them when live state (servers still
+/// draining, a health change that lengthens a wrr cycle) takes room the file did not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildError {
+    ServiceIds,
+    BackendSlots { service: String },
+    Members { service: String },
+    WrrTooLong { service: String },
+    SchedTable { service: String, needed: usize, free: usize },
+}
+
+impl std::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BuildError::ServiceIds => write!(f, "more than {MAX_SERVICES} services"),
+            BuildError::BackendSlots { service } => write!(
+                f,
+                "service `{service}`: no backend slot left ({MAX_BACKENDS} real servers, sorry servers and removed servers \
+                 still draining, over all services)"
+            ),
+            BuildError::Members { service } => {
+                write!(f, "service `{service}`: the member lists of all services exceed {MAX_BACKENDS} entries")
+            }
+            BuildError::WrrTooLong { service } => write!(
+                f,
+                "service `{service}`: its wrr cycle is longer than {MAX_WRR_SEQUENCE} choices; divide the weights by a common factor"
+            ),
+            BuildError::SchedTable { service, needed, free } => write!(
+                f,
+                "service `{service}`: its scheduler table needs {needed} entries and {free} of the dataplane's {} are left \
+                 (an mh service takes {MH_TABLE_SIZE}, sh {SH_TABLE_SIZE}, wrr one per choice of its cycle)",
+                SCHED_TABLE_SIZE / 2
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+/// Entries of `DRLB_SCHED_TAB` a service takes with every server usable (`None`: a wrr cycle
+/// too long to store).
+pub fn sched_table_entries(svc: &config::Service) -> Option<usize> {
+    match svc.scheduler {
+        Scheduler::Mh => Some(MH_TABLE_SIZE),
+        Scheduler::Sh => Some(SH_TABLE_SIZE),
+        Scheduler::Wrr => {
+            let weights: Vec<u32> = svc.real_servers.iter().map(|r| r.weight).collect();
+            Some(sched_tables::wrr_cycle_len(&weights)).filter(|n| *n <= MAX_WRR_SEQUENCE)
+        }
+        _ => Some(0),
+    }
+}
+
+/// Every limit of the dataplane's maps a config must fit, as (config path, message) for
+/// `drlb check`: VIPs, services, backend slots, member lists, scheduler tables.
+pub fn check_budget(config: &Config) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    let vips: BTreeSet<IpAddr> = config.services.iter().map(|s| s.vip).collect();
+    if vips.len() > MAX_VIPS as usize {
+        problems.push(("services".into(), format!("{} distinct VIPs; the dataplane holds at most {MAX_VIPS}", vips.len())));
+    }
+    if config.services.len() > MAX_SERVICES as usize {
+        problems.push(("services".into(), format!("{} services; the dataplane holds at most {MAX_SERVICES}", config.services.len())));
+    }
+    let (mut slots, mut members, mut table) = (0usize, 0usize, 0usize);
+    for (i, svc) in config.services.iter().enumerate() {
+        slots += svc.real_servers.len() + svc.sorry_server.is_some() as usize;
+        members += svc.real_servers.len().max(svc.sorry_server.is_some() as usize);
+        if slots > MAX_BACKENDS as usize {
+            problems.push((format!("services[{i}].real_servers"), BuildError::BackendSlots { service: svc.name.clone() }.to_string()));
+            break;
+        }
+        if members > MAX_BACKENDS as usize {
+            problems.push((format!("services[{i}].real_servers"), BuildError::Members { service: svc.name.clone() }.to_string()));
+            break;
+        }
+        let Some(needed) = sched_table_entries(svc) else {
+            problems.push((format!("services[{i}].scheduler"), BuildError::WrrTooLong { service: svc.name.clone() }.to_string()));
+            continue;
+        };
+        let free = SCHED_TABLE_SIZE as usize / 2 - table;
+        if needed > free {
+            problems.push((format!("services[{i}].scheduler"), BuildError::SchedTable { service: svc.name.clone(), needed, free }.to_string()));
+            continue;
+        }
+        table += needed;
+    }
+    problems
+}
+
+/// Whether a configured real server may take new connections now, and why not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usability {
+    Usable,
+    QuiescentWeightZero,
+    MacUnresolved,
+}
+
+pub fn usability(rs: &config::RealServer, macs: &HashMap<IpAddr, Mac>) -> Usability {
+    if !macs.contains_key(&rs.address) {
+        Usability::MacUnresolved
+    } else if rs.weight == 0 {
+        Usability::QuiescentWeightZero
+    } else {
+        Usability::Usable
+    }
+}
+
+
+fn prefix_mask(v4_prefix: u8) -> Addr16 {
+    let bits = if v4_prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(v4_prefix)) };
+    let mut m = [0xff; 16];
+    m[12..].copy_from_slice(&bits.to_be_bytes());
+    m
+}
+
+fn secs(d: std::time::Duration) -> u32 {
+    d.as_secs().min(u32::MAX as u64) as u32
+}
+
+/// The map content for `config` with fresh identities and every server healthy.
+pub fn build(config: &Config, macs: &HashMap<IpAddr, Mac>, director_mac: Mac) -> Result<MapContent, BuildError> {
+    build_with(config, macs, director_mac, &mut Slots::default(), &Down::default())
+}
+
+/// The map content for `config`, keeping the service ids and backend slots `slots` already
+/// gave out, and writing the half of the double-buffered arrays not used last time.
+/// On an error `slots` may have changed: build with a copy and keep it on success.
+pub fn build_with(
+    config: &Config,
+    macs: &HashMap<IpAddr, Mac>,
+    director_mac: Mac,
+    slots: &mut Slots,
+    down: &Down,
+) -> Result<MapContent, BuildError> {
+    let mut t = MapContent::default();
+    let keep: BTreeSet<(ServiceKey, IpAddr)> = config
+        .services
+        .iter()
+        .flat_map(|s| {
+            let key = ServiceKey::new(from_ip(s.vip), s.port, s.protocol.number());
+            s.real_servers.iter().map(|r| r.address).chain(s.sorry_server.as_ref().map(|x| x.address)).map(move |a| (key, a))
+        })
+        .collect();
+    let generation = slots.next_generation();
+    let mut next_member = generation * MAX_BACKENDS;
+    let mut next_table = generation * (SCHED_TABLE_SIZE / 2);
+    let table_end = next_table + SCHED_TABLE_SIZE / 2;
+    let members_end = next_member + MAX_BACKENDS;
+    for svc in &config.services {
+        let vip = from_ip(svc.vip);
+        let key = ServiceKey::new(vip, svc.port, svc.protocol.number());
+        let id = slots.service_id(key).ok_or(BuildError::ServiceIds)?;
+        let no_slot = || BuildError::BackendSlots { service: svc.name.clone() };
+        let flags = t.vips.entry(vip).or_default();
+        if svc.port == 0 {
+            flags.flags |= match svc.protocol {
+                Protocol::Tcp => VIP_F_WILDCARD_TCP,
+                Protocol::Udp => VIP_F_WILDCARD_UDP,
+            };
+        }
+        *t.vip_filter.entry(vip_filter_index(&vip)).or_default() = 1;
+
+        // Every configured server keeps a backend entry (its connections continue);
+        // health decides membership: a failed server leaves the member list, or with
+        // inhibit_on_failure stays with weight 0.
+        let mut svc_slots = Vec::new();
+        let mut members: Vec<(u32, IpAddr, u32)> = Vec::new();
+        for rs in &svc.real_servers {
+            let slot = slots.backend_slot(key, rs.address).ok_or_else(no_slot)?;
+            let mac = macs.get(&rs.address).copied();
+            let is_down = down.contains(&(svc.name.clone(), rs.address));
+            let mut flags = if mac.is_some() { BACKEND_F_PRESENT } else { 0 };
+            let mut weight = rs.weight;
+            if is_down {
+                flags |= BACKEND_F_HEALTH_DOWN;
+                if svc.expire_nodest_conn {
+                    flags &= !BACKEND_F_PRESENT;
+                }
+                if svc.inhibit_on_failure {
+                    weight = 0;
+                }
+            }
+            t.backends.insert(slot, Backend::new(from_ip(rs.address), mac.unwrap_or_default(), director_mac, weight, flags));
+            svc_slots.push(slot);
+            if !is_down || svc.inhibit_on_failure {
+                members.push((slot, rs.address, weight));
+            }
+        }
+        let up_weight: u64 = members
+            .iter()
+            .filter(|(slot, _, w)| *w > 0 && t.backends[slot].flags & BACKEND_F_HEALTH_DOWN == 0 && t.backends[slot].is_present())
+            .map(|(_, _, w)| *w as u64)
+            .sum();
+        if up_weight < svc.quorum as u64
+            && let Some(sorry) = &svc.sorry_server
+        {
+            let slot = slots.backend_slot(key, sorry.address).ok_or_else(no_slot)?;
+            let mac = macs.get(&sorry.address).copied();
+            let flags = if mac.is_some() { BACKEND_F_PRESENT } else { 0 };
+            t.backends.insert(slot, Backend::new(from_ip(sorry.address), mac.unwrap_or_default(), director_mac, 1, flags));
+            members = vec![(slot, sorry.address, 1)];
+        }
+        let members_offset = next_member;
+        if next_member + members.len() as u32 > members_end {
+            return Err(BuildError::Members { service: svc.name.clone() });
+        }
+        for (slot, _, _) in &members {
+            t.members.insert(next_member, *slot);
+            next_member += 1;
+        }
+        let count = members.len() as u32;
+
+        // IPVS list order: last configured first.
+        let list = ListDests(
+            members
+                .iter()
+                .rev()
+                .map(|(slot, _, w)| DestInfo { weight: *w, available: t.backends[slot].is_present(), ..Default::default() })
+                .collect(),
+        );
+        let (table, cycle_start) = match svc.scheduler {
+            Scheduler::Wrr => {
+                let weights: Vec<u32> = members.iter().map(|m| m.2).collect();
+                sched_tables::wrr_sequence(&list, &weights).ok_or_else(|| BuildError::WrrTooLong { service: svc.name.clone() })?
+            }
+            Scheduler::Sh => (sched_tables::sh_table(&list), 0),
+            Scheduler::Mh => {
+                let addrs: Vec<Addr16> = members.iter().rev().map(|m| from_ip(m.1)).collect();
+                (sched_tables::mh_table(&list, &addrs, MH_TABLE_SIZE), 0)
+            }
+            _ => (Vec::new(), 0),
+        };
+        let mut table_offset = 0;
+        let mut table_len = 0;
+        if !table.is_empty() {
+            if next_table + table.len() as u32 > table_end {
+                return Err(BuildError::SchedTable {
+                    service: svc.name.clone(),
+                    needed: table.len(),
+                    free: (table_end - next_table) as usize,
+                });
+            }
+            table_offset = next_table;
+            table_len = table.len() as u32;
+            next_table += table_len;
+            t.sched_regions.push((table_offset, table));
+        }
+
+        let mut svc_flags = 0;
+        if svc.persistence_timeout.is_some() {
+            svc_flags |= SVC_F_PERSISTENT;
+        }
+        if svc.sloppy_tcp {
+            svc_flags |= SVC_F_SLOPPY_TCP;
+        }
+        if svc.port == 0 {
+            svc_flags |= SVC_F_WILDCARD;
+        }
+        t.service_ids.insert(key, id);
+        t.service_id_of.push(id);
+        t.slots.push(svc_slots);
+        t.services.insert(
+            id,
+            Service {
+                members_offset,
+                member_count: count,
+                flags: svc_flags,
+                scheduler: svc.scheduler.code(),
+                table_offset,
+                table_len,
+                table_cycle_start: cycle_start as u32,
+                persist_timeout_s: svc.persistence_timeout.map(secs).unwrap_or(0),
+                persist_mask: prefix_mask(svc.persistence_granularity.map(|g| g.0).unwrap_or(32)),
+                timeouts: Timeouts {
+                    tcp_established: secs(svc.timeouts.tcp),
+                    tcp_fin_wait: secs(svc.timeouts.tcp_fin),
+                    udp: secs(svc.timeouts.udp),
+                },
+                // Set by `Dataplane::apply` to the kernel's clock; the host model counts ms.
+                ticks_per_sec: 1000,
+            },
+        );
+    }
+    // Removed real servers drain: their connections keep their slot and MAC.
+    slots.retire(&keep);
+    for (slot, b) in slots.draining() {
+        t.backends.entry(*slot).or_insert(*b);
+    }
+    slots.remember(&t.backends);
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_common::maps::BACKEND_F_DRAINING;
+
+    const DIRECTOR: Mac = [2, 0, 0, 0, 0, 2];
+
+    fn config(text: &str) -> Config {
+        Config::parse(std::path::Path::new("t.yaml"), &format!("director: {{ interface: eth0 }}\nservices:\n{text}")).unwrap()
+    }
+
+    fn macs(addrs: &[&str]) -> HashMap<IpAddr, Mac> {
+        addrs.iter().enumerate().map(|(i, a)| (a.parse().unwrap(), [2, 0, 0, 0, 1, i as u8])).collect()
+    }
+
+    const TWO: &str = "  - { name: web, vip: 198.18.0.100, port: 80, protocol: tcp, real_servers: [ { address: 198.18.0.11 }, { address: 198.18.0.12 } ] }\n";
+    const ONE: &str = "  - { name: web, vip: 198.18.0.100, port: 80, protocol: tcp, real_servers: [ { address: 198.18.0.12 } ] }\n";
+
+    /// Rebuilds keep each real server's slot and write the other half of the member list;
+    /// a removed server keeps its slot, draining, until no connection uses it.
+    #[test]
+    fn identities_are_stable_and_removed_servers_drain() {
+        let m = macs(&["198.18.0.11", "198.18.0.12"]);
+        let mut slots = Slots::default();
+        let a = build_with(&config(TWO), &m, DIRECTOR, &mut slots, &Down::default()).unwrap();
+        let b = build_with(&config(ONE), &m, DIRECTOR, &mut slots, &Down::default()).unwrap();
+        assert_eq!(a.slots, vec![vec![0, 1]]);
+        assert_eq!(b.slots, vec![vec![1]], "rs2 keeps its slot");
+        let (sa, sb) = (a.services[&0], b.services[&0]);
+        assert_ne!(sa.members_offset / MAX_BACKENDS, sb.members_offset / MAX_BACKENDS, "each build writes the other half");
+        assert_eq!(b.backends[&0].flags & BACKEND_F_DRAINING, BACKEND_F_DRAINING, "rs1 drains");
+        assert_eq!(b.backends[&0].mac(), m[&"198.18.0.11".parse().unwrap()], "with the MAC its connections use");
+        assert_eq!(slots.release_drained(|s| s == 0), Vec::<u32>::new(), "still in use");
+        assert_eq!(slots.release_drained(|_| false), vec![0]);
+        let c = build_with(&config(TWO), &m, DIRECTOR, &mut slots, &Down::default()).unwrap();
+        assert_eq!(c.slots, vec![vec![0, 1]], "a freed slot is given out again");
+    }
+
+    /// A health-down server leaves the member list (or, with inhibit_on_failure, stays with
+    /// weight 0); an unresolved one stays a member but is not present.
+    #[test]
+    fn health_and_resolution_shape_membership() {
+        let m = macs(&["198.18.0.12"]);
+        let mut down = Down::default();
+        down.insert(("web".into(), "198.18.0.12".parse().unwrap()));
+        let t = build_with(&config(TWO), &m, DIRECTOR, &mut Slots::default(), &down).unwrap();
+        assert_eq!(t.services[&0].member_count, 1);
+        assert!(!t.backends[&0].is_present(), "198.18.0.11 has no MAC");
+        assert_eq!(t.backends[&1].flags & BACKEND_F_HEALTH_DOWN, BACKEND_F_HEALTH_DOWN);
+        let inhibit = TWO.replace("protocol: tcp,", "protocol: tcp, inhibit_on_failure: true,");
+        let t = build_with(&config(&inhibit), &m, DIRECTOR, &mut Slots::default(), &down).unwrap();
+        assert_eq!((t.services[&0].member_count, t.backends[&1].weight), (2, 0));
+    }
+
+    /// Live state can take room the file did not: removed servers still draining hold
+    /// slots, and a build that needs more fails with the service named, changing nothing.
+    #[test]
+    fn a_build_that_does_not_fit_is_an_error() {
+        let mut text = String::new();
+        for s in 0..256 {
+            let servers: Vec<String> = (0..256).map(|r| format!("{{ address: 198.19.{}.{} }}", r, s % 250 + 1)).collect();
+            text += &format!("  - {{ name: s{s}, vip: 198.18.{}.{}, port: 80, protocol: tcp, real_servers: [ {} ] }}\n", s / 250, s % 250 + 1, servers.join(", "));
+        }
+        let full = config(&text);
+        let mut slots = Slots::default();
+        build_with(&full, &HashMap::new(), DIRECTOR, &mut slots, &Down::default()).unwrap();
+        // Every slot in use; replacing one server means a new slot while the old drains.
+        let changed = config(&text.replacen("198.19.0.1 }", "198.19.255.254 }", 1));
+        let err = build_with(&changed, &HashMap::new(), DIRECTOR, &mut slots, &Down::default()).unwrap_err();
+        assert_eq!(err, BuildError::BackendSlots { service: "s0".into() });
+        assert!(err.to_string().contains("no backend slot left"), "{err}");
+    }
+
+    #[test]
+    fn check_budget_names_the_service_that_does_not_fit() {
+        let mut text = String::new();
+        for s in 0..17 {
+            text += &format!("  - {{ name: m{s}, vip: 198.18.1.{}, port: 80, protocol: tcp, scheduler: mh, real_servers: [ {{ address: 198.18.0.11 }} ] }}\n", s + 1);
+        }
+        let c: Config = serde_yaml::from_str(&format!("director: {{ interface: eth0 }}\nservices:\n{text}")).unwrap();
+        let problems = check_budget(&c);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "services[16].scheduler");
+        assert!(problems[0].1.contains("service `m16`"), "{}", problems[0].1);
+    }
+}

@@ -1,0 +1,74 @@
+//! What drlb's maps should hold: the plain content the control layer computes and the
+//! kernel layer writes (`bpf::Dataplane::apply`), and the host model over it.
+
+use std::collections::BTreeMap;
+
+use lb_common::addr::Addr16;
+use lb_common::host::HostTables;
+use lb_common::maps::{Backend, SchedState, Service, ServiceKey, Vip};
+use lb_common::sched::RR_HEAD;
+
+/// The static content of the dataplane's maps (everything the controller writes; the
+/// connection table, counters and scheduler positions are the dataplane's own).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MapContent {
+    pub vip_filter: BTreeMap<u32, u32>,
+    pub vips: BTreeMap<Addr16, Vip>,
+    pub service_ids: BTreeMap<ServiceKey, u32>,
+    pub services: BTreeMap<u32, Service>,
+    /// Slot → backend; every configured real server has a slot, usable or not, and so do
+    /// removed ones still draining.
+    pub backends: BTreeMap<u32, Backend>,
+    /// `DRLB_MEMBERS` entries: index → backend slot.
+    pub members: BTreeMap<u32, u32>,
+    /// Backend slot of each configured real server: `[service][real server]`.
+    pub slots: Vec<Vec<u32>>,
+    /// Service id of each configured service.
+    pub service_id_of: Vec<u32>,
+    /// Regions of `DRLB_SCHED_TAB`: (offset, entries).
+    pub sched_regions: Vec<(u32, Vec<u16>)>,
+}
+
+impl MapContent {
+    /// What the scheduler of service `id` decides from: scheduler, members in order with
+    /// their weights and availability, and its table. When this changes, the scheduler's
+    /// position restarts (as IPVS resets wrr when a destination changes).
+    pub fn scheduler_input(&self, id: u32) -> Option<(u32, Vec<(u32, u32, bool)>, Option<&Vec<u16>>)> {
+        let svc = self.services.get(&id)?;
+        let members = (svc.members_offset..svc.members_offset + svc.member_count)
+            .map(|i| {
+                let slot = self.members.get(&i).copied().unwrap_or(u32::MAX);
+                let b = self.backends.get(&slot).copied().unwrap_or_default();
+                (slot, b.weight, b.is_present())
+            })
+            .collect();
+        let table = self.sched_regions.iter().find(|(o, _)| *o == svc.table_offset && svc.table_len > 0).map(|(_, e)| e);
+        Some((svc.scheduler, members, table))
+    }
+
+    /// The scheduler positions a service starts from.
+    pub fn initial_sched_state() -> SchedState {
+        SchedState { rr_pos: RR_HEAD, seq_pos: 0 }
+    }
+
+    /// The host model of the dataplane over these tables, with empty connection state.
+    pub fn host_model(&self) -> HostTables {
+        let mut h = HostTables {
+            vips: self.vips.clone(),
+            service_ids: self.service_ids.clone(),
+            services: self.services.clone(),
+            backends: self.backends.clone(),
+            members: self.members.clone(),
+            ..Default::default()
+        };
+        for (offset, entries) in &self.sched_regions {
+            for (k, e) in entries.iter().enumerate() {
+                h.sched_table.insert(offset + k as u32, *e);
+            }
+        }
+        for id in self.services.keys() {
+            h.sched_state.borrow_mut().insert(*id, Self::initial_sched_state());
+        }
+        h
+    }
+}

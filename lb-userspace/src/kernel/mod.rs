@@ -1,0 +1,12 @@
+//! Access to the kernel: the BPF objects ([`bpf`]: load, attach, map writes and reads; the
+//! content they are written from, [`content`]), where they are pinned ([`pins`]), netlink,
+//! systemd's notification socket and the controller's process. Imports nothing of the
+//! configuration: what to write arrives as [`content::MapContent`].
+
+pub mod bpf;
+pub mod content;
+pub mod mac;
+pub mod netlink;
+pub mod notify;
+pub mod pins;
+pub mod process;

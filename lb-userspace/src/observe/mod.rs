@@ -1,0 +1,8 @@
+//! What an operator reads: `drlb status` (the `ipvsadm -Ln` view), Prometheus metrics,
+//! `drlb doctor` and `drlb trace` — all from the pinned maps, so they work while the
+//! controller runs and after it died.
+
+pub mod doctor;
+pub mod metrics;
+pub mod status;
+pub mod trace;

@@ -1,0 +1,115 @@
+//! What every lab of drlb's shares — `drlb selftest --lab`, the live benchmark and the
+//! test lab under `tests/lab`: the lab's addresses (all in 198.18.0.0/15) and hosts, running
+//! a command, entering a network namespace, switching a veth's checksum offload, and a
+//! minimal HTTP client.
+
+use std::fs::File;
+use std::io::{Read as _, Write as _};
+use std::os::fd::AsRawFd as _;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use nix::sched::{CloneFlags, setns};
+
+use crate::kernel::mac::Mac;
+
+pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+pub const DIRECTOR_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+pub const PREFIX: u8 = 24;
+
+/// One host of the lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Host {
+    pub role: &'static str,
+    pub addr: Ipv4Addr,
+    pub mac: Mac,
+}
+
+pub const CLIENT: Host = Host { role: "client", addr: CLIENT_ADDR, mac: [0x02, 0xd1, 0, 0, 0, 0x0a] };
+pub const DIRECTOR: Host = Host { role: "director", addr: DIRECTOR_ADDR, mac: [0x02, 0xd1, 0, 0, 0, 0x02] };
+/// Every real server a lab can have; a lab uses the first `real_servers` of them.
+pub const ALL_REAL_SERVERS: [Host; 3] = [
+    Host { role: "rs1", addr: Ipv4Addr::new(198, 18, 0, 11), mac: [0x02, 0xd1, 0, 0, 0, 0x11] },
+    Host { role: "rs2", addr: Ipv4Addr::new(198, 18, 0, 12), mac: [0x02, 0xd1, 0, 0, 0, 0x12] },
+    Host { role: "rs3", addr: Ipv4Addr::new(198, 18, 0, 13), mac: [0x02, 0xd1, 0, 0, 0, 0x13] },
+];
+/// The default lab's two real servers.
+pub const REAL_SERVERS: [Host; 2] = [ALL_REAL_SERVERS[0], ALL_REAL_SERVERS[1]];
+/// A second address on the client, to act as a second client.
+pub const CLIENT2_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 20);
+
+/// Prefix of every namespace the lab creates: `drlbNNNNN-K-role` (NNNNN = creator pid).
+pub const NS_PREFIX: &str = "drlb";
+
+/// Runs a command, failing with its stderr.
+pub fn sh(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {program} (is it installed? `cargo xtask setup` installs it)"))?;
+    if !out.status.success() {
+        bail!("`{program} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns`.
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+            setns(&file, CloneFlags::CLONE_NEWNET).with_context(|| format!("entering namespace {ns}"))?;
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow!("thread in namespace {ns} panicked"))?
+    })
+}
+
+/// `ethtool -K IFACE tx off` in the calling thread's namespace: veth leaves TCP checksums
+/// to an offload that XDP_TX skips.
+pub fn tx_checksum_off(iface: &str) -> Result<()> {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    const SIOCETHTOOL: u64 = 0x8946;
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    let mut value = EthtoolValue { cmd: ETHTOOL_STXCSUM, data: 0 };
+    // SAFETY: zeroed ifreq is valid; the name fits (checked) and stays NUL-terminated.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    ensure!(iface.len() < ifr.ifr_name.len(), "interface name {iface} too long");
+    for (d, s) in ifr.ifr_name.iter_mut().zip(iface.bytes()) {
+        *d = s as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = (&raw mut value).cast();
+    // SAFETY: SIOCETHTOOL with an ethtool_value that outlives the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL as _, &mut ifr) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("turning tx checksum offload off on {iface}"));
+    }
+    Ok(())
+}
+
+/// One HTTP/1.0 GET of `/` on port 80 of `addr`; the body of a 200 answer.
+pub fn http_get(addr: Ipv4Addr, timeout: Duration) -> Result<String> {
+    let mut s = TcpStream::connect_timeout(&SocketAddr::from((addr, 80)), timeout).context("connect")?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.write_all(format!("GET / HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: drlb-lab\r\n\r\n").as_bytes())?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).context("read")?;
+    let (head, body) = response.split_once("\r\n\r\n").ok_or_else(|| anyhow!("no HTTP header in {response:?}"))?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        bail!("status line {:?}", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.to_string())
+}
+
