@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use aya::programs::{TestRun, TestRunOptions};
-use lb_common::stats::{XDP_PASS, XDP_TX};
+use lb_common::verdict::{XDP_PASS, XDP_TX};
 use lb_userspace::control::config::Config;
 use lb_userspace::kernel::bpf::{Dataplane, Tools, PROGRAM_FLOOR_INSERT, PROGRAM_FLOOR_SWAP, PROGRAM_LB};
 use lb_userspace::selftest::fixtures::*;

@@ -203,9 +203,10 @@ fn systemd_notifications_follow_the_lifecycle() {
     let config = lab.drlb_config();
     lab.start_drlb_env(drlb(), &config, &[("NOTIFY_SOCKET", &path.to_string_lossy())]).expect("start drlb");
     let mut buf = [0u8; 256];
+    // A datagram is newline-separated assignments (as systemd reads it); the state comes first.
     let mut next = || {
         let n = sock.recv(&mut buf).expect("a notification");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
+        String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or_default().to_string()
     };
     assert_eq!(next(), "READY=1");
     // Forwarding works by the time READY=1 arrives.

@@ -14,7 +14,7 @@ use crate::maps::{
 };
 use crate::packet::{parse_l3, parse_l4, Packet, L3};
 use crate::sched::{self, DestInfo, Dests, NO_DEST};
-use crate::stats::Stat;
+use crate::verdict::Verdict;
 
 /// Access to the maps, implemented over BPF maps in the program and over ordinary
 /// collections on the host. Methods take `&self`: the BPF maps are shared memory.
@@ -230,35 +230,35 @@ pub struct Outcome {
 }
 
 /// Decides what happens to one frame and, when it is forwarded, rewrites its MACs.
-/// The returned reason names the verdict (`Stat::xdp_action`) and the counter to bump.
+/// The returned reason names the verdict (`Verdict::xdp_action`) and the counter to bump.
 #[inline(always)]
-pub fn process<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T) -> Stat {
+pub fn process<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T) -> Verdict {
     process_traced(pkt, t, &mut Outcome::default())
 }
 
 /// [`process`], also filling `out` for tracing.
 #[inline(always)]
-pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &mut Outcome) -> Stat {
+pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &mut Outcome) -> Verdict {
     let ip = match parse_l3(pkt) {
         L3::Ipv4(ip) => ip,
-        L3::Arp => return Stat::PassArp,
-        L3::Ipv6 => return Stat::PassIpv6,
-        L3::Other => return Stat::PassOtherL3,
-        L3::Malformed => return Stat::PassMalformed,
+        L3::Arp => return Verdict::PassArp,
+        L3::Ipv6 => return Verdict::PassIpv6,
+        L3::Other => return Verdict::PassOtherL3,
+        L3::Malformed => return Verdict::PassMalformed,
     };
     // One array lookup settles almost every packet that is not for a VIP.
     if !t.vip_filter(&ip.dst()) {
-        return Stat::PassNotVip;
+        return Verdict::PassNotVip;
     }
     let is_vip = || t.vip(&VipKey { addr: ip.dst() }).is_some();
     if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
-        return if is_vip() { Stat::PassVipNoService } else { Stat::PassNotVip };
+        return if is_vip() { Verdict::PassVipNoService } else { Verdict::PassNotVip };
     }
     if ip.fragment {
-        return if is_vip() { Stat::DropFragment } else { Stat::PassNotVip };
+        return if is_vip() { Verdict::DropFragment } else { Verdict::PassNotVip };
     }
     let Some(l4) = parse_l4(pkt, ip.l4_off, ip.proto) else {
-        return if is_vip() { Stat::DropTruncatedL4 } else { Stat::PassNotVip };
+        return if is_vip() { Verdict::DropTruncatedL4 } else { Verdict::PassNotVip };
     };
     let is_tcp = ip.proto == IPPROTO_TCP;
     let syn = is_tcp && l4.tcp_flags & tcp::FLAG_SYN != 0;
@@ -302,7 +302,7 @@ pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &m
         }),
     };
     let (slot, stat) = match lookup {
-        Lookup::Hit(slot) | Lookup::Cached(slot) => (slot, Stat::TxForwarded),
+        Lookup::Hit(slot) | Lookup::Cached(slot) => (slot, Verdict::TxForwarded),
         Lookup::Dead | Lookup::Miss => {
             if let Lookup::Dead = lookup {
                 t.remove_conn(key);
@@ -313,16 +313,16 @@ pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &m
                 Some(id) => id,
                 None => match t.service_id(&ServiceKey::new(ip.dst(), 0, ip.proto)) {
                     Some(id) => id,
-                    None => return if is_vip() { Stat::PassVipNoService } else { Stat::PassNotVip },
+                    None => return if is_vip() { Verdict::PassVipNoService } else { Verdict::PassNotVip },
                 },
             };
             out.service = Some(id);
-            let Some(svc) = t.service(id) else { return Stat::DropNoRealServer };
+            let Some(svc) = t.service(id) else { return Verdict::DropNoRealServer };
             if is_tcp {
                 let rst = l4.tcp_flags & tcp::FLAG_RST != 0;
                 // tcp_conn_schedule(): a SYN, or with sloppy_tcp anything but a RST.
                 if !(syn || (svc.flags & SVC_F_SLOPPY_TCP != 0 && !rst)) {
-                    return Stat::DropNoConnection;
+                    return Verdict::DropNoConnection;
                 }
             }
             let slot = if svc.flags & SVC_F_PERSISTENT != 0 {
@@ -340,7 +340,7 @@ pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &m
                     Some(s) => s,
                     None => match t.schedule(id, &svc, &ip.src()) {
                         Some(s) => s,
-                        None => return Stat::DropNoRealServer,
+                        None => return Verdict::DropNoRealServer,
                     },
                 };
                 t.insert_persist(&pkey, &Persist { last_used: now, backend: slot, _pad: 0 });
@@ -348,7 +348,7 @@ pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &m
             } else {
                 match t.schedule(id, &svc, &ip.src()) {
                     Some(s) => s,
-                    None => return Stat::DropNoRealServer,
+                    None => return Verdict::DropNoRealServer,
                 }
             };
             // ip_vs_conn_new(): a new connection starts inactive, then takes this packet's
@@ -369,24 +369,24 @@ pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &m
             }
             if !t.insert_conn(key, &c) {
                 t.adjust_conn_counts(slot, 0, -1);
-                return Stat::DropConnTableFull;
+                return Verdict::DropConnTableFull;
             }
             // An entry the LRU evicted leaves no trace but a cache entry of this key may
             // remain here: it must not outlive the connection that replaces it.
             t.with_flow_cache(cache_index, |e| e.clear());
             out.new_conn = true;
-            (slot, Stat::TxScheduled)
+            (slot, Verdict::TxScheduled)
         }
     };
     out.slot = Some(slot);
-    let Some((flags, l2)) = t.backend_l2(slot) else { return Stat::DropBackendMissing };
+    let Some((flags, l2)) = t.backend_l2(slot) else { return Verdict::DropBackendMissing };
     if flags & BACKEND_F_PRESENT == 0 {
-        return Stat::DropBackendMissing;
+        return Verdict::DropBackendMissing;
     }
-    t.account(slot, bytes, stat == Stat::TxScheduled);
+    t.account(slot, bytes, stat == Verdict::TxScheduled);
     // DR: only layer 2 changes; IP header and checksums stay as the client sent them.
     if !(pkt.store_u32(0, l2[0]) && pkt.store_u32(4, l2[1]) && pkt.store_u32(8, l2[2])) {
-        return Stat::PassMalformed;
+        return Verdict::PassMalformed;
     }
     stat
 }
@@ -441,7 +441,7 @@ mod tests {
         for words in 5..=15 {
             let t = one_service();
             let mut f = syn_to_vip(words);
-            assert_eq!(process(f.as_mut_slice(), &t), Stat::TxScheduled, "IHL {words}");
+            assert_eq!(process(f.as_mut_slice(), &t), Verdict::TxScheduled, "IHL {words}");
             assert_eq!(&f[..6], &RS_MAC);
             assert_eq!(&f[6..12], &DIR_MAC);
         }
@@ -454,7 +454,7 @@ mod tests {
             let t = one_service();
             let original = frame.clone();
             let stat = process(frame.as_mut_slice(), &t);
-            if stat.xdp_action() == crate::stats::XDP_TX {
+            if stat.xdp_action() == crate::verdict::XDP_TX {
                 prop_assert_eq!(&frame[12..], &original[12..]);
             } else {
                 prop_assert_eq!(frame, original);
@@ -471,9 +471,9 @@ mod tests {
             let cut = cut % (l4 + 20);
             let mut frame = full[..cut].to_vec();
             let stat = process(frame.as_mut_slice(), &t);
-            prop_assert_ne!(stat.xdp_action(), crate::stats::XDP_TX);
+            prop_assert_ne!(stat.xdp_action(), crate::verdict::XDP_TX);
             if cut >= 34 && cut < l4 + 20 {
-                prop_assert_eq!(stat, Stat::DropTruncatedL4);
+                prop_assert_eq!(stat, Verdict::DropTruncatedL4);
             }
         }
     }

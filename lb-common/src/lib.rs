@@ -1,7 +1,7 @@
 //! Everything drlb's XDP program and its controller must agree on, written once.
 //!
 //! * [`maps`]: the `#[repr(C)]` key/value types of every BPF map and the map names.
-//! * [`stats`]: the per-CPU counter indices (verdicts and their reasons).
+//! * [`verdict`]: what happens to a frame and why: the XDP action and the per-CPU counter index.
 //! * [`packet`]: header parsing over any [`packet::Packet`] (XDP context or a byte slice).
 //! * [`dataplane`]: the forwarding decision itself, over any [`dataplane::Tables`].
 //!
@@ -16,7 +16,7 @@ pub mod hash;
 pub mod maps;
 pub mod packet;
 pub mod sched;
-pub mod stats;
+pub mod verdict;
 
 #[cfg(any(test, feature = "host"))]
 extern crate std;

@@ -33,7 +33,7 @@ pub const MAP_PERSIST: &str = "DRLB_PERSIST";
 pub const MAP_SCHED_STATE: &str = "DRLB_SCHED";
 /// `Array<u16>`: precomputed scheduler tables (wrr sequences, sh buckets, mh lookup).
 pub const MAP_SCHED_TABLE: &str = "DRLB_SCHED_TAB";
-/// `PerCpuArray<u64>`: one counter per [`crate::stats::Stat`].
+/// `PerCpuArray<u64>`: one counter per [`crate::verdict::Verdict`].
 pub const MAP_STATS: &str = "DRLB_STATS";
 /// `Array<u32>`: the layout a pinned dataplane was created with ([`layout`]), so a restarted
 /// controller adopts only a dataplane whose maps it understands.
@@ -68,7 +68,7 @@ pub struct TraceEvent {
     pub vport: u16,
     pub proto: u8,
     pub tcp_flags: u8,
-    /// The [`crate::stats::Stat`] index.
+    /// The [`crate::verdict::Verdict`] index.
     pub stat: u8,
     /// 1 when the packet started a new connection.
     pub new_conn: u8,
@@ -113,7 +113,7 @@ pub fn layout() -> [u32; META_LAYOUT_ENTRIES] {
         size_of::<crate::conn::Conn>() as u32,
         size_of::<crate::conn::ConnKey>() as u32,
         size_of::<ServiceKey>() as u32,
-        crate::stats::STAT_COUNT,
+        crate::verdict::VERDICT_COUNT,
         MAX_BACKENDS,
     ]
 }

@@ -10,7 +10,7 @@ use lb_common::dataplane::process;
 use lb_common::host::HostTables;
 use lb_common::maps::{Scheduler, Backend, Service, ServiceKey, Vip, BACKEND_F_PRESENT, IPPROTO_TCP};
 use lb_common::sched::{self, DestInfo, Dests};
-use lb_common::stats::Stat;
+use lb_common::verdict::Verdict;
 use proptest::prelude::*;
 
 use lb_common::host::ipvs::{self, Dest};
@@ -153,16 +153,16 @@ proptest! {
                 Some(c) => c,
                 None => {
                     if !(syn || (sloppy && !rst)) {
-                        prop_assert_eq!(stat, Stat::DropNoConnection);
+                        prop_assert_eq!(stat, Verdict::DropNoConnection);
                         continue;
                     }
                     m_inactive += 1;
-                    prop_assert_eq!(stat, Stat::TxScheduled);
+                    prop_assert_eq!(stat, Verdict::TxScheduled);
                     ModelConn { state: tcp::NONE, inactive: true }
                 }
             };
             if existing.is_some() {
-                prop_assert_eq!(stat, Stat::TxForwarded);
+                prop_assert_eq!(stat, Verdict::TxForwarded);
             }
             let new = tcp::next_state(c.state, flags);
             if new != c.state {

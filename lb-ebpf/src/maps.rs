@@ -26,7 +26,7 @@ use lb_common::{
         PERSIST_TABLE_SIZE, SCHED_TABLE_SIZE, TRACE_RING_BYTES, VIP_FILTER_SIZE,
     },
     sched::{DestInfo, NO_DEST},
-    stats::{Stat, STAT_COUNT},
+    verdict::{Verdict, VERDICT_COUNT},
 };
 
 #[map(name = "DRLB_VIP_FILTER")]
@@ -77,7 +77,7 @@ static FLOW_CACHE: PerCpuArray<FlowCacheEntry> = PerCpuArray::with_max_entries(F
 static CONN_GEN: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map(name = "DRLB_STATS")]
-static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(VERDICT_COUNT, 0);
 
 /// A copy of the value at `p`, read once (the compiler may not read it again later and see
 /// a newer value another CPU wrote meanwhile).
@@ -310,7 +310,7 @@ pub extern "C" fn drlb_schedule(id: u32, client_v4: u32) -> u32 {
 
 /// Bumps the CPU-local counter for `stat`.
 #[inline(always)]
-pub fn count(stat: Stat) {
+pub fn count(stat: Verdict) {
     if let Some(counter) = STATS.get_ptr_mut(stat.index()) {
         // SAFETY: this CPU's counter: only this program on this CPU writes it.
         unsafe { *counter += 1 };
@@ -325,7 +325,7 @@ static TRACE: RingBuf = RingBuf::with_byte_size(TRACE_RING_BYTES, 0);
 
 /// Reports a VIP-bound packet's decision if `drlb trace` is listening.
 #[inline(always)]
-pub fn trace(out: &Outcome, stat: Stat) {
+pub fn trace(out: &Outcome, stat: Verdict) {
     if !matches!(TRACE_ON.get_ptr(0), Some(on) if read(on) != 0) {
         return;
     }

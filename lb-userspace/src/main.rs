@@ -162,6 +162,22 @@ enum RealserverCommand {
     },
 }
 
+/// Sets `flag` on SIGINT or SIGTERM, through tokio's signal handling like `drlb run`'s.
+fn stop_on_signal(flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        rt.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else { return };
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+    });
+}
+
 /// The dataplanes a read-only command looks at, with the config that names their parts:
 /// the file given, else /etc/drlb/drlb.yaml if it exists, else every dataplane pinned
 /// under the default pin root (no names then).
@@ -332,8 +348,7 @@ fn main() -> ExitCode {
             }
             let (cfg, dir) = targets.remove(0);
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let flag = stop.clone();
-            let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst));
+            stop_on_signal(stop.clone());
             match lb_userspace::observe::trace::run(&dir, cfg, vip, count, duration, stop) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -432,7 +447,7 @@ fn main() -> ExitCode {
             match runtime.block_on(lb_userspace::control::controller::run(&config, replace_dataplane)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    log::error!("{e:#}");
+                    tracing::error!("{e:#}");
                     ExitCode::FAILURE
                 }
             }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result, bail, ensure};
 use aya::programs::{TestRun, TestRunOptions};
 use indicatif::{ProgressBar, ProgressStyle};
-use lb_common::stats::{Stat, XDP_PASS, XDP_TX};
+use lb_common::verdict::{Verdict, XDP_PASS, XDP_TX};
 use serde::Serialize;
 
 use crate::control::config::Config;
@@ -190,11 +190,11 @@ impl Bench<'_> {
 }
 
 /// Asserts that the balancer's counters moved by exactly `n` packets, all for `reasons`.
-fn check_reasons(before: &Counters, after: &Counters, n: u64, reasons: &[Stat], what: &str) -> Result<()> {
-    let moved: u64 = Stat::ALL.iter().map(|s| after[s.index() as usize] - before[s.index() as usize]).sum();
+fn check_reasons(before: &Counters, after: &Counters, n: u64, reasons: &[Verdict], what: &str) -> Result<()> {
+    let moved: u64 = Verdict::ALL.iter().map(|s| after[s.index() as usize] - before[s.index() as usize]).sum();
     let ours: u64 = reasons.iter().map(|s| after[s.index() as usize] - before[s.index() as usize]).sum();
     if moved != n || ours != n {
-        let detail: Vec<String> = Stat::ALL
+        let detail: Vec<String> = Verdict::ALL
             .iter()
             .filter(|s| after[s.index() as usize] != before[s.index() as usize])
             .map(|s| format!("{}={}", s.name(), after[s.index() as usize] - before[s.index() as usize]))
@@ -246,9 +246,9 @@ pub fn run(opts: &Options) -> Result<Results> {
     }
 
     // Hot loops: one packet kind, large repeat.
-    let hot_cases: [(&str, &Vec<u8>, u32, &[Stat]); 2] = [
-        ("established flow", &data_small[0], XDP_TX, &[Stat::TxForwarded]),
-        ("non-VIP", &traffic::non_vip(1, Size::Min64)[0], XDP_PASS, &[Stat::PassNotVip]),
+    let hot_cases: [(&str, &Vec<u8>, u32, &[Verdict]); 2] = [
+        ("established flow", &data_small[0], XDP_TX, &[Verdict::TxForwarded]),
+        ("non-VIP", &traffic::non_vip(1, Size::Min64)[0], XDP_PASS, &[Verdict::PassNotVip]),
     ];
     for (name, frame, verdict, reasons) in hot_cases {
         b.progress.set_message(format!("{name} (hot loop)"));
@@ -280,7 +280,7 @@ pub fn run(opts: &Options) -> Result<Results> {
     // Traces: each packet once (cache behaviour of real traffic).
     let mut next_new_flow = opts.small_flows + opts.large_flows;
     // `new_flows`: also run floor (c) over the same frames (all of them new flows).
-    let mut trace_case = |name: &str, size: Size, make: &mut dyn FnMut(&mut u32) -> Vec<Vec<u8>>, reasons: &[Stat], new_flows: bool| -> Result<Figure> {
+    let mut trace_case = |name: &str, size: Size, make: &mut dyn FnMut(&mut u32) -> Vec<Vec<u8>>, reasons: &[Verdict], new_flows: bool| -> Result<Figure> {
         b.progress.set_message(format!("{name} ({})", size.name()));
         let (mut d, mut a, mut s, mut c) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut n = 0;
@@ -318,15 +318,15 @@ pub fn run(opts: &Options) -> Result<Results> {
                 *next += syn_n;
                 f
             },
-            &[Stat::TxScheduled],
+            &[Verdict::TxScheduled],
             true,
         )?);
     }
     let small = opts.small_flows;
-    figures.push(trace_case(&format!("established, {small} flows"), Size::Min64, &mut |_| data_small.clone(), &[Stat::TxForwarded], false)?);
-    figures.push(trace_case(&format!("established, {small} flows"), Size::Imix, &mut |_| data_small_imix.clone(), &[Stat::TxForwarded], false)?);
+    figures.push(trace_case(&format!("established, {small} flows"), Size::Min64, &mut |_| data_small.clone(), &[Verdict::TxForwarded], false)?);
+    figures.push(trace_case(&format!("established, {small} flows"), Size::Imix, &mut |_| data_small_imix.clone(), &[Verdict::TxForwarded], false)?);
     let large = opts.large_flows;
-    figures.push(trace_case(&format!("established, {large} flows"), Size::Min64, &mut |_| data_large.clone(), &[Stat::TxForwarded], false)?);
+    figures.push(trace_case(&format!("established, {large} flows"), Size::Min64, &mut |_| data_large.clone(), &[Verdict::TxForwarded], false)?);
     figures.push(trace_case(
         "realistic mix, 5 % new flows",
         Size::Imix,
@@ -335,7 +335,7 @@ pub fn run(opts: &Options) -> Result<Results> {
             *next += small / 20 + 1;
             f
         },
-        &[Stat::TxForwarded, Stat::TxScheduled],
+        &[Verdict::TxForwarded, Verdict::TxScheduled],
         false,
     )?);
     if let Some(path) = &opts.pcap {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use log::{debug, error, info, warn};
+use tracing::{debug, error, info, warn};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::{Instant, interval, sleep_until};
 
@@ -162,6 +162,7 @@ impl Controller {
         error!("{why}: the dataplane keeps its previous tables: {e}; retrying every second");
         self.metrics.controller_error(operation);
         self.metrics.set_maps_current(false);
+        notify::status(&format!("degraded: the dataplane keeps its previous tables ({why}: {e})"));
         self.retry_pending = true;
     }
 
@@ -171,7 +172,10 @@ impl Controller {
             self.retry_pending = false;
             let config = self.config.clone();
             match self.apply_config(&config) {
-                Ok(()) => info!("the dataplane's tables are current again"),
+                Ok(()) => {
+                    info!("the dataplane's tables are current again");
+                    notify::status("forwarding; the dataplane's tables are current");
+                }
                 Err(e) => {
                     self.metrics.controller_error(match e {
                         ApplyError::Build(_) => "tables",
@@ -187,9 +191,9 @@ impl Controller {
     /// SIGHUP / `drlb reload`: validate the file, refuse what cannot change live, apply
     /// the rest as map updates. On any error the running configuration keeps serving.
     async fn reload(&mut self) {
-        notify::notify("RELOADING=1");
+        notify::reloading();
         self.reload_inner().await;
-        notify::notify("READY=1");
+        notify::ready();
     }
 
     async fn reload_inner(&mut self) {
@@ -450,7 +454,7 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
         c.iface.name,
         c.config.services.len()
     );
-    notify::notify("READY=1");
+    notify::ready();
 
     c.start_checkers();
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -503,7 +507,7 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
             }
         }
     }
-    notify::notify("STOPPING=1");
+    notify::stopping();
     if let Some(t) = metrics_task {
         t.abort();
     }

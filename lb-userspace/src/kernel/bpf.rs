@@ -16,8 +16,8 @@ use lb_common::maps::{
     MAP_BACKEND_STATS, MAP_BENCH_RX, MAP_CONNS, MAP_CONN_COUNTS, MAP_CONN_GEN, MAP_FLOOR_CONNS, MAP_SCHED_STATE, MAP_SCHED_TABLE, MAP_SERVICES, MAP_SERVICE_IDS,
     MAP_STATS, MAP_VIPS, MAP_VIP_FILTER,
 };
-use lb_common::stats::{Stat, STAT_COUNT};
-use log::{info, warn};
+use lb_common::verdict::{Verdict, VERDICT_COUNT};
+use tracing::{info, warn};
 
 use crate::control::config::XdpMode;
 use crate::kernel::content::MapContent;
@@ -133,8 +133,8 @@ impl std::fmt::Display for AttachedMode {
     }
 }
 
-/// Counters summed over CPUs, indexed like [`Stat::ALL`].
-pub type Counters = [u64; STAT_COUNT as usize];
+/// Counters summed over CPUs, indexed like [`Verdict::ALL`].
+pub type Counters = [u64; VERDICT_COUNT as usize];
 
 /// drlb's loaded dataplane.
 pub struct Dataplane {
@@ -627,7 +627,7 @@ impl Dataplane {
     /// Per-reason packet counts, summed over CPUs.
     pub fn counters(&self) -> Result<Counters> {
         let stats: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(MAP_STATS)?)?;
-        let mut out = [0u64; STAT_COUNT as usize];
+        let mut out = [0u64; VERDICT_COUNT as usize];
         for (i, total) in out.iter_mut().enumerate() {
             *total = stats.get(&(i as u32), 0)?.iter().sum();
         }
@@ -786,7 +786,7 @@ impl Dataplane {
 /// "tx_forwarded=12 pass_arp=3 ..." (non-zero counters only, or "no packets").
 pub fn format_counters(c: &Counters) -> String {
     let parts: Vec<String> =
-        Stat::ALL.iter().filter(|s| c[s.index() as usize] > 0).map(|s| format!("{}={}", s.name(), c[s.index() as usize])).collect();
+        Verdict::ALL.iter().filter(|s| c[s.index() as usize] > 0).map(|s| format!("{}={}", s.name(), c[s.index() as usize])).collect();
     if parts.is_empty() { "no packets".into() } else { parts.join(" ") }
 }
 

@@ -1,19 +1,27 @@
-//! systemd's readiness protocol (`Type=notify`): datagrams to `$NOTIFY_SOCKET`.
+//! systemd's readiness protocol (`Type=notify`), through the sd-notify crate: nothing
+//! happens when drlb does not run under systemd (no `$NOTIFY_SOCKET`).
 
-use std::os::unix::net::UnixDatagram;
+use sd_notify::NotifyState;
 
-/// Sends `state` (e.g. `READY=1`) to systemd if drlb runs under it; otherwise does nothing.
-pub fn notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
-    let Ok(sock) = UnixDatagram::unbound() else { return };
-    let bytes = path.as_encoded_bytes();
-    let _ = if let Some(name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt as _;
-        match std::os::unix::net::SocketAddr::from_abstract_name(name) {
-            Ok(addr) => sock.send_to_addr(state.as_bytes(), &addr),
-            Err(e) => Err(e),
-        }
-    } else {
-        sock.send_to(state.as_bytes(), &path)
-    };
+fn send(state: &[NotifyState]) {
+    let _ = sd_notify::notify(false, state);
+}
+
+/// Forwarding works and the maps are filled.
+pub fn ready() {
+    send(&[NotifyState::Ready]);
+}
+
+/// A reload started; [`ready`] follows when it is over.
+pub fn reloading() {
+    send(&[NotifyState::Reloading]);
+}
+
+pub fn stopping() {
+    send(&[NotifyState::Stopping]);
+}
+
+/// A line `systemctl status` shows: what is wrong, or that all is well again.
+pub fn status(text: &str) {
+    send(&[NotifyState::Status(text)]);
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Array, MapData};
 use lb_common::maps::{MAP_META, META_OWNER_IFINDEX, META_OWNER_NETNS_HI, META_OWNER_NETNS_LO};
-use log::info;
+use tracing::info;
 
 /// Where BPF filesystems are mounted by convention, and drlb's default `pin_root` under it.
 pub const BPFFS: &str = "/sys/fs/bpf";

@@ -14,7 +14,7 @@ use lb_common::maps::{
     MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONN_COUNTS, MAP_MEMBERS, MAP_SERVICES, MAP_SERVICE_IDS, MAP_STATS,
     SVC_F_PERSISTENT, SVC_F_SLOPPY_TCP,
 };
-use lb_common::stats::{Stat, STAT_COUNT};
+use lb_common::verdict::{Verdict, VERDICT_COUNT};
 use serde::Serialize;
 
 use crate::control::config::Config;
@@ -161,11 +161,11 @@ pub fn read(dir: &Path, config: Option<&Config>) -> Result<Status> {
         });
     }
     let mut reason_counts = BTreeMap::new();
-    for s in Stat::ALL {
+    for s in Verdict::ALL {
         let total: u64 = reasons.get(&s.index(), 0)?.iter().sum();
         reason_counts.insert(s.name().to_string(), total);
     }
-    debug_assert_eq!(reason_counts.len(), STAT_COUNT as usize);
+    debug_assert_eq!(reason_counts.len(), VERDICT_COUNT as usize);
     Ok(Status { pin_dir: dir.display().to_string(), layout: layout.to_vec(), services: out, reasons: reason_counts })
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, Map, MapData, RingBuf};
 use lb_common::maps::{Backend, ServiceSlot, TraceEvent, MAP_BACKENDS, MAP_SERVICES, MAP_TRACE, MAP_TRACE_ON};
-use lb_common::stats::{Stat, XDP_DROP, XDP_PASS};
+use lb_common::verdict::{Verdict, XDP_DROP, XDP_PASS};
 
 use crate::control::config::Config;
 use crate::kernel::mac::format_mac;
@@ -31,22 +31,22 @@ pub fn tcp_flags(f: u8) -> String {
 }
 
 /// What each reason means to an operator.
-pub fn explain(stat: Stat) -> &'static str {
+pub fn explain(stat: Verdict) -> &'static str {
     match stat {
-        Stat::TxForwarded => "established",
-        Stat::TxScheduled => "new",
-        Stat::PassArp => "ARP",
-        Stat::PassIpv6 => "IPv6, not balanced",
-        Stat::PassOtherL3 => "not IP",
-        Stat::PassNotVip => "not for a VIP",
-        Stat::PassVipNoService => "no service on this port: the director's own",
-        Stat::PassMalformed => "malformed",
-        Stat::DropNoRealServer => "no usable real server",
-        Stat::DropTruncatedL4 => "truncated header",
-        Stat::DropFragment => "fragment",
-        Stat::DropBackendMissing => "real server has no MAC (unresolved)",
-        Stat::DropNoConnection => "no connection (non-SYN)",
-        Stat::DropConnTableFull => "connection table full",
+        Verdict::TxForwarded => "established",
+        Verdict::TxScheduled => "new",
+        Verdict::PassArp => "ARP",
+        Verdict::PassIpv6 => "IPv6, not balanced",
+        Verdict::PassOtherL3 => "not IP",
+        Verdict::PassNotVip => "not for a VIP",
+        Verdict::PassVipNoService => "no service on this port: the director's own",
+        Verdict::PassMalformed => "malformed",
+        Verdict::DropNoRealServer => "no usable real server",
+        Verdict::DropTruncatedL4 => "truncated header",
+        Verdict::DropFragment => "fragment",
+        Verdict::DropBackendMissing => "real server has no MAC (unresolved)",
+        Verdict::DropNoConnection => "no connection (non-SYN)",
+        Verdict::DropConnTableFull => "connection table full",
     }
 }
 
@@ -62,7 +62,7 @@ impl Names {
         let vip = ip_of(&ev.vip).map(|a| a.to_string()).unwrap_or_default();
         let (what, proto) = if ev.proto == 6 { (tcp_flags(ev.tcp_flags), "tcp") } else { ("UDP".to_string(), "udp") };
         let head = format!("{what} {client}:{} -> {vip}:{} {proto}", ev.cport, ev.vport);
-        let stat = Stat::ALL.get(ev.stat as usize).copied().unwrap_or(Stat::PassMalformed);
+        let stat = Verdict::ALL.get(ev.stat as usize).copied().unwrap_or(Verdict::PassMalformed);
         match stat.xdp_action() {
             XDP_DROP => format!("{head} => DROP {}", explain(stat)),
             XDP_PASS => format!("{head} => PASS {}", explain(stat)),

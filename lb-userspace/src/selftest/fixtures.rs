@@ -21,7 +21,7 @@ use lb_common::dataplane::Tables as _;
 use lb_common::host::HostTables;
 use lb_common::maps::ConnCounts;
 use lb_common::packet::{parse_l3, parse_l4, L3};
-use lb_common::stats::{Stat, XDP_DROP, XDP_PASS, XDP_TX};
+use lb_common::verdict::{Verdict, XDP_DROP, XDP_PASS, XDP_TX};
 use crate::control::config::Config;
 use crate::kernel::bpf::{monotonic_ns, Dataplane, PROGRAM_LB};
 use crate::kernel::content::MapContent;
@@ -169,9 +169,9 @@ pub fn conn_key(frame: &[u8]) -> Option<ConnKey> {
 
 pub enum Expect {
     /// Passed or dropped untouched, for this reason.
-    Untouched(Stat),
+    Untouched(Verdict),
     /// Forwarded to this real server, for this reason (TxScheduled / TxForwarded).
-    To(Stat, Mac),
+    To(Verdict, Mac),
 }
 
 pub enum Setup {
@@ -223,7 +223,7 @@ impl Row {
 
 pub fn rows() -> Vec<Row> {
     use Expect::*;
-    use Stat::*;
+    use Verdict::*;
     let web = vip(WEB);
     let mut v = vec![
         // --- TCP state as IPVS tracks it, input-only (wlc: ties go to the last configured) ---
@@ -380,7 +380,7 @@ impl Harness {
 
     /// Runs a frame through the kernel and the model; they must agree. Returns the
     /// kernel's verdict and output.
-    pub fn run(&self, frame: &[u8], what: &str) -> (u32, Vec<u8>, Stat) {
+    pub fn run(&self, frame: &[u8], what: &str) -> (u32, Vec<u8>, Verdict) {
         let prog = self.dp.program(PROGRAM_LB).unwrap();
         let mut out = vec![0u8; frame.len() + 256];
         let result = prog
@@ -452,7 +452,7 @@ pub fn run_table() -> usize {
         let (verdict, out, _) = h.run(&r.frame, &what);
 
         let after = h.dp.counters().unwrap();
-        let bumped: Vec<Stat> = Stat::ALL.iter().copied().filter(|s| after[s.index() as usize] != before[s.index() as usize]).collect();
+        let bumped: Vec<Verdict> = Verdict::ALL.iter().copied().filter(|s| after[s.index() as usize] != before[s.index() as usize]).collect();
         before = after;
         match r.expect {
             Expect::Untouched(stat) => {

@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::dataplane::Tables as _;
-use lb_common::stats::Stat;
+use lb_common::verdict::Verdict;
 
 use crate::kernel::bpf::{monotonic_ns, PROGRAM_LB};
 use crate::selftest::fixtures::{self, conn_key, Harness};
@@ -159,7 +159,7 @@ fn mutate(rng: &mut fastrand::Rng, f: &mut Vec<u8>) {
 }
 
 /// Runs one frame through both; the first disagreement is an error naming it.
-fn step(h: &Harness, frame: &[u8]) -> Result<Stat> {
+fn step(h: &Harness, frame: &[u8]) -> Result<Verdict> {
     let mut out = vec![0u8; frame.len() + 256];
     let r = h
         .dp
@@ -197,7 +197,7 @@ fn compare_state(h: &Harness, tally: &BTreeMap<&'static str, u64>, base: &crate:
         bail!("persistence templates differ: {} in the kernel, {} in the model", kernel.len(), model.len());
     }
     let counters = h.dp.counters()?;
-    for s in Stat::ALL {
+    for s in Verdict::ALL {
         let k = counters[s.index() as usize] - base[s.index() as usize];
         let m = tally.get(s.name()).copied().unwrap_or(0);
         if k != m {

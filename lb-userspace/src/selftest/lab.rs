@@ -31,7 +31,7 @@ use crate::control::config::{Config, XdpMode};
 use crate::kernel::bpf::{Dataplane, Tools, PROGRAM_LB, PROGRAM_PASS};
 use crate::selftest::netns::{CLIENT, DIRECTOR, Host, PREFIX, REAL_SERVERS, VIP, http_get, tx_checksum_off};
 use crate::kernel::mac::Mac;
-use lb_common::stats::Stat;
+use lb_common::verdict::Verdict;
 
 /// HTTP requests per XDP mode.
 pub const REQUESTS: usize = 40;
@@ -302,8 +302,8 @@ pub fn run(modes: &[XdpMode]) -> Result<Vec<ModeResult>> {
         if let Some(peer) = peer {
             lab.bridge.run(|| tools.detach(PROGRAM_PASS, peer))?;
         }
-        let delta = |s: Stat| after[s.index() as usize] - before[s.index() as usize];
-        let r = ModeResult { mode, ok, per_server, scheduled: delta(Stat::TxScheduled), forwarded: delta(Stat::TxForwarded) };
+        let delta = |s: Verdict| after[s.index() as usize] - before[s.index() as usize];
+        let r = ModeResult { mode, ok, per_server, scheduled: delta(Verdict::TxScheduled), forwarded: delta(Verdict::TxForwarded) };
         if ok != REQUESTS {
             bail!(
                 "{mode:?} mode: {ok}/{REQUESTS} requests through VIP {VIP} answered (first error: {}); counters: {} scheduled, {} forwarded",

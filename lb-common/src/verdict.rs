@@ -6,7 +6,7 @@
 /// A verdict reason; its discriminant is the index into `DRLB_STATS`.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stat {
+pub enum Verdict {
     /// XDP_TX: forwarded to a real server.
     TxForwarded = 0,
     /// XDP_PASS: ARP (the director answers ARP for the VIP itself).
@@ -38,44 +38,44 @@ pub enum Stat {
 }
 
 /// Number of counters; the size of `DRLB_STATS`.
-pub const STAT_COUNT: u32 = 14;
+pub const VERDICT_COUNT: u32 = 14;
 
-impl Stat {
+impl Verdict {
     /// All reasons, in index order.
-    pub const ALL: [Stat; STAT_COUNT as usize] = [
-        Stat::TxForwarded,
-        Stat::PassArp,
-        Stat::PassIpv6,
-        Stat::PassOtherL3,
-        Stat::PassNotVip,
-        Stat::PassVipNoService,
-        Stat::PassMalformed,
-        Stat::DropNoRealServer,
-        Stat::DropTruncatedL4,
-        Stat::DropFragment,
-        Stat::DropBackendMissing,
-        Stat::TxScheduled,
-        Stat::DropNoConnection,
-        Stat::DropConnTableFull,
+    pub const ALL: [Verdict; VERDICT_COUNT as usize] = [
+        Verdict::TxForwarded,
+        Verdict::PassArp,
+        Verdict::PassIpv6,
+        Verdict::PassOtherL3,
+        Verdict::PassNotVip,
+        Verdict::PassVipNoService,
+        Verdict::PassMalformed,
+        Verdict::DropNoRealServer,
+        Verdict::DropTruncatedL4,
+        Verdict::DropFragment,
+        Verdict::DropBackendMissing,
+        Verdict::TxScheduled,
+        Verdict::DropNoConnection,
+        Verdict::DropConnTableFull,
     ];
 
     /// Stable snake_case name used by `drlb` output and metrics.
     pub const fn name(self) -> &'static str {
         match self {
-            Stat::TxForwarded => "tx_forwarded",
-            Stat::PassArp => "pass_arp",
-            Stat::PassIpv6 => "pass_ipv6",
-            Stat::PassOtherL3 => "pass_other_l3",
-            Stat::PassNotVip => "pass_not_vip",
-            Stat::PassVipNoService => "pass_vip_no_service",
-            Stat::PassMalformed => "pass_malformed",
-            Stat::DropNoRealServer => "drop_no_real_server",
-            Stat::DropTruncatedL4 => "drop_truncated_l4",
-            Stat::DropFragment => "drop_fragment",
-            Stat::DropBackendMissing => "drop_backend_missing",
-            Stat::TxScheduled => "tx_scheduled",
-            Stat::DropNoConnection => "drop_no_connection",
-            Stat::DropConnTableFull => "drop_conn_table_full",
+            Verdict::TxForwarded => "tx_forwarded",
+            Verdict::PassArp => "pass_arp",
+            Verdict::PassIpv6 => "pass_ipv6",
+            Verdict::PassOtherL3 => "pass_other_l3",
+            Verdict::PassNotVip => "pass_not_vip",
+            Verdict::PassVipNoService => "pass_vip_no_service",
+            Verdict::PassMalformed => "pass_malformed",
+            Verdict::DropNoRealServer => "drop_no_real_server",
+            Verdict::DropTruncatedL4 => "drop_truncated_l4",
+            Verdict::DropFragment => "drop_fragment",
+            Verdict::DropBackendMissing => "drop_backend_missing",
+            Verdict::TxScheduled => "tx_scheduled",
+            Verdict::DropNoConnection => "drop_no_connection",
+            Verdict::DropConnTableFull => "drop_conn_table_full",
         }
     }
 
@@ -92,7 +92,7 @@ mod tests {
 
     #[test]
     fn all_is_in_index_order_and_complete() {
-        for (i, s) in Stat::ALL.iter().enumerate() {
+        for (i, s) in Verdict::ALL.iter().enumerate() {
             assert_eq!(s.index() as usize, i, "{}", s.name());
         }
     }
@@ -103,24 +103,24 @@ pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 
-impl Stat {
+impl Verdict {
     /// The XDP verdict this reason implies.
     #[inline(always)]
     pub const fn xdp_action(self) -> u32 {
         match self {
-            Stat::TxForwarded | Stat::TxScheduled => XDP_TX,
-            Stat::PassArp
-            | Stat::PassIpv6
-            | Stat::PassOtherL3
-            | Stat::PassNotVip
-            | Stat::PassVipNoService
-            | Stat::PassMalformed => XDP_PASS,
-            Stat::DropNoRealServer
-            | Stat::DropTruncatedL4
-            | Stat::DropFragment
-            | Stat::DropBackendMissing
-            | Stat::DropNoConnection
-            | Stat::DropConnTableFull => XDP_DROP,
+            Verdict::TxForwarded | Verdict::TxScheduled => XDP_TX,
+            Verdict::PassArp
+            | Verdict::PassIpv6
+            | Verdict::PassOtherL3
+            | Verdict::PassNotVip
+            | Verdict::PassVipNoService
+            | Verdict::PassMalformed => XDP_PASS,
+            Verdict::DropNoRealServer
+            | Verdict::DropTruncatedL4
+            | Verdict::DropFragment
+            | Verdict::DropBackendMissing
+            | Verdict::DropNoConnection
+            | Verdict::DropConnTableFull => XDP_DROP,
         }
     }
 }
