@@ -11,12 +11,10 @@ use std::collections::BTreeMap;
 
 use lb_common::conn::{Conn, ConnKey};
 use lb_common::maps::{
-    Backend, BackendStats, ConnCounts, Persist, SchedState, ServiceKey, ServiceSlot, Vip, VipKey, MAP_BACKENDS, MAP_MEMBERS,
-    MAP_PERSIST, SVC_F_PERSISTENT, ALL_MAPS, MAP_META, META_LAYOUT_ENTRIES, layout,
-    MAP_BACKEND_STATS, MAP_BENCH_RX, MAP_CONNS, MAP_CONN_COUNTS, MAP_CONN_GEN, MAP_FLOOR_CONNS, MAP_SCHED_STATE, MAP_SCHED_TABLE, MAP_SERVICES, MAP_SERVICE_IDS,
-    MAP_STATS, MAP_VIPS, MAP_VIP_FILTER,
+    Backend, ConnCounts, Persist, SchedState, ServiceKey, ServiceSlot, Vip, VipKey, MAP_BACKENDS, MAP_MEMBERS,
+    MAP_PERSIST, SVC_F_PERSISTENT, ALL_MAPS, MAP_META, META_LAYOUT_ENTRIES, layout, MAP_BENCH_RX, MAP_CONNS, MAP_CONN_COUNTS, MAP_CONN_GEN, MAP_FLOOR_CONNS, MAP_SCHED_STATE, MAP_SCHED_TABLE, MAP_SERVICES, MAP_SERVICE_IDS, MAP_VIPS, MAP_VIP_FILTER,
 };
-use lb_common::verdict::{Verdict, VERDICT_COUNT};
+use lb_common::verdict::Verdict;
 use tracing::{info, warn};
 
 use crate::control::config::XdpMode;
@@ -133,8 +131,8 @@ impl std::fmt::Display for AttachedMode {
     }
 }
 
-/// Counters summed over CPUs, indexed like [`Verdict::ALL`].
-pub type Counters = [u64; VERDICT_COUNT as usize];
+pub use crate::kernel::maps::{BackendCounters, Counters};
+use crate::kernel::maps::{self, MapSource};
 
 /// drlb's loaded dataplane.
 pub struct Dataplane {
@@ -221,16 +219,6 @@ pub fn remove_pins(dir: &Path) -> Result<Vec<String>> {
 /// Name of the pinned XDP link in a pin directory.
 pub const LINK_PIN: &str = "link";
 
-/// A real server's counters as `ipvsadm -Ln --stats` shows them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BackendCounters {
-    pub active: u32,
-    pub inactive: u32,
-    pub conns: u64,
-    pub packets: u64,
-    pub bytes: u64,
-}
-
 /// What a sweep of the connection table found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SweepReport {
@@ -248,6 +236,12 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl MapSource for Dataplane {
+    fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+        Dataplane::map(self, name)
+    }
 }
 
 impl Dataplane {
@@ -325,29 +319,22 @@ impl Dataplane {
     /// differs and clears what is gone), and the identities they use.
     pub fn adopt_tables(&mut self) -> Result<MapContent> {
         let mut t = MapContent::default();
-        {
-            let ids: BpfHashMap<&MapData, ServiceKey, u32> = BpfHashMap::try_from(self.map(MAP_SERVICE_IDS)?)?;
-            for (k, id) in ids.iter().filter_map(|r| r.ok()) {
-                t.service_ids.insert(k, id);
+        for (k, id) in maps::service_ids(self)? {
+            t.service_ids.insert(k, id);
+            let svc = maps::service(self, id)?;
+            for (i, slot) in maps::members(self, &svc)? {
+                t.members.insert(i, slot);
+                t.backends.insert(slot, maps::backend(self, slot)?);
             }
+            t.services.insert(id, svc);
+        }
+        {
             let vips: BpfHashMap<&MapData, VipKey, Vip> = BpfHashMap::try_from(self.map(MAP_VIPS)?)?;
             for (k, v) in vips.iter().filter_map(|r| r.ok()) {
                 t.vips.insert(k.addr, v);
             }
         }
-        let services: Array<&MapData, ServiceSlot> = Array::try_from(self.map(MAP_SERVICES)?)?;
-        let members: Array<&MapData, u32> = Array::try_from(self.map(MAP_MEMBERS)?)?;
-        let backends: Array<&MapData, Backend> = Array::try_from(self.map(MAP_BACKENDS)?)?;
         let filter: Array<&MapData, u32> = Array::try_from(self.map(MAP_VIP_FILTER)?)?;
-        for id in t.service_ids.values() {
-            let svc = *services.get(id, 0)?.service();
-            for i in svc.members_offset..svc.members_offset + svc.member_count {
-                let slot = members.get(&i, 0)?;
-                t.members.insert(i, slot);
-                t.backends.insert(slot, backends.get(&slot, 0)?.normalized());
-            }
-            t.services.insert(*id, svc);
-        }
         for i in 0..lb_common::maps::VIP_FILTER_SIZE {
             let v = filter.get(&i, 0)?;
             if v != 0 {
@@ -356,7 +343,7 @@ impl Dataplane {
         }
         // Draining servers are not members but still hold backend entries.
         for slot in 0..lb_common::maps::MAX_BACKENDS {
-            let b = backends.get(&slot, 0)?.normalized();
+            let b = maps::backend(self, slot)?;
             if b.flags != 0 {
                 t.backends.entry(slot).or_insert(b);
             }
@@ -626,26 +613,12 @@ impl Dataplane {
 
     /// Per-reason packet counts, summed over CPUs.
     pub fn counters(&self) -> Result<Counters> {
-        let stats: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(MAP_STATS)?)?;
-        let mut out = [0u64; VERDICT_COUNT as usize];
-        for (i, total) in out.iter_mut().enumerate() {
-            *total = stats.get(&(i as u32), 0)?.iter().sum();
-        }
-        Ok(out)
+        maps::counters(self)
     }
 
     /// ActiveConn, InActConn and traffic of the backend in `slot`.
     pub fn backend_counters(&self, slot: u32) -> Result<BackendCounters> {
-        let counts: Array<&MapData, ConnCounts> = Array::try_from(self.map(MAP_CONN_COUNTS)?)?;
-        let stats: PerCpuArray<&MapData, BackendStats> = PerCpuArray::try_from(self.map(MAP_BACKEND_STATS)?)?;
-        let c = counts.get(&slot, 0)?;
-        let mut out = BackendCounters { active: c.active, inactive: c.inactive, ..Default::default() };
-        for s in stats.get(&slot, 0)?.iter() {
-            out.conns += s.conns;
-            out.packets += s.packets;
-            out.bytes += s.bytes;
-        }
-        Ok(out)
+        maps::backend_counters(self, slot)
     }
 
     /// The connection-table entry for `key`.

@@ -6,6 +6,7 @@
 pub mod bpf;
 pub mod content;
 pub mod mac;
+pub mod maps;
 pub mod netlink;
 pub mod notify;
 pub mod pins;

@@ -7,11 +7,9 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
-use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
+use anyhow::{Result, bail};
 use lb_common::maps::{
-    Backend, BackendStats, ConnCounts, ServiceKey, ServiceSlot, BACKEND_F_DRAINING, BACKEND_F_HEALTH_DOWN,
-    MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONN_COUNTS, MAP_MEMBERS, MAP_SERVICES, MAP_SERVICE_IDS, MAP_STATS,
+    BACKEND_F_DRAINING, BACKEND_F_HEALTH_DOWN,
     SVC_F_PERSISTENT, SVC_F_SLOPPY_TCP,
 };
 use lb_common::verdict::{Verdict, VERDICT_COUNT};
@@ -20,6 +18,7 @@ use serde::Serialize;
 use crate::control::config::Config;
 use crate::kernel::mac::format_mac;
 use crate::kernel::bpf::pinned_layout;
+use crate::kernel::maps::{self, Pinned};
 use lb_common::addr::to_ip as ip_of;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -72,10 +71,6 @@ pub struct Status {
     pub reasons: BTreeMap<String, u64>,
 }
 
-fn open(dir: &Path, name: &str) -> Result<MapData> {
-    let path = dir.join(name);
-    MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))
-}
 
 /// A service's scheduler name, from the code its map value holds.
 pub fn scheduler_name(code: u32) -> &'static str {
@@ -87,41 +82,21 @@ pub fn read(dir: &Path, config: Option<&Config>) -> Result<Status> {
     let Some(layout) = pinned_layout(dir)? else {
         bail!("no drlb dataplane is pinned at {} (is `drlb run` running for this interface?)", dir.display());
     };
-    let ids_map = Map::HashMap(open(dir, MAP_SERVICE_IDS)?);
-    let ids: BpfHashMap<&MapData, ServiceKey, u32> = BpfHashMap::try_from(&ids_map)?;
-    let services_map = Map::Array(open(dir, MAP_SERVICES)?);
-    let services: Array<&MapData, ServiceSlot> = Array::try_from(&services_map)?;
-    let members_map = Map::Array(open(dir, MAP_MEMBERS)?);
-    let members: Array<&MapData, u32> = Array::try_from(&members_map)?;
-    let backends_map = Map::Array(open(dir, MAP_BACKENDS)?);
-    let backends: Array<&MapData, Backend> = Array::try_from(&backends_map)?;
-    let counts_map = Map::Array(open(dir, MAP_CONN_COUNTS)?);
-    let counts: Array<&MapData, ConnCounts> = Array::try_from(&counts_map)?;
-    let stats_map = Map::PerCpuArray(open(dir, MAP_BACKEND_STATS)?);
-    let stats: PerCpuArray<&MapData, BackendStats> = PerCpuArray::try_from(&stats_map)?;
-    let reasons_map = Map::PerCpuArray(open(dir, MAP_STATS)?);
-    let reasons: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(&reasons_map)?;
-
-    let mut keys: Vec<(ServiceKey, u32)> = ids.iter().filter_map(|r| r.ok()).collect();
+    let maps = Pinned::open(dir)?;
+    let mut keys = maps::service_ids(&maps)?;
     keys.sort_by_key(|(k, _)| (k.vip, k.port, k.proto));
     let mut out = Vec::new();
     for (key, id) in keys {
-        let svc = *services.get(&id, 0)?.service();
+        let svc = maps::service(&maps, id)?;
         let vip = ip_of(&key.vip).map(|a| a.to_string()).unwrap_or_default();
         let cfg = config.and_then(|c| {
             c.services.iter().find(|s| s.vip.to_string() == vip && s.port == key.port && s.protocol.number() == key.proto)
         });
         let mut real_servers = Vec::new();
-        for i in svc.members_offset..svc.members_offset + svc.member_count {
-            let slot = members.get(&i, 0)?;
-            let b = backends.get(&slot, 0)?;
-            let c = counts.get(&slot, 0)?;
-            let (mut conns, mut pkts, mut bytes) = (0, 0, 0);
-            for s in stats.get(&slot, 0)?.iter() {
-                conns += s.conns;
-                pkts += s.packets;
-                bytes += s.bytes;
-            }
+        for (_, slot) in maps::members(&maps, &svc)? {
+            let b = maps::backend(&maps, slot)?;
+            let c = maps::backend_counters(&maps, slot)?;
+            let (conns, pkts, bytes) = (c.conns, c.packets, c.bytes);
             let health = if b.flags & BACKEND_F_DRAINING != 0 {
                 "draining"
             } else if b.flags & BACKEND_F_HEALTH_DOWN != 0 {
@@ -160,11 +135,8 @@ pub fn read(dir: &Path, config: Option<&Config>) -> Result<Status> {
             real_servers,
         });
     }
-    let mut reason_counts = BTreeMap::new();
-    for s in Verdict::ALL {
-        let total: u64 = reasons.get(&s.index(), 0)?.iter().sum();
-        reason_counts.insert(s.name().to_string(), total);
-    }
+    let counters = maps::counters(&maps)?;
+    let reason_counts: BTreeMap<String, u64> = Verdict::ALL.iter().map(|s| (s.name().to_string(), counters[s.index() as usize])).collect();
     debug_assert_eq!(reason_counts.len(), VERDICT_COUNT as usize);
     Ok(Status { pin_dir: dir.display().to_string(), layout: layout.to_vec(), services: out, reasons: reason_counts })
 }

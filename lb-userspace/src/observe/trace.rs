@@ -9,19 +9,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, Map, MapData, RingBuf};
-use lb_common::maps::{Backend, ServiceSlot, TraceEvent, MAP_BACKENDS, MAP_SERVICES, MAP_TRACE, MAP_TRACE_ON};
+use aya::maps::{Array, MapData, RingBuf};
+use lb_common::maps::{TraceEvent, MAP_TRACE, MAP_TRACE_ON};
 use lb_common::verdict::{Verdict, XDP_DROP, XDP_PASS};
 
 use crate::control::config::Config;
 use crate::kernel::mac::format_mac;
 use crate::observe::status::scheduler_name;
 use lb_common::addr::to_ip as ip_of;
+use crate::kernel::maps::{self, Pinned};
 
-fn open(dir: &Path, name: &str) -> Result<MapData> {
-    let p = dir.join(name);
-    MapData::from_pin(&p).with_context(|| format!("opening {} (is `drlb run` running for this interface?)", p.display()))
-}
 
 /// "SYN", "PSH|ACK", "FIN|ACK", "RST" ...
 pub fn tcp_flags(f: u8) -> String {
@@ -51,8 +48,7 @@ pub fn explain(stat: Verdict) -> &'static str {
 }
 
 struct Names {
-    backends: Array<MapData, Backend>,
-    services: Array<MapData, ServiceSlot>,
+    maps: Pinned,
     config: Option<Config>,
 }
 
@@ -67,14 +63,14 @@ impl Names {
             XDP_DROP => format!("{head} => DROP {}", explain(stat)),
             XDP_PASS => format!("{head} => PASS {}", explain(stat)),
             _ => {
-                let b = self.backends.get(&ev.slot, 0).unwrap_or_default();
+                let b = maps::backend(&self.maps, ev.slot).unwrap_or_default();
                 let addr: Option<IpAddr> = ip_of(&b.addr);
                 let name = addr
                     .and_then(|a| {
                         self.config.as_ref()?.services.iter().flat_map(|s| &s.real_servers).find(|r| r.address == a)?.name.clone()
                     })
                     .unwrap_or_else(|| "rs".into());
-                let sched = self.services.get(&ev.service, 0).map(|s| scheduler_name(s.service().scheduler)).unwrap_or("?");
+                let sched = maps::service(&self.maps, ev.service).map(|s| scheduler_name(s.scheduler)).unwrap_or("?");
                 let why = if ev.new_conn != 0 { format!("new, {sched}") } else { "established".into() };
                 format!(
                     "{head} => {name} {} {} XDP_TX ({why})",
@@ -88,13 +84,10 @@ impl Names {
 
 /// Prints decisions until `count` were printed, `limit` passed or `stop` is set.
 pub fn run(dir: &Path, config: Option<Config>, vip: Option<IpAddr>, count: Option<usize>, limit: Option<Duration>, stop: Arc<AtomicBool>) -> Result<usize> {
-    let names = Names {
-        backends: Array::try_from(Map::Array(open(dir, MAP_BACKENDS)?))?,
-        services: Array::try_from(Map::Array(open(dir, MAP_SERVICES)?))?,
-        config,
-    };
-    let mut ring = RingBuf::try_from(Map::RingBuf(open(dir, MAP_TRACE)?))?;
-    let mut switch: Array<MapData, u32> = Array::try_from(Map::Array(open(dir, MAP_TRACE_ON)?))?;
+    let mut maps = Pinned::open(dir)?;
+    let mut ring = RingBuf::try_from(maps.take(MAP_TRACE)?)?;
+    let mut switch: Array<MapData, u32> = Array::try_from(maps.take(MAP_TRACE_ON)?)?;
+    let names = Names { maps, config };
     // Drain what an earlier trace left, then switch on.
     while ring.next().is_some() {}
     switch.set(0, 1, 0).context("switching tracing on")?;
