@@ -769,32 +769,44 @@ pub struct PcapCapture {
 
 impl PcapCapture {
     fn start(ns: &str, out: &Path) -> Result<PcapCapture> {
-        let err_path = out.with_extension("err");
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, "tcpdump", "-i", "eth0", "-s", "0", "--immediate-mode", "-U", "-w"])
-            .arg(out)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&err_path)?)
-            .spawn()
-            .context("starting tcpdump (`cargo xtask setup` installs it)")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !fs::read_to_string(&err_path).unwrap_or_default().contains("listening on") {
-            if Instant::now() > deadline {
-                bail!("tcpdump did not start: {}", fs::read_to_string(&err_path).unwrap_or_default());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = fs::remove_file(&err_path);
+        let args = ["-s", "0", "--immediate-mode", "-U", "-w", &out.to_string_lossy()];
+        let child = start_tcpdump(ns, &args, Stdio::null(), &out.with_extension("err"))?;
         Ok(PcapCapture { child })
     }
 
     /// Stops the capture; the file is complete when this returns.
     pub fn finish(self) -> Result<()> {
-        std::thread::sleep(Duration::from_millis(300));
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGINT);
-        stop_child(self.child, Duration::from_secs(5))
+        stop_tcpdump(self.child)
     }
+}
+
+/// Starts tcpdump on `ns`'s eth0 with `args`; returns once it listens. Its stderr goes to
+/// `err_path`, removed once it started.
+fn start_tcpdump(ns: &str, args: &[&str], stdout: Stdio, err_path: &Path) -> Result<Child> {
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns, "tcpdump", "-i", "eth0"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(File::create(err_path)?)
+        .spawn()
+        .context("starting tcpdump (`cargo xtask setup` installs it)")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fs::read_to_string(err_path).unwrap_or_default().contains("listening on") {
+        if Instant::now() > deadline {
+            bail!("tcpdump did not start: {}", fs::read_to_string(err_path).unwrap_or_default());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = fs::remove_file(err_path);
+    Ok(child)
+}
+
+/// Lets tcpdump write what it has, then stops it.
+fn stop_tcpdump(child: Child) -> Result<()> {
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT);
+    stop_child(child, Duration::from_secs(5))
 }
 
 /// A tcpdump running in a namespace, printing link-level headers.
@@ -805,29 +817,13 @@ pub struct Capture {
 
 impl Capture {
     fn start(ns: &str, out: &Path, filter: &str) -> Result<Capture> {
-        let err_path = out.with_extension("err");
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, "tcpdump", "-i", "eth0", "-nn", "-e", "-l", "-U", filter])
-            .stdin(Stdio::null())
-            .stdout(File::create(out)?)
-            .stderr(File::create(&err_path)?)
-            .spawn()
-            .context("starting tcpdump (`cargo xtask setup` installs it)")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !fs::read_to_string(&err_path).unwrap_or_default().contains("listening on") {
-            if Instant::now() > deadline {
-                bail!("tcpdump did not start: {}", fs::read_to_string(&err_path).unwrap_or_default());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let child = start_tcpdump(ns, &["-nn", "-e", "-l", "-U", filter], Stdio::from(File::create(out)?), &out.with_extension("err"))?;
         Ok(Capture { child, out: out.to_owned() })
     }
 
     /// Stops the capture and returns the source MAC of every captured frame.
     pub fn finish(self) -> Result<Vec<String>> {
-        std::thread::sleep(Duration::from_millis(300));
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGINT);
-        stop_child(self.child, Duration::from_secs(5))?;
+        stop_tcpdump(self.child)?;
         let text = fs::read_to_string(&self.out)?;
         // "HH:MM:SS.ffffff SRC_MAC > DST_MAC, ethertype IPv4 ..."
         Ok(text.lines().filter_map(|l| l.split_whitespace().nth(1).map(str::to_string)).collect())
