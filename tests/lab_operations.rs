@@ -274,3 +274,73 @@ fn a_dataplane_of_another_namespace_is_neither_adopted_nor_stopped() {
     assert_eq!(tally.ok, 10, "the first director stopped forwarding: {:?}", tally.first_error);
     lab.stop_drlb().unwrap();
 }
+
+/// The controller's failure policy (docs/operations.md), one fault of each kind it can meet
+/// here: a reload that does not fit the maps is rejected while the old configuration
+/// serves; a map write the kernel refuses (the backends map frozen with BPF_MAP_FREEZE)
+/// after a health change keeps the previous tables, is logged, counted and shown — and the
+/// controller keeps running.
+#[test]
+fn controller_failures_keep_forwarding_and_are_visible() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = Lab::build(XdpMode::Generic).expect("build the lab");
+    let config = lab.drlb_config().replace(
+        "    scheduler: wlc\n",
+        "    scheduler: wlc\n    health_check: { type: tcp, port: 80, interval: 300ms, timeout: 1s }\n",
+    );
+    lab.start_drlb_with(drlb(), &config).expect("start drlb");
+    let metrics = |lab: &Lab| lab.fetch("director", "127.0.0.1:9469".parse().unwrap(), "/metrics").expect("GET /metrics");
+
+    // 1. A reload with 17 mh services: the scheduler tables would not fit.
+    let mut big = config.clone();
+    for i in 0..17 {
+        big += &format!(
+            "  - {{ name: mh{i}, vip: 198.18.1.{}, port: 80, protocol: tcp, scheduler: mh, real_servers: [ {{ address: 198.18.0.11 }} ] }}\n",
+            i + 1
+        );
+    }
+    let text = lab.with_pin_root(&big);
+    std::fs::write(lab.dir().join("drlb.yaml"), &text).unwrap();
+    let out = std::process::Command::new(drlb()).args(["reload", "--config"]).arg(lab.dir().join("drlb.yaml")).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success() && said.contains("service `mh16`: its scheduler table needs 65521 entries"), "{said}");
+    std::fs::write(lab.dir().join("drlb.yaml"), lab.with_pin_root(&config)).unwrap();
+    assert_eq!(lab.http_requests(10, Duration::from_secs(2)).unwrap().ok, 10, "the old configuration serves");
+
+    // 2. The kernel refuses map writes; a health change needs one.
+    let backends = lab.pin_root().join("eth0").join(lb_common::maps::MAP_BACKENDS);
+    let out = std::process::Command::new("bpftool").args(["map", "freeze", "pinned"]).arg(&backends).output().unwrap();
+    assert!(out.status.success(), "bpftool map freeze: {}", String::from_utf8_lossy(&out.stderr));
+    let from = lab.log_len();
+    lab.stop_nginx("rs1").unwrap();
+    lab.wait_for_log("the dataplane keeps its previous tables", from, Duration::from_secs(10)).expect("the failure is logged");
+    std::thread::sleep(Duration::from_millis(1500));
+    let text = metrics(&lab);
+    assert!(text.contains("drlb_maps_current 0"), "{text}");
+    assert!(text.contains("drlb_controller_errors_total{operation=\"map_write\"}"), "{text}");
+    // Still running, still answering (rs2 serves; rs1's share fails until the maps take it out).
+    assert!(lab.drlb_cli(drlb(), &["status"]).unwrap().contains("198.18.0.12"));
+    let tally = lab.http_requests(10, Duration::from_secs(1)).unwrap();
+    assert!(tally.ok >= 4, "{tally:?}");
+
+    // 3. Counts that drifted (rs2's ActiveConn set to 99 behind the controller's back) and
+    // cannot be corrected (their map frozen too): the sweep's failure is warned and counted.
+    let counts = lab.pin_root().join("eth0").join(lb_common::maps::MAP_CONN_COUNTS);
+    let bpftool = |args: &[&str]| {
+        let out = std::process::Command::new("bpftool").args(args).output().unwrap();
+        assert!(out.status.success(), "bpftool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let counts = counts.to_str().unwrap();
+    bpftool(&["map", "update", "pinned", counts, "key", "1", "0", "0", "0", "value", "99", "0", "0", "0", "0", "0", "0", "0"]);
+    bpftool(&["map", "freeze", "pinned", counts]);
+    let from = lab.log_len();
+    lab.wait_for_log("sweeping the connection table", from, Duration::from_secs(10)).expect("the sweep failure is logged");
+    std::thread::sleep(Duration::from_millis(1200));
+    let text = metrics(&lab);
+    assert!(text.contains("drlb_controller_errors_total{operation=\"sweep\"}"), "{text}");
+    let log = lab.stop_drlb().unwrap();
+    assert!(log.contains("retrying every second"), "{log}");
+}

@@ -223,18 +223,21 @@ fn main() -> ExitCode {
             }
         },
         Command::Reload { config } => {
-            if let Err(errors) = Config::load(&config) {
-                eprintln!("{errors}");
-                eprintln!("drlb reload: not reloading: the file does not validate");
-                return ExitCode::FAILURE;
-            }
-            match lb_userspace::kernel::process::signal_controllers(&config, nix::sys::signal::Signal::SIGHUP) {
-                Ok(pids) if pids.is_empty() => {
-                    eprintln!("drlb reload: no `drlb run --config {}` is running", config.display());
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    eprintln!("drlb reload: not reloading: the file does not validate");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match lb_userspace::kernel::process::signal_controller(&cfg.director.pin_dir(), nix::sys::signal::Signal::SIGHUP) {
+                Ok(None) => {
+                    eprintln!("drlb reload: no `drlb run` runs the dataplane of {} ({})", config.display(), cfg.director.pin_dir().display());
                     ExitCode::FAILURE
                 }
-                Ok(pids) => {
-                    println!("drlb reload: sent SIGHUP to {}", pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "));
+                Ok(Some(pid)) => {
+                    println!("drlb reload: sent SIGHUP to {pid}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -390,6 +390,8 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
         let link = pin_dir.join(crate::kernel::bpf::LINK_PIN);
         std::fs::remove_file(&link).with_context(|| format!("removing the stale link pin {}", link.display()))?;
     }
+    // One controller per dataplane: `drlb reload` and `drlb stop` find it by this file.
+    let _pidfile = crate::kernel::process::Pidfile::take(&pin_dir)?;
     let (mut dp, origin) = Dataplane::open(config.director.conn_table_size, Some(&pin_dir), replace_dataplane)?;
     let (tables, slots) = match origin {
         Origin::Created => (MapContent::default(), Slots::default()),

@@ -5,6 +5,7 @@
 
 pub mod bpf;
 pub mod content;
+pub mod ethtool;
 pub mod mac;
 pub mod maps;
 pub mod netlink;

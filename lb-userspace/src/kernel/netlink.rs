@@ -26,6 +26,36 @@ pub struct Interface {
     pub mac: Mac,
     /// IPv4 addresses with their prefix lengths.
     pub ipv4: Vec<(Ipv4Addr, u8)>,
+    /// The XDP program attached, as the link reports it.
+    pub xdp: Option<XdpAttachment>,
+}
+
+/// An XDP program on an interface (IFLA_XDP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XdpAttachment {
+    /// "native", "generic", "offload" or "multiple".
+    pub mode: &'static str,
+    pub program_id: u32,
+}
+
+fn xdp_attachment(attrs: &[LinkAttribute]) -> Option<XdpAttachment> {
+    use rtnetlink::packet_route::link::{LinkXdp, XdpAttached};
+    let xdp = attrs.iter().find_map(|a| match a {
+        LinkAttribute::Xdp(x) => Some(x),
+        _ => None,
+    })?;
+    let mode = xdp.iter().find_map(|x| match x {
+        LinkXdp::Attached(XdpAttached::Driver) => Some("native"),
+        LinkXdp::Attached(XdpAttached::SocketBuffer) => Some("generic"),
+        LinkXdp::Attached(XdpAttached::Hardware) => Some("offload"),
+        LinkXdp::Attached(XdpAttached::Multiple) => Some("multiple"),
+        _ => None,
+    })?;
+    let program_id = xdp.iter().find_map(|x| match x {
+        LinkXdp::ProgId(id) | LinkXdp::DrvProgId(id) | LinkXdp::SkbProgId(id) => Some(*id),
+        _ => None,
+    })?;
+    Some(XdpAttachment { mode, program_id })
 }
 
 impl Interface {
@@ -86,7 +116,8 @@ pub async fn interface(handle: &Handle, name: &str) -> Result<Interface> {
             }
         }
     }
-    Ok(Interface { name: name.to_string(), index, mac, ipv4 })
+    let xdp = xdp_attachment(&link.attributes);
+    Ok(Interface { name: name.to_string(), index, mac, ipv4, xdp })
 }
 
 /// A neighbour-table fact about one address on one interface.
@@ -229,6 +260,7 @@ mod tests {
             index: 2,
             mac: [0; 6],
             ipv4: vec![("198.18.0.2".parse().unwrap(), 24), ("198.18.0.100".parse().unwrap(), 32)],
+            xdp: None,
         };
         assert!(i.on_link("198.18.0.11".parse().unwrap()));
         assert!(!i.on_link("198.19.0.11".parse().unwrap()));

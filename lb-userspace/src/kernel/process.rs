@@ -1,67 +1,94 @@
-//! Finding running controllers: `drlb reload` signals the `drlb run` that uses a config.
+//! The running controller of a dataplane, found through its pidfile: `drlb run` holds an
+//! exclusive lock on `/run/drlb/<pin dir>.pid` for as long as it runs (the kernel drops the
+//! lock when the process dies, however it dies), so `drlb reload` and `drlb stop` signal
+//! exactly the controller of that dataplane, and a second `drlb run` for it is refused.
 
+use std::fs::File;
+use std::io::{Read as _, Seek as _, Write as _};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
+use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// The config path a process's command line runs `drlb run` with, if it does.
-fn run_config(cmdline: &[u8]) -> Option<PathBuf> {
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
-    let exe = Path::new(std::str::from_utf8(args.first()?).ok()?);
-    if exe.file_name()? != "drlb" || !args.iter().any(|a| *a == b"run") {
-        return None;
-    }
-    let mut config = None;
-    for (i, a) in args.iter().enumerate() {
-        let a = std::str::from_utf8(a).ok()?;
-        if a == "--config" || a == "-c" {
-            config = args.get(i + 1).and_then(|v| std::str::from_utf8(v).ok()).map(PathBuf::from);
-        } else if let Some(v) = a.strip_prefix("--config=") {
-            config = Some(PathBuf::from(v));
-        }
-    }
-    Some(config.unwrap_or_else(|| PathBuf::from("/etc/drlb/drlb.yaml")))
+/// Where pidfiles live.
+pub const RUN_DIR: &str = "/run/drlb";
+
+/// The pidfile of the controller of the dataplane pinned at `pin_dir`.
+pub fn pidfile_path(pin_dir: &Path) -> PathBuf {
+    let name = pin_dir.to_string_lossy().trim_start_matches('/').replace('/', "_");
+    Path::new(RUN_DIR).join(format!("{name}.pid"))
 }
 
-/// Sends `signal` to every `drlb run` whose config is `config`; returns their pids.
-pub fn signal_controllers(config: &Path, signal: Signal) -> Result<Vec<i32>> {
-    let want = config.canonicalize().with_context(|| format!("{}", config.display()))?;
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").context("reading /proc")? {
-        let Ok(entry) = entry else { continue };
-        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let Some(cfg) = run_config(&cmdline) else { continue };
-        // Relative paths are relative to that process's working directory.
-        let cfg = if cfg.is_relative() {
-            match std::fs::read_link(entry.path().join("cwd")) {
-                Ok(cwd) => cwd.join(cfg),
-                Err(_) => continue,
+/// A pidfile held (locked) by the running controller; removed when dropped.
+pub struct Pidfile {
+    path: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl Pidfile {
+    /// Takes the pidfile of `pin_dir`'s controller, or fails naming the one that runs.
+    pub fn take(pin_dir: &Path) -> Result<Pidfile> {
+        let path = pidfile_path(pin_dir);
+        std::fs::create_dir_all(RUN_DIR).with_context(|| format!("creating {RUN_DIR}"))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((mut file, _)) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                bail!(
+                    "another `drlb run` (pid {}) runs the dataplane pinned at {} ({} is locked): stop it first, or give this one \
+                     its own director.pin_root",
+                    pid.trim(),
+                    pin_dir.display(),
+                    path.display()
+                );
             }
-        } else {
-            cfg
         };
-        if cfg.canonicalize().ok().as_deref() == Some(want.as_path()) {
-            kill(Pid::from_raw(pid), signal).with_context(|| format!("signalling {pid}"))?;
-            pids.push(pid);
-        }
+        lock.set_len(0)?;
+        lock.rewind()?;
+        write!(lock, "{}", std::process::id())?;
+        lock.flush()?;
+        Ok(Pidfile { path, _lock: lock })
     }
-    Ok(pids)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recognises_drlb_run_command_lines() {
-        assert_eq!(run_config(b"/usr/sbin/drlb\0run\0--config\0/etc/x.yaml\0"), Some(PathBuf::from("/etc/x.yaml")));
-        assert_eq!(run_config(b"drlb\0run\0"), Some(PathBuf::from("/etc/drlb/drlb.yaml")));
-        assert_eq!(run_config(b"drlb\0check\0--config\0x\0"), None);
-        assert_eq!(run_config(b"/bin/bash\0run\0"), None);
+impl Drop for Pidfile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// The pid of the controller running `pin_dir`'s dataplane, if one runs.
+pub fn running_controller(pin_dir: &Path) -> Result<Option<i32>> {
+    let path = pidfile_path(pin_dir);
+    let mut file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    let mut pid = String::new();
+    file.read_to_string(&mut pid).with_context(|| format!("reading {}", path.display()))?;
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        // Nobody holds it: the controller that wrote it is gone.
+        Ok(_) => Ok(None),
+        Err(_) => Ok(pid.trim().parse().ok()),
+    }
+}
+
+/// Sends `signal` to the controller of `pin_dir`'s dataplane; its pid, or None if none runs.
+pub fn signal_controller(pin_dir: &Path, signal: Signal) -> Result<Option<i32>> {
+    let Some(pid) = running_controller(pin_dir)? else { return Ok(None) };
+    kill(Pid::from_raw(pid), signal).with_context(|| format!("signalling {pid}"))?;
+    Ok(Some(pid))
 }
 
 /// `drlb stop`: SIGTERM to the controller using `config` (it removes the dataplane itself),
@@ -72,10 +99,9 @@ pub fn stop(config: &Path) -> Result<String> {
     let dir = cfg.director.pin_dir();
     // Refuses a dataplane another network namespace's drlb pinned at the same path.
     crate::kernel::pins::check_owner(&dir, &cfg.director.interface)?;
-    let pids = signal_controllers(config, Signal::SIGTERM)?;
-    for pid in &pids {
+    if let Some(pid) = signal_controller(&dir, Signal::SIGTERM)? {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-        while Path::new(&format!("/proc/{pid}")).exists() && std::time::Instant::now() < deadline {
+        while running_controller(&dir)?.is_some() && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         report.push(format!("stopped controller {pid}"));
@@ -88,4 +114,28 @@ pub fn stop(config: &Path) -> Result<String> {
         report.push(format!("nothing to stop: no controller for {} and nothing pinned at {}", config.display(), dir.display()));
     }
     Ok(report.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lock, not the file, says whether a controller runs.
+    #[test]
+    fn the_pidfile_names_the_running_controller_until_it_is_gone() {
+        if unsafe { libc::geteuid() } != 0 {
+            return; // /run/drlb needs root; the lab tests cover it there.
+        }
+        let dir = Path::new("/sys/fs/bpf/drlb-pidfile-test").join(std::process::id().to_string());
+        let held = Pidfile::take(&dir).unwrap();
+        assert_eq!(running_controller(&dir).unwrap(), Some(std::process::id() as i32));
+        let second = Pidfile::take(&dir).err().expect("a second controller is refused").to_string();
+        assert!(second.contains("another `drlb run`"), "{second}");
+        drop(held);
+        assert_eq!(running_controller(&dir).unwrap(), None);
+        // A file left by a killed controller (no lock) is stale.
+        std::fs::write(pidfile_path(&dir), "999999").unwrap();
+        assert_eq!(running_controller(&dir).unwrap(), None);
+        let _ = std::fs::remove_file(pidfile_path(&dir));
+    }
 }

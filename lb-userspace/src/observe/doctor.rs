@@ -10,7 +10,7 @@ use anyhow::Result;
 use crate::control::config::Config;
 use crate::kernel::mac::format_mac;
 use crate::kernel::bpf::pinned_layout;
-use crate::kernel::netlink;
+use crate::kernel::netlink::{self, XdpAttachment};
 use crate::observe::status;
 
 /// One line of the report.
@@ -35,33 +35,19 @@ fn fail(name: &'static str, text: impl Into<String>) -> Check {
     Check { ok: false, name, text: text.into() }
 }
 
-fn cmd(program: &str, args: &[&str]) -> String {
-    std::process::Command::new(program)
-        .args(args)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
-}
-
-/// The XDP program attached to `iface`: (mode, program id).
-fn attached_xdp(iface: &str) -> Option<(&'static str, u32)> {
-    let text = cmd("ip", &["-d", "link", "show", "dev", iface]);
-    let mode = if text.contains("xdpgeneric") {
-        "generic"
-    } else if text.contains("xdpoffload") {
-        "offload"
-    } else if text.contains(" xdp ") || text.contains("xdpdrv") || text.contains("prog/xdp") {
-        "native"
-    } else {
-        return None;
-    };
-    let id = text.split("prog/xdp id ").nth(1)?.split_whitespace().next()?.parse().ok()?;
-    Some((mode, id))
-}
-
+/// The name of loaded BPF program `id`.
 fn program_name(id: u32) -> String {
-    let text = cmd("bpftool", &["prog", "show", "id", &id.to_string()]);
-    text.split(" name ").nth(1).and_then(|s| s.split_whitespace().next()).unwrap_or("?").to_string()
+    aya::programs::loaded_programs()
+        .filter_map(|p| p.ok())
+        .find(|p| p.id() == id)
+        .and_then(|p| p.name_as_str().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// The program the XDP link pinned at `path` runs.
+fn pinned_link_program(path: &std::path::Path) -> Option<u32> {
+    let link = aya::programs::links::PinnedLink::from_pin(path).ok()?;
+    aya::programs::links::FdLink::from(link).info().ok().map(|i| i.program_id())
 }
 
 fn read_sysctl(iface: &str, key: &str) -> Option<u32> {
@@ -147,32 +133,6 @@ pub async fn run(config: Option<&Config>, pin_dir: &std::path::Path, sample: Dur
         Ok(None) => out.push(fail("pins", format!("no drlb dataplane at {}: drlb is not running (fix: start it: `drlb run --config ...` or `systemctl start drlb`)", dir.display()))),
         Err(e) => out.push(fail("pins", format!("{e:#}"))),
     }
-    match attached_xdp(iface_name) {
-        Some((mode, id)) => {
-            let name = program_name(id);
-            let link = dir.join(crate::kernel::bpf::LINK_PIN);
-            let pinned_prog: Option<u32> = cmd("bpftool", &["link", "show", "pinned", &link.to_string_lossy()])
-                .split("prog ")
-                .nth(1)
-                .and_then(|s| s.split_whitespace().next())
-                .and_then(|s| s.parse().ok());
-            if name != crate::kernel::bpf::PROGRAM_LB {
-                out.push(fail("xdp", format!("{iface_name} runs XDP program `{name}` (id {id}), not drlb's: another XDP user took the interface (fix: remove it, then `drlb run`)")));
-            } else if pinned_prog.is_some_and(|p| p != id) {
-                out.push(fail("xdp", format!("{iface_name} runs a drlb program (id {id}) that is not the one pinned at {} (id {}): a second drlb replaced it (fix: `drlb stop`, then one `drlb run`)", link.display(), pinned_prog.unwrap_or(0))));
-            } else if pinned_prog.is_none() {
-                out.push(fail("xdp", format!("drlb's program is attached to {iface_name} but no link is pinned at {}: a restart cannot take it over (fix: `drlb stop`, then `drlb run`)", link.display())));
-            } else if mode == "generic" {
-                let lro = cmd("ethtool", &["-k", iface_name]).lines().any(|l| l.trim() == "large-receive-offload: on");
-                let why = if lro { "large-receive-offload is on (fix: ethtool -K IFACE lro off)" } else { "the driver has no native XDP, or xdp_mode is generic" };
-                out.push(ok("xdp", format!("drlb attached to {iface_name} in generic mode (slower): {why}")));
-            } else {
-                out.push(ok("xdp", format!("drlb attached to {iface_name} in {mode} mode (program id {id})")));
-            }
-        }
-        None => out.push(fail("xdp", format!("no XDP program on {iface_name}: nothing balances VIP traffic (it was detached, or drlb is not running; fix: `drlb stop`, then `drlb run`)"))),
-    }
-
     // The interface, the VIPs, ARP.
     let handle = netlink::connect()?;
     let iface = match netlink::interface(&handle, iface_name).await {
@@ -183,6 +143,31 @@ pub async fn run(config: Option<&Config>, pin_dir: &std::path::Path, sample: Dur
         }
     };
     out.push(ok("interface", format!("{iface_name} {} ({})", format_mac(&iface.mac), iface.describe_subnets())));
+    // What runs on the interface: drlb's pinned program?
+    match iface.xdp {
+        Some(XdpAttachment { mode, program_id: id }) => {
+            let name = program_name(id);
+            let link = dir.join(crate::kernel::bpf::LINK_PIN);
+            let pinned_prog = pinned_link_program(&link);
+            if name != crate::kernel::bpf::PROGRAM_LB {
+                out.push(fail("xdp", format!("{iface_name} runs XDP program `{name}` (id {id}), not drlb's: another XDP user took the interface (fix: remove it, then `drlb run`)")));
+            } else if pinned_prog.is_some_and(|p| p != id) {
+                out.push(fail("xdp", format!("{iface_name} runs a drlb program (id {id}) that is not the one pinned at {} (id {}): a second drlb replaced it (fix: `drlb stop`, then one `drlb run`)", link.display(), pinned_prog.unwrap_or(0))));
+            } else if pinned_prog.is_none() {
+                out.push(fail("xdp", format!("drlb's program is attached to {iface_name} but no link is pinned at {}: a restart cannot take it over (fix: `drlb stop`, then `drlb run`)", link.display())));
+            } else if mode == "generic" {
+                let why = if crate::kernel::ethtool::lro_on(iface_name) == Some(true) {
+                    "large-receive-offload is on (fix: ethtool -K IFACE lro off)"
+                } else {
+                    "the driver has no native XDP, or xdp_mode is generic"
+                };
+                out.push(ok("xdp", format!("drlb attached to {iface_name} in generic mode (slower): {why}")));
+            } else {
+                out.push(ok("xdp", format!("drlb attached to {iface_name} in {mode} mode (program id {id})")));
+            }
+        }
+        None => out.push(fail("xdp", format!("no XDP program on {iface_name}: nothing balances VIP traffic (it was detached, or drlb is not running; fix: `drlb stop`, then `drlb run`)"))),
+    }
     let arp_ignore = read_sysctl("all", "arp_ignore").unwrap_or(0).max(read_sysctl(iface_name, "arp_ignore").unwrap_or(0));
     let mut vips = subject.vips.clone();
     vips.sort();

@@ -5,12 +5,11 @@
 
 use std::fs::File;
 use std::io::{Read as _, Write as _};
-use std::os::fd::AsRawFd as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use anyhow::{Context as _, Result, anyhow, bail};
 use nix::sched::{CloneFlags, setns};
 
 use crate::kernel::mac::Mac;
@@ -73,30 +72,7 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Resu
 
 /// `ethtool -K IFACE tx off` in the calling thread's namespace: veth leaves TCP checksums
 /// to an offload that XDP_TX skips.
-pub fn tx_checksum_off(iface: &str) -> Result<()> {
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    const ETHTOOL_STXCSUM: u32 = 0x17;
-    const SIOCETHTOOL: u64 = 0x8946;
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
-    let mut value = EthtoolValue { cmd: ETHTOOL_STXCSUM, data: 0 };
-    // SAFETY: zeroed ifreq is valid; the name fits (checked) and stays NUL-terminated.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    ensure!(iface.len() < ifr.ifr_name.len(), "interface name {iface} too long");
-    for (d, s) in ifr.ifr_name.iter_mut().zip(iface.bytes()) {
-        *d = s as libc::c_char;
-    }
-    ifr.ifr_ifru.ifru_data = (&raw mut value).cast();
-    // SAFETY: SIOCETHTOOL with an ethtool_value that outlives the call.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL as _, &mut ifr) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("turning tx checksum offload off on {iface}"));
-    }
-    Ok(())
-}
+pub use crate::kernel::ethtool::tx_checksum_off;
 
 /// One HTTP/1.0 GET of `/` on port 80 of `addr`; the body of a 200 answer.
 pub fn http_get(addr: Ipv4Addr, timeout: Duration) -> Result<String> {

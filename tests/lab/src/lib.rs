@@ -657,6 +657,8 @@ impl Lab {
         for ns in self.namespaces.drain(..).rev() {
             delete_namespace(&ns);
         }
+        // A controller killed on purpose (hitless-restart tests) leaves its pidfile.
+        let _ = fs::remove_file(lb_userspace::kernel::process::pidfile_path(&self.pin_root().join("eth0")));
         if self.bpffs_mounted {
             // Unmounting drops every pin, and with them anything drlb left attached.
             let _ = sh("umount", &[&self.pin_root().to_string_lossy()]);
@@ -746,6 +748,7 @@ fn remove_stale_labs() {
             // `drlbPID-N-role` → the lab directory `drlbPID-N`.
             let lab_dir = std::env::temp_dir().join(name.rsplit_once('-').map(|(t, _)| t).unwrap_or(name));
             let _ = sh("umount", &[&lab_dir.join("bpffs").to_string_lossy()]);
+            let _ = fs::remove_file(lb_userspace::kernel::process::pidfile_path(&lab_dir.join("bpffs").join("eth0")));
             let _ = fs::remove_dir_all(lab_dir);
         }
     }
