@@ -181,6 +181,22 @@ fn vm_tests(kernels: &[&str], arch: &str) -> Result<(u64, u64)> {
     Ok((passed, skipped))
 }
 
+/// Clippy over the BPF crate for its target: every `unsafe` block there carries a
+/// `// SAFETY:` line (`#![deny(clippy::undocumented_unsafe_blocks)]` in each program).
+fn lint_bpf_unsafe() -> Result<()> {
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", "nightly", "cargo", "clippy", "--quiet", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--bins", "--release"])
+        .arg("--target-dir")
+        .arg(workspace_root().join("target/clippy-ebpf"))
+        .current_dir(workspace_root().join("lb-ebpf"))
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CARGO");
+    run_cmd(&mut cmd).context("clippy over lb-ebpf (undocumented unsafe blocks are errors there)")?;
+    println!("lint: lb-ebpf: every unsafe block has a SAFETY comment");
+    Ok(())
+}
+
 fn require_root(what: &str) -> Result<()> {
     if !is_root() {
         bail!("{what} needs root (BPF, network namespaces): run it with sudo");
@@ -219,6 +235,9 @@ fn main() -> Result<()> {
             let skip_record = workspace_root().join("target/tmp/skipped-tests.txt");
             let _ = std::fs::remove_file(&skip_record);
             let (mut passed, failed) = run_tests(&mut cmd)?;
+            if args.is_empty() {
+                lint_bpf_unsafe()?;
+            }
             let skipped_tests: Vec<String> =
                 std::fs::read_to_string(&skip_record).unwrap_or_default().lines().map(str::to_string).collect();
             for line in &skipped_tests {

@@ -85,6 +85,12 @@ fn rust_toolchain(needs: &Needs) -> Result<()> {
         say("adding rust-src to nightly (core is rebuilt for bpfel-unknown-none)");
         run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
     }
+    if components.lines().any(|l| l.starts_with("clippy")) {
+        say("nightly clippy present");
+    } else {
+        say("adding clippy to nightly (checks that every unsafe block in the BPF crate says why it is sound)");
+        run_cmd(Command::new("rustup").args(["component", "add", "clippy", "--toolchain", "nightly"]))?;
+    }
     if let Some(target) = &needs.cross_target {
         let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
         if installed.lines().any(|l| l.trim() == target) {
