@@ -150,6 +150,7 @@ fn initramfs(cache: &Path, drlb: &Path, arch: &str, kernel_dir: &Path) -> Result
          {insmods}\
          /drlb selftest --lab --fuzz 20000 > /tmp/out 2>&1 && /drlb bench --quick --no-live --runs 5 --out /tmp/b >> /tmp/out 2>&1\nrc=$?\n\
          grep -E 'selftest|fuzz|misses|meets|Error|error|panicked' /tmp/out\n\
+         [ $rc -ne 0 ] && echo 'drlb-vm: the output ends:' && tail -n 40 /tmp/out | grep -v '^ok: row'\n\
          echo \"drlb-vm: exit $rc\"\npoweroff -f\n"),
     )?;
     use std::os::unix::fs::PermissionsExt as _;
