@@ -67,10 +67,7 @@ fn off_link_server_all_down_and_detached_xdp_are_named() {
     }
     let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = Lab::build(XdpMode::Generic).expect("build the lab");
-    let config = lab.drlb_config().replace(
-        "    scheduler: wlc\n",
-        "    scheduler: wlc\n    health_check: { type: tcp, port: 80, interval: 300ms, timeout: 1s, retries: 0 }\n",
-    );
+    let config = lab.drlb_config_with_check("type: tcp, port: 80, interval: 300ms, timeout: 1s, retries: 0");
     lab.start_drlb_with(drlb(), &config).expect("start drlb");
 
     // A config naming a real server in another subnet.

@@ -124,10 +124,7 @@ fn metrics_are_served_on_loopback() {
     }
     let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = Lab::build(XdpMode::Native).expect("build the lab");
-    let config = lab.drlb_config().replace(
-        "    scheduler: wlc\n",
-        "    scheduler: wlc\n    health_check: { type: tcp, port: 80, interval: 300ms, timeout: 1s }\n",
-    );
+    let config = lab.drlb_config_with_check("type: tcp, port: 80, interval: 300ms, timeout: 1s");
     lab.start_drlb_with(drlb(), &config).expect("start drlb");
     let (_, held) = lab.connections(3, drlb_lab::CLIENT_ADDR, true).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
@@ -287,10 +284,7 @@ fn controller_failures_keep_forwarding_and_are_visible() {
     }
     let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = Lab::build(XdpMode::Generic).expect("build the lab");
-    let config = lab.drlb_config().replace(
-        "    scheduler: wlc\n",
-        "    scheduler: wlc\n    health_check: { type: tcp, port: 80, interval: 300ms, timeout: 1s }\n",
-    );
+    let config = lab.drlb_config_with_check("type: tcp, port: 80, interval: 300ms, timeout: 1s");
     lab.start_drlb_with(drlb(), &config).expect("start drlb");
     let metrics = |lab: &Lab| lab.fetch("director", "127.0.0.1:9469".parse().unwrap(), "/metrics").expect("GET /metrics");
 

@@ -172,6 +172,17 @@ pub enum Origin {
 /// may write it. A program run takes microseconds; this is thousands of them.
 pub const GRACE: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// Makes backend `slot` hold `want` through [`Backend::staged`]: a new MAC into the entry
+/// not in use, then one word switches to it.
+fn write_backend(m: &mut Array<&mut MapData, Backend>, slot: u32, want: &Backend) -> Result<()> {
+    let current = m.get(&slot, 0).with_context(|| format!("reading backend slot {slot}"))?;
+    let (writes, n) = current.staged(want);
+    for w in &writes[..n] {
+        m.set(slot, *w, 0).with_context(|| format!("writing backend slot {slot}"))?;
+    }
+    Ok(())
+}
+
 /// A removal of a key already gone is not an error.
 fn remove_if_present(r: std::result::Result<(), aya::maps::MapError>) -> std::result::Result<(), aya::maps::MapError> {
     match r {
@@ -514,11 +525,7 @@ impl Dataplane {
             let mut m: Array<&mut MapData, Backend> = Array::try_from(self.map_mut(MAP_BACKENDS)?)?;
             for (slot, b) in &tables.backends {
                 if changed(old.backends.get(slot) == Some(b)) {
-                    let current = m.get(slot, 0).with_context(|| format!("reading backend slot {slot}"))?;
-                    let (writes, n) = current.staged(b);
-                    for w in &writes[..n] {
-                        m.set(*slot, *w, 0).with_context(|| format!("writing backend slot {slot}"))?;
-                    }
+                    write_backend(&mut m, *slot, b)?;
                 }
             }
         }
@@ -601,11 +608,7 @@ impl Dataplane {
             // connection still pointing here is dropped, never sent to half a MAC.
             let mut m: Array<&mut MapData, Backend> = Array::try_from(self.map_mut(MAP_BACKENDS)?)?;
             for slot in old.backends.keys().filter(|s| !tables.backends.contains_key(s)) {
-                let current = m.get(slot, 0).with_context(|| format!("reading backend slot {slot}"))?;
-                let (writes, n) = current.staged(&Backend::default());
-                for w in &writes[..n] {
-                    m.set(*slot, *w, 0).with_context(|| format!("clearing backend slot {slot}"))?;
-                }
+                write_backend(&mut m, *slot, &Backend::default())?;
             }
         }
         Ok(())

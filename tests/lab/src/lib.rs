@@ -324,6 +324,12 @@ impl Lab {
         )
     }
 
+    /// [`Lab::drlb_config`] with `health_check: {check}` on the service (`check` is the
+    /// flow mapping's content, e.g. `type: tcp, port: 80, interval: 300ms`).
+    pub fn drlb_config_with_check(&self, check: &str) -> String {
+        self.drlb_config().replace("    scheduler: wlc\n", &format!("    scheduler: wlc\n    health_check: {{ {check} }}\n"))
+    }
+
     /// Starts `drlb run` with [`Lab::drlb_config`] in the director namespace; returns once
     /// it logs that it is ready.
     pub fn start_drlb(&mut self, drlb: &Path) -> Result<()> {
