@@ -67,6 +67,10 @@ mod key_tests {
 
 /// `Conn::flags`: counted in the real server's InActConn (IPVS `IP_VS_CONN_F_INACTIVE`).
 pub const CONN_F_INACTIVE: u8 = 1 << 0;
+/// `Conn::flags`: installed from a peer director's sync message, and no packet of it has
+/// reached this director since. The controller re-announces only connections this
+/// director forwards, so two directors never keep re-announcing each other's entries.
+pub const CONN_F_SYNCED: u8 = 1 << 1;
 
 /// Value of the connection table.
 #[repr(C)]

@@ -6,7 +6,7 @@
 //! Only a packet without a connection pays for the service lookup and the scheduler.
 
 use crate::addr::Addr16;
-use crate::conn::{tcp, Conn, ConnKey, CONN_F_INACTIVE};
+use crate::conn::{tcp, Conn, ConnKey, CONN_F_INACTIVE, CONN_F_SYNCED};
 use crate::flowcache::{self, FlowCacheEntry};
 use crate::maps::{
     Scheduler, Backend, ConnCounts, Persist, BACKEND_F_PRESENT, SchedState, Service, ServiceKey, Vip, VipKey, IPPROTO_TCP,
@@ -174,11 +174,12 @@ pub fn mh_hash(client: &Addr16) -> u32 {
 }
 
 /// Applies one TCP segment to a connection (`set_tcp_state()`), moving the backend's
-/// counts between active and inactive as IPVS does.
+/// counts between active and inactive as IPVS does. True when the state changed.
 #[inline(always)]
-fn tcp_transition<T: Tables>(t: &T, c: &mut Conn, flags: u8) {
+fn tcp_transition<T: Tables>(t: &T, c: &mut Conn, flags: u8) -> bool {
     let new = tcp::next_state(c.state, flags);
-    if new != c.state {
+    let changed = new != c.state;
+    if changed {
         if !c.is_inactive() && new != tcp::ESTABLISHED {
             t.adjust_conn_counts(c.backend, -1, 1);
             c.flags |= CONN_F_INACTIVE;
@@ -192,6 +193,7 @@ fn tcp_transition<T: Tables>(t: &T, c: &mut Conn, flags: u8) {
             None => 0,
         };
     }
+    changed
 }
 
 /// Takes a dead connection out of its backend's counts.
@@ -227,6 +229,12 @@ pub struct Outcome {
     /// Backend slot, when one was chosen.
     pub slot: Option<u32>,
     pub service: Option<u32>,
+    /// The packet made the connection or changed its state: what connection sync reports
+    /// (with `state`, `conn_flags`, `slot` and `service`).
+    pub conn_changed: bool,
+    /// The connection's state and flags after the packet.
+    pub state: u8,
+    pub conn_flags: u8,
 }
 
 /// Decides what happens to one frame and, when it is forwarded, rewrites its MACs.
@@ -290,9 +298,15 @@ pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &m
                     release(t, c);
                     Lookup::Dead
                 } else {
-                    if is_tcp {
-                        tcp_transition(t, c, l4.tcp_flags);
+                    if is_tcp && tcp_transition(t, c, l4.tcp_flags) {
+                        out.conn_changed = true;
+                        out.state = c.state;
+                        out.service = Some(c.service);
                     }
+                    // A packet reached this director: the connection is now its own to
+                    // announce, wherever it was made.
+                    c.flags &= !CONN_F_SYNCED;
+                    out.conn_flags = c.flags;
                     c.last_seen = now;
                     let keep = cacheable && flowcache::conn_cacheable(c, is_tcp);
                     t.with_flow_cache(cache_index, |e| if keep { e.fill(key, c, now, generation) } else { e.clear() });
@@ -375,6 +389,9 @@ pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &m
             // remain here: it must not outlive the connection that replaces it.
             t.with_flow_cache(cache_index, |e| e.clear());
             out.new_conn = true;
+            out.conn_changed = true;
+            out.state = c.state;
+            out.conn_flags = c.flags;
             (slot, Verdict::TxScheduled)
         }
     };

@@ -4,6 +4,7 @@
 //! * [`verdict`]: what happens to a frame and why: the XDP action and the per-CPU counter index.
 //! * [`packet`]: header parsing over any [`packet::Packet`] (XDP context or a byte slice).
 //! * [`dataplane`]: the forwarding decision itself, over any [`dataplane::Tables`].
+//! * [`sync`]: connections a peer director reports, installed into the same tables.
 //!
 //! The same code is compiled into the BPF object and unit/property-tested on the host.
 #![no_std]
@@ -16,6 +17,7 @@ pub mod hash;
 pub mod maps;
 pub mod packet;
 pub mod sched;
+pub mod sync;
 pub mod verdict;
 
 #[cfg(any(test, feature = "host"))]

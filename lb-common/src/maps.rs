@@ -78,6 +78,34 @@ pub struct TraceEvent {
     pub service: u32,
 }
 
+/// `Array<u32>`: 1 while connection sync runs; the program then reports every new
+/// connection and every state change to `DRLB_CONN_EVENTS`. Read only by packets that make
+/// or change a connection, never by established ones. Not pinned: each program has its own.
+pub const MAP_SYNC_ON: &str = "DRLB_SYNC_ON";
+/// `RingBuf` of [`ConnEvent`]s, for connection sync. Not pinned.
+pub const MAP_CONN_EVENTS: &str = "DRLB_CONN_EVENTS";
+/// Size of `DRLB_CONN_EVENTS` in bytes: 64 Ki events of 56 bytes (with the ring's 8-byte
+/// headers), a second of 64k new connections a second between two reads.
+pub const CONN_EVENTS_RING_BYTES: u32 = 1 << 22;
+
+/// A connection made or changed by a packet, as the program reports it for sync.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ConnEvent {
+    pub key: crate::conn::ConnKey,
+    /// Backend slot.
+    pub backend: u32,
+    /// Service id.
+    pub service: u32,
+    /// IPVS state (TCP: `conn::tcp`; UDP: 0).
+    pub state: u8,
+    /// `Conn::flags` after the packet.
+    pub flags: u8,
+    /// 1 when the packet made the connection.
+    pub new_conn: u8,
+    pub _pad: [u8; 5],
+}
+
 /// `Array<u64>`: the dataplane clock, written by the `drlb_clock` program (never pinned).
 pub const MAP_CLOCK: &str = "DRLB_CLOCK";
 /// `PerCpuArray<u64>`: frames counted by the benchmark's sink program (never pinned).
@@ -535,6 +563,7 @@ mod pod {
     unsafe impl aya::Pod for super::Persist {}
     unsafe impl aya::Pod for super::SchedState {}
     unsafe impl aya::Pod for super::TraceEvent {}
+    unsafe impl aya::Pod for super::ConnEvent {}
     unsafe impl aya::Pod for crate::conn::ConnKey {}
     unsafe impl aya::Pod for crate::conn::Conn {}
 }
@@ -555,6 +584,7 @@ mod tests {
         assert_eq!(size_of::<Persist>(), 16);
         assert_eq!(size_of::<Backend>(), 16 + 2 * 12 + 4 + 4);
         assert_eq!(size_of::<ServiceSlot>(), 8 + 2 * size_of::<Service>());
+        assert_eq!(size_of::<ConnEvent>(), 40 + 4 + 4 + 3 + 5);
     }
 
     fn svc(count: u32) -> Service {

@@ -30,6 +30,9 @@ pub fn drlb_xdp(ctx: XdpContext) -> u32 {
     // Packets not for a VIP never read the trace switch.
     if out.vip_bound {
         maps::trace(&out, stat);
+        if out.conn_changed {
+            maps::report_conn(&out);
+        }
     }
     stat.xdp_action()
 }

@@ -21,7 +21,7 @@ use lb_common::{
     dataplane::{Outcome, Tables},
     flowcache::{FlowCacheEntry, FLOW_CACHE_SIZE},
     maps::{
-        vip_filter_index, Backend, BackendStats, ConnCounts, Persist, SchedState, Service, ServiceKey, ServiceSlot,
+        vip_filter_index, Backend, BackendStats, ConnCounts, ConnEvent, CONN_EVENTS_RING_BYTES, Persist, SchedState, Service, ServiceKey, ServiceSlot,
         TraceEvent, Vip, VipKey, DEFAULT_CONN_TABLE_SIZE, L2, MAX_BACKENDS, MAX_SERVICES, MAX_VIPS, MEMBERS_SIZE, META_SIZE,
         PERSIST_TABLE_SIZE, SCHED_TABLE_SIZE, TRACE_RING_BYTES, VIP_FILTER_SIZE,
     },
@@ -365,6 +365,38 @@ pub fn trace(out: &Outcome, stat: Verdict) {
             Some(s) => s,
             None => u32::MAX,
         };
+    }
+    entry.submit(0);
+}
+
+#[map(name = "DRLB_SYNC_ON")]
+static SYNC_ON: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map(name = "DRLB_CONN_EVENTS")]
+static CONN_EVENTS: RingBuf = RingBuf::with_byte_size(CONN_EVENTS_RING_BYTES, 0);
+
+/// Reports a new connection or a state change for connection sync, if sync runs. Only
+/// packets that made or changed a connection come here.
+#[inline(always)]
+pub fn report_conn(out: &Outcome) {
+    if !matches!(SYNC_ON.get_ptr(0), Some(on) if read(on) != 0) {
+        return;
+    }
+    let (Some(slot), Some(service)) = (out.slot, out.service) else { return };
+    // A full ring (the controller is behind) loses the event: the sweep's re-announcement
+    // sends the connection later.
+    let Some(mut entry) = CONN_EVENTS.reserve::<ConnEvent>(0) else { return };
+    let p = entry.as_mut_ptr();
+    // SAFETY: `p` points to a reserved, writable ConnEvent in the ring that only this
+    // program holds until it submits it.
+    unsafe {
+        (*p).key = out.key;
+        (*p).backend = slot;
+        (*p).service = service;
+        (*p).state = out.state;
+        (*p).flags = out.conn_flags;
+        (*p).new_conn = out.new_conn as u8;
+        (*p)._pad = [0; 5];
     }
     entry.submit(0);
 }

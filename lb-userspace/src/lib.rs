@@ -19,3 +19,4 @@ pub mod kernel;
 pub mod observe;
 pub mod realserver;
 pub mod selftest;
+pub mod sync;

@@ -25,6 +25,9 @@ use crate::control::tables::{Down, Usability, usability};
 use crate::kernel::content::MapContent;
 use crate::kernel::mac::{format_mac, Mac};
 use tokio::sync::mpsc;
+use crate::control::vips::VipTracker;
+use crate::observe::state::{ControllerState, SyncState};
+use crate::sync::{Counter, Names, Sync, due_for_refresh};
 
 /// How long start-up waits for real servers' ARP replies before attaching anyway.
 const INITIAL_RESOLUTION_WAIT: Duration = Duration::from_secs(3);
@@ -121,6 +124,13 @@ struct Controller {
     retry_pending: bool,
     /// Tables were decided but their write did not complete.
     maps_stale: bool,
+    /// Connection sync, when `director.sync` is set.
+    sync: Option<Sync>,
+    /// Which VIPs the interface holds.
+    vips: VipTracker,
+    /// Dataplane time of the previous sweep (sync re-announces what fell due since).
+    last_sweep: Option<u64>,
+    pin_dir: PathBuf,
 }
 
 impl Controller {
@@ -137,6 +147,9 @@ impl Controller {
         self.slots = slots;
         self.tables = tables;
         self.maps_stale = true;
+        if let Some(sync) = &self.sync {
+            sync.set_names(Names::new(&self.tables));
+        }
         self.dp.apply(&self.tables).context("updating the maps").map_err(ApplyError::Write)?;
         self.maps_stale = false;
         self.metrics.set_maps_current(true);
@@ -236,6 +249,7 @@ impl Controller {
             Ok(()) => {}
         }
         self.config = new;
+        self.follow_addresses().await;
         for addr in self.wanted().into_iter().filter(|a| !before.contains(a) && !self.macs.contains_key(a)) {
             if let Err(e) = netlink::trigger_resolution(&self.handle, self.iface.index, addr).await {
                 warn!("{e:#}");
@@ -315,9 +329,79 @@ impl Controller {
         }
     }
 
+    /// Sync: sends the connections whose refresh fell due since the last sweep.
+    fn reannounce(&mut self, entries: &[(lb_common::conn::ConnKey, lb_common::conn::Conn)], now: u64) {
+        let (Some(sync), Some(cfg)) = (&self.sync, &self.config.director.sync) else { return };
+        let prev = self.last_sweep.replace(now).unwrap_or(now);
+        let period = cfg.refresh_period.as_secs() * self.dp.hz() as u64;
+        let names = Names::new(&self.tables);
+        let records: Vec<_> = entries
+            .iter()
+            .filter(|(k, c)| due_for_refresh(k, c, prev, now, period))
+            .flat_map(|(k, c)| names.records(k, c.backend, c.service, c.state, c.flags, false))
+            .collect();
+        sync.announce(records);
+    }
+
+    /// Installs one datagram's connections from a peer.
+    fn install_synced(&mut self, records: Vec<lb_common::sync::SyncedConn>) {
+        let Some(sync) = &self.sync else { return };
+        let now = match self.dp.now() {
+            Ok(n) => n,
+            Err(e) => {
+                debug!("reading the dataplane clock: {e:#}");
+                return;
+            }
+        };
+        for r in self.dp.install_synced(&records, now) {
+            sync.counters.add(Counter::of_install(r), 1);
+        }
+    }
+
+    /// What `drlb status` and doctor read of this controller (VIPs held, sync).
+    fn write_state(&self) {
+        let state = ControllerState {
+            written: crate::observe::state::unix_now(),
+            vips: self.vips.snapshot(),
+            sync: self.sync.as_ref().map(|s| SyncState {
+                description: s.description.clone(),
+                counters: s.counters.snapshot(),
+                peers_seen: s.counters.peers_seen(),
+            }),
+        };
+        if let Err(e) = state.write(&self.pin_dir) {
+            debug!("{e:#}");
+        }
+    }
+
+    /// The interface's addresses changed (or the configured VIPs did).
+    async fn follow_addresses(&mut self) {
+        match netlink::addresses(&self.handle, self.iface.index).await {
+            Ok(addrs) => {
+                for (vip, owned) in self.vips.update(&self.config, &addrs) {
+                    if owned {
+                        info!("VIP {vip} is on {} now: this director receives its traffic", self.iface.name);
+                    } else {
+                        info!("VIP {vip} left {}: another director (or none) receives its traffic", self.iface.name);
+                    }
+                }
+            }
+            Err(e) => warn!("{e:#}"),
+        }
+    }
+
     fn sweep(&mut self) {
-        match self.dp.now().and_then(|now| self.dp.sweep(now)) {
+        let now = match self.dp.now() {
+            Ok(n) => n,
+            Err(e) => {
+                warn!("reading the dataplane clock: {e:#}; next sweep in {SWEEP_INTERVAL:?}");
+                self.metrics.controller_error("sweep");
+                return;
+            }
+        };
+        match self.dp.sweep(now) {
             Ok(r) => {
+                self.reannounce(&r.entries, now);
                 for (slot, had, now) in &r.corrected {
                     debug!(
                         "backend slot {slot}: counts corrected from {}/{} to {}/{} active/inactive",
@@ -423,7 +507,23 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
         metrics: Arc::new(Metrics::new()),
         retry_pending: false,
         maps_stale: false,
+        sync: None,
+        vips: VipTracker::default(),
+        last_sweep: None,
+        pin_dir: pin_dir.clone(),
     };
+    let mut addresses = netlink::AddressWatch::subscribe()?;
+    c.follow_addresses().await;
+    if let Some(cfg) = c.config.director.sync.clone() {
+        let on = netlink::interface(&c.handle, &cfg.interface).await.context("director.sync.interface")?;
+        let own = netlink::addresses(&c.handle, on.index).await?;
+        let ring = c.dp.take_conn_events()?;
+        let sync = Sync::start(&cfg, on.index, on.mtu, own, ring, Names::new(&c.tables))?;
+        c.dp.set_conn_events(true)?;
+        info!("connection sync: {}", sync.description);
+        c.sync = Some(sync);
+    }
+    let mut sync_inbox = c.sync.as_mut().map(|s| std::mem::replace(&mut s.inbox, mpsc::channel(1).1));
     // At start nothing forwards yet: a config that does not fit is fatal here.
     let config = c.config.clone();
     c.apply_config(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -478,6 +578,7 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
             _ = sweep.tick() => c.sweep(),
             _ = observe.tick() => {
                 c.retry_if_stale();
+                c.write_state();
                 if c.config.director.metrics_listen.is_some() {
                     match status::read(&pin_dir, Some(&c.config)) {
                         Ok(s) => c.metrics.set_status(s),
@@ -489,6 +590,8 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
                 }
             }
             Some(r) = rounds.recv() => c.on_round(r),
+            Some(records) = next_synced(&mut sync_inbox) => c.install_synced(records),
+            Some(ifindex) = addresses.next() => if ifindex == c.iface.index { c.follow_addresses().await },
             _ = refresh.tick() => {
                 for addr in c.wanted() {
                     if let Err(e) = netlink::trigger_resolution(&c.handle, c.iface.index, addr).await {
@@ -510,6 +613,11 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
         }
     }
     notify::stopping();
+    if let Some(mut s) = c.sync.take() {
+        s.stop();
+        let _ = c.dp.set_conn_events(false);
+    }
+    ControllerState::remove(&pin_dir);
     if let Some(t) = metrics_task {
         t.abort();
     }
@@ -528,6 +636,14 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
         info!("detached from {}", c.iface.name);
     }
     Ok(())
+}
+
+/// The next datagram of synced connections; never, without sync.
+async fn next_synced(inbox: &mut Option<mpsc::Receiver<Vec<lb_common::sync::SyncedConn>>>) -> Option<Vec<lb_common::sync::SyncedConn>> {
+    match inbox {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// One line per real server: `rs web 198.18.0.11: active=.. inactive=.. conns=.. packets=.. bytes=..`.

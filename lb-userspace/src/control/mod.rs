@@ -8,3 +8,4 @@ pub mod health;
 pub mod sched_tables;
 pub mod slots;
 pub mod tables;
+pub mod vips;

@@ -136,10 +136,10 @@ use crate::kernel::maps::{self, MapSource};
 
 /// drlb's loaded dataplane.
 pub struct Dataplane {
-    ebpf: Ebpf,
+    pub(super) ebpf: Ebpf,
     /// What the last `apply` wrote, so the next one writes only differences and clears
     /// what is gone.
-    applied: MapContent,
+    pub(super) applied: MapContent,
     /// Where maps and the XDP link are pinned, if they are.
     pin_dir: Option<PathBuf>,
     /// Ticks per second of the dataplane clock (the kernel's HZ).
@@ -239,6 +239,8 @@ pub struct SweepReport {
     pub corrected: Vec<(u32, ConnCounts, ConnCounts)>,
     /// Backend slots that live connections use.
     pub in_use: std::collections::BTreeSet<u32>,
+    /// Every entry the sweep read (live or not), for sync's re-announcements.
+    pub entries: Vec<(ConnKey, Conn)>,
 }
 
 /// Monotonic nanoseconds, the clock `bpf_ktime_get_ns()` reads.
@@ -755,6 +757,7 @@ impl Dataplane {
                 report.corrected.push((slot, have, want));
             }
         }
+        report.entries = entries;
         Ok(report)
     }
 }

@@ -12,3 +12,4 @@ pub mod netlink;
 pub mod notify;
 pub mod pins;
 pub mod process;
+pub mod sync_maps;

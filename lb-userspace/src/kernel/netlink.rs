@@ -28,6 +28,7 @@ pub struct Interface {
     pub ipv4: Vec<(Ipv4Addr, u8)>,
     /// The XDP program attached, as the link reports it.
     pub xdp: Option<XdpAttachment>,
+    pub mtu: u32,
 }
 
 /// An XDP program on an interface (IFLA_XDP).
@@ -117,7 +118,11 @@ pub async fn interface(handle: &Handle, name: &str) -> Result<Interface> {
         }
     }
     let xdp = xdp_attachment(&link.attributes);
-    Ok(Interface { name: name.to_string(), index, mac, ipv4, xdp })
+    let mtu = link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Mtu(m) => Some(*m),
+        _ => None,
+    });
+    Ok(Interface { name: name.to_string(), index, mac, ipv4, xdp, mtu: mtu.unwrap_or(1500) })
 }
 
 /// A neighbour-table fact about one address on one interface.
@@ -249,6 +254,53 @@ impl NeighbourWatch {
     }
 }
 
+/// Every address on interface `ifindex` now (IPv4 and IPv6).
+pub async fn addresses(handle: &Handle, ifindex: u32) -> Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    let mut dump = handle.address().get().set_link_index_filter(ifindex).execute();
+    while let Some(msg) = dump.try_next().await.context("listing the interface's addresses")? {
+        for attr in &msg.attributes {
+            if let AddressAttribute::Local(a) | AddressAttribute::Address(a) = attr
+                && !out.contains(a)
+            {
+                out.push(*a);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Address changes (RTM_NEWADDR/RTM_DELADDR), whoever makes them: keepalived moving a
+/// VIP, a BGP speaker's helper, an operator.
+pub struct AddressWatch {
+    messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
+}
+
+impl AddressWatch {
+    /// Subscribes to RTNLGRP_IPV4_IFADDR and RTNLGRP_IPV6_IFADDR. Subscribe before listing.
+    pub fn subscribe() -> Result<Self> {
+        let (conn, _handle, messages) =
+            rtnetlink::new_multicast_connection(&[MulticastGroup::Ipv4Ifaddr, MulticastGroup::Ipv6Ifaddr])
+                .context("subscribing to address changes")?;
+        tokio::spawn(conn);
+        Ok(AddressWatch { messages })
+    }
+
+    /// The interface index of the next address change; `None` if the subscription ended.
+    pub async fn next(&mut self) -> Option<u32> {
+        use futures::StreamExt as _;
+        loop {
+            let (msg, _) = self.messages.next().await?;
+            match msg.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a)) => {
+                    return Some(a.header.index);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,6 +313,7 @@ mod tests {
             mac: [0; 6],
             ipv4: vec![("198.18.0.2".parse().unwrap(), 24), ("198.18.0.100".parse().unwrap(), 32)],
             xdp: None,
+            mtu: 1500,
         };
         assert!(i.on_link("198.18.0.11".parse().unwrap()));
         assert!(!i.on_link("198.19.0.11".parse().unwrap()));

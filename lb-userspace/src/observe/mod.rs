@@ -4,5 +4,6 @@
 
 pub mod doctor;
 pub mod metrics;
+pub mod state;
 pub mod status;
 pub mod trace;

@@ -180,6 +180,11 @@ pub enum Setup {
     Age(u64),
     /// Insert an ESTABLISHED connection for the frame to this backend slot.
     Established(u32),
+    /// Install the frame's connection as a peer director reported it (connection sync):
+    /// to the real server at this address, in this state, active or not.
+    Synced([u8; 4], u8, bool),
+    /// Install a persistence template for the frame's client as a peer reported it.
+    SyncedTemplate([u8; 4]),
 }
 
 pub struct Row {
@@ -331,6 +336,20 @@ pub fn rows() -> Vec<Row> {
     v.push(row("a SYN afterwards is a fresh connection", tcp_to(short, 46000, 80, SYN), To(TxScheduled, RS1)).conn(tcp::SYN_RECV, true).counts(slot::SHORT_RS1, 0, 1));
     v.push(row("a SYN on an expired entry replaces it (old count released)", tcp_to(short, 46000, 80, SYN), To(TxScheduled, RS1))
         .setup(Setup::Age(100)).conn(tcp::SYN_RECV, true).counts(slot::SHORT_RS1, 0, 1));
+    // --- connections installed by sync (what a peer director reported) ---
+    let (rs1, rs2) = ([198, 18, 0, 11], [198, 18, 0, 12]);
+    v.push(row("synced ESTABLISHED connection to rs1: its ACK is forwarded there, not dropped as without an entry", tcp_to(web, 47000, 80, ACK), To(TxForwarded, RS1))
+        .setup(Setup::Synced(rs1, tcp::ESTABLISHED, false)).conn(tcp::ESTABLISHED, false));
+    v.push(row("its FIN: FIN_WAIT here as on the peer, inactive", tcp_to(web, 47000, 80, FIN_ACK), To(TxForwarded, RS1)).conn(tcp::FIN_WAIT, true));
+    v.push(row("synced half-open (SYN_RECV, inactive) connection to rs2: the ACK completes it here", tcp_to(web, 47001, 80, ACK), To(TxForwarded, RS2))
+        .setup(Setup::Synced(rs2, tcp::SYN_RECV, true)).conn(tcp::ESTABLISHED, false));
+    v.push(row("a peer's report moves a connection to its real server (the peer's entry wins, as in IPVS)", tcp_to(web, 47001, 80, ACK), To(TxForwarded, RS1))
+        .setup(Setup::Synced(rs1, tcp::ESTABLISHED, false)).conn(tcp::ESTABLISHED, false));
+    v.push(row("synced connection of a real server this director lacks: not installed, the ACK is dropped", tcp_to(web, 47002, 80, ACK), Untouched(DropNoConnection))
+        .setup(Setup::Synced([198, 18, 0, 99], tcp::ESTABLISHED, false)).no_conn());
+    let sticky = vip(STICKY);
+    v.push(row("synced persistence template (sticky, /24) to rs2: a new client of that /24 goes to rs2", tcp_from(CLIENT_SAME_NET, sticky, 47003, 80, SYN), To(TxScheduled, RS2))
+        .setup(Setup::SyncedTemplate(rs2)).conn(tcp::SYN_RECV, true));
     v
 }
 
@@ -428,7 +447,21 @@ impl Harness {
                 self.dp.set_conn_counts(*slot, counts).unwrap();
                 self.model.counts.borrow_mut().insert(*slot, counts);
             }
+            Setup::Synced(server, state, inactive) => self.install(key.unwrap(), *server, *state, *inactive, false),
+            Setup::SyncedTemplate(server) => {
+                let key = ConnKey { cport: 0, ..key.unwrap() };
+                self.install(key, *server, 0, false, true)
+            }
         }
+    }
+
+    /// Installs one synced record into the kernel's maps and the model; both must take it
+    /// alike.
+    fn install(&mut self, key: ConnKey, server: [u8; 4], state: u8, inactive: bool, template: bool) {
+        let rec = lb_common::sync::SyncedConn { key, server: v4_mapped(server), server_port: key.vport, state, inactive, template, timeout_s: 0 };
+        let kernel = self.dp.install_synced(&[rec], self.dp.now().unwrap());
+        let model = lb_common::sync::install(&self.model, &rec, monotonic_ns() / 1_000_000);
+        assert_eq!(kernel, vec![model], "kernel maps and host model install {rec:?} differently");
     }
 
     pub fn kernel_counts(&self, slot: u32) -> ConnCounts {

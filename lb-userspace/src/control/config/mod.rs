@@ -43,6 +43,46 @@ pub struct Director {
     /// exposing them on other interfaces is a deliberate choice.
     #[serde(default = "default_metrics_listen")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Connection sync with the other directors of the pair (IPVS's sync protocol).
+    #[serde(default)]
+    pub sync: Option<SyncConfig>,
+}
+
+/// `director.sync`: what IPVS's `ipvsadm --start-daemon` (keepalived's `lvs_sync_daemon`)
+/// is told, under the same defaults.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Where sync datagrams are sent and received (`--mcast-interface`).
+    pub interface: String,
+    /// Identifies the pair (`--syncid`): datagrams of other syncids are ignored; 0 takes
+    /// every syncid, as an IPVS backup does.
+    pub syncid: u8,
+    #[serde(default = "default_sync_group")]
+    pub group: std::net::Ipv4Addr,
+    #[serde(default = "default_sync_port")]
+    pub port: u16,
+    /// Unicast instead of multicast: the peers' addresses. Datagrams from anyone else are
+    /// then ignored (and counted as `not_a_peer`).
+    #[serde(default)]
+    pub peers: Vec<IpAddr>,
+    /// How often a connection with traffic is re-announced, so a peer's copy never expires
+    /// before this director's (IPVS's sync_refresh_period). Below every service's UDP
+    /// and TCP timeout.
+    #[serde(default = "default_sync_refresh", with = "duration::required")]
+    pub refresh_period: Duration,
+}
+
+fn default_sync_group() -> std::net::Ipv4Addr {
+    crate::sync::wire::DEFAULT_GROUP
+}
+
+fn default_sync_port() -> u16 {
+    crate::sync::wire::DEFAULT_PORT
+}
+
+fn default_sync_refresh() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_metrics_listen() -> Option<std::net::SocketAddr> {
@@ -468,6 +508,29 @@ impl Config {
                 "director.conn_table_size".into(),
                 format!("conn_table_size {size} is outside 1024..=67108864"),
             ));
+        }
+        if let Some(sync) = &self.director.sync {
+            let shortest = self.services.iter().flat_map(|s| [s.timeouts.tcp, s.timeouts.udp]).min();
+            if sync.refresh_period < Duration::from_secs(1) {
+                problems.push(("director.sync.refresh_period".into(), "refresh_period must be at least 1s".into()));
+            } else if let Some(t) = shortest.filter(|t| sync.refresh_period >= *t) {
+                problems.push((
+                    "director.sync.refresh_period".into(),
+                    format!(
+                        "refresh_period {} is not below the shortest service timeout ({}): a peer's copy of a busy \
+                         connection would expire",
+                        humantime::format_duration(sync.refresh_period),
+                        humantime::format_duration(t)
+                    ),
+                ));
+            }
+            if !sync.group.is_multicast() {
+                problems.push(("director.sync.group".into(), format!("{} is not a multicast group", sync.group)));
+            }
+            let iface = &sync.interface;
+            if iface.is_empty() || iface.len() > 15 || iface.contains(['/', ' ']) {
+                problems.push(("director.sync.interface".into(), format!("`{iface}` is not a valid interface name")));
+            }
         }
         problems.extend(crate::control::tables::check_budget(self));
         let mut names = HashSet::new();

@@ -1,0 +1,70 @@
+//! What only the running controller knows — which VIPs this director holds and since when,
+//! and connection sync's counters — written to `/run/drlb/<pin dir>.state.json` once a
+//! second, so `drlb status`, `drlb doctor` and the metrics show it like the maps.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// One VIP of the configuration, as this director's interface has it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VipOwnership {
+    pub vip: IpAddr,
+    /// The address is on the director's interface now.
+    pub owned: bool,
+    /// When it was last added or removed (Unix seconds), as the controller saw it.
+    pub since: u64,
+}
+
+/// Connection sync, as the controller last counted it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SyncState {
+    /// "syncid 7 on eth0 via 224.0.0.81:8848".
+    pub description: String,
+    /// Non-zero counters by name (`crate::sync::Counter`).
+    pub counters: BTreeMap<String, u64>,
+    /// Peers heard from, with the Unix second of their last good datagram.
+    pub peers_seen: BTreeMap<IpAddr, u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ControllerState {
+    /// When written (Unix seconds): a stale file belongs to a controller that stopped.
+    pub written: u64,
+    pub vips: Vec<VipOwnership>,
+    pub sync: Option<SyncState>,
+}
+
+/// The state file of the controller of the dataplane pinned at `pin_dir`.
+pub fn path(pin_dir: &Path) -> PathBuf {
+    crate::kernel::process::pidfile_path(pin_dir).with_extension("state.json")
+}
+
+impl ControllerState {
+    /// Replaces the file atomically (written beside it, then renamed).
+    pub fn write(&self, pin_dir: &Path) -> Result<()> {
+        let p = path(pin_dir);
+        let tmp = p.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &p).with_context(|| format!("replacing {}", p.display()))
+    }
+
+    /// The state the running controller of `pin_dir` wrote, if one runs.
+    pub fn read(pin_dir: &Path) -> Option<ControllerState> {
+        crate::kernel::process::running_controller(pin_dir).ok().flatten()?;
+        let text = std::fs::read(path(pin_dir)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    pub fn remove(pin_dir: &Path) {
+        let _ = std::fs::remove_file(path(pin_dir));
+    }
+}
