@@ -46,6 +46,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Exit 0 when this director's controller runs, is responsive and its dataplane is
+    /// attached; otherwise say why and exit 1. For keepalived's `vrrp_script`, so a director
+    /// whose drlb is not serving gives its VIPs away (configs/keepalived-vrrp.conf).
+    Ready {
+        /// As for `status`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Benchmark the dataplane: BPF_PROG_TEST_RUN replay against floors measured in the
     /// same run, and live forwarding through a veth pair. Writes a Markdown report, an SVG
     /// chart and JSON to --out.
@@ -68,6 +76,9 @@ enum Command {
         /// Real servers behind the bench VIP (wlc).
         #[arg(long, default_value_t = 16)]
         real_servers: u32,
+        /// With connection sync's reports on (the ring read as the controller would).
+        #[arg(long)]
+        sync: bool,
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
         /// Print one JSON object instead of the Markdown report.
@@ -246,6 +257,22 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Ready { config } => {
+            let targets = match targets(config) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("drlb ready: not ready: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            for (_, dir) in &targets {
+                if let Err(why) = lb_userspace::observe::state::ready(dir) {
+                    eprintln!("drlb ready: not ready: {why}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            ExitCode::SUCCESS
+        }
         Command::Status { config, stats, rate, reasons, json } => {
             let targets = match targets(config) {
                 Ok(t) => t,
@@ -272,13 +299,14 @@ fn main() -> ExitCode {
             }
             code
         }
-        Command::Bench { runs, quick, no_live, pcap, rewrite_vip, real_servers, out, json } => {
+        Command::Bench { runs, quick, no_live, pcap, rewrite_vip, real_servers, sync, out, json } => {
             let mut opts = if quick { lb_userspace::bench::Options::quick() } else { lb_userspace::bench::Options::full() };
             opts.runs = runs.max(5);
             opts.live = !no_live;
             opts.pcap = pcap;
             opts.pcap_rewrite_vip = rewrite_vip;
             opts.real_servers = real_servers.clamp(1, 256);
+            opts.sync = sync;
             opts.progress = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
             let machine = lb_userspace::bench::report::Machine::probe();
             match lb_userspace::bench::run(&opts) {

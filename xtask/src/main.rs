@@ -47,6 +47,10 @@ enum Cmd {
         /// native or generic XDP on the director.
         #[arg(long, default_value = "native")]
         mode: String,
+        /// Two directors with keepalived and connection sync: the master fails, every
+        /// connection goes on through the backup.
+        #[arg(long)]
+        ha: bool,
     },
     /// Clippy over the BPF crate for its target (every unsafe block says why it is sound).
     Lint,
@@ -273,11 +277,16 @@ fn main() -> Result<()> {
             };
             vm_tests(&kernels, &arch).map(|_| ())
         }
-        Cmd::Demo { mode } => {
+        Cmd::Demo { mode, ha } => {
             require_root("cargo xtask demo")?;
             setup::ensure(&setup::Needs::default())?;
             let dir = build(false, None)?;
-            run_cmd(Command::new(dir.join("drlb-lab")).args(["demo", "--mode", &mode, "--drlb"]).arg(dir.join("drlb")))
+            let mut cmd = Command::new(dir.join("drlb-lab"));
+            cmd.args(["demo", "--mode", &mode, "--drlb"]).arg(dir.join("drlb"));
+            if ha {
+                cmd.arg("--ha");
+            }
+            run_cmd(&mut cmd)
         }
         Cmd::Bench { args } => {
             require_root("cargo xtask bench")?;

@@ -17,6 +17,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nginx-light", "the lab's real servers"),
     ("tcpdump", "the lab's proof that replies bypass the director"),
     ("iputils-ping", "the lab's ping of the director"),
+    ("keepalived", "VRRP between the lab's two directors (keepalived --vrrp)"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -38,6 +38,9 @@ pub struct Options {
     pub pcap: Option<PathBuf>,
     pub pcap_rewrite_vip: bool,
     pub progress: bool,
+    /// Connection sync on: the program reports new connections and state changes to its
+    /// ring, which a thread drains as the controller's sync would.
+    pub sync: bool,
 }
 
 impl Options {
@@ -54,6 +57,7 @@ impl Options {
             pcap: None,
             pcap_rewrite_vip: false,
             progress: true,
+            sync: false,
         }
     }
 
@@ -125,6 +129,8 @@ pub struct Results {
     /// Medians over floor (b) (`live`: fraction of the bare MAC-swap program's rate).
     pub ratios: HashMap<String, f64>,
     pub targets: HashMap<String, String>,
+    /// Whether connection sync's reports were on.
+    pub sync: bool,
 }
 
 /// A bench config: one TCP VIP:80 service (wlc over `n` real servers) and the MACs the
@@ -215,6 +221,7 @@ pub fn run(opts: &Options) -> Result<Results> {
     let table_size = (2 * flows).next_power_of_two().clamp(1 << 16, 1 << 23) as u32;
     let mut dp = Dataplane::load_with(table_size).context("loading the dataplane")?;
     dp.apply(&tables)?;
+    let drain = if opts.sync { Some(RingDrain::start(&mut dp)?) } else { None };
     // Floor (c)'s table as large as the balancer's: it pays for the same LRU.
     let mut tools = Tools::load(table_size).context("loading the benchmark's floors")?;
 
@@ -403,7 +410,55 @@ pub fn run(opts: &Options) -> Result<Results> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    Ok(Results { figures, live, ratios, targets })
+    let sync = match drain {
+        Some(d) => {
+            let events = d.stop();
+            ensure!(events > 0, "connection sync was on, but the program reported no connection");
+            true
+        }
+        None => false,
+    };
+    Ok(Results { figures, live, ratios, targets, sync })
+}
+
+/// Reads the connection-event ring while the benchmark runs, as sync's reader would.
+struct RingDrain {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl RingDrain {
+    fn start(dp: &mut Dataplane) -> Result<RingDrain> {
+        use std::sync::atomic::Ordering;
+        let mut ring = dp.take_conn_events()?;
+        dp.set_conn_events(true)?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut n = 0u64;
+            loop {
+                let mut got = false;
+                while let Some(item) = ring.next() {
+                    std::hint::black_box(&*item);
+                    n += 1;
+                    got = true;
+                }
+                if flag.load(Ordering::Relaxed) {
+                    return n;
+                }
+                if !got {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+        });
+        Ok(RingDrain { stop, thread })
+    }
+
+    /// Events read.
+    fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
+    }
 }
 
 /// Frames of a capture, optionally with every IPv4 destination set to the bench VIP.

@@ -69,6 +69,9 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
     let _ = writeln!(o, "# drlb benchmark, {} ({})\n", m.date, m.arch);
     let _ = writeln!(o, "| machine | kernel | CPU | arch | commit |\n| --- | --- | --- | --- | --- |");
     let _ = writeln!(o, "| {} | {} | {} | {} | {} |\n", m.host, m.kernel, m.cpu, m.arch, m.commit);
+    if r.sync {
+        let _ = writeln!(o, "Connection sync on: the program reported every new connection and state change to its ring.\n");
+    }
     let _ = writeln!(
         o,
         "Replayed through the real dataplane object with BPF_PROG_TEST_RUN, maps filled as `drlb run` fills them; \

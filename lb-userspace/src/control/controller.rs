@@ -579,6 +579,14 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
             _ = observe.tick() => {
                 c.retry_if_stale();
                 c.write_state();
+                // Real servers without a MAC are asked for again every second, not only at
+                // the 30 s refresh: after the director's link flaps (the kernel fails every
+                // neighbour entry when carrier goes), forwarding resumes within a second.
+                for addr in c.wanted().into_iter().filter(|a| !c.macs.contains_key(a)) {
+                    if let Err(e) = netlink::trigger_resolution(&c.handle, c.iface.index, addr).await {
+                        debug!("{e:#}");
+                    }
+                }
                 if c.config.director.metrics_listen.is_some() {
                     match status::read(&pin_dir, Some(&c.config)) {
                         Ok(s) => c.metrics.set_status(s),

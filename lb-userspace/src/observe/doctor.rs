@@ -54,6 +54,20 @@ fn read_sysctl(iface: &str, key: &str) -> Option<u32> {
     std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{iface}/{key}")).ok()?.trim().parse().ok()
 }
 
+/// The MAC that answers ARP for `addr` on interface `ifindex` within a second, if any.
+async fn held_elsewhere(handle: &rtnetlink::Handle, ifindex: u32, addr: IpAddr) -> Option<crate::kernel::mac::Mac> {
+    netlink::trigger_resolution(handle, ifindex, addr).await.ok()?;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Ok(n) = netlink::neighbours(handle, ifindex).await
+            && let Some(mac) = n.get(&addr)
+        {
+            return Some(*mac);
+        }
+    }
+    None
+}
+
 /// What the doctor examines: from the config file, or, without one, from what the pinned
 /// dataplane holds (as `ipvsadm -Ln` needs no file).
 struct Subject {
@@ -172,15 +186,33 @@ pub async fn run(config: Option<&Config>, pin_dir: &std::path::Path, sample: Dur
     let mut vips = subject.vips.clone();
     vips.sort();
     vips.dedup();
+    let controller = crate::observe::state::ControllerState::read(&dir);
     for vip in &vips {
         let on_iface = iface.ipv4.iter().any(|(a, _)| IpAddr::V4(*a) == *vip);
+        let since = controller
+            .as_ref()
+            .and_then(|c| c.vips.iter().find(|v| v.vip == *vip))
+            .map(|v| format!(" since {}", humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(v.since))))
+            .unwrap_or_default();
         out.push(if !on_iface {
-            fail("vip", format!("VIP {vip} is not on {iface_name}: clients' ARP for it gets no answer from the director (fix: ip addr add {vip}/32 dev {iface_name}, or keepalived's virtual_ipaddress)"))
+            // A backup holds no VIP: fine while another director does. Ask the segment.
+            match held_elsewhere(&handle, iface.index, *vip).await {
+                Some(mac) => ok("vip", format!("VIP {vip} is not on {iface_name}{since}: another director holds it (it answers ARP from {}); this one is a backup", format_mac(&mac))),
+                None => fail("vip", format!("VIP {vip} is held by no director: not on {iface_name}, and nothing on the segment answers ARP for it, so clients reach no balancer (fix: check keepalived on every director (`systemctl status keepalived`, `journalctl -u keepalived`); without VRRP: ip addr add {vip}/32 dev {iface_name})")),
+            }
         } else if arp_ignore > 1 {
             fail("vip", format!("VIP {vip} is on {iface_name} but arp_ignore={arp_ignore} there: the director may not answer ARP for it (fix: arp_ignore=0 on the director)"))
         } else {
-            ok("vip", format!("VIP {vip} on {iface_name}; the director answers ARP for it (arp_ignore={arp_ignore})"))
+            ok("vip", format!("VIP {vip} on {iface_name}{since}: this director receives its traffic (arp_ignore={arp_ignore})"))
         });
+    }
+    if let Some(sync) = controller.as_ref().and_then(|c| c.sync.as_ref()) {
+        let heard: Vec<String> = sync.peers_seen.keys().map(|p| p.to_string()).collect();
+        out.push(ok("sync", format!(
+            "connection sync {}; peers heard from: {}",
+            sync.description,
+            if heard.is_empty() { "none yet (a peer sends only when it has connections)".to_string() } else { heard.join(", ") }
+        )));
     }
 
     // Real servers: on-link, MAC, health.

@@ -99,6 +99,40 @@ impl Collector for DataplaneCollector {
         family(&mut enc, "drlb_real_server_inactive_connections", "InActConn (other states)", MetricType::Gauge, rs_rows(|r| r.inactive_conns as u64))?;
         family(&mut enc, "drlb_real_server_weight", "Weight in effect", MetricType::Gauge, rs_rows(|r| r.weight as u64))?;
         family(&mut enc, "drlb_real_server_up", "1 when the real server takes new connections (healthy, MAC known)", MetricType::Gauge, rs_rows(|r| (r.health == "up") as u64))?;
+        if let Some(c) = &s.controller {
+            family(
+                &mut enc,
+                "drlb_vip_owned",
+                "1 while this director's interface holds the VIP (VRRP master, or announced), 0 otherwise",
+                MetricType::Gauge,
+                c.vips.iter().map(|v| (l(&[("vip", &v.vip.to_string())]), v.owned as u64)).collect(),
+            )?;
+            family(
+                &mut enc,
+                "drlb_vip_owned_since_seconds",
+                "Unix time when the VIP was last added to or removed from the interface",
+                MetricType::Gauge,
+                c.vips.iter().map(|v| (l(&[("vip", &v.vip.to_string())]), v.since)).collect(),
+            )?;
+            if let Some(sync) = &c.sync {
+                let n = |k: &crate::sync::Counter| sync.counters.get(k.name()).copied().unwrap_or(0);
+                let all = crate::sync::Counter::ALL;
+                family(
+                    &mut enc,
+                    "drlb_sync",
+                    "Connection sync's work: datagrams and connections sent, received and installed",
+                    MetricType::Counter,
+                    all.iter().filter(|k| !k.is_rejection()).map(|k| (l(&[("event", k.name())]), n(k))).collect(),
+                )?;
+                family(
+                    &mut enc,
+                    "drlb_sync_rejected",
+                    "Sync datagrams refused and connections not installed, by reason",
+                    MetricType::Counter,
+                    all.iter().filter(|k| k.is_rejection()).map(|k| (l(&[("reason", k.name())]), n(k))).collect(),
+                )?;
+            }
+        }
         Ok(())
     }
 }

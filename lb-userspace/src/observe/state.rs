@@ -68,3 +68,29 @@ impl ControllerState {
         let _ = std::fs::remove_file(path(pin_dir));
     }
 }
+
+/// The longest the controller may go without writing its state before it counts as stuck.
+pub const STALE_AFTER_S: u64 = 5;
+
+/// Whether the controller of the dataplane pinned at `pin_dir` serves: it runs, wrote its
+/// state within [`STALE_AFTER_S`], and the dataplane's XDP link is pinned.
+pub fn ready(pin_dir: &Path) -> Result<(), String> {
+    match crate::kernel::process::running_controller(pin_dir) {
+        Ok(Some(_)) => {}
+        Ok(None) => return Err(format!("no `drlb run` runs for the dataplane at {}", pin_dir.display())),
+        Err(e) => return Err(format!("{e:#}")),
+    }
+    let state = std::fs::read(path(pin_dir))
+        .ok()
+        .and_then(|t| serde_json::from_slice::<ControllerState>(&t).ok())
+        .ok_or_else(|| format!("the controller has not reported yet ({})", path(pin_dir).display()))?;
+    let age = unix_now().saturating_sub(state.written);
+    if age > STALE_AFTER_S {
+        return Err(format!("the controller last reported {age} s ago: it is stuck"));
+    }
+    let link = pin_dir.join(crate::kernel::bpf::LINK_PIN);
+    if !link.exists() {
+        return Err(format!("no XDP link is pinned at {}: the dataplane is not attached", link.display()));
+    }
+    Ok(())
+}

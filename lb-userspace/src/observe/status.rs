@@ -2,6 +2,8 @@
 //! `drlb run` runs and after it died. Names come from the config file when it has them.
 
 use std::collections::BTreeMap;
+
+use crate::observe::state::ControllerState;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::Path;
@@ -69,6 +71,9 @@ pub struct Status {
     pub services: Vec<ServiceStatus>,
     /// Packets per verdict reason since the dataplane was created.
     pub reasons: BTreeMap<String, u64>,
+    /// What the running controller reports (VIPs held, connection sync); none when no
+    /// controller runs.
+    pub controller: Option<ControllerState>,
 }
 
 
@@ -138,7 +143,13 @@ pub fn read(dir: &Path, config: Option<&Config>) -> Result<Status> {
     let counters = maps::counters(&maps)?;
     let reason_counts: BTreeMap<String, u64> = Verdict::ALL.iter().map(|s| (s.name().to_string(), counters[s.index() as usize])).collect();
     debug_assert_eq!(reason_counts.len(), VERDICT_COUNT as usize);
-    Ok(Status { pin_dir: dir.display().to_string(), layout: layout.to_vec(), services: out, reasons: reason_counts })
+    Ok(Status {
+        pin_dir: dir.display().to_string(),
+        layout: layout.to_vec(),
+        services: out,
+        reasons: reason_counts,
+        controller: ControllerState::read(dir),
+    })
 }
 
 /// Two readings `interval` apart, with per-second rates filled in from their difference.
@@ -220,11 +231,67 @@ pub fn render(s: &Status, view: View) -> String {
             }
         }
     }
+    if let Some(c) = &s.controller {
+        render_controller(&mut o, c, view);
+    }
     if view.reasons {
         let _ = writeln!(o, "Packets by verdict reason:");
         for (k, v) in &s.reasons {
             let _ = writeln!(o, "  {k:<24} {v}");
         }
+        if let Some(sync) = s.controller.as_ref().and_then(|c| c.sync.as_ref()) {
+            let _ = writeln!(o, "Sync input refused or left out, by reason:");
+            let rejected: Vec<_> = crate::sync::Counter::ALL.iter().filter(|c| c.is_rejection()).collect();
+            for c in rejected {
+                let _ = writeln!(o, "  {:<24} {}", c.name(), sync.counters.get(c.name()).copied().unwrap_or(0));
+            }
+        }
     }
     o
+}
+
+/// "12s", "5m3s", "2h1m", "3d4h": how long ago `since` (Unix seconds) was.
+fn ago(since: u64) -> String {
+    let secs = crate::observe::state::unix_now().saturating_sub(since);
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d}d{h}h")
+    } else if h > 0 {
+        format!("{h}h{m}m")
+    } else if m > 0 {
+        format!("{m}m{s}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn render_controller(o: &mut String, c: &ControllerState, view: View) {
+    for v in &c.vips {
+        let held = if v.owned { "held by this director" } else { "not held here" };
+        let _ = writeln!(o, "VIP {:<24} {held} for {}", v.vip, ago(v.since));
+    }
+    if let Some(sync) = &c.sync {
+        let n = |k: &str| sync.counters.get(k).copied().unwrap_or(0);
+        let _ = writeln!(
+            o,
+            "Sync: {}: sent {} connection(s) in {} datagram(s); received {} in {}; installed {} new, {} updated, {} moved, {} template(s)",
+            sync.description,
+            n("records_sent"),
+            n("messages_sent"),
+            n("records_received"),
+            n("messages_received"),
+            n("installed"),
+            n("updated"),
+            n("moved"),
+            n("templates")
+        );
+        for (peer, seen) in &sync.peers_seen {
+            let _ = writeln!(o, "  peer {peer}: last heard {} ago", ago(*seen));
+        }
+        let refused: u64 =
+            crate::sync::Counter::ALL.iter().filter(|k| k.is_rejection()).map(|k| n(k.name())).sum();
+        if refused > 0 && !view.reasons {
+            let _ = writeln!(o, "  {refused} datagram(s) or record(s) refused or left out (`drlb status --reasons` says why)");
+        }
+    }
 }

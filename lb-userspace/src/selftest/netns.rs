@@ -29,6 +29,8 @@ pub struct Host {
 
 pub const CLIENT: Host = Host { role: "client", addr: CLIENT_ADDR, mac: [0x02, 0xd1, 0, 0, 0, 0x0a] };
 pub const DIRECTOR: Host = Host { role: "director", addr: DIRECTOR_ADDR, mac: [0x02, 0xd1, 0, 0, 0, 0x02] };
+/// The second director of a pair (`Lab::build_pair` in tests/lab).
+pub const DIRECTOR2: Host = Host { role: "director2", addr: Ipv4Addr::new(198, 18, 0, 3), mac: [0x02, 0xd1, 0, 0, 0, 0x03] };
 /// Every real server a lab can have; a lab uses the first `real_servers` of them.
 pub const ALL_REAL_SERVERS: [Host; 3] = [
     Host { role: "rs1", addr: Ipv4Addr::new(198, 18, 0, 11), mac: [0x02, 0xd1, 0, 0, 0, 0x11] },

@@ -23,6 +23,8 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::programs::xdp::XdpLinkId;
 
 use lb_userspace::control::config::XdpMode;
+
+pub mod ha;
 use lb_userspace::kernel::bpf::{Tools, PROGRAM_PASS};
 pub use lb_userspace::selftest::netns::*;
 /// What a batch of HTTP requests to the VIP got.
@@ -87,8 +89,10 @@ pub struct Lab {
     bpffs_mounted: bool,
     children: Vec<(String, Child)>,
     drlb: Option<Child>,
-    /// Holds the XDP_PASS program on the director's bridge-side veth (native mode).
-    peer_pass: Option<(Tools, XdpLinkId)>,
+    /// Holds the XDP_PASS program on the directors' bridge-side veths (native mode).
+    peer_pass: Option<(Tools, Vec<XdpLinkId>)>,
+    /// Two directors (`build_pair`): the VIP is keepalived's to place, not the lab's.
+    pair: bool,
     namespaces: Vec<String>,
 }
 
@@ -107,6 +111,10 @@ impl Lab {
 
     /// [`Lab::build`] with 1 to 3 real servers.
     pub fn build_with(mode: XdpMode, real_servers: usize) -> Result<Lab> {
+        Self::build_inner(mode, real_servers, false)
+    }
+
+    fn build_inner(mode: XdpMode, real_servers: usize, pair: bool) -> Result<Lab> {
         assert!((1..=ALL_REAL_SERVERS.len()).contains(&real_servers));
         remove_stale_labs();
         let tag = format!("{NS_PREFIX}{}-{}", std::process::id(), LAB_COUNTER.fetch_add(1, Ordering::SeqCst));
@@ -122,13 +130,17 @@ impl Lab {
             children: Vec::new(),
             drlb: None,
             peer_pass: None,
+            pair: false,
             namespaces: Vec::new(),
         };
         // drlb pins its dataplane here: `ip netns exec` remounts /sys, so /sys/fs/bpf is not
         // shared with the namespace view; a bpffs of the lab's own is, and goes with the lab.
-        fs::create_dir_all(lab.pin_root())?;
-        sh("mount", &["-t", "bpf", "bpf", &lab.pin_root().to_string_lossy()])?;
-        lab.bpffs_mounted = true;
+        lab.pair = pair;
+        for root in lab.pin_roots() {
+            fs::create_dir_all(&root)?;
+            sh("mount", &["-t", "bpf", "bpf", &root.to_string_lossy()])?;
+            lab.bpffs_mounted = true;
+        }
         lab.create_topology()?;
         for rs in lab.real_servers().to_vec() {
             lab.start_nginx(&rs)?;
@@ -155,6 +167,11 @@ impl Lab {
         self.dir.join("bpffs")
     }
 
+    /// Every director's pin root (a pair's second director has its own bpffs).
+    pub fn pin_roots(&self) -> Vec<PathBuf> {
+        if self.pair { vec![self.pin_root(), self.dir.join("bpffs2")] } else { vec![self.pin_root()] }
+    }
+
     /// This lab's real servers.
     pub fn real_servers(&self) -> &'static [Host] {
         &ALL_REAL_SERVERS[..self.rs_count]
@@ -172,7 +189,8 @@ impl Lab {
         let br = self.add_ns("br")?;
         sh("ip", &["-n", &br, "link", "add", "br0", "type", "bridge"])?;
         sh("ip", &["-n", &br, "link", "set", "br0", "up"])?;
-        let hosts: Vec<Host> = [CLIENT, DIRECTOR].into_iter().chain(self.real_servers().iter().copied()).collect();
+        let directors: &[Host] = if self.pair { &[DIRECTOR, DIRECTOR2] } else { &[DIRECTOR] };
+        let hosts: Vec<Host> = [CLIENT].iter().chain(directors).chain(self.real_servers()).copied().collect();
         for host in &hosts {
             let ns = self.add_ns(host.role)?;
             let peer = format!("v{}", host.role);
@@ -185,7 +203,9 @@ impl Lab {
         }
         sh("ip", &["-n", &self.ns("client"), "addr", "add", &format!("{CLIENT2_ADDR}/{PREFIX}"), "dev", "eth0"])?;
         // The director owns the VIP, as keepalived would configure it.
-        sh("ip", &["-n", &self.ns("director"), "addr", "add", &format!("{VIP}/32"), "dev", "eth0"])?;
+        if !self.pair {
+            sh("ip", &["-n", &self.ns("director"), "addr", "add", &format!("{VIP}/32"), "dev", "eth0"])?;
+        }
         for rs in self.real_servers() {
             let ns = self.ns(rs.role);
             sh("ip", &["-n", &ns, "addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
@@ -206,8 +226,12 @@ impl Lab {
             in_netns(&self.ns("client"), || tx_checksum_off("eth0"))?;
             // Native XDP_TX on a veth needs an XDP program on its peer.
             let mut tools = Tools::load(1)?;
-            let link = in_netns(&br, || Ok(tools.attach(PROGRAM_PASS, "vdirector", XdpMode::Native)?.0))?;
-            self.peer_pass = Some((tools, link));
+            let mut links = Vec::new();
+            for d in directors {
+                let peer = format!("v{}", d.role);
+                links.push(in_netns(&br, || Ok(tools.attach(PROGRAM_PASS, &peer, XdpMode::Native)?.0))?);
+            }
+            self.peer_pass = Some((tools, links));
         }
         Ok(())
     }
@@ -664,12 +688,15 @@ impl Lab {
             delete_namespace(&ns);
         }
         // A controller killed on purpose (hitless-restart tests) leaves its pidfile.
-        let _ = fs::remove_file(lb_userspace::kernel::process::pidfile_path(&self.pin_root().join("eth0")));
-        if self.bpffs_mounted {
-            // Unmounting drops every pin, and with them anything drlb left attached.
-            let _ = sh("umount", &[&self.pin_root().to_string_lossy()]);
-            self.bpffs_mounted = false;
+        for root in self.pin_roots() {
+            let _ = fs::remove_file(lb_userspace::kernel::process::pidfile_path(&root.join("eth0")));
+            let _ = fs::remove_file(lb_userspace::observe::state::path(&root.join("eth0")));
+            if self.bpffs_mounted {
+                // Unmounting drops every pin, and with them anything drlb left attached.
+                let _ = sh("umount", &[&root.to_string_lossy()]);
+            }
         }
+        self.bpffs_mounted = false;
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
@@ -681,7 +708,7 @@ impl Drop for Lab {
 }
 
 /// A TCP connection from a chosen local address (the second lab client).
-fn connect_from(source: Ipv4Addr, to: SocketAddr, timeout: Duration) -> Result<TcpStream> {
+pub(crate) fn connect_from(source: Ipv4Addr, to: SocketAddr, timeout: Duration) -> Result<TcpStream> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
     s.bind(&SocketAddr::from((source, 0)).into()).with_context(|| format!("binding to {source}"))?;
@@ -693,7 +720,7 @@ fn connect_from(source: Ipv4Addr, to: SocketAddr, timeout: Duration) -> Result<T
 }
 
 /// One HTTP/1.1 GET on a connection that stays open; returns the body.
-fn keepalive_get(s: &mut TcpStream) -> Result<String> {
+pub(crate) fn keepalive_get(s: &mut TcpStream) -> Result<String> {
     s.write_all(format!("GET / HTTP/1.1\r\nHost: {VIP}\r\nUser-Agent: drlb-lab\r\n\r\n").as_bytes())?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
@@ -717,7 +744,7 @@ fn keepalive_get(s: &mut TcpStream) -> Result<String> {
 }
 
 /// SIGTERM, then SIGKILL after `grace`.
-fn stop_child(mut child: Child, grace: Duration) -> Result<()> {
+pub(crate) fn stop_child(mut child: Child, grace: Duration) -> Result<()> {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
     let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
@@ -753,8 +780,11 @@ fn remove_stale_labs() {
             delete_namespace(name);
             // `drlbPID-N-role` → the lab directory `drlbPID-N`.
             let lab_dir = std::env::temp_dir().join(name.rsplit_once('-').map(|(t, _)| t).unwrap_or(name));
-            let _ = sh("umount", &[&lab_dir.join("bpffs").to_string_lossy()]);
-            let _ = fs::remove_file(lb_userspace::kernel::process::pidfile_path(&lab_dir.join("bpffs").join("eth0")));
+            for root in ["bpffs", "bpffs2"] {
+                let _ = sh("umount", &[&lab_dir.join(root).to_string_lossy()]);
+                let _ = fs::remove_file(lb_userspace::kernel::process::pidfile_path(&lab_dir.join(root).join("eth0")));
+                let _ = fs::remove_file(lb_userspace::observe::state::path(&lab_dir.join(root).join("eth0")));
+            }
             let _ = fs::remove_dir_all(lab_dir);
         }
     }

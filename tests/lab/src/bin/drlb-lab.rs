@@ -36,6 +36,10 @@ enum Cmd {
         mode: Mode,
         #[arg(long, default_value_t = 100)]
         requests: usize,
+        /// Two directors with keepalived (VRRP) and connection sync; the master's link goes
+        /// down mid-connection.
+        #[arg(long)]
+        ha: bool,
     },
     /// Record the client's side of a lab session (ARP, IPv6 neighbour discovery, TCP through
     /// the VIP, ping, UDP answered by ICMP) into a pcap: how tests/data/lab-client.pcap,
@@ -121,6 +125,61 @@ fn demo(drlb: PathBuf, mode: Mode, requests: usize, interrupted: Arc<AtomicBool>
     ))
 }
 
+/// Two directors, keepalived placing the VIP, drlb with connection sync on both; 32
+/// connections held through the master; the master's link goes down; one more request on
+/// every connection. Returns the closing line and whether every connection went on.
+fn demo_ha(drlb: PathBuf, mode: Mode) -> Result<(String, bool)> {
+    const HELD: usize = 32;
+    let mode = match mode {
+        Mode::Native => XdpMode::Native,
+        Mode::Generic => XdpMode::Generic,
+    };
+    println!("demo --ha: building the lab: client, two directors, rs1, rs2 on a bridge (XDP {mode:?} mode)");
+    let mut lab = Lab::build_pair(mode)?;
+    println!("  director  {}  director2 {}  VIP {} (placed by keepalived)", lab::DIRECTOR.addr, lab::DIRECTOR2.addr, lab::VIP);
+    for role in lab::ha::DIRECTORS {
+        println!("demo --ha: starting drlb on {role} (sync: syncid 7 via 224.0.0.81:8848)");
+        let config = lab.pair_config(role, true);
+        lab.start_director(role, &drlb, &config)?;
+    }
+    println!("demo --ha: starting keepalived --vrrp on both (configs/keepalived-vrrp.conf: director MASTER 100, director2 BACKUP 90)");
+    lab.start_keepalived("director", &drlb)?;
+    let took = lab.wait_for_vip("director", Duration::from_secs(10))?;
+    println!("  director holds the VIP after {took:.1?}");
+    lab.start_keepalived("director2", &drlb)?;
+    std::thread::sleep(Duration::from_secs(2));
+    println!("demo --ha: opening {HELD} keep-alive HTTP connections through the master (wlc)");
+    let (who, mut held) = lab.connections(HELD, lab::CLIENT_ADDR, true)?;
+    println!("  rs1 has {}, rs2 has {}", who.iter().filter(|w| **w == 0).count(), who.iter().filter(|w| **w == 1).count());
+    let synced = lab.wait_for_synced("director2", HELD as u64, Duration::from_secs(5))?;
+    println!("  director2 installed {synced} connection entries from director's sync");
+    println!("demo --ha: taking director's link down; one more request on every connection");
+    lab.set_link("director", false)?;
+    let (answers, failover) = std::thread::scope(|s| {
+        let requests = s.spawn(|| lab.requests_concurrently(&mut held, Duration::from_secs(20)));
+        let failover = lab.wait_for_vip("director2", Duration::from_secs(10));
+        (requests.join(), failover)
+    });
+    let answers = answers.map_err(|_| anyhow::anyhow!("the request thread panicked"))?;
+    let failover = failover?;
+    let kept = answers.iter().filter(|a| a.result.is_ok()).count();
+    let slowest = answers.iter().map(|a| a.after).max().unwrap_or_default();
+    println!("  director2 holds the VIP after {failover:.1?}; slowest answer after {slowest:.1?}");
+    let fresh = lab.http_requests(10, Duration::from_secs(3))?;
+    for line in lab.director_cli("director2", &drlb, &["status"])?.lines() {
+        println!("  | {line}");
+    }
+    drop(lab);
+    let all_ok = kept == HELD && fresh.ok == 10;
+    Ok((
+        format!(
+            "demo --ha: {kept}/{HELD} connections kept across failover (VIP moved in {failover:.1?}); {}/10 new connections ok",
+            fresh.ok
+        ),
+        all_ok,
+    ))
+}
+
 fn main() -> ExitCode {
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = interrupted.clone();
@@ -137,7 +196,17 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Demo { drlb, mode, requests } => match demo(drlb, mode, requests, interrupted) {
+        Cmd::Demo { drlb, mode, ha: true, .. } => match demo_ha(drlb, mode) {
+            Ok((summary, all_ok)) => {
+                println!("{summary}");
+                if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            }
+            Err(e) => {
+                eprintln!("demo --ha failed: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Demo { drlb, mode, requests, ha: false } => match demo(drlb, mode, requests, interrupted) {
             Ok(summary) => {
                 let all_ok = summary.contains(&format!(" {requests}/{requests} "));
                 println!("{summary}");
