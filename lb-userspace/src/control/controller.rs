@@ -378,7 +378,12 @@ impl Controller {
     async fn follow_addresses(&mut self) {
         match netlink::addresses(&self.handle, self.iface.index).await {
             Ok(addrs) => {
-                for (vip, owned) in self.vips.update(&self.config, &addrs) {
+                let changes = self.vips.update(&self.config, &addrs);
+                if !changes.is_empty() {
+                    // Status and `drlb ready` readers see the move now, not a second later.
+                    self.write_state();
+                }
+                for (vip, owned) in changes {
                     if owned {
                         info!("VIP {vip} is on {} now: this director receives its traffic", self.iface.name);
                     } else {
