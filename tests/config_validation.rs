@@ -126,6 +126,23 @@ fn validation_table() {
         ("1024 sh services fit", services(1024, "sh"), Expect::Accepted),
         ("1025 VIPs do not fit", services(1025, "wlc"), Expect::Error("3:", "1025 distinct VIPs; the dataplane holds at most 1024")),
         (
+            "connection sync with IPVS's defaults",
+            GOOD.replace("  xdp_mode: auto\n", "  xdp_mode: auto\n  sync: { interface: eth0, syncid: 7 }\n"),
+            Expect::Accepted,
+        ),
+        (
+            "sync group that is not multicast",
+            GOOD.replace("  xdp_mode: auto\n", "  xdp_mode: auto\n  sync: { interface: eth0, syncid: 7, group: 198.18.0.255 }\n"),
+            Expect::Error("4:", "198.18.0.255 is not a multicast group"),
+        ),
+        (
+            "sync refresh not below the shortest timeout",
+            GOOD.replace("  xdp_mode: auto\n", "  xdp_mode: auto\n  sync: { interface: eth0, syncid: 7, refresh_period: 10m }\n")
+                .replace("    protocol: tcp\n", "    protocol: tcp\n    timeouts: { udp: 5m }\n"),
+            Expect::Error("4:", "refresh_period 10m is not below the shortest service timeout (5m)"),
+        ),
+        ("syncid above 255", GOOD.replace("  xdp_mode: auto\n", "  xdp_mode: auto\n  sync: { interface: eth0, syncid: 300 }\n"), Expect::Error("4:", "300")),
+        (
             "a wrr cycle too long to store",
             GOOD.replace("    protocol: tcp\n", "    protocol: tcp\n    scheduler: wrr\n")
                 .replace("198.18.0.11, weight: 1", "198.18.0.11, weight: 65535")

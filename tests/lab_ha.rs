@@ -107,6 +107,12 @@ fn link_down_failover_and_fail_back_keep_every_connection() {
     let fresh = lab.http_requests(10, Duration::from_secs(3)).unwrap();
     assert_eq!(fresh.ok, 10, "new connections through the new master: {:?}", fresh.first_error);
     assert_holds_per_status(&lab, "director2");
+    let metrics = lab.director_metrics("director2").unwrap();
+    for line in ["drlb_vip_owned{vip=\"198.18.0.100\"} 1", "drlb_sync_total{event=\"installed\"} 32"] {
+        assert!(metrics.contains(line), "metrics lack `{line}`:\n{metrics}");
+    }
+    let (_, report) = lab.director_doctor("director2", drlb()).unwrap();
+    assert!(report.contains("OK   vip") && report.contains("this director receives its traffic"), "{report}");
 
     lab.set_link("director", true).unwrap();
     let failback = lab.wait_for_vip("director", Duration::from_secs(15)).expect("the master takes the VIP back");
@@ -148,6 +154,13 @@ fn graceful_keepalived_stop_and_killed_drlb_keep_every_connection() {
     assert_all_continued(&answers, failover, "drlb killed on the master");
     let fresh = lab.http_requests(10, Duration::from_secs(3)).unwrap();
     assert_eq!(fresh.ok, 10, "new connections: {:?}", fresh.first_error);
+    let (_, report) = lab.director_doctor("director2", drlb()).unwrap();
+    assert!(report.contains("this director receives its traffic"), "{report}");
+
+    // Neither director holds the VIP now: doctor says so, with the fix.
+    lab.stop_keepalived("director2").unwrap();
+    let (ok, report) = lab.director_doctor("director2", drlb()).unwrap();
+    assert!(!ok && report.contains("FAIL vip") && report.contains("held by no director"), "{report}");
 }
 
 /// (d) The same failover without connection sync breaks connections: the new master has

@@ -126,6 +126,10 @@ enum Command {
         /// The fuzz run's random seed (a failure names the seed that reproduces it).
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Also exchange connections with the kernel's IPVS over its sync protocol, both
+        /// ways, with real TCP (needs the ip_vs modules and ipvsadm; the VM tests run it).
+        #[arg(long)]
+        ipvs_sync: bool,
     },
     /// The real-server side of Direct Routing.
     Realserver {
@@ -388,7 +392,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Selftest { lab, fuzz, seed } => {
+        Command::Selftest { lab, fuzz, seed, ipvs_sync } => {
             match std::panic::catch_unwind(lb_userspace::selftest::fixtures::run_table) {
                 Ok(rows) => println!("selftest: {rows} fixture rows passed"),
                 Err(_) => {
@@ -401,6 +405,15 @@ fn main() -> ExitCode {
                     Ok(report) => println!("{report}"),
                     Err(e) => {
                         eprintln!("selftest fuzz: FAILED: {e:#}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            if ipvs_sync {
+                match lb_userspace::selftest::ipvs_sync::run() {
+                    Ok(report) => println!("{report}"),
+                    Err(e) => {
+                        eprintln!("selftest ipvs-sync: FAILED: {e:#}");
                         return ExitCode::FAILURE;
                     }
                 }

@@ -104,9 +104,62 @@ fn kernel(cache: &Path, series: &str, arch: &str) -> Result<PathBuf> {
 /// The kernel modules the guest lab needs, in load order (Debian builds them as modules).
 const LAB_MODULES: [&str; 4] = ["net/llc/llc.ko", "net/802/stp.ko", "net/bridge/bridge.ko", "drivers/net/veth.ko"];
 
-/// An initramfs with busybox, the statically linked `drlb` and the lab's modules from
-/// the kernel package unpacked in `kernel_dir`.
-fn initramfs(cache: &Path, drlb: &Path, arch: &str, kernel_dir: &Path) -> Result<PathBuf> {
+/// IPVS and the scheduler the interop test uses; their dependencies come from modules.dep.
+const IPVS_MODULES: [&str; 3] = [
+    // libcrc32c asks the crypto API for "crc32c" when loaded (a softdep, not a depends).
+    "crypto/crc32c_generic.ko",
+    "net/netfilter/ipvs/ip_vs.ko",
+    "net/netfilter/ipvs/ip_vs_wlc.ko",
+];
+
+/// Debian packages (and what they need to run: the guest has no C library otherwise) for
+/// `drlb selftest --ipvs-sync`: the kernel's IPVS driven by Debian's own ipvsadm.
+const IPVSADM_DEBS: [&str; 5] = ["ipvsadm", "libnl-3-200", "libnl-genl-3-200", "libpopt0", "libc6"];
+
+/// Every module file under `dir`, by module name (`-` and `_` are the same in names).
+fn module_index(dir: &Path, out: &mut std::collections::HashMap<String, PathBuf>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            module_index(&p, out);
+        } else if let Some(name) = p.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".ko")) {
+            out.insert(name.replace('-', "_"), p);
+        }
+    }
+}
+
+/// The `depends=` of a module file's .modinfo (the package has no modules.dep: depmod
+/// makes it at install).
+fn module_depends(path: &Path) -> Vec<String> {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let needle = b"depends=";
+    bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|i| {
+            let rest = &bytes[i + needle.len()..];
+            let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+            String::from_utf8_lossy(&rest[..end]).split(',').filter(|d| !d.is_empty()).map(|d| d.replace('-', "_")).collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The module file `path`, after every module it depends on.
+fn with_dependencies(index: &std::collections::HashMap<String, PathBuf>, path: &Path, out: &mut Vec<PathBuf>) {
+    if out.iter().any(|p| p == path) {
+        return;
+    }
+    for d in module_depends(path) {
+        if let Some(p) = index.get(&d) {
+            with_dependencies(index, p, out);
+        }
+    }
+    out.push(path.to_path_buf());
+}
+
+/// An initramfs with busybox, the statically linked `drlb`, the lab's and IPVS's modules
+/// from the kernel package unpacked in `kernel_dir`, and Debian `suite`'s ipvsadm.
+fn initramfs(cache: &Path, drlb: &Path, arch: &str, kernel_dir: &Path, suite: &str) -> Result<PathBuf> {
     let root = cache.join(format!("initramfs-{arch}"));
     let _ = std::fs::remove_dir_all(&root);
     for d in ["bin", "proc", "sys", "tmp", "dev", "modules"] {
@@ -120,11 +173,19 @@ fn initramfs(cache: &Path, drlb: &Path, arch: &str, kernel_dir: &Path) -> Result
         .map(|e| e.path())
         .ok_or_else(|| cannot(format!("no lib/modules in {}", kernel_dir.display())))?;
     let mut insmods = String::new();
-    for m in LAB_MODULES {
-        let name = Path::new(m).file_name().expect("a file name").to_string_lossy().to_string();
-        std::fs::copy(release.join("kernel").join(m), root.join("modules").join(&name))
-            .with_context(|| format!("copying module {m} from {}", release.display()))?;
+    let mut index = std::collections::HashMap::new();
+    module_index(&release.join("kernel"), &mut index);
+    let mut modules: Vec<PathBuf> = LAB_MODULES.iter().map(|m| release.join("kernel").join(m)).collect();
+    for m in IPVS_MODULES {
+        with_dependencies(&index, &release.join("kernel").join(m), &mut modules);
+    }
+    for m in &modules {
+        let name = m.file_name().expect("a file name").to_string_lossy().to_string();
+        std::fs::copy(m, root.join("modules").join(&name)).with_context(|| format!("copying module {}", m.display()))?;
         insmods += &format!("insmod /modules/{name}\n");
+    }
+    for deb in IPVSADM_DEBS {
+        fetch_deb(cache, suite, arch, deb, &root)?;
     }
     // `drlb` is statically linked: busybox is the only other program in the image.
     let busybox = if arch == "aarch64" {
@@ -148,7 +209,9 @@ fn initramfs(cache: &Path, drlb: &Path, arch: &str, kernel_dir: &Path) -> Result
          mount -t bpf bpf /sys/fs/bpf\nmount -t tmpfs tmp /tmp\nmount -t devtmpfs dev /dev\n\
          echo \"drlb-vm: kernel $(uname -r) $(uname -m)\"\n\
          {insmods}\
-         /drlb selftest --lab --fuzz 20000 > /tmp/out 2>&1 && /drlb bench --quick --no-live --runs 5 --out /tmp/b >> /tmp/out 2>&1\nrc=$?\n\
+         mkdir -p /run\n\
+         /drlb selftest --lab --fuzz 20000 > /tmp/out 2>&1 && /drlb bench --quick --no-live --runs 5 --out /tmp/b >> /tmp/out 2>&1 \
+         && /drlb selftest --ipvs-sync >> /tmp/out 2>&1\nrc=$?\n\
          grep -E 'selftest|fuzz|misses|meets|Error|error|panicked' /tmp/out\n\
          [ $rc -ne 0 ] && echo 'drlb-vm: the output ends:' && tail -n 40 /tmp/out | grep -v '^ok: row'\n\
          echo \"drlb-vm: exit $rc\"\npoweroff -f\n"),
@@ -182,7 +245,8 @@ pub fn run(series: &str, arch: &str, drlb: &Path) -> Result<String> {
     std::fs::create_dir_all(&cache)?;
     let vmlinuz = kernel(&cache, series, arch)?;
     let kernel_dir = vmlinuz.parent().and_then(Path::parent).expect("vmlinuz in <dir>/boot");
-    let image = initramfs(&cache, drlb, arch, kernel_dir)?;
+    let suite = if series == "5.10" { "bullseye" } else { "bookworm" };
+    let image = initramfs(&cache, drlb, arch, kernel_dir, suite)?;
     eprintln!("vm-test: booting {} under QEMU (TCG)", vmlinuz.display());
     let mut child = Command::new(qemu)
         .args(machine)
@@ -231,13 +295,15 @@ pub fn run(series: &str, arch: &str, drlb: &Path) -> Result<String> {
         })
         .collect();
     let fuzz = console.lines().find_map(|l| l.find("fuzz: ").map(|i| l[i + "fuzz: ".len()..].split(" frames").next().unwrap_or("").to_string()));
-    if rc.trim() != "0" || !console.contains("fixture rows passed") || lab.len() != 2 || fuzz.is_none() {
+    let ipvs: Vec<&str> = console.lines().filter_map(|l| l.find("selftest ipvs-sync: ").map(|i| &l[i + "selftest ipvs-sync: ".len()..])).collect();
+    if rc.trim() != "0" || !console.contains("fixture rows passed") || lab.len() != 2 || fuzz.is_none() || ipvs.len() != 2 {
         bail!("drlb failed on {series} ({banner}):\n{console}");
     }
     let rows = console.lines().find_map(|l| l.find("selftest: ").map(|i| l[i + "selftest: ".len()..].trim().to_string())).unwrap_or_default();
     Ok(format!(
-        "{banner}; {rows}; {} fuzzed frames identical in kernel and model; lab forwarded real TCP: {}",
+        "{banner}; {rows}; {} fuzzed frames identical in kernel and model; lab forwarded real TCP: {}; IPVS sync interop: {}",
         fuzz.unwrap_or_default(),
-        lab.join(", ")
+        lab.join(", "),
+        ipvs.join("; ")
     ))
 }

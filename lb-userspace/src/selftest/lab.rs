@@ -37,13 +37,13 @@ use lb_common::verdict::Verdict;
 pub const REQUESTS: usize = 40;
 
 /// A network namespace, alive while this descriptor (or a socket in it) is open.
-struct Netns {
+pub(crate) struct Netns {
     role: &'static str,
-    fd: File,
+    pub(crate) fd: File,
 }
 
 impl Netns {
-    fn new(role: &'static str) -> Result<Netns> {
+    pub(crate) fn new(role: &'static str) -> Result<Netns> {
         let fd = std::thread::spawn(move || -> Result<File> {
             // A thread's network namespace is its own: unsharing here leaves the rest of
             // the process where it was.
@@ -56,7 +56,7 @@ impl Netns {
     }
 
     /// Runs `f` on a thread inside this namespace.
-    fn run<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    pub(crate) fn run<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
         std::thread::scope(|s| {
             s.spawn(|| {
                 setns(self.fd.as_fd(), CloneFlags::CLONE_NEWNET).with_context(|| format!("entering the {} namespace", self.role))?;
@@ -69,7 +69,7 @@ impl Netns {
     }
 
     /// Runs netlink requests inside this namespace.
-    fn netlink<T: Send, F: Future<Output = Result<T>>>(&self, f: impl FnOnce(Handle) -> F + Send) -> Result<T> {
+    pub(crate) fn netlink<T: Send, F: Future<Output = Result<T>>>(&self, f: impl FnOnce(Handle) -> F + Send) -> Result<T> {
         self.run(|| {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(async {
@@ -82,7 +82,7 @@ impl Netns {
 }
 
 /// Index of `name` in the calling thread's namespace.
-fn ifindex(name: &str) -> Result<u32> {
+pub(crate) fn ifindex(name: &str) -> Result<u32> {
     nix::net::if_::if_nametoindex(name).with_context(|| format!("no interface {name}"))
 }
 
@@ -109,19 +109,10 @@ impl Server {
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((mut s, _)) => {
-                        let _ = s.set_nonblocking(false);
-                        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                        let mut buf = [0u8; 1024];
-                        let mut got = 0;
-                        while got < buf.len() && !buf[..got].windows(4).any(|w| w == b"\r\n\r\n") {
-                            match s.read(&mut buf[got..]) {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => got += n,
-                            }
-                        }
-                        let body = format!("{role}\n");
-                        let _ = write!(s, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                    // One thread per connection: keep-alive connections stay open while
+                    // others come and go.
+                    Ok((s, _)) => {
+                        std::thread::spawn(move || serve(s, role));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -136,24 +127,59 @@ impl Server {
     }
 }
 
+/// Answers requests on one connection with `role`: HTTP/1.0 requests once (then closes),
+/// HTTP/1.1 ones for as long as the client keeps the connection.
+fn serve(mut s: std::net::TcpStream, role: &'static str) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+    loop {
+        let mut buf = [0u8; 1024];
+        let mut got = 0;
+        while got < buf.len() && !buf[..got].windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf[got..]) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+        let body = format!("{role}\n");
+        let keep = !buf[..got].windows(8).any(|w| w == b"HTTP/1.0");
+        let head = if keep { "HTTP/1.1 200 OK" } else { "HTTP/1.0 200 OK\r\nConnection: close" };
+        if write!(s, "{head}\r\nContent-Length: {}\r\n\r\n{body}", body.len()).is_err() || !keep {
+            return;
+        }
+    }
+}
+
 /// The namespaces and servers of one lab.
-struct SelfLab {
-    bridge: Netns,
-    client: Netns,
-    director: Netns,
+pub(crate) struct SelfLab {
+    pub(crate) bridge: Netns,
+    pub(crate) client: Netns,
+    pub(crate) director: Netns,
+    /// More directors on the bridge (`build_with`).
+    pub(crate) others: Vec<(Host, Netns)>,
     servers: Vec<(Host, Netns)>,
     http: Vec<Server>,
 }
 
 impl SelfLab {
     fn build() -> Result<SelfLab> {
+        Self::build_with(&[], true)
+    }
+
+    /// The lab with `others` on the bridge too, and the VIP on the director's eth0 unless
+    /// `vip_on_director` is false.
+    pub(crate) fn build_with(others: &[Host], vip_on_director: bool) -> Result<SelfLab> {
         let mut lab = SelfLab {
             bridge: Netns::new("bridge")?,
             client: Netns::new("client")?,
             director: Netns::new("director")?,
+            others: Vec::new(),
             servers: Vec::new(),
             http: Vec::new(),
         };
+        for h in others {
+            lab.others.push((*h, Netns::new(h.role)?));
+        }
         for rs in REAL_SERVERS {
             lab.servers.push((rs, Netns::new(rs.role)?));
         }
@@ -162,8 +188,11 @@ impl SelfLab {
                 h.link().add(LinkBridge::new("br0").up().build()).execute().await.context("creating bridge br0 (is the bridge module loaded?)")?;
                 Ok(())
             })?;
-        let hosts: Vec<(Host, &Netns)> =
-            [(CLIENT, &lab.client), (DIRECTOR, &lab.director)].into_iter().chain(lab.servers.iter().map(|(h, n)| (*h, n))).collect();
+        let hosts: Vec<(Host, &Netns)> = [(CLIENT, &lab.client), (DIRECTOR, &lab.director)]
+            .into_iter()
+            .chain(lab.others.iter().map(|(h, n)| (*h, n)))
+            .chain(lab.servers.iter().map(|(h, n)| (*h, n)))
+            .collect();
         for (host, ns) in &hosts {
             // One message makes the pair: v<role> on the bridge, eth0 (with the host's MAC)
             // already inside the host's namespace.
@@ -186,10 +215,12 @@ impl SelfLab {
                 Ok(())
             })?;
         }
-        lab.director.netlink(|h| async move {
-            h.address().add(ifindex("eth0")?, IpAddr::V4(VIP), 32).execute().await?;
-            Ok(())
-        })?;
+        if vip_on_director {
+            lab.director.netlink(|h| async move {
+                h.address().add(ifindex("eth0")?, IpAddr::V4(VIP), 32).execute().await?;
+                Ok(())
+            })?;
+        }
         for (_, ns) in &lab.servers {
             ns.netlink(|h| async move {
                 h.address().add(ifindex("lo")?, IpAddr::V4(VIP), 32).execute().await?;

@@ -4,5 +4,6 @@
 
 pub mod fixtures;
 pub mod fuzz;
+pub mod ipvs_sync;
 pub mod lab;
 pub mod netns;

@@ -54,9 +54,8 @@ impl Lab {
     pub fn pair_config(&self, role: &str, sync: bool) -> String {
         let base = self.drlb_config().replace(&self.pin_root().display().to_string(), &self.director_pin_root(role).display().to_string());
         let sync = if sync { "  sync: { interface: eth0, syncid: 7 }\n" } else { "" };
-        // Metrics off: both would want 127.0.0.1:9469 (each namespace has its own loopback,
-        // but one is enough to test).
-        base.replacen("director:\n", &format!("director:\n{sync}  metrics_listen: null\n"), 1)
+        // Metrics on the namespace's own loopback (each director has one).
+        base.replacen("director:\n", &format!("director:\n{sync}  metrics_listen: 127.0.0.1:9469\n"), 1)
     }
 
     /// Starts `drlb run` in `role`'s namespace; returns once it is ready.
@@ -116,6 +115,17 @@ impl Lab {
             bail!("drlb {} on {role} failed: {}{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `role`'s Prometheus metrics.
+    pub fn director_metrics(&self, role: &str) -> Result<String> {
+        self.fetch(role, "127.0.0.1:9469".parse()?, "/metrics")
+    }
+
+    /// `drlb doctor` on `role`: whether every line is OK, and the report.
+    pub fn director_doctor(&self, role: &str, drlb: &Path) -> Result<(bool, String)> {
+        let cfg = self.config_path(role);
+        self.run_in(role, drlb, &["doctor", "--sample", "1s", "--config", &cfg.to_string_lossy()])
     }
 
     /// configs/keepalived-vrrp.conf for `role`: the lab's interface and VIP, `drlb ready`
