@@ -398,7 +398,9 @@ pub fn report_conn(out: &Outcome) {
         (*p).new_conn = out.new_conn as u8;
         (*p)._pad = [0; 5];
     }
-    entry.submit(0);
+    // No wakeup: the controller reads the ring on a timer (it batches for 20 ms anyway),
+    // and waking a reader costs a SYN more than the report itself.
+    entry.submit(aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64);
 }
 
 /// The dataplane clock as `drlb_clock` last read it, for the controller.

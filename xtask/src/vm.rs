@@ -48,7 +48,12 @@ fn apt_side_list(dir: &Path, suite: &str, arch: &str) -> Result<Vec<String>> {
     let sources = dir.join("sources.list");
     let a = deb_arch(arch);
     std::fs::write(&sources, format!("deb [arch={a}] http://deb.debian.org/debian {suite} main\n"))?;
+    // An empty dpkg status: what this machine has installed must not decide the version
+    // (apt would ask the suite for the host's own version of a library).
+    let status = dir.join("status");
+    std::fs::write(&status, "")?;
     let opts = vec![
+        format!("-oDir::State::status={}", status.display()),
         format!("-oDir::Etc::sourcelist={}", sources.display()),
         "-oDir::Etc::sourceparts=-".to_string(),
         format!("-oDir::State::Lists={}", lists.display()),
@@ -62,7 +67,8 @@ fn apt_side_list(dir: &Path, suite: &str, arch: &str) -> Result<Vec<String>> {
 /// Downloads and unpacks a Debian package of `arch` from `suite` into `dest`.
 fn fetch_deb(cache: &Path, suite: &str, arch: &str, name: &str, dest: &Path) -> Result<()> {
     let opts = apt_side_list(&cache.join(format!("apt-{suite}-{arch}")), suite, arch)?;
-    let debs = cache.join("debs");
+    // One directory per suite: a file name does not say which suite it came from.
+    let debs = cache.join(format!("debs-{suite}"));
     std::fs::create_dir_all(&debs)?;
     eprintln!("vm-test: downloading {name} ({}) from Debian {suite}", deb_arch(arch));
     output(Command::new("apt-get").current_dir(&debs).arg("-qq").args(&opts).args(["download", name]))

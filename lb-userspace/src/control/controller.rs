@@ -358,6 +358,20 @@ impl Controller {
         }
     }
 
+    /// Writes the state file and refreshes the metrics' snapshot of the dataplane.
+    fn publish(&self) {
+        self.write_state();
+        if self.config.director.metrics_listen.is_some() {
+            match status::read(&self.pin_dir, Some(&self.config)) {
+                Ok(s) => self.metrics.set_status(s),
+                Err(e) => {
+                    debug!("reading the dataplane for metrics: {e:#}");
+                    self.metrics.controller_error("metrics");
+                }
+            }
+        }
+    }
+
     /// What `drlb status` and doctor read of this controller (VIPs held, sync).
     fn write_state(&self) {
         let state = ControllerState {
@@ -380,8 +394,8 @@ impl Controller {
             Ok(addrs) => {
                 let changes = self.vips.update(&self.config, &addrs);
                 if !changes.is_empty() {
-                    // Status and `drlb ready` readers see the move now, not a second later.
-                    self.write_state();
+                    // Status, metrics and `drlb ready` see the move now, not a second later.
+                    self.publish();
                 }
                 for (vip, owned) in changes {
                     if owned {
@@ -583,22 +597,13 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
             _ = sweep.tick() => c.sweep(),
             _ = observe.tick() => {
                 c.retry_if_stale();
-                c.write_state();
+                c.publish();
                 // Real servers without a MAC are asked for again every second, not only at
                 // the 30 s refresh: after the director's link flaps (the kernel fails every
                 // neighbour entry when carrier goes), forwarding resumes within a second.
                 for addr in c.wanted().into_iter().filter(|a| !c.macs.contains_key(a)) {
                     if let Err(e) = netlink::trigger_resolution(&c.handle, c.iface.index, addr).await {
                         debug!("{e:#}");
-                    }
-                }
-                if c.config.director.metrics_listen.is_some() {
-                    match status::read(&pin_dir, Some(&c.config)) {
-                        Ok(s) => c.metrics.set_status(s),
-                        Err(e) => {
-                            debug!("reading the dataplane for metrics: {e:#}");
-                            c.metrics.controller_error("metrics");
-                        }
                     }
                 }
             }

@@ -4,7 +4,7 @@
 //! - **Sending.** The XDP program reports each new connection and each state change to a
 //!   ring buffer (`DRLB_CONN_EVENTS`; established packets never touch it). A task turns
 //!   them into records — with the persistence template first, for a persistent service —
-//!   and sends them batched, at most [`FLUSH_AFTER`] after the first of a batch. Each
+//!   and sends them batched, at most [`RING_POLL`] + [`FLUSH_AFTER`] after the packet. Each
 //!   connection this director forwards is also re-announced once per `refresh_period`
 //!   while it has packets ([`due_for_refresh`]), so a peer's copy never expires first.
 //! - **Receiving.** A task decodes datagrams whole (a bad one installs nothing and is
@@ -29,7 +29,6 @@ use lb_common::addr::{from_ip, to_ip, Addr16};
 use lb_common::conn::{ConnKey, CONN_F_INACTIVE, CONN_F_SYNCED, Conn};
 use lb_common::maps::{ConnEvent, Service, IPPROTO_TCP, SVC_F_PERSISTENT};
 use lb_common::sync::{Installed, Skip, SyncedConn};
-use tokio::io::unix::AsyncFd;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
@@ -363,9 +362,6 @@ impl Sync {
         let (names_tx, names_rx) = watch::channel(Arc::new(names));
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX_BATCHES);
         let (inbox_tx, inbox) = mpsc::channel(INBOX_MESSAGES);
-        // SAFETY: the ring owns its file descriptor and closes it only when dropped, which
-        // happens with the AsyncFd that owns the ring.
-        let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("watching the connection-event ring: {e}"))?;
         // IP and UDP headers.
         let max_len = (mtu as usize).saturating_sub(28);
         let tasks = vec![
@@ -412,24 +408,23 @@ impl Drop for Sync {
     }
 }
 
+/// How often the event ring is read. The program submits without waking anyone (a wakeup
+/// would cost every new connection more than its report), so the reader polls.
+pub const RING_POLL: Duration = Duration::from_millis(5);
+
 /// Ring events → records for the sender.
 async fn read_events(
-    mut ring: AsyncFd<RingBuf<MapData>>,
+    mut ring: RingBuf<MapData>,
     names: watch::Receiver<Arc<Names>>,
     outbox: mpsc::Sender<Vec<Record>>,
     counters: Arc<Counters>,
 ) {
+    let mut tick = tokio::time::interval(RING_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut guard = match ring.readable_mut().await {
-            Ok(g) => g,
-            Err(e) => {
-                warn!("connection sync: the event ring failed: {e}; new connections are no longer sent");
-                return;
-            }
-        };
+        tick.tick().await;
         let names = names.borrow().clone();
         let mut batch = Vec::new();
-        let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
             if item.len() < std::mem::size_of::<ConnEvent>() {
                 continue;
@@ -442,7 +437,6 @@ async fn read_events(
             }
         }
         queue(&outbox, batch, &counters);
-        guard.clear_ready();
     }
 }
 
