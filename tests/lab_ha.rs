@@ -229,7 +229,7 @@ fn bad_sync_input_is_counted_and_never_stalls() {
     opt[8 + 3] = 40;
     let n = opt.len() as u16;
     opt[2..4].copy_from_slice(&n.to_be_bytes());
-    bad.push(("bad_option", opt));
+    bad.push(("bad_record", opt));
     // 40 records a datagram for a VIP drlb does not balance.
     let flood = wire::encode(&(0..40).map(|i| record([198, 18, 0, 250], i)).collect::<Vec<_>>(), 7, 1472).remove(0);
 

@@ -45,6 +45,9 @@ pub enum Skip {
     BadState,
     /// The connection table had no room.
     TableFull,
+    /// An inactive report for another real server than this director's entry has: the
+    /// expiry of a connection already replaced here (IPVS ignores it too).
+    Stale,
 }
 
 /// What an install did.
@@ -54,8 +57,8 @@ pub enum Installed {
     New,
     /// The entry existed with the same real server: its state and timer were updated.
     Updated,
-    /// The entry existed with another real server: replaced by the peer's (IPVS expires
-    /// its own entry and takes the synced one).
+    /// The entry existed with another real server and the report is active: replaced by
+    /// the peer's (IPVS expires its own entry and takes the synced one).
     Moved,
     /// A persistence template was written.
     Template,
@@ -67,10 +70,13 @@ pub trait SyncTables {
     fn service(&self, id: u32) -> Option<Service>;
     fn member(&self, index: u32) -> u32;
     fn backend(&self, slot: u32) -> Option<Backend>;
-    /// Whether the real server in `slot` of service `id` listens on `port` (in DR, the
-    /// service's port unless configured otherwise).
-    fn server_port_matches(&self, _id: u32, _slot: u32, _port: u16, vport: u16) -> bool {
-        _port == vport || vport == 0
+    /// The slot of service `id`'s real server at `addr`, among all it has configured —
+    /// also those that take no new connections now (health check failed, draining, MAC
+    /// not yet resolved), whose existing connections go on. The default searches the
+    /// member list, which is what the host model has.
+    fn server_slot(&self, _id: u32, svc: &Service, addr: &Addr16) -> Option<u32> {
+        let count = if svc.member_count < MAX_BACKENDS_PER_SERVICE { svc.member_count } else { MAX_BACKENDS_PER_SERVICE };
+        (0..count).map(|i| self.member(svc.members_offset + i)).find(|&slot| matches!(self.backend(slot), Some(b) if b.addr == *addr))
     }
     fn with_conn<R>(&self, key: &ConnKey, f: impl FnOnce(Option<&mut Conn>) -> R) -> R;
     fn insert_conn(&self, key: &ConnKey, conn: &Conn) -> bool;
@@ -135,7 +141,11 @@ pub fn install<T: SyncTables>(t: &T, rec: &SyncedConn, now: u64) -> Result<Insta
         None => t.service_id(&ServiceKey::new(k.vip, 0, k.proto)).ok_or(Skip::NoService)?,
     };
     let svc = t.service(id).ok_or(Skip::NoService)?;
-    let slot = server_slot(t, id, &svc, rec).ok_or(Skip::NoRealServer)?;
+    // DR cannot change the port: the real server listens on the service's.
+    if rec.server_port != k.vport && k.vport != 0 {
+        return Err(Skip::NoRealServer);
+    }
+    let slot = t.server_slot(id, &svc, &rec.server).ok_or(Skip::NoRealServer)?;
     if rec.template {
         if svc.flags & SVC_F_PERSISTENT == 0 {
             return Err(Skip::NoService);
@@ -165,25 +175,28 @@ pub fn install<T: SyncTables>(t: &T, rec: &SyncedConn, now: u64) -> Result<Insta
             c.service = id;
             c.flags = fresh.flags;
             c.last_seen = c.last_seen.max(now);
-            Some(Installed::Updated)
+            Some(Ok(Installed::Updated))
         }
+        // `ip_vs_proc_conn()`: an inactive report for another server is the expiry of a
+        // connection this director already replaced.
+        Some(_) if rec.inactive => Some(Err(Skip::Stale)),
         Some(c) => {
             let (a0, i0) = counts(c.is_inactive());
             t.adjust_conn_counts(c.backend, -a0, -i0);
             let (a1, i1) = counts(rec.inactive);
             t.adjust_conn_counts(slot, a1, i1);
             *c = fresh;
-            Some(Installed::Moved)
+            Some(Ok(Installed::Moved))
         }
         None => None,
     });
     match done {
-        Some(Installed::Moved) => {
+        Some(Ok(Installed::Moved)) => {
             // CPUs may cache the entry with its old real server.
             t.bump_conn_generation();
             Ok(Installed::Moved)
         }
-        Some(done) => Ok(done),
+        Some(done) => done,
         None => {
             let (a, i) = counts(rec.inactive);
             t.adjust_conn_counts(slot, a, i);
@@ -194,15 +207,6 @@ pub fn install<T: SyncTables>(t: &T, rec: &SyncedConn, now: u64) -> Result<Insta
             Ok(Installed::New)
         }
     }
-}
-
-/// The slot of the service's real server at the reported address and port.
-fn server_slot<T: SyncTables>(t: &T, id: u32, svc: &Service, rec: &SyncedConn) -> Option<u32> {
-    let count = if svc.member_count < MAX_BACKENDS_PER_SERVICE { svc.member_count } else { MAX_BACKENDS_PER_SERVICE };
-    (0..count).map(|i| t.member(svc.members_offset + i)).find(|&slot| {
-        matches!(t.backend(slot), Some(b) if b.is_present() && b.addr == rec.server)
-            && t.server_port_matches(id, slot, rec.server_port, rec.key.vport)
-    })
 }
 
 #[cfg(test)]
@@ -278,9 +282,10 @@ mod tests {
         assert_eq!(install(&t, &rec(40000, 0, tcp::ESTABLISHED), 2), Ok(Installed::Updated));
         assert_eq!(t.counts.borrow()[&0], crate::maps::ConnCounts { active: 1, inactive: 0 });
         let generation = t.conn_generation.get();
-        assert_eq!(install(&t, &rec(40000, 1, tcp::FIN_WAIT), 3), Ok(Installed::Moved));
+        assert_eq!(install(&t, &rec(40000, 1, tcp::FIN_WAIT), 3), Err(Skip::Stale), "an inactive report for another server is an old expiry");
+        assert_eq!(install(&t, &rec(40000, 1, tcp::ESTABLISHED), 3), Ok(Installed::Moved));
         assert_eq!(t.counts.borrow()[&0], crate::maps::ConnCounts { active: 0, inactive: 0 });
-        assert_eq!(t.counts.borrow()[&1], crate::maps::ConnCounts { active: 0, inactive: 1 });
+        assert_eq!(t.counts.borrow()[&1], crate::maps::ConnCounts { active: 1, inactive: 0 });
         assert_ne!(t.conn_generation.get(), generation, "flow caches holding the old server are invalidated");
     }
 

@@ -376,8 +376,9 @@ static SYNC_ON: Array<u32> = Array::with_max_entries(1, 0);
 static CONN_EVENTS: RingBuf = RingBuf::with_byte_size(CONN_EVENTS_RING_BYTES, 0);
 
 /// Reports a new connection or a state change for connection sync, if sync runs. Only
-/// packets that made or changed a connection come here.
-#[inline(always)]
+/// packets that made or changed a connection come here. A BPF subprogram of its own, not
+/// inlined: the established path's code stays as compact as without sync.
+#[inline(never)]
 pub fn report_conn(out: &Outcome) {
     if !matches!(SYNC_ON.get_ptr(0), Some(on) if read(on) != 0) {
         return;

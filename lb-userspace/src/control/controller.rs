@@ -329,17 +329,27 @@ impl Controller {
         }
     }
 
-    /// Sync: sends the connections whose refresh fell due since the last sweep.
+    /// Sync: sends the connections whose refresh fell due since the last sweep — only for
+    /// VIPs this director holds: after the VIP moved, the new holder's entries are the
+    /// current ones, and this director's (older) must not overwrite them. A persistent
+    /// service's templates go with them, once each.
     fn reannounce(&mut self, entries: &[(lb_common::conn::ConnKey, lb_common::conn::Conn)], now: u64) {
         let (Some(sync), Some(cfg)) = (&self.sync, &self.config.director.sync) else { return };
         let prev = self.last_sweep.replace(now).unwrap_or(now);
         let period = cfg.refresh_period.as_secs() * self.dp.hz() as u64;
         let names = Names::new(&self.tables);
-        let records: Vec<_> = entries
-            .iter()
-            .filter(|(k, c)| due_for_refresh(k, c, prev, now, period))
-            .flat_map(|(k, c)| names.records(k, c.backend, c.service, c.state, c.flags, false))
-            .collect();
+        let mut templates = std::collections::HashSet::new();
+        let mut records = Vec::new();
+        for (k, c) in entries {
+            let held = lb_common::addr::to_ip(&k.vip).is_some_and(|vip| self.vips.owns(vip));
+            if !held || !due_for_refresh(k, c, prev, now, period) {
+                continue;
+            }
+            let with_template = self.tables.services.get(&c.service).is_some_and(|s| {
+                s.flags & lb_common::maps::SVC_F_PERSISTENT != 0 && templates.insert(s.template_key(&k.client, k.vip, k.vport, k.proto))
+            });
+            records.extend(names.records(k, c.backend, c.service, c.state, c.flags, with_template));
+        }
         sync.announce(records);
     }
 

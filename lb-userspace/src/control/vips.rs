@@ -41,6 +41,11 @@ impl VipTracker {
         changed
     }
 
+    /// Whether the interface holds `vip` now.
+    pub fn owns(&self, vip: IpAddr) -> bool {
+        matches!(self.vips.get(&vip), Some((true, _)))
+    }
+
     pub fn snapshot(&self) -> Vec<VipOwnership> {
         self.vips.iter().map(|(vip, (owned, since))| VipOwnership { vip: *vip, owned: *owned, since: *since }).collect()
     }

@@ -42,6 +42,12 @@ impl SyncTables for Installer<'_> {
     fn backend(&self, slot: u32) -> Option<Backend> {
         self.content.backends.get(&slot).copied()
     }
+    fn server_slot(&self, id: u32, _svc: &Service, addr: &lb_common::addr::Addr16) -> Option<u32> {
+        // Every configured real server of the service, members or not: a connection to
+        // one whose health check failed goes on, on the peer and here.
+        let index = self.content.service_id_of.iter().position(|s| *s == id)?;
+        self.content.slots.get(index)?.iter().copied().find(|slot| matches!(self.content.backends.get(slot), Some(b) if b.addr == *addr))
+    }
     fn with_conn<R>(&self, key: &ConnKey, f: impl FnOnce(Option<&mut Conn>) -> R) -> R {
         let found = self
             .with_map(MAP_CONNS, |m| BpfHashMap::<_, ConnKey, Conn>::try_from(m).ok().and_then(|h| h.get(key, 0).ok()))

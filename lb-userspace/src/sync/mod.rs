@@ -44,6 +44,11 @@ pub const FLUSH_AFTER: Duration = Duration::from_millis(20);
 const INBOX_MESSAGES: usize = 256;
 /// Records waiting to be sent.
 const OUTBOX_BATCHES: usize = 4096;
+/// Peers remembered for status (the most recently heard).
+const MAX_PEERS_SHOWN: usize = 16;
+/// The largest datagram sent, whatever the MTU: what the kernel's IPVS sends and the
+/// least its backup reads (1500 − IP and UDP headers).
+const MAX_DATAGRAM: usize = 1472;
 
 /// What sync counts. One list: metrics, `drlb status` and the state file use these names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,7 +70,6 @@ pub enum Counter {
     BadVersion,
     WrongSyncid,
     Truncated,
-    BadOption,
     NotAPeer,
     Overload,
     // Records not installed.
@@ -73,10 +77,14 @@ pub enum Counter {
     NoRealServer,
     BadState,
     TableFull,
+    Stale,
+    /// Records skipped inside an otherwise good datagram (an unknown mandatory option, a
+    /// malformed option, an unknown address type), as the kernel skips them.
+    BadRecord,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 22] = [
+    pub const ALL: [Counter; 23] = [
         Counter::MessagesSent,
         Counter::RecordsSent,
         Counter::SendErrors,
@@ -92,13 +100,14 @@ impl Counter {
         Counter::BadVersion,
         Counter::WrongSyncid,
         Counter::Truncated,
-        Counter::BadOption,
         Counter::NotAPeer,
         Counter::Overload,
         Counter::NoService,
         Counter::NoRealServer,
         Counter::BadState,
         Counter::TableFull,
+        Counter::Stale,
+        Counter::BadRecord,
     ];
 
     pub fn name(self) -> &'static str {
@@ -118,13 +127,14 @@ impl Counter {
             Counter::BadVersion => DecodeError::BadVersion.name(),
             Counter::WrongSyncid => DecodeError::WrongSyncid.name(),
             Counter::Truncated => DecodeError::Truncated.name(),
-            Counter::BadOption => DecodeError::BadOption.name(),
             Counter::NotAPeer => "not_a_peer",
             Counter::Overload => "overload",
             Counter::NoService => "no_service",
             Counter::NoRealServer => "no_real_server",
             Counter::BadState => "bad_state",
             Counter::TableFull => "table_full",
+            Counter::Stale => "stale",
+            Counter::BadRecord => "bad_record",
         }
     }
 
@@ -151,7 +161,6 @@ impl Counter {
             DecodeError::BadVersion => Counter::BadVersion,
             DecodeError::WrongSyncid => Counter::WrongSyncid,
             DecodeError::Truncated => Counter::Truncated,
-            DecodeError::BadOption => Counter::BadOption,
         }
     }
 
@@ -165,6 +174,7 @@ impl Counter {
             Err(Skip::NoRealServer) => Counter::NoRealServer,
             Err(Skip::BadState) => Counter::BadState,
             Err(Skip::TableFull) => Counter::TableFull,
+            Err(Skip::Stale) => Counter::Stale,
         }
     }
 }
@@ -197,6 +207,12 @@ impl Counters {
 
     fn saw_peer(&self, peer: IpAddr) {
         if let Ok(mut m) = self.peers_seen.lock() {
+            // Bounded: anyone may send a valid datagram (sync is unauthenticated).
+            if !m.contains_key(&peer) && m.len() >= MAX_PEERS_SHOWN {
+                if let Some(oldest) = m.iter().min_by_key(|(_, t)| **t).map(|(p, _)| *p) {
+                    m.remove(&oldest);
+                }
+            }
             m.insert(peer, crate::observe::state::unix_now());
         }
     }
@@ -294,7 +310,10 @@ pub fn synced(r: &Record) -> SyncedConn {
 /// that had a packet within the last period, whose turn — a fixed point of the period
 /// taken from its key, so announcements spread evenly — fell since the previous sweep.
 pub fn due_for_refresh(key: &ConnKey, conn: &Conn, prev: u64, now: u64, period: u64) -> bool {
-    if conn.flags & CONN_F_SYNCED != 0 || period == 0 || now.wrapping_sub(conn.last_seen) > period || conn.expired(now) {
+    // Packets within the last period and this sweep's window: a packet just after the
+    // previous turn is still announced at this one, however late in the window it falls.
+    let recent = now.wrapping_sub(conn.last_seen) <= period + now.saturating_sub(prev);
+    if conn.flags & CONN_F_SYNCED != 0 || period == 0 || !recent || conn.expired(now) {
         return false;
     }
     if now.saturating_sub(prev) >= period {
@@ -363,7 +382,7 @@ impl Sync {
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX_BATCHES);
         let (inbox_tx, inbox) = mpsc::channel(INBOX_MESSAGES);
         // IP and UDP headers.
-        let max_len = (mtu as usize).saturating_sub(28);
+        let max_len = (mtu as usize).saturating_sub(28).min(MAX_DATAGRAM);
         let tasks = vec![
             tokio::spawn(read_events(ring, names_rx, outbox.clone(), counters.clone())),
             tokio::spawn(send(sock.clone(), outbox_rx, destinations(cfg), cfg.syncid, max_len, counters.clone())),
@@ -462,19 +481,25 @@ async fn send(
 ) {
     let mut pending: Vec<Record> = Vec::new();
     let per_message = ((max_len.saturating_sub(wire::HEADER_LEN)) / wire::V4_LEN).clamp(1, wire::MAX_RECORDS);
+    // When the oldest pending record must be sent: FLUSH_AFTER after it came, however
+    // many come after it.
+    let mut deadline = tokio::time::Instant::now();
     loop {
         let got = if pending.is_empty() {
             outbox.recv().await
         } else {
-            match tokio::time::timeout(FLUSH_AFTER, outbox.recv()).await {
-                Ok(r) => r,
-                Err(_) => {
+            tokio::select! {
+                r = outbox.recv() => r,
+                _ = tokio::time::sleep_until(deadline) => {
                     flush(&sock, &mut pending, &to, syncid, max_len, &counters).await;
                     continue;
                 }
             }
         };
         let Some(records) = got else { return };
+        if pending.is_empty() {
+            deadline = tokio::time::Instant::now() + FLUSH_AFTER;
+        }
         pending.extend(records);
         if pending.len() >= per_message {
             flush(&sock, &mut pending, &to, syncid, max_len, &counters).await;
@@ -529,9 +554,10 @@ async fn receive(
         }
         match wire::decode(&buf[..n], syncid) {
             Err(e) => counters.add(Counter::of_decode(e), 1),
-            Ok(records) => {
+            Ok(wire::Decoded { records, skipped }) => {
                 counters.add(Counter::MessagesReceived, 1);
                 counters.add(Counter::RecordsReceived, records.len() as u64);
+                counters.add(Counter::BadRecord, skipped as u64);
                 counters.saw_peer(src);
                 if inbox.try_send(records.iter().map(synced).collect()).is_err() {
                     counters.add(Counter::Overload, 1);
@@ -560,7 +586,7 @@ mod tests {
         let records = names.records(&key, 9, 3, tcp::ESTABLISHED, 0, true);
         assert_eq!(records.len(), 2);
         let msgs = wire::encode(&records, 7, 1472);
-        let back: Vec<SyncedConn> = wire::decode(&msgs[0], 7).unwrap().iter().map(synced).collect();
+        let back: Vec<SyncedConn> = wire::decode(&msgs[0], 7).unwrap().records.iter().map(synced).collect();
         assert!(back[0].template && back[0].key.client == v4_mapped([198, 18, 0, 0]) && back[0].key.cport == 0);
         assert_eq!((back[1].key, back[1].server, back[1].state, back[1].inactive, back[1].timeout_s), (key, v4_mapped([198, 18, 0, 11]), tcp::ESTABLISHED, false, 900));
         assert!(names.records(&key, 8, 3, 1, 0, false).is_empty(), "unknown slots are not named");

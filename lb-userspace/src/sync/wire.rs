@@ -12,9 +12,10 @@
 //! struct ip_vs_sync_v6  { ... the same with 16-byte addresses }                                       // 72 bytes
 //! ```
 //!
-//! then options (type, length, data). Unlike the kernel, which installs records one by one
-//! and stops at the first bad one, a message is decoded whole before anything is
-//! installed: a bad message installs nothing.
+//! then options (type, length, data). A message whose header or record sizes are wrong is
+//! refused whole — where the kernel installs the records before the bad one, drlb installs
+//! none; a record with a bad option or an unknown address type is skipped alone, as the
+//! kernel skips it (`ip_vs_proc_sync_conn()` returning a positive error).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -93,19 +94,20 @@ pub enum DecodeError {
     WrongSyncid,
     /// A record (or the count of records) reaches past the datagram's end.
     Truncated,
-    /// An option is malformed, or mandatory and unknown.
-    BadOption,
+}
+
+/// A decoded message.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Decoded {
+    pub records: Vec<Record>,
+    /// Records left out: a malformed option, an unknown mandatory option, an unknown
+    /// address type.
+    pub skipped: u32,
 }
 
 impl DecodeError {
-    pub const ALL: [DecodeError; 6] = [
-        DecodeError::ShortHeader,
-        DecodeError::BadSize,
-        DecodeError::BadVersion,
-        DecodeError::WrongSyncid,
-        DecodeError::Truncated,
-        DecodeError::BadOption,
-    ];
+    pub const ALL: [DecodeError; 5] =
+        [DecodeError::ShortHeader, DecodeError::BadSize, DecodeError::BadVersion, DecodeError::WrongSyncid, DecodeError::Truncated];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -114,7 +116,6 @@ impl DecodeError {
             DecodeError::BadVersion => "bad_version",
             DecodeError::WrongSyncid => "wrong_syncid",
             DecodeError::Truncated => "truncated",
-            DecodeError::BadOption => "bad_option",
         }
     }
 }
@@ -138,7 +139,7 @@ fn addr(b: &[u8], at: usize, v6: bool) -> IpAddr {
 }
 
 /// Decodes a whole message. `syncid` 0 takes every syncid (as IPVS's backup does).
-pub fn decode(msg: &[u8], syncid: u8) -> Result<Vec<Record>, DecodeError> {
+pub fn decode(msg: &[u8], syncid: u8) -> Result<Decoded, DecodeError> {
     if msg.len() < HEADER_LEN {
         return Err(DecodeError::ShortHeader);
     }
@@ -152,7 +153,7 @@ pub fn decode(msg: &[u8], syncid: u8) -> Result<Vec<Record>, DecodeError> {
         return Err(DecodeError::WrongSyncid);
     }
     let count = msg[4] as usize;
-    let mut out = Vec::with_capacity(count);
+    let mut out = Decoded { records: Vec::with_capacity(count), skipped: 0 };
     let mut at = HEADER_LEN;
     for _ in 0..count {
         if at + V4_LEN > msg.len() {
@@ -169,9 +170,14 @@ pub fn decode(msg: &[u8], syncid: u8) -> Result<Vec<Record>, DecodeError> {
             return Err(DecodeError::Truncated);
         }
         let r = &msg[at..at + size];
-        check_options(&r[base..])?;
+        // Records are 32-bit aligned.
+        at += (size + 3) & !3;
+        if r[0] & !STYPE_F_INET6 != 0 || !options_ok(&r[base..]) {
+            out.skipped += 1;
+            continue;
+        }
         let a = if v6 { 16 } else { 4 };
-        out.push(Record {
+        out.records.push(Record {
             protocol: r[1],
             flags: be32(r, 4),
             state: be16(r, 8),
@@ -184,8 +190,6 @@ pub fn decode(msg: &[u8], syncid: u8) -> Result<Vec<Record>, DecodeError> {
             vaddr: addr(r, 24 + a, v6),
             daddr: addr(r, 24 + 2 * a, v6),
         });
-        // Records are 32-bit aligned.
-        at += (size + 3) & !3;
     }
     Ok(out)
 }
@@ -193,23 +197,23 @@ pub fn decode(msg: &[u8], syncid: u8) -> Result<Vec<Record>, DecodeError> {
 /// Options after a record's fixed part (`ip_vs_proc_sync_conn()`): sequence data and
 /// persistence-engine data are read past (DR rewrites no sequence numbers; drlb has no
 /// persistence engines), unknown optional ones skipped, unknown mandatory ones refused.
-fn check_options(mut p: &[u8]) -> Result<(), DecodeError> {
+fn options_ok(mut p: &[u8]) -> bool {
     while !p.is_empty() {
         if p.len() < 2 {
-            return Err(DecodeError::BadOption);
+            return false;
         }
         let (kind, len) = (p[0], p[1] as usize);
         if len == 0 || 2 + len > p.len() {
-            return Err(DecodeError::BadOption);
+            return false;
         }
         match kind & !OPT_F_PARAM {
             OPT_SEQ_DATA | OPT_PE_DATA | OPT_PE_NAME => {}
             _ if kind & OPT_F_PARAM != 0 => {}
-            _ => return Err(DecodeError::BadOption),
+            _ => return false,
         }
         p = &p[2 + len..];
     }
-    Ok(())
+    true
 }
 
 /// Encodes records into as few messages as fit `max_len` bytes (the interface's MTU less
@@ -330,7 +334,7 @@ mod tests {
 
     #[test]
     fn decodes_the_kernels_layout() {
-        let recs = decode(&message(7, &[kernel_v4_record()]), 7).unwrap();
+        let recs = decode(&message(7, &[kernel_v4_record()]), 7).unwrap().records;
         assert_eq!(
             recs,
             vec![Record { flags: 0x0103, state: 3, cport: 40000, timeout: 60, ..v4(0) }]
@@ -343,8 +347,8 @@ mod tests {
         let msgs = encode(&records, 7, 1472);
         assert_eq!(msgs.len(), 1);
         assert_eq!(msgs[0].len(), HEADER_LEN + 2 * V4_LEN + V6_LEN);
-        assert_eq!(decode(&msgs[0], 7).unwrap(), records);
-        assert_eq!(decode(&msgs[0], 0).unwrap(), records, "syncid 0 takes every syncid");
+        assert_eq!(decode(&msgs[0], 7).unwrap().records, records);
+        assert_eq!(decode(&msgs[0], 0).unwrap().records, records, "syncid 0 takes every syncid");
         // Byte for byte what the kernel's struct gives.
         let one = encode(&[Record { flags: 0x0103, state: 3, cport: 40000, timeout: 60, ..v4(0) }], 7, 1472);
         assert_eq!(one[0], message(7, &[kernel_v4_record()]));
@@ -356,7 +360,7 @@ mod tests {
         let msgs = encode(&records, 1, 1472);
         assert!(msgs.iter().all(|m| m.len() <= 1472));
         assert_eq!(msgs[0][4] as usize, (1472 - HEADER_LEN) / V4_LEN);
-        let back: Vec<Record> = msgs.iter().flat_map(|m| decode(m, 1).unwrap()).collect();
+        let back: Vec<Record> = msgs.iter().flat_map(|m| decode(m, 1).unwrap().records).collect();
         assert_eq!(back, records);
         let big = encode(&records, 1, 65000);
         assert_eq!(big.iter().map(|m| m[4] as usize).collect::<Vec<_>>(), vec![255, 255, 90]);
@@ -371,20 +375,24 @@ mod tests {
         rec.extend_from_slice(&[0, 0]); // pad to 4
         let size = (V4_LEN + 26) as u16;
         rec[2..4].copy_from_slice(&size.to_be_bytes());
-        assert_eq!(decode(&message(7, &[rec.clone(), kernel_v4_record()]), 7).unwrap().len(), 2);
-        // An unknown mandatory option.
+        assert_eq!(decode(&message(7, &[rec.clone(), kernel_v4_record()]), 7).unwrap().records.len(), 2);
+        // An unknown mandatory option: that record is skipped, the others taken.
         let mut bad = kernel_v4_record();
         bad.extend_from_slice(&[9, 2, 0, 0]);
         bad[2..4].copy_from_slice(&(40u16).to_be_bytes());
-        assert_eq!(decode(&message(7, &[bad.clone()]), 7), Err(DecodeError::BadOption));
-        // ... which is skipped when marked optional.
+        let d = decode(&message(7, &[bad.clone(), kernel_v4_record()]), 7).unwrap();
+        assert_eq!((d.records.len(), d.skipped), (1, 1));
+        // ... and the option is read past when marked optional.
         bad[V4_LEN] = 9 | OPT_F_PARAM;
-        assert_eq!(decode(&message(7, &[bad]), 7).unwrap().len(), 1);
-        // A zero-length option.
+        assert_eq!(decode(&message(7, &[bad]), 7).unwrap().records.len(), 1);
+        // A zero-length option, and an unknown address type.
         let mut zero = kernel_v4_record();
         zero.extend_from_slice(&[OPT_PE_NAME, 0, 0, 0]);
         zero[2..4].copy_from_slice(&(40u16).to_be_bytes());
-        assert_eq!(decode(&message(7, &[zero]), 7), Err(DecodeError::BadOption));
+        let mut odd_type = kernel_v4_record();
+        odd_type[0] = 4;
+        let d = decode(&message(7, &[zero, odd_type]), 7).unwrap();
+        assert_eq!((d.records.len(), d.skipped), (0, 2));
     }
 
     #[test]
