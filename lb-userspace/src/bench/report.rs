@@ -202,13 +202,14 @@ pub fn svg(r: &Results) -> String {
     o
 }
 
-/// Writes `<dir>/<date>-<arch>.md`, `.svg` and `.json`; returns the Markdown path.
+/// Writes `<dir>/<date>-<arch>[-sync].md`, `.svg` and `.json`; returns the Markdown path.
 pub fn write(dir: &Path, m: &Machine, r: &Results) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let base = dir.join(format!("{}-{}", m.date, m.arch));
+    let name = format!("{}-{}{}", m.date, m.arch, if r.sync { "-sync" } else { "" });
+    let base = dir.join(&name);
     let md = base.with_extension("md");
     let mut text = markdown(m, r);
-    text += &format!("\n![ratios]({}-{}.svg)\n", m.date, m.arch);
+    text += &format!("\n![ratios]({name}.svg)\n");
     std::fs::write(&md, text)?;
     std::fs::write(base.with_extension("svg"), svg(r))?;
     let json = serde_json::to_string_pretty(&Report { machine: m, ratios: &r.ratios, targets: &r.targets, results: r })?;
