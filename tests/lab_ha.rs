@@ -95,11 +95,7 @@ fn link_down_failover_and_fail_back_keep_every_connection() {
     println!("the backup installed {synced} synced connection entries");
 
     lab.set_link("director", false).unwrap();
-    let (answers, failover) = std::thread::scope(|s| {
-        let requests = s.spawn(|| lab.requests_concurrently(&mut held, Duration::from_secs(30)));
-        let failover = lab.wait_for_vip("director2", VRRP_LIMIT).expect("the backup takes the VIP");
-        (requests.join().unwrap(), failover)
-    });
+    let (answers, failover) = lab.requests_during_failover(&mut held, "director2", VRRP_LIMIT).expect("the backup takes the VIP");
     assert_all_continued(&answers, failover, "failover (master link down)");
     // And once the client follows the VIP's gratuitous ARP to the new master.
     let answers = lab.requests_concurrently(&mut held, Duration::from_secs(30));
@@ -145,11 +141,8 @@ fn graceful_keepalived_stop_and_killed_drlb_keep_every_connection() {
     assert_all_continued(&answers, failback, "fail-back after keepalived restarted");
 
     lab.stop_director("director", true).unwrap();
-    let (answers, failover) = std::thread::scope(|s| {
-        let requests = s.spawn(|| lab.requests_concurrently(&mut held, Duration::from_secs(30)));
-        let failover = lab.wait_for_vip("director2", VRRP_LIMIT).expect("keepalived gives the VIP away when drlb dies");
-        (requests.join().unwrap(), failover)
-    });
+    let (answers, failover) =
+        lab.requests_during_failover(&mut held, "director2", VRRP_LIMIT).expect("keepalived gives the VIP away when drlb dies");
     assert!(lab.keepalived_log("director").contains("chk_drlb"), "keepalived's log names the failed check");
     assert_all_continued(&answers, failover, "drlb killed on the master");
     let fresh = lab.http_requests(10, Duration::from_secs(3)).unwrap();
@@ -201,18 +194,9 @@ fn bad_sync_input_is_counted_and_never_stalls() {
     let config = lab.drlb_config().replacen("director:\n", "director:\n  sync: { interface: eth0, syncid: 7 }\n", 1);
     lab.start_drlb_with(drlb(), &config).expect("start drlb with sync");
 
-    let record = |vip: [u8; 4], cport: u16| Record {
-        protocol: 6,
-        flags: wire::flags::DROUTE,
-        state: 1,
-        cport,
-        vport: 80,
-        dport: 80,
-        fwmark: 0,
-        timeout: 900,
-        caddr: std::net::Ipv4Addr::new(198, 19, (cport >> 8) as u8, cport as u8).into(),
-        vaddr: std::net::Ipv4Addr::from(vip).into(),
-        daddr: std::net::Ipv4Addr::new(198, 18, 0, 11).into(),
+    let record = |vip: [u8; 4], cport: u16| {
+        let client = std::net::Ipv4Addr::new(198, 19, (cport >> 8) as u8, cport as u8);
+        Record::established_dr((client.into(), cport), (std::net::Ipv4Addr::from(vip).into(), 80), std::net::Ipv4Addr::new(198, 18, 0, 11).into())
     };
     let good = wire::encode(&[record([198, 18, 0, 100], 1), record([198, 18, 0, 100], 2)], 7, 1472).remove(0);
     let mut bad: Vec<(&str, Vec<u8>)> = vec![("short_header", b"drlb".to_vec()), ("bad_size", b"not an IPVS sync message".to_vec())];

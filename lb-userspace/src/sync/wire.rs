@@ -71,6 +71,24 @@ pub struct Record {
 }
 
 impl Record {
+    /// An ESTABLISHED, active TCP connection forwarded by Direct Routing, with IPVS's
+    /// default timeout for the state (900 s).
+    pub fn established_dr(client: (IpAddr, u16), vip: (IpAddr, u16), server: IpAddr) -> Record {
+        Record {
+            protocol: 6,
+            flags: flags::DROUTE,
+            state: 1,
+            cport: client.1,
+            vport: vip.1,
+            dport: vip.1,
+            fwmark: 0,
+            timeout: 900,
+            caddr: client.0,
+            vaddr: vip.0,
+            daddr: server,
+        }
+    }
+
     fn is_v6(&self) -> bool {
         self.caddr.is_ipv6()
     }
@@ -279,19 +297,7 @@ mod tests {
     use super::*;
 
     fn v4(cport: u16) -> Record {
-        Record {
-            protocol: 6,
-            flags: flags::DROUTE,
-            state: 1,
-            cport,
-            vport: 80,
-            dport: 80,
-            fwmark: 0,
-            timeout: 900,
-            caddr: "198.18.0.10".parse().unwrap(),
-            vaddr: "198.18.0.100".parse().unwrap(),
-            daddr: "198.18.0.11".parse().unwrap(),
-        }
+        Record::established_dr(("198.18.0.10".parse().unwrap(), cport), ("198.18.0.100".parse().unwrap(), 80), "198.18.0.11".parse().unwrap())
     }
 
     fn v6() -> Record {

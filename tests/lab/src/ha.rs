@@ -90,9 +90,7 @@ impl Lab {
 
     /// Ends `drlb` on `role`: SIGKILL (a crash: pins stay) or SIGTERM (it detaches).
     pub fn stop_director(&mut self, role: &str, kill: bool) -> Result<()> {
-        let name = format!("drlb {role}");
-        let i = self.children.iter().position(|(n, _)| *n == name).ok_or_else(|| anyhow!("no {name} running"))?;
-        let (_, mut child) = self.children.remove(i);
+        let mut child = self.take_child(&format!("drlb {role}"))?;
         if kill {
             child.kill()?;
             child.wait()?;
@@ -167,9 +165,7 @@ impl Lab {
 
     /// Stops keepalived on `role` gracefully (SIGTERM: it sends priority 0 and removes the VIP).
     pub fn stop_keepalived(&mut self, role: &str) -> Result<()> {
-        let name = format!("keepalived {role}");
-        let i = self.children.iter().position(|(n, _)| *n == name).ok_or_else(|| anyhow!("no {name} running"))?;
-        let (_, child) = self.children.remove(i);
+        let child = self.take_child(&format!("keepalived {role}"))?;
         stop_child(child, Duration::from_secs(10))
     }
 
@@ -226,6 +222,17 @@ impl Lab {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// One request on each held connection, sent while the VIP moves to `to`: the answers,
+    /// and how long the move took.
+    pub fn requests_during_failover(&self, held: &mut [TcpStream], to: &str, limit: Duration) -> Result<(Vec<Answer>, Duration)> {
+        std::thread::scope(|s| {
+            let requests = s.spawn(|| self.requests_concurrently(held, Duration::from_secs(30)));
+            let failover = self.wait_for_vip(to, limit);
+            let answers = requests.join().map_err(|_| anyhow!("the request thread panicked"))?;
+            Ok((answers, failover?))
+        })
     }
 
     /// One request on each held connection, all at once; each answer with its time.

@@ -238,10 +238,15 @@ impl Lab {
 
     /// Stops a real server's nginx (the server itself stays up: ARP, ping).
     pub fn stop_nginx(&mut self, role: &str) -> Result<()> {
-        let name = format!("nginx {role}");
-        let i = self.children.iter().position(|(n, _)| *n == name).ok_or_else(|| anyhow!("no {name} running"))?;
-        let (_, child) = self.children.remove(i);
+        let child = self.take_child(&format!("nginx {role}"))?;
         stop_child(child, Duration::from_secs(5))
+    }
+
+    /// The running child process the lab named `name` ("nginx rs1", "keepalived director"),
+    /// no longer the lab's to stop.
+    pub(crate) fn take_child(&mut self, name: &str) -> Result<Child> {
+        let i = self.children.iter().position(|(n, _)| *n == name).ok_or_else(|| anyhow!("no {name} running"))?;
+        Ok(self.children.remove(i).1)
     }
 
     /// Starts a real server's nginx again and waits until it accepts connections.

@@ -155,13 +155,7 @@ fn demo_ha(drlb: PathBuf, mode: Mode) -> Result<(String, bool)> {
     println!("  director2 installed {synced} connection entries from director's sync");
     println!("demo --ha: taking director's link down; one more request on every connection");
     lab.set_link("director", false)?;
-    let (answers, failover) = std::thread::scope(|s| {
-        let requests = s.spawn(|| lab.requests_concurrently(&mut held, Duration::from_secs(20)));
-        let failover = lab.wait_for_vip("director2", Duration::from_secs(10));
-        (requests.join(), failover)
-    });
-    let answers = answers.map_err(|_| anyhow::anyhow!("the request thread panicked"))?;
-    let failover = failover?;
+    let (answers, failover) = lab.requests_during_failover(&mut held, "director2", Duration::from_secs(10))?;
     let kept = answers.iter().filter(|a| a.result.is_ok()).count();
     let slowest = answers.iter().map(|a| a.after).max().unwrap_or_default();
     println!("  director2 holds the VIP after {failover:.1?}; slowest answer after {slowest:.1?}");
