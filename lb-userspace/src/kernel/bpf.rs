@@ -673,8 +673,22 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Every live entry of the connection table.
+    /// Every entry of the connection table, read in batches (BPF_MAP_LOOKUP_BATCH); entry
+    /// by entry where the kernel refuses batches.
     pub fn connections(&self) -> Result<Vec<(ConnKey, Conn)>> {
+        let map = self.map(MAP_CONNS)?;
+        if let aya::maps::Map::LruHashMap(data) = map {
+            match crate::kernel::batch::lookup_all::<ConnKey, Conn>(data) {
+                Ok(entries) => return Ok(entries),
+                Err(e) => tracing::debug!("batch lookup of {MAP_CONNS} refused ({e}); reading it entry by entry"),
+            }
+        }
+        self.connections_one_by_one()
+    }
+
+    /// Every entry of the connection table, two system calls each (tests compare it with
+    /// [`Dataplane::connections`]).
+    pub fn connections_one_by_one(&self) -> Result<Vec<(ConnKey, Conn)>> {
         let conns: BpfHashMap<&MapData, ConnKey, Conn> = BpfHashMap::try_from(self.map(MAP_CONNS)?)?;
         Ok(conns.iter().filter_map(|r| r.ok()).collect())
     }

@@ -3,6 +3,7 @@
 //! systemd's notification socket and the controller's process. Imports nothing of the
 //! configuration: what to write arrives as [`content::MapContent`].
 
+pub mod batch;
 pub mod bpf;
 pub mod content;
 pub mod ethtool;
