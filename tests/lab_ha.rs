@@ -245,7 +245,7 @@ fn bad_sync_input_is_counted_and_never_stalls() {
     let count = |reason: &str| -> u64 {
         status
             .lines()
-            .skip_while(|l| !l.starts_with("Sync input refused"))
+            .skip_while(|l| !l.starts_with("Sync problems, by reason"))
             .find_map(|l| l.trim().strip_prefix(reason).and_then(|v| v.trim().parse().ok()))
             .unwrap_or(0)
     };

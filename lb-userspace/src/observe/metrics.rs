@@ -127,7 +127,7 @@ impl Collector for DataplaneCollector {
                 family(
                     &mut enc,
                     "drlb_sync_rejected",
-                    "Sync datagrams refused and connections not installed, by reason",
+                    "Sync problems by reason: datagrams refused, connections not installed, sends failed, events lost",
                     MetricType::Counter,
                     all.iter().filter(|k| k.is_rejection()).map(|k| (l(&[("reason", k.name())]), n(k))).collect(),
                 )?;

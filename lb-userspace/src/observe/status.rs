@@ -240,7 +240,7 @@ pub fn render(s: &Status, view: View) -> String {
             let _ = writeln!(o, "  {k:<24} {v}");
         }
         if let Some(sync) = s.controller.as_ref().and_then(|c| c.sync.as_ref()) {
-            let _ = writeln!(o, "Sync input refused or left out, by reason:");
+            let _ = writeln!(o, "Sync problems, by reason (input refused, records left out, sends failed, events lost):");
             let rejected: Vec<_> = crate::sync::Counter::ALL.iter().filter(|c| c.is_rejection()).collect();
             for c in rejected {
                 let _ = writeln!(o, "  {:<24} {}", c.name(), sync.counters.get(c.name()).copied().unwrap_or(0));
@@ -291,7 +291,7 @@ fn render_controller(o: &mut String, c: &ControllerState, view: View) {
         let refused: u64 =
             crate::sync::Counter::ALL.iter().filter(|k| k.is_rejection()).map(|k| n(k.name())).sum();
         if refused > 0 && !view.reasons {
-            let _ = writeln!(o, "  {refused} datagram(s) or record(s) refused or left out (`drlb status --reasons` says why)");
+            let _ = writeln!(o, "  {refused} sync problem(s): refused or left-out input, failed sends, lost events (`drlb status --reasons` says which)");
         }
     }
 }

@@ -138,8 +138,9 @@ impl Counter {
         }
     }
 
-    /// Whether it counts refused input or records left out (`drlb status --reasons`,
-    /// `drlb_sync_rejected_total`), rather than normal work (`drlb_sync_total`).
+    /// Whether it counts a problem — input refused, records left out, a failed send, a
+    /// lost event (`drlb status --reasons`, `drlb_sync_rejected_total`) — rather than
+    /// normal work (`drlb_sync_total`).
     pub fn is_rejection(self) -> bool {
         !matches!(
             self,

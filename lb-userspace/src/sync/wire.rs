@@ -46,9 +46,7 @@ const OPT_F_PARAM: u8 = 1 << 6;
 pub mod flags {
     /// Forwarding method: Direct Routing.
     pub const DROUTE: u32 = 0x0003;
-    pub const FWD_MASK: u32 = 0x0007;
     pub const INACTIVE: u32 = 0x0100;
-    pub const NO_CPORT: u32 = 0x0800;
     pub const TEMPLATE: u32 = 0x1000;
 }
 
@@ -124,9 +122,6 @@ pub struct Decoded {
 }
 
 impl DecodeError {
-    pub const ALL: [DecodeError; 5] =
-        [DecodeError::ShortHeader, DecodeError::BadSize, DecodeError::BadVersion, DecodeError::WrongSyncid, DecodeError::Truncated];
-
     pub fn name(self) -> &'static str {
         match self {
             DecodeError::ShortHeader => "short_header",
