@@ -57,7 +57,7 @@ fn connection_table_batch_read_equals_entry_by_entry() {
     let n = 20_000u32;
     for i in 0..n {
         let key = lb_common::conn::ConnKey::v4(u32::from_le_bytes([198, 19, (i >> 8) as u8, i as u8]), u32::from_le_bytes([198, 18, 0, 100]), 40000 + (i % 1000) as u16, 80, 6);
-        let conn = lb_common::conn::Conn { last_seen: i as u64, backend: i % 7, service: 0, timeout: 900, state: 1, flags: 0, _pad: [0; 2] };
+        let conn = lb_common::conn::Conn { last_seen: i as u64, backend: i % 7, service: 0, timeout: 900, state: 1, flags: 0, order: 0 };
         dp.insert_connection(&key, &conn).unwrap();
     }
     let t0 = std::time::Instant::now();

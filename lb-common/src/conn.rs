@@ -42,6 +42,15 @@ impl ConnKey {
         unsafe { core::mem::transmute::<[u64; 5], ConnKey>(words) }
     }
 
+    /// A multiplicative hash of the key's five words, for the direct-mapped tables
+    /// (flow cache, half-open table), which take different bits of it.
+    #[inline(always)]
+    pub fn mix(&self) -> u64 {
+        let w = self.words();
+        let x = w[0] ^ w[1].rotate_left(17) ^ w[2] ^ w[3].rotate_left(31) ^ w[4].rotate_left(7);
+        x.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
     /// The key as five words, for hashing and comparing it whole.
     #[inline(always)]
     pub fn words(&self) -> &[u64; 5] {
@@ -86,7 +95,9 @@ pub struct Conn {
     pub timeout: u32,
     pub state: u8,
     pub flags: u8,
-    pub _pad: [u8; 2],
+    /// Half-open table only ([`crate::halfopen`]): the entry's place in its bucket's order
+    /// of arrival, which decides whom a full bucket displaces. 0 in the connection table.
+    pub order: u16,
 }
 
 impl Conn {

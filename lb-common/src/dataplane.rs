@@ -3,11 +3,18 @@
 //! Per packet, in order of cost: one array lookup rejects addresses that are not VIPs; this
 //! CPU's flow cache (an array) or else one hash lookup finds an existing connection, whose
 //! real server is one array lookup away.
-//! Only a packet without a connection pays for the service lookup and the scheduler.
+//! Only a packet without a connection pays for the service lookup and the scheduler; a
+//! SYN's connection then waits in the half-open table ([`crate::halfopen`]) until its
+//! handshake completes, and only then enters the connection table.
+//!
+//! Phases, in order: parse L3/L4; flow cache; connection table; half-open table; service
+//! and scheduler (or persistence template); record the connection; rewrite the MACs.
 
 use crate::addr::Addr16;
 use crate::conn::{tcp, Conn, ConnKey, CONN_F_INACTIVE, CONN_F_SYNCED};
+use crate::events::Event;
 use crate::flowcache::{self, FlowCacheEntry};
+use crate::halfopen::{self, HalfOpen};
 use crate::maps::{
     Scheduler, Backend, ConnCounts, Persist, BACKEND_F_PRESENT, SchedState, Service, ServiceKey, Vip, VipKey, IPPROTO_TCP,
     IPPROTO_UDP, SVC_F_PERSISTENT, SVC_F_SLOPPY_TCP,
@@ -66,6 +73,15 @@ pub trait Tables {
     fn bump_conn_generation(&self);
     /// Records a connection; `false` if the table had no room.
     fn insert_conn(&self, key: &ConnKey, conn: &Conn) -> bool;
+    /// Records a connection only if its key has none (`BPF_NOEXIST`).
+    fn insert_new_conn(&self, key: &ConnKey, conn: &Conn) -> NewConn;
+    /// Entry `slot` of `DRLB_HALF_OPEN`, copied.
+    fn half_open(&self, slot: u32) -> Option<HalfOpen>;
+    fn set_half_open(&self, slot: u32, entry: &HalfOpen);
+    /// Counts one [`Event`] on this CPU.
+    fn count_event(&self, event: Event);
+    /// `DRLB_SWEPT_AT`: when the controller last recounted ([`HalfOpen::counted`]).
+    fn swept_at(&self) -> u64;
     fn remove_conn(&self, key: &ConnKey);
     fn with_sched_state<R>(&self, service: u32, f: impl FnOnce(&mut SchedState) -> R) -> Option<R>;
     /// Entry `index` of `DRLB_SCHED_TAB` (`NO_DEST` if out of range).
@@ -173,27 +189,109 @@ pub fn mh_hash(client: &Addr16) -> u32 {
     crate::hash::flow_hash(client, &[0; 16], 0, 0, 0)
 }
 
-/// Applies one TCP segment to a connection (`set_tcp_state()`), moving the backend's
-/// counts between active and inactive as IPVS does. True when the state changed.
+/// What [`insert_new_conn`](Tables::insert_new_conn) did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NewConn {
+    Inserted,
+    /// The key already had a connection (another CPU recorded it a moment ago).
+    Exists,
+    NoRoom,
+}
+
+/// One TCP segment applied to a connection (`set_tcp_state()`) without touching the
+/// counts: the connection after it, and how its backend's (active, inactive) counts move
+/// as IPVS moves them between ActiveConn and InActConn.
+#[inline(always)]
+fn tcp_next<T: Tables>(t: &T, c: &Conn, flags: u8) -> (Conn, i32, i32) {
+    let new = tcp::next_state(c.state, flags);
+    let mut n = *c;
+    if new == c.state {
+        return (n, 0, 0);
+    }
+    let mut delta = (0, 0);
+    if !c.is_inactive() && new != tcp::ESTABLISHED {
+        delta = (-1, 1);
+        n.flags |= CONN_F_INACTIVE;
+    } else if c.is_inactive() && new == tcp::ESTABLISHED {
+        delta = (1, -1);
+        n.flags &= !CONN_F_INACTIVE;
+    }
+    n.state = new;
+    n.timeout = match t.service(c.service) {
+        Some(s) => s.ticks(s.timeouts.tcp(new)),
+        None => 0,
+    };
+    (n, delta.0, delta.1)
+}
+
+/// Applies one TCP segment to a connection ([`tcp_next`]) and its backend's counts. True
+/// when the state changed.
 #[inline(always)]
 fn tcp_transition<T: Tables>(t: &T, c: &mut Conn, flags: u8) -> bool {
-    let new = tcp::next_state(c.state, flags);
-    let changed = new != c.state;
-    if changed {
-        if !c.is_inactive() && new != tcp::ESTABLISHED {
-            t.adjust_conn_counts(c.backend, -1, 1);
-            c.flags |= CONN_F_INACTIVE;
-        } else if c.is_inactive() && new == tcp::ESTABLISHED {
-            t.adjust_conn_counts(c.backend, 1, -1);
-            c.flags &= !CONN_F_INACTIVE;
-        }
-        c.state = new;
-        c.timeout = match t.service(c.service) {
-            Some(s) => s.ticks(s.timeouts.tcp(new)),
-            None => 0,
-        };
+    let (n, active, inactive) = tcp_next(t, c, flags);
+    let changed = n.state != c.state;
+    if active != 0 || inactive != 0 {
+        t.adjust_conn_counts(c.backend, active, inactive);
     }
+    *c = n;
     changed
+}
+
+/// What the half-open table said about a TCP packet without a connection entry.
+enum HalfOpenStep {
+    /// The connection is half-open (or was, and this packet promoted it): its backend slot.
+    Forward(u32),
+    /// No half-open connection for this key: the packet may start one.
+    NotHeld,
+    /// Promotion found no room in the connection table.
+    Drop(Verdict),
+}
+
+/// Looks `key` up in the half-open table and applies the packet: a retransmitted SYN or a
+/// RST leaves the connection half-open; anything that takes it out of SYN_RECV (the
+/// handshake's ACK) moves it into the connection table.
+#[inline(always)]
+fn half_open_step<T: Tables>(t: &T, slot: u32, flags: u8, now: u64, cache_index: u32, out: &mut Outcome) -> HalfOpenStep {
+    let Some(e) = t.half_open(slot) else { return HalfOpenStep::NotHeld };
+    if !e.holds(&out.key, now) {
+        return HalfOpenStep::NotHeld;
+    }
+    let c = e.conn;
+    let syn = flags & tcp::FLAG_SYN != 0;
+    if syn && !matches!(t.backend(c.backend), Some(b) if b.accepts_new()) {
+        // As for a connection entry: a SYN whose server takes no new connections starts
+        // afresh.
+        release(t, &c);
+        t.set_half_open(slot, &HalfOpen::EMPTY);
+        return HalfOpenStep::NotHeld;
+    }
+    out.service = Some(c.service);
+    let (mut next, active, inactive) = tcp_next(t, &c, flags);
+    next.last_seen = now;
+    if next.state == tcp::SYN_RECV {
+        t.set_half_open(slot, &HalfOpen { key: e.key, conn: next });
+        return HalfOpenStep::Forward(c.backend);
+    }
+    next.order = 0;
+    match t.insert_new_conn(&out.key, &next) {
+        NewConn::Inserted => {
+            if active != 0 || inactive != 0 {
+                t.adjust_conn_counts(c.backend, active, inactive);
+            }
+            t.set_half_open(slot, &HalfOpen::EMPTY);
+            // A cache entry of an earlier connection of this 5-tuple must not serve this one.
+            t.with_flow_cache(cache_index, |e| e.clear());
+            t.count_event(Event::HalfOpenPromoted);
+            out.conn_changed = true;
+            out.entered_table = true;
+            out.state = next.state;
+            out.conn_flags = next.flags;
+            HalfOpenStep::Forward(c.backend)
+        }
+        // Another CPU promoted it a moment ago; its entry (and counts) stand.
+        NewConn::Exists => HalfOpenStep::Forward(c.backend),
+        NewConn::NoRoom => HalfOpenStep::Drop(Verdict::DropConnTableFull),
+    }
 }
 
 /// Takes a dead connection out of its backend's counts.
@@ -229,9 +327,13 @@ pub struct Outcome {
     /// Backend slot, when one was chosen.
     pub slot: Option<u32>,
     pub service: Option<u32>,
-    /// The packet made the connection or changed its state: what connection sync reports
-    /// (with `state`, `conn_flags`, `slot` and `service`).
+    /// The packet made a connection-table entry or changed one's state: what connection
+    /// sync reports (with `state`, `conn_flags`, `slot` and `service`). Half-open
+    /// connections are not reported: a peer learns of a connection once it is in the table.
     pub conn_changed: bool,
+    /// The packet put its connection into the connection table: new, or promoted from the
+    /// half-open table.
+    pub entered_table: bool,
     /// The connection's state and flags after the packet.
     pub state: u8,
     pub conn_flags: u8,
@@ -323,6 +425,20 @@ pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &m
                 // Other CPUs may cache the connection this one replaces.
                 t.bump_conn_generation();
             }
+            let (mut half_open_slot, mut half_open_order) = (halfopen::NO_SLOT, 0);
+            if is_tcp {
+                let scan = halfopen::scan(key, now, |slot| t.half_open(slot));
+                (half_open_slot, half_open_order) = (scan.free, scan.order);
+                if scan.held != halfopen::NO_SLOT {
+                    match half_open_step(t, scan.held, l4.tcp_flags, now, cache_index, out) {
+                        HalfOpenStep::Forward(slot) => return forward(pkt, t, slot, bytes, Verdict::TxForwarded, out),
+                        HalfOpenStep::Drop(v) => return v,
+                        // Released: a new connection of this key takes its way.
+                        HalfOpenStep::NotHeld => half_open_slot = scan.held,
+                    }
+                }
+            }
+            let key = &out.key;
             let id = match t.service_id(&ServiceKey::new(ip.dst(), l4.dport, ip.proto)) {
                 Some(id) => id,
                 None => match t.service_id(&ServiceKey::new(ip.dst(), 0, ip.proto)) {
@@ -374,27 +490,51 @@ pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &m
                 timeout: svc.ticks(svc.timeouts.udp),
                 state: tcp::NONE,
                 flags: CONN_F_INACTIVE,
-                _pad: [0; 2],
+                order: 0,
             };
             t.adjust_conn_counts(slot, 0, 1);
             if is_tcp {
                 c.timeout = svc.ticks(svc.timeouts.tcp(tcp::NONE));
                 tcp_transition(t, &mut c, l4.tcp_flags);
             }
-            if !t.insert_conn(key, &c) {
-                t.adjust_conn_counts(slot, 0, -1);
-                return Verdict::DropConnTableFull;
-            }
-            // An entry the LRU evicted leaves no trace but a cache entry of this key may
-            // remain here: it must not outlive the connection that replaces it.
-            t.with_flow_cache(cache_index, |e| e.clear());
             out.new_conn = true;
-            out.conn_changed = true;
             out.state = c.state;
             out.conn_flags = c.flags;
+            if c.state == tcp::SYN_RECV {
+                // Half-open until the handshake completes. A live entry in the way is the
+                // oldest of a full bucket, another connection's; its count goes, as does an
+                // expired one's that the last sweep still counted.
+                if let Some(old) = t.half_open(half_open_slot) {
+                    if old.counted(t.swept_at()) {
+                        release(t, &old.conn);
+                    }
+                    if old.live(now) {
+                        t.count_event(Event::HalfOpenDisplaced);
+                    }
+                }
+                c.order = half_open_order;
+                t.set_half_open(half_open_slot, &HalfOpen { key: *key, conn: c });
+            } else {
+                if !t.insert_conn(key, &c) {
+                    t.adjust_conn_counts(slot, 0, -1);
+                    return Verdict::DropConnTableFull;
+                }
+                // An entry the LRU evicted leaves no trace but a cache entry of this key may
+                // remain here: it must not outlive the connection that replaces it.
+                t.with_flow_cache(cache_index, |e| e.clear());
+                out.conn_changed = true;
+                out.entered_table = true;
+            }
             (slot, Verdict::TxScheduled)
         }
     };
+    forward(pkt, t, slot, bytes, stat, out)
+}
+
+/// Rewrites the MACs toward backend `slot` and accounts the packet; `stat` is the verdict
+/// the decision came to.
+#[inline(always)]
+fn forward<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, slot: u32, bytes: u64, stat: Verdict, out: &mut Outcome) -> Verdict {
     out.slot = Some(slot);
     let Some((flags, l2)) = t.backend_l2(slot) else { return Verdict::DropBackendMissing };
     if flags & BACKEND_F_PRESENT == 0 {

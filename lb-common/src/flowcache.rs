@@ -51,12 +51,10 @@ pub struct FlowCacheEntry {
 
 const _: () = assert!(core::mem::size_of::<FlowCacheEntry>() == 64);
 
-/// The cache slot of `key`: a multiplicative hash of its five words.
+/// The cache slot of `key`.
 #[inline(always)]
 pub fn index(key: &ConnKey) -> u32 {
-    let w = key.words();
-    let x = w[0] ^ w[1].rotate_left(17) ^ w[2] ^ w[3].rotate_left(31) ^ w[4].rotate_left(7);
-    (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as u32 & (FLOW_CACHE_SIZE - 1)
+    (key.mix() >> 40) as u32 & (FLOW_CACHE_SIZE - 1)
 }
 
 /// Whether a packet with these TCP flags (`None`: UDP) may be served from the cache.

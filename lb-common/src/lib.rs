@@ -3,7 +3,9 @@
 //! * [`maps`]: the `#[repr(C)]` key/value types of every BPF map and the map names.
 //! * [`verdict`]: what happens to a frame and why: the XDP action and the per-CPU counter index.
 //! * [`packet`]: header parsing over any [`packet::Packet`] (XDP context or a byte slice).
+//! * [`events`]: per-CPU counters of what happens to connections beside a packet's verdict.
 //! * [`dataplane`]: the forwarding decision itself, over any [`dataplane::Tables`].
+//! * [`halfopen`]: where a TCP connection waits between SYN and handshake, apart from the table.
 //! * [`sync`]: connections a peer director reports, installed into the same tables.
 //!
 //! The same code is compiled into the BPF object and unit/property-tested on the host.
@@ -12,7 +14,9 @@
 pub mod addr;
 pub mod conn;
 pub mod dataplane;
+pub mod events;
 pub mod flowcache;
+pub mod halfopen;
 pub mod hash;
 pub mod maps;
 pub mod packet;

@@ -27,6 +27,16 @@ pub const MAP_CONN_COUNTS: &str = "DRLB_CONN_COUNT";
 pub const MAP_BACKEND_STATS: &str = "DRLB_RS_STATS";
 /// `LruHashMap<ConnKey, Conn>`: the connection table.
 pub const MAP_CONNS: &str = "DRLB_CONNS";
+/// `Array<HalfOpen>`: TCP connections between SYN and handshake ([`crate::halfopen`]),
+/// direct-mapped by key. Pinned: handshakes in flight survive a controller restart.
+pub const MAP_HALF_OPEN: &str = "DRLB_HALF_OPEN";
+/// `Array<u64>` of one: the dataplane time (`now`) of the controller's last sweep, written
+/// before the sweep writes the counts it computed. A half-open entry that expired before
+/// it is no longer in its server's InActConn (the sweep left it out); one that expired
+/// since still is, and the program releases it when a SYN takes its slot.
+pub const MAP_SWEPT_AT: &str = "DRLB_SWEPT_AT";
+/// `PerCpuArray<u64>`: one counter per [`crate::events::Event`].
+pub const MAP_EVENTS: &str = "DRLB_EVENTS";
 /// `LruHashMap<ConnKey, Persist>`: persistence templates (client network → real server).
 pub const MAP_PERSIST: &str = "DRLB_PERSIST";
 /// `Array<SchedState>`: per-service scheduler position (rr, wrr).
@@ -101,7 +111,8 @@ pub struct ConnEvent {
     pub state: u8,
     /// `Conn::flags` after the packet.
     pub flags: u8,
-    /// 1 when the packet made the connection.
+    /// 1 when the packet put the connection into the connection table (new, or promoted
+    /// from the half-open table).
     pub new_conn: u8,
     pub _pad: [u8; 5],
 }
@@ -112,14 +123,14 @@ pub const MAP_CLOCK: &str = "DRLB_CLOCK";
 pub const MAP_BENCH_RX: &str = "DRLB_BENCH_RX";
 
 /// Every map the balancer uses, for pinning.
-pub const ALL_MAPS: [&str; 16] = [
+pub const ALL_MAPS: [&str; 19] = [
     MAP_VIP_FILTER, MAP_VIPS, MAP_SERVICE_IDS, MAP_SERVICES, MAP_BACKENDS, MAP_MEMBERS, MAP_CONN_COUNTS,
-    MAP_BACKEND_STATS, MAP_CONNS, MAP_PERSIST, MAP_SCHED_STATE, MAP_SCHED_TABLE, MAP_STATS, MAP_META,
-    MAP_TRACE_ON, MAP_TRACE,
+    MAP_BACKEND_STATS, MAP_CONNS, MAP_HALF_OPEN, MAP_SWEPT_AT, MAP_PERSIST, MAP_SCHED_STATE, MAP_SCHED_TABLE, MAP_STATS,
+    MAP_EVENTS, MAP_META, MAP_TRACE_ON, MAP_TRACE,
 ];
 
 /// Bump when any map's meaning changes; sizes are checked too (see [`layout`]).
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 /// Entries of `DRLB_META`: the layout, then who the dataplane belongs to.
 pub const META_SIZE: u32 = 12;
 /// Entries of `DRLB_META` that record the [`layout`].
@@ -566,6 +577,7 @@ mod pod {
     unsafe impl aya::Pod for super::ConnEvent {}
     unsafe impl aya::Pod for crate::conn::ConnKey {}
     unsafe impl aya::Pod for crate::conn::Conn {}
+    unsafe impl aya::Pod for crate::halfopen::HalfOpen {}
 }
 
 #[cfg(test)]

@@ -162,7 +162,7 @@ pub fn install<T: SyncTables>(t: &T, rec: &SyncedConn, now: u64) -> Result<Insta
         svc.timeouts.udp
     };
     let flags = CONN_F_SYNCED | if rec.inactive { CONN_F_INACTIVE } else { 0 };
-    let fresh = Conn { last_seen: now, backend: slot, service: id, timeout: svc.ticks(secs), state: rec.state, flags, _pad: [0; 2] };
+    let fresh = Conn { last_seen: now, backend: slot, service: id, timeout: svc.ticks(secs), state: rec.state, flags, order: 0 };
     let done = t.with_conn(k, |entry| match entry {
         Some(c) if c.backend == slot => {
             if c.is_inactive() != rec.inactive {

@@ -178,7 +178,7 @@ proptest! {
             let counts = t.conn_counts_of(0);
             prop_assert_eq!((counts.active as i64, counts.inactive as i64), (m_active, m_inactive));
             let key = ConnKey { client: v4_mapped([198, 18, 0, 10]), vip: v4_mapped(VIP), cport, vport: 80, proto: 6, _pad: [0; 3] };
-            let conn = t.conns.borrow().get(&key).copied().unwrap();
+            let conn = t.connection(&key).unwrap();
             prop_assert_eq!(conn.state, c.state);
             prop_assert_eq!(conn.is_inactive(), c.inactive);
             prop_assert_eq!(conn.timeout, Timeouts::default().tcp(c.state) * 1000);

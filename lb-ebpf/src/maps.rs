@@ -18,8 +18,10 @@ use aya_ebpf::{
 use lb_common::{
     addr::Addr16,
     conn::{Conn, ConnKey},
-    dataplane::{Outcome, Tables},
+    dataplane::{NewConn, Outcome, Tables},
+    events::{Event, EVENT_COUNT},
     flowcache::{FlowCacheEntry, FLOW_CACHE_SIZE},
+    halfopen::{HalfOpen, HALF_OPEN_SIZE},
     maps::{
         vip_filter_index, Backend, BackendStats, ConnCounts, ConnEvent, CONN_EVENTS_RING_BYTES, Persist, SchedState, Service, ServiceKey, ServiceSlot,
         TraceEvent, Vip, VipKey, DEFAULT_CONN_TABLE_SIZE, L2, MAX_BACKENDS, MAX_SERVICES, MAX_VIPS, MEMBERS_SIZE, META_SIZE,
@@ -56,6 +58,15 @@ static BACKEND_STATS: PerCpuArray<BackendStats> = PerCpuArray::with_max_entries(
 /// Resized at load time from `director.conn_table_size`.
 #[map(name = "DRLB_CONNS")]
 static CONNS: LruHashMap<ConnKey, Conn> = LruHashMap::with_max_entries(DEFAULT_CONN_TABLE_SIZE, 0);
+
+#[map(name = "DRLB_HALF_OPEN")]
+static HALF_OPEN: Array<HalfOpen> = Array::with_max_entries(HALF_OPEN_SIZE, 0);
+
+#[map(name = "DRLB_SWEPT_AT")]
+static SWEPT_AT: Array<u64> = Array::with_max_entries(1, 0);
+
+#[map(name = "DRLB_EVENTS")]
+static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_COUNT, 0);
 
 #[map(name = "DRLB_PERSIST")]
 static PERSIST: LruHashMap<ConnKey, Persist> = LruHashMap::with_max_entries(PERSIST_TABLE_SIZE, 0);
@@ -259,6 +270,61 @@ impl Tables for BpfTables {
     }
 
     #[inline(always)]
+    fn insert_new_conn(&self, key: &ConnKey, conn: &Conn) -> NewConn {
+        /// `BPF_NOEXIST`, and the error it gives for a key that exists.
+        const NOEXIST: u64 = 1;
+        const EEXIST: i32 = 17;
+        match CONNS.insert(key, conn, NOEXIST) {
+            Ok(()) => NewConn::Inserted,
+            Err(e) if e == -EEXIST => NewConn::Exists,
+            Err(_) => NewConn::NoRoom,
+        }
+    }
+
+    #[inline(always)]
+    fn half_open(&self, slot: u32) -> Option<HalfOpen> {
+        let p = HALF_OPEN.get_ptr(slot)?.cast::<[u64; 8]>();
+        // Any CPU writes any slot: read each word once, as a word (a volatile copy of the
+        // struct would load its byte arrays byte by byte). Two CPUs writing one slot at the
+        // same instant can leave words of both; a key whose five words all match then
+        // names the backend of another SYN of that slot — a window of nanoseconds.
+        let mut w = [0u64; 8];
+        for (i, word) in w.iter_mut().enumerate() {
+            // SAFETY: `p` points to a 64-byte array value, 8-aligned; `i` < 8.
+            *word = read(unsafe { p.cast::<u64>().add(i) });
+        }
+        // SAFETY: 64 bytes either way, and every bit pattern is a valid HalfOpen.
+        Some(unsafe { core::mem::transmute::<[u64; 8], HalfOpen>(w) })
+    }
+
+    #[inline(always)]
+    fn set_half_open(&self, slot: u32, entry: &HalfOpen) {
+        let Some(p) = HALF_OPEN.get_ptr_mut(slot) else { return };
+        // SAFETY: 64 bytes, 8-aligned, no implicit padding: its words are plain data.
+        let w = unsafe { &*(entry as *const HalfOpen as *const [u64; 8]) };
+        for (i, word) in w.iter().enumerate() {
+            // SAFETY: `p` points to a 64-byte array value, 8-aligned; `i` < 8.
+            unsafe { write_volatile(p.cast::<u64>().add(i), *word) };
+        }
+    }
+
+    #[inline(always)]
+    fn count_event(&self, event: Event) {
+        if let Some(counter) = EVENTS.get_ptr_mut(event.index()) {
+            // SAFETY: this CPU's counter: only this program on this CPU writes it.
+            unsafe { *counter += 1 };
+        }
+    }
+
+    #[inline(always)]
+    fn swept_at(&self) -> u64 {
+        match SWEPT_AT.get_ptr(0) {
+            Some(t) => read(t),
+            None => 0,
+        }
+    }
+
+    #[inline(always)]
     fn remove_conn(&self, key: &ConnKey) {
         let _ = CONNS.remove(key);
     }
@@ -396,7 +462,7 @@ pub fn report_conn(out: &Outcome) {
         (*p).service = service;
         (*p).state = out.state;
         (*p).flags = out.conn_flags;
-        (*p).new_conn = out.new_conn as u8;
+        (*p).new_conn = out.entered_table as u8;
         (*p)._pad = [0; 5];
     }
     // No wakeup: the controller reads the ring on a timer (it batches for 20 ms anyway),

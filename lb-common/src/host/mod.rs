@@ -9,8 +9,10 @@ use std::collections::BTreeMap;
 
 use crate::addr::Addr16;
 use crate::conn::{Conn, ConnKey};
-use crate::dataplane::Tables;
+use crate::dataplane::{NewConn, Tables};
+use crate::events::{Event, EVENT_COUNT};
 use crate::flowcache::FlowCacheEntry;
+use crate::halfopen::HalfOpen;
 use crate::maps::{
     vip_filter_index, Backend, BackendStats, ConnCounts, Persist, SchedState, Service, ServiceKey, Vip, VipKey,
 };
@@ -28,11 +30,28 @@ pub struct HostTables {
     pub counts: RefCell<BTreeMap<u32, ConnCounts>>,
     pub stats: RefCell<BTreeMap<u32, BackendStats>>,
     pub conns: RefCell<BTreeMap<ConnKey, Conn>>,
+    /// The half-open table, by slot (absent: empty).
+    pub half_open: RefCell<BTreeMap<u32, HalfOpen>>,
+    pub events: RefCell<[u64; EVENT_COUNT as usize]>,
+    pub swept_at: Cell<u64>,
     pub persist: RefCell<BTreeMap<ConnKey, Persist>>,
     /// The flow cache of the model's single CPU.
     pub flow_cache: RefCell<BTreeMap<u32, FlowCacheEntry>>,
     pub conn_generation: Cell<u32>,
     pub now: Cell<u64>,
+}
+
+impl HostTables {
+    /// The connection for `key`: its connection-table entry, or else the half-open entry
+    /// that holds it (live or expired), as `Dataplane::connection` reads the kernel's.
+    pub fn connection(&self, key: &ConnKey) -> Option<Conn> {
+        if let Some(c) = self.conns.borrow().get(key) {
+            return Some(*c);
+        }
+        let first = crate::halfopen::bucket(key);
+        let ways = self.half_open.borrow();
+        (first..first + crate::halfopen::HALF_OPEN_WAYS).filter_map(|s| ways.get(&s)).find(|e| e.occupied() && e.key == *key).map(|e| e.conn)
+    }
 }
 
 impl Tables for HostTables {
@@ -109,6 +128,31 @@ impl Tables for HostTables {
     fn insert_conn(&self, key: &ConnKey, conn: &Conn) -> bool {
         self.conns.borrow_mut().insert(*key, *conn);
         true
+    }
+
+    fn insert_new_conn(&self, key: &ConnKey, conn: &Conn) -> NewConn {
+        let mut conns = self.conns.borrow_mut();
+        if conns.contains_key(key) {
+            return NewConn::Exists;
+        }
+        conns.insert(*key, *conn);
+        NewConn::Inserted
+    }
+
+    fn half_open(&self, slot: u32) -> Option<HalfOpen> {
+        Some(self.half_open.borrow().get(&slot).copied().unwrap_or(HalfOpen::EMPTY))
+    }
+
+    fn set_half_open(&self, slot: u32, entry: &HalfOpen) {
+        self.half_open.borrow_mut().insert(slot, *entry);
+    }
+
+    fn count_event(&self, event: Event) {
+        self.events.borrow_mut()[event.index() as usize] += 1;
+    }
+
+    fn swept_at(&self) -> u64 {
+        self.swept_at.get()
     }
 
     fn remove_conn(&self, key: &ConnKey) {

@@ -10,9 +10,10 @@ use aya::{Ebpf, EbpfLoader};
 use std::collections::BTreeMap;
 
 use lb_common::conn::{Conn, ConnKey};
+use lb_common::halfopen::{self, HalfOpen};
 use lb_common::maps::{
     Backend, ConnCounts, Persist, SchedState, ServiceKey, ServiceSlot, Vip, VipKey, MAP_BACKENDS, MAP_MEMBERS,
-    MAP_PERSIST, SVC_F_PERSISTENT, ALL_MAPS, MAP_META, META_LAYOUT_ENTRIES, layout, MAP_BENCH_RX, MAP_CONNS, MAP_CONN_COUNTS, MAP_CONN_GEN, MAP_FLOOR_CONNS, MAP_SCHED_STATE, MAP_SCHED_TABLE, MAP_SERVICES, MAP_SERVICE_IDS, MAP_VIPS, MAP_VIP_FILTER,
+    MAP_PERSIST, MAP_HALF_OPEN, MAP_SWEPT_AT, SVC_F_PERSISTENT, ALL_MAPS, MAP_META, META_LAYOUT_ENTRIES, layout, MAP_BENCH_RX, MAP_CONNS, MAP_CONN_COUNTS, MAP_CONN_GEN, MAP_FLOOR_CONNS, MAP_SCHED_STATE, MAP_SCHED_TABLE, MAP_SERVICES, MAP_SERVICE_IDS, MAP_VIPS, MAP_VIP_FILTER,
 };
 use lb_common::verdict::Verdict;
 use tracing::{info, warn};
@@ -234,6 +235,8 @@ pub const LINK_PIN: &str = "link";
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SweepReport {
     pub live: usize,
+    /// Live half-open connections.
+    pub half_open: usize,
     pub expired_removed: usize,
     /// Backends whose counts were corrected (drift found), with the old counts.
     pub corrected: Vec<(u32, ConnCounts, ConnCounts)>,
@@ -626,14 +629,69 @@ impl Dataplane {
         maps::backend_counters(self, slot)
     }
 
-    /// The connection-table entry for `key`.
+    /// The connection for `key`: its connection-table entry, or else the half-open entry
+    /// that holds it (live or expired).
     pub fn connection(&self, key: &ConnKey) -> Result<Option<Conn>> {
+        if let Some(c) = self.table_connection(key)? {
+            return Ok(Some(c));
+        }
+        Ok(self.half_open(key)?.map(|(_, e)| e.conn))
+    }
+
+    /// The connection-table entry for `key` (not a half-open one).
+    pub fn table_connection(&self, key: &ConnKey) -> Result<Option<Conn>> {
         let conns: BpfHashMap<&MapData, ConnKey, Conn> = BpfHashMap::try_from(self.map(MAP_CONNS)?)?;
         match conns.get(key, 0) {
             Ok(c) => Ok(Some(c)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The half-open entry holding `key` (live or expired), with its slot.
+    pub fn half_open(&self, key: &ConnKey) -> Result<Option<(u32, HalfOpen)>> {
+        let m: Array<&MapData, HalfOpen> = Array::try_from(self.map(MAP_HALF_OPEN)?)?;
+        let first = halfopen::bucket(key);
+        for slot in first..first + halfopen::HALF_OPEN_WAYS {
+            let e = m.get(&slot, 0)?;
+            if e.occupied() && e.key == *key {
+                return Ok(Some((slot, e)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Overwrites entry `slot` of the half-open table (tests).
+    pub fn set_half_open(&mut self, slot: u32, entry: &HalfOpen) -> Result<()> {
+        let mut m: Array<&mut MapData, HalfOpen> = Array::try_from(self.map_mut(MAP_HALF_OPEN)?)?;
+        m.set(slot, *entry, 0).context("writing a half-open entry")?;
+        Ok(())
+    }
+
+    /// Every occupied entry of the half-open table (live or expired), read in batches.
+    pub fn half_open_entries(&self) -> Result<Vec<HalfOpen>> {
+        let map = self.map(MAP_HALF_OPEN)?;
+        if let aya::maps::Map::Array(data) = map {
+            match crate::kernel::batch::lookup_all::<u32, HalfOpen>(data) {
+                Ok(entries) => return Ok(entries.into_iter().map(|(_, e)| e).filter(HalfOpen::occupied).collect()),
+                Err(e) => tracing::debug!("batch lookup of {MAP_HALF_OPEN} refused ({e}); reading it entry by entry"),
+            }
+        }
+        let m: Array<&MapData, HalfOpen> = Array::try_from(map)?;
+        Ok(m.iter().filter_map(|r| r.ok()).filter(HalfOpen::occupied).collect())
+    }
+
+    /// Records in `DRLB_SWEPT_AT` that a sweep at `now` recounted the connections: half-open
+    /// entries that expired before it count no more.
+    pub fn record_sweep(&mut self, now: u64) -> Result<()> {
+        let mut m: Array<&mut MapData, u64> = Array::try_from(self.map_mut(MAP_SWEPT_AT)?)?;
+        m.set(0, now, 0).context("recording the sweep's time")?;
+        Ok(())
+    }
+
+    /// Per-event counts (`lb_common::events`), summed over CPUs.
+    pub fn events(&self) -> Result<maps::EventCounters> {
+        maps::events(self)
     }
 
     /// Writes a connection-table entry (tests and state transfer; the dataplane makes its own).
@@ -726,11 +784,23 @@ impl Dataplane {
     /// Removes expired connections and recomputes every backend's ActiveConn/InActConn from
     /// the live ones, correcting drift (entries evicted by the LRU, or that expired without
     /// another packet); keeps persistence templates alive while their connections live.
+    /// Live half-open connections count in InActConn; expired ones stay where they are
+    /// (only the program writes that table) and count no more. `now` is read before the
+    /// tables and recorded in `DRLB_SWEPT_AT` before the counts are written, so that the
+    /// program releases an expired entry it overwrites only if this sweep counted it
+    /// (`lb_common::halfopen::HalfOpen::counted`).
     pub fn sweep(&mut self, now: u64) -> Result<SweepReport> {
         let mut report = SweepReport::default();
+        let mut counts: BTreeMap<u32, ConnCounts> = BTreeMap::new();
+        for e in self.half_open_entries()? {
+            if e.live(now) {
+                report.half_open += 1;
+                report.in_use.insert(e.conn.backend);
+                counts.entry(e.conn.backend).or_default().inactive += 1;
+            }
+        }
         let entries = self.connections()?;
         let mut expired = Vec::new();
-        let mut counts: BTreeMap<u32, ConnCounts> = BTreeMap::new();
         for (k, c) in &entries {
             if c.expired(now) {
                 expired.push(*k);
@@ -761,6 +831,7 @@ impl Dataplane {
             self.invalidate_flow_caches()?;
         }
         self.refresh_templates(&entries, now)?;
+        self.record_sweep(now)?;
         let slots: Vec<u32> = self.applied.backends.keys().copied().collect();
         let mut m: Array<&mut MapData, ConnCounts> = Array::try_from(self.map_mut(MAP_CONN_COUNTS)?)?;
         for slot in slots {

@@ -12,6 +12,8 @@ use lb_common::maps::{
     Backend, BackendStats, ConnCounts, Service, ServiceKey, ServiceSlot, ALL_MAPS, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONN_COUNTS,
     MAP_MEMBERS, MAP_SERVICES, MAP_SERVICE_IDS, MAP_STATS,
 };
+use lb_common::events::EVENT_COUNT;
+use lb_common::maps::MAP_EVENTS;
 use lb_common::verdict::VERDICT_COUNT;
 
 /// Packets per verdict reason, summed over CPUs, indexed like `Verdict::ALL`.
@@ -66,6 +68,19 @@ pub fn counters(src: &impl MapSource) -> Result<Counters> {
     let mut out = [0u64; VERDICT_COUNT as usize];
     for (i, total) in out.iter_mut().enumerate() {
         *total = stats.get(&(i as u32), 0)?.iter().sum();
+    }
+    Ok(out)
+}
+
+/// Per-event counts, indexed by `lb_common::events::Event`.
+pub type EventCounters = [u64; EVENT_COUNT as usize];
+
+/// Per-event counts, summed over CPUs.
+pub fn events(src: &impl MapSource) -> Result<EventCounters> {
+    let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(src.map(MAP_EVENTS)?)?;
+    let mut out = [0u64; EVENT_COUNT as usize];
+    for (i, total) in out.iter_mut().enumerate() {
+        *total = m.get(&(i as u32), 0)?.iter().sum();
     }
     Ok(out)
 }

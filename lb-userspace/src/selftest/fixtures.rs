@@ -54,6 +54,7 @@ pub const WRR: u8 = 108;
 pub const SH: u8 = 109;
 pub const MH: u8 = 110;
 pub const SHORT: u8 = 111;
+pub const FLOOD: u8 = 112;
 
 pub const CONFIG: &str = r#"
 director: { interface: eth0, xdp_mode: native, conn_table_size: 65536 }
@@ -78,6 +79,7 @@ services:
       real_servers: [ { address: 198.18.0.11 }, { address: 198.18.0.12 }, { address: 198.18.0.13 } ] }
   - { name: short, vip: 198.18.0.111, port: 80, protocol: tcp, timeouts: { tcp: 5s, tcp_fin: 3s },
       real_servers: [ { address: 198.18.0.11 } ] }
+  - { name: flood, vip: 198.18.0.112, port: 80, protocol: tcp, real_servers: [ { address: 198.18.0.11 } ] }
 "#;
 
 /// Backend slots, in configuration order over all services.
@@ -88,6 +90,7 @@ pub mod slot {
     pub const SLOPPY_RS1: u32 = 5;
     pub const QUIESCE_RS2: u32 = 9;
     pub const SHORT_RS1: u32 = 21;
+    pub const FLOOD_RS1: u32 = 22;
 }
 
 pub fn config() -> Config {
@@ -176,6 +179,10 @@ pub enum Expect {
 
 pub enum Setup {
     None,
+    /// A controller sweep ran now: record its time (from now on a half-open entry that
+    /// expired before it no longer counts), and the counts it wrote for this backend
+    /// slot (active, inactive).
+    Swept(u32, u32, u32),
     /// Make the frame's connection look idle for this many seconds.
     Age(u64),
     /// Insert an ESTABLISHED connection for the frame to this backend slot.
@@ -196,10 +203,13 @@ pub struct Row {
     conn_after: Option<Option<(u8, bool)>>,
     /// A backend's (active, inactive) afterwards.
     counts_after: Option<(u32, u32, u32)>,
+    /// Where the frame's connection is afterwards: true for the half-open table, false for
+    /// the connection table.
+    half_open_after: Option<bool>,
 }
 
 pub fn row(description: &'static str, frame: Vec<u8>, expect: Expect) -> Row {
-    Row { description, setup: Setup::None, frame, expect, conn_after: None, counts_after: None }
+    Row { description, setup: Setup::None, frame, expect, conn_after: None, counts_after: None, half_open_after: None }
 }
 
 impl Row {
@@ -220,6 +230,16 @@ impl Row {
         self.conn_after = Some(None);
         self
     }
+    /// The connection waits in the half-open table.
+    fn half_open(mut self) -> Self {
+        self.half_open_after = Some(true);
+        self
+    }
+    /// The connection is in the connection table.
+    fn in_table(mut self) -> Self {
+        self.half_open_after = Some(false);
+        self
+    }
     fn counts(mut self, slot: u32, active: u32, inactive: u32) -> Self {
         self.counts_after = Some((slot, active, inactive));
         self
@@ -232,12 +252,12 @@ pub fn rows() -> Vec<Row> {
     let web = vip(WEB);
     let mut v = vec![
         // --- TCP state as IPVS tracks it, input-only (wlc: ties go to the last configured) ---
-        row("SYN to web: new connection, wlc tie goes to the last configured server (rs2)", tcp_to(web, 40000, 80, SYN), To(TxScheduled, RS2))
-            .conn(tcp::SYN_RECV, true).counts(slot::WEB_RS2, 0, 1),
-        row("retransmitted SYN stays on rs2 in SYN_RECV", tcp_to(web, 40000, 80, SYN), To(TxForwarded, RS2))
-            .conn(tcp::SYN_RECV, true).counts(slot::WEB_RS2, 0, 1),
-        row("ACK completes the handshake: ESTABLISHED, active", tcp_to(web, 40000, 80, ACK), To(TxForwarded, RS2))
-            .conn(tcp::ESTABLISHED, false).counts(slot::WEB_RS2, 1, 0),
+        row("SYN to web: new connection, wlc tie goes to the last configured server (rs2); it waits in the half-open table", tcp_to(web, 40000, 80, SYN), To(TxScheduled, RS2))
+            .conn(tcp::SYN_RECV, true).counts(slot::WEB_RS2, 0, 1).half_open(),
+        row("retransmitted SYN stays on rs2 in SYN_RECV, still half-open", tcp_to(web, 40000, 80, SYN), To(TxForwarded, RS2))
+            .conn(tcp::SYN_RECV, true).counts(slot::WEB_RS2, 0, 1).half_open(),
+        row("ACK completes the handshake: promoted into the connection table, ESTABLISHED, active", tcp_to(web, 40000, 80, ACK), To(TxForwarded, RS2))
+            .conn(tcp::ESTABLISHED, false).counts(slot::WEB_RS2, 1, 0).in_table(),
         row("second client port: wlc picks the idle rs1", tcp_to(web, 40001, 80, SYN), To(TxScheduled, RS1))
             .conn(tcp::SYN_RECV, true).counts(slot::WEB_RS1, 0, 1),
         row("data (PSH|ACK) on an established connection", tcp_to(web, 40000, 80, PSH_ACK), To(TxForwarded, RS2))
@@ -245,22 +265,22 @@ pub fn rows() -> Vec<Row> {
         row("client FIN: FIN_WAIT, inactive", tcp_to(web, 40000, 80, FIN_ACK), To(TxForwarded, RS2))
             .conn(tcp::FIN_WAIT, true).counts(slot::WEB_RS2, 0, 1),
         row("last ACK keeps FIN_WAIT", tcp_to(web, 40000, 80, ACK), To(TxForwarded, RS2)).conn(tcp::FIN_WAIT, true),
-        row("SYN on a FIN_WAIT entry reuses it (conn_reuse_mode 1)", tcp_to(web, 40000, 80, SYN), To(TxForwarded, RS2))
-            .conn(tcp::SYN_RECV, true).counts(slot::WEB_RS2, 0, 1),
-        row("RST in SYN_RECV keeps SYN_RECV (IPVS input-only table)", tcp_to(web, 40001, 80, RST), To(TxForwarded, RS1))
-            .conn(tcp::SYN_RECV, true).counts(slot::WEB_RS1, 0, 1),
+        row("SYN on a FIN_WAIT entry reuses it (conn_reuse_mode 1), in the connection table", tcp_to(web, 40000, 80, SYN), To(TxForwarded, RS2))
+            .conn(tcp::SYN_RECV, true).counts(slot::WEB_RS2, 0, 1).in_table(),
+        row("RST in SYN_RECV keeps SYN_RECV (IPVS input-only table), still half-open", tcp_to(web, 40001, 80, RST), To(TxForwarded, RS1))
+            .conn(tcp::SYN_RECV, true).counts(slot::WEB_RS1, 0, 1).half_open(),
         row("ACK establishes rs1's connection", tcp_to(web, 40001, 80, ACK), To(TxForwarded, RS1))
             .conn(tcp::ESTABLISHED, false).counts(slot::WEB_RS1, 1, 0),
         row("RST|ACK on ESTABLISHED: CLOSE, inactive", tcp_to(web, 40001, 80, RST | ACK), To(TxForwarded, RS1))
             .conn(tcp::CLOSE, true).counts(slot::WEB_RS1, 0, 1),
-        row("SYN on a CLOSE entry is a new connection, scheduled afresh", tcp_to(web, 40001, 80, SYN), To(TxScheduled, RS1))
-            .conn(tcp::SYN_RECV, true).counts(slot::WEB_RS1, 0, 1),
+        row("SYN on a CLOSE entry is a new connection, scheduled afresh: the old entry goes, the new one is half-open", tcp_to(web, 40001, 80, SYN), To(TxScheduled, RS1))
+            .conn(tcp::SYN_RECV, true).counts(slot::WEB_RS1, 0, 1).half_open(),
         row("ACK without a connection is dropped (non-sloppy)", tcp_to(web, 40002, 80, ACK), Untouched(DropNoConnection)).no_conn(),
         row("RST without a connection is dropped", tcp_to(web, 40002, 80, RST), Untouched(DropNoConnection)).no_conn(),
         row("segment without SYN/FIN/ACK/RST moves an entry to CLOSE", tcp_to(web, 40000, 80, 0x08), To(TxForwarded, RS2))
             .conn(tcp::CLOSE, true),
-        row("sloppy_tcp: ACK without a connection is scheduled, straight to ESTABLISHED", tcp_to(vip(SLOPPY), 40003, 80, ACK), To(TxScheduled, RS1))
-            .conn(tcp::ESTABLISHED, false).counts(slot::SLOPPY_RS1, 1, 0),
+        row("sloppy_tcp: ACK without a connection is scheduled, straight to ESTABLISHED in the connection table", tcp_to(vip(SLOPPY), 40003, 80, ACK), To(TxScheduled, RS1))
+            .conn(tcp::ESTABLISHED, false).counts(slot::SLOPPY_RS1, 1, 0).in_table(),
         row("sloppy_tcp still drops a RST without a connection", tcp_to(vip(SLOPPY), 40004, 80, RST), Untouched(DropNoConnection)).no_conn(),
         // --- UDP ---
         row("UDP to a UDP VIP: new connection, inactive (UDP is never active)", udp_to(vip(DNS), 5353, 53), To(TxScheduled, RS3))
@@ -334,8 +354,8 @@ pub fn rows() -> Vec<Row> {
     v.push(row("after 10 s idle the entry is expired: ACK dropped, the count released, the entry removed", tcp_to(short, 46000, 80, ACK), Untouched(DropNoConnection))
         .setup(Setup::Age(10)).no_conn().counts(slot::SHORT_RS1, 0, 0));
     v.push(row("a SYN afterwards is a fresh connection", tcp_to(short, 46000, 80, SYN), To(TxScheduled, RS1)).conn(tcp::SYN_RECV, true).counts(slot::SHORT_RS1, 0, 1));
-    v.push(row("a SYN on an expired entry replaces it (old count released)", tcp_to(short, 46000, 80, SYN), To(TxScheduled, RS1))
-        .setup(Setup::Age(100)).conn(tcp::SYN_RECV, true).counts(slot::SHORT_RS1, 0, 1));
+    v.push(row("a SYN on its expired half-open entry replaces it (old count released: no sweep recounted since)", tcp_to(short, 46000, 80, SYN), To(TxScheduled, RS1))
+        .setup(Setup::Age(100)).conn(tcp::SYN_RECV, true).counts(slot::SHORT_RS1, 0, 1).half_open());
     // --- connections installed by sync (what a peer director reported) ---
     let (rs1, rs2) = ([198, 18, 0, 11], [198, 18, 0, 12]);
     v.push(row("synced ESTABLISHED connection to rs1: its ACK is forwarded there, not dropped as without an entry", tcp_to(web, 47000, 80, ACK), To(TxForwarded, RS1))
@@ -350,7 +370,54 @@ pub fn rows() -> Vec<Row> {
     let sticky = vip(STICKY);
     v.push(row("synced persistence template (sticky, /24) to rs2: a new client of that /24 goes to rs2", tcp_from(CLIENT_SAME_NET, sticky, 47003, 80, SYN), To(TxScheduled, RS2))
         .setup(Setup::SyncedTemplate(rs2)).conn(tcp::SYN_RECV, true));
+    half_open_rows(&mut v);
     v
+}
+
+/// Clients (address in 198.18.0.0/15, port) whose connections to the flood VIP fall in
+/// the half-open bucket of `CLIENT`'s from `port` (other keys, same bucket).
+pub fn half_open_neighbours(port: u16) -> impl Iterator<Item = ([u8; 4], u16)> {
+    let key_of = |c: [u8; 4], p: u16| conn_key(&tcp_from(c, vip(FLOOD), p, 80, SYN)).expect("a TCP frame has a key");
+    let target = lb_common::halfopen::bucket(&key_of(CLIENT, port));
+    (1..u32::from(u16::MAX) * 2)
+        .map(|n| [198, 18 + (n >> 16) as u8, (n >> 8) as u8, n as u8])
+        .filter(move |c| *c != CLIENT && lb_common::halfopen::bucket(&key_of(*c, port)) == target)
+        .map(move |c| (c, port))
+}
+
+/// The half-open table (service `flood`, one real server): a bucket filling up,
+/// displacement of the oldest, expiry, promotion.
+fn half_open_rows(v: &mut Vec<Row>) {
+    use Expect::*;
+    use Verdict::*;
+    let flood = vip(FLOOD);
+    let n: Vec<([u8; 4], u16)> = half_open_neighbours(48000).take(5).collect();
+    assert_eq!(n.len(), 5, "five neighbours in 198.18.0.0/15");
+    let s = slot::FLOOD_RS1;
+    v.push(row("half-open: a client's SYN is scheduled and waits, counted inactive", tcp_to(flood, 48000, 80, SYN), To(TxScheduled, RS1))
+        .conn(tcp::SYN_RECV, true).counts(s, 0, 1).half_open());
+    for (i, (addr, port)) in n[..3].iter().enumerate() {
+        v.push(row("another client's SYN in the same bucket takes a free way", tcp_from(*addr, flood, *port, 80, SYN), To(TxScheduled, RS1))
+            .conn(tcp::SYN_RECV, true).counts(s, 0, 2 + i as u32).half_open());
+    }
+    let (fifth, fport) = n[3];
+    v.push(row("a fifth SYN in the full bucket displaces the oldest (the first client's): four counted, not five", tcp_from(fifth, flood, fport, 80, SYN), To(TxScheduled, RS1))
+        .conn(tcp::SYN_RECV, true).counts(s, 0, 4).half_open());
+    v.push(row("the displaced client's ACK finds no connection: dropped, as if its SYN had been lost", tcp_to(flood, 48000, 80, ACK), Untouched(DropNoConnection))
+        .no_conn().counts(s, 0, 4));
+    v.push(row("the fifth client's ACK promotes its connection: ESTABLISHED, active, in the connection table", tcp_from(fifth, flood, fport, 80, ACK), To(TxForwarded, RS1))
+        .conn(tcp::ESTABLISHED, false).counts(s, 1, 3).in_table());
+    v.push(row("a data segment of the promoted connection is forwarded from the connection table", tcp_from(fifth, flood, fport, 80, PSH_ACK), To(TxForwarded, RS1))
+        .conn(tcp::ESTABLISHED, false).counts(s, 1, 3).in_table());
+    v.push(row("the first client's retried SYN takes the way the promotion emptied", tcp_to(flood, 48000, 80, SYN), To(TxScheduled, RS1))
+        .conn(tcp::SYN_RECV, true).counts(s, 1, 4).half_open());
+    v.push(row("its ACK after the half-open entry expired (60 s SYN_RECV timeout): dropped; the count waits for the sweep", tcp_to(flood, 48000, 80, ACK), Untouched(DropNoConnection))
+        .setup(Setup::Age(61)).counts(s, 1, 4));
+    let (last, lport) = n[4];
+    v.push(row("a sweep since the expiry recounted without it (1 active, 3 inactive): a SYN taking the expired way releases nothing more", tcp_from(last, flood, lport, 80, SYN), To(TxScheduled, RS1))
+        .setup(Setup::Swept(s, 1, 3)).conn(tcp::SYN_RECV, true).counts(s, 1, 4).half_open());
+    v.push(row("FIN as the first packet after a SYN (no ACK): leaves SYN_RECV, promoted in TIME_WAIT as IPVS has it", tcp_from(last, flood, lport, 80, tcp::FLAG_FIN), To(TxForwarded, RS1))
+        .conn(tcp::TIME_WAIT, true).counts(s, 1, 4).in_table());
 }
 
 /// The server (index into `servers`, given in configuration order as (address, weight))
@@ -418,13 +485,26 @@ impl Harness {
     pub fn setup(&mut self, setup: &Setup, key: Option<ConnKey>) {
         match setup {
             Setup::None => {}
+            Setup::Swept(slot, active, inactive) => {
+                self.dp.record_sweep(self.dp.now().unwrap()).unwrap();
+                self.model.swept_at.set(monotonic_ns() / 1_000_000);
+                let counts = ConnCounts { active: *active, inactive: *inactive };
+                self.dp.set_conn_counts(*slot, counts).unwrap();
+                self.model.counts.borrow_mut().insert(*slot, counts);
+            }
             Setup::Age(secs) => {
                 let key = key.unwrap();
-                let mut c = self.dp.connection(&key).unwrap().expect("a connection to age");
-                c.last_seen -= secs * self.dp.hz() as u64;
-                self.dp.insert_connection(&key, &c).unwrap();
-                self.model.conns.borrow_mut().get_mut(&key).unwrap().last_seen -= secs * 1000;
-                self.model.bump_conn_generation();
+                if let Some(mut c) = self.dp.table_connection(&key).unwrap() {
+                    c.last_seen -= secs * self.dp.hz() as u64;
+                    self.dp.insert_connection(&key, &c).unwrap();
+                    self.model.conns.borrow_mut().get_mut(&key).unwrap().last_seen -= secs * 1000;
+                    self.model.bump_conn_generation();
+                } else {
+                    let (slot, mut e) = self.dp.half_open(&key).unwrap().expect("a connection to age");
+                    e.conn.last_seen -= secs * self.dp.hz() as u64;
+                    self.dp.set_half_open(slot, &e).unwrap();
+                    self.model.half_open.borrow_mut().get_mut(&slot).unwrap().conn.last_seen -= secs * 1000;
+                }
             }
             Setup::Established(slot) => {
                 let key = key.unwrap();
@@ -435,7 +515,7 @@ impl Harness {
                     timeout: 900 * self.dp.hz(),
                     state: tcp::ESTABLISHED,
                     flags: 0,
-                    _pad: [0; 2],
+                    order: 0,
                 };
                 self.dp.insert_connection(&key, &c).unwrap();
                 c.last_seen = monotonic_ns() / 1_000_000;
@@ -504,6 +584,18 @@ pub fn run_table() -> usize {
             let got = h.dp.connection(&key.unwrap()).unwrap().map(|c| (c.state, c.flags & CONN_F_INACTIVE != 0));
             assert_eq!(got, expect, "{what}: connection state (state, inactive)");
         }
+        if let Some(half_open) = r.half_open_after {
+            let key = key.unwrap();
+            let place = |in_table: bool, held: bool| match (in_table, held) {
+                (true, false) => Some(false),
+                (false, true) => Some(true),
+                _ => None,
+            };
+            let kernel = place(h.dp.table_connection(&key).unwrap().is_some(), h.dp.half_open(&key).unwrap().is_some());
+            let model = place(h.model.conns.borrow().contains_key(&key), h.model.connection(&key).is_some() && !h.model.conns.borrow().contains_key(&key));
+            assert_eq!(kernel, Some(half_open), "{what}: kernel: in the half-open table (true) or the connection table (false), one only");
+            assert_eq!(model, Some(half_open), "{what}: model: in the half-open table (true) or the connection table (false), one only");
+        }
         if let Some((slot, active, inactive)) = r.counts_after {
             assert_eq!(h.kernel_counts(slot), ConnCounts { active, inactive }, "{what}: counts of slot {slot}");
         }
@@ -512,9 +604,10 @@ pub fn run_table() -> usize {
             // Timeouts compared in seconds: the kernel counts jiffies, the model milliseconds.
             let hz = h.dp.hz();
             let k = h.dp.connection(&key).unwrap().map(|c| (c.backend, c.state, c.flags, c.service, c.timeout / hz));
-            let m = h.model.conns.borrow().get(&key).map(|c| (c.backend, c.state, c.flags, c.service, c.timeout / 1000));
+            let m = h.model.connection(&key).map(|c| (c.backend, c.state, c.flags, c.service, c.timeout / 1000));
             assert_eq!(k, m, "{what}: kernel and model connection entries differ");
         }
+        assert_eq!(h.dp.events().unwrap(), *h.model.events.borrow(), "{what}: kernel and model event counts differ");
         for &slot in &h.slots {
             assert_eq!(h.kernel_counts(slot), h.model.conn_counts(slot), "{what}: kernel and model counts differ for slot {slot}");
         }

@@ -175,7 +175,7 @@ fn step(h: &Harness, frame: &[u8]) -> Result<Verdict> {
     if let Some(key) = conn_key(frame) {
         let hz = h.dp.hz();
         let k = h.dp.connection(&key)?.map(|c| (c.backend, c.state, c.flags, c.service, c.timeout / hz));
-        let m = h.model.conns.borrow().get(&key).map(|c| (c.backend, c.state, c.flags, c.service, c.timeout / 1000));
+        let m = h.model.connection(&key).map(|c| (c.backend, c.state, c.flags, c.service, c.timeout / 1000));
         if k != m {
             bail!("connection entry {k:?} vs the model's {m:?}");
         }
