@@ -106,10 +106,13 @@ impl Conn {
         self.flags & CONN_F_INACTIVE != 0
     }
 
-    /// Whether the entry outlived its timeout at `now` (ticks).
+    /// Whether the entry outlived its timeout at `now` (ticks). An entry a packet refreshed
+    /// after `now` was read is not: the controller reads the clock, then the tables, and
+    /// a wrapping difference made every connection that talked in between look expired to
+    /// its sweep, which removed it.
     #[inline(always)]
     pub fn expired(&self, now: u64) -> bool {
-        now.wrapping_sub(self.last_seen) > self.timeout as u64
+        now.saturating_sub(self.last_seen) > self.timeout as u64
     }
 }
 
@@ -239,6 +242,14 @@ impl Timeouts {
 #[cfg(test)]
 mod tests {
     use super::tcp::*;
+
+    #[test]
+    fn an_entry_refreshed_after_now_was_read_is_not_expired() {
+        let c = super::Conn { last_seen: 1_000, timeout: 900, ..Default::default() };
+        assert!(!c.expired(999), "refreshed after the clock was read");
+        assert!(!c.expired(1_900));
+        assert!(c.expired(1_901));
+    }
 
     #[test]
     fn handshake_and_close_as_ipvs_input_only() {

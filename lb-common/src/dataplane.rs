@@ -458,7 +458,7 @@ pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &m
             let slot = if svc.flags & SVC_F_PERSISTENT != 0 {
                 let pkey = svc.template_key(&ip.src(), ip.dst(), l4.dport, ip.proto);
                 let pinned = match t.persist(&pkey) {
-                    Some(p) if now.wrapping_sub(p.last_used) <= svc.ticks(svc.persist_timeout_s) as u64 => {
+                    Some(p) if now.saturating_sub(p.last_used) <= svc.ticks(svc.persist_timeout_s) as u64 => {
                         match t.backend(p.backend) {
                             Some(b) if b.accepts_persistent() => Some(p.backend),
                             _ => None,

@@ -69,6 +69,13 @@ impl Collector for DataplaneCollector {
             MetricType::Counter,
             s.reasons.iter().map(|(r, v)| (l(&[("reason", r)]), *v)).collect(),
         )?;
+        family(
+            &mut enc,
+            "drlb_connection_events",
+            "Connection events of the dataplane: half-open connections promoted into the connection table, or displaced before their handshake completed (a SYN flood)",
+            MetricType::Counter,
+            s.events.iter().map(|(e, v)| (l(&[("event", e)]), *v)).collect(),
+        )?;
         let svc_labels = |svc: &crate::observe::status::ServiceStatus| -> Labels {
             let name = svc.name.clone().unwrap_or_default();
             l(&[("service", &name), ("vip", &svc.vip), ("port", &svc.port.to_string()), ("protocol", &svc.protocol)])

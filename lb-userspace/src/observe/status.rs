@@ -14,6 +14,7 @@ use lb_common::maps::{
     BACKEND_F_DRAINING, BACKEND_F_HEALTH_DOWN,
     SVC_F_PERSISTENT, SVC_F_SLOPPY_TCP,
 };
+use lb_common::events::Event;
 use lb_common::verdict::{Verdict, VERDICT_COUNT};
 use serde::Serialize;
 
@@ -71,6 +72,8 @@ pub struct Status {
     pub services: Vec<ServiceStatus>,
     /// Packets per verdict reason since the dataplane was created.
     pub reasons: BTreeMap<String, u64>,
+    /// Connection events (`lb_common::events`) since the dataplane was created.
+    pub events: BTreeMap<String, u64>,
     /// What the running controller reports (VIPs held, connection sync); none when no
     /// controller runs.
     pub controller: Option<ControllerState>,
@@ -143,11 +146,14 @@ pub fn read(dir: &Path, config: Option<&Config>) -> Result<Status> {
     let counters = maps::counters(&maps)?;
     let reason_counts: BTreeMap<String, u64> = Verdict::ALL.iter().map(|s| (s.name().to_string(), counters[s.index() as usize])).collect();
     debug_assert_eq!(reason_counts.len(), VERDICT_COUNT as usize);
+    let events = maps::events(&maps)?;
+    let events = Event::ALL.iter().map(|e| (e.name().to_string(), events[e.index() as usize])).collect();
     Ok(Status {
         pin_dir: dir.display().to_string(),
         layout: layout.to_vec(),
         services: out,
         reasons: reason_counts,
+        events,
         controller: ControllerState::read(dir),
     })
 }
@@ -238,6 +244,10 @@ pub fn render(s: &Status, view: View) -> String {
         let _ = writeln!(o, "Packets by verdict reason:");
         for (k, v) in &s.reasons {
             let _ = writeln!(o, "  {k:<24} {v}");
+        }
+        let _ = writeln!(o, "Connection events:");
+        for e in Event::ALL {
+            let _ = writeln!(o, "  {:<24} {:<12} {}", e.name(), s.events.get(e.name()).copied().unwrap_or(0), e.meaning());
         }
         if let Some(sync) = s.controller.as_ref().and_then(|c| c.sync.as_ref()) {
             let _ = writeln!(o, "Sync problems, by reason (input refused, records left out, sends failed, events lost):");

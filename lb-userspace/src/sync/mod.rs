@@ -313,7 +313,7 @@ pub fn synced(r: &Record) -> SyncedConn {
 pub fn due_for_refresh(key: &ConnKey, conn: &Conn, prev: u64, now: u64, period: u64) -> bool {
     // Packets within the last period and this sweep's window: a packet just after the
     // previous turn is still announced at this one, however late in the window it falls.
-    let recent = now.wrapping_sub(conn.last_seen) <= period + now.saturating_sub(prev);
+    let recent = now.saturating_sub(conn.last_seen) <= period + now.saturating_sub(prev);
     if conn.flags & CONN_F_SYNCED != 0 || period == 0 || !recent || conn.expired(now) {
         return false;
     }

@@ -24,6 +24,7 @@ use aya::programs::xdp::XdpLinkId;
 
 use lb_userspace::control::config::XdpMode;
 
+pub mod flood;
 pub mod ha;
 use lb_userspace::kernel::bpf::{Tools, PROGRAM_PASS};
 pub use lb_userspace::selftest::netns::*;
@@ -713,7 +714,7 @@ impl Drop for Lab {
 }
 
 /// A TCP connection from a chosen local address (the second lab client).
-pub(crate) fn connect_from(source: Ipv4Addr, to: SocketAddr, timeout: Duration) -> Result<TcpStream> {
+pub fn connect_from(source: Ipv4Addr, to: SocketAddr, timeout: Duration) -> Result<TcpStream> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
     s.bind(&SocketAddr::from((source, 0)).into()).with_context(|| format!("binding to {source}"))?;
@@ -725,7 +726,7 @@ pub(crate) fn connect_from(source: Ipv4Addr, to: SocketAddr, timeout: Duration) 
 }
 
 /// One HTTP/1.1 GET on a connection that stays open; returns the body.
-pub(crate) fn keepalive_get(s: &mut TcpStream) -> Result<String> {
+pub fn keepalive_get(s: &mut TcpStream) -> Result<String> {
     s.write_all(format!("GET / HTTP/1.1\r\nHost: {VIP}\r\nUser-Agent: drlb-lab\r\n\r\n").as_bytes())?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
