@@ -384,7 +384,9 @@ pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &m
     // before the connection table's hash lookup.
     let cacheable = flowcache::packet_cacheable(if is_tcp { Some(l4.tcp_flags) } else { None });
     let cache_index = flowcache::index(key);
-    let generation = t.conn_generation();
+    // Read only where the cache is used: each map a packet touches is one more page, and a
+    // TLB miss when traffic spreads over many flows.
+    let generation = if cacheable { t.conn_generation() } else { 0 };
     let cached = if cacheable { t.with_flow_cache(cache_index, |e| e.lookup(key, now, generation)).flatten() } else { None };
 
     let lookup = match cached {
@@ -505,7 +507,7 @@ pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &m
                 // oldest of a full bucket, another connection's; its count goes, as does an
                 // expired one's that the last sweep still counted.
                 if let Some(old) = t.half_open(half_open_slot) {
-                    if old.counted(t.swept_at()) {
+                    if old.occupied() && old.counted(t.swept_at()) {
                         release(t, &old.conn);
                     }
                     if old.live(now) {

@@ -445,6 +445,14 @@ fn gcd(a: u32, b: u32) -> u32 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
+/// The host model's clock: milliseconds (its services' `ticks_per_sec` is 1000), counted
+/// from a day before boot, so that ageing an entry by more than the machine's uptime (a
+/// freshly booted test guest) never goes below zero.
+pub fn model_now() -> u64 {
+    const DAY_MS: u64 = 86_400_000;
+    monotonic_ns() / 1_000_000 + DAY_MS
+}
+
 pub struct Harness {
     pub dp: Dataplane,
     pub model: HostTables,
@@ -474,7 +482,7 @@ impl Harness {
             .unwrap_or_else(|e| panic!("{what}: BPF_PROG_TEST_RUN failed: {e}"));
         out.truncate(result.data_size_out as usize);
         // The model's clock counts milliseconds (its services' ticks_per_sec is 1000).
-        self.model.now.set(monotonic_ns() / 1_000_000);
+        self.model.now.set(model_now());
         let mut model_out = frame.to_vec();
         let model_stat = lb_common::dataplane::process(model_out.as_mut_slice(), &self.model);
         assert_eq!(result.return_value, model_stat.xdp_action(), "{what}: kernel and host model disagree on the verdict");
@@ -487,7 +495,7 @@ impl Harness {
             Setup::None => {}
             Setup::Swept(slot, active, inactive) => {
                 self.dp.record_sweep(self.dp.now().unwrap()).unwrap();
-                self.model.swept_at.set(monotonic_ns() / 1_000_000);
+                self.model.swept_at.set(model_now());
                 let counts = ConnCounts { active: *active, inactive: *inactive };
                 self.dp.set_conn_counts(*slot, counts).unwrap();
                 self.model.counts.borrow_mut().insert(*slot, counts);
@@ -518,7 +526,7 @@ impl Harness {
                     order: 0,
                 };
                 self.dp.insert_connection(&key, &c).unwrap();
-                c.last_seen = monotonic_ns() / 1_000_000;
+                c.last_seen = model_now();
                 c.timeout = 900 * 1000;
                 self.model.insert_conn(&key, &c);
                 self.model.bump_conn_generation();
@@ -540,7 +548,7 @@ impl Harness {
     fn install(&mut self, key: ConnKey, server: [u8; 4], state: u8, inactive: bool, template: bool) {
         let rec = lb_common::sync::SyncedConn { key, server: v4_mapped(server), server_port: key.vport, state, inactive, template, timeout_s: 0 };
         let kernel = self.dp.install_synced(&[rec], self.dp.now().unwrap());
-        let model = lb_common::sync::install(&self.model, &rec, monotonic_ns() / 1_000_000);
+        let model = lb_common::sync::install(&self.model, &rec, model_now());
         assert_eq!(kernel, vec![model], "kernel maps and host model install {rec:?} differently");
     }
 

@@ -17,7 +17,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use lb_common::dataplane::Tables as _;
 use lb_common::verdict::Verdict;
 
-use crate::kernel::bpf::{monotonic_ns, PROGRAM_LB};
+use crate::kernel::bpf::PROGRAM_LB;
 use crate::selftest::fixtures::{self, conn_key, Harness};
 
 /// The project's capture of real lab traffic (ARP, IPv6 neighbour discovery, TCP through the
@@ -166,7 +166,7 @@ fn step(h: &Harness, frame: &[u8]) -> Result<Verdict> {
         .program(PROGRAM_LB)?
         .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::new() })?;
     out.truncate(r.data_size_out as usize);
-    h.model.now.set(monotonic_ns() / 1_000_000);
+    h.model.now.set(fixtures::model_now());
     let mut model_out = frame.to_vec();
     let stat = lb_common::dataplane::process(model_out.as_mut_slice(), &h.model);
     if r.return_value != stat.xdp_action() || out != model_out {
