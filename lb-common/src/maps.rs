@@ -119,8 +119,13 @@ pub struct ConnEvent {
 
 /// `Array<u64>`: the dataplane clock, written by the `drlb_clock` program (never pinned).
 pub const MAP_CLOCK: &str = "DRLB_CLOCK";
-/// `PerCpuArray<u64>`: frames counted by the benchmark's sink program (never pinned).
+/// `PerCpuArray<u64>`: frames counted by the benchmark's sink program (never pinned), by
+/// kind: [`BENCH_RX_OTHER`], [`BENCH_RX_SYN`].
 pub const MAP_BENCH_RX: &str = "DRLB_BENCH_RX";
+/// `DRLB_BENCH_RX` index of frames other than SYNs.
+pub const BENCH_RX_OTHER: u32 = 0;
+/// `DRLB_BENCH_RX` index of SYNs.
+pub const BENCH_RX_SYN: u32 = 1;
 
 /// Every map the balancer uses, for pinning.
 pub const ALL_MAPS: [&str; 19] = [

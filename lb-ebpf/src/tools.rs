@@ -72,20 +72,63 @@ pub fn drlb_bench_tx(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
-/// Benchmark sink: counts frames (per CPU) and drops them.
+/// Benchmark SYN-flood generator: sends its frame (a SYN, IPv4 without options) from a new
+/// spoofed source each time — 198.19.0.0/16 and a port, from a per-CPU counter — so every
+/// frame is a new connection to the balancer. The IPv4 checksum is left stale: nothing on
+/// the benchmark's path checks it.
 #[xdp]
-pub fn drlb_bench_sink(_ctx: XdpContext) -> u32 {
-    count_bench_frame();
+pub fn drlb_bench_syn_tx(ctx: XdpContext) -> u32 {
+    let mut pkt = XdpPacket::of(&ctx);
+    let n = next_spoofed();
+    // Source address bytes 26..30 = 198.19.hi.lo, source port bytes 34..36 (little-endian
+    // words: byte 0 lowest).
+    let source = 198 | 19 << 8 | (n >> 8 & 0xff) << 16 | (n & 0xff) << 24;
+    let Some(ports) = pkt.load_u32(34) else { return xdp_action::XDP_PASS };
+    let sport = (1024 + (n >> 16) % 60000) as u16;
+    if !(pkt.store_u32(26, source) && pkt.store_u32(34, (ports & 0xffff_0000) | sport.swap_bytes() as u32)) {
+        return xdp_action::XDP_PASS;
+    }
+    xdp_action::XDP_TX
+}
+
+/// The per-CPU counter `drlb_bench_syn_tx` draws sources from, stepped by a large odd
+/// number so consecutive frames differ in every byte used.
+#[map(name = "DRLB_BENCH_SPOOF")]
+static BENCH_SPOOF: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn next_spoofed() -> u32 {
+    match BENCH_SPOOF.get_ptr_mut(0) {
+        Some(c) => {
+            // SAFETY: this CPU's counter; only this program on this CPU writes it.
+            unsafe {
+                *c = (*c).wrapping_add(0x9E37_79B1);
+                *c
+            }
+        }
+        None => 0,
+    }
+}
+
+/// Benchmark sink: counts frames (per CPU; SYNs apart) and drops them.
+#[xdp]
+pub fn drlb_bench_sink(ctx: XdpContext) -> u32 {
+    let pkt = XdpPacket::of(&ctx);
+    // TCP flags of an untagged IPv4 frame without options; anything else counts as data.
+    let syn = matches!(pkt.load_u32(44), Some(w) if (w >> 24) as u8 & lb_common::conn::tcp::FLAG_SYN != 0);
+    count_bench_frame(if syn { BENCH_RX_SYN } else { BENCH_RX_OTHER });
     xdp_action::XDP_DROP
 }
 
-/// Frames seen by `drlb_bench_sink`.
+/// Frames seen by `drlb_bench_sink`: `BENCH_RX_OTHER` and `BENCH_RX_SYN`.
 #[map(name = "DRLB_BENCH_RX")]
-static BENCH_RX: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static BENCH_RX: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+const BENCH_RX_OTHER: u32 = lb_common::maps::BENCH_RX_OTHER;
+const BENCH_RX_SYN: u32 = lb_common::maps::BENCH_RX_SYN;
 
 #[inline(always)]
-fn count_bench_frame() {
-    if let Some(c) = BENCH_RX.get_ptr_mut(0) {
+fn count_bench_frame(index: u32) {
+    if let Some(c) = BENCH_RX.get_ptr_mut(index) {
         // SAFETY: this CPU's counter; only this program on this CPU writes it.
         unsafe { *c += 1 };
     }

@@ -4,6 +4,7 @@
 //! XDP_DROP program on the generator's veth counts what arrives. A direct veth pair, not
 //! the lab's bridge, which would cap any path through it at ~0.4 Mpps.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
@@ -12,7 +13,7 @@ use serde::Serialize;
 
 use super::{Options, Spread, traffic};
 use crate::control::config::XdpMode;
-use crate::kernel::bpf::{Dataplane, Tools, PROGRAM_BENCH_SINK, PROGRAM_BENCH_TX, PROGRAM_FLOOR_SWAP, PROGRAM_LB};
+use crate::kernel::bpf::{Dataplane, Tools, PROGRAM_BENCH_SINK, PROGRAM_BENCH_SYN_TX, PROGRAM_BENCH_TX, PROGRAM_FLOOR_SWAP, PROGRAM_LB};
 use crate::selftest::netns::{in_netns, sh};
 
 #[derive(Debug, Clone, Serialize)]
@@ -21,6 +22,15 @@ pub struct LiveResult {
     /// Forwarded million frames per second.
     pub drlb_mpps: Spread,
     pub swap_mpps: Spread,
+    /// drlb's forwarded established frames while a second core sends it SYNs from new
+    /// spoofed sources as fast as it can, and the SYNs it forwarded meanwhile (Mpps).
+    pub flood: Option<FloodResult>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FloodResult {
+    pub established_mpps: Spread,
+    pub syn_mpps: Spread,
 }
 
 impl LiveResult {
@@ -63,49 +73,81 @@ pub fn run(dp: &mut Dataplane, tools: &mut Tools, opts: &Options) -> Result<Live
 
     // Established flows the main bench opened: the director forwards these.
     let (_, data) = traffic::established(0, 64, traffic::Size::Min64);
-    let mut measure = |program: &'static str| -> Result<Vec<f64>> {
+    // The flood's frame: a SYN whose source the generator program changes every time.
+    let syn = traffic::syn_storm(0, 1, traffic::Size::Min64).remove(0);
+    let per_call = 50_000u32;
+    // Sends `frame` from the generator `calls` times `per_call` (or until `stop`).
+    let send = |tools: &Tools, program: &str, frames: &[Vec<u8>], calls: u32, stop: Option<&AtomicBool>| -> Result<()> {
+        in_netns(&pair.generator, || {
+            for c in 0..calls {
+                if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+                    break;
+                }
+                let frame = &frames[c as usize % frames.len()];
+                let mut ctx = [0u8; 24];
+                ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+                ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+                tools
+                    .program(program)?
+                    .test_run(TestRunOptions {
+                        data_in: Some(frame),
+                        ctx_in: Some(&ctx),
+                        repeat: per_call,
+                        attrs: TestRunAttrs::new().xdp_live_frames(64),
+                        ..TestRunOptions::new()
+                    })
+                    .context("live-frames BPF_PROG_TEST_RUN (needs kernel 5.18+)")?;
+            }
+            Ok(())
+        })
+    };
+    // (established Mpps, SYN Mpps) per run.
+    let mut measure = |program: &'static str, flood: bool| -> Result<Vec<(f64, f64)>> {
         // The balancer is in drlb's object, the floor in the tools object.
         let link = in_netns(&pair.dir, || {
             Ok(if program == PROGRAM_LB { dp.attach(program, "eth0", XdpMode::Native)? } else { tools.attach(program, "eth0", XdpMode::Native)? }.0)
         })?;
         let mut rates = Vec::new();
         for _ in 0..opts.runs {
-            let before = tools.bench_rx()?;
-            let per_call = 50_000u32;
+            let tools: &Tools = tools;
+            let (before, syns_before) = (tools.bench_rx()?, tools.bench_rx_syns()?);
             let calls = opts.live_frames.div_ceil(per_call);
+            let stop = AtomicBool::new(false);
             let started = Instant::now();
-            in_netns(&pair.generator, || {
-                for c in 0..calls {
-                    let frame = &data[c as usize % data.len()];
-                    let mut ctx = [0u8; 24];
-                    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-                    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-                    tools.program(PROGRAM_BENCH_TX)?
-                        .test_run(TestRunOptions {
-                            data_in: Some(frame),
-                            ctx_in: Some(&ctx),
-                            repeat: per_call,
-                            attrs: TestRunAttrs::new().xdp_live_frames(64),
-                            ..TestRunOptions::new()
-                        })
-                        .context("live-frames BPF_PROG_TEST_RUN (needs kernel 5.18+)")?;
+            std::thread::scope(|s| -> Result<()> {
+                let flooding = flood.then(|| s.spawn(|| send(tools, PROGRAM_BENCH_SYN_TX, std::slice::from_ref(&syn), u32::MAX, Some(&stop))));
+                let sent = send(tools, PROGRAM_BENCH_TX, &data, calls, None);
+                stop.store(true, Ordering::Relaxed);
+                if let Some(f) = flooding {
+                    f.join().map_err(|_| anyhow::anyhow!("the SYN generator panicked"))??;
                 }
-                Ok(())
+                sent
             })?;
             let elapsed = started.elapsed();
             std::thread::sleep(Duration::from_millis(50));
             let got = tools.bench_rx()? - before;
+            let syns = tools.bench_rx_syns()? - syns_before;
             ensure!(got > 0, "no frame came back through {program}");
-            rates.push(got as f64 / elapsed.as_secs_f64() / 1e6);
+            ensure!(!flood || syns > 0, "no SYN came back through {program}");
+            rates.push((got as f64 / elapsed.as_secs_f64() / 1e6, syns as f64 / elapsed.as_secs_f64() / 1e6));
         }
         if program == PROGRAM_LB { dp.detach(program, link)? } else { tools.detach(program, link)? }
         Ok(rates)
     };
-    let drlb = measure(PROGRAM_LB)?;
-    let swap = measure(PROGRAM_FLOOR_SWAP)?;
+    let drlb = measure(PROGRAM_LB, false)?;
+    let swap = measure(PROGRAM_FLOOR_SWAP, false)?;
+    let flooded = measure(PROGRAM_LB, true)?;
     tools.detach(PROGRAM_BENCH_SINK, sink)?;
     drop(pair);
-    Ok(LiveResult { frames_per_run: opts.live_frames as u64, drlb_mpps: Spread::of(drlb), swap_mpps: Spread::of(swap) })
+    Ok(LiveResult {
+        frames_per_run: opts.live_frames as u64,
+        drlb_mpps: Spread::of(drlb.iter().map(|r| r.0).collect()),
+        swap_mpps: Spread::of(swap.iter().map(|r| r.0).collect()),
+        flood: Some(FloodResult {
+            established_mpps: Spread::of(flooded.iter().map(|r| r.0).collect()),
+            syn_mpps: Spread::of(flooded.iter().map(|r| r.1).collect()),
+        }),
+    })
 }
 
 /// veth0's ifindex as the generator namespace numbers it.

@@ -399,13 +399,17 @@ pub fn run(opts: &Options) -> Result<Results> {
     }
     if let Some(l) = &live {
         ratios.insert("live".to_string(), l.ratio());
+        if let Some(f) = &l.flood {
+            ratios.insert("live_syn_flood".to_string(), f.established_mpps.median / l.drlb_mpps.median);
+        }
     }
     let targets = [
         ("established", "<= 2.0 x floor (b)"),
         ("syn_wlc16", "<= 4.0 x floor (b)"),
         ("non_vip", "<= 1.5 x floor (b)"),
         ("live", ">= 0.80 of the bare MAC-swap program"),
-        ("syn_insert_floor", "none: floor (c) / floor (b), a lower bound for syn_wlc16"),
+        ("syn_insert_floor", "none: floor (c) / floor (b), what a connection-table insert costs"),
+        ("live_syn_flood", "none: established Mpps while the other core floods SYNs / without"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -88,7 +88,8 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
     }
     let _ = writeln!(
         o,
-        "\nFor reference, Katran's XDP balancer measured the same way on this machine kind: established 5.7, SYN 11.5, non-VIP 2.9 × floor (b).\n"
+        "\nFor reference, Katran's XDP balancer measured the same way on this machine kind: {} × floor (b).\n",
+        KATRAN.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
     );
     let _ = writeln!(
         o,
@@ -158,45 +159,140 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
             l.ratio(),
             l.frames_per_run
         );
+        if let Some(f) = &l.flood {
+            let _ = writeln!(
+                o,
+                "\n### Under a SYN flood\n\nThe same established frames, while the second core sends drlb SYNs from a new \
+                 spoofed source each, as fast as its generator runs. Every SYN is a new connection: scheduled, counted, \
+                 written to the half-open table and forwarded.\n\n| | forwarded Mpps (min / median / max) |\n| --- | --- |\n\
+                 | established, no flood | {:.2} / {:.2} / {:.2} |\n| established, during the flood | {:.2} / {:.2} / {:.2} |\n\
+                 | SYNs forwarded during the flood | {:.2} / {:.2} / {:.2} |\n\nEstablished traffic during the flood: {:.2} of its rate without.",
+                l.drlb_mpps.min,
+                l.drlb_mpps.median,
+                l.drlb_mpps.max,
+                f.established_mpps.min,
+                f.established_mpps.median,
+                f.established_mpps.max,
+                f.syn_mpps.min,
+                f.syn_mpps.median,
+                f.syn_mpps.max,
+                f.established_mpps.median / l.drlb_mpps.median
+            );
+        }
     }
     o
 }
 
-/// A bar chart of the ratios against their targets.
+/// Katran's XDP balancer measured the same way on this machine kind (× floor (b)).
+const KATRAN: [(&str, f64); 3] = [("established", 5.7), ("syn_wlc16", 11.5), ("non_vip", 2.9)];
+
+/// The figure's target, and whether higher is better.
+fn target_of(key: &str) -> Option<(f64, bool)> {
+    match key {
+        "established" => Some((2.0, false)),
+        "non_vip" => Some((1.5, false)),
+        k if k.starts_with("syn_wlc") => Some((4.0, false)),
+        "live" => Some((0.8, true)),
+        _ => None,
+    }
+}
+
+/// The chart: costs (× floor (b), lower is better) on a logarithmic axis, so no bar is cut
+/// off, each with its target and Katran's figure where there is one; then the live
+/// fractions (higher is better) on an axis of their own.
 pub fn svg(r: &Results) -> String {
     let mut keys: Vec<&String> = r.ratios.keys().collect();
     keys.sort();
-    let (w, bar, gap, left, top) = (640.0, 36.0, 24.0, 130.0, 40.0);
-    let h = top + keys.len() as f64 * (bar + gap) + 30.0;
-    let scale = (w - left - 40.0) / 4.0; // 0 .. 4x
+    let (costs, fractions): (Vec<&String>, Vec<&String>) = keys.into_iter().partition(|k| !k.starts_with("live"));
+    let (w, bar, gap, left, right) = (760.0, 22.0, 16.0, 215.0, 90.0);
+    let plot = w - left - right;
+    let row = bar + gap;
+    let top1 = 64.0;
+    let top2 = top1 + costs.len() as f64 * row + 70.0;
+    let h = top2 + fractions.len() as f64 * row + 50.0;
+    // Costs: 1x .. 32x, logarithmic.
+    let x_cost = |v: f64| left + (v.clamp(1.0, 32.0).ln() / 32f64.ln()) * plot;
+    // Fractions: 0 .. 1.2, linear.
+    let x_frac = |v: f64| left + (v.clamp(0.0, 1.2) / 1.2) * plot;
     let mut o = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"13\">\n\
-         <text x=\"10\" y=\"22\" font-size=\"15\">drlb: ratio to the floor (live: fraction of the MAC-swap rate)</text>\n"
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n\
+         <text x=\"10\" y=\"22\" font-size=\"15\">drlb against its targets: green meets, red misses; dashed = target, ◆ = Katran</text>\n\
+         <text x=\"10\" y=\"{:.0}\" font-size=\"13\">Cost per packet, × floor (b) (log scale, lower is better)</text>\n",
+        top1 - 18.0
     );
-    for (i, k) in keys.iter().enumerate() {
-        let v = r.ratios[*k];
-        let y = top + i as f64 * (bar + gap);
-        let target = match k.as_str() {
-            "established" => 2.0,
-            "non_vip" => 1.5,
-            "live" => 0.8,
-            _ => 4.0,
-        };
-        let ok = verdict(k, v) == "meets target";
+    let axis_bottom = top1 + costs.len() as f64 * row;
+    for tick in [1.0, 2.0, 4.0, 8.0, 16.0, 32.0] {
+        let x = x_cost(tick);
         let _ = writeln!(
             o,
-            "<text x=\"10\" y=\"{:.0}\">{k}</text><rect x=\"{left}\" y=\"{y:.0}\" width=\"{:.1}\" height=\"{bar}\" fill=\"{}\"/>\
-             <text x=\"{:.1}\" y=\"{:.0}\">{v:.2}</text><line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{:.0}\" y2=\"{:.0}\" stroke=\"black\" stroke-dasharray=\"4 3\"/>",
-            y + bar * 0.65,
-            (v.min(4.0) * scale).max(1.0),
-            if ok { "#4a9a5a" } else { "#c0504d" },
-            left + (v.min(4.0) * scale) + 6.0,
-            y + bar * 0.65,
-            left + target * scale,
-            left + target * scale,
-            y - 4.0,
-            y + bar + 4.0
+            "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{:.0}\" y2=\"{axis_bottom:.0}\" stroke=\"#ddd\"/><text x=\"{x:.1}\" y=\"{:.0}\" text-anchor=\"middle\" fill=\"#666\">{tick}×</text>",
+            top1 - 4.0,
+            axis_bottom + 14.0
         );
+    }
+    for (i, k) in costs.iter().enumerate() {
+        let v = r.ratios[*k];
+        let y = top1 + i as f64 * row;
+        let color = match target_of(k) {
+            Some(_) if verdict(k, v) == "meets target" => "#4a9a5a",
+            Some(_) => "#c0504d",
+            None => "#9a9a9a",
+        };
+        let label = if target_of(k).is_none() { format!("{k} (no target)") } else { k.to_string() };
+        let _ = writeln!(
+            o,
+            "<text x=\"10\" y=\"{:.0}\">{label}</text><rect x=\"{left}\" y=\"{y:.0}\" width=\"{:.1}\" height=\"{bar}\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{:.0}\">{v:.2}×</text>",
+            y + bar * 0.7,
+            (x_cost(v) - left).max(1.0),
+            x_cost(v) + 6.0,
+            y + bar * 0.7
+        );
+        if let Some((t, _)) = target_of(k) {
+            let x = x_cost(t);
+            let _ = writeln!(o, "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{:.0}\" y2=\"{:.0}\" stroke=\"black\" stroke-width=\"2\" stroke-dasharray=\"4 3\"/>", y - 3.0, y + bar + 3.0);
+        }
+        if let Some((_, kv)) = KATRAN.iter().find(|(name, _)| *name == k.as_str()) {
+            let x = x_cost(*kv);
+            let _ = writeln!(o, "<text x=\"{x:.1}\" y=\"{:.0}\" text-anchor=\"middle\" font-size=\"14\">◆</text>", y + bar * 0.75);
+        }
+    }
+    let _ = writeln!(o, "<text x=\"10\" y=\"{:.0}\" font-size=\"13\">Live forwarding, fraction of a rate (higher is better)</text>", top2 - 18.0);
+    let axis_bottom = top2 + fractions.len() as f64 * row;
+    for tick in [0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2] {
+        let x = x_frac(tick);
+        let _ = writeln!(
+            o,
+            "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{:.0}\" y2=\"{axis_bottom:.0}\" stroke=\"#ddd\"/><text x=\"{x:.1}\" y=\"{:.0}\" text-anchor=\"middle\" fill=\"#666\">{tick:.1}</text>",
+            top2 - 4.0,
+            axis_bottom + 14.0
+        );
+    }
+    for (i, k) in fractions.iter().enumerate() {
+        let v = r.ratios[*k];
+        let y = top2 + i as f64 * row;
+        let color = match target_of(k) {
+            Some(_) if verdict(k, v) == "meets target" => "#4a9a5a",
+            Some(_) => "#c0504d",
+            None => "#9a9a9a",
+        };
+        let label = match k.as_str() {
+            "live" => "live (of MAC swap)".to_string(),
+            "live_syn_flood" => "under SYN flood (of no flood)".to_string(),
+            other => other.to_string(),
+        };
+        let _ = writeln!(
+            o,
+            "<text x=\"10\" y=\"{:.0}\">{label}</text><rect x=\"{left}\" y=\"{y:.0}\" width=\"{:.1}\" height=\"{bar}\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{:.0}\">{v:.2}</text>",
+            y + bar * 0.7,
+            (x_frac(v) - left).max(1.0),
+            x_frac(v) + 6.0,
+            y + bar * 0.7
+        );
+        if let Some((t, _)) = target_of(k) {
+            let x = x_frac(t);
+            let _ = writeln!(o, "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{:.0}\" y2=\"{:.0}\" stroke=\"black\" stroke-width=\"2\" stroke-dasharray=\"4 3\"/>", y - 3.0, y + bar + 3.0);
+        }
     }
     o += "</svg>\n";
     o

@@ -40,6 +40,7 @@ pub const PROGRAM_FLOOR_INSERT: &str = "drlb_floor_insert";
 /// Tools: benchmark generator (XDP_TX unchanged) and sink (count, XDP_DROP).
 pub const PROGRAM_BENCH_TX: &str = "drlb_bench_tx";
 pub const PROGRAM_BENCH_SINK: &str = "drlb_bench_sink";
+pub const PROGRAM_BENCH_SYN_TX: &str = "drlb_bench_syn_tx";
 
 /// Loads and attaches XDP programs of an object, each attachment held by the object
 /// (detached when it is dropped).
@@ -90,7 +91,7 @@ impl Tools {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(MAP_FLOOR_CONNS, floor_conn_table_size.max(1));
         let mut ebpf = loader.load(TOOLS_OBJECT).context("loading drlb's tools object")?;
-        load_programs(&mut ebpf, &[PROGRAM_PASS, PROGRAM_FLOOR_SWAP, PROGRAM_FLOOR_INSERT, PROGRAM_BENCH_TX, PROGRAM_BENCH_SINK])?;
+        load_programs(&mut ebpf, &[PROGRAM_PASS, PROGRAM_FLOOR_SWAP, PROGRAM_FLOOR_INSERT, PROGRAM_BENCH_TX, PROGRAM_BENCH_SYN_TX, PROGRAM_BENCH_SINK])?;
         Ok(Tools { ebpf })
     }
 
@@ -108,11 +109,20 @@ impl Tools {
         Ok(())
     }
 
-    /// Frames the benchmark sink counted, over CPUs.
+    /// Frames other than SYNs the benchmark sink counted, over CPUs.
     pub fn bench_rx(&self) -> Result<u64> {
+        self.bench_rx_of(lb_common::maps::BENCH_RX_OTHER)
+    }
+
+    /// SYNs counted by the benchmark's sink.
+    pub fn bench_rx_syns(&self) -> Result<u64> {
+        self.bench_rx_of(lb_common::maps::BENCH_RX_SYN)
+    }
+
+    fn bench_rx_of(&self, index: u32) -> Result<u64> {
         let map = self.ebpf.map(MAP_BENCH_RX).context("map DRLB_BENCH_RX missing from the tools object")?;
         let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
-        Ok(m.get(&0, 0)?.iter().sum())
+        Ok(m.get(&index, 0)?.iter().sum())
     }
 }
 
