@@ -1,5 +1,5 @@
 //! A SYN flood in the netns lab: the connection table held at its minimum (1,024 entries),
-//! 400,000 spoofed SYNs (390 times the table) from the client namespace, and 40
+//! 400,000 spoofed SYNs (390 times the table) at 100,000 a second from the client namespace, and 40
 //! established connections that talk every 0.2 s through it, 40 that stay idle, and a
 //! client opening new connections meanwhile. Every established connection must keep
 //! working with no stall beyond one retransmission, in native and in generic mode; the
@@ -22,6 +22,10 @@ static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// Spoofed SYNs per run: 390 times the table, six times the half-open table.
 const FLOOD_SYNS: usize = 400_000;
+/// SYNs a second. The flood leaves the client's own veth, as its real connections do; at
+/// 150,000 a second a native-mode run saw a request stall 0.85 s (two retransmissions):
+/// frames lost on the lab's path, whoever sent them. 100,000 a second both modes carry.
+const FLOOD_RATE: f64 = 100_000.0;
 /// The flood stops after this long whatever it sent.
 const FLOOD_LIMIT: Duration = Duration::from_secs(20);
 const TALKERS: usize = 40;
@@ -30,6 +34,15 @@ const TALK_EVERY: Duration = Duration::from_millis(200);
 /// The longest a request may take: one retransmission (Linux's minimum RTO is 200 ms) with
 /// room for two busy cores, but not two retransmissions (200 + 400 ms) and a reply.
 const STALL_LIMIT: Duration = Duration::from_millis(550);
+
+/// Sets its flag when dropped, on every way out of a scope.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
 
 /// What the talking connections saw.
 #[derive(Default)]
@@ -90,16 +103,28 @@ fn flood_spares_established_connections(mode: XdpMode) {
 
     let syns = spoofed_syns(FLOOD_SYNS, 80).expect("build the flood");
     let stop = AtomicBool::new(false);
+    let doctor_done = AtomicBool::new(false);
     let (flood, talk, fresh, doctor) = std::thread::scope(|s| {
+        // Whatever happens below (a panic included), the talking threads stop, so the
+        // scope can end.
+        let _stop = StopOnDrop(&stop);
         let talking = s.spawn(|| talk(&mut talkers, &stop));
         let opening = s.spawn(|| open_new(&lab, &stop));
         let doctor = s.spawn(|| {
+            let _done = StopOnDrop(&doctor_done);
             // Look while the flood runs.
             std::thread::sleep(Duration::from_millis(300));
             let cfg = lab.dir.join("drlb.yaml");
             lab.run_in("director", drlb, &["doctor", "--sample", "1s", "--config", &cfg.to_string_lossy()]).unwrap()
         });
-        let flood = lab.send_frames("client", &syns, FLOOD_LIMIT).expect("flood");
+        // The whole flood once, then more of it until the doctor has looked.
+        let started = Instant::now();
+        let mut flood = lab.send_frames("client", &syns, Some(FLOOD_RATE), FLOOD_LIMIT).expect("flood");
+        while !doctor_done.load(Ordering::Relaxed) && started.elapsed() < FLOOD_LIMIT {
+            let more = lab.send_frames("client", &syns[..10_000], Some(FLOOD_RATE), FLOOD_LIMIT).expect("flood");
+            flood.sent += more.sent;
+            flood.elapsed += more.elapsed;
+        }
         // Let the last SYNs' effects settle while the connections keep talking.
         std::thread::sleep(Duration::from_millis(500));
         stop.store(true, Ordering::Relaxed);
@@ -123,7 +148,7 @@ fn flood_spares_established_connections(mode: XdpMode) {
     println!("{status}");
     println!("doctor during the flood:\n{}", doctor.1);
 
-    assert_eq!(flood.sent, FLOOD_SYNS as u64, "{mode:?}: the flood sent {} of {FLOOD_SYNS} in {FLOOD_LIMIT:?}", flood.sent);
+    assert!(flood.sent >= FLOOD_SYNS as u64, "{mode:?}: the flood sent {} of {FLOOD_SYNS} in {FLOOD_LIMIT:?}", flood.sent);
     assert!(talk.failures.is_empty(), "{mode:?}: established connections broke during the flood: {:?}", talk.failures);
     assert!(talk.requests >= TALKERS * 5, "{mode:?}: only {} requests were made", talk.requests);
     assert!(talk.slowest < STALL_LIMIT, "{mode:?}: a request took {:?}: a stall beyond one retransmission", talk.slowest);

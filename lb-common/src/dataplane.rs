@@ -54,7 +54,7 @@ pub trait Tables {
         match self.backend(slot) {
             Some(b) => {
                 let c = self.conn_counts(slot);
-                DestInfo { weight: b.weight, active: c.active, inactive: c.inactive, available: b.accepts_new() }
+                DestInfo { weight: b.weight, active: sched::count(c.active), inactive: sched::count(c.inactive), available: b.accepts_new() }
             }
             None => DestInfo::default(),
         }
@@ -78,6 +78,9 @@ pub trait Tables {
     /// Entry `slot` of `DRLB_HALF_OPEN`, copied.
     fn half_open(&self, slot: u32) -> Option<HalfOpen>;
     fn set_half_open(&self, slot: u32, entry: &HalfOpen);
+    /// Moves entry `slot`'s idle timer to `now`, and nothing else: a slot another CPU just
+    /// emptied stays empty.
+    fn touch_half_open(&self, slot: u32, now: u64);
     /// Counts one [`Event`] on this CPU.
     fn count_event(&self, event: Event);
     /// `DRLB_SWEPT_AT`: when the controller last recounted ([`HalfOpen::counted`]).
@@ -269,7 +272,9 @@ fn half_open_step<T: Tables>(t: &T, slot: u32, flags: u8, now: u64, cache_index:
     let (mut next, active, inactive) = tcp_next(t, &c, flags);
     next.last_seen = now;
     if next.state == tcp::SYN_RECV {
-        t.set_half_open(slot, &HalfOpen { key: e.key, conn: next });
+        // A retransmitted SYN or a RST: only the idle timer moves. Writing the whole entry
+        // back could bring back one that another CPU's promotion just emptied.
+        t.touch_half_open(slot, now);
         return HalfOpenStep::Forward(c.backend);
     }
     next.order = 0;
@@ -288,8 +293,18 @@ fn half_open_step<T: Tables>(t: &T, slot: u32, flags: u8, now: u64, cache_index:
             out.conn_flags = next.flags;
             HalfOpenStep::Forward(c.backend)
         }
-        // Another CPU promoted it a moment ago; its entry (and counts) stand.
-        NewConn::Exists => HalfOpenStep::Forward(c.backend),
+        // Another CPU promoted it a moment ago (and emptied the slot), or a peer's sync
+        // installed it: the table's entry stands, with its server. A half-open entry still
+        // here is the sync's twin, whose count goes with it.
+        NewConn::Exists => {
+            if let Some(still) = t.half_open(slot)
+                && still.holds(&out.key, now)
+            {
+                release(t, &still.conn);
+                t.set_half_open(slot, &HalfOpen::EMPTY);
+            }
+            HalfOpenStep::Forward(t.with_conn(&out.key, |e| e.map(|c| c.backend)).unwrap_or(c.backend))
+        }
         NewConn::NoRoom => HalfOpenStep::Drop(Verdict::DropConnTableFull),
     }
 }

@@ -9,6 +9,7 @@
 use crate::addr::Addr16;
 use crate::conn::{tcp, Conn, ConnKey, CONN_F_INACTIVE, CONN_F_SYNCED};
 use crate::dataplane::Tables;
+use crate::halfopen::HalfOpen;
 use crate::maps::{
     Backend, Persist, Service, ServiceKey, IPPROTO_TCP, IPPROTO_UDP, MAX_BACKENDS_PER_SERVICE, SVC_F_PERSISTENT,
 };
@@ -83,6 +84,9 @@ pub trait SyncTables {
     fn adjust_conn_counts(&self, slot: u32, active: i32, inactive: i32);
     fn bump_conn_generation(&self);
     fn insert_persist(&self, key: &ConnKey, value: &Persist);
+    /// Entry `slot` of the half-open table ([`crate::halfopen`]).
+    fn half_open(&self, slot: u32) -> Option<HalfOpen>;
+    fn set_half_open(&self, slot: u32, entry: &HalfOpen);
 }
 
 impl<T: Tables> SyncTables for T {
@@ -112,6 +116,12 @@ impl<T: Tables> SyncTables for T {
     }
     fn insert_persist(&self, key: &ConnKey, value: &Persist) {
         Tables::insert_persist(self, key, value)
+    }
+    fn half_open(&self, slot: u32) -> Option<HalfOpen> {
+        Tables::half_open(self, slot)
+    }
+    fn set_half_open(&self, slot: u32, entry: &HalfOpen) {
+        Tables::set_half_open(self, slot, entry)
     }
 }
 
@@ -190,13 +200,13 @@ pub fn install<T: SyncTables>(t: &T, rec: &SyncedConn, now: u64) -> Result<Insta
         }
         None => None,
     });
-    match done {
+    let installed = match done {
         Some(Ok(Installed::Moved)) => {
             // CPUs may cache the entry with its old real server.
             t.bump_conn_generation();
-            Ok(Installed::Moved)
+            Installed::Moved
         }
-        Some(done) => done,
+        Some(done) => done?,
         None => {
             let (a, i) = counts(rec.inactive);
             t.adjust_conn_counts(slot, a, i);
@@ -204,9 +214,23 @@ pub fn install<T: SyncTables>(t: &T, rec: &SyncedConn, now: u64) -> Result<Insta
                 t.adjust_conn_counts(slot, -a, -i);
                 return Err(Skip::TableFull);
             }
-            Ok(Installed::New)
+            Installed::New
+        }
+    };
+    // The connection may be half-open here too (the VIP moved during its handshake): the
+    // table's entry now stands, and the packets that find it never look at the half-open
+    // table, so the twin goes now, with its count.
+    if k.proto == IPPROTO_TCP {
+        let held = crate::halfopen::scan(k, now, |s| t.half_open(s)).held;
+        if held != crate::halfopen::NO_SLOT
+            && let Some(twin) = t.half_open(held)
+        {
+            let (a, i) = counts(twin.conn.is_inactive());
+            t.adjust_conn_counts(twin.conn.backend, -a, -i);
+            t.set_half_open(held, &HalfOpen::EMPTY);
         }
     }
+    Ok(installed)
 }
 
 #[cfg(test)]

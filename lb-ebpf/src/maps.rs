@@ -185,8 +185,8 @@ impl Tables for BpfTables {
             let accepts = Backend::flags_accept_new(read(addr_of!((*b).flags)));
             DestInfo {
                 weight: read(addr_of!((*b).weight)),
-                active: read(addr_of!((*c).active)),
-                inactive: read(addr_of!((*c).inactive)),
+                active: lb_common::sched::count(read(addr_of!((*c).active))),
+                inactive: lb_common::sched::count(read(addr_of!((*c).inactive))),
                 available: accepts,
             }
         }
@@ -306,6 +306,13 @@ impl Tables for BpfTables {
             // SAFETY: `p` points to a 64-byte array value, 8-aligned; `i` < 8.
             unsafe { write_volatile(p.cast::<u64>().add(i), *word) };
         }
+    }
+
+    #[inline(always)]
+    fn touch_half_open(&self, slot: u32, now: u64) {
+        let Some(p) = HALF_OPEN.get_ptr_mut(slot) else { return };
+        // SAFETY: a valid array value; one aligned word, `conn.last_seen`.
+        unsafe { write_volatile(&raw mut (*p).conn.last_seen, now) };
     }
 
     #[inline(always)]

@@ -92,7 +92,8 @@ pub fn drlb_bench_syn_tx(ctx: XdpContext) -> u32 {
 }
 
 /// The per-CPU counter `drlb_bench_syn_tx` draws sources from, stepped by a large odd
-/// number so consecutive frames differ in every byte used.
+/// number so consecutive frames differ in every byte used; the CPU's number in its top
+/// bits keeps two CPUs (or a generator that moves) from repeating each other's sources.
 #[map(name = "DRLB_BENCH_SPOOF")]
 static BENCH_SPOOF: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
@@ -103,7 +104,7 @@ fn next_spoofed() -> u32 {
             // SAFETY: this CPU's counter; only this program on this CPU writes it.
             unsafe {
                 *c = (*c).wrapping_add(0x9E37_79B1);
-                *c
+                *c ^ aya_ebpf::helpers::bpf_get_smp_processor_id() << 28
             }
         }
         None => 0,

@@ -147,6 +147,12 @@ impl Tables for HostTables {
         self.half_open.borrow_mut().insert(slot, *entry);
     }
 
+    fn touch_half_open(&self, slot: u32, now: u64) {
+        if let Some(e) = self.half_open.borrow_mut().get_mut(&slot) {
+            e.conn.last_seen = now;
+        }
+    }
+
     fn count_event(&self, event: Event) {
         self.events.borrow_mut()[event.index() as usize] += 1;
     }

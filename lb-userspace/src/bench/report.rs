@@ -54,14 +54,11 @@ pub struct Report<'a> {
 }
 
 fn verdict(key: &str, r: f64) -> &'static str {
-    let ok = match key {
-        "established" => r <= 2.0,
-        k if k.starts_with("syn_wlc") => r <= 4.0,
-        "non_vip" => r <= 1.5,
-        "live" => r >= 0.8,
-        _ => return "",
-    };
-    if ok { "meets target" } else { "misses target" }
+    match target_of(key) {
+        Some((t, higher_is_better)) if (r >= t) == higher_is_better || r == t => "meets target",
+        Some(_) => "misses target",
+        None => "",
+    }
 }
 
 pub fn markdown(m: &Machine, r: &Results) -> String {
@@ -197,6 +194,56 @@ fn target_of(key: &str) -> Option<(f64, bool)> {
     }
 }
 
+/// Chart geometry: width, bar height, gap between bars, left margin (labels), right margin.
+const CHART: (f64, f64, f64, f64, f64) = (760.0, 22.0, 16.0, 215.0, 90.0);
+
+/// One panel of the chart: a title, an axis with `ticks`, and a bar per figure with its
+/// target line and, where there is one, Katran's figure. `x` maps a value to its position.
+fn panel(o: &mut String, r: &Results, top: f64, title: &str, ticks: &[(f64, String)], keys: &[&String], x: &dyn Fn(f64) -> f64) {
+    let (_, bar, gap, left, _) = CHART;
+    let row = bar + gap;
+    let bottom = top + keys.len() as f64 * row;
+    let _ = writeln!(o, "<text x=\"10\" y=\"{:.0}\" font-size=\"13\">{title}</text>", top - 18.0);
+    for (v, text) in ticks {
+        let _ = writeln!(
+            o,
+            "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{1:.0}\" y2=\"{bottom:.0}\" stroke=\"#ddd\"/><text x=\"{0:.1}\" y=\"{2:.0}\" text-anchor=\"middle\" fill=\"#666\">{text}</text>",
+            x(*v),
+            top - 4.0,
+            bottom + 14.0
+        );
+    }
+    for (i, k) in keys.iter().enumerate() {
+        let v = r.ratios[*k];
+        let y = top + i as f64 * row;
+        let target = target_of(k);
+        let color = match verdict(k, v) {
+            "meets target" => "#4a9a5a",
+            "misses target" => "#c0504d",
+            _ => "#9a9a9a",
+        };
+        let label = match k.as_str() {
+            "live" => "live (of MAC swap)".to_string(),
+            "live_syn_flood" => "under SYN flood (of no flood)".to_string(),
+            k if target.is_none() => format!("{k} (no target)"),
+            k => k.to_string(),
+        };
+        let _ = writeln!(
+            o,
+            "<text x=\"10\" y=\"{0:.0}\">{label}</text><rect x=\"{left}\" y=\"{y:.0}\" width=\"{1:.1}\" height=\"{bar}\" fill=\"{color}\"/><text x=\"{2:.1}\" y=\"{0:.0}\">{v:.2}</text>",
+            y + bar * 0.7,
+            (x(v) - left).max(1.0),
+            x(v) + 6.0
+        );
+        if let Some((t, _)) = target {
+            let _ = writeln!(o, "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{1:.0}\" y2=\"{2:.0}\" stroke=\"black\" stroke-width=\"2\" stroke-dasharray=\"4 3\"/>", x(t), y - 3.0, y + bar + 3.0);
+        }
+        if let Some((_, kv)) = KATRAN.iter().find(|(name, _)| *name == k.as_str()) {
+            let _ = writeln!(o, "<text x=\"{:.1}\" y=\"{:.0}\" text-anchor=\"middle\" font-size=\"14\">◆</text>", x(*kv), y + bar * 0.75);
+        }
+    }
+}
+
 /// The chart: costs (× floor (b), lower is better) on a logarithmic axis, so no bar is cut
 /// off, each with its target and Katran's figure where there is one; then the live
 /// fractions (higher is better) on an axis of their own.
@@ -204,96 +251,25 @@ pub fn svg(r: &Results) -> String {
     let mut keys: Vec<&String> = r.ratios.keys().collect();
     keys.sort();
     let (costs, fractions): (Vec<&String>, Vec<&String>) = keys.into_iter().partition(|k| !k.starts_with("live"));
-    let (w, bar, gap, left, right) = (760.0, 22.0, 16.0, 215.0, 90.0);
+    let (w, bar, gap, left, right) = CHART;
     let plot = w - left - right;
-    let row = bar + gap;
-    let top1 = 64.0;
-    let top2 = top1 + costs.len() as f64 * row + 70.0;
-    let h = top2 + fractions.len() as f64 * row + 50.0;
-    // Costs: 1x .. 32x, logarithmic.
-    let x_cost = |v: f64| left + (v.clamp(1.0, 32.0).ln() / 32f64.ln()) * plot;
-    // Fractions: 0 .. 1.2, linear.
-    let x_frac = |v: f64| left + (v.clamp(0.0, 1.2) / 1.2) * plot;
+    let (top1, space) = (64.0, 70.0);
+    let top2 = top1 + costs.len() as f64 * (bar + gap) + space;
+    let h = top2 + fractions.len() as f64 * (bar + gap) + 50.0;
     let mut o = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
          <rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n\
-         <text x=\"10\" y=\"22\" font-size=\"15\">drlb against its targets: green meets, red misses; dashed = target, ◆ = Katran</text>\n\
-         <text x=\"10\" y=\"{:.0}\" font-size=\"13\">Cost per packet, × floor (b) (log scale, lower is better)</text>\n",
-        top1 - 18.0
+         <text x=\"10\" y=\"22\" font-size=\"15\">drlb against its targets: green meets, red misses; dashed = target, ◆ = Katran</text>\n"
     );
-    let axis_bottom = top1 + costs.len() as f64 * row;
-    for tick in [1.0, 2.0, 4.0, 8.0, 16.0, 32.0] {
-        let x = x_cost(tick);
-        let _ = writeln!(
-            o,
-            "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{:.0}\" y2=\"{axis_bottom:.0}\" stroke=\"#ddd\"/><text x=\"{x:.1}\" y=\"{:.0}\" text-anchor=\"middle\" fill=\"#666\">{tick}×</text>",
-            top1 - 4.0,
-            axis_bottom + 14.0
-        );
-    }
-    for (i, k) in costs.iter().enumerate() {
-        let v = r.ratios[*k];
-        let y = top1 + i as f64 * row;
-        let color = match target_of(k) {
-            Some(_) if verdict(k, v) == "meets target" => "#4a9a5a",
-            Some(_) => "#c0504d",
-            None => "#9a9a9a",
-        };
-        let label = if target_of(k).is_none() { format!("{k} (no target)") } else { k.to_string() };
-        let _ = writeln!(
-            o,
-            "<text x=\"10\" y=\"{:.0}\">{label}</text><rect x=\"{left}\" y=\"{y:.0}\" width=\"{:.1}\" height=\"{bar}\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{:.0}\">{v:.2}×</text>",
-            y + bar * 0.7,
-            (x_cost(v) - left).max(1.0),
-            x_cost(v) + 6.0,
-            y + bar * 0.7
-        );
-        if let Some((t, _)) = target_of(k) {
-            let x = x_cost(t);
-            let _ = writeln!(o, "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{:.0}\" y2=\"{:.0}\" stroke=\"black\" stroke-width=\"2\" stroke-dasharray=\"4 3\"/>", y - 3.0, y + bar + 3.0);
-        }
-        if let Some((_, kv)) = KATRAN.iter().find(|(name, _)| *name == k.as_str()) {
-            let x = x_cost(*kv);
-            let _ = writeln!(o, "<text x=\"{x:.1}\" y=\"{:.0}\" text-anchor=\"middle\" font-size=\"14\">◆</text>", y + bar * 0.75);
-        }
-    }
-    let _ = writeln!(o, "<text x=\"10\" y=\"{:.0}\" font-size=\"13\">Live forwarding, fraction of a rate (higher is better)</text>", top2 - 18.0);
-    let axis_bottom = top2 + fractions.len() as f64 * row;
-    for tick in [0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2] {
-        let x = x_frac(tick);
-        let _ = writeln!(
-            o,
-            "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{:.0}\" y2=\"{axis_bottom:.0}\" stroke=\"#ddd\"/><text x=\"{x:.1}\" y=\"{:.0}\" text-anchor=\"middle\" fill=\"#666\">{tick:.1}</text>",
-            top2 - 4.0,
-            axis_bottom + 14.0
-        );
-    }
-    for (i, k) in fractions.iter().enumerate() {
-        let v = r.ratios[*k];
-        let y = top2 + i as f64 * row;
-        let color = match target_of(k) {
-            Some(_) if verdict(k, v) == "meets target" => "#4a9a5a",
-            Some(_) => "#c0504d",
-            None => "#9a9a9a",
-        };
-        let label = match k.as_str() {
-            "live" => "live (of MAC swap)".to_string(),
-            "live_syn_flood" => "under SYN flood (of no flood)".to_string(),
-            other => other.to_string(),
-        };
-        let _ = writeln!(
-            o,
-            "<text x=\"10\" y=\"{:.0}\">{label}</text><rect x=\"{left}\" y=\"{y:.0}\" width=\"{:.1}\" height=\"{bar}\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{:.0}\">{v:.2}</text>",
-            y + bar * 0.7,
-            (x_frac(v) - left).max(1.0),
-            x_frac(v) + 6.0,
-            y + bar * 0.7
-        );
-        if let Some((t, _)) = target_of(k) {
-            let x = x_frac(t);
-            let _ = writeln!(o, "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{:.0}\" y2=\"{:.0}\" stroke=\"black\" stroke-width=\"2\" stroke-dasharray=\"4 3\"/>", y - 3.0, y + bar + 3.0);
-        }
-    }
+    // Costs: 1x .. 32x, logarithmic; fractions: 0 .. 1.2, linear.
+    let cost_ticks: Vec<(f64, String)> = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0].iter().map(|t| (*t, format!("{t}×"))).collect();
+    panel(&mut o, r, top1, "Cost per packet, × floor (b) (log scale, lower is better)", &cost_ticks, &costs, &|v: f64| {
+        left + (v.clamp(1.0, 32.0).ln() / 32f64.ln()) * plot
+    });
+    let fraction_ticks: Vec<(f64, String)> = (0..=6).map(|i| (i as f64 * 0.2, format!("{:.1}", i as f64 * 0.2))).collect();
+    panel(&mut o, r, top2, "Live forwarding, fraction of a rate (higher is better)", &fraction_ticks, &fractions, &|v: f64| {
+        left + (v.clamp(0.0, 1.2) / 1.2) * plot
+    });
     o += "</svg>\n";
     o
 }

@@ -8,8 +8,9 @@ use anyhow::{Context as _, Result, bail};
 use aya::Ebpf;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, RingBuf};
 use lb_common::conn::{Conn, ConnKey};
+use lb_common::halfopen::HalfOpen;
 use lb_common::maps::{
-    Backend, ConnCounts, Persist, Service, ServiceKey, MAP_CONNS, MAP_CONN_COUNTS, MAP_CONN_EVENTS, MAP_CONN_GEN,
+    Backend, ConnCounts, Persist, Service, ServiceKey, MAP_CONNS, MAP_CONN_COUNTS, MAP_CONN_EVENTS, MAP_CONN_GEN, MAP_HALF_OPEN,
     MAP_PERSIST, MAP_SYNC_ON,
 };
 use lb_common::sync::{install, Installed, Skip, SyncTables, SyncedConn};
@@ -89,6 +90,18 @@ impl SyncTables for Installer<'_> {
                 && let Ok(g) = a.get(&0, 0)
             {
                 let _ = a.set(0, g.wrapping_add(1 << 16), 0);
+            }
+        });
+    }
+    fn half_open(&self, slot: u32) -> Option<HalfOpen> {
+        self.with_map(MAP_HALF_OPEN, |m| Array::<_, HalfOpen>::try_from(m).ok().and_then(|a| a.get(&slot, 0).ok())).flatten()
+    }
+    fn set_half_open(&self, slot: u32, entry: &HalfOpen) {
+        // Not atomic with the program's writes: a SYN taking this way in the same instant
+        // is overwritten (its connection then fails as if the SYN were lost).
+        self.with_map(MAP_HALF_OPEN, |m| {
+            if let Ok(mut a) = Array::<_, HalfOpen>::try_from(m) {
+                let _ = a.set(slot, *entry, 0);
             }
         });
     }

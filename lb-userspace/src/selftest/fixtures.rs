@@ -418,6 +418,12 @@ fn half_open_rows(v: &mut Vec<Row>) {
         .setup(Setup::Swept(s, 1, 3)).conn(tcp::SYN_RECV, true).counts(s, 1, 4).half_open());
     v.push(row("FIN as the first packet after a SYN (no ACK): leaves SYN_RECV, promoted in TIME_WAIT as IPVS has it", tcp_from(last, flood, lport, 80, tcp::FLAG_FIN), To(TxForwarded, RS1))
         .conn(tcp::TIME_WAIT, true).counts(s, 1, 4).in_table());
+    // A peer reports, as ESTABLISHED on rs1, a connection that is half-open here on rs2
+    // (the VIP moved during its handshake).
+    let web = vip(WEB);
+    v.push(row("half-open on web: the SYN goes to rs2", tcp_to(web, 47010, 80, SYN), To(TxScheduled, RS2)).conn(tcp::SYN_RECV, true).half_open());
+    v.push(row("a peer's report puts it in the table on rs1; its ACK follows the table, and the half-open twin and its count go", tcp_to(web, 47010, 80, ACK), To(TxForwarded, RS1))
+        .setup(Setup::Synced([198, 18, 0, 11], tcp::ESTABLISHED, false)).conn(tcp::ESTABLISHED, false).in_table());
 }
 
 /// The server (index into `servers`, given in configuration order as (address, weight))

@@ -48,9 +48,9 @@ pub fn spoofed_syns(count: usize, port: u16) -> Result<Vec<Vec<u8>>> {
 }
 
 impl Lab {
-    /// Sends `frames` out of `role`'s eth0 as fast as one thread can, but for no longer
-    /// than `limit`.
-    pub fn send_frames(&self, role: &str, frames: &[Vec<u8>], limit: Duration) -> Result<Flood> {
+    /// Sends `frames` out of `role`'s eth0 at up to `rate` frames a second (as fast as one
+    /// thread can, for `None`), for no longer than `limit`.
+    pub fn send_frames(&self, role: &str, frames: &[Vec<u8>], rate: Option<f64>, limit: Duration) -> Result<Flood> {
         in_netns(&self.ns(role), || {
             // SAFETY: plain socket calls with valid buffers; the fd is closed below.
             let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
@@ -83,6 +83,12 @@ impl Lab {
                     break;
                 }
                 sent += 1;
+                if let Some(rate) = rate
+                    && sent % 1000 == 0
+                {
+                    let due = Duration::from_secs_f64(sent as f64 / rate);
+                    std::thread::sleep(due.saturating_sub(started.elapsed()));
+                }
             }
             let elapsed = started.elapsed();
             // SAFETY: `fd` is ours.
