@@ -54,7 +54,7 @@ pub trait Tables {
         match self.backend(slot) {
             Some(b) => {
                 let c = self.conn_counts(slot);
-                DestInfo { weight: b.weight, active: sched::count(c.active), inactive: sched::count(c.inactive), available: b.accepts_new() }
+                DestInfo { weight: b.weight, active: c.active, inactive: c.inactive, available: b.accepts_new() }
             }
             None => DestInfo::default(),
         }

@@ -28,15 +28,6 @@ pub trait Dests {
     fn get(&self, list_index: u32) -> DestInfo;
 }
 
-/// An ActiveConn/InActConn count as the schedulers take it. The sweep writes recounted
-/// values that can miss a change the program made while it read the tables; a count that
-/// then went below zero (u32 wrap) reads as 0 until the next sweep, rather than making its
-/// server look the least loaded of all (IPVS's counts, under its lock, never go below zero).
-#[inline(always)]
-pub fn count(v: u32) -> u32 {
-    if (v as i32) < 0 { 0 } else { v }
-}
-
 /// "No destination" in tables of list indices.
 pub const NO_DEST: u16 = u16::MAX;
 /// `rr` position meaning "the list head" (nothing chosen yet).
@@ -320,15 +311,5 @@ pub fn wrr_schedule<D: Dests + ?Sized>(d: &D, mark: &mut WrrMark) -> Option<u32>
         if last_pass && restarted && last.is_some() {
             stop = Some(last);
         }
-    }
-}
-
-#[cfg(test)]
-mod count_tests {
-    #[test]
-    fn a_count_below_zero_reads_as_zero() {
-        assert_eq!(super::count(7), 7);
-        assert_eq!(super::count(0u32.wrapping_sub(1)), 0);
-        assert_eq!(super::count(i32::MAX as u32), i32::MAX as u32);
     }
 }

@@ -185,8 +185,8 @@ impl Tables for BpfTables {
             let accepts = Backend::flags_accept_new(read(addr_of!((*b).flags)));
             DestInfo {
                 weight: read(addr_of!((*b).weight)),
-                active: lb_common::sched::count(read(addr_of!((*c).active))),
-                inactive: lb_common::sched::count(read(addr_of!((*c).inactive))),
+                active: read(addr_of!((*c).active)),
+                inactive: read(addr_of!((*c).inactive)),
                 available: accepts,
             }
         }
