@@ -359,6 +359,17 @@ fn benchmark_floors_swap_macs() {
 /// `x`'s servers': there must be none.
 #[test]
 fn reloads_under_traffic_never_tear_a_service_or_a_mac() {
+    hammer("wlc");
+}
+
+/// The same with Maglev: every reload changes `x`'s 65,537-entry table, so all tables move
+/// to the other half of the scheduler array while packets read the old one.
+#[test]
+fn reloads_under_traffic_never_tear_a_maglev_table() {
+    hammer("mh");
+}
+
+fn hammer(scheduler: &str) {
     if support::skip_unless_root() {
         return;
     }
@@ -373,7 +384,7 @@ fn reloads_under_traffic_never_tear_a_service_or_a_mac() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     // Both handles share maps through pins in a private bpffs (gone with the unmount).
-    let bpffs = std::env::temp_dir().join(format!("drlb-hammer-{}", std::process::id()));
+    let bpffs = std::env::temp_dir().join(format!("drlb-hammer-{scheduler}-{}", std::process::id()));
     std::fs::create_dir_all(&bpffs).unwrap();
     nix::mount::mount(Some("bpf"), &bpffs, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>).unwrap();
     struct Unmount(std::path::PathBuf);
@@ -390,7 +401,7 @@ fn reloads_under_traffic_never_tear_a_service_or_a_mac() {
         let x: Vec<String> = x_servers.iter().map(|i| format!("{{ address: 198.18.0.{i} }}")).collect();
         let text = format!(
             "director: {{ interface: eth0, conn_table_size: 65536 }}\nservices:\n  \
-             - {{ name: x, vip: 198.18.0.100, port: 80, protocol: tcp, real_servers: [ {} ] }}\n  \
+             - {{ name: x, vip: 198.18.0.100, port: 80, protocol: tcp, scheduler: {scheduler}, real_servers: [ {} ] }}\n  \
              - {{ name: y, vip: 198.18.0.101, port: 80, protocol: tcp, real_servers: [ {{ address: 198.18.0.31 }}, {{ address: 198.18.0.32 }} ] }}\n",
             x.join(", ")
         );
@@ -405,7 +416,7 @@ fn reloads_under_traffic_never_tear_a_service_or_a_mac() {
 
     let (mut reloader, _) = Dataplane::open(65536, Some(&pins), false).expect("load the dataplane");
     let mut slots = Slots::default();
-    let first = lb_userspace::control::tables::build_with(&configs[0], &macs(false), DIRECTOR_MAC, &mut slots, &Down::default()).unwrap();
+    let first = lb_userspace::control::tables::build_with(&configs[0], &macs(false), DIRECTOR_MAC, &mut slots, &Down::default(), &Default::default()).unwrap();
     reloader.apply(&first).unwrap();
     let (sender, _) = Dataplane::open(65536, Some(&pins), false).expect("adopt the pinned dataplane");
 
@@ -418,7 +429,7 @@ fn reloads_under_traffic_never_tear_a_service_or_a_mac() {
             let mut n = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                let t = lb_userspace::control::tables::build_with(&configs[n % 2], &macs(n % 4 >= 2), DIRECTOR_MAC, &mut slots, &Down::default()).unwrap();
+                let t = lb_userspace::control::tables::build_with(&configs[n % 2], &macs(n % 4 >= 2), DIRECTOR_MAC, &mut slots, &Down::default(), reloader.applied()).unwrap();
                 reloader.apply(&t).unwrap();
                 reloads.fetch_add(1, Ordering::Relaxed);
             }
@@ -445,7 +456,7 @@ fn reloads_under_traffic_never_tear_a_service_or_a_mac() {
     });
     let (sent, outside, reloads) = (sent.into_inner(), outside.into_inner(), reloads.into_inner());
     let reasons = lb_userspace::kernel::bpf::format_counters(&sender.counters().unwrap());
-    println!("hammer: {sent} SYNs, {reloads} reloads, {outside} sent outside service x ({reasons})");
+    println!("hammer ({scheduler}): {sent} SYNs, {reloads} reloads, {outside} sent outside service x ({reasons})");
     assert!(reloads >= 50 && sent >= 10_000, "too little happened to mean anything: {reloads} reloads, {sent} packets");
     assert_eq!(outside, 0, "packets not forwarded to service x's servers: {examples:?}; reasons: {reasons}");
 }

@@ -135,7 +135,7 @@ pub const ALL_MAPS: [&str; 19] = [
 ];
 
 /// Bump when any map's meaning changes; sizes are checked too (see [`layout`]).
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 /// Entries of `DRLB_META`: the layout, then who the dataplane belongs to.
 pub const META_SIZE: u32 = 12;
 /// Entries of `DRLB_META` that record the [`layout`].
@@ -172,8 +172,16 @@ pub const MAX_SERVICES: u32 = 4096;
 pub const MAX_BACKENDS_PER_SERVICE: u32 = 256;
 /// Capacity of `DRLB_BACKENDS`: real servers over all services.
 pub const MAX_BACKENDS: u32 = 65536;
-/// Capacity of `DRLB_MEMBERS`: two halves of `MAX_BACKENDS`.
-pub const MEMBERS_SIZE: u32 = 2 * MAX_BACKENDS;
+/// Capacity of `DRLB_MEMBERS`: two regions of [`MAX_BACKENDS_PER_SERVICE`] per service id
+/// ([`member_region`]).
+pub const MEMBERS_SIZE: u32 = MAX_SERVICES * 2 * MAX_BACKENDS_PER_SERVICE;
+
+/// Where service `id`'s member list starts in `DRLB_MEMBERS`, in its region `which` (0 or 1).
+/// Each service has two regions of its own: a changed list is written to the one packets do
+/// not read, then the service is pointed at it; an unchanged list is never rewritten.
+pub const fn member_region(id: u32, which: u32) -> u32 {
+    (id * 2 + which) * MAX_BACKENDS_PER_SERVICE
+}
 /// Default capacity of `DRLB_CONNS` (`director.conn_table_size`).
 pub const DEFAULT_CONN_TABLE_SIZE: u32 = 1 << 20;
 /// Capacity of `DRLB_PERSIST`.

@@ -79,6 +79,11 @@ enum Command {
         /// With connection sync's reports on (the ring read as the controller would).
         #[arg(long)]
         sync: bool,
+        /// Measure the controller instead of the dataplane: a real `drlb run` in a lab with
+        /// a thousand health-checked real servers, a million connections in its table, a
+        /// reload to 4,096 services and timed health verdicts (report `<date>-<arch>-controller`).
+        #[arg(long)]
+        controller: bool,
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
         /// Print one JSON object instead of the Markdown report.
@@ -303,7 +308,31 @@ fn main() -> ExitCode {
             }
             code
         }
-        Command::Bench { runs, quick, no_live, pcap, rewrite_vip, real_servers, sync, out, json } => {
+        Command::Bench { controller: true, quick, out, json, .. } => {
+            let opts = if quick { lb_userspace::bench::controller::ControllerOptions::quick() } else { lb_userspace::bench::controller::ControllerOptions::full() };
+            let machine = lb_userspace::bench::report::Machine::probe();
+            let progress = |what: &str| if !json { eprintln!("drlb bench --controller: {what}") };
+            match lb_userspace::bench::controller::run(&opts, &progress) {
+                Ok(result) => {
+                    let path = lb_userspace::bench::report::write_controller(&out, &machine, &result);
+                    if json {
+                        println!("{}", serde_json::to_string(&result).expect("result serialises"));
+                    } else {
+                        print!("{}", lb_userspace::bench::controller::markdown(&result));
+                    }
+                    match path {
+                        Ok(p) => eprintln!("drlb bench: report written to {}", p.display()),
+                        Err(e) => eprintln!("drlb bench: could not write the report: {e:#}"),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("drlb bench --controller: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Bench { runs, quick, no_live, pcap, rewrite_vip, real_servers, sync, out, json, controller: false } => {
             let mut opts = if quick { lb_userspace::bench::Options::quick() } else { lb_userspace::bench::Options::full() };
             opts.runs = runs.max(5);
             opts.live = !no_live;
@@ -481,7 +510,10 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config, replace_dataplane } => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            // One thread for the event loop, the health checkers, sync and metrics: nothing
+            // there blocks for long (the sweep has a thread of its own), and a thousand checks
+            // a second cost far less without waking other threads for every result.
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("drlb: cannot start the async runtime: {e}");

@@ -5,6 +5,7 @@
 //! checked (the per-reason counters must have moved by exactly the packets sent), so a
 //! figure is of the path it names.
 
+pub mod controller;
 pub mod live;
 pub mod report;
 pub mod traffic;

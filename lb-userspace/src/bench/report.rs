@@ -288,3 +288,21 @@ pub fn write(dir: &Path, m: &Machine, r: &Results) -> Result<PathBuf> {
     std::fs::write(base.with_extension("json"), json)?;
     Ok(md)
 }
+
+/// Writes `<dir>/<date>-<arch>-controller.md` and `.json`; returns the Markdown path.
+pub fn write_controller(dir: &Path, m: &Machine, r: &super::controller::ControllerResult) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let base = dir.join(format!("{}-{}-controller", m.date, m.arch));
+    let md = base.with_extension("md");
+    let mut text = format!("# drlb controller benchmark, {} ({})\n\n", m.date, m.arch);
+    text += &format!("| machine | kernel | CPU | arch | commit |\n| --- | --- | --- | --- | --- |\n| {} | {} | {} | {} | {} |\n\n", m.host, m.kernel, m.cpu, m.arch, m.commit);
+    text += &super::controller::markdown(r);
+    std::fs::write(&md, text)?;
+    #[derive(Serialize)]
+    struct Out<'a> {
+        machine: &'a Machine,
+        controller: &'a super::controller::ControllerResult,
+    }
+    std::fs::write(base.with_extension("json"), serde_json::to_string_pretty(&Out { machine: m, controller: r })?)?;
+    Ok(md)
+}

@@ -26,17 +26,14 @@ use crate::kernel::content::MapContent;
 use crate::kernel::mac::{format_mac, Mac};
 use tokio::sync::mpsc;
 use crate::control::vips::VipTracker;
-use crate::observe::state::{ControllerState, SyncState};
+use crate::observe::state::{ControllerState, ControllerTimings, ReloadTiming, SweepTiming, SyncState, VerdictTiming};
 use crate::sync::{Counter, Names, Sync, due_for_refresh};
+use crate::control::sweeper::{Sweeper, SweepDone, SweepRequest};
+use crate::kernel::sweep::SweepInputs;
 
 /// How long start-up waits for real servers' ARP replies before attaching anyway.
 const INITIAL_RESOLUTION_WAIT: Duration = Duration::from_secs(3);
-/// How often the connection table is swept: expired entries removed, and every real
-/// server's ActiveConn/InActConn recomputed from the live entries. Between sweeps the
-/// counts are kept exact by the dataplane itself; they can drift only by entries that
-/// expire without another packet or are evicted by the LRU (fixed at the next sweep, so
-/// at most this late), and by state changes racing a sweep's write (fixed at the next).
-pub const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+pub use crate::control::sweeper::SWEEP_INTERVAL;
 /// How often every real server's neighbour entry is re-confirmed (keeps it from being
 /// garbage-collected, since the director never sends IP traffic to real servers itself).
 const REFRESH_INTERVAL: Duration = Duration::from_secs(30);
@@ -130,6 +127,9 @@ struct Controller {
     vips: VipTracker,
     /// Dataplane time of the previous sweep (sync re-announces what fell due since).
     last_sweep: Option<u64>,
+    sweeper: Sweeper,
+    /// How long sweeps, reloads and verdicts took (the state file shows the last of each).
+    timings: ControllerTimings,
     pin_dir: PathBuf,
 }
 
@@ -143,7 +143,9 @@ impl Controller {
     /// failed map write is retried whole by [`Controller::retry_if_stale`].
     fn apply_config(&mut self, config: &Config) -> Result<(), ApplyError> {
         let mut slots = self.slots.clone();
-        let tables = crate::control::tables::build_with(config, &self.macs, self.iface.mac, &mut slots, &self.down).map_err(ApplyError::Build)?;
+        // Placed against what the maps hold (after a failed write, the last complete content).
+        let tables = crate::control::tables::build_with(config, &self.macs, self.iface.mac, &mut slots, &self.down, self.dp.applied())
+            .map_err(ApplyError::Build)?;
         self.slots = slots;
         self.tables = tables;
         self.maps_stale = true;
@@ -204,17 +206,26 @@ impl Controller {
     /// SIGHUP / `drlb reload`: validate the file, refuse what cannot change live, apply
     /// the rest as map updates. On any error the running configuration keeps serving.
     async fn reload(&mut self) {
+        let started = std::time::Instant::now();
         notify::reloading();
-        self.reload_inner().await;
+        let ok = self.reload_inner().await;
         notify::ready();
+        let count = self.timings.reload.as_ref().map_or(0, |r| r.count) + 1;
+        let took = started.elapsed();
+        self.metrics.observe_reload(took);
+        self.timings.reload = Some(ReloadTiming { count, ok, services: self.config.services.len(), took_ms: took.as_secs_f64() * 1e3 });
+        info!("reload took {:.1} ms", took.as_secs_f64() * 1e3);
+        // Status, metrics and `drlb bench --controller` see it now, not a second later.
+        self.write_state();
     }
 
-    async fn reload_inner(&mut self) {
+    async fn reload_inner(&mut self) -> bool {
         let ok = self.try_reload().await;
         self.metrics.set_reload_ok(ok);
         if !ok {
             self.metrics.controller_error("reload");
         }
+        ok
     }
 
     /// Applies the file, or rejects it with the reason while the running configuration
@@ -249,6 +260,7 @@ impl Controller {
             Ok(()) => {}
         }
         self.config = new;
+        self.set_metrics_source();
         self.follow_addresses().await;
         for addr in self.wanted().into_iter().filter(|a| !before.contains(a) && !self.macs.contains_key(a)) {
             if let Err(e) = netlink::trigger_resolution(&self.handle, self.iface.index, addr).await {
@@ -272,12 +284,15 @@ impl Controller {
         self.down.retain(|(svc, addr)| targets.iter().any(|t| &t.service == svc && t.address == *addr));
         for t in targets {
             let tx = self.rounds_tx.clone();
+            let latency = self.metrics.check_histograms(&t.service, &t.name, t.kind());
+            let t = Arc::new(t);
             self.checkers.push(tokio::spawn(async move {
                 if let Some(w) = t.check.warmup {
                     tokio::time::sleep(w.limit(t.check.interval).mul_f64(fastrand::f64())).await;
                 }
                 loop {
                     let r = health::round(&t).await;
+                    latency[r.ok as usize].observe(r.latency.as_secs_f64());
                     if tx.send(r).await.is_err() {
                         return;
                     }
@@ -289,12 +304,6 @@ impl Controller {
 
     /// A health-check round's result: rise/fall, and on a change the log line and the maps.
     fn on_round(&mut self, r: health::Round) {
-        let kind = match r.target.check.kind {
-            crate::control::config::CheckType::Tcp => "tcp",
-            crate::control::config::CheckType::Http => "http",
-            crate::control::config::CheckType::Script => "script",
-        };
-        self.metrics.observe_check(&r.target.service, &r.target.name, kind, r.ok, r.latency);
         let Some((up, line)) = self.health.apply(&r) else { return };
         let key = (r.target.service.clone(), r.target.address);
         if up {
@@ -304,7 +313,14 @@ impl Controller {
             warn!("{line}");
             self.down.insert(key);
         }
-        self.rebuild("health change");
+        match self.config.services.iter().position(|s| s.name == r.target.service) {
+            Some(i) => self.update_services(&[i], "health change"),
+            None => self.rebuild("health change"),
+        }
+        let applied = r.finished.elapsed();
+        self.metrics.observe_verdict(applied);
+        let count = self.timings.verdict.as_ref().map_or(0, |v| v.count) + 1;
+        self.timings.verdict = Some(VerdictTiming { count, target: r.target.label(), up, applied_ms: applied.as_secs_f64() * 1e3 });
     }
 
     fn on_neighbour(&mut self, ev: NeighbourEvent) {
@@ -316,35 +332,72 @@ impl Controller {
                 if old != Some(mac) {
                     info!("real server {addr} is at {}", format_mac(&mac));
                 }
-                old != Some(mac)
+                (old != Some(mac)).then_some(addr)
             }
             NeighbourEvent::Failed { ifindex, addr } if ifindex == index && wanted.contains(&addr) => {
                 warn!("real server {addr} stopped answering ARP; it gets no traffic until it answers again");
-                self.macs.remove(&addr).is_some()
+                self.macs.remove(&addr).is_some().then_some(addr)
             }
-            _ => false,
+            _ => None,
         };
-        if changed {
-            self.rebuild("neighbour change");
+        if let Some(addr) = changed {
+            let which: Vec<usize> = self
+                .config
+                .services
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.real_servers.iter().any(|r| r.address == addr) || s.sorry_server.as_ref().is_some_and(|x| x.address == addr))
+                .map(|(i, _)| i)
+                .collect();
+            self.update_services(&which, "neighbour change");
         }
     }
 
-    /// Sync: sends the connections whose refresh fell due since the last sweep — only for
-    /// VIPs this director holds: after the VIP moved, the new holder's entries are the
-    /// current ones, and this director's (older) must not overwrite them. A persistent
-    /// service's templates go with them, once each.
-    fn reannounce(&mut self, entries: &[(lb_common::conn::ConnKey, lb_common::conn::Conn)], now: u64) {
-        let (Some(sync), Some(cfg)) = (&self.sync, &self.config.director.sync) else { return };
+    /// After a health verdict or a neighbour change that concerns the services `which`
+    /// only: recomputes and writes those alone (`tables::update_services`,
+    /// `Dataplane::apply_only`); a full rebuild where that cannot be done.
+    fn update_services(&mut self, which: &[usize], why: &str) {
+        if !self.maps_stale && !self.retry_pending {
+            let changes = crate::control::tables::update_services(
+                &mut self.tables,
+                &self.config,
+                &self.macs,
+                self.iface.mac,
+                &mut self.slots,
+                &self.down,
+                which,
+            );
+            if let Some(ch) = changes {
+                match self.dp.apply_only(&self.tables, &ch.services, &ch.slots) {
+                    Ok(()) => return,
+                    Err(e) => debug!("{why}: writing the changed services alone failed ({e:#}); rewriting everything"),
+                }
+            }
+        }
+        self.rebuild(why);
+    }
+
+    /// Sync: which connections the sweep at `now` picks for re-announcement — those whose
+    /// refresh fell due since the last sweep, only for VIPs this director holds: after the
+    /// VIP moved, the new holder's entries are the current ones, and this director's
+    /// (older) must not overwrite them.
+    fn refresh_pick(&mut self, now: u64) -> Option<crate::control::sweeper::Pick> {
+        let (Some(_), Some(cfg)) = (&self.sync, &self.config.director.sync) else { return None };
         let prev = self.last_sweep.replace(now).unwrap_or(now);
         let period = cfg.refresh_period.as_secs() * self.dp.hz() as u64;
+        let held: std::collections::HashSet<lb_common::addr::Addr16> =
+            self.vips.snapshot().into_iter().filter(|v| v.owned).map(|v| lb_common::addr::from_ip(v.vip)).collect();
+        Some(Box::new(move |k, c| held.contains(&k.vip) && due_for_refresh(k, c, prev, now, period)))
+    }
+
+    /// Sync: sends the connections a sweep picked ([`Controller::refresh_pick`]); a
+    /// persistent service's templates go with them, once each.
+    fn reannounce(&mut self, entries: &[(lb_common::conn::ConnKey, lb_common::conn::Conn)]) {
+        let Some(sync) = &self.sync else { return };
         let names = Names::new(&self.tables);
         let mut templates = std::collections::HashSet::new();
         let mut records = Vec::new();
         for (k, c) in entries {
-            let held = lb_common::addr::to_ip(&k.vip).is_some_and(|vip| self.vips.owns(vip));
-            if !held || !due_for_refresh(k, c, prev, now, period) {
-                continue;
-            }
             let with_template = self.tables.services.get(&c.service).is_some_and(|s| {
                 s.flags & lb_common::maps::SVC_F_PERSISTENT != 0 && templates.insert(s.template_key(&k.client, k.vip, k.vport, k.proto))
             });
@@ -368,18 +421,15 @@ impl Controller {
         }
     }
 
-    /// Writes the state file and refreshes the metrics' snapshot of the dataplane.
+    /// Writes the state file (status, doctor and `drlb ready` read it).
     fn publish(&self) {
         self.write_state();
-        if self.config.director.metrics_listen.is_some() {
-            match status::read(&self.pin_dir, Some(&self.config)) {
-                Ok(s) => self.metrics.set_status(s),
-                Err(e) => {
-                    debug!("reading the dataplane for metrics: {e:#}");
-                    self.metrics.controller_error("metrics");
-                }
-            }
-        }
+    }
+
+    /// Scrapes of the metrics read the dataplane with this configuration's names.
+    fn set_metrics_source(&self) {
+        let (dir, config) = (self.pin_dir.clone(), Arc::new(self.config.clone()));
+        self.metrics.set_source(Arc::new(move || status::read(&dir, Some(&config))));
     }
 
     /// What `drlb status` and doctor read of this controller (VIPs held, sync).
@@ -392,6 +442,7 @@ impl Controller {
                 counters: s.counters.snapshot(),
                 peers_seen: s.counters.peers_seen(),
             }),
+            timings: self.timings.clone(),
         };
         if let Err(e) = state.write(&self.pin_dir) {
             debug!("{e:#}");
@@ -419,7 +470,12 @@ impl Controller {
         }
     }
 
-    fn sweep(&mut self) {
+    /// Asks the sweeper for a sweep, unless one runs or the last one's CPU budget is not
+    /// spent yet.
+    fn start_sweep(&mut self) {
+        if !self.sweeper.ready() {
+            return;
+        }
         let now = match self.dp.now() {
             Ok(n) => n,
             Err(e) => {
@@ -428,9 +484,15 @@ impl Controller {
                 return;
             }
         };
-        match self.dp.sweep(now) {
+        let pick = self.refresh_pick(now);
+        self.sweeper.request(SweepRequest { now, inputs: std::sync::Arc::new(SweepInputs::of(&self.tables)), pick });
+    }
+
+    fn on_sweep(&mut self, done: SweepDone) {
+        match done.report {
             Ok(r) => {
-                self.reannounce(&r.entries, now);
+                self.sweeper.finished(r.cpu);
+                self.reannounce(&r.picked);
                 for (slot, had, now) in &r.corrected {
                     debug!(
                         "backend slot {slot}: counts corrected from {}/{} to {}/{} active/inactive",
@@ -440,6 +502,14 @@ impl Controller {
                 if r.expired_removed > 0 {
                     debug!("swept {} expired connection(s); {} live", r.expired_removed, r.live);
                 }
+                self.metrics.observe_sweep(r.read, r.took, r.cpu);
+                self.timings.sweep = Some(SweepTiming {
+                    entries: r.read,
+                    live: r.live,
+                    took_ms: r.took.as_secs_f64() * 1e3,
+                    cpu_ms: r.cpu.as_secs_f64() * 1e3,
+                    spacing_ms: self.sweeper.spacing().as_secs_f64() * 1e3,
+                });
                 let freed = self.slots.release_drained(|slot| r.in_use.contains(&slot));
                 if !freed.is_empty() {
                     debug!("{} removed real server(s) drained", freed.len());
@@ -447,7 +517,8 @@ impl Controller {
                 }
             }
             Err(e) => {
-                warn!("sweeping the connection table: {e:#}; next sweep in {SWEEP_INTERVAL:?}");
+                self.sweeper.finished(Duration::ZERO);
+                warn!("sweeping the connection table (dataplane time {}): {e:#}; next sweep in {SWEEP_INTERVAL:?}", done.now);
                 self.metrics.controller_error("sweep");
             }
         }
@@ -520,6 +591,7 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
         }
     };
     let (rounds_tx, mut rounds) = mpsc::channel(1024);
+    let (sweeper, mut sweeps) = Sweeper::start(&pin_dir)?;
     let mut c = Controller {
         config_path: config_path.to_owned(),
         config,
@@ -539,6 +611,8 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
         sync: None,
         vips: VipTracker::default(),
         last_sweep: None,
+        sweeper,
+        timings: ControllerTimings::default(),
         pin_dir: pin_dir.clone(),
     };
     let mut addresses = netlink::AddressWatch::subscribe()?;
@@ -572,6 +646,7 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
         Some(m) => m.to_string(),
         None => "adopted".to_string(),
     });
+    c.set_metrics_source();
     let metrics_task = match c.config.director.metrics_listen {
         Some(addr) => {
             let task = c.metrics.clone().serve(addr).await?;
@@ -604,7 +679,8 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
             _ = sigterm.recv() => { info!("SIGTERM: detaching"); break; }
             _ = sigusr2.recv() => { info!("SIGUSR2: exiting, leaving the dataplane forwarding for the next controller"); leave = true; break; }
             _ = sighup.recv() => { info!("SIGHUP: reloading {}", c.config_path.display()); c.reload().await; }
-            _ = sweep.tick() => c.sweep(),
+            _ = sweep.tick() => c.start_sweep(),
+            Some(done) = sweeps.recv() => c.on_sweep(done),
             _ = observe.tick() => {
                 c.retry_if_stale();
                 c.publish();

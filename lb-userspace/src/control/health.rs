@@ -31,6 +31,15 @@ pub struct Target {
 }
 
 impl Target {
+    /// The check type's name, as metrics label it.
+    pub fn kind(&self) -> &'static str {
+        match self.check.kind {
+            CheckType::Tcp => "tcp",
+            CheckType::Http => "http",
+            CheckType::Script => "script",
+        }
+    }
+
     /// `web rs1 198.18.0.11:80`
     pub fn label(&self) -> String {
         format!("{} {} {}", self.service, self.name, SocketAddr::new(self.address, self.port))
@@ -40,7 +49,8 @@ impl Target {
 /// The outcome of one round.
 #[derive(Debug, Clone)]
 pub struct Round {
-    pub target: Target,
+    /// Shared with the checker: a thousand checks a second copy no strings.
+    pub target: std::sync::Arc<Target>,
     pub ok: bool,
     /// Why the last attempt failed.
     pub reason: String,
@@ -48,6 +58,8 @@ pub struct Round {
     pub attempts: u32,
     /// Duration of the last attempt.
     pub latency: Duration,
+    /// When the round ended: how long its verdict takes to reach the maps is measured from here.
+    pub finished: Instant,
 }
 
 /// Every checker a config asks for.
@@ -146,7 +158,7 @@ async fn run_script(t: &Target) -> Result<(), String> {
 }
 
 /// One round: up to `retries + 1` attempts, `retry_delay` apart, stopping at the first success.
-pub async fn round(t: &Target) -> Round {
+pub async fn round(t: &std::sync::Arc<Target>) -> Round {
     let attempts = t.check.retries + 1;
     let mut failed = 0;
     let mut reason = String::new();
@@ -156,7 +168,7 @@ pub async fn round(t: &Target) -> Round {
         let r = probe(t).await;
         latency = start.elapsed();
         match r {
-            Ok(()) => return Round { target: t.clone(), ok: true, reason, failed_attempts: failed, attempts, latency },
+            Ok(()) => return Round { target: t.clone(), ok: true, reason, failed_attempts: failed, attempts, latency, finished: Instant::now() },
             Err(e) => {
                 failed += 1;
                 reason = e;
@@ -166,7 +178,7 @@ pub async fn round(t: &Target) -> Round {
             tokio::time::sleep(t.check.retry_delay).await;
         }
     }
-    Round { target: t.clone(), ok: false, reason, failed_attempts: failed, attempts, latency }
+    Round { target: t.clone(), ok: false, reason, failed_attempts: failed, attempts, latency, finished: Instant::now() }
 }
 
 /// Up or down, per target, with keepalived's default of one success to come up and
@@ -222,7 +234,7 @@ mod tests {
         )
         .unwrap();
         let target = targets(&config).remove(0);
-        Round { target, ok, reason: "connect failed".into(), failed_attempts: if ok { 0 } else { 2 }, attempts: 2, latency: Duration::ZERO }
+        Round { target: std::sync::Arc::new(target), ok, reason: "connect failed".into(), failed_attempts: if ok { 0 } else { 2 }, attempts: 2, latency: Duration::ZERO, finished: Instant::now() }
     }
 
     /// keepalived's meaning: a server starts up; `fall` failed rounds in a row take it down,

@@ -7,5 +7,6 @@ pub mod controller;
 pub mod health;
 pub mod sched_tables;
 pub mod slots;
+pub mod sweeper;
 pub mod tables;
 pub mod vips;

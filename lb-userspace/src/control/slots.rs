@@ -18,8 +18,8 @@ pub struct Slots {
     next_backend: u32,
     /// Removed real servers whose connections may still be alive.
     draining: BTreeMap<u32, Backend>,
-    /// Which half of the double-buffered arrays the next build writes.
-    generation: u32,
+    /// Which half of `DRLB_SCHED_TAB` the next change of scheduler tables writes.
+    table_half: u32,
     /// The backend entries of the last build, to keep a removed server's MAC while it drains.
     last: BTreeMap<u32, Backend>,
 }
@@ -85,6 +85,16 @@ impl Slots {
         self.last = backends.clone();
     }
 
+    /// Records one backend entry a targeted update wrote.
+    pub fn remember_one(&mut self, slot: u32, backend: Backend) {
+        self.last.insert(slot, backend);
+    }
+
+    /// Whether the real server already has a backend slot.
+    pub fn has_backend(&self, service: ServiceKey, addr: IpAddr) -> bool {
+        self.backends.contains_key(&(service, addr))
+    }
+
     /// Backend entries of draining real servers, to keep in the dataplane.
     pub fn draining(&self) -> &BTreeMap<u32, Backend> {
         &self.draining
@@ -107,11 +117,12 @@ impl Slots {
         let mut used_services = BTreeSet::new();
         let mut used_slots = BTreeSet::new();
         let mut upper_half = false;
+        let sched_half = lb_common::maps::SCHED_TABLE_SIZE / 2;
         for (key, id) in &tables.service_ids {
             s.services.insert(*key, *id);
             used_services.insert(*id);
             let Some(svc) = tables.services.get(id) else { continue };
-            upper_half |= svc.members_offset >= MAX_BACKENDS;
+            upper_half |= svc.table_len > 0 && svc.table_offset >= sched_half;
             for i in svc.members_offset..svc.members_offset + svc.member_count {
                 let Some(slot) = tables.members.get(&i) else { continue };
                 let Some(b) = tables.backends.get(slot) else { continue };
@@ -131,15 +142,16 @@ impl Slots {
         s.free_services = (0..s.next_service).filter(|i| !used_services.contains(i)).collect();
         s.next_backend = used_slots.iter().max().map_or(0, |m| m + 1);
         s.free_backends = (0..s.next_backend).filter(|i| !used_slots.contains(i)).collect();
-        s.generation = if upper_half { 0 } else { 1 };
+        s.table_half = if upper_half { 0 } else { 1 };
         s.last = tables.backends.clone();
         s
     }
 
-    /// The half to write next, and flips to the other one for the build after.
-    pub fn next_generation(&mut self) -> u32 {
-        let g = self.generation;
-        self.generation ^= 1;
-        g
+    /// The half of `DRLB_SCHED_TAB` to write changed tables to, and flips to the other one
+    /// for the next change.
+    pub fn flip_tables(&mut self) -> u32 {
+        let h = self.table_half;
+        self.table_half ^= 1;
+        h
     }
 }

@@ -8,7 +8,7 @@ use lb_common::addr::Addr16;
 use lb_common::conn::Timeouts;
 use lb_common::maps::{
     vip_filter_index, Backend, Service, ServiceKey, BACKEND_F_HEALTH_DOWN, BACKEND_F_PRESENT,
-    MAX_BACKENDS, MAX_SERVICES, MAX_VIPS, SCHED_TABLE_SIZE, SVC_F_PERSISTENT, SVC_F_SLOPPY_TCP, SVC_F_WILDCARD, VIP_F_WILDCARD_TCP, VIP_F_WILDCARD_UDP,
+    member_region, MAX_BACKENDS, MAX_BACKENDS_PER_SERVICE, MAX_SERVICES, MAX_VIPS, SCHED_TABLE_SIZE, SVC_F_PERSISTENT, SVC_F_SLOPPY_TCP, SVC_F_WILDCARD, VIP_F_WILDCARD_TCP, VIP_F_WILDCARD_UDP,
 };
 use lb_common::sched::{DestInfo, SH_TABLE_SIZE};
 
@@ -45,7 +45,7 @@ impl std::fmt::Display for BuildError {
                  still draining, over all services)"
             ),
             BuildError::Members { service } => {
-                write!(f, "service `{service}`: the member lists of all services exceed {MAX_BACKENDS} entries")
+                write!(f, "service `{service}`: more than {MAX_BACKENDS_PER_SERVICE} members")
             }
             BuildError::WrrTooLong { service } => write!(
                 f,
@@ -88,16 +88,13 @@ pub fn check_budget(config: &Config) -> Vec<(String, String)> {
     if config.services.len() > MAX_SERVICES as usize {
         problems.push(("services".into(), format!("{} services; the dataplane holds at most {MAX_SERVICES}", config.services.len())));
     }
-    let (mut slots, mut members, mut table) = (0usize, 0usize, 0usize);
+    // Member lists need no budget: every service has regions of its own, as long as any
+    // list may be (the config's own check: MAX_BACKENDS_PER_SERVICE real servers).
+    let (mut slots, mut table) = (0usize, 0usize);
     for (i, svc) in config.services.iter().enumerate() {
         slots += svc.real_servers.len() + svc.sorry_server.is_some() as usize;
-        members += svc.real_servers.len().max(svc.sorry_server.is_some() as usize);
         if slots > MAX_BACKENDS as usize {
             problems.push((format!("services[{i}].real_servers"), BuildError::BackendSlots { service: svc.name.clone() }.to_string()));
-            break;
-        }
-        if members > MAX_BACKENDS as usize {
-            problems.push((format!("services[{i}].real_servers"), BuildError::Members { service: svc.name.clone() }.to_string()));
             break;
         }
         let Some(needed) = sched_table_entries(svc) else {
@@ -146,18 +143,40 @@ fn secs(d: std::time::Duration) -> u32 {
 
 /// The map content for `config` with fresh identities and every server healthy.
 pub fn build(config: &Config, macs: &HashMap<IpAddr, Mac>, director_mac: Mac) -> Result<MapContent, BuildError> {
-    build_with(config, macs, director_mac, &mut Slots::default(), &Down::default())
+    build_with(config, macs, director_mac, &mut Slots::default(), &Down::default(), &MapContent::default())
+}
+
+/// One service's part of the tables, before it is placed in the member and scheduler arrays.
+struct ServicePart {
+    /// The service's name, for errors.
+    name: String,
+    id: u32,
+    key: ServiceKey,
+    /// Backend slots of the member list, in configuration order.
+    members: Vec<u32>,
+    table: Vec<u16>,
+    cycle_start: usize,
+    service: Service,
 }
 
 /// The map content for `config`, keeping the service ids and backend slots `slots` already
-/// gave out, and writing the half of the double-buffered arrays not used last time.
-/// On an error `slots` may have changed: build with a copy and keep it on success.
+/// gave out. What packets may be reading — `prev`, the content last written — is never
+/// rewritten in place:
+/// - a service's member list lives in one of two regions of its own
+///   ([`lb_common::maps::member_region`]); an unchanged list stays where it is, a changed
+///   one is written to the service's other region before the service points at it;
+/// - scheduler tables (wrr, sh, mh) stay where they are while none changes; when one does,
+///   all are written to the half of `DRLB_SCHED_TAB` not in use.
+/// So a health verdict or a neighbour change writes only what it changes, however many
+/// services there are. On an error `slots` may have changed: build with a copy and keep it
+/// on success.
 pub fn build_with(
     config: &Config,
     macs: &HashMap<IpAddr, Mac>,
     director_mac: Mac,
     slots: &mut Slots,
     down: &Down,
+    prev: &MapContent,
 ) -> Result<MapContent, BuildError> {
     let mut t = MapContent::default();
     let keep: BTreeSet<(ServiceKey, IpAddr)> = config
@@ -168,145 +187,36 @@ pub fn build_with(
             s.real_servers.iter().map(|r| r.address).chain(s.sorry_server.as_ref().map(|x| x.address)).map(move |a| (key, a))
         })
         .collect();
-    let generation = slots.next_generation();
-    let mut next_member = generation * MAX_BACKENDS;
-    let mut next_table = generation * (SCHED_TABLE_SIZE / 2);
-    let table_end = next_table + SCHED_TABLE_SIZE / 2;
-    let members_end = next_member + MAX_BACKENDS;
+    let mut parts = Vec::with_capacity(config.services.len());
     for svc in &config.services {
-        let vip = from_ip(svc.vip);
-        let key = ServiceKey::new(vip, svc.port, svc.protocol.number());
-        let id = slots.service_id(key).ok_or(BuildError::ServiceIds)?;
-        let no_slot = || BuildError::BackendSlots { service: svc.name.clone() };
-        let flags = t.vips.entry(vip).or_default();
-        if svc.port == 0 {
-            flags.flags |= match svc.protocol {
-                Protocol::Tcp => VIP_F_WILDCARD_TCP,
-                Protocol::Udp => VIP_F_WILDCARD_UDP,
-            };
-        }
-        *t.vip_filter.entry(vip_filter_index(&vip)).or_default() = 1;
-
-        // Every configured server keeps a backend entry (its connections continue);
-        // health decides membership: a failed server leaves the member list, or with
-        // inhibit_on_failure stays with weight 0.
-        let mut svc_slots = Vec::new();
-        let mut members: Vec<(u32, IpAddr, u32)> = Vec::new();
-        for rs in &svc.real_servers {
-            let slot = slots.backend_slot(key, rs.address).ok_or_else(no_slot)?;
-            let mac = macs.get(&rs.address).copied();
-            let is_down = down.contains(&(svc.name.clone(), rs.address));
-            let mut flags = if mac.is_some() { BACKEND_F_PRESENT } else { 0 };
-            let mut weight = rs.weight;
-            if is_down {
-                flags |= BACKEND_F_HEALTH_DOWN;
-                if svc.expire_nodest_conn {
-                    flags &= !BACKEND_F_PRESENT;
-                }
-                if svc.inhibit_on_failure {
-                    weight = 0;
-                }
-            }
-            t.backends.insert(slot, Backend::new(from_ip(rs.address), mac.unwrap_or_default(), director_mac, weight, flags));
-            svc_slots.push(slot);
-            if !is_down || svc.inhibit_on_failure {
-                members.push((slot, rs.address, weight));
-            }
-        }
-        let up_weight: u64 = members
-            .iter()
-            .filter(|(slot, _, w)| *w > 0 && t.backends[slot].flags & BACKEND_F_HEALTH_DOWN == 0 && t.backends[slot].is_present())
-            .map(|(_, _, w)| *w as u64)
-            .sum();
-        if up_weight < svc.quorum as u64
-            && let Some(sorry) = &svc.sorry_server
-        {
-            let slot = slots.backend_slot(key, sorry.address).ok_or_else(no_slot)?;
-            let mac = macs.get(&sorry.address).copied();
-            let flags = if mac.is_some() { BACKEND_F_PRESENT } else { 0 };
-            t.backends.insert(slot, Backend::new(from_ip(sorry.address), mac.unwrap_or_default(), director_mac, 1, flags));
-            members = vec![(slot, sorry.address, 1)];
-        }
-        let members_offset = next_member;
-        if next_member + members.len() as u32 > members_end {
+        parts.push(service_part(svc, macs, director_mac, slots, down, &mut t)?);
+    }
+    place_tables(&mut parts, slots, prev)?;
+    for (svc, mut p) in config.services.iter().zip(parts) {
+        // Members: where they are if unchanged, else the service's other region.
+        let (prev_offset, prev_list) = match prev.services.get(&p.id) {
+            Some(old) => (Some(old.members_offset), prev.member_list(old)),
+            None => (None, Vec::new()),
+        };
+        let offset = match prev_offset {
+            Some(o) if prev_list == p.members && prev.service_ids.get(&p.key) == Some(&p.id) => o,
+            Some(o) if o == member_region(p.id, 0) => member_region(p.id, 1),
+            _ => member_region(p.id, 0),
+        };
+        if p.members.len() as u32 > MAX_BACKENDS_PER_SERVICE {
             return Err(BuildError::Members { service: svc.name.clone() });
         }
-        for (slot, _, _) in &members {
-            t.members.insert(next_member, *slot);
-            next_member += 1;
+        for (i, slot) in p.members.iter().enumerate() {
+            t.members.insert(offset + i as u32, *slot);
         }
-        let count = members.len() as u32;
-
-        // IPVS list order: last configured first.
-        let list = ListDests(
-            members
-                .iter()
-                .rev()
-                .map(|(slot, _, w)| DestInfo { weight: *w, available: t.backends[slot].is_present(), ..Default::default() })
-                .collect(),
-        );
-        let (table, cycle_start) = match svc.scheduler {
-            Scheduler::Wrr => {
-                let weights: Vec<u32> = members.iter().map(|m| m.2).collect();
-                sched_tables::wrr_sequence(&list, &weights).ok_or_else(|| BuildError::WrrTooLong { service: svc.name.clone() })?
-            }
-            Scheduler::Sh => (sched_tables::sh_table(&list), 0),
-            Scheduler::Mh => {
-                let addrs: Vec<Addr16> = members.iter().rev().map(|m| from_ip(m.1)).collect();
-                (sched_tables::mh_table(&list, &addrs, MH_TABLE_SIZE), 0)
-            }
-            _ => (Vec::new(), 0),
-        };
-        let mut table_offset = 0;
-        let mut table_len = 0;
-        if !table.is_empty() {
-            if next_table + table.len() as u32 > table_end {
-                return Err(BuildError::SchedTable {
-                    service: svc.name.clone(),
-                    needed: table.len(),
-                    free: (table_end - next_table) as usize,
-                });
-            }
-            table_offset = next_table;
-            table_len = table.len() as u32;
-            next_table += table_len;
-            t.sched_regions.push((table_offset, table));
+        p.service.members_offset = offset;
+        p.service.member_count = p.members.len() as u32;
+        p.service.table_cycle_start = p.cycle_start as u32;
+        if !p.table.is_empty() {
+            t.sched_regions.insert(p.service.table_offset, p.table);
         }
-
-        let mut svc_flags = 0;
-        if svc.persistence_timeout.is_some() {
-            svc_flags |= SVC_F_PERSISTENT;
-        }
-        if svc.sloppy_tcp {
-            svc_flags |= SVC_F_SLOPPY_TCP;
-        }
-        if svc.port == 0 {
-            svc_flags |= SVC_F_WILDCARD;
-        }
-        t.service_ids.insert(key, id);
-        t.service_id_of.push(id);
-        t.slots.push(svc_slots);
-        t.services.insert(
-            id,
-            Service {
-                members_offset,
-                member_count: count,
-                flags: svc_flags,
-                scheduler: svc.scheduler.code(),
-                table_offset,
-                table_len,
-                table_cycle_start: cycle_start as u32,
-                persist_timeout_s: svc.persistence_timeout.map(secs).unwrap_or(0),
-                persist_mask: prefix_mask(svc.persistence_granularity.map(|g| g.0).unwrap_or(32)),
-                timeouts: Timeouts {
-                    tcp_established: secs(svc.timeouts.tcp),
-                    tcp_fin_wait: secs(svc.timeouts.tcp_fin),
-                    udp: secs(svc.timeouts.udp),
-                },
-                // Set by `Dataplane::apply` to the kernel's clock; the host model counts ms.
-                ticks_per_sec: 1000,
-            },
-        );
+        t.service_ids.insert(p.key, p.id);
+        t.services.insert(p.id, p.service);
     }
     // Removed real servers drain: their connections keep their slot and MAC.
     slots.retire(&keep);
@@ -315,6 +225,227 @@ pub fn build_with(
     }
     slots.remember(&t.backends);
     Ok(t)
+}
+
+/// What [`update_services`] changed: service ids and backend slots to write.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub services: Vec<u32>,
+    pub slots: Vec<u32>,
+}
+
+/// Brings `t` — built by [`build_with`] from this same `config` — up to date after a health
+/// verdict or a neighbour change that concerns only the services `which` (indices into
+/// `config.services`), recomputing those alone: a verdict costs the same with four services
+/// or four thousand. Member lists move as [`build_with`] moves them. `None` (and `t`
+/// unchanged) when the change needs a full build: a scheduler table changed (they move
+/// all at once), or a service is not where `t` has it.
+pub fn update_services(
+    t: &mut MapContent,
+    config: &Config,
+    macs: &HashMap<IpAddr, Mac>,
+    director_mac: Mac,
+    slots: &mut Slots,
+    down: &Down,
+    which: &[usize],
+) -> Option<Changes> {
+    let mut patches = Vec::new();
+    for &i in which {
+        let svc = config.services.get(i)?;
+        let key = ServiceKey::new(from_ip(svc.vip), svc.port, svc.protocol.number());
+        let addrs = svc.real_servers.iter().map(|r| r.address).chain(svc.sorry_server.as_ref().map(|x| x.address));
+        if !addrs.into_iter().all(|a| slots.has_backend(key, a)) {
+            // A slot would be given out (a sorry server's first use): a full build's job.
+            return None;
+        }
+        let mut scratch = MapContent::default();
+        let p = service_part(svc, macs, director_mac, slots, down, &mut scratch).ok()?;
+        let old = *t.services.get(&p.id)?;
+        if t.service_ids.get(&p.key) != Some(&p.id) || t.table(&old).map_or(!p.table.is_empty(), |tab| *tab != p.table) {
+            return None;
+        }
+        let old_list = t.member_list(&old);
+        let offset = if old_list == p.members {
+            old.members_offset
+        } else if old.members_offset == member_region(p.id, 0) {
+            member_region(p.id, 1)
+        } else {
+            member_region(p.id, 0)
+        };
+        let mut service = p.service;
+        (service.members_offset, service.member_count) = (offset, p.members.len() as u32);
+        (service.table_offset, service.table_len, service.table_cycle_start) = (old.table_offset, old.table_len, p.cycle_start as u32);
+        patches.push((p.id, old, service, p.members, scratch.backends));
+    }
+    let mut changes = Changes::default();
+    for (id, old, service, members, backends) in patches {
+        for i in old.members_offset..old.members_offset + old.member_count {
+            t.members.remove(&i);
+        }
+        for (k, slot) in members.iter().enumerate() {
+            t.members.insert(service.members_offset + k as u32, *slot);
+        }
+        for (slot, b) in backends {
+            if t.backends.get(&slot) != Some(&b) {
+                t.backends.insert(slot, b);
+                slots.remember_one(slot, b);
+                changes.slots.push(slot);
+            }
+        }
+        if service != old {
+            t.services.insert(id, service);
+        }
+        changes.services.push(id);
+    }
+    Some(changes)
+}
+
+/// Places the scheduler tables: at their offsets in `prev` if every service's table is the
+/// same as there, else packed into the half of `DRLB_SCHED_TAB` not in use.
+fn place_tables(parts: &mut [ServicePart], slots: &mut Slots, prev: &MapContent) -> Result<(), BuildError> {
+    let unchanged = parts.iter().all(|p| {
+        let old = prev.services.get(&p.id);
+        match old {
+            Some(old) if old.table_len > 0 => prev.table(old).is_some_and(|t| *t == p.table),
+            _ => p.table.is_empty(),
+        }
+    });
+    if unchanged {
+        for p in parts.iter_mut().filter(|p| !p.table.is_empty()) {
+            let old = &prev.services[&p.id];
+            (p.service.table_offset, p.service.table_len) = (old.table_offset, old.table_len);
+        }
+        return Ok(());
+    }
+    let half = slots.flip_tables();
+    let mut next = half * (SCHED_TABLE_SIZE / 2);
+    let end = next + SCHED_TABLE_SIZE / 2;
+    for p in parts.iter_mut().filter(|p| !p.table.is_empty()) {
+        if next + p.table.len() as u32 > end {
+            return Err(BuildError::SchedTable { service: p.name.clone(), needed: p.table.len(), free: (end - next) as usize });
+        }
+        (p.service.table_offset, p.service.table_len) = (next, p.table.len() as u32);
+        next += p.table.len() as u32;
+    }
+    Ok(())
+}
+
+/// A service's backends (into `t`), member list, scheduler table and service entry, not yet
+/// placed; its VIP and VIP-filter entries go into `t` too.
+fn service_part(
+    svc: &config::Service,
+    macs: &HashMap<IpAddr, Mac>,
+    director_mac: Mac,
+    slots: &mut Slots,
+    down: &Down,
+    t: &mut MapContent,
+) -> Result<ServicePart, BuildError> {
+    let vip = from_ip(svc.vip);
+    let key = ServiceKey::new(vip, svc.port, svc.protocol.number());
+    let id = slots.service_id(key).ok_or(BuildError::ServiceIds)?;
+    let no_slot = || BuildError::BackendSlots { service: svc.name.clone() };
+    let flags = t.vips.entry(vip).or_default();
+    if svc.port == 0 {
+        flags.flags |= match svc.protocol {
+            Protocol::Tcp => VIP_F_WILDCARD_TCP,
+            Protocol::Udp => VIP_F_WILDCARD_UDP,
+        };
+    }
+    *t.vip_filter.entry(vip_filter_index(&vip)).or_default() = 1;
+
+    // Every configured server keeps a backend entry (its connections continue);
+    // health decides membership: a failed server leaves the member list, or with
+    // inhibit_on_failure stays with weight 0.
+    let mut svc_slots = Vec::new();
+    let mut members: Vec<(u32, IpAddr, u32)> = Vec::new();
+    for rs in &svc.real_servers {
+        let slot = slots.backend_slot(key, rs.address).ok_or_else(no_slot)?;
+        let mac = macs.get(&rs.address).copied();
+        let is_down = !down.is_empty() && down.contains(&(svc.name.clone(), rs.address));
+        let mut flags = if mac.is_some() { BACKEND_F_PRESENT } else { 0 };
+        let mut weight = rs.weight;
+        if is_down {
+            flags |= BACKEND_F_HEALTH_DOWN;
+            if svc.expire_nodest_conn {
+                flags &= !BACKEND_F_PRESENT;
+            }
+            if svc.inhibit_on_failure {
+                weight = 0;
+            }
+        }
+        t.backends.insert(slot, Backend::new(from_ip(rs.address), mac.unwrap_or_default(), director_mac, weight, flags));
+        svc_slots.push(slot);
+        if !is_down || svc.inhibit_on_failure {
+            members.push((slot, rs.address, weight));
+        }
+    }
+    let up_weight: u64 = members
+        .iter()
+        .filter(|(slot, _, w)| *w > 0 && t.backends[slot].flags & BACKEND_F_HEALTH_DOWN == 0 && t.backends[slot].is_present())
+        .map(|(_, _, w)| *w as u64)
+        .sum();
+    if up_weight < svc.quorum as u64
+        && let Some(sorry) = &svc.sorry_server
+    {
+        let slot = slots.backend_slot(key, sorry.address).ok_or_else(no_slot)?;
+        let mac = macs.get(&sorry.address).copied();
+        let flags = if mac.is_some() { BACKEND_F_PRESENT } else { 0 };
+        t.backends.insert(slot, Backend::new(from_ip(sorry.address), mac.unwrap_or_default(), director_mac, 1, flags));
+        members = vec![(slot, sorry.address, 1)];
+    }
+
+    // IPVS list order: last configured first.
+    let list = ListDests(
+        members
+            .iter()
+            .rev()
+            .map(|(slot, _, w)| DestInfo { weight: *w, available: t.backends[slot].is_present(), ..Default::default() })
+            .collect(),
+    );
+    let (table, cycle_start) = match svc.scheduler {
+        Scheduler::Wrr => {
+            let weights: Vec<u32> = members.iter().map(|m| m.2).collect();
+            sched_tables::wrr_sequence(&list, &weights).ok_or_else(|| BuildError::WrrTooLong { service: svc.name.clone() })?
+        }
+        Scheduler::Sh => (sched_tables::sh_table(&list), 0),
+        Scheduler::Mh => {
+            let addrs: Vec<Addr16> = members.iter().rev().map(|m| from_ip(m.1)).collect();
+            (sched_tables::mh_table(&list, &addrs, MH_TABLE_SIZE), 0)
+        }
+        _ => (Vec::new(), 0),
+    };
+
+    let mut svc_flags = 0;
+    if svc.persistence_timeout.is_some() {
+        svc_flags |= SVC_F_PERSISTENT;
+    }
+    if svc.sloppy_tcp {
+        svc_flags |= SVC_F_SLOPPY_TCP;
+    }
+    if svc.port == 0 {
+        svc_flags |= SVC_F_WILDCARD;
+    }
+    t.service_id_of.push(id);
+    t.slots.push(svc_slots);
+    let service = Service {
+        members_offset: 0,
+        member_count: 0,
+        flags: svc_flags,
+        scheduler: svc.scheduler.code(),
+        table_offset: 0,
+        table_len: 0,
+        table_cycle_start: 0,
+        persist_timeout_s: svc.persistence_timeout.map(secs).unwrap_or(0),
+        persist_mask: prefix_mask(svc.persistence_granularity.map(|g| g.0).unwrap_or(32)),
+        timeouts: Timeouts {
+            tcp_established: secs(svc.timeouts.tcp),
+            tcp_fin_wait: secs(svc.timeouts.tcp_fin),
+            udp: secs(svc.timeouts.udp),
+        },
+        // Set by `Dataplane::apply` to the kernel's clock; the host model counts ms.
+        ticks_per_sec: 1000,
+    };
+    Ok(ServicePart { name: svc.name.clone(), id, key, members: members.iter().map(|m| m.0).collect(), table, cycle_start, service })
 }
 
 #[cfg(test)]
@@ -335,24 +466,58 @@ mod tests {
     const TWO: &str = "  - { name: web, vip: 198.18.0.100, port: 80, protocol: tcp, real_servers: [ { address: 198.18.0.11 }, { address: 198.18.0.12 } ] }\n";
     const ONE: &str = "  - { name: web, vip: 198.18.0.100, port: 80, protocol: tcp, real_servers: [ { address: 198.18.0.12 } ] }\n";
 
-    /// Rebuilds keep each real server's slot and write the other half of the member list;
-    /// a removed server keeps its slot, draining, until no connection uses it.
+    /// Rebuilds keep each real server's slot; a changed member list goes to the service's
+    /// other region, an unchanged one stays; a removed server keeps its slot, draining,
+    /// until no connection uses it.
     #[test]
     fn identities_are_stable_and_removed_servers_drain() {
         let m = macs(&["198.18.0.11", "198.18.0.12"]);
         let mut slots = Slots::default();
-        let a = build_with(&config(TWO), &m, DIRECTOR, &mut slots, &Down::default()).unwrap();
-        let b = build_with(&config(ONE), &m, DIRECTOR, &mut slots, &Down::default()).unwrap();
+        let a = build_with(&config(TWO), &m, DIRECTOR, &mut slots, &Down::default(), &MapContent::default()).unwrap();
+        let b = build_with(&config(ONE), &m, DIRECTOR, &mut slots, &Down::default(), &a).unwrap();
         assert_eq!(a.slots, vec![vec![0, 1]]);
         assert_eq!(b.slots, vec![vec![1]], "rs2 keeps its slot");
         let (sa, sb) = (a.services[&0], b.services[&0]);
-        assert_ne!(sa.members_offset / MAX_BACKENDS, sb.members_offset / MAX_BACKENDS, "each build writes the other half");
+        assert_eq!((sa.members_offset, sb.members_offset), (member_region(0, 0), member_region(0, 1)), "a changed list moves");
+        let b2 = build_with(&config(ONE), &m, DIRECTOR, &mut slots, &Down::default(), &b).unwrap();
+        assert_eq!(b2.services[&0].members_offset, sb.members_offset, "an unchanged list stays");
+        assert_eq!(b2.members, b.members);
         assert_eq!(b.backends[&0].flags & BACKEND_F_DRAINING, BACKEND_F_DRAINING, "rs1 drains");
         assert_eq!(b.backends[&0].mac(), m[&"198.18.0.11".parse().unwrap()], "with the MAC its connections use");
         assert_eq!(slots.release_drained(|s| s == 0), Vec::<u32>::new(), "still in use");
         assert_eq!(slots.release_drained(|_| false), vec![0]);
-        let c = build_with(&config(TWO), &m, DIRECTOR, &mut slots, &Down::default()).unwrap();
+        let c = build_with(&config(TWO), &m, DIRECTOR, &mut slots, &Down::default(), &b2).unwrap();
         assert_eq!(c.slots, vec![vec![0, 1]], "a freed slot is given out again");
+    }
+
+    /// A verdict applied to its service alone gives what a full build gives, touching only
+    /// that service's entry, list and backend; one that changes a scheduler table (mh here)
+    /// is left to a full build.
+    #[test]
+    fn a_targeted_update_equals_a_full_build() {
+        let text = format!("{TWO}{}", TWO.replace("name: web", "name: api").replace("port: 80", "port: 443"));
+        let cfg = config(&text);
+        let m = macs(&["198.18.0.11", "198.18.0.12"]);
+        let mut slots = Slots::default();
+        let t0 = build_with(&cfg, &m, DIRECTOR, &mut slots, &Down::default(), &MapContent::default()).unwrap();
+        let mut down = Down::default();
+        down.insert(("api".into(), "198.18.0.12".parse().unwrap()));
+        let mut targeted = t0.clone();
+        let mut s1 = slots.clone();
+        let changes = update_services(&mut targeted, &cfg, &m, DIRECTOR, &mut s1, &down, &[1]).expect("a wlc verdict is targeted");
+        let full = build_with(&cfg, &m, DIRECTOR, &mut slots.clone(), &down, &t0).unwrap();
+        assert_eq!((&targeted.services, &targeted.members, &targeted.backends), (&full.services, &full.members, &full.backends));
+        let api = t0.service_ids[&ServiceKey::new(from_ip("198.18.0.100".parse().unwrap()), 443, 6)];
+        assert_eq!(changes.services, vec![api]);
+        assert_eq!(changes.slots, vec![t0.slots[1][1]], "only the server that went down");
+        assert_ne!(targeted.services[&api].members_offset, t0.services[&api].members_offset, "its list moved");
+
+        let mh = config(&text.replace("protocol: tcp, real_servers", "protocol: tcp, scheduler: mh, real_servers"));
+        let mut slots = Slots::default();
+        let mut t = build_with(&mh, &m, DIRECTOR, &mut slots, &Down::default(), &MapContent::default()).unwrap();
+        let before = t.clone();
+        assert_eq!(update_services(&mut t, &mh, &m, DIRECTOR, &mut slots, &down, &[1]), None);
+        assert_eq!((&t.services, &t.members, &t.backends), (&before.services, &before.members, &before.backends), "left as it was");
     }
 
     /// A health-down server leaves the member list (or, with inhibit_on_failure, stays with
@@ -362,12 +527,12 @@ mod tests {
         let m = macs(&["198.18.0.12"]);
         let mut down = Down::default();
         down.insert(("web".into(), "198.18.0.12".parse().unwrap()));
-        let t = build_with(&config(TWO), &m, DIRECTOR, &mut Slots::default(), &down).unwrap();
+        let t = build_with(&config(TWO), &m, DIRECTOR, &mut Slots::default(), &down, &MapContent::default()).unwrap();
         assert_eq!(t.services[&0].member_count, 1);
         assert!(!t.backends[&0].is_present(), "198.18.0.11 has no MAC");
         assert_eq!(t.backends[&1].flags & BACKEND_F_HEALTH_DOWN, BACKEND_F_HEALTH_DOWN);
         let inhibit = TWO.replace("protocol: tcp,", "protocol: tcp, inhibit_on_failure: true,");
-        let t = build_with(&config(&inhibit), &m, DIRECTOR, &mut Slots::default(), &down).unwrap();
+        let t = build_with(&config(&inhibit), &m, DIRECTOR, &mut Slots::default(), &down, &MapContent::default()).unwrap();
         assert_eq!((t.services[&0].member_count, t.backends[&1].weight), (2, 0));
     }
 
@@ -382,10 +547,10 @@ mod tests {
         }
         let full = config(&text);
         let mut slots = Slots::default();
-        build_with(&full, &HashMap::new(), DIRECTOR, &mut slots, &Down::default()).unwrap();
+        build_with(&full, &HashMap::new(), DIRECTOR, &mut slots, &Down::default(), &MapContent::default()).unwrap();
         // Every slot in use; replacing one server means a new slot while the old drains.
         let changed = config(&text.replacen("198.19.0.1 }", "198.19.255.254 }", 1));
-        let err = build_with(&changed, &HashMap::new(), DIRECTOR, &mut slots, &Down::default()).unwrap_err();
+        let err = build_with(&changed, &HashMap::new(), DIRECTOR, &mut slots, &Down::default(), &MapContent::default()).unwrap_err();
         assert_eq!(err, BuildError::BackendSlots { service: "s0".into() });
         assert!(err.to_string().contains("no backend slot left"), "{err}");
     }

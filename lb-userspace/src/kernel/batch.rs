@@ -9,6 +9,8 @@ use aya::maps::MapData;
 
 /// `BPF_MAP_LOOKUP_BATCH` (`enum bpf_cmd`).
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// `BPF_MAP_UPDATE_BATCH` (`enum bpf_cmd`).
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 /// Entries asked for per call: more than any hash bucket holds (the kernel refuses a batch
 /// smaller than a bucket with ENOSPC).
 const BATCH: usize = 4096;
@@ -31,12 +33,19 @@ struct BatchAttr {
 /// Every (key, value) of the hash map `map`, `BATCH` entries per system call. `K` and `V`
 /// must be the map's key and value types (plain data, as every drlb map's are).
 pub fn lookup_all<K: Copy, V: Copy>(map: &MapData) -> io::Result<Vec<(K, V)>> {
+    let mut out = Vec::new();
+    for_each(map, |k: &K, v: &V| out.push((*k, *v)))?;
+    Ok(out)
+}
+
+/// Calls `f` with every (key, value) of `map`, read `BATCH` entries per system call, without
+/// holding more than one batch: a sweep of a million connections needs no copy of the table.
+pub fn for_each<K: Copy, V: Copy>(map: &MapData, mut f: impl FnMut(&K, &V)) -> io::Result<()> {
     let (ks, vs) = (std::mem::size_of::<K>(), std::mem::size_of::<V>());
     let mut keys = vec![0u8; BATCH * ks];
     let mut values = vec![0u8; BATCH * vs];
     // The kernel's position between calls (a bucket index for hash maps).
     let (mut token_in, mut token_out) = (0u64, 0u64);
-    let mut out = Vec::new();
     let mut first = true;
     loop {
         let mut attr = BatchAttr {
@@ -62,15 +71,38 @@ pub fn lookup_all<K: Copy, V: Copy>(map: &MapData) -> io::Result<Vec<(K, V)>> {
                     std::ptr::read_unaligned(values.as_ptr().add(i * vs) as *const V),
                 )
             };
-            out.push((k, v));
+            f(&k, &v);
         }
         match err {
             // ENOENT: the last batch (possibly partial) has been returned.
-            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
             Some(e) => return Err(e),
             None => {}
         }
         token_in = token_out;
         first = false;
     }
+}
+
+/// Writes `entries` into the hash map `map` with BPF_MAP_UPDATE_BATCH (Linux 5.6), `BATCH`
+/// per system call: how `drlb bench --controller` fills a table with a million connections.
+pub fn update_all<K: Copy, V: Copy>(map: &MapData, entries: &[(K, V)]) -> io::Result<()> {
+    for chunk in entries.chunks(BATCH) {
+        let keys: Vec<K> = chunk.iter().map(|(k, _)| *k).collect();
+        let values: Vec<V> = chunk.iter().map(|(_, v)| *v).collect();
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: chunk.len() as u32,
+            map_fd: map.fd().as_fd().as_raw_fd() as u32,
+            ..Default::default()
+        };
+        // SAFETY: `attr` points at `count` keys and values that outlive the call; the
+        // kernel only reads them (and writes `count`).
+        let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &mut attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>()) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }

@@ -1,19 +1,18 @@
 //! The XDP object in the kernel: loading, attaching, programming its maps, reading counters.
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
 use std::path::{Path, PathBuf};
 
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{Xdp, XdpMode as AyaXdpMode, xdp::{XdpLink, XdpLinkId}};
 use aya::{Ebpf, EbpfLoader};
-use std::collections::BTreeMap;
 
 use lb_common::conn::{Conn, ConnKey};
 use lb_common::halfopen::{self, HalfOpen};
 use lb_common::maps::{
     Backend, ConnCounts, Persist, SchedState, ServiceKey, ServiceSlot, Vip, VipKey, MAP_BACKENDS, MAP_MEMBERS,
-    MAP_PERSIST, MAP_HALF_OPEN, MAP_SWEPT_AT, SVC_F_PERSISTENT, ALL_MAPS, MAP_META, META_LAYOUT_ENTRIES, layout, MAP_BENCH_RX, MAP_CONNS, MAP_CONN_COUNTS, MAP_CONN_GEN, MAP_FLOOR_CONNS, MAP_SCHED_STATE, MAP_SCHED_TABLE, MAP_SERVICES, MAP_SERVICE_IDS, MAP_VIPS, MAP_VIP_FILTER,
+    MAP_PERSIST, MAP_HALF_OPEN, ALL_MAPS, MAP_META, META_LAYOUT_ENTRIES, layout, MAP_BENCH_RX, MAP_CONNS, MAP_CONN_COUNTS, MAP_FLOOR_CONNS, MAP_SCHED_STATE, MAP_SCHED_TABLE, MAP_SERVICES, MAP_SERVICE_IDS, MAP_VIPS, MAP_VIP_FILTER,
 };
 use lb_common::verdict::Verdict;
 use tracing::{info, warn};
@@ -241,20 +240,7 @@ pub fn remove_pins(dir: &Path) -> Result<Vec<String>> {
 /// Name of the pinned XDP link in a pin directory.
 pub const LINK_PIN: &str = "link";
 
-/// What a sweep of the connection table found.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SweepReport {
-    pub live: usize,
-    /// Live half-open connections.
-    pub half_open: usize,
-    pub expired_removed: usize,
-    /// Backends whose counts were corrected (drift found), with the old counts.
-    pub corrected: Vec<(u32, ConnCounts, ConnCounts)>,
-    /// Backend slots that live connections use.
-    pub in_use: std::collections::BTreeSet<u32>,
-    /// Every entry the sweep read (live or not), for sync's re-announcements.
-    pub entries: Vec<(ConnKey, Conn)>,
-}
+pub use super::sweep::SweepReport;
 
 /// Monotonic nanoseconds, the clock `bpf_ktime_get_ns()` reads.
 pub fn monotonic_ns() -> u64 {
@@ -490,14 +476,20 @@ impl Dataplane {
         self.ebpf.map(name).with_context(|| format!("map {name} missing from the object"))
     }
 
+    /// What the maps were last made to hold (after a failed write: the previous content, with
+    /// what the failed one added).
+    pub fn applied(&self) -> &MapContent {
+        &self.applied
+    }
+
     /// Makes the maps hold `tables`. Order matters for packets in flight: backends and
     /// scheduler tables first, then services, then the ids and VIPs that lead to them;
     /// removals last. A service whose scheduler input changed restarts its scheduler
     /// position (as IPVS does when a destination changes).
     ///
-    /// No packet reads a multi-word value half written: member lists and scheduler tables
-    /// go to the half of their map not in use, services and backend MACs to the version not
-    /// in use, and one word then switches each ([`ServiceSlot::staged`],
+    /// No packet reads a multi-word value half written: a member list goes to its service's
+    /// region not in use, scheduler tables to the half of their map not in use, services and
+    /// backend MACs to the version not in use, and one word then switches each ([`ServiceSlot::staged`],
     /// [`Backend::staged`]). A version stops being current only at the next apply, which
     /// waits [`GRACE`] after this one so packets that read the old one are long done.
     ///
@@ -534,6 +526,97 @@ impl Dataplane {
         }
     }
 
+    /// Makes the maps hold `tables` where they differ from what was applied in services
+    /// `ids` (entries, member lists, scheduler positions) and backends `slots` only: what a
+    /// health verdict or a neighbour change touches, written in the time it takes to write
+    /// those, however many services there are. The rest of `tables` must equal what was
+    /// applied, and its scheduler tables must not have changed; order and staging are
+    /// [`Dataplane::apply`]'s. After a failed apply the whole content must be rewritten, so
+    /// this refuses; if a write here fails, the next apply rewrites everything.
+    pub fn apply_only(&mut self, tables: &MapContent, ids: &[u32], slots: &[u32]) -> Result<()> {
+        ensure!(!self.rewrite_all, "the last apply failed: the whole content must be written");
+        if let Some(wait) = self.last_apply.and_then(|t| GRACE.checked_sub(t.elapsed())) {
+            std::thread::sleep(wait);
+        }
+        self.rewrite_all = true;
+        // What is written is recorded as it goes: after a failure, what was applied.
+        let mut applied = std::mem::take(&mut self.applied);
+        let result = self.write_only(&mut applied, tables, ids, slots);
+        self.applied = applied;
+        self.last_apply = Some(std::time::Instant::now());
+        result?;
+        self.rewrite_all = false;
+        Ok(())
+    }
+
+    fn write_only(&mut self, applied: &mut MapContent, tables: &MapContent, ids: &[u32], slots: &[u32]) -> Result<()> {
+        {
+            let mut m: Array<&mut MapData, Backend> = Array::try_from(self.map_mut(MAP_BACKENDS)?)?;
+            for slot in slots {
+                let Some(b) = tables.backends.get(slot) else { continue };
+                if applied.backends.get(slot) != Some(b) {
+                    write_backend(&mut m, *slot, b)?;
+                    applied.backends.insert(*slot, *b);
+                }
+            }
+        }
+        let mut services = Vec::new();
+        for id in ids {
+            let Some(mut svc) = tables.services.get(id).copied() else { continue };
+            svc.ticks_per_sec = self.hz;
+            let old = applied.services.get(id).copied();
+            ensure!(
+                old.is_none_or(|o| o.table_offset == svc.table_offset && o.table_len == svc.table_len),
+                "service {id}'s scheduler table moved: the whole content must be written"
+            );
+            services.push((*id, svc, old));
+        }
+        {
+            // The region this list goes to is not the one packets read now.
+            let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(MAP_MEMBERS)?)?;
+            for (_, svc, _) in &services {
+                for i in svc.members_offset..svc.members_offset + svc.member_count {
+                    let slot = tables.members.get(&i).copied().unwrap_or(u32::MAX);
+                    if applied.members.get(&i) != Some(&slot) {
+                        m.set(i, slot, 0).context("writing a member list")?;
+                    }
+                }
+            }
+        }
+        {
+            let mut m: Array<&mut MapData, SchedState> = Array::try_from(self.map_mut(MAP_SCHED_STATE)?)?;
+            for (id, _, _) in &services {
+                if applied.scheduler_input(*id) != tables.scheduler_input(*id) {
+                    m.set(*id, MapContent::initial_sched_state(), 0).context("writing scheduler state")?;
+                }
+            }
+        }
+        {
+            let mut m: Array<&mut MapData, ServiceSlot> = Array::try_from(self.map_mut(MAP_SERVICES)?)?;
+            for (id, svc, old) in &services {
+                if old.as_ref() != Some(svc) {
+                    let current = m.get(id, 0).with_context(|| format!("reading service {id}"))?;
+                    let (writes, n) = current.staged(svc);
+                    for w in &writes[..n] {
+                        m.set(*id, *w, 0).with_context(|| format!("writing service {id}"))?;
+                    }
+                }
+            }
+        }
+        for (id, svc, old) in services {
+            if let Some(o) = old {
+                for i in o.members_offset..o.members_offset + o.member_count {
+                    applied.members.remove(&i);
+                }
+            }
+            for i in svc.members_offset..svc.members_offset + svc.member_count {
+                applied.members.insert(i, tables.members.get(&i).copied().unwrap_or(u32::MAX));
+            }
+            applied.services.insert(id, svc);
+        }
+        Ok(())
+    }
+
     fn write(&mut self, old: &MapContent, tables: &MapContent, full: bool) -> Result<()> {
         let changed = |same: bool| full || !same;
         {
@@ -545,14 +628,22 @@ impl Dataplane {
             }
         }
         {
-            let mut m: Array<&mut MapData, u16> = Array::try_from(self.map_mut(MAP_SCHED_TABLE)?)?;
+            let aya::maps::Map::Array(m) = self.map(MAP_SCHED_TABLE)? else { bail!("{MAP_SCHED_TABLE} is not an array") };
+            let mut refused = Vec::new();
             for (offset, entries) in &tables.sched_regions {
-                if !full && old.sched_regions.iter().any(|(o, e)| o == offset && e == entries) {
+                if !full && old.sched_regions.get(offset) == Some(entries) {
                     continue;
                 }
-                for (k, e) in entries.iter().enumerate() {
-                    m.set(offset + k as u32, *e, 0).context("writing a scheduler table")?;
+                // A Maglev table is 65,537 entries: in batches, not a system call each.
+                let indexed: Vec<(u32, u16)> = entries.iter().enumerate().map(|(k, e)| (offset + k as u32, *e)).collect();
+                if let Err(e) = super::batch::update_all(m, &indexed) {
+                    tracing::debug!("batch update of {MAP_SCHED_TABLE} refused ({e}); writing it entry by entry");
+                    refused.extend(indexed);
                 }
+            }
+            let mut a: Array<&mut MapData, u16> = Array::try_from(self.map_mut(MAP_SCHED_TABLE)?)?;
+            for (i, v) in refused {
+                a.set(i, v, 0).context("writing a scheduler table")?;
             }
         }
         {
@@ -680,23 +771,12 @@ impl Dataplane {
 
     /// Every occupied entry of the half-open table (live or expired), read in batches.
     pub fn half_open_entries(&self) -> Result<Vec<HalfOpen>> {
-        let map = self.map(MAP_HALF_OPEN)?;
-        if let aya::maps::Map::Array(data) = map {
-            match crate::kernel::batch::lookup_all::<u32, HalfOpen>(data) {
-                Ok(entries) => return Ok(entries.into_iter().map(|(_, e)| e).filter(HalfOpen::occupied).collect()),
-                Err(e) => tracing::debug!("batch lookup of {MAP_HALF_OPEN} refused ({e}); reading it entry by entry"),
-            }
-        }
-        let m: Array<&MapData, HalfOpen> = Array::try_from(map)?;
-        Ok(m.iter().filter_map(|r| r.ok()).filter(HalfOpen::occupied).collect())
+        super::sweep::half_open_entries(self)
     }
 
-    /// Records in `DRLB_SWEPT_AT` that a sweep at `now` recounted the connections: half-open
-    /// entries that expired before it count no more.
+    /// Records in `DRLB_SWEPT_AT` that a sweep at `now` recounted the connections.
     pub fn record_sweep(&mut self, now: u64) -> Result<()> {
-        let mut m: Array<&mut MapData, u64> = Array::try_from(self.map_mut(MAP_SWEPT_AT)?)?;
-        m.set(0, now, 0).context("recording the sweep's time")?;
-        Ok(())
+        super::sweep::record_sweep(self, now)
     }
 
     /// Per-event counts (`lb_common::events`), summed over CPUs.
@@ -712,13 +792,9 @@ impl Dataplane {
     }
 
     /// Empties every CPU's flow cache (`lb_common::flowcache`): call after changing or
-    /// removing connections. The program adds 1 when it replaces one; adding 2^16 to what
-    /// was read keeps a concurrent add of the program's from cancelling this change.
+    /// removing connections.
     pub fn invalidate_flow_caches(&mut self) -> Result<()> {
-        let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(MAP_CONN_GEN)?)?;
-        let g = m.get(&0, 0)?;
-        m.set(0, g.wrapping_add(1 << 16), 0)?;
-        Ok(())
+        super::sweep::invalidate_flow_caches(self)
     }
 
     /// Overwrites a backend's ActiveConn/InActConn.
@@ -744,14 +820,9 @@ impl Dataplane {
     /// Every entry of the connection table, read in batches (BPF_MAP_LOOKUP_BATCH); entry
     /// by entry where the kernel refuses batches.
     pub fn connections(&self) -> Result<Vec<(ConnKey, Conn)>> {
-        let map = self.map(MAP_CONNS)?;
-        if let aya::maps::Map::LruHashMap(data) = map {
-            match crate::kernel::batch::lookup_all::<ConnKey, Conn>(data) {
-                Ok(entries) => return Ok(entries),
-                Err(e) => tracing::debug!("batch lookup of {MAP_CONNS} refused ({e}); reading it entry by entry"),
-            }
-        }
-        self.connections_one_by_one()
+        let mut out = Vec::new();
+        super::sweep::for_each_connection(self, |k, c| out.push((*k, *c)))?;
+        Ok(out)
     }
 
     /// Every entry of the connection table, two system calls each (tests compare it with
@@ -761,99 +832,17 @@ impl Dataplane {
         Ok(conns.iter().filter_map(|r| r.ok()).collect())
     }
 
-    /// A persistence template lives while connections made through it do (IPVS keeps a
-    /// template while it controls connections): each sweep moves a template's last use up
-    /// to the newest packet of its live connections.
-    fn refresh_templates(&mut self, entries: &[(ConnKey, Conn)], now: u64) -> Result<()> {
-        let services = self.applied.services.clone();
-        let mut newest: BTreeMap<ConnKey, u64> = BTreeMap::new();
-        for (k, c) in entries {
-            let Some(svc) = services.get(&c.service) else { continue };
-            if svc.flags & SVC_F_PERSISTENT == 0 || c.expired(now) {
-                continue;
-            }
-            let tkey = svc.template_key(&k.client, k.vip, k.vport, k.proto);
-            let e = newest.entry(tkey).or_default();
-            *e = (*e).max(c.last_seen);
-        }
-        if newest.is_empty() {
-            return Ok(());
-        }
-        let mut m: BpfHashMap<&mut MapData, ConnKey, Persist> = BpfHashMap::try_from(self.map_mut(MAP_PERSIST)?)?;
-        for (k, seen) in newest {
-            if let Ok(mut p) = m.get(&k, 0)
-                && p.last_used < seen
-            {
-                p.last_used = seen;
-                m.insert(k, p, 0)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes expired connections and recomputes every backend's ActiveConn/InActConn from
-    /// the live ones, correcting drift (entries evicted by the LRU, or that expired without
-    /// another packet); keeps persistence templates alive while their connections live.
-    /// Live half-open connections count in InActConn; expired ones stay where they are
-    /// (only the program writes that table) and count no more. `now` is read before the
-    /// tables and recorded in `DRLB_SWEPT_AT` before the counts are written, so that the
-    /// program releases an expired entry it overwrites only if this sweep counted it
-    /// (`lb_common::halfopen::HalfOpen::counted`).
+    /// Sweeps the tables at `now` ([`super::sweep::sweep`]) for the tables this process
+    /// applied. The controller sweeps on a thread of its own instead.
     pub fn sweep(&mut self, now: u64) -> Result<SweepReport> {
-        let mut report = SweepReport::default();
-        let mut counts: BTreeMap<u32, ConnCounts> = BTreeMap::new();
-        for e in self.half_open_entries()? {
-            if e.live(now) {
-                report.half_open += 1;
-                report.in_use.insert(e.conn.backend);
-                counts.entry(e.conn.backend).or_default().inactive += 1;
-            }
-        }
-        let entries = self.connections()?;
-        let mut expired = Vec::new();
-        for (k, c) in &entries {
-            if c.expired(now) {
-                expired.push(*k);
-                continue;
-            }
-            report.live += 1;
-            report.in_use.insert(c.backend);
-            let e = counts.entry(c.backend).or_default();
-            if c.is_inactive() {
-                e.inactive += 1;
-            } else {
-                e.active += 1;
-            }
-        }
-        {
-            let mut conns: BpfHashMap<&mut MapData, ConnKey, Conn> = BpfHashMap::try_from(self.map_mut(MAP_CONNS)?)?;
-            for k in &expired {
-                // The entry may have been refreshed meanwhile; re-check before removing.
-                if let Ok(c) = conns.get(k, 0)
-                    && c.expired(now)
-                {
-                    conns.remove(k)?;
-                    report.expired_removed += 1;
-                }
-            }
-        }
-        if report.expired_removed > 0 {
-            self.invalidate_flow_caches()?;
-        }
-        self.refresh_templates(&entries, now)?;
-        self.record_sweep(now)?;
-        let slots: Vec<u32> = self.applied.backends.keys().copied().collect();
-        let mut m: Array<&mut MapData, ConnCounts> = Array::try_from(self.map_mut(MAP_CONN_COUNTS)?)?;
-        for slot in slots {
-            let want = counts.get(&slot).copied().unwrap_or_default();
-            let have = m.get(&slot, 0)?;
-            if have != want {
-                m.set(slot, want, 0)?;
-                report.corrected.push((slot, have, want));
-            }
-        }
-        report.entries = entries;
-        Ok(report)
+        let inputs = super::sweep::SweepInputs::of(&self.applied);
+        super::sweep::sweep(self, &inputs, now, None)
+    }
+}
+
+impl super::sweep::MapsMut for Dataplane {
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        Dataplane::map_mut(self, name)
     }
 }
 

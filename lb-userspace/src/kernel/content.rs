@@ -26,7 +26,7 @@ pub struct MapContent {
     /// Service id of each configured service.
     pub service_id_of: Vec<u32>,
     /// Regions of `DRLB_SCHED_TAB`: (offset, entries).
-    pub sched_regions: Vec<(u32, Vec<u16>)>,
+    pub sched_regions: BTreeMap<u32, Vec<u16>>,
 }
 
 impl MapContent {
@@ -42,8 +42,17 @@ impl MapContent {
                 (slot, b.weight, b.is_present())
             })
             .collect();
-        let table = self.sched_regions.iter().find(|(o, _)| *o == svc.table_offset && svc.table_len > 0).map(|(_, e)| e);
-        Some((svc.scheduler, members, table))
+        Some((svc.scheduler, members, self.table(svc)))
+    }
+
+    /// Service `svc`'s member list: backend slots in configuration order.
+    pub fn member_list(&self, svc: &Service) -> Vec<u32> {
+        (svc.members_offset..svc.members_offset + svc.member_count).map(|i| self.members.get(&i).copied().unwrap_or(u32::MAX)).collect()
+    }
+
+    /// Service `svc`'s scheduler table, if it has one.
+    pub fn table(&self, svc: &Service) -> Option<&Vec<u16>> {
+        if svc.table_len > 0 { self.sched_regions.get(&svc.table_offset) } else { None }
     }
 
     /// The scheduler positions a service starts from.

@@ -51,6 +51,11 @@ impl Pinned {
         Ok(Pinned { maps })
     }
 
+    /// The map, to write.
+    pub fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
+        self.maps.get_mut(name).with_context(|| format!("map {name} is not pinned"))
+    }
+
     /// The map, to own (e.g. a ring buffer to consume).
     pub fn take(&mut self, name: &str) -> Result<Map> {
         self.maps.remove(name).with_context(|| format!("map {name} is not pinned (or already taken)"))

@@ -13,4 +13,5 @@ pub mod netlink;
 pub mod notify;
 pub mod pins;
 pub mod process;
+pub mod sweep;
 pub mod sync_maps;

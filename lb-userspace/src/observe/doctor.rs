@@ -124,6 +124,32 @@ impl Subject {
 
 /// Every check, in the order an operator would go through them; `config` when there is a
 /// file, otherwise what the dataplane pinned at `pin_dir` holds.
+/// The ARP table's thresholds against `servers` real servers: above `gc_thresh2` the kernel
+/// collects entries older than 5 s, and refuses new ones above `gc_thresh3`.
+fn neighbour_room(servers: usize) -> Option<Check> {
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/neigh/default/{name}")).ok()?.trim().parse::<usize>().ok()
+    };
+    let (t2, t3) = (read("gc_thresh2")?, read("gc_thresh3")?);
+    // Room for the other hosts of the segment too.
+    let want = servers + servers / 10 + 64;
+    Some(if want > t2 || want > t3 {
+        fail(
+            "neighbours",
+            format!(
+                "{servers} real servers, but the kernel's ARP table collects entries above gc_thresh2 = {t2} and refuses them above \
+                 gc_thresh3 = {t3}: real servers drop out of forwarding while re-resolved (fix: `sysctl -w \
+                 net.ipv4.neigh.default.gc_thresh1={want} net.ipv4.neigh.default.gc_thresh2={} net.ipv4.neigh.default.gc_thresh3={}`, \
+                 and in /etc/sysctl.d/)",
+                2 * want,
+                4 * want
+            ),
+        )
+    } else {
+        ok("neighbours", format!("{servers} real servers; the ARP table holds {t2} before collecting (gc_thresh2)"))
+    })
+}
+
 pub async fn run(config: Option<&Config>, pin_dir: &std::path::Path, sample: Duration) -> Result<Vec<Check>> {
     let subject = match config {
         Some(c) => Subject::from_config(c),
@@ -215,6 +241,12 @@ pub async fn run(config: Option<&Config>, pin_dir: &std::path::Path, sample: Dur
         )));
     }
 
+    // Room for every real server in the kernel's ARP table (shared by all namespaces).
+    let distinct: std::collections::BTreeSet<IpAddr> = subject.services.iter().flat_map(|(_, _, _, servers)| servers.iter().map(|(_, a)| *a)).collect();
+    if let Some(check) = neighbour_room(distinct.len()) {
+        out.push(check);
+    }
+
     // Real servers: on-link, MAC, health.
     let neighbours = netlink::neighbour_states(&handle, iface.index).await.unwrap_or_default();
     let health = status::read(&dir, config).ok();
@@ -303,4 +335,17 @@ pub async fn run(config: Option<&Config>, pin_dir: &std::path::Path, sample: Dur
         fail("ipvs", format!("the kernel's IPVS also balances {}: two balancers for one VIP (fix: ipvsadm -C, remove keepalived's virtual_server)", clash.join(", ")))
     });
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    /// A handful of real servers fit the default ARP table; a hundred thousand do not, and
+    /// the fix names sysctl values that would hold them.
+    #[test]
+    fn neighbour_room_names_the_sysctls_to_raise() {
+        let Some(small) = super::neighbour_room(10) else { return };
+        assert!(small.ok, "{small}");
+        let big = super::neighbour_room(100_000).expect("read once, readable again");
+        assert!(!big.ok && big.text.contains("net.ipv4.neigh.default.gc_thresh2=220128"), "{big}");
+    }
 }

@@ -2,8 +2,10 @@
 //! verdict reason, per-service and per-real-server connections, packets, bytes, ActiveConn,
 //! InActConn, weight and health, health-check latency histograms, and the XDP mode.
 //!
-//! Dataplane figures are read from the pinned maps (what `drlb status` shows) once a second
-//! into a snapshot that scrapes encode; histograms are updated as checks complete.
+//! Dataplane figures are read from the pinned maps (what `drlb status` shows) when scraped,
+//! on a blocking thread: with thousands of services that reading takes tens of thousands
+//! of system calls, which neither belongs on the controller's event loop nor needs doing
+//! more often than Prometheus asks. Histograms are updated as checks complete.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -25,6 +27,9 @@ use tokio::net::TcpListener;
 use crate::observe::status::Status;
 
 type Labels = Vec<(String, String)>;
+
+/// Reads the dataplane for a scrape (the controller's pin directory and configuration).
+pub type StatusSource = Arc<dyn Fn() -> Result<Status> + Send + Sync>;
 
 /// What the last reading of the dataplane showed.
 #[derive(Debug, Default)]
@@ -152,6 +157,12 @@ pub struct Metrics {
     controller_errors: Family<Labels, Counter>,
     reload_ok: Gauge,
     maps_current: Gauge,
+    reload_duration: Histogram,
+    verdict_apply: Histogram,
+    sweep_duration: Histogram,
+    sweep_cpu: Counter<f64>,
+    sweep_entries: Gauge,
+    source: Mutex<Option<StatusSource>>,
 }
 
 impl Metrics {
@@ -186,7 +197,34 @@ impl Metrics {
             "1 when the dataplane's maps hold what the configuration and live state ask for; 0 while a failed update awaits its retry",
             maps_current.clone(),
         );
-        Metrics { registry: Arc::new(registry), snapshot, check_latency, controller_errors, reload_ok, maps_current }
+        let reload_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register("drlb_reload_duration_seconds", "From a reload's signal to its maps written", reload_duration.clone());
+        let verdict_apply = Histogram::new(exponential_buckets(0.0001, 2.0, 14));
+        registry.register(
+            "drlb_health_verdict_apply_seconds",
+            "From the end of the health-check round that changed a real server's state to the dataplane's maps written",
+            verdict_apply.clone(),
+        );
+        let sweep_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register("drlb_sweep_duration_seconds", "Wall time of each sweep of the connection tables", sweep_duration.clone());
+        let sweep_cpu = Counter::<f64>::default();
+        registry.register("drlb_sweep_cpu_seconds", "CPU time the sweeper thread used", sweep_cpu.clone());
+        let sweep_entries = Gauge::default();
+        registry.register("drlb_sweep_entries", "Connection-table entries the last sweep read", sweep_entries.clone());
+        Metrics {
+            registry: Arc::new(registry),
+            snapshot,
+            check_latency,
+            controller_errors,
+            reload_ok,
+            maps_current,
+            reload_duration,
+            verdict_apply,
+            sweep_duration,
+            sweep_cpu,
+            sweep_entries,
+            source: Mutex::new(None),
+        }
     }
 
     /// Counts a failure the controller survived.
@@ -206,18 +244,54 @@ impl Metrics {
         self.snapshot.lock().expect("metrics lock").xdp_mode = mode.to_string();
     }
 
+    /// Where scrapes read the dataplane from (set again when the configuration changes).
+    pub fn set_source(&self, source: StatusSource) {
+        *self.source.lock().expect("metrics lock") = Some(source);
+    }
+
+    /// Reads the dataplane into the snapshot, on a blocking thread.
+    async fn refresh(self: &Arc<Self>) {
+        let Some(source) = self.source.lock().expect("metrics lock").clone() else { return };
+        match tokio::task::spawn_blocking(move || source()).await {
+            Ok(Ok(status)) => self.set_status(status),
+            Ok(Err(e)) => {
+                tracing::debug!("reading the dataplane for metrics: {e:#}");
+                self.controller_error("metrics");
+            }
+            Err(e) => tracing::debug!("reading the dataplane for metrics: {e}"),
+        }
+    }
+
     pub fn set_status(&self, status: Status) {
         self.snapshot.lock().expect("metrics lock").status = Some(status);
     }
 
-    pub fn observe_check(&self, service: &str, server: &str, kind: &str, ok: bool, latency: Duration) {
-        let labels: Labels = vec![
-            ("service".into(), service.into()),
-            ("server".into(), server.into()),
-            ("type".into(), kind.into()),
-            ("result".into(), if ok { "ok" } else { "fail" }.into()),
-        ];
-        self.check_latency.get_or_create(&labels).observe(latency.as_secs_f64());
+    /// A checker's latency histograms, failed and succeeded (index by `ok as usize`),
+    /// looked up once per checker rather than once per check.
+    pub fn check_histograms(&self, service: &str, server: &str, kind: &str) -> [Histogram; 2] {
+        ["fail", "ok"].map(|result| {
+            let labels: Labels = vec![
+                ("service".into(), service.into()),
+                ("server".into(), server.into()),
+                ("type".into(), kind.into()),
+                ("result".into(), result.into()),
+            ];
+            self.check_latency.get_or_create(&labels).clone()
+        })
+    }
+
+    pub fn observe_reload(&self, took: Duration) {
+        self.reload_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn observe_verdict(&self, applied: Duration) {
+        self.verdict_apply.observe(applied.as_secs_f64());
+    }
+
+    pub fn observe_sweep(&self, entries: usize, took: Duration, cpu: Duration) {
+        self.sweep_duration.observe(took.as_secs_f64());
+        self.sweep_cpu.inc_by(cpu.as_secs_f64());
+        self.sweep_entries.set(entries as i64);
     }
 
     /// The exposition text.
@@ -239,6 +313,7 @@ impl Metrics {
                         let metrics = metrics.clone();
                         async move {
                             let resp = if req.uri().path() == "/metrics" {
+                                metrics.refresh().await;
                                 hyper::Response::builder()
                                     .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
                                     .body(Full::new(Bytes::from(metrics.render())))

@@ -35,12 +35,58 @@ pub struct SyncState {
     pub peers_seen: BTreeMap<IpAddr, u64>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+/// The last sweep of the connection tables.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SweepTiming {
+    /// Connection-table entries read, and how many of them live.
+    pub entries: usize,
+    pub live: usize,
+    pub took_ms: f64,
+    /// CPU time of the sweeper thread.
+    pub cpu_ms: f64,
+    /// Time from this sweep's start to the earliest next (the CPU budget stretches it).
+    pub spacing_ms: f64,
+}
+
+/// The last reload.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ReloadTiming {
+    /// Reloads since the controller started (applied or rejected).
+    pub count: u64,
+    pub ok: bool,
+    pub services: usize,
+    /// From the signal to the maps written.
+    pub took_ms: f64,
+}
+
+/// The last health verdict that changed a real server's state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct VerdictTiming {
+    /// Verdicts since the controller started.
+    pub count: u64,
+    /// "web rs1 198.18.0.11:80".
+    pub target: String,
+    pub up: bool,
+    /// From the end of the check round that decided it to the maps written.
+    pub applied_ms: f64,
+}
+
+/// How long the controller's own work takes: what `drlb bench --controller` reports.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ControllerTimings {
+    pub sweep: Option<SweepTiming>,
+    pub reload: Option<ReloadTiming>,
+    pub verdict: Option<VerdictTiming>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ControllerState {
     /// When written (Unix seconds): a stale file belongs to a controller that stopped.
     pub written: u64,
     pub vips: Vec<VipOwnership>,
     pub sync: Option<SyncState>,
+    #[serde(default)]
+    pub timings: ControllerTimings,
 }
 
 /// The state file of the controller of the dataplane pinned at `pin_dir`.

@@ -93,13 +93,17 @@ pub fn read(dir: &Path, config: Option<&Config>) -> Result<Status> {
     let maps = Pinned::open(dir)?;
     let mut keys = maps::service_ids(&maps)?;
     keys.sort_by_key(|(k, _)| (k.vip, k.port, k.proto));
+    // Once, not per service: with thousands of services a search per service is quadratic,
+    // and the controller reads this every second for its metrics.
+    let by_key: std::collections::HashMap<(IpAddr, u16, u8), &crate::control::config::Service> = config
+        .map(|c| c.services.iter().map(|s| ((s.vip, s.port, s.protocol.number()), s)).collect())
+        .unwrap_or_default();
     let mut out = Vec::new();
     for (key, id) in keys {
         let svc = maps::service(&maps, id)?;
-        let vip = ip_of(&key.vip).map(|a| a.to_string()).unwrap_or_default();
-        let cfg = config.and_then(|c| {
-            c.services.iter().find(|s| s.vip.to_string() == vip && s.port == key.port && s.protocol.number() == key.proto)
-        });
+        let vip_ip = ip_of(&key.vip);
+        let vip = vip_ip.map(|a: IpAddr| a.to_string()).unwrap_or_default();
+        let cfg = vip_ip.and_then(|ip| by_key.get(&(ip, key.port, key.proto)).copied());
         let mut real_servers = Vec::new();
         for (_, slot) in maps::members(&maps, &svc)? {
             let b = maps::backend(&maps, slot)?;

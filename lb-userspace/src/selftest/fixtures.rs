@@ -525,7 +525,13 @@ impl Harness {
                 let mut c = Conn {
                     last_seen: self.dp.now().unwrap(),
                     backend: *slot,
-                    service: self.model.services.iter().find(|(_, s)| (s.members_offset..s.members_offset + s.member_count).contains(slot)).map(|(id, _)| *id).unwrap(),
+                    service: self
+                        .model
+                        .services
+                        .iter()
+                        .find(|(_, s)| (s.members_offset..s.members_offset + s.member_count).any(|i| self.model.members.get(&i) == Some(slot)))
+                        .map(|(id, _)| *id)
+                        .unwrap(),
                     timeout: 900 * self.dp.hz(),
                     state: tcp::ESTABLISHED,
                     flags: 0,

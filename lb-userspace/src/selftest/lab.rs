@@ -157,7 +157,7 @@ pub(crate) struct SelfLab {
     pub(crate) director: Netns,
     /// More directors on the bridge (`build_with`).
     pub(crate) others: Vec<(Host, Netns)>,
-    servers: Vec<(Host, Netns)>,
+    pub(crate) servers: Vec<(Host, Netns)>,
     http: Vec<Server>,
 }
 
