@@ -168,10 +168,11 @@ impl Controller {
         let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = Command::new(exe);
         cmd.args(["run", "--config"]).arg(config).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
-        // SAFETY: between fork and exec only setns(2), which is async-signal-safe.
+        // SAFETY: between fork and exec only prctl(2) and setns(2), which are async-signal-safe.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::setns(netns, libc::CLONE_NEWNET) != 0 {
+                // If the bench dies (Ctrl-C, a panic), the controller goes too and detaches.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 || libc::setns(netns, libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -290,16 +291,17 @@ struct NeighbourRoom {
 
 impl NeighbourRoom {
     fn make(entries: u32) -> Result<NeighbourRoom> {
-        let mut saved = Vec::new();
+        // Built as it goes: if a later write fails, dropping it restores the earlier ones.
+        let mut room = NeighbourRoom { saved: Vec::new() };
         for (name, want) in [("gc_thresh3", 4 * entries), ("gc_thresh2", 2 * entries), ("gc_thresh1", entries)] {
             let path = format!("/proc/sys/net/ipv4/neigh/default/{name}");
             let old = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?.trim().to_string();
             if old.parse::<u32>().unwrap_or(0) < want {
                 std::fs::write(&path, want.to_string()).with_context(|| format!("writing {path}"))?;
-                saved.push((path, old));
+                room.saved.push((path, old));
             }
         }
-        Ok(NeighbourRoom { saved })
+        Ok(room)
     }
 }
 
@@ -487,15 +489,17 @@ impl Talkers {
 /// Takes the verdict server down (its listener closed: connections refused) and up again;
 /// the time each verdict took from its check round to the maps, and the new listener.
 fn time_verdicts(ctl: &mut Controller, lab: &SelfLab, listener: Listener) -> Result<(f64, f64, Listener)> {
+    // The verdict server's own verdicts, not a pool server's that happened meanwhile.
+    let server = SocketAddr::new(IpAddr::V4(VERDICT_RS), VERDICT_PORT).to_string();
     let count = ctl.timings().verdict.map_or(0, |v| v.count);
     drop(listener);
     let down = ctl.wait_for("the verdict server going down", Duration::from_secs(15), |s| {
-        s.timings.verdict.as_ref().is_some_and(|v| v.count > count && !v.up)
+        s.timings.verdict.as_ref().is_some_and(|v| v.count > count && !v.up && v.target.ends_with(&server))
     })?;
     let listener = Listener::start(lab, SocketAddr::new(IpAddr::V4(VERDICT_RS), VERDICT_PORT))?;
     let count = down.timings.verdict.as_ref().map_or(0, |v| v.count);
     let up = ctl.wait_for("the verdict server coming up", Duration::from_secs(15), |s| {
-        s.timings.verdict.as_ref().is_some_and(|v| v.count > count && v.up)
+        s.timings.verdict.as_ref().is_some_and(|v| v.count > count && v.up && v.target.ends_with(&server))
     })?;
     let ms = |s: &ControllerState| s.timings.verdict.as_ref().map_or(f64::NAN, |v| v.applied_ms);
     Ok((ms(&down), ms(&up), listener))

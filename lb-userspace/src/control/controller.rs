@@ -128,6 +128,8 @@ struct Controller {
     /// Dataplane time of the previous sweep (sync re-announces what fell due since).
     last_sweep: Option<u64>,
     sweeper: Sweeper,
+    /// Backend slots draining when the running sweep was asked for.
+    draining_at_sweep: std::collections::BTreeSet<u32>,
     /// How long sweeps, reloads and verdicts took (the state file shows the last of each).
     timings: ControllerTimings,
     pin_dir: PathBuf,
@@ -302,25 +304,51 @@ impl Controller {
         }
     }
 
-    /// A health-check round's result: rise/fall, and on a change the log line and the maps.
-    fn on_round(&mut self, r: health::Round) {
-        let Some((up, line)) = self.health.apply(&r) else { return };
-        let key = (r.target.service.clone(), r.target.address);
-        if up {
-            info!("{line}");
-            self.down.remove(&key);
+    /// Health-check rounds — `first` and every other one already waiting, so a burst of
+    /// verdicts (a rack failing) becomes one update of the maps, not one each: rise/fall,
+    /// and on a change the log line and the maps.
+    fn on_rounds(&mut self, first: health::Round, rounds: &mut mpsc::Receiver<health::Round>) {
+        let mut verdicts = Vec::new();
+        let mut next = Some(first);
+        // Bounded: a checker sends at most one round per interval; this takes what waits.
+        for _ in 0..1024 {
+            let Some(r) = next.take() else { break };
+            if let Some((up, line)) = self.health.apply(&r) {
+                let key = (r.target.service.clone(), r.target.address);
+                if up {
+                    info!("{line}");
+                    self.down.remove(&key);
+                } else {
+                    warn!("{line}");
+                    self.down.insert(key);
+                }
+                verdicts.push((r, up));
+            }
+            next = rounds.try_recv().ok();
+        }
+        if verdicts.is_empty() {
+            return;
+        }
+        let mut which: Vec<usize> = Vec::new();
+        let mut unknown = false;
+        for (r, _) in &verdicts {
+            match self.config.services.iter().position(|s| s.name == r.target.service) {
+                Some(i) if !which.contains(&i) => which.push(i),
+                Some(_) => {}
+                None => unknown = true,
+            }
+        }
+        if unknown {
+            self.rebuild("health change");
         } else {
-            warn!("{line}");
-            self.down.insert(key);
+            self.update_services(&which, "health change");
         }
-        match self.config.services.iter().position(|s| s.name == r.target.service) {
-            Some(i) => self.update_services(&[i], "health change"),
-            None => self.rebuild("health change"),
+        for (r, up) in verdicts {
+            let applied = r.finished.elapsed();
+            self.metrics.observe_verdict(applied);
+            let count = self.timings.verdict.as_ref().map_or(0, |v| v.count) + 1;
+            self.timings.verdict = Some(VerdictTiming { count, target: r.target.label(), up, applied_ms: applied.as_secs_f64() * 1e3 });
         }
-        let applied = r.finished.elapsed();
-        self.metrics.observe_verdict(applied);
-        let count = self.timings.verdict.as_ref().map_or(0, |v| v.count) + 1;
-        self.timings.verdict = Some(VerdictTiming { count, target: r.target.label(), up, applied_ms: applied.as_secs_f64() * 1e3 });
     }
 
     fn on_neighbour(&mut self, ev: NeighbourEvent) {
@@ -383,7 +411,8 @@ impl Controller {
     /// (older) must not overwrite them.
     fn refresh_pick(&mut self, now: u64) -> Option<crate::control::sweeper::Pick> {
         let (Some(_), Some(cfg)) = (&self.sync, &self.config.director.sync) else { return None };
-        let prev = self.last_sweep.replace(now).unwrap_or(now);
+        // Advanced when a sweep succeeds: a failed one's window is covered by the next.
+        let prev = self.last_sweep.unwrap_or(now);
         let period = cfg.refresh_period.as_secs() * self.dp.hz() as u64;
         let held: std::collections::HashSet<lb_common::addr::Addr16> =
             self.vips.snapshot().into_iter().filter(|v| v.owned).map(|v| lb_common::addr::from_ip(v.vip)).collect();
@@ -485,7 +514,14 @@ impl Controller {
             }
         };
         let pick = self.refresh_pick(now);
-        self.sweeper.request(SweepRequest { now, inputs: std::sync::Arc::new(SweepInputs::of(&self.tables)), pick });
+        // Only slots draining before the sweep reads the table can be found unused by it: a
+        // server removed while it reads may have had connections in what it already read.
+        self.draining_at_sweep = self.slots.draining().keys().copied().collect();
+        let sent = self.sweeper.request(SweepRequest { now, inputs: std::sync::Arc::new(SweepInputs::of(&self.tables)), pick });
+        if !sent {
+            error!("the sweeper thread has ended: connections no longer expire and counts are not corrected; restart drlb");
+            self.metrics.controller_error("sweep");
+        }
     }
 
     fn on_sweep(&mut self, done: SweepDone) {
@@ -510,7 +546,9 @@ impl Controller {
                     cpu_ms: r.cpu.as_secs_f64() * 1e3,
                     spacing_ms: self.sweeper.spacing().as_secs_f64() * 1e3,
                 });
-                let freed = self.slots.release_drained(|slot| r.in_use.contains(&slot));
+                self.last_sweep = Some(done.now);
+                let was_draining = std::mem::take(&mut self.draining_at_sweep);
+                let freed = self.slots.release_drained(|slot| r.in_use.contains(&slot) || !was_draining.contains(&slot));
                 if !freed.is_empty() {
                     debug!("{} removed real server(s) drained", freed.len());
                     self.rebuild("drained servers freed");
@@ -612,6 +650,7 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
         vips: VipTracker::default(),
         last_sweep: None,
         sweeper,
+        draining_at_sweep: Default::default(),
         timings: ControllerTimings::default(),
         pin_dir: pin_dir.clone(),
     };
@@ -693,7 +732,7 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
                     }
                 }
             }
-            Some(r) = rounds.recv() => c.on_round(r),
+            Some(r) = rounds.recv() => c.on_rounds(r, &mut rounds),
             Some(records) = next_synced(&mut sync_inbox) => c.install_synced(records),
             Some(ifindex) = addresses.next() => if ifindex == c.iface.index { c.follow_addresses().await },
             _ = refresh.tick() => {

@@ -84,13 +84,16 @@ impl Sweeper {
         !self.in_flight && Instant::now() >= self.next
     }
 
-    pub fn request(&mut self, req: SweepRequest) {
+    /// Sends the request; false when the thread has ended (it panicked).
+    pub fn request(&mut self, req: SweepRequest) -> bool {
         if let Some(tx) = &self.requests
             && tx.send(req).is_ok()
         {
             self.in_flight = true;
             self.started = Instant::now();
+            return true;
         }
+        false
     }
 
     /// A sweep finished having used `cpu`: the next waits out the budget.

@@ -33,12 +33,19 @@ pub enum BuildError {
     Members { service: String },
     WrrTooLong { service: String },
     SchedTable { service: String, needed: usize, free: usize },
+    /// A failed write left services pointing at tables in both halves of `DRLB_SCHED_TAB`.
+    TablesInUse,
 }
 
 impl std::fmt::Display for BuildError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BuildError::ServiceIds => write!(f, "more than {MAX_SERVICES} services"),
+            BuildError::TablesInUse => write!(
+                f,
+                "a failed map write left scheduler tables in use in both halves of the table map, so none can be \
+                 rewritten safely; the dataplane keeps forwarding with them (fix: `drlb stop`, then `drlb run`)"
+            ),
             BuildError::BackendSlots { service } => write!(
                 f,
                 "service `{service}`: no backend slot left ({MAX_BACKENDS} real servers, sorry servers and removed servers \
@@ -239,7 +246,7 @@ pub struct Changes {
 /// `config.services`), recomputing those alone: a verdict costs the same with four services
 /// or four thousand. Member lists move as [`build_with`] moves them. `None` (and `t`
 /// unchanged) when the change needs a full build: a scheduler table changed (they move
-/// all at once), or a service is not where `t` has it.
+/// all at once), the service has a sorry server, or a service is not where `t` has it.
 pub fn update_services(
     t: &mut MapContent,
     config: &Config,
@@ -252,10 +259,13 @@ pub fn update_services(
     let mut patches = Vec::new();
     for &i in which {
         let svc = config.services.get(i)?;
+        if svc.sorry_server.is_some() {
+            // Its sorry server comes and goes with quorum, and a full build is what takes
+            // its backend entry away when it goes.
+            return None;
+        }
         let key = ServiceKey::new(from_ip(svc.vip), svc.port, svc.protocol.number());
-        let addrs = svc.real_servers.iter().map(|r| r.address).chain(svc.sorry_server.as_ref().map(|x| x.address));
-        if !addrs.into_iter().all(|a| slots.has_backend(key, a)) {
-            // A slot would be given out (a sorry server's first use): a full build's job.
+        if !svc.real_servers.iter().all(|r| slots.has_backend(key, r.address)) {
             return None;
         }
         let mut scratch = MapContent::default();
@@ -317,7 +327,14 @@ fn place_tables(parts: &mut [ServicePart], slots: &mut Slots, prev: &MapContent)
         }
         return Ok(());
     }
-    let half = slots.flip_tables();
+    // The half no service's table is in: after a failed write, services may point at either.
+    let in_half = |h: u32| prev.services.values().any(|s| s.table_len > 0 && s.table_offset / (SCHED_TABLE_SIZE / 2) == h);
+    let half = match (in_half(0), in_half(1)) {
+        (true, false) => 1,
+        (false, true) => 0,
+        (false, false) => slots.flip_tables(),
+        (true, true) => return Err(BuildError::TablesInUse),
+    };
     let mut next = half * (SCHED_TABLE_SIZE / 2);
     let end = next + SCHED_TABLE_SIZE / 2;
     for p in parts.iter_mut().filter(|p| !p.table.is_empty()) {
@@ -518,6 +535,12 @@ mod tests {
         let before = t.clone();
         assert_eq!(update_services(&mut t, &mh, &m, DIRECTOR, &mut slots, &down, &[1]), None);
         assert_eq!((&t.services, &t.members, &t.backends), (&before.services, &before.members, &before.backends), "left as it was");
+
+        // A sorry server comes and goes with quorum: a full build's job.
+        let sorry = config(&text.replace("protocol: tcp, real_servers", "protocol: tcp, sorry_server: { address: 198.18.0.13 }, real_servers"));
+        let mut slots = Slots::default();
+        let mut t = build_with(&sorry, &m, DIRECTOR, &mut slots, &Down::default(), &MapContent::default()).unwrap();
+        assert_eq!(update_services(&mut t, &sorry, &m, DIRECTOR, &mut slots, &down, &[1]), None);
     }
 
     /// A health-down server leaves the member list (or, with inhibit_on_failure, stays with

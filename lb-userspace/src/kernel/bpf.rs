@@ -515,14 +515,30 @@ impl Dataplane {
             }
             Err(e) => {
                 // Remember both, so the next apply removes what either left.
+                let ids: Vec<u32> = old.services.keys().chain(tables.services.keys()).copied().collect();
                 let mut mixed = old;
                 mixed.service_ids.extend(tables.service_ids);
                 mixed.vips.extend(tables.vips);
                 mixed.vip_filter.extend(tables.vip_filter);
                 mixed.backends.extend(tables.backends);
                 self.applied = mixed;
+                self.reread_services(&ids);
                 Err(e)
             }
+        }
+    }
+
+    /// After a failed write: which version of services `ids` the maps hold now — a write
+    /// that failed may have switched some of them to a new member list or table — replaces
+    /// what `applied` remembers, so the next build writes where no packet reads.
+    fn reread_services(&mut self, ids: &[u32]) {
+        for &id in ids {
+            let Ok(svc) = maps::service(self, id) else { continue };
+            let Ok(members) = maps::members(self, &svc) else { continue };
+            for (i, slot) in members {
+                self.applied.members.insert(i, slot);
+            }
+            self.applied.services.insert(id, svc);
         }
     }
 
@@ -544,12 +560,18 @@ impl Dataplane {
         let result = self.write_only(&mut applied, tables, ids, slots);
         self.applied = applied;
         self.last_apply = Some(std::time::Instant::now());
+        if result.is_err() {
+            self.reread_services(ids);
+        }
         result?;
         self.rewrite_all = false;
         Ok(())
     }
 
     fn write_only(&mut self, applied: &mut MapContent, tables: &MapContent, ids: &[u32], slots: &[u32]) -> Result<()> {
+        // Decided against what was applied before anything of this update is recorded: a
+        // weight or presence change alone restarts the scheduler too.
+        let resets: Vec<u32> = ids.iter().copied().filter(|id| applied.scheduler_input(*id) != tables.scheduler_input(*id)).collect();
         {
             let mut m: Array<&mut MapData, Backend> = Array::try_from(self.map_mut(MAP_BACKENDS)?)?;
             for slot in slots {
@@ -585,10 +607,8 @@ impl Dataplane {
         }
         {
             let mut m: Array<&mut MapData, SchedState> = Array::try_from(self.map_mut(MAP_SCHED_STATE)?)?;
-            for (id, _, _) in &services {
-                if applied.scheduler_input(*id) != tables.scheduler_input(*id) {
-                    m.set(*id, MapContent::initial_sched_state(), 0).context("writing scheduler state")?;
-                }
+            for id in &resets {
+                m.set(*id, MapContent::initial_sched_state(), 0).context("writing scheduler state")?;
             }
         }
         {

@@ -173,10 +173,16 @@ pub fn sweep(maps: &mut impl MapsMut, inputs: &SweepInputs, now: u64, pick: Opti
 pub fn for_each_connection(maps: &impl MapSource, mut f: impl FnMut(&ConnKey, &Conn)) -> Result<()> {
     let map = maps.map(MAP_CONNS)?;
     if let Map::LruHashMap(data) = map {
-        // A refusal comes at the first call, before any entry was passed on.
-        match super::batch::for_each::<ConnKey, Conn>(data, &mut f) {
+        let mut passed = 0usize;
+        match super::batch::for_each::<ConnKey, Conn>(data, |k, c| {
+            passed += 1;
+            f(k, c)
+        }) {
             Ok(()) => return Ok(()),
-            Err(e) => tracing::debug!("batch lookup of {MAP_CONNS} refused ({e}); reading it entry by entry"),
+            // Refused at the first call (a kernel without batches): read entry by entry.
+            Err(e) if passed == 0 => tracing::debug!("batch lookup of {MAP_CONNS} refused ({e}); reading it entry by entry"),
+            // Failed part way: reading again would pass entries twice.
+            Err(e) => return Err(e).context("reading the connection table in batches"),
         }
     }
     let conns: BpfHashMap<&MapData, ConnKey, Conn> = BpfHashMap::try_from(map)?;

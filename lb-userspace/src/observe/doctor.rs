@@ -122,8 +122,6 @@ impl Subject {
     }
 }
 
-/// Every check, in the order an operator would go through them; `config` when there is a
-/// file, otherwise what the dataplane pinned at `pin_dir` holds.
 /// The ARP table's thresholds against `servers` real servers: above `gc_thresh2` the kernel
 /// collects entries older than 5 s, and refuses new ones above `gc_thresh3`.
 fn neighbour_room(servers: usize) -> Option<Check> {
@@ -150,6 +148,8 @@ fn neighbour_room(servers: usize) -> Option<Check> {
     })
 }
 
+/// Every check, in the order an operator would go through them; `config` when there is a
+/// file, otherwise what the dataplane pinned at `pin_dir` holds.
 pub async fn run(config: Option<&Config>, pin_dir: &std::path::Path, sample: Duration) -> Result<Vec<Check>> {
     let subject = match config {
         Some(c) => Subject::from_config(c),
