@@ -9,7 +9,7 @@
 //! its timings from the state file it writes (`crate::observe::state::ControllerTimings`).
 
 use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use crate::kernel::maps::{MapSource as _, Pinned};
 use crate::observe::state::{ControllerState, ControllerTimings};
-use crate::selftest::lab::SelfLab;
+use crate::selftest::lab::{SelfLab, Server};
 use crate::selftest::netns::{REAL_SERVERS, VIP};
 
 /// How much to measure.
@@ -314,39 +314,10 @@ impl Drop for NeighbourRoom {
     }
 }
 
-/// A TCP listener on rs2 that accepts and closes, until dropped (then the port refuses).
-struct Listener {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Listener {
-    fn start(lab: &SelfLab, addr: SocketAddr) -> Result<Listener> {
-        let l = lab.servers[1].1.run(|| {
-            let l = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
-            l.set_nonblocking(true)?;
-            Ok(l)
-        })?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                if l.accept().is_err() {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        });
-        Ok(Listener { stop, thread: Some(thread) })
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// The verdict server: a listener on rs2 that accepts and closes, until dropped (then the
+/// port refuses connections and its checks fail).
+fn verdict_server(lab: &SelfLab) -> Result<Server> {
+    Server::listen(&lab.servers[1].1, SocketAddr::new(IpAddr::V4(VERDICT_RS), VERDICT_PORT), drop)
 }
 
 /// Adds the pool's addresses: the director's second subnet, half the pool on each real server.
@@ -488,7 +459,7 @@ impl Talkers {
 
 /// Takes the verdict server down (its listener closed: connections refused) and up again;
 /// the time each verdict took from its check round to the maps, and the new listener.
-fn time_verdicts(ctl: &mut Controller, lab: &SelfLab, listener: Listener) -> Result<(f64, f64, Listener)> {
+fn time_verdicts(ctl: &mut Controller, lab: &SelfLab, listener: Server) -> Result<(f64, f64, Server)> {
     // The verdict server's own verdicts, not a pool server's that happened meanwhile.
     let server = SocketAddr::new(IpAddr::V4(VERDICT_RS), VERDICT_PORT).to_string();
     let count = ctl.timings().verdict.map_or(0, |v| v.count);
@@ -496,7 +467,7 @@ fn time_verdicts(ctl: &mut Controller, lab: &SelfLab, listener: Listener) -> Res
     let down = ctl.wait_for("the verdict server going down", Duration::from_secs(15), |s| {
         s.timings.verdict.as_ref().is_some_and(|v| v.count > count && !v.up && v.target.ends_with(&server))
     })?;
-    let listener = Listener::start(lab, SocketAddr::new(IpAddr::V4(VERDICT_RS), VERDICT_PORT))?;
+    let listener = verdict_server(lab)?;
     let count = down.timings.verdict.as_ref().map_or(0, |v| v.count);
     let up = ctl.wait_for("the verdict server coming up", Duration::from_secs(15), |s| {
         s.timings.verdict.as_ref().is_some_and(|v| v.count > count && v.up && v.target.ends_with(&server))
@@ -543,7 +514,7 @@ pub fn run(opts: &ControllerOptions, progress: &dyn Fn(&str)) -> Result<Controll
     let _room = NeighbourRoom::make(opts.checked_servers + 64)?;
     let lab = SelfLab::build_with(&[], true).context("building the lab")?;
     add_pool(&lab, opts)?;
-    let verdict_listener = Listener::start(&lab, SocketAddr::new(IpAddr::V4(VERDICT_RS), VERDICT_PORT))?;
+    let verdict_listener = verdict_server(&lab)?;
     progress("floor: the same TCP connections from a bare prober");
     let mut targets: Vec<SocketAddr> = (0..opts.checked_servers).map(|i| SocketAddr::new(IpAddr::V4(pool_addr(i)), 80)).collect();
     targets.extend(REAL_SERVERS.iter().map(|rs| SocketAddr::new(IpAddr::V4(rs.addr), 80)));

@@ -90,17 +90,27 @@ fn write_sysctl(path: &str, value: &str) -> Result<()> {
     std::fs::write(path, value).with_context(|| format!("writing {value} to {path}"))
 }
 
-/// A real server's HTTP server: answers every request with its role, until stopped.
-struct Server {
+/// A TCP server in a namespace of the lab: accepts on its listener and hands each
+/// connection to its handler, until dropped (then the port refuses connections).
+pub(crate) struct Server {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<()>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Server {
-    /// Listens on port 80 of every address of `ns` (the VIP on lo included).
+    /// A real server's HTTP server: port 80 of every address of `ns` (the VIP on lo
+    /// included), answering every request with its role.
     fn start(ns: &Netns, role: &'static str) -> Result<Server> {
+        // One thread per connection: keep-alive connections stay open while others come and go.
+        Self::listen(ns, "0.0.0.0:80".parse().expect("an address"), move |s| {
+            std::thread::spawn(move || serve(s, role));
+        })
+    }
+
+    /// Listens on `addr` inside `ns` and gives every accepted connection to `handle`.
+    pub(crate) fn listen(ns: &Netns, addr: std::net::SocketAddr, handle: impl Fn(std::net::TcpStream) + Send + 'static) -> Result<Server> {
         let listener = ns.run(|| {
-            let l = TcpListener::bind("0.0.0.0:80").context("binding 0.0.0.0:80")?;
+            let l = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
             l.set_nonblocking(true)?;
             Ok(l)
         })?;
@@ -109,21 +119,21 @@ impl Server {
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    // One thread per connection: keep-alive connections stay open while
-                    // others come and go.
-                    Ok((s, _)) => {
-                        std::thread::spawn(move || serve(s, role));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    Ok((s, _)) => handle(s),
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
             }
         });
-        Ok(Server { stop, thread })
+        Ok(Server { stop, thread: Some(thread) })
     }
+}
 
-    fn stop(self) {
+impl Drop for Server {
+    fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -270,9 +280,7 @@ impl SelfLab {
 
 impl Drop for SelfLab {
     fn drop(&mut self) {
-        for s in self.http.drain(..) {
-            s.stop();
-        }
+        self.http.clear();
     }
 }
 
