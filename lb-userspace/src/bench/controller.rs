@@ -8,12 +8,10 @@
 //! with its pins on a bpffs of the bench's own; its CPU is read from /proc (every thread),
 //! its timings from the state file it writes (`crate::observe::state::ControllerTimings`).
 
-use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -27,7 +25,7 @@ use serde::Serialize;
 use crate::kernel::maps::{MapSource as _, Pinned};
 use crate::observe::state::{ControllerState, ControllerTimings};
 use crate::selftest::lab::{SelfLab, Server};
-use crate::selftest::netns::{REAL_SERVERS, VIP};
+use crate::selftest::netns::{keepalive_request, REAL_SERVERS, VIP};
 
 /// How much to measure.
 #[derive(Debug, Clone)]
@@ -164,15 +162,14 @@ struct Controller {
 impl Controller {
     fn start(lab: &SelfLab, config: &Path, pin_root: &Path, log: &Path) -> Result<Controller> {
         let exe = std::env::current_exe().context("finding this drlb binary")?;
-        let netns = lab.director.fd.as_raw_fd();
         let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let mut cmd = Command::new(exe);
+        let mut cmd = lab.director.command(&exe);
         cmd.args(["run", "--config"]).arg(config).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
-        // SAFETY: between fork and exec only prctl(2) and setns(2), which are async-signal-safe.
+        // SAFETY: between fork and exec only prctl(2), which is async-signal-safe.
         unsafe {
-            cmd.pre_exec(move || {
+            cmd.pre_exec(|| {
                 // If the bench dies (Ctrl-C, a panic), the controller goes too and detaches.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 || libc::setns(netns, libc::CLONE_NEWNET) != 0 {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -397,23 +394,6 @@ struct Talkers {
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-fn ask(s: &mut TcpStream) -> Result<String> {
-    s.write_all(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")?;
-    let mut buf = [0u8; 512];
-    let mut got = 0;
-    loop {
-        let n = s.read(&mut buf[got..])?;
-        ensure!(n > 0, "connection closed");
-        got += n;
-        let text = String::from_utf8_lossy(&buf[..got]).to_string();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let len: usize = head.lines().find_map(|l| l.strip_prefix("Content-Length: ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
-            if body.len() >= len {
-                return Ok(body.trim().to_string());
-            }
-        }
-    }
-}
 
 impl Talkers {
     fn start(lab: &SelfLab, n: usize) -> Result<Talkers> {
@@ -424,7 +404,7 @@ impl Talkers {
                 s.set_read_timeout(Some(Duration::from_secs(2)))?;
                 Ok(s)
             })?;
-            let first = ask(&mut s).context("first request over a keep-alive connection")?;
+            let first = keepalive_request(&mut s).context("first request over a keep-alive connection")?;
             conns.push((s, first));
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -436,7 +416,7 @@ impl Talkers {
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         requests.fetch_add(1, Ordering::Relaxed);
-                        if ask(&mut s).map_or(true, |who| who != first) {
+                        if keepalive_request(&mut s).map_or(true, |who| who != first) {
                             failures.fetch_add(1, Ordering::Relaxed);
                             return;
                         }

@@ -13,12 +13,9 @@
 //! 2. drlb → IPVS: a keep-alive connection through drlb; `ipvsadm -Lnc` lists it as
 //!    ESTABLISHED; drlb stops and the VIP moves back; IPVS forwards the next request.
 
-use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
@@ -26,7 +23,7 @@ use futures::TryStreamExt as _;
 
 use crate::observe::state::ControllerState;
 use crate::selftest::lab::{ifindex, Netns, SelfLab};
-use crate::selftest::netns::{DIRECTOR2, Host, VIP};
+use crate::selftest::netns::{keepalive_request, DIRECTOR2, Host, VIP};
 
 /// The IPVS director: the lab's second director address.
 const IPVS: Host = Host { role: "ipvs", ..DIRECTOR2 };
@@ -38,13 +35,8 @@ fn find_ipvsadm() -> Option<PathBuf> {
 
 /// Runs a program inside `ns`; its stdout, or its stderr as the error.
 fn run_in(ns: &Netns, program: &Path, args: &[&str]) -> Result<String> {
-    let fd = ns.fd.as_raw_fd();
-    let mut cmd = Command::new(program);
+    let mut cmd = ns.command(program);
     cmd.args(args).stdin(Stdio::null());
-    // SAFETY: setns(2) is async-signal-safe; `fd` stays open until the child has exec'd.
-    unsafe {
-        cmd.pre_exec(move || if libc::setns(fd, libc::CLONE_NEWNET) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) });
-    }
     let out = cmd.output().with_context(|| format!("running {}", program.display()))?;
     if !out.status.success() {
         bail!("`{} {}` failed: {}", program.display(), args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
@@ -86,27 +78,6 @@ fn forget_vip_mac(client: &Netns) -> Result<()> {
     })
 }
 
-/// One HTTP/1.1 request on a kept connection: the real server's answer.
-fn request(s: &mut TcpStream) -> Result<String> {
-    s.write_all(format!("GET / HTTP/1.1\r\nHost: {VIP}\r\n\r\n").as_bytes())?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 512];
-    loop {
-        let n = s.read(&mut chunk).context("reading the answer")?;
-        ensure!(n > 0, "the connection was closed");
-        buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").and_then(|v| v.trim().parse().ok()))
-                .ok_or_else(|| anyhow!("no Content-Length in {head:?}"))?;
-            if body.len() >= len {
-                return Ok(body[..len].trim().to_string());
-            }
-        }
-    }
-}
 
 fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
     let start = Instant::now();
@@ -139,14 +110,9 @@ impl Controller {
         text += "] }\n";
         std::fs::write(&config, text)?;
         let log = work.join("drlb.log");
-        let fd = ns.fd.as_raw_fd();
-        let mut cmd = Command::new(std::env::current_exe()?);
+        let mut cmd = ns.command(&std::env::current_exe()?);
         cmd.args(["run", "--replace-dataplane", "--config"]).arg(&config).env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null());
         cmd.stderr(std::fs::File::create(&log)?);
-        // SAFETY: as in `run_in`.
-        unsafe {
-            cmd.pre_exec(move || if libc::setns(fd, libc::CLONE_NEWNET) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) });
-        }
         let child = cmd.spawn().context("starting drlb run")?;
         let c = Controller { child, log, pin_dir: pin_root.join("eth0") };
         wait_for("drlb run ready", Duration::from_secs(30), || std::fs::read_to_string(&c.log).ok().filter(|l| l.contains("ready:"))).map_err(|e| {
@@ -218,16 +184,16 @@ fn run_lab(ipvsadm: &Path, work: &Path) -> Result<String> {
 
     // 1. IPVS → drlb.
     let mut first = connect()?;
-    let rs_first = request(&mut first).context("request 1 through IPVS")?;
+    let rs_first = keepalive_request(&mut first).context("request 1 through IPVS")?;
     // IPVS syncs an established connection on its third packet (sync_threshold 3).
-    request(&mut first).context("request 2 through IPVS")?;
+    keepalive_request(&mut first).context("request 2 through IPVS")?;
     wait_for("drlb installs the connection IPVS's master daemon sent", Duration::from_secs(10), || (drlb.synced("installed") >= 1).then_some(()))
         .map_err(|e| anyhow!("{e}; drlb's log:\n{}", std::fs::read_to_string(&drlb.log).unwrap_or_default()))?;
     set_vip(ipvs, false)?;
     set_vip(&lab.director, true)?;
     forget_vip_mac(&lab.client)?;
     let before = drlb.forwarded();
-    let rs_after = request(&mut first).context("the same connection, now through drlb")?;
+    let rs_after = keepalive_request(&mut first).context("the same connection, now through drlb")?;
     ensure!(rs_after == rs_first, "the connection moved from {rs_first} to {rs_after}");
     ensure!(drlb.forwarded() > before, "the answer did not come through drlb's dataplane");
     let one = format!(
@@ -236,7 +202,7 @@ fn run_lab(ipvsadm: &Path, work: &Path) -> Result<String> {
 
     // 2. drlb → IPVS.
     let mut second = connect()?;
-    let rs_second = request(&mut second).context("request through drlb")?;
+    let rs_second = keepalive_request(&mut second).context("request through drlb")?;
     let port = second.local_addr()?.port();
     let listed = wait_for("ipvsadm -Lnc lists drlb's connection as ESTABLISHED", Duration::from_secs(10), || {
         let out = ipvs_cmd(&["-Lnc"]).ok()?;
@@ -246,7 +212,7 @@ fn run_lab(ipvsadm: &Path, work: &Path) -> Result<String> {
     set_vip(&lab.director, false)?;
     set_vip(ipvs, true)?;
     forget_vip_mac(&lab.client)?;
-    let rs_ipvs = request(&mut second).context("the same connection, now through IPVS")?;
+    let rs_ipvs = keepalive_request(&mut second).context("the same connection, now through IPVS")?;
     ensure!(rs_ipvs == rs_second, "the connection moved from {rs_second} to {rs_ipvs}");
     let _ = ipvs_cmd(&["--stop-daemon", "master"]);
     let _ = ipvs_cmd(&["--stop-daemon", "backup"]);

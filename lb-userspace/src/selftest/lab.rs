@@ -68,6 +68,20 @@ impl Netns {
         .with_context(|| format!("in the {} namespace", self.role))
     }
 
+    /// A command that runs `program` inside this namespace (network only: its /sys and
+    /// mounts stay this process's, so pins made here are seen there).
+    pub(crate) fn command(&self, program: &std::path::Path) -> std::process::Command {
+        use std::os::unix::process::CommandExt as _;
+        let fd = self.fd.as_raw_fd();
+        let mut cmd = std::process::Command::new(program);
+        // SAFETY: setns(2) is async-signal-safe; `fd` stays open until the child has exec'd
+        // (the Netns outlives the command).
+        unsafe {
+            cmd.pre_exec(move || if libc::setns(fd, libc::CLONE_NEWNET) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) });
+        }
+        cmd
+    }
+
     /// Runs netlink requests inside this namespace.
     pub(crate) fn netlink<T: Send, F: Future<Output = Result<T>>>(&self, f: impl FnOnce(Handle) -> F + Send) -> Result<T> {
         self.run(|| {

@@ -76,6 +76,29 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Resu
 /// to an offload that XDP_TX skips.
 pub use crate::kernel::ethtool::tx_checksum_off;
 
+/// One HTTP/1.1 GET of `/` on a kept connection to the VIP: the real server's answer (its
+/// role, trimmed).
+pub fn keepalive_request(s: &mut TcpStream) -> Result<String> {
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: {VIP}\r\n\r\n").as_bytes())?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 512];
+    loop {
+        let n = s.read(&mut chunk).context("reading the answer")?;
+        anyhow::ensure!(n > 0, "the connection was closed");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").and_then(|v| v.trim().parse().ok()))
+                .ok_or_else(|| anyhow!("no Content-Length in {head:?}"))?;
+            if body.len() >= len {
+                return Ok(body[..len].trim().to_string());
+            }
+        }
+    }
+}
+
 /// One HTTP/1.0 GET of `/` on port 80 of `addr`; the body of a 200 answer.
 pub fn http_get(addr: Ipv4Addr, timeout: Duration) -> Result<String> {
     let mut s = TcpStream::connect_timeout(&SocketAddr::from((addr, 80)), timeout).context("connect")?;
