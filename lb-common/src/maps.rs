@@ -186,8 +186,11 @@ pub const fn member_region(id: u32, which: u32) -> u32 {
 pub const DEFAULT_CONN_TABLE_SIZE: u32 = 1 << 20;
 /// Capacity of `DRLB_PERSIST`.
 pub const PERSIST_TABLE_SIZE: u32 = 1 << 18;
-/// Capacity of `DRLB_SCHED_TAB` (two halves, written alternately like `DRLB_MEMBERS`).
+/// Capacity of `DRLB_SCHED_TAB`: two halves; changed scheduler tables are written to the
+/// half no service reads.
 pub const SCHED_TABLE_SIZE: u32 = 1 << 21;
+/// One half of `DRLB_SCHED_TAB`: room for every scheduler table of a configuration.
+pub const SCHED_TABLE_HALF: u32 = SCHED_TABLE_SIZE / 2;
 
 /// Slot of `DRLB_VIP_FILTER` for a destination address.
 #[inline(always)]

@@ -105,6 +105,9 @@ const POOL_PREFIX: u8 = 22;
 const VERDICT_RS: Ipv4Addr = Ipv4Addr::new(198, 18, 4, 9);
 const VERDICT_PORT: u16 = 81;
 
+/// Checked pool servers per service.
+const POOL_PER_SERVICE: u32 = 100;
+
 fn pool_addr(i: u32) -> Ipv4Addr {
     let n = u32::from(Ipv4Addr::new(198, 18, 4, 10)) + i;
     Ipv4Addr::from(n)
@@ -131,7 +134,7 @@ fn config_text(pin_root: &Path, opts: &ControllerOptions, extra: u32) -> String 
         "  - name: verdict\n    vip: {VIP}\n    port: {VERDICT_PORT}\n    protocol: tcp\n    {}\n    real_servers:\n      - {{ address: {VERDICT_RS} }}\n",
         check(VERDICT_PORT)
     );
-    let per_service = 100;
+    let per_service = POOL_PER_SERVICE;
     for s in 0..opts.checked_servers.div_ceil(per_service) {
         t += &format!("  - name: pool{s}\n    vip: {VIP}\n    port: {}\n    protocol: tcp\n    {}\n    real_servers:\n", 8000 + s, check(80));
         for i in s * per_service..((s + 1) * per_service).min(opts.checked_servers) {
@@ -149,7 +152,7 @@ fn config_text(pin_root: &Path, opts: &ControllerOptions, extra: u32) -> String 
 
 /// Services the first configuration has.
 fn base_services(opts: &ControllerOptions) -> u32 {
-    2 + opts.checked_servers.div_ceil(100)
+    2 + opts.checked_servers.div_ceil(POOL_PER_SERVICE)
 }
 
 /// `drlb run` in the director's namespace, stopped (SIGTERM, then SIGKILL) when dropped.
@@ -287,13 +290,14 @@ struct NeighbourRoom {
 }
 
 impl NeighbourRoom {
-    fn make(entries: u32) -> Result<NeighbourRoom> {
+    fn make(servers: u32) -> Result<NeighbourRoom> {
         // Built as it goes: if a later write fails, dropping it restores the earlier ones.
         let mut room = NeighbourRoom { saved: Vec::new() };
-        for (name, want) in [("gc_thresh3", 4 * entries), ("gc_thresh2", 2 * entries), ("gc_thresh1", entries)] {
+        let [t1, t2, t3] = crate::observe::doctor::neighbour_thresholds(servers as usize);
+        for (name, want) in [("gc_thresh3", t3), ("gc_thresh2", t2), ("gc_thresh1", t1)] {
             let path = format!("/proc/sys/net/ipv4/neigh/default/{name}");
             let old = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?.trim().to_string();
-            if old.parse::<u32>().unwrap_or(0) < want {
+            if old.parse::<usize>().unwrap_or(0) < want {
                 std::fs::write(&path, want.to_string()).with_context(|| format!("writing {path}"))?;
                 room.saved.push((path, old));
             }
@@ -491,7 +495,7 @@ fn check_floor(lab: &SelfLab, targets: Vec<SocketAddr>, span: Duration) -> Resul
 /// Builds the lab, starts `drlb run`, measures, and removes everything.
 pub fn run(opts: &ControllerOptions, progress: &dyn Fn(&str)) -> Result<ControllerResult> {
     let fs = Bpffs::mount()?;
-    let _room = NeighbourRoom::make(opts.checked_servers + 64)?;
+    let _room = NeighbourRoom::make(opts.checked_servers + 3)?;
     let lab = SelfLab::build_with(&[], true).context("building the lab")?;
     add_pool(&lab, opts)?;
     let verdict_listener = verdict_server(&lab)?;

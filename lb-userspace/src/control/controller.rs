@@ -286,7 +286,7 @@ impl Controller {
         self.down.retain(|(svc, addr)| targets.iter().any(|t| &t.service == svc && t.address == *addr));
         for t in targets {
             let tx = self.rounds_tx.clone();
-            let latency = self.metrics.check_histograms(&t.service, &t.name, t.kind());
+            let latency = self.metrics.check_histograms(&t.service, &t.name, t.check.kind.name());
             let t = Arc::new(t);
             self.checkers.push(tokio::spawn(async move {
                 if let Some(w) = t.check.warmup {
@@ -409,7 +409,7 @@ impl Controller {
     /// refresh fell due since the last sweep, only for VIPs this director holds: after the
     /// VIP moved, the new holder's entries are the current ones, and this director's
     /// (older) must not overwrite them.
-    fn refresh_pick(&mut self, now: u64) -> Option<crate::control::sweeper::Pick> {
+    fn refresh_pick(&mut self, now: u64) -> Option<Box<crate::kernel::sweep::Pick>> {
         let (Some(_), Some(cfg)) = (&self.sync, &self.config.director.sync) else { return None };
         // Advanced when a sweep succeeds: a failed one's window is covered by the next.
         let prev = self.last_sweep.unwrap_or(now);
@@ -450,11 +450,6 @@ impl Controller {
         }
     }
 
-    /// Writes the state file (status, doctor and `drlb ready` read it).
-    fn publish(&self) {
-        self.write_state();
-    }
-
     /// Scrapes of the metrics read the dataplane with this configuration's names.
     fn set_metrics_source(&self) {
         let (dir, config) = (self.pin_dir.clone(), Arc::new(self.config.clone()));
@@ -485,7 +480,7 @@ impl Controller {
                 let changes = self.vips.update(&self.config, &addrs);
                 if !changes.is_empty() {
                     // Status, metrics and `drlb ready` see the move now, not a second later.
-                    self.publish();
+                    self.write_state();
                 }
                 for (vip, owned) in changes {
                     if owned {
@@ -536,12 +531,11 @@ impl Controller {
                     );
                 }
                 if r.expired_removed > 0 {
-                    debug!("swept {} expired connection(s); {} live", r.expired_removed, r.live);
+                    debug!("swept {} expired connection(s); {} live, {} half-open", r.expired_removed, r.live, r.half_open);
                 }
                 self.metrics.observe_sweep(r.read, r.took, r.cpu);
                 self.timings.sweep = Some(SweepTiming {
                     entries: r.read,
-                    live: r.live,
                     took_ms: r.took.as_secs_f64() * 1e3,
                     cpu_ms: r.cpu.as_secs_f64() * 1e3,
                     spacing_ms: self.sweeper.spacing().as_secs_f64() * 1e3,
@@ -722,7 +716,7 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
             Some(done) = sweeps.recv() => c.on_sweep(done),
             _ = observe.tick() => {
                 c.retry_if_stale();
-                c.publish();
+                c.write_state();
                 // Real servers without a MAC are asked for again every second, not only at
                 // the 30 s refresh: after the director's link flaps (the kernel fails every
                 // neighbour entry when carrier goes), forwarding resumes within a second.

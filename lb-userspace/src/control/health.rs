@@ -31,14 +31,6 @@ pub struct Target {
 }
 
 impl Target {
-    /// The check type's name, as metrics label it.
-    pub fn kind(&self) -> &'static str {
-        match self.check.kind {
-            CheckType::Tcp => "tcp",
-            CheckType::Http => "http",
-            CheckType::Script => "script",
-        }
-    }
 
     /// `web rs1 198.18.0.11:80`
     pub fn label(&self) -> String {

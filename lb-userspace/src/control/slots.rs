@@ -18,8 +18,6 @@ pub struct Slots {
     next_backend: u32,
     /// Removed real servers whose connections may still be alive.
     draining: BTreeMap<u32, Backend>,
-    /// Which half of `DRLB_SCHED_TAB` the next change of scheduler tables writes.
-    table_half: u32,
     /// The backend entries of the last build, to keep a removed server's MAC while it drains.
     last: BTreeMap<u32, Backend>,
 }
@@ -116,13 +114,10 @@ impl Slots {
         let mut s = Slots::default();
         let mut used_services = BTreeSet::new();
         let mut used_slots = BTreeSet::new();
-        let mut upper_half = false;
-        let sched_half = lb_common::maps::SCHED_TABLE_SIZE / 2;
         for (key, id) in &tables.service_ids {
             s.services.insert(*key, *id);
             used_services.insert(*id);
             let Some(svc) = tables.services.get(id) else { continue };
-            upper_half |= svc.table_len > 0 && svc.table_offset >= sched_half;
             for i in svc.members_offset..svc.members_offset + svc.member_count {
                 let Some(slot) = tables.members.get(&i) else { continue };
                 let Some(b) = tables.backends.get(slot) else { continue };
@@ -142,16 +137,7 @@ impl Slots {
         s.free_services = (0..s.next_service).filter(|i| !used_services.contains(i)).collect();
         s.next_backend = used_slots.iter().max().map_or(0, |m| m + 1);
         s.free_backends = (0..s.next_backend).filter(|i| !used_slots.contains(i)).collect();
-        s.table_half = if upper_half { 0 } else { 1 };
         s.last = tables.backends.clone();
         s
-    }
-
-    /// The half of `DRLB_SCHED_TAB` to write changed tables to, and flips to the other one
-    /// for the next change.
-    pub fn flip_tables(&mut self) -> u32 {
-        let h = self.table_half;
-        self.table_half ^= 1;
-        h
     }
 }

@@ -16,8 +16,7 @@ use anyhow::{Context as _, Result};
 use tokio::sync::mpsc;
 
 use crate::kernel::maps::Pinned;
-use crate::kernel::sweep::{self, SweepInputs, SweepReport};
-use lb_common::conn::{Conn, ConnKey};
+use crate::kernel::sweep::{self, Pick, SweepInputs, SweepReport};
 
 /// The shortest time between two sweeps. Between sweeps the counts are kept exact by the
 /// dataplane itself; they can drift only by entries that expire without another packet or
@@ -30,15 +29,12 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 /// that expired unseen are corrected that late.
 pub const SWEEP_CPU_BUDGET: f64 = 0.02;
 
-/// Which live connections the controller wants back from a sweep.
-pub type Pick = Box<dyn Fn(&ConnKey, &Conn) -> bool + Send + Sync>;
-
 /// One sweep to make.
 pub struct SweepRequest {
     /// Dataplane time, read before the sweep reads the tables.
     pub now: u64,
     pub inputs: Arc<SweepInputs>,
-    pub pick: Option<Pick>,
+    pub pick: Option<Box<Pick>>,
 }
 
 /// A sweep's result, with the time it was asked for.
@@ -68,7 +64,7 @@ impl Sweeper {
             .spawn(move || {
                 // Ends when the controller drops its sender.
                 while let Ok(req) = req_rx.recv() {
-                    let report = sweep::sweep(&mut maps, &req.inputs, req.now, req.pick.as_deref().map(|p| p as _));
+                    let report = sweep::sweep(&mut maps, &req.inputs, req.now, req.pick.as_deref());
                     if done_tx.send(SweepDone { now: req.now, report }).is_err() {
                         return;
                     }

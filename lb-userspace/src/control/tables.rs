@@ -8,7 +8,7 @@ use lb_common::addr::Addr16;
 use lb_common::conn::Timeouts;
 use lb_common::maps::{
     vip_filter_index, Backend, Service, ServiceKey, BACKEND_F_HEALTH_DOWN, BACKEND_F_PRESENT,
-    member_region, MAX_BACKENDS, MAX_BACKENDS_PER_SERVICE, MAX_SERVICES, MAX_VIPS, SCHED_TABLE_SIZE, SVC_F_PERSISTENT, SVC_F_SLOPPY_TCP, SVC_F_WILDCARD, VIP_F_WILDCARD_TCP, VIP_F_WILDCARD_UDP,
+    member_region, MAX_BACKENDS, MAX_BACKENDS_PER_SERVICE, MAX_SERVICES, MAX_VIPS, SCHED_TABLE_HALF, SVC_F_PERSISTENT, SVC_F_SLOPPY_TCP, SVC_F_WILDCARD, VIP_F_WILDCARD_TCP, VIP_F_WILDCARD_UDP,
 };
 use lb_common::sched::{DestInfo, SH_TABLE_SIZE};
 
@@ -62,7 +62,7 @@ impl std::fmt::Display for BuildError {
                 f,
                 "service `{service}`: its scheduler table needs {needed} entries and {free} of the dataplane's {} are left \
                  (an mh service takes {MH_TABLE_SIZE}, sh {SH_TABLE_SIZE}, wrr one per choice of its cycle)",
-                SCHED_TABLE_SIZE / 2
+                SCHED_TABLE_HALF
             ),
         }
     }
@@ -108,7 +108,7 @@ pub fn check_budget(config: &Config) -> Vec<(String, String)> {
             problems.push((format!("services[{i}].scheduler"), BuildError::WrrTooLong { service: svc.name.clone() }.to_string()));
             continue;
         };
-        let free = SCHED_TABLE_SIZE as usize / 2 - table;
+        let free = SCHED_TABLE_HALF as usize - table;
         if needed > free {
             problems.push((format!("services[{i}].scheduler"), BuildError::SchedTable { service: svc.name.clone(), needed, free }.to_string()));
             continue;
@@ -198,18 +198,11 @@ pub fn build_with(
     for svc in &config.services {
         parts.push(service_part(svc, macs, director_mac, slots, down, &mut t)?);
     }
-    place_tables(&mut parts, slots, prev)?;
+    place_tables(&mut parts, prev)?;
     for (svc, mut p) in config.services.iter().zip(parts) {
-        // Members: where they are if unchanged, else the service's other region.
-        let (prev_offset, prev_list) = match prev.services.get(&p.id) {
-            Some(old) => (Some(old.members_offset), prev.member_list(old)),
-            None => (None, Vec::new()),
-        };
-        let offset = match prev_offset {
-            Some(o) if prev_list == p.members && prev.service_ids.get(&p.key) == Some(&p.id) => o,
-            Some(o) if o == member_region(p.id, 0) => member_region(p.id, 1),
-            _ => member_region(p.id, 0),
-        };
+        // A service id given to another service since `prev` starts afresh.
+        let old = prev.services.get(&p.id).filter(|_| prev.service_ids.get(&p.key) == Some(&p.id));
+        let offset = members_offset(prev, old, &p);
         if p.members.len() as u32 > MAX_BACKENDS_PER_SERVICE {
             return Err(BuildError::Members { service: svc.name.clone() });
         }
@@ -274,14 +267,7 @@ pub fn update_services(
         if t.service_ids.get(&p.key) != Some(&p.id) || t.table(&old).map_or(!p.table.is_empty(), |tab| *tab != p.table) {
             return None;
         }
-        let old_list = t.member_list(&old);
-        let offset = if old_list == p.members {
-            old.members_offset
-        } else if old.members_offset == member_region(p.id, 0) {
-            member_region(p.id, 1)
-        } else {
-            member_region(p.id, 0)
-        };
+        let offset = members_offset(t, Some(&old), &p);
         let mut service = p.service;
         (service.members_offset, service.member_count) = (offset, p.members.len() as u32);
         (service.table_offset, service.table_len, service.table_cycle_start) = (old.table_offset, old.table_len, p.cycle_start as u32);
@@ -310,9 +296,19 @@ pub fn update_services(
     Some(changes)
 }
 
+/// Where `p`'s member list goes, given the service's entry `old` in `prev` (what packets
+/// may read): where it is if unchanged, else the service's other region.
+fn members_offset(prev: &MapContent, old: Option<&Service>, p: &ServicePart) -> u32 {
+    match old {
+        Some(o) if prev.member_list(o) == p.members => o.members_offset,
+        Some(o) if o.members_offset == member_region(p.id, 0) => member_region(p.id, 1),
+        _ => member_region(p.id, 0),
+    }
+}
+
 /// Places the scheduler tables: at their offsets in `prev` if every service's table is the
 /// same as there, else packed into the half of `DRLB_SCHED_TAB` not in use.
-fn place_tables(parts: &mut [ServicePart], slots: &mut Slots, prev: &MapContent) -> Result<(), BuildError> {
+fn place_tables(parts: &mut [ServicePart], prev: &MapContent) -> Result<(), BuildError> {
     let unchanged = parts.iter().all(|p| {
         let old = prev.services.get(&p.id);
         match old {
@@ -328,15 +324,16 @@ fn place_tables(parts: &mut [ServicePart], slots: &mut Slots, prev: &MapContent)
         return Ok(());
     }
     // The half no service's table is in: after a failed write, services may point at either.
-    let in_half = |h: u32| prev.services.values().any(|s| s.table_len > 0 && s.table_offset / (SCHED_TABLE_SIZE / 2) == h);
+    let in_half = |h: u32| prev.services.values().any(|s| s.table_len > 0 && s.table_offset / SCHED_TABLE_HALF == h);
     let half = match (in_half(0), in_half(1)) {
         (true, false) => 1,
         (false, true) => 0,
-        (false, false) => slots.flip_tables(),
+        // Nothing reads either: the first half.
+        (false, false) => 0,
         (true, true) => return Err(BuildError::TablesInUse),
     };
-    let mut next = half * (SCHED_TABLE_SIZE / 2);
-    let end = next + SCHED_TABLE_SIZE / 2;
+    let mut next = half * SCHED_TABLE_HALF;
+    let end = next + SCHED_TABLE_HALF;
     for p in parts.iter_mut().filter(|p| !p.table.is_empty()) {
         if next + p.table.len() as u32 > end {
             return Err(BuildError::SchedTable { service: p.name.clone(), needed: p.table.len(), free: (end - next) as usize });

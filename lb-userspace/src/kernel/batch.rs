@@ -30,14 +30,6 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Every (key, value) of the hash map `map`, `BATCH` entries per system call. `K` and `V`
-/// must be the map's key and value types (plain data, as every drlb map's are).
-pub fn lookup_all<K: Copy, V: Copy>(map: &MapData) -> io::Result<Vec<(K, V)>> {
-    let mut out = Vec::new();
-    for_each(map, |k: &K, v: &V| out.push((*k, *v)))?;
-    Ok(out)
-}
-
 /// Calls `f` with every (key, value) of `map`, read `BATCH` entries per system call, without
 /// holding more than one batch: a sweep of a million connections needs no copy of the table.
 pub fn for_each<K: Copy, V: Copy>(map: &MapData, mut f: impl FnMut(&K, &V)) -> io::Result<()> {

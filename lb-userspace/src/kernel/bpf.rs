@@ -240,8 +240,6 @@ pub fn remove_pins(dir: &Path) -> Result<Vec<String>> {
 /// Name of the pinned XDP link in a pin directory.
 pub const LINK_PIN: &str = "link";
 
-pub use super::sweep::SweepReport;
-
 /// Monotonic nanoseconds, the clock `bpf_ktime_get_ns()` reads.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -789,11 +787,6 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Every occupied entry of the half-open table (live or expired), read in batches.
-    pub fn half_open_entries(&self) -> Result<Vec<HalfOpen>> {
-        super::sweep::half_open_entries(self)
-    }
-
     /// Records in `DRLB_SWEPT_AT` that a sweep at `now` recounted the connections.
     pub fn record_sweep(&mut self, now: u64) -> Result<()> {
         super::sweep::record_sweep(self, now)
@@ -854,7 +847,7 @@ impl Dataplane {
 
     /// Sweeps the tables at `now` ([`super::sweep::sweep`]) for the tables this process
     /// applied. The controller sweeps on a thread of its own instead.
-    pub fn sweep(&mut self, now: u64) -> Result<SweepReport> {
+    pub fn sweep(&mut self, now: u64) -> Result<super::sweep::SweepReport> {
         let inputs = super::sweep::SweepInputs::of(&self.applied);
         super::sweep::sweep(self, &inputs, now, None)
     }

@@ -50,7 +50,7 @@ impl SweepInputs {
 }
 
 /// Which live connections the caller wants back (sync: those whose refresh fell due).
-pub type Pick<'a> = &'a (dyn Fn(&ConnKey, &Conn) -> bool + Send + Sync);
+pub type Pick = dyn Fn(&ConnKey, &Conn) -> bool + Send + Sync;
 
 /// What a sweep of the connection table found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -118,7 +118,7 @@ impl Tally {
 /// in `DRLB_SWEPT_AT` before the counts are written, so that the program releases an
 /// expired entry it overwrites only if this sweep counted it
 /// (`lb_common::halfopen::HalfOpen::counted`).
-pub fn sweep(maps: &mut impl MapsMut, inputs: &SweepInputs, now: u64, pick: Option<Pick<'_>>) -> Result<SweepReport> {
+pub fn sweep(maps: &mut impl MapsMut, inputs: &SweepInputs, now: u64, pick: Option<&Pick>) -> Result<SweepReport> {
     let (started, cpu0) = (Instant::now(), thread_cpu_time());
     let mut report = SweepReport::default();
     let mut tally = Tally::default();

@@ -122,30 +122,38 @@ impl Subject {
     }
 }
 
+/// `gc_thresh1..3` that give `servers` real servers room in the kernel's ARP table (shared
+/// by every namespace), with room for the other hosts of the segment: what doctor advises
+/// and `drlb bench --controller` sets.
+pub fn neighbour_thresholds(servers: usize) -> [usize; 3] {
+    let want = servers + servers / 10 + 64;
+    [want, 2 * want, 4 * want]
+}
+
 /// The ARP table's thresholds against `servers` real servers: above `gc_thresh2` the kernel
 /// collects entries older than 5 s, and refuses new ones above `gc_thresh3`.
 fn neighbour_room(servers: usize) -> Option<Check> {
     let read = |name: &str| {
         std::fs::read_to_string(format!("/proc/sys/net/ipv4/neigh/default/{name}")).ok()?.trim().parse::<usize>().ok()
     };
-    let (t2, t3) = (read("gc_thresh2")?, read("gc_thresh3")?);
-    // Room for the other hosts of the segment too.
-    let want = servers + servers / 10 + 64;
-    Some(if want > t2 || want > t3 {
+    Some(neighbour_check(servers, read("gc_thresh2")?, read("gc_thresh3")?))
+}
+
+fn neighbour_check(servers: usize, t2: usize, t3: usize) -> Check {
+    let [t1_want, t2_want, t3_want] = neighbour_thresholds(servers);
+    if t1_want > t2 || t1_want > t3 {
         fail(
             "neighbours",
             format!(
                 "{servers} real servers, but the kernel's ARP table collects entries above gc_thresh2 = {t2} and refuses them above \
                  gc_thresh3 = {t3}: real servers drop out of forwarding while re-resolved (fix: `sysctl -w \
-                 net.ipv4.neigh.default.gc_thresh1={want} net.ipv4.neigh.default.gc_thresh2={} net.ipv4.neigh.default.gc_thresh3={}`, \
-                 and in /etc/sysctl.d/)",
-                2 * want,
-                4 * want
+                 net.ipv4.neigh.default.gc_thresh1={t1_want} net.ipv4.neigh.default.gc_thresh2={t2_want} \
+                 net.ipv4.neigh.default.gc_thresh3={t3_want}`, and in /etc/sysctl.d/)"
             ),
         )
     } else {
         ok("neighbours", format!("{servers} real servers; the ARP table holds {t2} before collecting (gc_thresh2)"))
-    })
+    }
 }
 
 /// Every check, in the order an operator would go through them; `config` when there is a
@@ -339,13 +347,16 @@ pub async fn run(config: Option<&Config>, pin_dir: &std::path::Path, sample: Dur
 
 #[cfg(test)]
 mod tests {
-    /// A handful of real servers fit the default ARP table; a hundred thousand do not, and
-    /// the fix names sysctl values that would hold them.
+    /// The kernel's defaults (512 / 1,024) hold a handful of real servers; a thousand need
+    /// more, and the fix names values that would hold them.
     #[test]
-    fn neighbour_room_names_the_sysctls_to_raise() {
-        let Some(small) = super::neighbour_room(10) else { return };
+    fn neighbour_check_names_the_sysctls_to_raise() {
+        let small = super::neighbour_check(10, 512, 1024);
         assert!(small.ok, "{small}");
-        let big = super::neighbour_room(100_000).expect("read once, readable again");
-        assert!(!big.ok && big.text.contains("net.ipv4.neigh.default.gc_thresh2=220128"), "{big}");
+        let big = super::neighbour_check(1000, 512, 1024);
+        assert!(!big.ok, "{big}");
+        let [t1, t2, t3] = super::neighbour_thresholds(1000);
+        assert!(big.text.contains(&format!("gc_thresh1={t1} net.ipv4.neigh.default.gc_thresh2={t2} net.ipv4.neigh.default.gc_thresh3={t3}")), "{big}");
+        assert!(super::neighbour_check(1000, t2, t3).ok, "the advised values are enough");
     }
 }

@@ -38,9 +38,8 @@ pub struct SyncState {
 /// The last sweep of the connection tables.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct SweepTiming {
-    /// Connection-table entries read, and how many of them live.
+    /// Connection-table entries read.
     pub entries: usize,
-    pub live: usize,
     pub took_ms: f64,
     /// CPU time of the sweeper thread.
     pub cpu_ms: f64,

@@ -295,6 +295,17 @@ pub enum CheckType {
     Script,
 }
 
+impl CheckType {
+    /// Its name in the file (and in metrics' `type` label).
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckType::Tcp => "tcp",
+            CheckType::Http => "http",
+            CheckType::Script => "script",
+        }
+    }
+}
+
 /// keepalived's checker settings under drlb's names (implemented by the health-check issue).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
