@@ -164,17 +164,20 @@ pub fn schedule<T: Tables>(t: &T, id: u32, svc: &Service, client: &Addr16) -> Op
             table_choice(t, svc, mh_hash(client) % svc.table_len)
         }
     }?;
-    // Table-driven choices were made from weights alone; availability is checked now.
-    // The loop schedulers chose among servers they read as available: reading again could
-    // meet a reload that just retired the chosen one and drop the SYN for it, where
-    // sending it on (the retired server drains, MAC kept) is what the decision meant.
+    let slot = dests.slot(list_index);
+    // Table-driven choices are checked now as IPVS checks them (`is_unavailable()`: weight
+    // 0), and for a MAC to send to. Not for being retired or failed: a reload or a verdict
+    // may have retired the chosen server after this packet read the service's table, and,
+    // as under IPVS (the old table's destination stays valid while it is read), the SYN
+    // still goes there — it keeps its MAC while it drains. The loop schedulers chose among
+    // servers they read as available, and are not asked again for the same reason.
     if matches!(scheduler, Scheduler::Wrr | Scheduler::Sh | Scheduler::Mh) {
-        let d = dests.get(list_index);
-        if !d.available || d.weight == 0 {
-            return None;
+        match t.backend(slot) {
+            Some(b) if b.is_present() && b.weight > 0 => {}
+            _ => return None,
         }
     }
-    Some(dests.slot(list_index))
+    Some(slot)
 }
 
 #[inline(always)]

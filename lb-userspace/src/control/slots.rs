@@ -66,8 +66,10 @@ impl Slots {
         for k in gone {
             let slot = self.backends.remove(&k).expect("present");
             let mut b = self.last.get(&slot).copied().unwrap_or_default();
+            // It keeps its weight: a SYN that read its service's scheduler table before the
+            // reload still goes there (`lb_common::dataplane::schedule`); DRAINING keeps every
+            // new connection that has not chosen it yet away.
             b.flags |= BACKEND_F_DRAINING;
-            b.weight = 0;
             self.draining.insert(slot, b);
         }
         let services: BTreeSet<ServiceKey> = keep.iter().map(|(s, _)| *s).collect();
