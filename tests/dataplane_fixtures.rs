@@ -359,17 +359,34 @@ fn benchmark_floors_swap_macs() {
 /// `x`'s servers': there must be none.
 #[test]
 fn reloads_under_traffic_never_tear_a_service_or_a_mac() {
-    hammer("wlc");
+    hammer("wlc", Updates::Reloads);
 }
 
-/// The same with Maglev: every reload changes `x`'s 65,537-entry table, so all tables move
-/// to the other half of the scheduler array while packets read the old one.
+/// The same with Maglev: every reload changes `x`'s 65,521-entry table, so all tables move
+/// to the other half of the scheduler array while packets read the old one (from clients
+/// all over it: Maglev hashes the client's address).
 #[test]
 fn reloads_under_traffic_never_tear_a_maglev_table() {
-    hammer("mh");
+    hammer("mh", Updates::Reloads);
 }
 
-fn hammer(scheduler: &str) {
+/// The same with the path health verdicts and neighbour changes take: `x` keeps its four
+/// servers, two of them go down and up and every MAC changes, written by
+/// `tables::update_services` and `Dataplane::apply_only` alone.
+#[test]
+fn verdicts_under_traffic_never_tear_a_service_or_a_mac() {
+    hammer("wlc", Updates::Verdicts);
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Updates {
+    /// Full builds, `x` between 2 and 4 servers.
+    Reloads,
+    /// Targeted updates of `x` only.
+    Verdicts,
+}
+
+fn hammer(scheduler: &str, updates: Updates) {
     if support::skip_unless_root() {
         return;
     }
@@ -384,7 +401,7 @@ fn hammer(scheduler: &str) {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     // Both handles share maps through pins in a private bpffs (gone with the unmount).
-    let bpffs = std::env::temp_dir().join(format!("drlb-hammer-{scheduler}-{}", std::process::id()));
+    let bpffs = std::env::temp_dir().join(format!("drlb-hammer-{scheduler}-{}-{}", updates as u8, std::process::id()));
     std::fs::create_dir_all(&bpffs).unwrap();
     nix::mount::mount(Some("bpf"), &bpffs, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>).unwrap();
     struct Unmount(std::path::PathBuf);
@@ -427,10 +444,32 @@ fn hammer(scheduler: &str) {
         s.spawn(|| {
             run_on_cpu(cpus[1]);
             let mut n = 0usize;
+            let mut tables = first.clone();
+            let all = &configs[1];
+            if updates == Updates::Verdicts {
+                tables = lb_userspace::control::tables::build_with(all, &macs(false), DIRECTOR_MAC, &mut slots, &Down::default(), reloader.applied()).unwrap();
+                reloader.apply(&tables).unwrap();
+            }
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                let t = lb_userspace::control::tables::build_with(&configs[n % 2], &macs(n % 4 >= 2), DIRECTOR_MAC, &mut slots, &Down::default(), reloader.applied()).unwrap();
-                reloader.apply(&t).unwrap();
+                match updates {
+                    Updates::Reloads => {
+                        let t = lb_userspace::control::tables::build_with(&configs[n % 2], &macs(n % 4 >= 2), DIRECTOR_MAC, &mut slots, &Down::default(), reloader.applied()).unwrap();
+                        reloader.apply(&t).unwrap();
+                    }
+                    Updates::Verdicts => {
+                        // 12 and 13 down in turn, and every MAC switching, on `x` alone.
+                        let mut down = Down::default();
+                        for (bit, last) in [(1, 12u8), (2, 13)] {
+                            if n & bit != 0 {
+                                down.insert(("x".into(), format!("198.18.0.{last}").parse().unwrap()));
+                            }
+                        }
+                        let changes = lb_userspace::control::tables::update_services(&mut tables, all, &macs(n & 4 != 0), DIRECTOR_MAC, &mut slots, &down, &[0])
+                            .expect("a wlc service without a sorry server is updated alone");
+                        reloader.apply_only(&tables, &changes.services, &changes.slots).unwrap();
+                    }
+                }
                 reloads.fetch_add(1, Ordering::Relaxed);
             }
         });
@@ -440,7 +479,8 @@ fn hammer(scheduler: &str) {
         let mut sport = 1024u16;
         while started.elapsed() < std::time::Duration::from_secs(3) {
             sport = if sport == u16::MAX { 1024 } else { sport + 1 };
-            let frame = tcp_to(vip(WEB), sport, 80, SYN);
+            // A client per port: Maglev reads a table entry per client address.
+            let frame = tcp_from([198, 19, (sport >> 8) as u8, sport as u8], vip(WEB), sport, 80, SYN);
             let mut out = vec![0u8; frame.len() + 256];
             let r = prog.test_run(TestRunOptions { data_in: Some(&frame), data_out: Some(&mut out), ..TestRunOptions::new() }).unwrap();
             sent.fetch_add(1, Ordering::Relaxed);
@@ -456,7 +496,8 @@ fn hammer(scheduler: &str) {
     });
     let (sent, outside, reloads) = (sent.into_inner(), outside.into_inner(), reloads.into_inner());
     let reasons = lb_userspace::kernel::bpf::format_counters(&sender.counters().unwrap());
-    println!("hammer ({scheduler}): {sent} SYNs, {reloads} reloads, {outside} sent outside service x ({reasons})");
+    let what = if updates == Updates::Verdicts { "targeted updates" } else { "reloads" };
+    println!("hammer ({scheduler}, {what}): {sent} SYNs, {reloads} reloads, {outside} sent outside service x ({reasons})");
     assert!(reloads >= 50 && sent >= 10_000, "too little happened to mean anything: {reloads} reloads, {sent} packets");
     assert_eq!(outside, 0, "packets not forwarded to service x's servers: {examples:?}; reasons: {reasons}");
 }
