@@ -38,7 +38,8 @@ fn quick_bench_reports_every_ratio() {
 /// checked real servers, connections written into its table, timed verdicts and a reload
 /// under keep-alive traffic. The figures of a quick run are not the report's; what must
 /// hold at any size does: the sweep read every connection, verdicts and the reload reached
-/// the maps, no keep-alive request failed or moved, the reload kept the table, and nothing
+/// the maps (the bench fails otherwise), the reload applied every service, no keep-alive
+/// request failed or moved, the reload kept the table, and nothing
 /// is left behind (the lab's namespaces go with their descriptors; the bpffs, pid and
 /// state files, and the ARP-table sysctls it raised are restored).
 #[test]
@@ -58,13 +59,18 @@ fn quick_controller_bench_measures_and_disturbs_nothing() {
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     let num = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {r:#}"));
     assert!(num("sweep_entries") >= num("connections"), "{r:#}");
-    for k in ["cpu_checks", "cpu_checks_floor", "cpu_with_connections", "verdict_down_ms", "verdict_up_ms", "reload_ms"] {
+    // CPU read from /proc moved (an unreadable or misparsed stat reads 0); no figure is
+    // held to its target here: a quick run on a busy machine means nothing.
+    for k in ["cpu_checks", "cpu_checks_floor", "cpu_with_connections"] {
         assert!(num(k) > 0.0 && num(k).is_finite(), "{k}: {r:#}");
     }
+    // The controller times its reload from the signal's arrival, the bench from sending it.
+    assert!(num("reload_ms") <= num("reload_seen_ms"), "{r:#}");
     assert!(num("reload_requests") > 0.0, "{r:#}");
     assert_eq!(num("reload_failures"), 0.0, "keep-alive requests failed across the reload: {r:#}");
     assert!(num("table_after_reload") >= num("table_before_reload"), "the reload lost connections: {r:#}");
-    assert!(num("reload_services") >= 512.0, "{r:#}");
+    let quick = lb_userspace::bench::controller::ControllerOptions::quick();
+    assert_eq!(num("reload_services"), quick.reload_services as f64, "the reload applied every service: {r:#}");
     assert!(std::fs::read_dir(&out_dir).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().ends_with("-controller.md")));
     std::fs::remove_dir_all(&out_dir).ok();
     assert_eq!(thresh(), before, "the ARP table's gc_thresh3 was not restored");
