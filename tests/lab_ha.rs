@@ -148,7 +148,12 @@ fn graceful_keepalived_stop_and_killed_drlb_keep_every_connection() {
     let fresh = lab.http_requests(10, Duration::from_secs(3)).unwrap();
     assert_eq!(fresh.ok, 10, "new connections: {:?}", fresh.first_error);
     let (_, report) = lab.director_doctor("director2", drlb()).unwrap();
-    assert!(report.contains("this director receives its traffic"), "{report}");
+    assert!(
+        report.contains("this director receives its traffic"),
+        "{report}\nkeepalived on director:\n{}\nkeepalived on director2:\n{}",
+        lab.keepalived_log("director"),
+        lab.keepalived_log("director2")
+    );
 
     // Neither director holds the VIP now: doctor says so, with the fix.
     lab.stop_keepalived("director2").unwrap();
@@ -237,7 +242,14 @@ fn bad_sync_input_is_counted_and_never_stalls() {
     .unwrap();
     let report = load.finish().unwrap();
     println!("flood: {sent} datagrams of 40 records; load meanwhile: {} ok, {} failed", report.ok, report.failures.len());
-    assert!(report.failures.is_empty(), "requests failed during the flood: {:?}", &report.failures[..report.failures.len().min(3)]);
+    if !report.failures.is_empty() {
+        let status = lab.drlb_cli(drlb(), &["status", "--reasons"]).unwrap_or_default();
+        panic!(
+            "requests failed during the flood: {:?}\ndrlb status --reasons:\n{status}\ndrlb's log:\n{}",
+            &report.failures[..report.failures.len().min(3)],
+            lab.stop_drlb().unwrap_or_default()
+        );
+    }
     assert!(report.ok > 50, "too little load to mean anything: {}", report.ok);
 
     std::thread::sleep(Duration::from_millis(1500));
