@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use drlb_lab::flood::spoofed_syns;
-use drlb_lab::{connect_from, in_netns, keepalive_get, Lab, CLIENT2_ADDR, CLIENT_ADDR, VIP};
+use drlb_lab::{connect_from, in_netns, keepalive_request, Lab, CLIENT2_ADDR, CLIENT_ADDR, VIP};
 use lb_userspace::control::config::XdpMode;
 
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -59,7 +59,7 @@ fn talk(held: &mut [TcpStream], stop: &AtomicBool) -> Talk {
         let round = Instant::now();
         for (i, s) in held.iter_mut().enumerate() {
             let started = Instant::now();
-            match keepalive_get(s) {
+            match keepalive_request(s) {
                 Ok(_) => t.slowest = t.slowest.max(started.elapsed()),
                 Err(e) => t.failures.push(format!("connection {i}: {e:#}")),
             }
@@ -75,7 +75,7 @@ fn open_new(lab: &Lab, stop: &AtomicBool) -> (usize, usize) {
     in_netns(&lab.ns("client"), || {
         let (mut ok, mut failed) = (0, 0);
         while !stop.load(Ordering::Relaxed) {
-            let attempt = connect_from(CLIENT2_ADDR, SocketAddr::from((VIP, 80)), Duration::from_secs(2)).and_then(|mut s| keepalive_get(&mut s));
+            let attempt = connect_from(CLIENT2_ADDR, SocketAddr::from((VIP, 80)), Duration::from_secs(2)).and_then(|mut s| keepalive_request(&mut s));
             if attempt.is_ok() { ok += 1 } else { failed += 1 }
             std::thread::sleep(Duration::from_millis(20));
         }

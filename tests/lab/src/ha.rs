@@ -244,7 +244,7 @@ impl Lab {
                 .map(|conn| {
                     s.spawn(move || {
                         let _ = conn.set_read_timeout(Some(timeout));
-                        let result = keepalive_get(conn).map_err(|e| format!("{e:#}")).and_then(|body| {
+                        let result = keepalive_request(conn).map_err(|e| format!("{e:#}")).and_then(|body| {
                             ALL_REAL_SERVERS.iter().position(|rs| body.trim() == rs.role).ok_or_else(|| format!("unexpected body {body:?}"))
                         });
                         Answer { result, after: start.elapsed() }

@@ -467,7 +467,7 @@ impl Lab {
     pub fn requests_on(&self, held: &mut [TcpStream]) -> Result<Vec<usize>> {
         held.iter_mut()
             .map(|s| {
-                let body = keepalive_get(s)?;
+                let body = keepalive_request(s)?;
                 ALL_REAL_SERVERS.iter().position(|rs| body.trim() == rs.role).ok_or_else(|| anyhow!("unexpected body {body:?}"))
             })
             .collect()
@@ -584,7 +584,7 @@ impl Lab {
             for k in 0..n {
                 let mut s = connect_from(source, SocketAddr::from((VIP, 80)), Duration::from_secs(3))
                     .with_context(|| format!("connection {k} of {n} from {source}"))?;
-                let body = keepalive_get(&mut s).with_context(|| format!("request on connection {k} of {n}"))?;
+                let body = keepalive_request(&mut s).with_context(|| format!("request on connection {k} of {n}"))?;
                 let rs = ALL_REAL_SERVERS
                     .iter()
                     .position(|rs| body.trim() == rs.role)
@@ -723,30 +723,6 @@ pub fn connect_from(source: Ipv4Addr, to: SocketAddr, timeout: Duration) -> Resu
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     Ok(s)
-}
-
-/// One HTTP/1.1 GET on a connection that stays open; returns the body.
-pub fn keepalive_get(s: &mut TcpStream) -> Result<String> {
-    s.write_all(format!("GET / HTTP/1.1\r\nHost: {VIP}\r\nUser-Agent: drlb-lab\r\n\r\n").as_bytes())?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = s.read(&mut chunk).context("read")?;
-        if n == 0 {
-            bail!("connection closed before the response was complete");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
-                .ok_or_else(|| anyhow!("no Content-Length in {head:?}"))?;
-            if body.len() >= len {
-                return Ok(body[..len].to_string());
-            }
-        }
-    }
 }
 
 /// SIGTERM, then SIGKILL after `grace`.
