@@ -12,10 +12,11 @@ mod xdp_packet;
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{LruHashMap, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use lb_common::conn::{Conn, ConnKey};
+use lb_common::halfopen::{self, HalfOpen, HALF_OPEN_SIZE};
 use lb_common::packet::Packet;
 use xdp_packet::XdpPacket;
 
@@ -59,6 +60,24 @@ pub fn drlb_floor_insert(ctx: XdpContext) -> u32 {
     };
     let key = ConnKey::v4(src, dst, (ports as u16).swap_bytes(), ((ports >> 16) as u16).swap_bytes(), 6);
     floor_record_conn(&key);
+    if !swap_macs(&mut pkt) {
+        return xdp_action::XDP_PASS;
+    }
+    xdp_action::XDP_TX
+}
+
+/// Benchmark floor (d): the least a new flow costs a balancer that keeps any state for
+/// it — one 64-byte entry, chosen by the 5-tuple's hash in a table as large as drlb's
+/// half-open table, read and written — on top of floor (b). No lookup of an existing
+/// connection: (d) is below what an IPVS-compatible SYN can cost, a bound, not a design.
+#[xdp]
+pub fn drlb_floor_record(ctx: XdpContext) -> u32 {
+    let mut pkt = XdpPacket::of(&ctx);
+    let (Some(src), Some(dst), Some(ports)) = (pkt.load_u32(26), pkt.load_u32(30), pkt.load_u32(34)) else {
+        return xdp_action::XDP_PASS;
+    };
+    let key = ConnKey::v4(src, dst, (ports as u16).swap_bytes(), ((ports >> 16) as u16).swap_bytes(), 6);
+    floor_record_entry(&key);
     if !swap_macs(&mut pkt) {
         return xdp_action::XDP_PASS;
     }
@@ -144,6 +163,28 @@ static FLOOR_CONNS: LruHashMap<ConnKey, Conn> = LruHashMap::with_max_entries(1, 
 fn floor_record_conn(key: &ConnKey) {
     if FLOOR_CONNS.get_ptr(key).is_none() {
         let _ = FLOOR_CONNS.insert(key, &Conn::default(), 0);
+    }
+}
+
+/// Floor (d)'s table: as many 64-byte entries as drlb's half-open table.
+#[map(name = "DRLB_FLOOR_RECORDS")]
+static FLOOR_RECORDS: Array<HalfOpen> = Array::with_max_entries(HALF_OPEN_SIZE, 0);
+
+/// Reads the entry at `key`'s hash and writes it back holding `key`, word by word as the
+/// balancer reads and writes its half-open entries.
+#[inline(always)]
+fn floor_record_entry(key: &ConnKey) {
+    let Some(p) = FLOOR_RECORDS.get_ptr_mut(halfopen::bucket(key)) else { return };
+    let p = p.cast::<u64>();
+    let mut entry = HalfOpen { key: *key, conn: Conn::default() };
+    // SAFETY: `p` points to a 64-byte array value, 8-aligned; every index is < 8. Only the
+    // benchmark runs this program, one frame at a time.
+    unsafe {
+        entry.conn.last_seen = core::ptr::read_volatile(p.add(5)).wrapping_add(1);
+        let words = &*(&entry as *const HalfOpen as *const [u64; 8]);
+        for (i, w) in words.iter().enumerate() {
+            core::ptr::write_volatile(p.add(i), *w);
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use lb_common::verdict::{Verdict, XDP_PASS, XDP_TX};
 use serde::Serialize;
 
 use crate::control::config::Config;
-use crate::kernel::bpf::{Counters, Dataplane, Tools, PROGRAM_FLOOR_INSERT, PROGRAM_FLOOR_SWAP, PROGRAM_LB, PROGRAM_PASS};
+use crate::kernel::bpf::{Counters, Dataplane, Tools, PROGRAM_FLOOR_INSERT, PROGRAM_FLOOR_RECORD, PROGRAM_FLOOR_SWAP, PROGRAM_LB, PROGRAM_PASS};
 use crate::kernel::mac::Mac;
 use traffic::Size;
 
@@ -108,6 +108,10 @@ pub struct Figure {
     /// floor (b).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub floor_insert: Option<Spread>,
+    /// Floor (d), for new-flow scenarios: one 64-byte entry at the flow's hash read and
+    /// written on top of floor (b) — the least any balancer keeping per-flow state pays.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor_record: Option<Spread>,
 }
 
 impl Figure {
@@ -282,15 +286,16 @@ pub fn run(opts: &Options) -> Result<Results> {
             floor_pass: Spread::of(a),
             floor_swap: Spread::of(s),
             floor_insert: None,
+            floor_record: None,
         });
     }
 
     // Traces: each packet once (cache behaviour of real traffic).
     let mut next_new_flow = opts.small_flows + opts.large_flows;
-    // `new_flows`: also run floor (c) over the same frames (all of them new flows).
+    // `new_flows`: also run floors (c) and (d) over the same frames (all of them new flows).
     let mut trace_case = |name: &str, size: Size, make: &mut dyn FnMut(&mut u32) -> Vec<Vec<u8>>, reasons: &[Verdict], new_flows: bool| -> Result<Figure> {
         b.progress.set_message(format!("{name} ({})", size.name()));
-        let (mut d, mut a, mut s, mut c) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut d, mut a, mut s, mut c, mut r) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut n = 0;
         for _ in 0..opts.runs {
             let frames = make(&mut next_new_flow);
@@ -302,6 +307,7 @@ pub fn run(opts: &Options) -> Result<Results> {
             s.push(b.trace(PROGRAM_FLOOR_SWAP, &frames, XDP_TX)?);
             if new_flows {
                 c.push(b.trace(PROGRAM_FLOOR_INSERT, &frames, XDP_TX)?);
+                r.push(b.trace(PROGRAM_FLOOR_RECORD, &frames, XDP_TX)?);
             }
         }
         Ok(Figure {
@@ -313,6 +319,7 @@ pub fn run(opts: &Options) -> Result<Results> {
             floor_pass: Spread::of(a),
             floor_swap: Spread::of(s),
             floor_insert: new_flows.then(|| Spread::of(c)),
+            floor_record: new_flows.then(|| Spread::of(r)),
         })
     };
     let syn_n = opts.syn_flows;
@@ -371,6 +378,7 @@ pub fn run(opts: &Options) -> Result<Results> {
             floor_pass: Spread::of(a),
             floor_swap: Spread::of(s),
             floor_insert: None,
+            floor_record: None,
         });
     }
     b.progress.finish_and_clear();
@@ -395,6 +403,11 @@ pub fn run(opts: &Options) -> Result<Results> {
     {
         ratios.insert("syn_insert_floor".to_string(), c.median / f.floor_swap.median);
     }
+    if let Some(f) = figures.iter().find(|f| f.name.starts_with("SYN storm") && f.size == "64B")
+        && let Some(d) = f.floor_record
+    {
+        ratios.insert("syn_record_floor".to_string(), d.median / f.floor_swap.median);
+    }
     if let Some(r) = find("non-VIP", "hot loop", "64B") {
         ratios.insert("non_vip".to_string(), r);
     }
@@ -410,6 +423,7 @@ pub fn run(opts: &Options) -> Result<Results> {
         ("non_vip", "<= 1.5 x floor (b)"),
         ("live", ">= 0.80 of the bare MAC-swap program"),
         ("syn_insert_floor", "none: floor (c) / floor (b), what a connection-table insert costs"),
+        ("syn_record_floor", "none: floor (d) / floor (b), what writing one entry of per-flow state costs"),
         ("live_syn_flood", "none: established Mpps while the other core floods SYNs / without"),
     ]
     .into_iter()

@@ -118,21 +118,29 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
     if !new_flow.is_empty() {
         let _ = writeln!(
             o,
-            "\n## New flows: what the connection-table insert alone costs\n\n\
+            "\n## New flows: what keeping state costs\n\n\
              Floor (c) is floor (b) plus what any balancer that records connections in a kernel LRU hash does for \
              a new flow: one lookup of the 5-tuple (a miss) and one insert, into a table of the same size, over the \
-             same SYNs. It bounds a SYN's cost from below for drlb and Katran alike.\n\n\
-             | scenario | size | floor (b) ns | floor (c) ns | floor (c) × floor (b) | drlb ns | drlb − floor (c) ns |\n\
-             | --- | --- | --- | --- | --- | --- | --- |"
+             same SYNs. It bounds a SYN's cost from below for drlb and Katran alike. Floor (d) is floor (b) plus the \
+             least any balancer that keeps per-flow state does: one 64-byte entry at the flow's hash, in a table as \
+             large as drlb's half-open table, read and written — no lookup of an existing connection, so below what \
+             an IPVS-compatible SYN can cost.\n\n\
+             | scenario | size | floor (b) ns | floor (d) ns | floor (d) × floor (b) | floor (c) ns | floor (c) × floor (b) | drlb ns | drlb − floor (c) ns |\n\
+             | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
         );
         for f in new_flow {
             let c = f.floor_insert.expect("filtered");
+            let d = f.floor_record.unwrap_or_default();
             let _ = writeln!(
                 o,
-                "| {} | {} | {:.1} | {:.1} / {:.1} / {:.1} | {:.2} | {:.1} | {:.1} |",
+                "| {} | {} | {:.1} | {:.1} / {:.1} / {:.1} | {:.2} | {:.1} / {:.1} / {:.1} | {:.2} | {:.1} | {:.1} |",
                 f.name,
                 f.size,
                 f.floor_swap.median,
+                d.min,
+                d.median,
+                d.max,
+                d.median / f.floor_swap.median,
                 c.min,
                 c.median,
                 c.max,

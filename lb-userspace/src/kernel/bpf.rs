@@ -36,6 +36,9 @@ pub const PROGRAM_PASS: &str = "drlb_pass";
 pub const PROGRAM_FLOOR_SWAP: &str = "drlb_floor_swap";
 /// Tools: benchmark floor (c), a connection-table lookup and insert, then floor (b).
 pub const PROGRAM_FLOOR_INSERT: &str = "drlb_floor_insert";
+/// Tools: benchmark floor (d), one 64-byte entry at the flow's hash read and written, then
+/// floor (b).
+pub const PROGRAM_FLOOR_RECORD: &str = "drlb_floor_record";
 /// Tools: benchmark generator (XDP_TX unchanged) and sink (count, XDP_DROP).
 pub const PROGRAM_BENCH_TX: &str = "drlb_bench_tx";
 pub const PROGRAM_BENCH_SINK: &str = "drlb_bench_sink";
@@ -90,7 +93,7 @@ impl Tools {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(MAP_FLOOR_CONNS, floor_conn_table_size.max(1));
         let mut ebpf = loader.load(TOOLS_OBJECT).context("loading drlb's tools object")?;
-        load_programs(&mut ebpf, &[PROGRAM_PASS, PROGRAM_FLOOR_SWAP, PROGRAM_FLOOR_INSERT, PROGRAM_BENCH_TX, PROGRAM_BENCH_SYN_TX, PROGRAM_BENCH_SINK])?;
+        load_programs(&mut ebpf, &[PROGRAM_PASS, PROGRAM_FLOOR_SWAP, PROGRAM_FLOOR_INSERT, PROGRAM_FLOOR_RECORD, PROGRAM_BENCH_TX, PROGRAM_BENCH_SYN_TX, PROGRAM_BENCH_SINK])?;
         Ok(Tools { ebpf })
     }
 
