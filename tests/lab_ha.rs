@@ -150,7 +150,9 @@ fn graceful_keepalived_stop_and_killed_drlb_keep_every_connection() {
     let (_, report) = lab.director_doctor("director2", drlb()).unwrap();
     assert!(
         report.contains("this director receives its traffic"),
-        "{report}\nkeepalived on director:\n{}\nkeepalived on director2:\n{}",
+        "{report}\nVIP on director: {}, on director2: {}\nkeepalived on director:\n{}\nkeepalived on director2:\n{}",
+        lab.holds_vip("director"),
+        lab.holds_vip("director2"),
         lab.keepalived_log("director"),
         lab.keepalived_log("director2")
     );

@@ -716,6 +716,10 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
             Some(done) = sweeps.recv() => c.on_sweep(done),
             _ = observe.tick() => {
                 c.retry_if_stale();
+                // Listed again every second, not only on a notification: a notification
+                // the kernel dropped would leave VIP ownership wrong in status, metrics,
+                // `drlb ready` and sync until the next move.
+                c.follow_addresses().await;
                 c.write_state();
                 // Real servers without a MAC are asked for again every second, not only at
                 // the 30 s refresh: after the director's link flaps (the kernel fails every
@@ -728,7 +732,12 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
             }
             Some(r) = rounds.recv() => c.on_rounds(r, &mut rounds),
             Some(records) = next_synced(&mut sync_inbox) => c.install_synced(records),
-            Some(ifindex) = addresses.next() => if ifindex == c.iface.index { c.follow_addresses().await },
+            change = addresses.next() => {
+                let Some(change) = change else { bail!("the address-change subscription ended") };
+                if change.concerns(c.iface.index) {
+                    c.follow_addresses().await;
+                }
+            }
             _ = refresh.tick() => {
                 for addr in c.wanted() {
                     if let Err(e) = netlink::trigger_resolution(&c.handle, c.iface.index, addr).await {

@@ -212,15 +212,25 @@ pub async fn neighbour_states(handle: &Handle, ifindex: u32) -> Result<HashMap<I
 /// Asks the kernel to resolve (or re-confirm) `addr` on `ifindex` now: an RTM_NEWNEIGH with
 /// NTF_USE, which makes the kernel send ARP as if it had a packet for the address.
 pub async fn trigger_resolution(handle: &Handle, ifindex: u32, addr: IpAddr) -> Result<()> {
-    handle
-        .neighbours()
-        .add(ifindex, addr)
-        .state(NeighbourState::None)
-        .flags(NeighbourFlags::Use)
-        .replace()
-        .execute()
-        .await
-        .with_context(|| format!("asking the kernel to resolve the MAC of {addr}"))
+    let request = handle.neighbours().add(ifindex, addr).state(NeighbourState::None).flags(NeighbourFlags::Use).replace().execute();
+    within_reply_time(request, || format!("asking the kernel to resolve the MAC of {addr}")).await
+}
+
+/// How long the kernel gets to answer one rtnetlink request. It answers in microseconds;
+/// a reply that never comes (a lost message, a wedged socket) must not stop the controller's
+/// one-thread event loop, which also health-checks and keeps the state file fresh.
+pub const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Runs a netlink request, failing after [`REPLY_TIMEOUT`] with `what` as context.
+async fn within_reply_time<T, E, W>(request: impl std::future::Future<Output = Result<T, E>>, what: impl Fn() -> W) -> Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+    W: std::fmt::Display + Send + Sync + 'static,
+{
+    match tokio::time::timeout(REPLY_TIMEOUT, request).await {
+        Ok(r) => r.with_context(what),
+        Err(_) => Err(anyhow::anyhow!("no reply from the kernel in {} s", REPLY_TIMEOUT.as_secs())).with_context(what),
+    }
 }
 
 /// Neighbour-table changes, as they happen.
@@ -256,18 +266,21 @@ impl NeighbourWatch {
 
 /// Every address on interface `ifindex` now (IPv4 and IPv6).
 pub async fn addresses(handle: &Handle, ifindex: u32) -> Result<Vec<IpAddr>> {
-    let mut out = Vec::new();
-    let mut dump = handle.address().get().set_link_index_filter(ifindex).execute();
-    while let Some(msg) = dump.try_next().await.context("listing the interface's addresses")? {
-        for attr in &msg.attributes {
-            if let AddressAttribute::Local(a) | AddressAttribute::Address(a) = attr
-                && !out.contains(a)
-            {
-                out.push(*a);
+    let list = async {
+        let mut out = Vec::new();
+        let mut dump = handle.address().get().set_link_index_filter(ifindex).execute();
+        while let Some(msg) = dump.try_next().await? {
+            for attr in &msg.attributes {
+                if let AddressAttribute::Local(a) | AddressAttribute::Address(a) = attr
+                    && !out.contains(a)
+                {
+                    out.push(*a);
+                }
             }
         }
-    }
-    Ok(out)
+        Ok::<_, rtnetlink::Error>(out)
+    };
+    within_reply_time(list, || "listing the interface's addresses").await
 }
 
 /// Address changes (RTM_NEWADDR/RTM_DELADDR), whoever makes them: keepalived moving a
@@ -286,17 +299,39 @@ impl AddressWatch {
         Ok(AddressWatch { messages })
     }
 
-    /// The interface index of the next address change; `None` if the subscription ended.
-    pub async fn next(&mut self) -> Option<u32> {
+    /// The next address change; `None` if the subscription ended.
+    pub async fn next(&mut self) -> Option<AddressChange> {
         use futures::StreamExt as _;
         loop {
             let (msg, _) = self.messages.next().await?;
             match msg.payload {
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a)) => {
-                    return Some(a.header.index);
+                    return Some(AddressChange::On(a.header.index));
                 }
+                // The kernel dropped notifications (the socket's buffer was full): which
+                // interfaces changed is lost.
+                NetlinkPayload::Overrun(_) => return Some(AddressChange::Unknown),
                 _ => {}
             }
+        }
+    }
+}
+
+/// What [`AddressWatch::next`] learnt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressChange {
+    /// An address of this interface (by index) came or went.
+    On(u32),
+    /// Notifications were lost: any interface may have changed.
+    Unknown,
+}
+
+impl AddressChange {
+    /// Whether the addresses of interface `ifindex` must be listed again.
+    pub fn concerns(self, ifindex: u32) -> bool {
+        match self {
+            AddressChange::On(i) => i == ifindex,
+            AddressChange::Unknown => true,
         }
     }
 }
