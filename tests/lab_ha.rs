@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use drlb_lab::ha::Answer;
-use drlb_lab::{Lab, CLIENT_ADDR};
+use drlb_lab::{Lab, CLIENT_ADDR, VIP};
 use lb_userspace::control::config::XdpMode;
 
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -116,6 +116,24 @@ fn link_down_failover_and_fail_back_keep_every_connection() {
     assert_all_continued(&answers, failback, "fail-back");
     let fresh = lab.http_requests(10, Duration::from_secs(3)).unwrap();
     assert_eq!(fresh.ok, 10, "new connections after fail-back: {:?}", fresh.first_error);
+    // The backup's doctor asks the segment, not its neighbour table: a STALE entry with a
+    // MAC nobody has is not taken for the master.
+    stale_vip_neighbour(&lab, "director2");
+    let (_, report) = lab.director_doctor("director2", drlb()).unwrap();
+    assert!(report.contains("another director holds it") && !report.contains(STALE_MAC), "{report}");
+}
+
+/// A MAC no interface of the lab has.
+const STALE_MAC: &str = "02:00:00:00:0d:0d";
+
+/// Leaves a STALE neighbour entry for the VIP, with [`STALE_MAC`], on `role`'s eth0: what a
+/// director keeps for a while after the VIP's holder went away.
+fn stale_vip_neighbour(lab: &Lab, role: &str) {
+    let out = std::process::Command::new("ip")
+        .args(["-n", &lab.ns(role), "neigh", "replace", &VIP.to_string(), "lladdr", STALE_MAC, "dev", "eth0", "nud", "stale"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ip neigh replace: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// (b) keepalived on the master stops gracefully (priority 0: the backup takes over at
@@ -157,8 +175,10 @@ fn graceful_keepalived_stop_and_killed_drlb_keep_every_connection() {
         lab.keepalived_log("director2")
     );
 
-    // Neither director holds the VIP now: doctor says so, with the fix.
+    // Neither director holds the VIP now: doctor says so, with the fix — also when a STALE
+    // neighbour entry remembers a MAC for it.
     lab.stop_keepalived("director2").unwrap();
+    stale_vip_neighbour(&lab, "director2");
     let (ok, report) = lab.director_doctor("director2", drlb()).unwrap();
     assert!(!ok && report.contains("FAIL vip") && report.contains("held by no director"), "{report}");
 }

@@ -151,18 +151,11 @@ fn usable(state: NeighbourState) -> bool {
 
 fn decode(msg: &NeighbourMessage, removed: bool) -> Option<NeighbourEvent> {
     let ifindex = msg.header.ifindex;
-    let addr = msg.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
-        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
-        _ => None,
-    })?;
+    let addr = destination(msg)?;
     if removed {
         return Some(NeighbourEvent::Removed { ifindex, addr });
     }
-    let mac = msg.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => Some([b[0], b[1], b[2], b[3], b[4], b[5]]),
-        _ => None,
-    });
+    let mac = link_layer_address(msg);
     match (usable(msg.header.state), mac) {
         (true, Some(mac)) => Some(NeighbourEvent::Resolved { ifindex, addr, mac }),
         _ if msg.header.state == NeighbourState::Failed => Some(NeighbourEvent::Failed { ifindex, addr }),
@@ -192,21 +185,60 @@ pub async fn neighbour_states(handle: &Handle, ifindex: u32) -> Result<HashMap<I
         if msg.header.ifindex != ifindex {
             continue;
         }
-        let Some(addr) = msg.attributes.iter().find_map(|a| match a {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
-            _ => None,
-        }) else {
-            continue;
-        };
-        let mac = msg.attributes.iter().find_map(|a| match a {
-            NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => Some([b[0], b[1], b[2], b[3], b[4], b[5]]),
-            _ => None,
-        });
+        let Some(addr @ IpAddr::V4(_)) = destination(&msg) else { continue };
+        let mac = link_layer_address(&msg);
         let state = format!("{:?}", msg.header.state).to_uppercase();
         let usable = usable(msg.header.state);
         out.insert(addr, (if usable { mac } else { None }, state));
     }
     Ok(out)
+}
+
+/// The MAC of `addr` on `ifindex` if the kernel heard it answer recently (REACHABLE, or an
+/// entry an operator set): proof that something holds the address now, which a STALE entry
+/// (a MAC learnt minutes ago, still used for sending) is not.
+pub async fn answered_recently(handle: &Handle, ifindex: u32, addr: IpAddr) -> Result<Option<Mac>> {
+    let mut dump = handle.neighbours().get().execute();
+    while let Some(msg) = dump.try_next().await.context("dumping the neighbour table")? {
+        if msg.header.ifindex != ifindex || destination(&msg) != Some(addr) {
+            continue;
+        }
+        if !matches!(msg.header.state, NeighbourState::Reachable | NeighbourState::Permanent | NeighbourState::Noarp) {
+            return Ok(None);
+        }
+        return Ok(link_layer_address(&msg));
+    }
+    Ok(None)
+}
+
+/// Deletes the neighbour entry of `addr` on `ifindex`, if any and not one an operator set,
+/// so that the next resolution asks the segment at once: the kernel re-checks a STALE entry
+/// only after `delay_first_probe_time` (5 s).
+pub async fn forget_neighbour(handle: &Handle, ifindex: u32, addr: IpAddr) -> Result<()> {
+    let mut dump = handle.neighbours().get().execute();
+    while let Some(msg) = dump.try_next().await.context("dumping the neighbour table")? {
+        if msg.header.ifindex == ifindex && destination(&msg) == Some(addr) && msg.header.state != NeighbourState::Permanent {
+            return within_reply_time(handle.neighbours().del(msg).execute(), || format!("deleting the neighbour entry of {addr}")).await;
+        }
+    }
+    Ok(())
+}
+
+/// The MAC a neighbour message holds, if an Ethernet one.
+fn link_layer_address(msg: &NeighbourMessage) -> Option<Mac> {
+    msg.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => Some([b[0], b[1], b[2], b[3], b[4], b[5]]),
+        _ => None,
+    })
+}
+
+/// The address a neighbour message is about.
+fn destination(msg: &NeighbourMessage) -> Option<IpAddr> {
+    msg.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    })
 }
 
 /// Asks the kernel to resolve (or re-confirm) `addr` on `ifindex` now: an RTM_NEWNEIGH with

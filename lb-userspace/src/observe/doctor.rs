@@ -54,15 +54,15 @@ fn read_sysctl(iface: &str, key: &str) -> Option<u32> {
     std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{iface}/{key}")).ok()?.trim().parse().ok()
 }
 
-/// The MAC that answers ARP for `addr` on interface `ifindex` within a second, if any.
+/// The MAC that answers ARP for `addr` on interface `ifindex` within a second, if any. The
+/// kernel's entry is asked afresh: a STALE one only says something answered once.
 async fn held_elsewhere(handle: &rtnetlink::Handle, ifindex: u32, addr: IpAddr) -> Option<crate::kernel::mac::Mac> {
+    netlink::forget_neighbour(handle, ifindex, addr).await.ok()?;
     netlink::trigger_resolution(handle, ifindex, addr).await.ok()?;
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if let Ok(n) = netlink::neighbours(handle, ifindex).await
-            && let Some(mac) = n.get(&addr)
-        {
-            return Some(*mac);
+        if let Ok(Some(mac)) = netlink::answered_recently(handle, ifindex, addr).await {
+            return Some(mac);
         }
     }
     None
