@@ -1,6 +1,6 @@
 //! drlb's tools object: programs the lab and `drlb bench` load beside the balancer, kept
 //! out of the object `drlb run` loads. An XDP_PASS program for veth peers (and benchmark
-//! floor (a)), floors (b) and (c), and the live benchmark's generator and sink.
+//! floor (a)), floors (b), (c) and (d), and the live benchmark's generator and sink.
 #![no_std]
 #![no_main]
 #![feature(asm_experimental_arch)]
@@ -177,8 +177,9 @@ fn floor_record_entry(key: &ConnKey) {
     let Some(p) = FLOOR_RECORDS.get_ptr_mut(halfopen::bucket(key)) else { return };
     let p = p.cast::<u64>();
     let mut entry = HalfOpen { key: *key, conn: Conn::default() };
-    // SAFETY: `p` points to a 64-byte array value, 8-aligned; every index is < 8. Only the
-    // benchmark runs this program, one frame at a time.
+    // SAFETY: `p` points to a 64-byte array value, 8-aligned; every index is < 8. `entry`
+    // is a HalfOpen, 64 bytes of plain words without padding (asserted in lb-common), read
+    // as the eight words it is. Only the benchmark runs this program, one frame at a time.
     unsafe {
         entry.conn.last_seen = core::ptr::read_volatile(p.add(5)).wrapping_add(1);
         let words = &*(&entry as *const HalfOpen as *const [u64; 8]);

@@ -233,7 +233,8 @@ pub fn run(opts: &Options) -> Result<Results> {
     let total: u64 = opts.runs as u64
         * (3 * opts.hot_repeat as u64 * 2
             + 3 * (2 * opts.small_flows as u64 + opts.large_flows as u64 + 2 * opts.syn_flows as u64 + opts.small_flows as u64)
-            + 2 * opts.syn_flows as u64)
+            // Floors (c) and (d), over both sizes' SYN storms.
+            + 4 * opts.syn_flows as u64)
         + 2 * opts.large_flows as u64
         + 2 * opts.small_flows as u64;
     let progress = if opts.progress { ProgressBar::new(total) } else { ProgressBar::hidden() };

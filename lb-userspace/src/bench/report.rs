@@ -130,7 +130,7 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
         );
         for f in new_flow {
             let c = f.floor_insert.expect("filtered");
-            let d = f.floor_record.unwrap_or_default();
+            let d = f.floor_record.expect("run with floor (c)");
             let _ = writeln!(
                 o,
                 "| {} | {} | {:.1} | {:.1} / {:.1} / {:.1} | {:.2} | {:.1} / {:.1} / {:.1} | {:.2} | {:.1} | {:.1} |",

@@ -133,6 +133,10 @@ struct Controller {
     /// How long sweeps, reloads and verdicts took (the state file shows the last of each).
     timings: ControllerTimings,
     pin_dir: PathBuf,
+    /// The last state-file write failed (said once, and again when writes work again).
+    state_write_failing: std::cell::Cell<bool>,
+    /// The last listing of the interface's addresses failed (said once).
+    addresses_failing: bool,
 }
 
 impl Controller {
@@ -468,8 +472,13 @@ impl Controller {
             }),
             timings: self.timings.clone(),
         };
-        if let Err(e) = state.write(&self.pin_dir) {
-            debug!("{e:#}");
+        // A state file that stops being written makes `drlb ready` fail within 5 s, and
+        // keepalived move the VIP away: the operator must learn why, once.
+        match state.write(&self.pin_dir) {
+            Err(e) if !self.state_write_failing.replace(true) => warn!("{e:#}: `drlb ready` fails until it can be written"),
+            Err(e) => debug!("{e:#}"),
+            Ok(()) if self.state_write_failing.replace(false) => info!("the state file is written again"),
+            Ok(()) => {}
         }
     }
 
@@ -477,6 +486,9 @@ impl Controller {
     async fn follow_addresses(&mut self) {
         match netlink::addresses(&self.handle, self.iface.index).await {
             Ok(addrs) => {
+                if std::mem::take(&mut self.addresses_failing) {
+                    info!("the interface's addresses are listed again");
+                }
                 let changes = self.vips.update(&self.config, &addrs);
                 if !changes.is_empty() {
                     // Status, metrics and `drlb ready` see the move now, not a second later.
@@ -490,7 +502,12 @@ impl Controller {
                     }
                 }
             }
-            Err(e) => warn!("{e:#}"),
+            // Said once: the listing is repeated every second.
+            Err(e) if !self.addresses_failing => {
+                self.addresses_failing = true;
+                warn!("{e:#}: VIP ownership may be stale until the interface's addresses can be listed");
+            }
+            Err(e) => debug!("{e:#}"),
         }
     }
 
@@ -647,6 +664,8 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
         draining_at_sweep: Default::default(),
         timings: ControllerTimings::default(),
         pin_dir: pin_dir.clone(),
+        state_write_failing: std::cell::Cell::new(false),
+        addresses_failing: false,
     };
     let mut addresses = netlink::AddressWatch::subscribe()?;
     c.follow_addresses().await;
@@ -706,6 +725,8 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
     let mut sweep = interval(SWEEP_INTERVAL);
     sweep.tick().await;
     let mut observe = interval(Duration::from_secs(1));
+    // A tick that came late (a slow netlink reply) is not made up with a burst of ticks.
+    observe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             _ = sigint.recv() => { info!("SIGINT: detaching"); break; }
@@ -716,11 +737,12 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
             Some(done) = sweeps.recv() => c.on_sweep(done),
             _ = observe.tick() => {
                 c.retry_if_stale();
+                // Written first: nothing below may keep `drlb ready` from seeing a fresh file.
+                c.write_state();
                 // Listed again every second, not only on a notification: a notification
                 // the kernel dropped would leave VIP ownership wrong in status, metrics,
                 // `drlb ready` and sync until the next move.
                 c.follow_addresses().await;
-                c.write_state();
                 // Real servers without a MAC are asked for again every second, not only at
                 // the 30 s refresh: after the director's link flaps (the kernel fails every
                 // neighbour entry when carrier goes), forwarding resumes within a second.

@@ -198,30 +198,36 @@ pub async fn neighbour_states(handle: &Handle, ifindex: u32) -> Result<HashMap<I
 /// entry an operator set): proof that something holds the address now, which a STALE entry
 /// (a MAC learnt minutes ago, still used for sending) is not.
 pub async fn answered_recently(handle: &Handle, ifindex: u32, addr: IpAddr) -> Result<Option<Mac>> {
-    let mut dump = handle.neighbours().get().execute();
-    while let Some(msg) = dump.try_next().await.context("dumping the neighbour table")? {
-        if msg.header.ifindex != ifindex || destination(&msg) != Some(addr) {
-            continue;
-        }
-        if !matches!(msg.header.state, NeighbourState::Reachable | NeighbourState::Permanent | NeighbourState::Noarp) {
-            return Ok(None);
-        }
-        return Ok(link_layer_address(&msg));
+    let Some(msg) = neighbour_entry(handle, ifindex, addr).await? else { return Ok(None) };
+    if !matches!(msg.header.state, NeighbourState::Reachable | NeighbourState::Permanent | NeighbourState::Noarp) {
+        return Ok(None);
     }
-    Ok(None)
+    Ok(link_layer_address(&msg))
 }
 
-/// Deletes the neighbour entry of `addr` on `ifindex`, if any and not one an operator set,
-/// so that the next resolution asks the segment at once: the kernel re-checks a STALE entry
-/// only after `delay_first_probe_time` (5 s).
-pub async fn forget_neighbour(handle: &Handle, ifindex: u32, addr: IpAddr) -> Result<()> {
+/// The neighbour entry of `addr` on `ifindex`. The dump is read to its end: a dump left
+/// half-read makes the netlink connection log a line for every message that follows.
+async fn neighbour_entry(handle: &Handle, ifindex: u32, addr: IpAddr) -> Result<Option<NeighbourMessage>> {
+    let mut found = None;
     let mut dump = handle.neighbours().get().execute();
     while let Some(msg) = dump.try_next().await.context("dumping the neighbour table")? {
-        if msg.header.ifindex == ifindex && destination(&msg) == Some(addr) && msg.header.state != NeighbourState::Permanent {
-            return within_reply_time(handle.neighbours().del(msg).execute(), || format!("deleting the neighbour entry of {addr}")).await;
+        if found.is_none() && msg.header.ifindex == ifindex && destination(&msg) == Some(addr) {
+            found = Some(msg);
         }
     }
-    Ok(())
+    Ok(found)
+}
+
+/// Deletes the neighbour entry of `addr` on `ifindex`, if any and not a static one
+/// (PERMANENT, NOARP), so that the next resolution asks the segment at once: the kernel
+/// re-checks a STALE entry only after `delay_first_probe_time` (5 s).
+pub async fn forget_neighbour(handle: &Handle, ifindex: u32, addr: IpAddr) -> Result<()> {
+    match neighbour_entry(handle, ifindex, addr).await? {
+        Some(msg) if !matches!(msg.header.state, NeighbourState::Permanent | NeighbourState::Noarp) => {
+            within_reply_time(handle.neighbours().del(msg).execute(), || format!("deleting the neighbour entry of {addr}")).await
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The MAC a neighbour message holds, if an Ethernet one.
@@ -251,7 +257,7 @@ pub async fn trigger_resolution(handle: &Handle, ifindex: u32, addr: IpAddr) -> 
 /// How long the kernel gets to answer one rtnetlink request. It answers in microseconds;
 /// a reply that never comes (a lost message, a wedged socket) must not stop the controller's
 /// one-thread event loop, which also health-checks and keeps the state file fresh.
-pub const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Runs a netlink request, failing after [`REPLY_TIMEOUT`] with `what` as context.
 async fn within_reply_time<T, E, W>(request: impl std::future::Future<Output = Result<T, E>>, what: impl Fn() -> W) -> Result<T>

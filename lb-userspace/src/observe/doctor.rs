@@ -57,7 +57,11 @@ fn read_sysctl(iface: &str, key: &str) -> Option<u32> {
 /// The MAC that answers ARP for `addr` on interface `ifindex` within a second, if any. The
 /// kernel's entry is asked afresh: a STALE one only says something answered once.
 async fn held_elsewhere(handle: &rtnetlink::Handle, ifindex: u32, addr: IpAddr) -> Option<crate::kernel::mac::Mac> {
-    netlink::forget_neighbour(handle, ifindex, addr).await.ok()?;
+    // Failing to forget (the entry went meanwhile, or no CAP_NET_ADMIN) is no verdict: the
+    // segment is still asked, and only a fresh answer counts.
+    if let Err(e) = netlink::forget_neighbour(handle, ifindex, addr).await {
+        tracing::debug!("{e:#}");
+    }
     netlink::trigger_resolution(handle, ifindex, addr).await.ok()?;
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(100)).await;
