@@ -355,6 +355,21 @@ impl Controller {
         }
     }
 
+    /// Notifications were lost: the real servers' MACs are read from the kernel's table, as
+    /// at start, and each applied as if just resolved.
+    async fn reread_neighbours(&mut self) {
+        warn!("the kernel dropped neighbour-table notifications: reading the table again");
+        match netlink::neighbours(&self.handle, self.iface.index).await {
+            Ok(known) => {
+                let ifindex = self.iface.index;
+                for (addr, mac) in known {
+                    self.on_neighbour(NeighbourEvent::Resolved { ifindex, addr, mac });
+                }
+            }
+            Err(e) => warn!("{e:#}"),
+        }
+    }
+
     fn on_neighbour(&mut self, ev: NeighbourEvent) {
         let wanted = self.wanted();
         let index = self.iface.index;
@@ -769,13 +784,15 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
             }
             ev = watch.next() => {
                 let Some(ev) = ev else { bail!("the neighbour-table subscription ended") };
-                if let NeighbourEvent::Removed { ifindex, addr } = ev {
-                    if ifindex == c.iface.index && c.wanted().contains(&addr) {
-                        // Keep forwarding to the MAC we know and ask the kernel to confirm it.
-                        netlink::trigger_resolution(&c.handle, c.iface.index, addr).await.ok();
+                match ev {
+                    NeighbourEvent::Removed { ifindex, addr } => {
+                        if ifindex == c.iface.index && c.wanted().contains(&addr) {
+                            // Keep forwarding to the MAC we know and ask the kernel to confirm it.
+                            netlink::trigger_resolution(&c.handle, c.iface.index, addr).await.ok();
+                        }
                     }
-                } else {
-                    c.on_neighbour(ev);
+                    NeighbourEvent::Lost => c.reread_neighbours().await,
+                    ev => c.on_neighbour(ev),
                 }
             }
         }

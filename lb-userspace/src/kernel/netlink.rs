@@ -134,6 +134,9 @@ pub enum NeighbourEvent {
     Failed { ifindex: u32, addr: IpAddr },
     /// The entry is gone (garbage-collected or deleted); the MAC may still be right.
     Removed { ifindex: u32, addr: IpAddr },
+    /// The kernel dropped notifications (the socket's buffer was full): any entry may have
+    /// changed unseen.
+    Lost,
 }
 
 /// States in which the entry's link-layer address is trustworthy.
@@ -165,16 +168,19 @@ fn decode(msg: &NeighbourMessage, removed: bool) -> Option<NeighbourEvent> {
 
 /// The MACs the kernel currently knows on `ifindex`.
 pub async fn neighbours(handle: &Handle, ifindex: u32) -> Result<HashMap<IpAddr, Mac>> {
-    let mut out = HashMap::new();
-    let mut dump = handle.neighbours().get().execute();
-    while let Some(msg) = dump.try_next().await.context("dumping the neighbour table")? {
-        if let Some(NeighbourEvent::Resolved { ifindex: i, addr, mac }) = decode(&msg, false)
-            && i == ifindex
-        {
-            out.insert(addr, mac);
+    let dump = async {
+        let mut out = HashMap::new();
+        let mut dump = handle.neighbours().get().execute();
+        while let Some(msg) = dump.try_next().await? {
+            if let Some(NeighbourEvent::Resolved { ifindex: i, addr, mac }) = decode(&msg, false)
+                && i == ifindex
+            {
+                out.insert(addr, mac);
+            }
         }
-    }
-    Ok(out)
+        Ok::<_, rtnetlink::Error>(out)
+    };
+    within_reply_time(dump, || "dumping the neighbour table").await
 }
 
 /// Every neighbour entry on `ifindex`: its MAC (if any) and state ("REACHABLE", "FAILED"...).
@@ -293,6 +299,7 @@ impl NeighbourWatch {
             let event = match msg.payload {
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n)) => decode(&n, false),
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelNeighbour(n)) => decode(&n, true),
+                NetlinkPayload::Overrun(_) => Some(NeighbourEvent::Lost),
                 _ => None,
             };
             if event.is_some() {
