@@ -51,19 +51,10 @@ pub fn drlb_floor_swap(ctx: XdpContext) -> u32 {
 
 /// Benchmark floor (c): what any balancer that records connections in a kernel LRU hash
 /// must do for a new flow — look its 5-tuple up (a miss) and insert it — on top of floor
-/// (b). Reads the 5-tuple at fixed offsets (IPv4 without options, as the benchmark's SYNs).
+/// (b).
 #[xdp]
 pub fn drlb_floor_insert(ctx: XdpContext) -> u32 {
-    let mut pkt = XdpPacket::of(&ctx);
-    let (Some(src), Some(dst), Some(ports)) = (pkt.load_u32(26), pkt.load_u32(30), pkt.load_u32(34)) else {
-        return xdp_action::XDP_PASS;
-    };
-    let key = ConnKey::v4(src, dst, (ports as u16).swap_bytes(), ((ports >> 16) as u16).swap_bytes(), 6);
-    floor_record_conn(&key);
-    if !swap_macs(&mut pkt) {
-        return xdp_action::XDP_PASS;
-    }
-    xdp_action::XDP_TX
+    new_flow_floor(&ctx, floor_record_conn)
 }
 
 /// Benchmark floor (d): the least a new flow costs a balancer that keeps any state for
@@ -72,12 +63,18 @@ pub fn drlb_floor_insert(ctx: XdpContext) -> u32 {
 /// connection: (d) is below what an IPVS-compatible SYN can cost, a bound, not a design.
 #[xdp]
 pub fn drlb_floor_record(ctx: XdpContext) -> u32 {
-    let mut pkt = XdpPacket::of(&ctx);
+    new_flow_floor(&ctx, floor_record_entry)
+}
+
+/// A new-flow floor: `record` the frame's 5-tuple, then floor (b). Reads the 5-tuple at
+/// fixed offsets (IPv4 without options, as the benchmark's SYNs).
+#[inline(always)]
+fn new_flow_floor(ctx: &XdpContext, record: impl Fn(&ConnKey)) -> u32 {
+    let mut pkt = XdpPacket::of(ctx);
     let (Some(src), Some(dst), Some(ports)) = (pkt.load_u32(26), pkt.load_u32(30), pkt.load_u32(34)) else {
         return xdp_action::XDP_PASS;
     };
-    let key = ConnKey::v4(src, dst, (ports as u16).swap_bytes(), ((ports >> 16) as u16).swap_bytes(), 6);
-    floor_record_entry(&key);
+    record(&ConnKey::v4(src, dst, (ports as u16).swap_bytes(), ((ports >> 16) as u16).swap_bytes(), 6));
     if !swap_macs(&mut pkt) {
         return xdp_action::XDP_PASS;
     }
