@@ -19,7 +19,7 @@ fn quick_bench_reports_every_ratio() {
         .expect("run drlb bench");
     assert!(out.status.success(), "drlb bench failed: {}", String::from_utf8_lossy(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
-    for key in ["established", "syn_wlc16", "non_vip", "live"] {
+    for key in ["established", "syn_wlc16", "non_vip", "live", "syn_insert_floor", "syn_record_floor", "live_syn_flood"] {
         let r = json["ratios"][key].as_f64().unwrap_or_else(|| panic!("ratio {key} missing: {json:#}"));
         assert!(r > 0.0 && r.is_finite(), "{key} = {r}");
     }

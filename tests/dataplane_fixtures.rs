@@ -9,7 +9,7 @@ use std::path::Path;
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::verdict::{XDP_PASS, XDP_TX};
 use lb_userspace::control::config::Config;
-use lb_userspace::kernel::bpf::{Dataplane, Tools, PROGRAM_FLOOR_INSERT, PROGRAM_FLOOR_SWAP, PROGRAM_LB};
+use lb_userspace::kernel::bpf::{Dataplane, Tools, PROGRAM_FLOOR_INSERT, PROGRAM_FLOOR_RECORD, PROGRAM_FLOOR_SWAP, PROGRAM_LB};
 use lb_userspace::selftest::fixtures::*;
 use lb_userspace::kernel::mac::Mac;
 use lb_common::maps::ConnCounts;
@@ -339,7 +339,7 @@ fn benchmark_floors_swap_macs() {
     expected[..6].copy_from_slice(&frame[6..12]);
     expected[6..12].copy_from_slice(&frame[..6]);
     assert_ne!(expected, frame);
-    for program in [PROGRAM_FLOOR_SWAP, PROGRAM_FLOOR_INSERT] {
+    for program in [PROGRAM_FLOOR_SWAP, PROGRAM_FLOOR_INSERT, PROGRAM_FLOOR_RECORD] {
         let mut out = vec![0u8; frame.len() + 256];
         let r = tools
             .program(program)

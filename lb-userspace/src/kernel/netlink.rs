@@ -214,14 +214,17 @@ pub async fn answered_recently(handle: &Handle, ifindex: u32, addr: IpAddr) -> R
 /// The neighbour entry of `addr` on `ifindex`. The dump is read to its end: a dump left
 /// half-read makes the netlink connection log a line for every message that follows.
 async fn neighbour_entry(handle: &Handle, ifindex: u32, addr: IpAddr) -> Result<Option<NeighbourMessage>> {
-    let mut found = None;
-    let mut dump = handle.neighbours().get().execute();
-    while let Some(msg) = dump.try_next().await.context("dumping the neighbour table")? {
-        if found.is_none() && msg.header.ifindex == ifindex && destination(&msg) == Some(addr) {
-            found = Some(msg);
+    let dump = async {
+        let mut found = None;
+        let mut dump = handle.neighbours().get().execute();
+        while let Some(msg) = dump.try_next().await? {
+            if found.is_none() && msg.header.ifindex == ifindex && destination(&msg) == Some(addr) {
+                found = Some(msg);
+            }
         }
-    }
-    Ok(found)
+        Ok::<_, rtnetlink::Error>(found)
+    };
+    within_reply_time(dump, || "dumping the neighbour table").await
 }
 
 /// Deletes the neighbour entry of `addr` on `ifindex`, if any and not a static one
