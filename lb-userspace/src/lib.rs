@@ -8,6 +8,7 @@
 //! - [`selftest`]: the fixture table, the differential fuzz and the in-process lab that
 //!   `drlb selftest` runs on a director before it takes traffic.
 //! - [`bench`]: `drlb bench`.
+//! - [`migrate`]: `drlb import-keepalived`, from keepalived.conf to drlb's YAML.
 //! - [`realserver`]: the real-server side of Direct Routing (`drlb realserver`).
 //!
 //! The nginx lab behind `cargo xtask demo` and the integration tests is not here: it is the
@@ -16,6 +17,7 @@
 pub mod bench;
 pub mod control;
 pub mod kernel;
+pub mod migrate;
 pub mod observe;
 pub mod realserver;
 pub mod selftest;

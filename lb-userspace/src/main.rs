@@ -152,6 +152,26 @@ enum Command {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Translate a keepalived.conf, read as keepalived reads it (includes, $VARs, @id lines,
+    /// ~SEQ), into drlb YAML; with --vrrp-out also write the rest of it (VRRP) for
+    /// `keepalived --vrrp`. Reports `FILE:LINE: keyword: why (what drlb does instead)` on
+    /// stderr for everything not translated one to one.
+    ImportKeepalived {
+        /// The keepalived.conf to import.
+        file: PathBuf,
+        /// Where to write drlb's YAML (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Where to write the VRRP-only keepalived.conf.
+        #[arg(long)]
+        vrrp_out: Option<PathBuf>,
+        /// keepalived's config id for `@id` lines (keepalived's -i; default: the short host name).
+        #[arg(long)]
+        config_id: Option<String>,
+        /// Exit non-zero if anything is reported.
+        #[arg(long)]
+        strict: bool,
+    },
     /// Make the `drlb run` using this config re-read it (same as SIGHUP). The file is
     /// validated first; a running controller also keeps serving if it finds it invalid.
     Reload {
@@ -242,6 +262,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::ImportKeepalived { file, out, vrrp_out, config_id, strict } => import_keepalived(&file, out.as_deref(), vrrp_out.as_deref(), config_id, strict),
         Command::Reload { config } => {
             let cfg = match Config::load(&config) {
                 Ok(c) => c,
@@ -529,4 +550,54 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `drlb import-keepalived`.
+fn import_keepalived(file: &std::path::Path, out: Option<&std::path::Path>, vrrp_out: Option<&std::path::Path>, config_id: Option<String>, strict: bool) -> ExitCode {
+    use lb_userspace::migrate::keepalived;
+    let config_id = config_id.unwrap_or_else(keepalived::lexer::default_config_id);
+    let import = keepalived::import(file, &config_id);
+    for r in &import.reports {
+        eprintln!("{r}");
+    }
+    if import.fatal() {
+        eprintln!("drlb import-keepalived: nothing written: {} cannot be imported as it is (see the fatal reports above)", file.display());
+        return ExitCode::FAILURE;
+    }
+    // What is written must be what `drlb check` accepts, IPv6 services aside (imported as
+    // written until the dataplane forwards IPv6).
+    if let Err(errors) = Config::parse(out.unwrap_or(std::path::Path::new("<import>")), &import.yaml) {
+        let not_ipv6: Vec<_> = errors.0.iter().filter(|e| !e.message.contains("IPv6")).collect();
+        if !not_ipv6.is_empty() {
+            for e in not_ipv6 {
+                eprintln!("{e}");
+            }
+            eprintln!("drlb import-keepalived: bug: the translation does not pass drlb check; nothing written");
+            return ExitCode::FAILURE;
+        }
+    }
+    let written = match out {
+        Some(path) => std::fs::write(path, &import.yaml).map_err(|e| format!("cannot write {}: {e}", path.display())),
+        None => {
+            print!("{}", import.yaml);
+            Ok(())
+        }
+    };
+    let written = written.and_then(|()| match vrrp_out {
+        Some(path) => std::fs::write(path, &import.vrrp).map_err(|e| format!("cannot write {}: {e}", path.display())),
+        None => Ok(()),
+    });
+    if let Err(e) = written {
+        eprintln!("drlb import-keepalived: {e}");
+        return ExitCode::FAILURE;
+    }
+    let counts = |s| import.reports.iter().filter(|r| r.severity == s).count();
+    eprintln!(
+        "drlb import-keepalived: {} file(s) read; {} error(s) keepalived itself makes, {} warning(s), {} note(s)",
+        import.files.len(),
+        counts(keepalived::Severity::Error),
+        counts(keepalived::Severity::Warning),
+        counts(keepalived::Severity::Note)
+    );
+    if strict && !import.reports.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }

@@ -42,3 +42,9 @@ pub fn shared_file(rel: &str) -> Option<PathBuf> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared").join(rel);
     path.is_file().then_some(path)
 }
+
+/// `../shared/<rel>` as a directory, like [`shared_file`].
+pub fn shared_dir(rel: &str) -> Option<PathBuf> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared").join(rel);
+    path.is_dir().then_some(path)
+}

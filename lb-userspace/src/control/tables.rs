@@ -450,7 +450,7 @@ fn service_part(
         table_len: 0,
         table_cycle_start: 0,
         persist_timeout_s: svc.persistence_timeout.map(secs).unwrap_or(0),
-        persist_mask: prefix_mask(svc.persistence_granularity.map(|g| g.0).unwrap_or(32)),
+        persist_mask: prefix_mask(svc.persistence_granularity.map(|g| g.0.min(32)).unwrap_or(32)),
         timeouts: Timeouts {
             tcp_established: secs(svc.timeouts.tcp),
             tcp_fin_wait: secs(svc.timeouts.tcp_fin),

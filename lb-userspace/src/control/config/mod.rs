@@ -238,10 +238,11 @@ impl<'de> Deserialize<'de> for Granularity {
         impl serde::de::Visitor<'_> for V {
             type Value = Granularity;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a prefix length (0-32, e.g. 24 or /24) or a netmask such as 255.255.255.0")
+                f.write_str("a prefix length (0-32 for IPv4, 0-128 for IPv6; e.g. 24 or /24) or a netmask such as 255.255.255.0")
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Granularity, E> {
-                if v <= 32 { Ok(Granularity(v as u8)) } else { Err(E::custom(format!("prefix length {v} is above 32"))) }
+                // The VIP's family bounds it further (validate()).
+                if v <= 128 { Ok(Granularity(v as u8)) } else { Err(E::custom(format!("prefix length {v} is above 128"))) }
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Granularity, E> {
                 u64::try_from(v).map_err(|_| E::custom(format!("prefix length {v} is negative"))).and_then(|v| self.visit_u64(v))
@@ -590,6 +591,12 @@ impl Config {
                 && (p.as_secs() == 0 || p.as_secs() > u32::MAX as u64)
             {
                 problems.push((at("persistence_timeout"), "persistence_timeout must be at least 1s".into()));
+            }
+            if let Some(Granularity(len)) = svc.persistence_granularity
+                && svc.vip.is_ipv4()
+                && len > 32
+            {
+                problems.push((at("persistence_granularity"), format!("prefix length {len} is above 32 (the VIP is IPv4)")));
             }
             if svc.persistence_granularity.is_some() && svc.persistence_timeout.is_none() {
                 problems.push((at("persistence_granularity"), "persistence_granularity needs persistence_timeout".into()));

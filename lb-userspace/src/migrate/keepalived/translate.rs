@@ -1,0 +1,653 @@
+//! keepalived's LVS configuration ([`Lvs`]) as drlb YAML.
+//!
+//! Every decision that is not a one-to-one translation is reported: a virtual server drlb
+//! leaves out (NAT, TUN, fwmark, SCTP), a value keepalived would read differently from
+//! what the file seems to say, an option drlb has no equivalent for. The YAML keeps the
+//! file's order and names each service after its line.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::lvs::{Checker, CheckerKind, GroupEntry, Lvs, Method, Proto, RealServer, Timing, VirtualServer, VsAddress};
+use super::report::{Location, Reports, Severity};
+use super::values::yaml_duration;
+
+/// keepalived's defaults where neither checker, real server nor virtual server sets one.
+const DEFAULT_DELAY_LOOP: Duration = Duration::from_secs(60);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// `persistence_timeout` written without a value, and keepalived's forced persistence.
+const DEFAULT_PERSISTENCE: u32 = 360;
+
+/// One drlb service, ready to be written.
+struct Service {
+    comment: String,
+    name: String,
+    vip: IpAddr,
+    port: u16,
+    protocol: &'static str,
+    scheduler: String,
+    persistence_timeout: Option<u32>,
+    persistence_granularity: Option<String>,
+    timeouts: Option<(Option<u32>, Option<u32>, Option<u32>)>,
+    health_check: Option<Check>,
+    inhibit_on_failure: bool,
+    sorry_server: Option<IpAddr>,
+    quorum: Option<u32>,
+    real_servers: Vec<(IpAddr, u32)>,
+}
+
+/// A drlb `health_check`, in the YAML's terms.
+#[derive(Debug, Clone, PartialEq)]
+struct Check {
+    kind: &'static str,
+    port: Option<u16>,
+    interval: Duration,
+    timeout: Duration,
+    retries: u32,
+    retry_delay: Duration,
+    /// None: no warmup; Some(None): up to the interval (keepalived's default).
+    warmup: Option<Option<Duration>>,
+    path: Option<String>,
+    host: Option<String>,
+    status: Vec<(u16, u16)>,
+    regex: Option<String>,
+    command: Option<String>,
+}
+
+/// The YAML for `lvs`; `source` names the imported file in the header.
+pub fn to_yaml(lvs: &Lvs, source: &str, reports: &mut Reports) -> String {
+    let services = services(lvs, reports);
+    let mut y = String::new();
+    let _ = writeln!(y, "# Imported by `drlb import-keepalived` from {source}.");
+    let _ = writeln!(y, "# Each service names the keepalived.conf line it came from; `drlb check` validates this file.");
+    let _ = writeln!(y, "director:");
+    let (interface, why) = interface(lvs);
+    let _ = writeln!(y, "  interface: {}  # {why}", scalar(&interface));
+    if let Some(sd) = &lvs.sync_daemon {
+        let syncid = sd.syncid.or_else(|| {
+            sd.instance.as_ref().and_then(|i| lvs.vrrp_instances.iter().find(|v| &v.name == i)).and_then(|v| v.virtual_router_id)
+        });
+        let _ = writeln!(y, "  sync:  # lvs_sync_daemon at {}", sd.at);
+        let _ = writeln!(y, "    interface: {}", scalar(&sd.interface));
+        let _ = writeln!(y, "    syncid: {}", syncid.unwrap_or(0));
+        if let Some(IpAddr::V4(g)) = sd.group {
+            let _ = writeln!(y, "    group: {g}");
+        }
+        if let Some(p) = sd.port {
+            let _ = writeln!(y, "    port: {p}");
+        }
+    }
+    if services.is_empty() {
+        let _ = writeln!(y, "services: []");
+        return y;
+    }
+    let _ = writeln!(y, "services:");
+    for s in &services {
+        let _ = writeln!(y, "  # {}", s.comment);
+        let _ = writeln!(y, "  - name: {}", scalar(&s.name));
+        let _ = writeln!(y, "    vip: {}", s.vip);
+        let _ = writeln!(y, "    port: {}", s.port);
+        let _ = writeln!(y, "    protocol: {}", s.protocol);
+        let _ = writeln!(y, "    scheduler: {}", s.scheduler);
+        if let Some(p) = s.persistence_timeout {
+            let _ = writeln!(y, "    persistence_timeout: {p}s");
+        }
+        if let Some(g) = &s.persistence_granularity {
+            let _ = writeln!(y, "    persistence_granularity: {}", scalar(g));
+        }
+        if let Some((tcp, fin, udp)) = s.timeouts {
+            let mut parts = Vec::new();
+            for (name, v) in [("tcp", tcp), ("tcp_fin", fin), ("udp", udp)] {
+                if let Some(v) = v {
+                    parts.push(format!("{name}: {v}s"));
+                }
+            }
+            let _ = writeln!(y, "    timeouts: {{ {} }}", parts.join(", "));
+        }
+        if let Some(c) = &s.health_check {
+            let _ = writeln!(y, "    health_check:");
+            let _ = writeln!(y, "      type: {}", c.kind);
+            if let Some(p) = c.port {
+                let _ = writeln!(y, "      port: {p}");
+            }
+            let _ = writeln!(y, "      interval: {}", yaml_duration(c.interval));
+            let _ = writeln!(y, "      timeout: {}", yaml_duration(c.timeout));
+            let _ = writeln!(y, "      retries: {}", c.retries);
+            let _ = writeln!(y, "      retry_delay: {}", yaml_duration(c.retry_delay));
+            match c.warmup {
+                Some(None) => {
+                    let _ = writeln!(y, "      warmup: true");
+                }
+                Some(Some(d)) => {
+                    let _ = writeln!(y, "      warmup: {}", yaml_duration(d));
+                }
+                None => {}
+            }
+            for (field, value) in [("path", &c.path), ("host", &c.host), ("regex", &c.regex), ("command", &c.command)] {
+                if let Some(v) = value {
+                    let _ = writeln!(y, "      {field}: {}", scalar(v));
+                }
+            }
+            if !c.status.is_empty() {
+                let list: Vec<String> = c.status.iter().map(|(lo, hi)| if lo == hi { format!("\"{lo}\"") } else { format!("\"{lo}-{hi}\"") }).collect();
+                let _ = writeln!(y, "      status: [{}]", list.join(", "));
+            }
+        }
+        if s.inhibit_on_failure {
+            let _ = writeln!(y, "    inhibit_on_failure: true");
+        }
+        if let Some(a) = s.sorry_server {
+            let _ = writeln!(y, "    sorry_server: {{ address: {a} }}");
+        }
+        if let Some(q) = s.quorum {
+            let _ = writeln!(y, "    quorum: {q}");
+        }
+        let _ = writeln!(y, "    real_servers:");
+        for (address, weight) in &s.real_servers {
+            let _ = writeln!(y, "      - {{ address: {address}, weight: {weight} }}");
+        }
+    }
+    y
+}
+
+/// A YAML scalar, quoted when it must be.
+fn scalar(s: &str) -> String {
+    serde_yaml::to_string(s).map(|t| t.trim_end().to_string()).unwrap_or_else(|_| format!("{s:?}"))
+}
+
+/// The director's interface: the VRRP instance that holds the first VIP, else the sync
+/// daemon's, else the first VRRP instance's.
+fn interface(lvs: &Lvs) -> (String, String) {
+    let vips: Vec<IpAddr> = lvs
+        .virtual_servers
+        .iter()
+        .filter_map(|v| match &v.address {
+            VsAddress::Address { ip, .. } => Some(*ip),
+            _ => None,
+        })
+        .collect();
+    for v in &lvs.vrrp_instances {
+        if let Some(i) = &v.interface
+            && v.addresses.iter().any(|a| vips.contains(a))
+        {
+            return (i.clone(), format!("vrrp_instance {} holds the VIPs there", v.name));
+        }
+    }
+    if let Some(sd) = &lvs.sync_daemon {
+        return (sd.interface.clone(), "lvs_sync_daemon's interface".into());
+    }
+    if let Some((v, i)) = lvs.vrrp_instances.iter().find_map(|v| v.interface.as_ref().map(|i| (v, i))) {
+        return (i.clone(), format!("vrrp_instance {}'s interface", v.name));
+    }
+    ("eth0".into(), "CHANGE ME: keepalived.conf names no interface; the one that receives VIP traffic".into())
+}
+
+fn services(lvs: &Lvs, reports: &mut Reports) -> Vec<Service> {
+    let mut out = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for vs in &lvs.virtual_servers {
+        let Some(members) = members(vs, lvs, reports) else { continue };
+        let Some(template) = service(vs, lvs, reports) else { continue };
+        let group = match &vs.address {
+            VsAddress::Group(name) => format!("{name} "),
+            _ => String::new(),
+        };
+        for (i, (vip, port, at)) in members.iter().enumerate() {
+            let mut s = Service { vip: *vip, port: *port, ..template_clone(&template) };
+            let base = format!("{group}{vip}:{port}/{}", s.protocol);
+            s.name = if names.insert(base.clone()) { base } else { format!("{base}#{}", i + 1) };
+            s.comment = match at {
+                Some(at) => format!("virtual_server at {} (group entry at {at})", vs.at),
+                None => format!("virtual_server at {}", vs.at),
+            };
+            if vip.is_ipv6() {
+                reports.add(
+                    Severity::Warning,
+                    &vs.at,
+                    "virtual_server",
+                    format!("{vip} is IPv6; drlb's dataplane does not forward IPv6 yet"),
+                    "imported as written; `drlb check` refuses it until IPv6 forwarding lands",
+                );
+            }
+            out.push(s);
+        }
+    }
+    out
+}
+
+fn template_clone(s: &Service) -> Service {
+    Service {
+        comment: s.comment.clone(),
+        name: s.name.clone(),
+        vip: s.vip,
+        port: s.port,
+        protocol: s.protocol,
+        scheduler: s.scheduler.clone(),
+        persistence_timeout: s.persistence_timeout,
+        persistence_granularity: s.persistence_granularity.clone(),
+        timeouts: s.timeouts,
+        health_check: s.health_check.clone(),
+        inhibit_on_failure: s.inhibit_on_failure,
+        sorry_server: s.sorry_server,
+        quorum: s.quorum,
+        real_servers: s.real_servers.clone(),
+    }
+}
+
+/// The (VIP, port) pairs a virtual server stands for, or None if drlb cannot see it.
+fn members(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Vec<(IpAddr, u16, Option<Location>)>> {
+    match &vs.address {
+        VsAddress::Address { ip, port } => Some(vec![(*ip, port.unwrap_or(0), None)]),
+        VsAddress::Fwmark(mark) => {
+            reports.add(
+                Severity::Warning,
+                &vs.at,
+                "virtual_server",
+                format!("fwmark {mark}: netfilter sets marks after XDP has seen the packet, so drlb cannot match on them"),
+                "left out; if the iptables rules mark a list of VIP:port, write them as a virtual_server_group of those addresses (port 0 for all ports)",
+            );
+            None
+        }
+        VsAddress::Group(name) => {
+            let Some(group) = lvs.groups.get(name) else {
+                reports.add(Severity::Error, &vs.at, "virtual_server", format!("group `{name}` is not defined; keepalived drops this virtual server"), "left out");
+                return None;
+            };
+            reports.add(
+                Severity::Warning,
+                &vs.at,
+                "virtual_server",
+                format!("group `{name}`: drlb does not share one scheduler state, counts and persistence across a group's members yet"),
+                "each member imported as a service of its own with the group's settings",
+            );
+            let mut out = Vec::new();
+            for e in &group.entries {
+                match e {
+                    GroupEntry::Addresses { at, addresses, port, .. } => out.extend(addresses.iter().map(|a| (*a, port.unwrap_or(0), Some(at.clone())))),
+                    GroupEntry::Fwmark { at, mark } => reports.add(
+                        Severity::Warning,
+                        at,
+                        "fwmark",
+                        format!("group `{name}`'s fwmark {mark}: drlb cannot match marks (netfilter sets them after XDP)"),
+                        "this entry left out",
+                    ),
+                }
+            }
+            (!out.is_empty()).then_some(out)
+        }
+    }
+}
+
+fn unsupported(list: &[(String, Location)], reports: &mut Reports, context: &str) {
+    for (k, at) in list {
+        let (why, instead) = match k.as_str() {
+            "smtp_alert" => ("drlb sends no mail", "ignored; alert on drlb's metrics (drlb_real_server_up) instead"),
+            "snmp_name" => ("drlb has no SNMP agent", "ignored; drlb serves Prometheus metrics"),
+            "persistence_engine" => ("drlb has no persistence engines (SIP Call-ID)", "ignored: persistence by client address only"),
+            "ip_family" => ("only meaningful for tunnelled fwmark services", "ignored"),
+            "fast_recovery" => ("drlb checks one url", "ignored"),
+            "tls_compliant" => ("drlb has no SSL_GET yet", "ignored"),
+            "regex_options" | "regex_min_offset" | "regex_max_offset" | "regex_stack" => ("drlb's regex has no PCRE options or offsets", "ignored: the regex is matched anywhere in the body"),
+            "host" => ("SMTP_CHECK's deprecated `host` blocks are not translated", "ignored"),
+            "min_reply_length" | "max_reply_length" => ("drlb has no UDP_CHECK yet", "ignored"),
+            "user" => ("drlb runs scripts as its own user", "ignored"),
+            _ => ("drlb has no equivalent yet", "ignored"),
+        };
+        reports.add(Severity::Warning, at, k, format!("{why} ({context})"), instead);
+    }
+}
+
+fn service(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Service> {
+    let port = match &vs.address {
+        VsAddress::Address { port, .. } => port.unwrap_or(0),
+        _ => 0,
+    };
+    // Forwarding method: keepalived's default is NAT; drlb is DR only.
+    match vs.method {
+        Some(Method::Dr) => {}
+        Some(m) => {
+            reports.add(
+                Severity::Warning,
+                &vs.at,
+                "lvs_method",
+                format!("{}: drlb forwards by Direct Routing only", m.name()),
+                "virtual server left out (converting it would forward differently)",
+            );
+            return None;
+        }
+        None => {
+            reports.add(
+                Severity::Error,
+                &vs.at,
+                "lvs_method",
+                "no lvs_method/lb_kind: keepalived forwards this virtual server with NAT (\"no forwarding method set, setting default NAT\")",
+                "left out; write `lb_kind DR` if DR is what you run",
+            );
+            return None;
+        }
+    }
+    let protocol = match vs.protocol {
+        Some(Proto::Tcp) => "tcp",
+        Some(Proto::Udp) => "udp",
+        Some(Proto::Sctp) => {
+            reports.add(Severity::Warning, &vs.at, "protocol", "SCTP: drlb balances TCP and UDP", "virtual server left out");
+            return None;
+        }
+        None => {
+            reports.add(
+                Severity::Error,
+                &vs.at,
+                "protocol",
+                "no protocol: keepalived balances this virtual server as UDP (\"no protocol set - defaulting to UDP\")",
+                "imported as udp, as keepalived; write `protocol TCP` if that is what you meant",
+            );
+            "udp"
+        }
+    };
+    let scheduler = match vs.scheduler.as_deref() {
+        Some(s) if crate::control::config::Scheduler::from_name(s).is_some() => s.to_string(),
+        Some(s) => {
+            reports.add(
+                Severity::Warning,
+                &vs.at,
+                "lvs_sched",
+                format!("`{s}` is not among drlb's schedulers yet ({})", crate::control::config::Scheduler::NAMES.join(", ")),
+                "wlc instead",
+            );
+            "wlc".to_string()
+        }
+        None => {
+            reports.add(Severity::Note, &vs.at, "lvs_sched", "no scheduler set; keepalived uses wlc", "wlc, as keepalived");
+            "wlc".to_string()
+        }
+    };
+    for (flag, at) in &vs.sched_flags {
+        reports.add(Severity::Warning, at, flag, "drlb has no IPVS scheduler flags yet", "ignored: the scheduler hashes the client address only");
+    }
+    if vs.ops {
+        reports.add(Severity::Warning, &vs.at, "ops", "drlb has no one-packet scheduling yet", "ignored: UDP datagrams of a flow share a connection entry");
+    }
+    let mut persistence_timeout = vs.persistence_timeout;
+    if persistence_timeout.is_none() && vs.persistence_granularity.is_some() {
+        reports.add(Severity::Note, &vs.at, "persistence_granularity", "without persistence_timeout keepalived makes the service persistent for 360 s", "persistence_timeout: 360s, as keepalived");
+        persistence_timeout = Some(DEFAULT_PERSISTENCE);
+    }
+    if port == 0 && persistence_timeout.is_none() {
+        reports.add(
+            Severity::Error,
+            &vs.at,
+            "virtual_server",
+            "port 0 without persistence: keepalived makes it persistent for 360 s",
+            "persistence_timeout: 360s, as keepalived",
+        );
+        persistence_timeout = Some(DEFAULT_PERSISTENCE);
+    }
+    let persistence_granularity = vs.persistence_granularity.clone().filter(|g| {
+        let ok = g.parse::<std::net::Ipv4Addr>().is_ok() || g.parse::<u8>().is_ok_and(|l| l <= 128);
+        if !ok {
+            reports.add(Severity::Error, &vs.at, "persistence_granularity", format!("`{g}` is neither a netmask nor a prefix length"), "ignored as keepalived does");
+        }
+        ok
+    });
+    for (what, present) in [("hysteresis", vs.hysteresis.is_some()), ("quorum_up", vs.quorum_up.is_some()), ("quorum_down", vs.quorum_down.is_some()), ("omega", vs.omega), ("ha_suspend", vs.ha_suspend)] {
+        if present {
+            reports.add(Severity::Warning, &vs.at, what, "drlb has no equivalent yet", "ignored");
+        }
+    }
+    unsupported(&vs.unsupported, reports, "virtual_server");
+    let mut sorry_server = None;
+    if let Some(s) = &vs.sorry_server {
+        if s.method.is_some_and(|m| m != Method::Dr) {
+            reports.add(Severity::Warning, &s.at, "sorry_server_lvs_method", "the sorry server is not DR; drlb forwards by DR only", "sorry server left out");
+        } else {
+            if s.port.is_some_and(|p| p != 0 && p != port) {
+                reports.add(Severity::Warning, &s.at, "sorry_server", "a DR sorry server's port must be the service port; keepalived resets it", "the service port, as keepalived");
+            }
+            if s.inhibit {
+                reports.add(Severity::Warning, &s.at, "sorry_server_inhibit", "drlb has no equivalent yet", "ignored");
+            }
+            sorry_server = Some(s.ip);
+        }
+    }
+    let mut real_servers = Vec::new();
+    let mut checks: Vec<(Option<Check>, Location)> = Vec::new();
+    let mut inhibit = Vec::new();
+    for rs in &vs.real_servers {
+        if let Some((m, at)) = &rs.method
+            && *m != Method::Dr
+        {
+            reports.add(Severity::Warning, at, "lvs_method", format!("real server {} is forwarded by {}; drlb forwards by DR only", rs.ip, m.name()), "real server left out");
+            continue;
+        }
+        if let VsAddress::Address { ip, .. } = &vs.address
+            && ip.is_ipv4() != rs.ip.is_ipv4()
+        {
+            reports.add(Severity::Error, &rs.at, "real_server", "not the virtual server's address family; keepalived drops it", "left out");
+            continue;
+        }
+        if let Some(p) = rs.port
+            && p != 0
+            && port != 0
+            && p != port
+        {
+            reports.add(
+                Severity::Warning,
+                &rs.at,
+                "real_server",
+                format!("port {p} differs from the virtual server's {port}: Direct Routing cannot change the destination port (keepalived resets it with a warning)"),
+                format!("clients reach the real server on port {port}; its checks still probe {p} as keepalived's do"),
+            );
+        }
+        if rs.uthreshold != 0 || rs.lthreshold != 0 {
+            reports.add(Severity::Warning, &rs.at, "uthreshold", "drlb has no connection thresholds yet", "ignored: no limit");
+        }
+        for (what, s) in [("notify_up", &rs.notify_up), ("notify_down", &rs.notify_down)] {
+            if let Some(s) = s {
+                reports.add(Severity::Warning, &s.at, what, "drlb runs no scripts on state changes yet", "ignored; drlb logs each change and exports drlb_real_server_up");
+            }
+        }
+        unsupported(&rs.unsupported, reports, "real_server");
+        let weight = rs.weight.or(vs.weight).unwrap_or(1);
+        real_servers.push((rs.ip, weight));
+        inhibit.push((rs.inhibit_on_failure.unwrap_or(vs.inhibit_on_failure), rs.at.clone()));
+        checks.push((check_for(vs, rs, port, reports), rs.at.clone()));
+    }
+    if real_servers.is_empty() {
+        reports.add(Severity::Warning, &vs.at, "virtual_server", "no real server left that drlb can forward to", "left out");
+        return None;
+    }
+    // drlb's YAML has one check and one inhibit_on_failure per service.
+    let health_check = checks[0].0.clone();
+    for (c, at) in &checks[1..] {
+        if *c != health_check {
+            reports.add(
+                Severity::Warning,
+                at,
+                "real_server",
+                "its checks differ from the first real server's; drlb's YAML has one health check per service",
+                "checked as the first real server is",
+            );
+        }
+    }
+    let inhibit_on_failure = inhibit[0].0;
+    for (i, at) in &inhibit[1..] {
+        if *i != inhibit_on_failure {
+            reports.add(Severity::Warning, at, "inhibit_on_failure", "differs from the first real server's; drlb sets it per service", "as the first real server");
+        }
+    }
+    let quorum = vs.quorum.map(|q| {
+        let total: u32 = real_servers.iter().map(|r| r.1).sum();
+        if q > total {
+            reports.add(Severity::Note, &vs.at, "quorum", format!("{q} is above the real servers' total weight {total}; keepalived lowers it"), format!("quorum: {total}, as keepalived"));
+            total.max(1)
+        } else {
+            q
+        }
+    });
+    let timeouts = lvs.timeouts.as_ref().map(|(_, t, f, u)| (*t, *f, *u));
+    Some(Service {
+        comment: String::new(),
+        name: String::new(),
+        vip: IpAddr::from([0, 0, 0, 0]),
+        port,
+        protocol,
+        scheduler,
+        persistence_timeout,
+        persistence_granularity,
+        timeouts,
+        health_check,
+        inhibit_on_failure,
+        sorry_server,
+        quorum,
+        real_servers,
+    })
+}
+
+/// The drlb check for one real server's checkers, or None (always up, as keepalived with
+/// no checker).
+fn check_for(vs: &VirtualServer, rs: &RealServer, vs_port: u16, reports: &mut Reports) -> Option<Check> {
+    let inherited = rs.timing.under(&vs.timing);
+    let mut translated: Vec<Check> = Vec::new();
+    for ck in &rs.checkers {
+        if let Some(c) = check(vs, rs, ck, &inherited, vs_port, reports) {
+            translated.push(c);
+        }
+    }
+    if translated.len() > 1 {
+        reports.add(
+            Severity::Warning,
+            &rs.checkers[1].at,
+            rs.checkers[1].kind.keyword(),
+            "a second checker on one real server (keepalived needs all to pass); drlb's YAML has one check per service",
+            "only the first checker is used",
+        );
+    }
+    translated.into_iter().next()
+}
+
+fn check(vs: &VirtualServer, rs: &RealServer, ck: &Checker, inherited: &Timing, vs_port: u16, reports: &mut Reports) -> Option<Check> {
+    let t = ck.timing.under(inherited);
+    let delay_loop = t.delay_loop.unwrap_or(DEFAULT_DELAY_LOOP);
+    let retries = t.retry.unwrap_or(ck.kind.default_retry());
+    if let Some((n, at)) = &ck.ignored_nb_get_retry
+        && *n != retries
+    {
+        reports.add(
+            Severity::Error,
+            at,
+            "nb_get_retry",
+            format!("unknown in {}: keepalived logs \"Unknown keyword\" and keeps retry at {retries}", ck.kind.keyword()),
+            format!("retries: {retries}, as keepalived; write `retry {n}` if you meant it"),
+        );
+    }
+    unsupported(&ck.unsupported, reports, ck.kind.keyword());
+    for (what, present) in [
+        ("connect_ip", ck.connect_ip.is_some_and(|ip| ip != rs.ip)),
+        ("bindto", ck.bindto.is_some()),
+        ("bind_port", ck.bind_port.is_some()),
+        ("bind_if", ck.bind_if.is_some()),
+        ("fwmark", ck.fwmark.is_some()),
+    ] {
+        if present {
+            reports.add(Severity::Warning, &ck.at, what, format!("drlb's checks have no `{what}` yet"), "the check probes the real server's own address from the director's");
+        }
+    }
+    if t.alpha == Some(true) {
+        reports.add(Severity::Warning, &ck.at, "alpha", "drlb starts every real server up until a check fails", "ignored");
+    }
+    let port = ck.connect_port.or(rs.port.filter(|p| *p != 0));
+    let port = match port {
+        Some(p) => Some(p),
+        None if matches!(ck.kind, CheckerKind::Misc | CheckerKind::File | CheckerKind::Bfd | CheckerKind::Ping) => None,
+        None if vs_port != 0 => {
+            reports.add(
+                Severity::Warning,
+                &ck.at,
+                ck.kind.keyword(),
+                "no connect_port and no port on the real_server line: keepalived probes port 0",
+                format!("probes the service port {vs_port}"),
+            );
+            Some(vs_port)
+        }
+        None => {
+            reports.add(Severity::Error, &ck.at, ck.kind.keyword(), "no port to probe (port-0 service, no connect_port, no real server port)", "check left out; the real server counts as up");
+            return None;
+        }
+    };
+    let mut c = Check {
+        kind: "tcp",
+        port,
+        interval: delay_loop,
+        timeout: t.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+        retries,
+        retry_delay: t.delay_before_retry.or(ck.kind.default_delay_before_retry()).unwrap_or(delay_loop),
+        warmup: match t.warmup {
+            None => Some(None),
+            Some(d) if d.is_zero() => None,
+            Some(d) if d == delay_loop => Some(None),
+            Some(d) => Some(Some(d)),
+        },
+        path: None,
+        host: None,
+        status: Vec::new(),
+        regex: None,
+        command: None,
+    };
+    match ck.kind {
+        CheckerKind::Tcp => {}
+        CheckerKind::Http => {
+            let url = ck.urls.first()?;
+            if ck.urls.len() > 1 {
+                reports.add(Severity::Warning, &ck.at, "url", "several urls (keepalived needs every one to pass); drlb checks one", "only the first url is checked");
+            }
+            c.kind = "http";
+            c.path = url.path.clone();
+            c.host = url.virtualhost.clone().or(ck.virtualhost.clone()).or(rs.virtualhost.clone()).or(vs.virtualhost.clone());
+            c.status = url.status_codes.clone();
+            c.regex = url.regex.clone();
+            if url.regex_no_match {
+                reports.add(Severity::Warning, url.at.as_ref().unwrap_or(&ck.at), "regex_no_match", "drlb's regex must match", "ignored: the regex must match");
+            }
+            if url.digest.is_some() {
+                reports.add(
+                    Severity::Warning,
+                    url.at.as_ref().unwrap_or(&ck.at),
+                    "digest",
+                    "drlb's http check does not compare an MD5 digest of the body yet",
+                    if url.status_codes.is_empty() { "status 200-299 is checked instead" } else { "only the status is checked" },
+                );
+            }
+            unsupported(&url.unsupported, reports, "url");
+        }
+        CheckerKind::Misc => {
+            let script = ck.misc.as_ref()?;
+            c.kind = "script";
+            c.command = Some(script.command.clone());
+            c.timeout = match ck.misc_timeout {
+                Some(s) if s > 0 => Duration::from_secs(s.into()),
+                _ => delay_loop,
+            };
+            if ck.misc_dynamic {
+                reports.add(Severity::Warning, &ck.at, "misc_dynamic", "drlb does not set weights from exit codes yet", "exit 0 is up, anything else down; the weight stays as configured");
+            }
+            if script.user.is_some() {
+                reports.add(Severity::Warning, &ck.at, "user", "drlb runs scripts as its own user", "ignored");
+            }
+        }
+        CheckerKind::Ssl | CheckerKind::Smtp => {
+            reports.add(
+                Severity::Warning,
+                &ck.at,
+                ck.kind.keyword(),
+                "drlb has no such checker yet",
+                format!("a TCP connect to port {} instead", port.unwrap_or(0)),
+            );
+        }
+        CheckerKind::Dns | CheckerKind::Udp | CheckerKind::Ping | CheckerKind::File | CheckerKind::Bfd => {
+            reports.add(Severity::Warning, &ck.at, ck.kind.keyword(), "drlb has no such checker yet", "left out: the real server counts as up unless another check fails");
+            return None;
+        }
+    }
+    Some(c)
+}
