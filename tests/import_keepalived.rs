@@ -130,6 +130,12 @@ fn fixtures() -> Vec<Fixture> {
             reports: &[],
         },
         Fixture {
+            what: "checks that differ between real servers, several checkers on one (all must pass), connect_ip, bindto and bind_port: each server lists its own",
+            keepalived: "virtual_server 198.18.0.100 80 {\n  lb_algo rr\n  lb_kind DR\n  protocol TCP\n  delay_loop 5\n  real_server 198.18.0.11 80 {\n    TCP_CHECK {\n      connect_ip 198.18.0.21\n      connect_port 81\n      bindto 198.18.0.1\n      bind_port 4000\n    }\n    MISC_CHECK {\n      misc_path /bin/true\n    }\n  }\n  real_server 198.18.0.12 80 {\n  }\n}\n",
+            yaml: &["- address: 198.18.0.11", "health_checks:", "- type: tcp", "port: 81", "address: 198.18.0.21", "source: 198.18.0.1", "source_port: 4000", "- type: script", "command: /bin/true", "- { address: 198.18.0.12, weight: 1, health_checks: [] }"],
+            reports: &[],
+        },
+        Fixture {
             what: "a misspelt keyword is reported, with keepalived's fallback",
             keepalived: "virtual_server 198.18.0.100 80 {\n  lb_algo wrr\n  lb_kind DR\n  protocol TCP\n  real_server 198.18.0.11 80 {\n    weigth 3\n  }\n}\n",
             yaml: &["- { address: 198.18.0.11, weight: 1 }"],

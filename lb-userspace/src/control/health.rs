@@ -25,16 +25,23 @@ pub struct Target {
     pub vip: IpAddr,
     /// The real server's display name (its `name`, else its address).
     pub name: String,
+    /// The real server's address (what the verdict is about).
     pub address: IpAddr,
-    pub port: u16,
+    /// Where the probe goes: the check's `address`, else the real server's.
+    pub probe: SocketAddr,
+    /// Which of the real server's checks this is (it is up while all of them pass).
+    pub index: usize,
     pub check: HealthCheck,
 }
 
 impl Target {
-
-    /// `web rs1 198.18.0.11:80`
+    /// `web rs1 198.18.0.11:80`, and the check's type when it probes elsewhere or is one of several.
     pub fn label(&self) -> String {
-        format!("{} {} {}", self.service, self.name, SocketAddr::new(self.address, self.port))
+        if self.index == 0 && self.probe.ip() == self.address {
+            format!("{} {} {}", self.service, self.name, self.probe)
+        } else {
+            format!("{} {} {} ({} check {})", self.service, self.name, self.address, self.check.kind.name(), self.probe)
+        }
     }
 }
 
@@ -54,31 +61,47 @@ pub struct Round {
     pub finished: Instant,
 }
 
-/// Every checker a config asks for.
+/// Every checker a config asks for: per real server, its own checks or the service's.
 pub fn targets(config: &Config) -> Vec<Target> {
     let mut out = Vec::new();
     for svc in &config.services {
-        let Some(check) = &svc.health_check else { continue };
         for rs in &svc.real_servers {
-            out.push(Target {
-                service: svc.name.clone(),
-                vip: svc.vip,
-                name: rs.name.clone().unwrap_or_else(|| rs.address.to_string()),
-                address: rs.address,
-                port: check.port.unwrap_or(svc.port),
-                check: check.clone(),
-            });
+            for (index, check) in rs.checks(svc).iter().enumerate() {
+                out.push(Target {
+                    service: svc.name.clone(),
+                    vip: svc.vip,
+                    name: rs.name.clone().unwrap_or_else(|| rs.address.to_string()),
+                    address: rs.address,
+                    probe: SocketAddr::new(check.address.unwrap_or(rs.address), check.port.unwrap_or(svc.port)),
+                    index,
+                    check: check.clone(),
+                });
+            }
         }
     }
     out
 }
 
+/// A TCP connection to the target, from the check's source if it names one.
+async fn connect(t: &Target) -> std::io::Result<TcpStream> {
+    let c = &t.check;
+    if c.source.is_none() && c.source_port.is_none() {
+        return TcpStream::connect(t.probe).await;
+    }
+    let socket = if t.probe.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    let unspecified: IpAddr = if t.probe.is_ipv4() { std::net::Ipv4Addr::UNSPECIFIED.into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() };
+    if c.source_port.is_some() {
+        socket.set_reuseaddr(true)?;
+    }
+    socket.bind(SocketAddr::new(c.source.unwrap_or(unspecified), c.source_port.unwrap_or(0)))?;
+    socket.connect(t.probe).await
+}
+
 /// One attempt; `Err` says why it failed.
 pub async fn probe(t: &Target) -> Result<(), String> {
     let c = &t.check;
-    let addr = SocketAddr::new(t.address, t.port);
     match c.kind {
-        CheckType::Tcp => match timeout(c.timeout, TcpStream::connect(addr)).await {
+        CheckType::Tcp => match timeout(c.timeout, connect(t)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(format!("connect failed: {e}")),
             Err(_) => Err(format!("connect timeout after {}", humantime::format_duration(c.timeout))),
@@ -93,8 +116,7 @@ pub async fn probe(t: &Target) -> Result<(), String> {
 
 async fn http_get(t: &Target) -> Result<(), String> {
     let c = &t.check;
-    let addr = SocketAddr::new(t.address, t.port);
-    let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect failed: {e}"))?;
+    let stream = connect(t).await.map_err(|e| format!("connect failed: {e}"))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
         .await
         .map_err(|e| format!("HTTP handshake failed: {e}"))?;
@@ -131,7 +153,7 @@ async fn run_script(t: &Target) -> Result<(), String> {
         .env("DRLB_SERVICE", &t.service)
         .env("DRLB_VIP", t.vip.to_string())
         .env("DRLB_RS_ADDRESS", t.address.to_string())
-        .env("DRLB_RS_PORT", t.port.to_string())
+        .env("DRLB_RS_PORT", t.probe.port().to_string())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -173,42 +195,45 @@ pub async fn round(t: &std::sync::Arc<Target>) -> Round {
     Round { target: t.clone(), ok: false, reason, failed_attempts: failed, attempts, latency, finished: Instant::now() }
 }
 
-/// Up or down, per target, with keepalived's default of one success to come up and
-/// `rise`/`fall` consecutive rounds when configured.
+/// Up or down, per check and per real server, with keepalived's default of one success to
+/// come up and `rise`/`fall` consecutive rounds when configured. A real server is up while
+/// every one of its checks is (keepalived: all checkers of a real_server must pass).
 #[derive(Debug, Default)]
 pub struct Tracker {
-    state: HashMap<(String, IpAddr), (bool, u32, u32)>,
+    /// (service, real server, check index) → (up, consecutive successes, consecutive failures).
+    checks: HashMap<(String, IpAddr, usize), (bool, u32, u32)>,
 }
 
 impl Tracker {
-    /// Applies a round; returns the log line when the state changes.
+    /// Applies a round; returns the real server's new state and the log line when it changes.
     pub fn apply(&mut self, r: &Round) -> Option<(bool, String)> {
-        let key = (r.target.service.clone(), r.target.address);
-        let (up, oks, fails) = self.state.entry(key).or_insert((true, 0, 0));
-        if r.ok {
+        let t = &r.target;
+        let (up, oks, fails) = self.checks.entry((t.service.clone(), t.address, t.index)).or_insert((true, 0, 0));
+        let line = if r.ok {
             *oks += 1;
             *fails = 0;
-            if !*up && *oks >= r.target.check.rise {
-                *up = true;
-                return Some((true, format!("{} UP: check succeeded ({}/{} successes)", r.target.label(), oks, r.target.check.rise)));
-            }
+            (!*up && *oks >= t.check.rise).then(|| format!("{} UP: check succeeded ({}/{} successes)", t.label(), oks, t.check.rise))
         } else {
             *fails += 1;
             *oks = 0;
-            if *up && *fails >= r.target.check.fall {
-                *up = false;
-                return Some((
-                    false,
-                    format!("{} DOWN: {} ({}/{} failures)", r.target.label(), r.reason, r.failed_attempts, r.attempts),
-                ));
-            }
+            (*up && *fails >= t.check.fall).then(|| format!("{} DOWN: {} ({}/{} failures)", t.label(), r.reason, r.failed_attempts, r.attempts))
+        }?;
+        *up = !*up;
+        let check_up = *up;
+        // Only a flip looks at the server's other checks: the server changes with this one
+        // only if all the others are up.
+        let others_up =
+            self.checks.iter().all(|((s, a, i), (up, _, _))| *up || *i == t.index || s != &t.service || *a != t.address);
+        if !others_up {
+            tracing::info!("{line} (real server stays down: another of its checks fails)");
+            return None;
         }
-        None
+        Some((check_up, line))
     }
 
-    /// Forgets targets a reload removed.
+    /// Forgets checks a reload removed.
     pub fn retain(&mut self, targets: &[Target]) {
-        self.state.retain(|(s, a), _| targets.iter().any(|t| &t.service == s && t.address == *a));
+        self.checks.retain(|(s, a, i), _| targets.iter().any(|t| &t.service == s && t.address == *a && t.index == *i));
     }
 }
 
@@ -241,6 +266,34 @@ mod tests {
         }
         let (_, line) = Tracker::default().apply(&round(false, 1, 1)).unwrap();
         assert_eq!(line, "web rs1 198.18.0.11:80 DOWN: connect failed (2/2 failures)");
+    }
+
+    /// keepalived's several checkers on one real_server: it is up while all pass.
+    #[test]
+    fn a_server_with_two_checks_is_up_only_while_both_pass() {
+        let config = crate::control::config::Config::parse(
+            std::path::Path::new("t.yaml"),
+            "director: { interface: eth0 }\nservices:\n  - { name: web, vip: 198.18.0.100, port: 80, protocol: tcp, real_servers: [ { address: 198.18.0.11, \
+             health_checks: [ { type: tcp }, { type: http, path: /health, port: 8080, address: 198.18.0.12 } ] } ] }\n",
+        )
+        .unwrap();
+        let targets: Vec<std::sync::Arc<Target>> = targets(&config).into_iter().map(std::sync::Arc::new).collect();
+        assert_eq!(targets.len(), 2);
+        assert_eq!(targets[1].probe, "198.18.0.12:8080".parse().unwrap());
+        let round = |i: usize, ok: bool| Round {
+            target: targets[i].clone(),
+            ok,
+            reason: "refused".into(),
+            failed_attempts: 1,
+            attempts: 1,
+            latency: Duration::ZERO,
+            finished: Instant::now(),
+        };
+        let mut t = Tracker::default();
+        let steps = [(0, false, Some(false)), (1, false, None), (0, true, None), (1, true, Some(true)), (1, false, Some(false))];
+        for (n, (i, ok, want)) in steps.into_iter().enumerate() {
+            assert_eq!(t.apply(&round(i, ok)).map(|(up, _)| up), want, "step {n}");
+        }
     }
 
     #[test]

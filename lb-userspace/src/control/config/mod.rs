@@ -279,6 +279,21 @@ pub struct RealServer {
     /// Optional, for keepalived users (`real_server ADDR PORT`): DR cannot rewrite the
     /// port, so it must equal the service port.
     pub port: Option<u16>,
+    /// This server's own checks, instead of the service's `health_check`: it is up only
+    /// while every one passes (keepalived's several checkers on one real_server); `[]`:
+    /// none, always up.
+    pub health_checks: Option<Vec<HealthCheck>>,
+}
+
+impl RealServer {
+    /// The checks that decide whether this server is up: its own, else the service's.
+    pub fn checks<'a>(&'a self, service: &'a Service) -> &'a [HealthCheck] {
+        match (&self.health_checks, &service.health_check) {
+            (Some(own), _) => own,
+            (None, Some(shared)) => std::slice::from_ref(shared),
+            (None, None) => &[],
+        }
+    }
 }
 
 fn default_weight() -> u32 {
@@ -337,6 +352,11 @@ pub struct HealthCheck {
     pub regex: Option<BodyRegex>,
     /// script: the command to run.
     pub command: Option<String>,
+    /// Probe this address instead of the real server's own (keepalived's `connect_ip`).
+    pub address: Option<IpAddr>,
+    /// Send probes from this address and port (keepalived's `bindto`, `bind_port`).
+    pub source: Option<IpAddr>,
+    pub source_port: Option<u16>,
 }
 
 /// keepalived's `warmup`: the first check waits a random time up to this.
@@ -572,6 +592,13 @@ impl Config {
             if let Some(hc) = &svc.health_check {
                 problems.extend(hc.validate(svc.port).into_iter().map(|(f, m)| (at(&format!("health_check.{f}")), m)));
             }
+            for (j, rs) in svc.real_servers.iter().enumerate() {
+                for (k, hc) in rs.health_checks.iter().flatten().enumerate() {
+                    problems.extend(
+                        hc.validate(svc.port).into_iter().map(|(f, m)| (format!("services[{i}].real_servers[{j}].health_checks[{k}].{f}"), m)),
+                    );
+                }
+            }
             if svc.real_servers.len() > lb_common::maps::MAX_BACKENDS_PER_SERVICE as usize {
                 problems.push((
                     at("real_servers"),
@@ -643,6 +670,14 @@ impl HealthCheck {
         let mut problems = Vec::new();
         if self.kind != CheckType::Script && self.port.is_none() && service_port == 0 {
             problems.push(("port", "a port-0 service needs an explicit health_check port".into()));
+        }
+        if let (Some(a), Some(s)) = (self.address, self.source)
+            && a.is_ipv4() != s.is_ipv4()
+        {
+            problems.push(("source", format!("source {s} and address {a} are not the same address family")));
+        }
+        if self.kind == CheckType::Script && (self.address.is_some() || self.source.is_some() || self.source_port.is_some()) {
+            problems.push(("type", "a script check makes no connection: `address`, `source` and `source_port` do not apply".into()));
         }
         for (field, value) in [("interval", self.interval), ("timeout", self.timeout)] {
             if value.is_zero() {

@@ -30,11 +30,13 @@ struct Service {
     persistence_timeout: Option<u32>,
     persistence_granularity: Option<String>,
     timeouts: Option<(Option<u32>, Option<u32>, Option<u32>)>,
+    /// Every real server's checks, when they are the same for all (at most one).
     health_check: Option<Check>,
     inhibit_on_failure: bool,
     sorry_server: Option<IpAddr>,
     quorum: Option<u32>,
-    real_servers: Vec<(IpAddr, u32)>,
+    /// Address, weight, and the server's own checks when they differ between servers.
+    real_servers: Vec<(IpAddr, u32, Option<Vec<Check>>)>,
 }
 
 /// A drlb `health_check`, in the YAML's terms.
@@ -53,6 +55,9 @@ struct Check {
     status: Vec<(u16, u16)>,
     regex: Option<String>,
     command: Option<String>,
+    address: Option<IpAddr>,
+    source: Option<IpAddr>,
+    source_port: Option<u16>,
 }
 
 /// The YAML for `lvs`; `source` names the imported file in the header.
@@ -107,32 +112,7 @@ pub fn to_yaml(lvs: &Lvs, source: &str, reports: &mut Reports) -> String {
         }
         if let Some(c) = &s.health_check {
             let _ = writeln!(y, "    health_check:");
-            let _ = writeln!(y, "      type: {}", c.kind);
-            if let Some(p) = c.port {
-                let _ = writeln!(y, "      port: {p}");
-            }
-            let _ = writeln!(y, "      interval: {}", yaml_duration(c.interval));
-            let _ = writeln!(y, "      timeout: {}", yaml_duration(c.timeout));
-            let _ = writeln!(y, "      retries: {}", c.retries);
-            let _ = writeln!(y, "      retry_delay: {}", yaml_duration(c.retry_delay));
-            match c.warmup {
-                Some(None) => {
-                    let _ = writeln!(y, "      warmup: true");
-                }
-                Some(Some(d)) => {
-                    let _ = writeln!(y, "      warmup: {}", yaml_duration(d));
-                }
-                None => {}
-            }
-            for (field, value) in [("path", &c.path), ("host", &c.host), ("regex", &c.regex), ("command", &c.command)] {
-                if let Some(v) = value {
-                    let _ = writeln!(y, "      {field}: {}", scalar(v));
-                }
-            }
-            if !c.status.is_empty() {
-                let list: Vec<String> = c.status.iter().map(|(lo, hi)| if lo == hi { format!("\"{lo}\"") } else { format!("\"{lo}-{hi}\"") }).collect();
-                let _ = writeln!(y, "      status: [{}]", list.join(", "));
-            }
+            write_check(&mut y, "      ", "      ", c);
         }
         if s.inhibit_on_failure {
             let _ = writeln!(y, "    inhibit_on_failure: true");
@@ -144,11 +124,61 @@ pub fn to_yaml(lvs: &Lvs, source: &str, reports: &mut Reports) -> String {
             let _ = writeln!(y, "    quorum: {q}");
         }
         let _ = writeln!(y, "    real_servers:");
-        for (address, weight) in &s.real_servers {
-            let _ = writeln!(y, "      - {{ address: {address}, weight: {weight} }}");
+        for (address, weight, checks) in &s.real_servers {
+            match checks {
+                None => {
+                    let _ = writeln!(y, "      - {{ address: {address}, weight: {weight} }}");
+                }
+                Some(checks) if checks.is_empty() => {
+                    let _ = writeln!(y, "      - {{ address: {address}, weight: {weight}, health_checks: [] }}");
+                }
+                Some(checks) => {
+                    let _ = writeln!(y, "      - address: {address}\n        weight: {weight}\n        health_checks:");
+                    for c in checks {
+                        write_check(&mut y, "          - ", "            ", c);
+                    }
+                }
+            }
         }
     }
     y
+}
+
+/// One check's fields: the first line after `first`, the others after `rest`.
+fn write_check(y: &mut String, first: &str, rest: &str, c: &Check) {
+    let mut lines = vec![format!("type: {}", c.kind)];
+    if let Some(p) = c.port {
+        lines.push(format!("port: {p}"));
+    }
+    for (field, value) in [("address", c.address), ("source", c.source)] {
+        if let Some(v) = value {
+            lines.push(format!("{field}: {v}"));
+        }
+    }
+    if let Some(p) = c.source_port {
+        lines.push(format!("source_port: {p}"));
+    }
+    lines.push(format!("interval: {}", yaml_duration(c.interval)));
+    lines.push(format!("timeout: {}", yaml_duration(c.timeout)));
+    lines.push(format!("retries: {}", c.retries));
+    lines.push(format!("retry_delay: {}", yaml_duration(c.retry_delay)));
+    match c.warmup {
+        Some(None) => lines.push("warmup: true".into()),
+        Some(Some(d)) => lines.push(format!("warmup: {}", yaml_duration(d))),
+        None => {}
+    }
+    for (field, value) in [("path", &c.path), ("host", &c.host), ("regex", &c.regex), ("command", &c.command)] {
+        if let Some(v) = value {
+            lines.push(format!("{field}: {}", scalar(v)));
+        }
+    }
+    if !c.status.is_empty() {
+        let list: Vec<String> = c.status.iter().map(|(lo, hi)| if lo == hi { format!("\"{lo}\"") } else { format!("\"{lo}-{hi}\"") }).collect();
+        lines.push(format!("status: [{}]", list.join(", ")));
+    }
+    for (i, line) in lines.iter().enumerate() {
+        let _ = writeln!(y, "{}{line}", if i == 0 { first } else { rest });
+    }
 }
 
 /// A YAML scalar, quoted when it must be.
@@ -411,7 +441,7 @@ fn service(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Servi
         }
     }
     let mut real_servers = Vec::new();
-    let mut checks: Vec<(Option<Check>, Location)> = Vec::new();
+    let mut checks: Vec<Vec<Check>> = Vec::new();
     let mut inhibit = Vec::new();
     for rs in &vs.real_servers {
         if let Some((m, at)) = &rs.method
@@ -449,25 +479,20 @@ fn service(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Servi
         }
         unsupported(&rs.unsupported, reports, "real_server");
         let weight = rs.weight.or(vs.weight).unwrap_or(1);
-        real_servers.push((rs.ip, weight));
+        real_servers.push((rs.ip, weight, None));
         inhibit.push((rs.inhibit_on_failure.unwrap_or(vs.inhibit_on_failure), rs.at.clone()));
-        checks.push((check_for(vs, rs, port, reports), rs.at.clone()));
+        checks.push(checks_for(vs, rs, port, reports));
     }
     if real_servers.is_empty() {
         reports.add(Severity::Warning, &vs.at, "virtual_server", "no real server left that drlb can forward to", "left out");
         return None;
     }
-    // drlb's YAML has one check and one inhibit_on_failure per service.
-    let health_check = checks[0].0.clone();
-    for (c, at) in &checks[1..] {
-        if *c != health_check {
-            reports.add(
-                Severity::Warning,
-                at,
-                "real_server",
-                "its checks differ from the first real server's; drlb's YAML has one health check per service",
-                "checked as the first real server is",
-            );
+    // One check shared by every server is the service's; otherwise each server lists its own.
+    let shared = checks.iter().all(|c| c.len() <= 1 && *c == checks[0]);
+    let health_check = if shared { checks[0].first().cloned() } else { None };
+    if !shared {
+        for (rs, own) in real_servers.iter_mut().zip(checks) {
+            rs.2 = Some(own);
         }
     }
     let inhibit_on_failure = inhibit[0].0;
@@ -504,26 +529,11 @@ fn service(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Servi
     })
 }
 
-/// The drlb check for one real server's checkers, or None (always up, as keepalived with
-/// no checker).
-fn check_for(vs: &VirtualServer, rs: &RealServer, vs_port: u16, reports: &mut Reports) -> Option<Check> {
+/// The drlb checks for one real server's checkers (none: always up, as keepalived with no
+/// checker); the server is up while all pass, as in keepalived.
+fn checks_for(vs: &VirtualServer, rs: &RealServer, vs_port: u16, reports: &mut Reports) -> Vec<Check> {
     let inherited = rs.timing.under(&vs.timing);
-    let mut translated: Vec<Check> = Vec::new();
-    for ck in &rs.checkers {
-        if let Some(c) = check(vs, rs, ck, &inherited, vs_port, reports) {
-            translated.push(c);
-        }
-    }
-    if translated.len() > 1 {
-        reports.add(
-            Severity::Warning,
-            &rs.checkers[1].at,
-            rs.checkers[1].kind.keyword(),
-            "a second checker on one real server (keepalived needs all to pass); drlb's YAML has one check per service",
-            "only the first checker is used",
-        );
-    }
-    translated.into_iter().next()
+    rs.checkers.iter().filter_map(|ck| check(vs, rs, ck, &inherited, vs_port, reports)).collect()
 }
 
 fn check(vs: &VirtualServer, rs: &RealServer, ck: &Checker, inherited: &Timing, vs_port: u16, reports: &mut Reports) -> Option<Check> {
@@ -542,16 +552,15 @@ fn check(vs: &VirtualServer, rs: &RealServer, ck: &Checker, inherited: &Timing, 
         );
     }
     unsupported(&ck.unsupported, reports, ck.kind.keyword());
-    for (what, present) in [
-        ("connect_ip", ck.connect_ip.is_some_and(|ip| ip != rs.ip)),
-        ("bindto", ck.bindto.is_some()),
-        ("bind_port", ck.bind_port.is_some()),
-        ("bind_if", ck.bind_if.is_some()),
-        ("fwmark", ck.fwmark.is_some()),
-    ] {
+    for (what, present) in [("bind_if", ck.bind_if.is_some()), ("fwmark", ck.fwmark.is_some())] {
         if present {
-            reports.add(Severity::Warning, &ck.at, what, format!("drlb's checks have no `{what}` yet"), "the check probes the real server's own address from the director's");
+            reports.add(Severity::Warning, &ck.at, what, format!("drlb's checks have no `{what}` yet"), "the check leaves by the route to its address, unmarked");
         }
+    }
+    let family_ok = |a: &IpAddr| a.is_ipv4() == ck.connect_ip.unwrap_or(rs.ip).is_ipv4();
+    if let Some(b) = ck.bindto.filter(|b| !family_ok(b)) {
+        reports.add(Severity::Error, &ck.at, "bindto", format!("{b} is not the family of the address probed; keepalived drops the checker"), "check left out");
+        return None;
     }
     if t.alpha == Some(true) {
         reports.add(Severity::Warning, &ck.at, "alpha", "drlb starts every real server up until a check fails", "ignored");
@@ -593,6 +602,9 @@ fn check(vs: &VirtualServer, rs: &RealServer, ck: &Checker, inherited: &Timing, 
         status: Vec::new(),
         regex: None,
         command: None,
+        address: ck.connect_ip.filter(|ip| *ip != rs.ip),
+        source: ck.bindto,
+        source_port: ck.bind_port,
     };
     match ck.kind {
         CheckerKind::Tcp => {}
