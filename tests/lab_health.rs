@@ -191,3 +191,43 @@ fn sorry_server_takes_over_when_the_quorum_is_lost() {
     assert_eq!((t.ok, t.per_server[2]), (10, 0), "quorum back: the real servers answer again: {t:?}");
     lab.stop_drlb().unwrap();
 }
+
+/// A keepalived.conf as operators write it, imported and run: rs1 carries two checkers
+/// (TCP_CHECK and HTTP_GET of /health), so it goes down when /health fails although port 80
+/// stays open — keepalived's "every checker must pass" — and comes back when it passes.
+#[test]
+fn an_imported_keepalived_conf_with_two_checkers_on_a_server_needs_both() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = Lab::build(XdpMode::Generic).expect("build the lab");
+    let (rs1, rs2) = (ALL_REAL_SERVERS[0].addr, ALL_REAL_SERVERS[1].addr);
+    let keepalived = format!(
+        "vrrp_instance VI_1 {{\n  interface eth0\n  virtual_router_id 7\n  virtual_ipaddress {{\n    {VIP}/24\n  }}\n}}\n\
+         virtual_server {VIP} 80 {{\n  delay_loop 0.5\n  lb_algo wlc\n  lb_kind DR\n  protocol TCP\n\
+           real_server {rs1} 80 {{\n    weight 1\n    TCP_CHECK {{\n      connect_timeout 1\n      retry 0\n    }}\n\
+             HTTP_GET {{\n      url {{\n        path /health\n        status_code 200\n      }}\n      connect_timeout 1\n      retry 0\n    }}\n  }}\n\
+           real_server {rs2} 80 {{\n    weight 1\n    TCP_CHECK {{\n      connect_timeout 1\n      retry 0\n    }}\n  }}\n}}\n"
+    );
+    let imported = lb_userspace::migrate::keepalived::import_text(&lab.dir.join("keepalived.conf"), &keepalived, "lab");
+    assert!(imported.reports.is_empty(), "{:?}", imported.reports.iter().map(ToString::to_string).collect::<Vec<_>>());
+    let yaml = imported.yaml.replace("  interface: eth0", &format!("  interface: eth0\n  xdp_mode: generic\n  conn_table_size: 65536"));
+    lab.start_drlb_with(drlb(), &yaml).expect("start drlb with the imported config");
+    let t = lab.http_requests(20, Duration::from_secs(2)).unwrap();
+    assert_eq!(t.ok, 20, "{t:?}");
+    assert!(t.per_server[0] > 0 && t.per_server[1] > 0, "both servers up at first: {t:?}");
+    let from = lab.log_len();
+    lab.set_unhealthy("rs1", true).unwrap();
+    lab.wait_for_log(&format!("(http check {rs1}:80) DOWN:"), from, Duration::from_secs(5)).expect("rs1's HTTP_GET fails");
+    std::thread::sleep(Duration::from_millis(100));
+    let t = lab.http_requests(20, Duration::from_secs(2)).unwrap();
+    assert_eq!((t.ok, t.per_server[0]), (20, 0), "rs1's TCP_CHECK passes but its HTTP_GET fails: it must get nothing: {t:?}");
+    let from = lab.log_len();
+    lab.set_unhealthy("rs1", false).unwrap();
+    lab.wait_for_log(&format!("(http check {rs1}:80) UP:"), from, Duration::from_secs(5)).expect("rs1's HTTP_GET passes again");
+    std::thread::sleep(Duration::from_millis(100));
+    let t = lab.http_requests(20, Duration::from_secs(2)).unwrap();
+    assert!(t.ok == 20 && t.per_server[0] > 0, "rs1 back: {t:?}");
+    lab.stop_drlb().unwrap();
+}
