@@ -136,6 +136,12 @@ fn fixtures() -> Vec<Fixture> {
             reports: &[],
         },
         Fixture {
+            what: "SSL_GET with enable_sni (the name from virtualhost) and a digest; SMTP_CHECK, DNS_CHECK, UDP_CHECK and PING_CHECK with their options",
+            keepalived: "virtual_server 198.18.0.100 443 {\n  lb_algo rr\n  lb_kind DR\n  protocol TCP\n  virtualhost www.example.org\n  real_server 198.18.0.11 443 {\n    SSL_GET {\n      url {\n        path /\n        digest 7BD3D5F5B3CDB13AED632121206E729C\n      }\n      enable_sni\n    }\n    SMTP_CHECK {\n      connect_port 25\n      helo_name lb.example.org\n    }\n    DNS_CHECK {\n      connect_port 53\n      type a\n      name www.example.org\n    }\n    UDP_CHECK {\n      connect_port 123\n      payload 0102\n      require_reply 01xx\n    }\n    PING_CHECK {\n    }\n  }\n}\n",
+            yaml: &["- type: https", "sni: www.example.org", "digest: 7bd3d5f5b3cdb13aed632121206e729c", "- type: smtp", "helo: lb.example.org", "- type: dns", "query_type: A", "query_name: www.example.org", "retries: 3", "- type: udp", "payload: \"0102\"", "reply: \"01xx\"", "- type: ping"],
+            reports: &[],
+        },
+        Fixture {
             what: "a misspelt keyword is reported, with keepalived's fallback",
             keepalived: "virtual_server 198.18.0.100 80 {\n  lb_algo wrr\n  lb_kind DR\n  protocol TCP\n  real_server 198.18.0.11 80 {\n    weigth 3\n  }\n}\n",
             yaml: &["- { address: 198.18.0.11, weight: 1 }"],

@@ -1,5 +1,6 @@
-//! Health checks with keepalived's meaning: `tcp` (TCP_CHECK), `http` (HTTP_GET) and
-//! `script` (MISC_CHECK), each run against a real server's own address.
+//! Health checks with keepalived's meaning (the probes themselves, one per checker kind, are
+//! in [`crate::control::probes`]), each run against a real server's own address or the
+//! check's `address`.
 //!
 //! A checker task per (service, real server) probes every `interval`; one round tries up
 //! to `retries + 1` times, `retry_delay` apart, each attempt bounded by `timeout`. Rounds
@@ -11,12 +12,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt as _, Empty};
-use hyper::body::Bytes;
-use tokio::net::TcpStream;
-use tokio::time::timeout;
-
-use crate::control::config::{BodyRegex, CheckType, Config, HealthCheck, StatusRange};
+use crate::control::config::{Config, HealthCheck};
+pub use crate::control::probes::probe;
 
 /// What one checker probes.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,95 +77,6 @@ pub fn targets(config: &Config) -> Vec<Target> {
         }
     }
     out
-}
-
-/// A TCP connection to the target, from the check's source if it names one.
-async fn connect(t: &Target) -> std::io::Result<TcpStream> {
-    let c = &t.check;
-    if c.source.is_none() && c.source_port.is_none() {
-        return TcpStream::connect(t.probe).await;
-    }
-    let socket = if t.probe.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-    let unspecified: IpAddr = if t.probe.is_ipv4() { std::net::Ipv4Addr::UNSPECIFIED.into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() };
-    if c.source_port.is_some() {
-        socket.set_reuseaddr(true)?;
-    }
-    socket.bind(SocketAddr::new(c.source.unwrap_or(unspecified), c.source_port.unwrap_or(0)))?;
-    socket.connect(t.probe).await
-}
-
-/// One attempt; `Err` says why it failed.
-pub async fn probe(t: &Target) -> Result<(), String> {
-    let c = &t.check;
-    match c.kind {
-        CheckType::Tcp => match timeout(c.timeout, connect(t)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("connect failed: {e}")),
-            Err(_) => Err(format!("connect timeout after {}", humantime::format_duration(c.timeout))),
-        },
-        CheckType::Http => match timeout(c.timeout, http_get(t)).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("no HTTP response within {}", humantime::format_duration(c.timeout))),
-        },
-        CheckType::Script => run_script(t).await,
-    }
-}
-
-async fn http_get(t: &Target) -> Result<(), String> {
-    let c = &t.check;
-    let stream = connect(t).await.map_err(|e| format!("connect failed: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("HTTP handshake failed: {e}"))?;
-    tokio::spawn(conn);
-    let path = c.path.clone().unwrap_or_else(|| "/".into());
-    let host = c.host.clone().unwrap_or_else(|| t.vip.to_string());
-    let req = hyper::Request::get(&path)
-        .header(hyper::header::HOST, host)
-        .header(hyper::header::USER_AGENT, "drlb-healthcheck")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("bad request: {e}"))?;
-    let resp = sender.send_request(req).await.map_err(|e| format!("HTTP request failed: {e}"))?;
-    let status = resp.status().as_u16();
-    let ranges = c.status.as_deref().unwrap_or(&[StatusRange::DEFAULT]);
-    if !ranges.iter().any(|r| r.contains(status)) {
-        let want: Vec<String> = ranges.iter().map(|r| r.to_string()).collect();
-        return Err(format!("HTTP status {status} for GET {path}, expected {}", want.join(", ")));
-    }
-    if let Some(BodyRegex(re)) = &c.regex {
-        let body = resp.into_body().collect().await.map_err(|e| format!("reading the body failed: {e}"))?.to_bytes();
-        if !re.is_match(&String::from_utf8_lossy(&body)) {
-            return Err(format!("body of GET {path} does not match /{}/", re.as_str()));
-        }
-    }
-    Ok(())
-}
-
-async fn run_script(t: &Target) -> Result<(), String> {
-    let c = &t.check;
-    let command = c.command.clone().unwrap_or_default();
-    let mut child = tokio::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(&command)
-        .env("DRLB_SERVICE", &t.service)
-        .env("DRLB_VIP", t.vip.to_string())
-        .env("DRLB_RS_ADDRESS", t.address.to_string())
-        .env("DRLB_RS_PORT", t.probe.port().to_string())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot run `{command}`: {e}"))?;
-    match timeout(c.timeout, child.wait()).await {
-        Ok(Ok(s)) if s.success() => Ok(()),
-        Ok(Ok(s)) => Err(format!("`{command}` exited with {s}")),
-        Ok(Err(e)) => Err(format!("waiting for `{command}`: {e}")),
-        Err(_) => {
-            let _ = child.kill().await;
-            Err(format!("`{command}` killed after {}", humantime::format_duration(c.timeout)))
-        }
-    }
 }
 
 /// One round: up to `retries + 1` attempts, `retry_delay` apart, stopping at the first success.

@@ -306,9 +306,22 @@ pub const MAX_WEIGHT: u32 = 65535;
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckType {
+    /// A TCP connection (TCP_CHECK).
     Tcp,
+    /// GET `path` (HTTP_GET).
     Http,
+    /// GET `path` over TLS (SSL_GET): the certificate is not verified, as keepalived's.
+    Https,
+    /// A command's exit status (MISC_CHECK).
     Script,
+    /// 220 greeting, 250 to HELO, 221 to QUIT (SMTP_CHECK).
+    Smtp,
+    /// A UDP DNS query answered with no error (DNS_CHECK).
+    Dns,
+    /// A UDP datagram not refused, or answered as `reply` says (UDP_CHECK).
+    Udp,
+    /// An ICMP echo answered (PING_CHECK).
+    Ping,
 }
 
 impl CheckType {
@@ -317,8 +330,18 @@ impl CheckType {
         match self {
             CheckType::Tcp => "tcp",
             CheckType::Http => "http",
+            CheckType::Https => "https",
             CheckType::Script => "script",
+            CheckType::Smtp => "smtp",
+            CheckType::Dns => "dns",
+            CheckType::Udp => "udp",
+            CheckType::Ping => "ping",
         }
+    }
+
+    /// Whether it probes a port (a script and a ping do not).
+    pub fn uses_port(self) -> bool {
+        !matches!(self, CheckType::Script | CheckType::Ping)
     }
 }
 
@@ -352,11 +375,127 @@ pub struct HealthCheck {
     pub regex: Option<BodyRegex>,
     /// script: the command to run.
     pub command: Option<String>,
+    /// http/https: the MD5 of the body, 32 hex digits (keepalived's `digest`).
+    pub digest: Option<Md5Digest>,
+    /// https: the server name sent in the TLS handshake (none: no SNI, as keepalived
+    /// without `enable_sni`).
+    pub sni: Option<String>,
+    /// smtp: the name given in HELO.
+    pub helo: Option<String>,
+    /// dns: the query's type (A, NS, CNAME, SOA, MX, TXT, AAAA; default SOA) and name
+    /// (default the root).
+    pub query_type: Option<DnsType>,
+    pub query_name: Option<String>,
+    /// udp: the datagram sent, in hex (default: 8 random bytes).
+    pub payload: Option<HexBytes>,
+    /// udp: `true` needs any answer; a hex pattern (`x` for any nibble) needs an answer that
+    /// starts like it. Absent: success unless the port is refused (ICMP).
+    pub reply: Option<UdpReply>,
     /// Probe this address instead of the real server's own (keepalived's `connect_ip`).
     pub address: Option<IpAddr>,
     /// Send probes from this address and port (keepalived's `bindto`, `bind_port`).
     pub source: Option<IpAddr>,
     pub source_port: Option<u16>,
+}
+
+/// An MD5 digest written as 32 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Md5Digest(pub [u8; 16]);
+
+impl<'de> Deserialize<'de> for Md5Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let bytes = HexBytes::parse(&text).ok().filter(|b| b.0.len() == 16 && b.1.iter().all(|m| *m == 0));
+        bytes
+            .map(|b| Md5Digest(b.0.try_into().expect("16 bytes")))
+            .ok_or_else(|| serde::de::Error::custom(format!("`{text}` is not an MD5 digest (32 hex digits)")))
+    }
+}
+
+/// Bytes written in hex, with `x` for "any nibble" where a pattern allows it: the bytes and
+/// a mask of the nibbles that match anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HexBytes(pub Vec<u8>, pub Vec<u8>);
+
+impl HexBytes {
+    pub fn parse(text: &str) -> Result<HexBytes, String> {
+        let digits: Vec<char> = text.chars().filter(|c| !c.is_whitespace()).collect();
+        if digits.is_empty() || digits.len() % 2 != 0 {
+            return Err(format!("`{text}` is not an even number of hex digits"));
+        }
+        let mut bytes = Vec::new();
+        let mut mask = Vec::new();
+        for pair in digits.chunks(2) {
+            let (mut b, mut m) = (0u8, 0u8);
+            for (shift, c) in [(4, pair[0]), (0, pair[1])] {
+                match c {
+                    'x' | 'X' => m |= 0xf << shift,
+                    c => b |= (c.to_digit(16).ok_or_else(|| format!("`{c}` in `{text}` is not a hex digit"))? as u8) << shift,
+                }
+            }
+            bytes.push(b);
+            mask.push(m);
+        }
+        Ok(HexBytes(bytes, mask))
+    }
+
+    /// Whether `data` starts as this pattern says (`x` nibbles match anything); like
+    /// keepalived, only the shorter of the two is compared.
+    pub fn matches(&self, data: &[u8]) -> bool {
+        self.0.iter().zip(&self.1).zip(data).all(|((want, any), got)| (want ^ got) & !any == 0)
+    }
+}
+
+impl<'de> Deserialize<'de> for HexBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        HexBytes::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `reply:` of a udp check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UdpReply {
+    Any,
+    Matching(HexBytes),
+}
+
+impl<'de> Deserialize<'de> for UdpReply {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_yaml::Value::deserialize(d)? {
+            serde_yaml::Value::Bool(true) => Ok(UdpReply::Any),
+            serde_yaml::Value::String(s) => HexBytes::parse(&s).map(UdpReply::Matching).map_err(serde::de::Error::custom),
+            other => Err(serde::de::Error::custom(format!("{other:?}: write `true` (any answer) or a hex pattern such as \"0102xx\""))),
+        }
+    }
+}
+
+/// DNS query types keepalived's DNS_CHECK sends.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DnsType {
+    A,
+    Ns,
+    Cname,
+    Soa,
+    Mx,
+    Txt,
+    Aaaa,
+}
+
+impl DnsType {
+    /// Its number on the wire (RFC 1035, 3596).
+    pub fn code(self) -> u16 {
+        match self {
+            DnsType::A => 1,
+            DnsType::Ns => 2,
+            DnsType::Cname => 5,
+            DnsType::Soa => 6,
+            DnsType::Mx => 15,
+            DnsType::Txt => 16,
+            DnsType::Aaaa => 28,
+        }
+    }
 }
 
 /// keepalived's `warmup`: the first check waits a random time up to this.
@@ -668,7 +807,7 @@ impl Config {
 impl HealthCheck {
     fn validate(&self, service_port: u16) -> Vec<(&'static str, String)> {
         let mut problems = Vec::new();
-        if self.kind != CheckType::Script && self.port.is_none() && service_port == 0 {
+        if self.kind.uses_port() && self.port.is_none() && service_port == 0 {
             problems.push(("port", "a port-0 service needs an explicit health_check port".into()));
         }
         if let (Some(a), Some(s)) = (self.address, self.source)
@@ -689,9 +828,36 @@ impl HealthCheck {
                 problems.push((field, format!("{field} must be at least 1")));
             }
         }
+        let only = |field: &'static str, present: bool, kinds: &[CheckType]| (present && !kinds.contains(&self.kind)).then_some(field);
+        for field in [
+            only("path", self.path.is_some(), &[CheckType::Http, CheckType::Https]),
+            only("host", self.host.is_some(), &[CheckType::Http, CheckType::Https]),
+            only("status", self.status.is_some(), &[CheckType::Http, CheckType::Https]),
+            only("regex", self.regex.is_some(), &[CheckType::Http, CheckType::Https]),
+            only("digest", self.digest.is_some(), &[CheckType::Http, CheckType::Https]),
+            only("sni", self.sni.is_some(), &[CheckType::Https]),
+            only("command", self.command.is_some(), &[CheckType::Script]),
+            only("helo", self.helo.is_some(), &[CheckType::Smtp]),
+            only("query_type", self.query_type.is_some(), &[CheckType::Dns]),
+            only("query_name", self.query_name.is_some(), &[CheckType::Dns]),
+            only("payload", self.payload.is_some(), &[CheckType::Udp]),
+            only("reply", self.reply.is_some(), &[CheckType::Udp]),
+            only("port", self.port.is_some(), &[CheckType::Tcp, CheckType::Http, CheckType::Https, CheckType::Script, CheckType::Smtp, CheckType::Dns, CheckType::Udp]),
+            only("source_port", self.source_port.is_some(), &[CheckType::Tcp, CheckType::Http, CheckType::Https, CheckType::Smtp, CheckType::Dns, CheckType::Udp]),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            problems.push((field, format!("`{field}` does not apply to a {} check", self.kind.name())));
+        }
+        if let Some(name) = &self.query_name
+            && name.split('.').filter(|l| !l.is_empty()).any(|l| l.len() > 63)
+        {
+            problems.push(("query_name", format!("`{name}` has a label longer than 63 bytes")));
+        }
         match self.kind {
-            CheckType::Http if self.path.is_none() => {
-                problems.push(("type", "an http check needs `path`".into()))
+            CheckType::Http | CheckType::Https if self.path.is_none() => {
+                problems.push(("type", format!("an {} check needs `path`", self.kind.name())))
             }
             CheckType::Script if self.command.is_none() => {
                 problems.push(("type", "a script check needs `command`".into()))

@@ -58,6 +58,14 @@ struct Check {
     address: Option<IpAddr>,
     source: Option<IpAddr>,
     source_port: Option<u16>,
+    digest: Option<String>,
+    sni: Option<String>,
+    helo: Option<String>,
+    query_type: Option<String>,
+    query_name: Option<String>,
+    payload: Option<String>,
+    /// `Some(None)`: any answer; `Some(Some(hex))`: one matching the pattern.
+    reply: Option<Option<String>>,
 }
 
 /// The YAML for `lvs`; `source` names the imported file in the header.
@@ -167,10 +175,29 @@ fn write_check(y: &mut String, first: &str, rest: &str, c: &Check) {
         Some(Some(d)) => lines.push(format!("warmup: {}", yaml_duration(d))),
         None => {}
     }
-    for (field, value) in [("path", &c.path), ("host", &c.host), ("regex", &c.regex), ("command", &c.command)] {
+    for (field, value) in [
+        ("path", &c.path),
+        ("host", &c.host),
+        ("regex", &c.regex),
+        ("digest", &c.digest),
+        ("sni", &c.sni),
+        ("command", &c.command),
+        ("helo", &c.helo),
+        ("query_type", &c.query_type),
+        ("query_name", &c.query_name),
+    ] {
         if let Some(v) = value {
             lines.push(format!("{field}: {}", scalar(v)));
         }
+    }
+    // Hex strings stay strings ("01" is not the number 1).
+    if let Some(p) = &c.payload {
+        lines.push(format!("payload: \"{p}\""));
+    }
+    match &c.reply {
+        Some(None) => lines.push("reply: true".into()),
+        Some(Some(p)) => lines.push(format!("reply: \"{p}\"")),
+        None => {}
     }
     if !c.status.is_empty() {
         let list: Vec<String> = c.status.iter().map(|(lo, hi)| if lo == hi { format!("\"{lo}\"") } else { format!("\"{lo}-{hi}\"") }).collect();
@@ -565,7 +592,7 @@ fn check(vs: &VirtualServer, rs: &RealServer, ck: &Checker, inherited: &Timing, 
     if t.alpha == Some(true) {
         reports.add(Severity::Warning, &ck.at, "alpha", "drlb starts every real server up until a check fails", "ignored");
     }
-    let port = ck.connect_port.or(rs.port.filter(|p| *p != 0));
+    let port = if ck.kind == CheckerKind::Ping { None } else { ck.connect_port.or(rs.port.filter(|p| *p != 0)) };
     let port = match port {
         Some(p) => Some(p),
         None if matches!(ck.kind, CheckerKind::Misc | CheckerKind::File | CheckerKind::Bfd | CheckerKind::Ping) => None,
@@ -605,30 +632,34 @@ fn check(vs: &VirtualServer, rs: &RealServer, ck: &Checker, inherited: &Timing, 
         address: ck.connect_ip.filter(|ip| *ip != rs.ip),
         source: ck.bindto,
         source_port: ck.bind_port,
+        digest: None,
+        sni: None,
+        helo: None,
+        query_type: None,
+        query_name: None,
+        payload: None,
+        reply: None,
     };
     match ck.kind {
         CheckerKind::Tcp => {}
-        CheckerKind::Http => {
+        CheckerKind::Http | CheckerKind::Ssl => {
             let url = ck.urls.first()?;
             if ck.urls.len() > 1 {
-                reports.add(Severity::Warning, &ck.at, "url", "several urls (keepalived needs every one to pass); drlb checks one", "only the first url is checked");
+                reports.add(Severity::Warning, &ck.at, "url", "several urls (keepalived needs every one to pass, one per delay_loop in turn); drlb's check fetches one", "only the first url is checked");
             }
-            c.kind = "http";
+            c.kind = if ck.kind == CheckerKind::Ssl { "https" } else { "http" };
             c.path = url.path.clone();
             c.host = url.virtualhost.clone().or(ck.virtualhost.clone()).or(rs.virtualhost.clone()).or(vs.virtualhost.clone());
             c.status = url.status_codes.clone();
             c.regex = url.regex.clone();
+            c.digest = url.digest.clone();
+            if ck.kind == CheckerKind::Ssl && ck.enable_sni {
+                // keepalived's SNI: sni_name, else the url's, the checker's or the virtual
+                // server's virtualhost (not the real server's).
+                c.sni = ck.sni_name.clone().or(url.virtualhost.clone()).or(ck.virtualhost.clone()).or(vs.virtualhost.clone());
+            }
             if url.regex_no_match {
                 reports.add(Severity::Warning, url.at.as_ref().unwrap_or(&ck.at), "regex_no_match", "drlb's regex must match", "ignored: the regex must match");
-            }
-            if url.digest.is_some() {
-                reports.add(
-                    Severity::Warning,
-                    url.at.as_ref().unwrap_or(&ck.at),
-                    "digest",
-                    "drlb's http check does not compare an MD5 digest of the body yet",
-                    if url.status_codes.is_empty() { "status 200-299 is checked instead" } else { "only the status is checked" },
-                );
             }
             unsupported(&url.unsupported, reports, "url");
         }
@@ -647,16 +678,34 @@ fn check(vs: &VirtualServer, rs: &RealServer, ck: &Checker, inherited: &Timing, 
                 reports.add(Severity::Warning, &ck.at, "user", "drlb runs scripts as its own user", "ignored");
             }
         }
-        CheckerKind::Ssl | CheckerKind::Smtp => {
-            reports.add(
-                Severity::Warning,
-                &ck.at,
-                ck.kind.keyword(),
-                "drlb has no such checker yet",
-                format!("a TCP connect to port {} instead", port.unwrap_or(0)),
-            );
+        CheckerKind::Smtp => {
+            c.kind = "smtp";
+            c.helo = ck.helo_name.clone();
         }
-        CheckerKind::Dns | CheckerKind::Udp | CheckerKind::Ping | CheckerKind::File | CheckerKind::Bfd => {
+        CheckerKind::Dns => {
+            c.kind = "dns";
+            c.query_type = ck.dns_type.clone();
+            c.query_name = ck.dns_name.clone();
+            if let Some(t) = &ck.dns_type
+                && !["A", "NS", "CNAME", "SOA", "MX", "TXT", "AAAA"].contains(&t.as_str())
+            {
+                reports.add(Severity::Error, &ck.at, "type", format!("`{t}` is not a DNS type keepalived knows; it keeps SOA"), "SOA, as keepalived");
+                c.query_type = None;
+            }
+        }
+        CheckerKind::Udp => {
+            c.kind = "udp";
+            c.payload = ck.udp_payload.clone();
+            c.reply = ck.udp_require_reply.clone();
+            for hex in [&c.payload, &c.reply.clone().flatten()].into_iter().flatten() {
+                if crate::control::config::HexBytes::parse(hex).is_err() {
+                    reports.add(Severity::Error, &ck.at, "payload", format!("`{hex}` is not hex"), "check left out");
+                    return None;
+                }
+            }
+        }
+        CheckerKind::Ping => c.kind = "ping",
+        CheckerKind::File | CheckerKind::Bfd => {
             reports.add(Severity::Warning, &ck.at, ck.kind.keyword(), "drlb has no such checker yet", "left out: the real server counts as up unless another check fails");
             return None;
         }

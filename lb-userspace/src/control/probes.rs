@@ -1,0 +1,352 @@
+//! One probe per keepalived checker kind. Each returns `Err` with why it failed, in words an
+//! operator can act on; the caller bounds it by the check's `timeout`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt as _, Empty};
+use hyper::body::Bytes;
+use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::time::timeout;
+
+use crate::control::config::{BodyRegex, CheckType, StatusRange, UdpReply};
+use crate::control::health::Target;
+
+/// keepalived's default HELO name.
+const DEFAULT_HELO: &str = "smtpchecker.keepalived.org";
+
+/// One attempt, bounded by the check's timeout.
+pub async fn probe(t: &Target) -> Result<(), String> {
+    let c = &t.check;
+    if c.kind == CheckType::Script {
+        // The script's own timeout kills it; the others are bounded here.
+        return run_script(t).await;
+    }
+    let attempt = async {
+        match c.kind {
+            CheckType::Tcp => connect(t).await.map(drop).map_err(|e| format!("connect failed: {e}")),
+            CheckType::Http => {
+                let stream = connect(t).await.map_err(|e| format!("connect failed: {e}"))?;
+                http_get(t, stream).await
+            }
+            CheckType::Https => {
+                let stream = connect(t).await.map_err(|e| format!("connect failed: {e}"))?;
+                let tls = tls_connect(t, stream).await?;
+                http_get(t, tls).await
+            }
+            CheckType::Smtp => smtp(t).await,
+            CheckType::Dns => dns(t).await,
+            CheckType::Udp => udp(t).await,
+            CheckType::Ping => ping(t).await,
+            CheckType::Script => unreachable!("handled above"),
+        }
+    };
+    match timeout(c.timeout, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {} ({} check of {})", humantime::format_duration(c.timeout), c.kind.name(), t.probe)),
+    }
+}
+
+fn unspecified(like: &SocketAddr) -> IpAddr {
+    if like.is_ipv4() { std::net::Ipv4Addr::UNSPECIFIED.into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() }
+}
+
+/// A TCP connection to the target, from the check's source if it names one.
+async fn connect(t: &Target) -> std::io::Result<TcpStream> {
+    let c = &t.check;
+    if c.source.is_none() && c.source_port.is_none() {
+        return TcpStream::connect(t.probe).await;
+    }
+    let socket = if t.probe.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    if c.source_port.is_some() {
+        socket.set_reuseaddr(true)?;
+    }
+    socket.bind(SocketAddr::new(c.source.unwrap_or_else(|| unspecified(&t.probe)), c.source_port.unwrap_or(0)))?;
+    socket.connect(t.probe).await
+}
+
+/// A UDP socket connected to the target, from the check's source if it names one.
+async fn udp_socket(t: &Target) -> Result<UdpSocket, String> {
+    let c = &t.check;
+    let local = SocketAddr::new(c.source.unwrap_or_else(|| unspecified(&t.probe)), c.source_port.unwrap_or(0));
+    let socket = UdpSocket::bind(local).await.map_err(|e| format!("cannot bind {local}: {e}"))?;
+    socket.connect(t.probe).await.map_err(|e| format!("cannot reach {}: {e}", t.probe))?;
+    Ok(socket)
+}
+
+async fn http_get<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(t: &Target, stream: S) -> Result<(), String> {
+    let c = &t.check;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP handshake failed: {e}"))?;
+    tokio::spawn(conn);
+    let path = c.path.clone().unwrap_or_else(|| "/".into());
+    let host = c.host.clone().unwrap_or_else(|| t.vip.to_string());
+    let req = hyper::Request::get(&path)
+        .header(hyper::header::HOST, host)
+        .header(hyper::header::USER_AGENT, "drlb-healthcheck")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("bad request: {e}"))?;
+    let resp = sender.send_request(req).await.map_err(|e| format!("HTTP request failed: {e}"))?;
+    let status = resp.status().as_u16();
+    // keepalived: a digest alone decides; status_code, when given, is checked too.
+    let default = if c.digest.is_some() { None } else { Some(StatusRange::DEFAULT) };
+    let ranges: Vec<StatusRange> = c.status.clone().or(default.map(|d| vec![d])).unwrap_or_default();
+    if !ranges.is_empty() && !ranges.iter().any(|r| r.contains(status)) {
+        let want: Vec<String> = ranges.iter().map(|r| r.to_string()).collect();
+        return Err(format!("HTTP status {status} for GET {path}, expected {}", want.join(", ")));
+    }
+    if c.regex.is_none() && c.digest.is_none() {
+        return Ok(());
+    }
+    let body = resp.into_body().collect().await.map_err(|e| format!("reading the body failed: {e}"))?.to_bytes();
+    if let Some(BodyRegex(re)) = &c.regex
+        && !re.is_match(&String::from_utf8_lossy(&body))
+    {
+        return Err(format!("body of GET {path} does not match /{}/", re.as_str()));
+    }
+    if let Some(want) = &c.digest {
+        use md5::Digest as _;
+        let got: [u8; 16] = md5::Md5::digest(&body).into();
+        if got != want.0 {
+            return Err(format!("MD5 of the body of GET {path} is {}, expected {}", hex(&got), hex(&want.0)));
+        }
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// keepalived's SSL_GET verifies no certificate (only that TLS completes): neither does this.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+async fn tls_connect(t: &Target, stream: TcpStream) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    // An IP address as the server name sends no SNI (keepalived without enable_sni).
+    let name = match &t.check.sni {
+        Some(n) => rustls::pki_types::ServerName::try_from(n.clone()).map_err(|e| format!("sni `{n}`: {e}"))?,
+        None => rustls::pki_types::ServerName::IpAddress(t.probe.ip().into()),
+    };
+    tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, stream).await.map_err(|e| format!("TLS handshake failed: {e}"))
+}
+
+/// keepalived's SMTP_CHECK: 220 greeting, 250 to HELO, 221 to QUIT.
+async fn smtp(t: &Target) -> Result<(), String> {
+    let stream = connect(t).await.map_err(|e| format!("connect failed: {e}"))?;
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read);
+    async fn reply(lines: &mut BufReader<tokio::net::tcp::OwnedReadHalf>, want: &str, after: &str) -> Result<(), String> {
+        // Multi-line replies repeat the code with '-' until the last line's ' '.
+        loop {
+            let mut line = String::new();
+            if lines.read_line(&mut line).await.map_err(|e| format!("reading the reply to {after}: {e}"))? == 0 {
+                return Err(format!("connection closed before the reply to {after}"));
+            }
+            if !line.starts_with(want) {
+                return Err(format!("SMTP reply to {after} was `{}`, expected {want}", line.trim_end()));
+            }
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return Ok(());
+            }
+        }
+    }
+    reply(&mut lines, "220", "the connection").await?;
+    let helo = t.check.helo.as_deref().unwrap_or(DEFAULT_HELO);
+    write.write_all(format!("HELO {helo}\r\n").as_bytes()).await.map_err(|e| format!("sending HELO: {e}"))?;
+    reply(&mut lines, "250", "HELO").await?;
+    write.write_all(b"QUIT\r\n").await.map_err(|e| format!("sending QUIT: {e}"))?;
+    reply(&mut lines, "221", "QUIT").await
+}
+
+/// keepalived's DNS_CHECK: a recursive query; any answer with our id, QR set and RCODE 0.
+async fn dns(t: &Target) -> Result<(), String> {
+    let c = &t.check;
+    let id: u16 = fastrand::u16(..);
+    let mut query = Vec::with_capacity(64);
+    query.extend_from_slice(&id.to_be_bytes());
+    query.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD; one question
+    for label in c.query_name.as_deref().unwrap_or(".").split('.').filter(|l| !l.is_empty()) {
+        query.push(label.len() as u8);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.push(0);
+    let qtype = c.query_type.map_or(6, |q| q.code()); // SOA by default
+    query.extend_from_slice(&qtype.to_be_bytes());
+    query.extend_from_slice(&1u16.to_be_bytes()); // IN
+    let socket = udp_socket(t).await?;
+    socket.send(&query).await.map_err(|e| format!("sending the query: {e}"))?;
+    let mut buf = [0u8; 512];
+    loop {
+        let n = socket.recv(&mut buf).await.map_err(|e| format!("no answer: {e}"))?;
+        // keepalived waits on for a datagram that is not ours (short, other id, not a response).
+        if n < 12 || buf[..2] != id.to_be_bytes() || buf[2] & 0x80 == 0 {
+            continue;
+        }
+        let rcode = buf[3] & 0x0f;
+        return if rcode == 0 { Ok(()) } else { Err(format!("DNS answer with RCODE {rcode}")) };
+    }
+}
+
+/// keepalived's UDP_CHECK: without `reply`, success unless the port is refused (an ICMP
+/// error) before the timeout; with it, an answer is needed (matching the pattern).
+async fn udp(t: &Target) -> Result<(), String> {
+    let c = &t.check;
+    let payload = c.payload.as_ref().map_or_else(|| (0..8).map(|_| fastrand::u8(..)).collect(), |p| p.0.clone());
+    let socket = udp_socket(t).await?;
+    socket.send(&payload).await.map_err(|e| format!("sending: {e}"))?;
+    let mut buf = [0u8; 256];
+    // Without a required reply the wait ends at the check's timeout, which is success:
+    // stop a little before it so the round is not counted as a timeout.
+    let wait = c.timeout.saturating_sub(Duration::from_millis(50).min(c.timeout / 10));
+    match timeout(wait, socket.recv(&mut buf)).await {
+        Err(_) if c.reply.is_none() => Ok(()),
+        Err(_) => Err("no answer".into()),
+        Ok(Err(e)) => Err(format!("refused: {e}")),
+        Ok(Ok(n)) => match &c.reply {
+            Some(UdpReply::Matching(pattern)) if !pattern.matches(&buf[..n]) => Err(format!("the answer {} does not match the expected reply", hex(&buf[..n.min(32)]))),
+            _ => Ok(()),
+        },
+    }
+}
+
+/// keepalived's PING_CHECK: one ICMP (or ICMPv6) echo, answered.
+async fn ping(t: &Target) -> Result<(), String> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let target = t.probe.ip();
+    let (domain, protocol, request, reply) = match target {
+        IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4, 8u8, 0u8),
+        IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6, 128u8, 129u8),
+    };
+    // A datagram ICMP socket when the kernel allows this group one (ping_group_range),
+    // otherwise a raw one (CAP_NET_RAW).
+    let (socket, raw) = match Socket::new(domain, Type::DGRAM, Some(protocol)) {
+        Ok(s) => (s, false),
+        Err(_) => (Socket::new(domain, Type::RAW, Some(protocol)).map_err(|e| format!("cannot open an ICMP socket: {e}"))?, true),
+    };
+    socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+    if let Some(src) = t.check.source {
+        socket.bind(&SocketAddr::new(src, 0).into()).map_err(|e| format!("cannot bind {src}: {e}"))?;
+    }
+    socket.connect(&SocketAddr::new(target, 0).into()).map_err(|e| format!("cannot reach {target}: {e}"))?;
+    // SAFETY: the socket owns its descriptor, which stays open and the same until the
+    // AsyncFd (which owns the socket) is dropped.
+    let fd = unsafe { tokio::io::unix::AsyncFd::register(socket) }.map_err(|e| e.to_string())?;
+    let ident: u16 = fastrand::u16(..);
+    let mut echo = vec![request, 0, 0, 0];
+    echo.extend_from_slice(&ident.to_be_bytes());
+    echo.extend_from_slice(&1u16.to_be_bytes());
+    echo.extend_from_slice(b"drlb-healthcheck");
+    if target.is_ipv4() {
+        let sum = checksum(&echo);
+        echo[2..4].copy_from_slice(&sum.to_be_bytes());
+    } // ICMPv6: the kernel fills the checksum.
+    loop {
+        let mut guard = fd.writable().await.map_err(|e| e.to_string())?;
+        match guard.try_io(|s| s.get_ref().send(&echo)) {
+            Ok(r) => {
+                r.map_err(|e| format!("sending the echo: {e}"))?;
+                break;
+            }
+            Err(_would_block) => continue,
+        }
+    }
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
+    loop {
+        let mut guard = fd.readable().await.map_err(|e| e.to_string())?;
+        let n = match guard.try_io(|s| s.get_ref().recv(&mut buf)) {
+            Ok(r) => r.map_err(|e| format!("no echo reply: {e}"))?,
+            Err(_would_block) => continue,
+        };
+        // SAFETY: recv initialised the first n bytes.
+        let data: Vec<u8> = buf[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
+        // A raw IPv4 socket hands over the IP header too.
+        let icmp = if raw && target.is_ipv4() { data.get(usize::from(data.first().copied().unwrap_or(0) & 0x0f) * 4..).unwrap_or(&[]) } else { &data[..] };
+        // A datagram socket rewrites the identifier to its own port: accept any echo reply
+        // there; a raw one sees every echo reply to this host, so match ours.
+        if icmp.first() == Some(&reply) && (!raw || icmp.get(4..6) == Some(&ident.to_be_bytes()[..])) {
+            return Ok(());
+        }
+    }
+}
+
+/// The Internet checksum (RFC 1071).
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+async fn run_script(t: &Target) -> Result<(), String> {
+    let c = &t.check;
+    let command = c.command.clone().unwrap_or_default();
+    let mut child = tokio::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(&command)
+        .env("DRLB_SERVICE", &t.service)
+        .env("DRLB_VIP", t.vip.to_string())
+        .env("DRLB_RS_ADDRESS", t.address.to_string())
+        .env("DRLB_RS_PORT", t.probe.port().to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run `{command}`: {e}"))?;
+    match timeout(c.timeout, child.wait()).await {
+        Ok(Ok(s)) if s.success() => Ok(()),
+        Ok(Ok(s)) => Err(format!("`{command}` exited with {s}")),
+        Ok(Err(e)) => Err(format!("waiting for `{command}`: {e}")),
+        Err(_) => {
+            let _ = child.kill().await;
+            Err(format!("`{command}` killed after {}", humantime::format_duration(c.timeout)))
+        }
+    }
+}
