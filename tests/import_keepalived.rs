@@ -142,6 +142,36 @@ fn fixtures() -> Vec<Fixture> {
             reports: &[],
         },
         Fixture {
+            what: "misc_path: keepalived runs the first word (a quoted command line is split again, without a shell); the rest is reported",
+            keepalived: "virtual_server 198.18.0.100 80 {\n  lb_algo rr\n  lb_kind DR\n  protocol TCP\n  real_server 198.18.0.11 80 {\n    MISC_CHECK {\n      misc_path \"/usr/bin/curl -sf 'http://rs/h?a=1&b=2'\"\n    }\n  }\n  real_server 198.18.0.12 80 {\n    MISC_CHECK {\n      misc_path /bin/chk.sh 198.18.0.12\n    }\n  }\n}\n",
+            yaml: &["command: /usr/bin/curl -sf 'http://rs/h?a=1&b=2'", "command: /bin/chk.sh"],
+            reports: &["misc_path: keepalived runs only the first word `/bin/chk.sh` and ignores `198.18.0.12`"],
+        },
+        Fixture {
+            what: "keepalived's ranges: retry is at least 1 at virtual-server level; timers go beyond an hour; UDP hex spans words",
+            keepalived: "virtual_server 198.18.0.100 53 {\n  lb_algo rr\n  lb_kind DR\n  protocol UDP\n  retry 0\n  delay_loop 7200\n  real_server 198.18.0.11 53 {\n    UDP_CHECK {\n      payload 01 02 3\n    }\n  }\n}\n",
+            yaml: &["interval: 7200s", "retries: 1", "payload: \"010203\""],
+            reports: &["retry: 0 is outside [1, 4294967295]"],
+        },
+        Fixture {
+            what: "a group entry with a port needs no forced persistence; an IPv4 granularity written as a number is a non-contiguous mask to keepalived",
+            keepalived: "virtual_server_group web {\n  198.18.0.100 80\n}\nvirtual_server group web {\n  lb_algo rr\n  lb_kind DR\n  protocol TCP\n  persistence_timeout 30\n  persistence_granularity 24\n  real_server 198.18.0.11 80 {\n  }\n}\n",
+            yaml: &["persistence_timeout: 30s", "port: 80"],
+            reports: &["virtual_server: group `web`", "persistence_granularity: keepalived reads `24` as a non-contiguous netmask"],
+        },
+        Fixture {
+            what: "a regex keeps keepalived's escapes; a weight above 65535 is capped with a report; a sorry server that is a real server is left out",
+            keepalived: "virtual_server 198.18.0.100 80 {\n  lb_algo wrr\n  lb_kind DR\n  protocol TCP\n  sorry_server 198.18.0.11 80\n  real_server 198.18.0.11 80 {\n    weight 100000\n    HTTP_GET {\n      url {\n        path /\n        regex \"\\d+ OK\"\n      }\n    }\n  }\n}\n",
+            yaml: &["regex: d+ OK", "- { address: 198.18.0.11, weight: 65535 }"],
+            reports: &["sorry_server: the sorry server is also a real server", "weight: 100000 is above IPVS's (and drlb's) maximum 65535"],
+        },
+        Fixture {
+            what: "a block after a keyword that opens none is refused: keepalived would read the rest nested differently",
+            keepalived: "virtual_server 198.18.0.100 80 {\n  lb_algo rr\n  lb_kind DR\n  protocol TCP\n  sorry_server 198.18.0.50 80 {\n    weight 5\n  }\n  real_server 198.18.0.11 80 {\n  }\n}\n",
+            yaml: &[],
+            reports: &["sorry_server: unknown keyword in virtual_server (`sorry_server` opens no block)", "weight: inside unknown `sorry_server`", "}: ends unknown `sorry_server`"],
+        },
+        Fixture {
             what: "a misspelt keyword is reported, with keepalived's fallback",
             keepalived: "virtual_server 198.18.0.100 80 {\n  lb_algo wrr\n  lb_kind DR\n  protocol TCP\n  real_server 198.18.0.11 80 {\n    weigth 3\n  }\n}\n",
             yaml: &["- { address: 198.18.0.11, weight: 1 }"],
@@ -225,12 +255,13 @@ fn each_keyword_translates_or_is_reported() {
 #[test]
 fn vrrp_out_keeps_everything_but_the_lvs_parts() {
     let text = conf(
-        "global_defs {\n  router_id LB1\n  lvs_timeouts tcp 600 tcpfin 60 udp 120\n  lvs_sync_daemon eth1 VI_1 id 9\n}\nvrrp_script chk {\n  script \"/usr/bin/drlb ready\"\n}\nvirtual_server 198.18.0.100 80 {\n  lb_algo rr\n  lb_kind DR\n  protocol TCP\n  real_server 198.18.0.11 80 {\n  }\n}\n",
+        "global_defs {\n  router_id LB1\n  lvs_timeouts tcp 600 tcpfin 60 udp 120\n  lvs_sync_daemon eth1 inst VI_1 id 9\n}\nvrrp_script chk {\n  script \"/usr/bin/drlb ready\"\n}\nvrrp_script nginx {\n  script \"/usr/bin/pgrep -f \\\"nginx: master\\\"\"\n}\nvirtual_server 198.18.0.100 80 {\n  lb_algo rr\n  lb_kind DR\n  protocol TCP\n  real_server 198.18.0.11 80 {\n  }\n}\n",
     );
     let imported = run(&text);
     assert!(imported.vrrp.contains("vrrp_instance VI_1 {"), "{}", imported.vrrp);
     assert!(imported.vrrp.contains("router_id LB1"));
     assert!(imported.vrrp.contains("script \"/usr/bin/drlb ready\""), "{}", imported.vrrp);
+    assert!(imported.vrrp.contains(r#"script "/usr/bin/pgrep -f \"nginx: master\"""#), "scripts are written as they were: {}", imported.vrrp);
     assert!(!imported.vrrp.contains("virtual_server"));
     assert!(!imported.vrrp.contains("lvs_"));
     let config = check(&imported).expect("IPv4 only");

@@ -382,7 +382,7 @@ pub struct HealthCheck {
     pub sni: Option<String>,
     /// smtp: the name given in HELO.
     pub helo: Option<String>,
-    /// dns: the query's type (A, NS, CNAME, SOA, MX, TXT, AAAA; default SOA) and name
+    /// dns: the query's type (A, NS, CNAME, SOA, MX, TXT, AAAA, RRSIG, DNSKEY; default SOA) and name
     /// (default the root).
     pub query_type: Option<DnsType>,
     pub query_name: Option<String>,
@@ -481,6 +481,8 @@ pub enum DnsType {
     Mx,
     Txt,
     Aaaa,
+    Rrsig,
+    Dnskey,
 }
 
 impl DnsType {
@@ -494,6 +496,8 @@ impl DnsType {
             DnsType::Mx => 15,
             DnsType::Txt => 16,
             DnsType::Aaaa => 28,
+            DnsType::Rrsig => 46,
+            DnsType::Dnskey => 48,
         }
     }
 }

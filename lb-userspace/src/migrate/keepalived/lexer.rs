@@ -27,6 +27,8 @@ use super::report::{Location, Reports, Severity};
 pub struct Line {
     pub at: Location,
     pub words: Vec<Word>,
+    /// The line as it stood after expansion (scripts and --vrrp-out need it as written).
+    pub text: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,16 +156,25 @@ impl<'r> Lexer<'r> {
         self.definitions.insert(name, value);
     }
 
-    /// Steps 2 to 8 for one line (which may come from a substitution or a brace residue).
-    fn logical(&mut self, mut line: String, at: &Location, depth: usize) {
+    /// Steps 2 to 8 for one line and, in turn, what follows each of its braces (a loop, not
+    /// recursion: a line of many braces must not exhaust the stack).
+    fn logical(&mut self, line: String, at: &Location, depth: usize) {
+        let mut pending = Some(line);
+        while let Some(line) = pending.take() {
+            pending = self.piece(line, at, depth);
+        }
+    }
+
+    /// Steps 2 to 8 up to the line's first brace; returns what follows the brace.
+    fn piece(&mut self, mut line: String, at: &Location, depth: usize) -> Option<String> {
         if depth > MAX_PASSES {
             self.reports.add(Severity::Fatal, at, "$", "substitutions do not end (a definition refers to itself?)", "not imported");
-            return;
+            return None;
         }
         loop {
             line = line.trim_start().to_string();
             if line.is_empty() {
-                return;
+                return None;
             }
             // 2. @ID / @^ID
             if let Some(rest) = line.strip_prefix('@') {
@@ -174,7 +185,7 @@ impl<'r> Lexer<'r> {
                 let end = rest.find([' ', '\t']).unwrap_or(rest.len());
                 let (id, tail) = rest.split_at(end);
                 if (id == self.config_id) == negate || tail.trim().is_empty() {
-                    return;
+                    return None;
                 }
                 line = tail.trim_start().to_string();
                 continue;
@@ -191,12 +202,12 @@ impl<'r> Lexer<'r> {
                 }
                 None => self.define(name, Value::Line(value)),
             }
-            return;
+            return None;
         }
         // 4. ~SEQ / ~LST
         if line.starts_with("~SEQ") || line.starts_with("~LST") {
             self.sequence(&line, at, depth);
-            return;
+            return None;
         }
         // 5. substitutions
         if line.contains('$') {
@@ -205,47 +216,44 @@ impl<'r> Lexer<'r> {
                 Substituted::Line(new) => {
                     let again = decomment(&new, at, self.reports);
                     self.logical(again, at, depth + 1);
-                    return;
+                    return None;
                 }
                 Substituted::Lines(lines) => {
                     for l in lines {
                         let again = decomment(&l, at, self.reports);
                         self.logical(again, at, depth + 1);
                     }
-                    return;
+                    return None;
                 }
             }
         }
         // 6. include
         if let Some((kind, pattern)) = include(&line) {
             self.include(kind, pattern.trim(), at);
-            return;
+            return None;
         }
         // 7. braces split the line
         if let Some(i) = first_brace(&line) {
             if i == 0 {
                 let brace = line[..1].to_string();
-                self.emit(vec![Word { text: brace.clone(), quoted: false }], at);
+                self.emit(vec![Word { text: brace.clone(), quoted: false }], brace.clone(), at);
                 if let Some(f) = self.files.last_mut() {
                     f.1 += if brace == "{" { 1 } else { -1 };
                 }
-                let rest = line[1..].to_string();
-                self.logical(rest, at, depth);
-            } else {
-                let (head, rest) = line.split_at(i);
-                let (head, rest) = (head.to_string(), rest.to_string());
-                self.words(&head, at);
-                self.logical(rest, at, depth);
+                return Some(line[1..].to_string());
             }
-            return;
+            let (head, rest) = line.split_at(i);
+            self.words(head, at);
+            return Some(rest.to_string());
         }
         // 8. words
         self.words(&line, at);
+        None
     }
 
-    fn emit(&mut self, words: Vec<Word>, at: &Location) {
+    fn emit(&mut self, words: Vec<Word>, text: String, at: &Location) {
         if !words.is_empty() {
-            self.out.push(Line { at: at.clone(), words });
+            self.out.push(Line { at: at.clone(), words, text });
         }
     }
 
@@ -274,7 +282,7 @@ impl<'r> Lexer<'r> {
                 rest = &rest[end..];
             }
         }
-        self.emit(words, at);
+        self.emit(words, line.trim().to_string(), at);
     }
 
     fn substitute(&mut self, line: &str, at: &Location) -> Substituted {
@@ -310,11 +318,9 @@ impl<'r> Lexer<'r> {
                     }
                     return Substituted::Lines(result);
                 }
-                Some(value) => {
-                    let text = match value {
-                        Value::Line(v) => v,
-                        Value::Lines(lines) => lines.join(" "),
-                    };
+                // keepalived expands a multi-line value only at the end of a line.
+                Some(Value::Lines(_)) => i = pos + 1,
+                Some(Value::Line(text)) => {
                     let stop = text.trim_start().starts_with('~');
                     buf.replace_range(pos..end, &text);
                     replaced += 1;
@@ -357,7 +363,6 @@ impl<'r> Lexer<'r> {
                 );
                 min.to_string()
             }
-            "_ENV" => std::env::var(parts.next()?).unwrap_or_default(),
             _ => return None,
         }))
     }
@@ -365,15 +370,16 @@ impl<'r> Lexer<'r> {
     fn sequence(&mut self, line: &str, at: &Location, depth: usize) {
         let hex = line.starts_with("~SEQx");
         let lst = line.starts_with("~LST");
-        let body_start = if hex { 5 } else { 4 };
-        let spec_ok = line[body_start..].starts_with('(');
-        let close = if lst { matching_paren(&line[body_start..]) } else { line[body_start..].find(')') };
-        let (Some(close), true) = (close, spec_ok) else {
-            self.reports.add(Severity::Error, at, &line[..body_start], format!("invalid specification `{line}`; keepalived ignores the line"), "ignored as keepalived does");
+        let name = if hex { "~SEQx" } else { &line[..4] };
+        // keepalived allows blanks between the name and its `(`.
+        let spec = line[name.len()..].trim_start();
+        let close = if lst { matching_paren(spec) } else { spec.find(')') };
+        let (Some(close), true) = (close, spec.starts_with('(')) else {
+            self.reports.add(Severity::Error, at, name, format!("invalid specification `{line}`; keepalived ignores the line"), "ignored as keepalived does");
             return;
         };
-        let inner = &line[body_start + 1..body_start + close];
-        let text = line[body_start + close + 1..].trim_start().to_string();
+        let inner = &spec[1..close];
+        let text = spec[close + 1..].trim_start().to_string();
         if lst {
             self.list(inner, &text, at, depth);
             return;
@@ -385,16 +391,17 @@ impl<'r> Lexer<'r> {
         };
         let mut args = inner.split(',').map(str::trim);
         let var = args.next().unwrap_or("").to_string();
-        let numbers: Option<Vec<i64>> = args.map(c_integer).collect();
+        let numbers: Option<Vec<i128>> = args.map(|a| c_integer(a).map(i128::from)).collect();
         let (start, step, end) = match numbers.as_deref() {
             Some([n]) => (if *n < 0 { -1 } else { 1 }, if *n < 1 { -1 } else { 1 }, *n),
             Some([a, b]) => (*a, if b >= a { 1 } else { -1 }, *b),
             Some([a, s, b]) => (*a, *s, *b),
             _ => (0, 0, 0),
         };
-        let valid = !var.is_empty() && step != 0 && (step > 0) == (end >= start) && !(hex && (start < 0 || end < 0));
-        if !valid || (end - start) / step >= MAX_SEQUENCE {
-            self.reports.add(Severity::Error, at, "~SEQ", format!("invalid values `{inner}`; keepalived ignores the line"), "ignored as keepalived does");
+        // One iteration when start is end, whatever the step (keepalived runs it once).
+        let valid = !var.is_empty() && step != 0 && (start == end || (step > 0) == (end > start)) && !(hex && (start < 0 || end < 0));
+        if !valid || (end - start) / step >= i128::from(MAX_SEQUENCE) {
+            self.reports.add(Severity::Error, at, name, format!("invalid values `{inner}`; keepalived ignores the line"), "ignored as keepalived does");
             return;
         }
         let mut v = start;
@@ -455,7 +462,9 @@ impl<'r> Lexer<'r> {
         let mut matched = 0;
         for alternative in expand_braces(pattern) {
             let full = if Path::new(&alternative).is_absolute() { PathBuf::from(&alternative) } else { dir.join(&alternative) };
-            let paths: Vec<PathBuf> = match glob::glob(&full.to_string_lossy()) {
+            // glob(3) leaves dot files out unless the pattern names them.
+            let options = glob::MatchOptions { case_sensitive: true, require_literal_separator: true, require_literal_leading_dot: true };
+            let paths: Vec<PathBuf> = match glob::glob_with(&full.to_string_lossy(), options) {
                 Ok(paths) => paths.filter_map(Result::ok).collect(),
                 Err(e) => {
                     self.reports.add(Severity::Error, at, kind, format!("`{pattern}` is not a valid pattern: {e}"), "nothing included");
@@ -485,6 +494,13 @@ impl<'r> Lexer<'r> {
                         }
                         Err(e) => self.reports.add(Severity::Fatal, at, kind, format!("cannot read '{}': {e}", path.display()), "not imported"),
                     },
+                    Err(_) if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_symlink()) => self.reports.add(
+                        Severity::Warning,
+                        at,
+                        kind,
+                        format!("'{}' is a dangling symbolic link; keepalived skips it", path.display()),
+                        "skipped as keepalived does",
+                    ),
                     Err(e) => self.reports.add(Severity::Fatal, at, kind, format!("cannot read '{}': {e}", path.display()), "not imported"),
                 }
             }
@@ -711,6 +727,21 @@ mod tests {
     }
 
     #[test]
+    fn sequences_at_the_edges_neither_panic_nor_loop() {
+        let (l, r) = lex("~SEQ(N,9223372036854775806,1,9223372036854775807) x\n~SEQ(N,-9000000000000000000,1,9000000000000000000) y\n~SEQ (N,5,-1,5) z $N\n", "a");
+        assert_eq!(l, ["x", "x", "z|5"]);
+        assert_eq!(r.0.len(), 1, "the huge sequence is refused: {:?}", r.0);
+    }
+
+    #[test]
+    fn a_line_of_many_braces_does_not_exhaust_the_stack() {
+        let line = format!("{}{}\n", "a {".repeat(3_000), "}".repeat(3_000));
+        let (l, r) = lex(&line, "a");
+        assert_eq!(l.len(), 9_000);
+        assert!(!r.fatal());
+    }
+
+    #[test]
     fn unbalanced_files_are_refused() {
         let (_, r) = lex("virtual_server 1 80 {\n real_server 2 80 {\n}\n", "a");
         assert!(r.fatal());
@@ -725,6 +756,9 @@ mod tests {
         std::fs::write(dir.join("main.conf"), "top {\ninclude conf.d/*.conf\n}\ninclude ${_PWD}/x{1,2}.inc\n").unwrap();
         std::fs::write(dir.join("conf.d/b10.conf"), "ten\n").unwrap();
         std::fs::write(dir.join("conf.d/b2.conf"), "two\n").unwrap();
+        // glob(3) skips dot files; a dangling link (an editor's lock) is skipped too.
+        std::fs::write(dir.join("conf.d/.b3.conf"), "hidden\n").unwrap();
+        let _ = std::os::unix::fs::symlink("/nonexistent", dir.join("conf.d/b4.conf"));
         std::fs::write(dir.join("x2.inc"), "x2\n").unwrap();
         std::fs::write(dir.join("x1.inc"), "x1\n").unwrap();
         let mut reports = Reports::default();
@@ -732,7 +766,7 @@ mod tests {
         let words: Vec<String> = lines.iter().map(|l| l.words[0].text.clone()).collect();
         assert_eq!(words, ["top", "{", "ten", "two", "}", "x1", "x2"]);
         assert_eq!(read.len(), 5);
-        assert!(reports.0.is_empty(), "{:?}", reports.0);
+        assert!(reports.0.iter().all(|r| r.severity == Severity::Warning && r.why.contains("dangling")), "{:?}", reports.0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -51,9 +51,20 @@ pub enum Proto {
 /// written, and the user it runs as.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Script {
-    pub command: String,
+    /// What keepalived executes (no shell): the first word of the value, split again
+    /// with quotes and escapes.
+    pub argv: Vec<String>,
+    /// What follows the first word (`user [group]` for notify scripts).
+    pub rest: Vec<String>,
     pub user: Option<String>,
     pub at: Location,
+}
+
+impl Script {
+    /// The command for `sh -c` that runs exactly what keepalived runs.
+    pub fn shell_command(&self) -> String {
+        self.argv.iter().map(|w| values::shell_quote(w)).collect::<Vec<_>>().join(" ")
+    }
 }
 
 /// The timing options inherited VS → RS → checker.
@@ -307,6 +318,8 @@ pub struct SyncDaemon {
     pub syncid: Option<u8>,
     pub port: Option<u16>,
     pub group: Option<IpAddr>,
+    /// `maxlen`, `ttl`: accepted by keepalived, not by drlb.
+    pub unsupported: Vec<String>,
 }
 
 /// A `vrrp_instance`: what the director section needs from it.
@@ -397,6 +410,13 @@ pub fn read(tree: &[Node], reports: &mut Reports) -> Lvs {
                     lvs.track_files.insert(name.clone(), node.clone());
                 }
             }
+            "SSL" => reports.add(
+                Severity::Warning,
+                &node.at,
+                "SSL",
+                "SSL_GET's TLS context (client certificate, key, CA): drlb's https check presents no client certificate and, as keepalived without `ca`, verifies no server certificate",
+                "ignored; a server that requires a client certificate fails the check",
+            ),
             k if VRRP_BLOCKS.contains(&k) || LVS_BLOCKS.contains(&k) => {}
             // A statement that only opened an ignored `{` (reported by the tree).
             "" => {}
@@ -404,6 +424,19 @@ pub fn read(tree: &[Node], reports: &mut Reports) -> Lvs {
         }
     }
     lvs
+}
+
+/// Block keywords of a real_server: the checkers.
+const CHECKER_BLOCKS: [&str; 10] = ["TCP_CHECK", "HTTP_GET", "SSL_GET", "MISC_CHECK", "SMTP_CHECK", "DNS_CHECK", "UDP_CHECK", "PING_CHECK", "FILE_CHECK", "BFD_CHECK"];
+
+/// A `{` after a keyword that opens no block (`sorry_server ... {`): keepalived ignores the
+/// `{` and reads the lines one level up, as for an unknown keyword. True if reported.
+fn misplaced_block(node: &Node, blocks: &[&str], place: &str, reports: &mut Reports) -> bool {
+    if node.block.is_none() || blocks.contains(&node.keyword.as_str()) || node.keyword.is_empty() {
+        return false;
+    }
+    unknown(node, &node.keyword, &format!("{place} (`{}` opens no block)", node.keyword), reports);
+    true
 }
 
 fn unknown(node: &Node, keyword: &str, place: &str, reports: &mut Reports) {
@@ -471,21 +504,39 @@ fn arg<'a>(node: &'a Node, reports: &mut Reports) -> Option<&'a str> {
     }
 }
 
-/// A script keyword: the command (one word, or the rest of the line), then `[user [group]]`
-/// only when the command was one quoted word; we keep the whole line as the command
-/// otherwise, as keepalived does for an unquoted multi-word script.
-fn script(node: &Node) -> Option<Script> {
-    let first = node.args.first()?;
-    Some(Script { command: if first.contains(' ') { first.clone() } else { node.args.join(" ") }, user: None, at: node.at.clone() })
+/// A script keyword's value, as keepalived's set_script_params_array reads it: the line is
+/// split with quotes, its first word is split again with quotes and escapes into the argv
+/// (run without a shell); the words after the first are the user and group.
+fn script(node: &Node, reports: &mut Reports) -> Option<Script> {
+    let raw = node.text.trim_start().strip_prefix(node.keyword.as_str()).unwrap_or("");
+    let parsed = values::split_quoted(raw, false).and_then(|words| {
+        let first = words.first().ok_or_else(|| "has no script".to_string())?;
+        Ok((values::split_quoted(first, true)?, words[1..].to_vec()))
+    });
+    match parsed {
+        Ok((argv, rest)) if !argv.is_empty() => Some(Script { argv, rest, user: None, at: node.at.clone() }),
+        Ok(_) => {
+            reports.add(Severity::Error, &node.at, &node.keyword, "has no script; keepalived ignores the line", "ignored as keepalived does");
+            None
+        }
+        Err(why) => {
+            reports.add(Severity::Error, &node.at, &node.keyword, format!("{why}; keepalived cannot parse the script"), "ignored as keepalived does");
+            None
+        }
+    }
 }
 
 /// `delay_loop`, `connect_timeout`, `retry`, `delay_before_retry`, `warmup`, `alpha`:
 /// returns false if `node` is none of them.
-fn timing_option(node: &Node, timing: &mut Timing, reports: &mut Reports) -> bool {
+/// keepalived's timers go up to ULONG_MAX microseconds.
+const MAX_TIMER: f64 = 18_446_744_073_709.0;
+
+/// `min_retry`: 1 at virtual and real server level, 0 in a checker (keepalived's ranges).
+fn timing_option(node: &Node, timing: &mut Timing, min_retry: i64, reports: &mut Reports) -> bool {
     match node.keyword.as_str() {
         "delay_loop" => {
             if let Some(a) = arg(node, reports) {
-                timing.delay_loop = bad(node, reports, values::timer(a, 0.000001, 4294.967295)).or(timing.delay_loop);
+                timing.delay_loop = bad(node, reports, values::timer(a, 0.000001, MAX_TIMER)).or(timing.delay_loop);
             }
         }
         "connect_timeout" => {
@@ -495,17 +546,17 @@ fn timing_option(node: &Node, timing: &mut Timing, reports: &mut Reports) -> boo
         }
         "retry" => {
             if let Some(a) = arg(node, reports) {
-                timing.retry = bad(node, reports, values::number(a, 0, u32::MAX as i64)).map(|v| v as u32).or(timing.retry);
+                timing.retry = bad(node, reports, values::number(a, min_retry, u32::MAX as i64)).map(|v| v as u32).or(timing.retry);
             }
         }
         "delay_before_retry" => {
             if let Some(a) = arg(node, reports) {
-                timing.delay_before_retry = bad(node, reports, values::timer(a, 0.0, 4294.967295)).or(timing.delay_before_retry);
+                timing.delay_before_retry = bad(node, reports, values::timer(a, 0.0, MAX_TIMER)).or(timing.delay_before_retry);
             }
         }
         "warmup" => {
             if let Some(a) = arg(node, reports) {
-                timing.warmup = bad(node, reports, values::timer(a, 0.0, 4294.967295)).or(timing.warmup);
+                timing.warmup = bad(node, reports, values::timer(a, 0.0, MAX_TIMER)).or(timing.warmup);
             }
         }
         "alpha" => timing.alpha = bad(node, reports, values::flag(&node.args)).or(timing.alpha),
@@ -548,7 +599,7 @@ fn virtual_server(node: &Node, reports: &mut Reports) -> Option<VirtualServer> {
                 return None;
             }
         },
-        [ip, rest @ ..] => match values::address(ip) {
+        [ip, rest @ ..] => match values::address(values::strip_range(ip)) {
             Ok(ip) => {
                 let port = match rest.first() {
                     Some(p) => match values::port(p) {
@@ -597,13 +648,16 @@ fn virtual_server(node: &Node, reports: &mut Reports) -> Option<VirtualServer> {
         unsupported: Vec::new(),
     };
     for c in node.children() {
+        if misplaced_block(c, &["real_server"], "in virtual_server", reports) {
+            continue;
+        }
         // At this level keepalived takes `alpha` and `inhibit_on_failure` as bare flags
         // and ignores any value after them (vs_alpha_handler, vs_inhibit_handler).
         if c.keyword == "alpha" {
             vs.timing.alpha = Some(true);
             continue;
         }
-        if timing_option(c, &mut vs.timing, reports) {
+        if timing_option(c, &mut vs.timing, 1, reports) {
             continue;
         }
         let k = c.keyword.as_str();
@@ -661,7 +715,7 @@ fn virtual_server(node: &Node, reports: &mut Reports) -> Option<VirtualServer> {
                 }
             }
             "flag-1" | "flag-2" | "flag-3" => vs.sched_flags.push((k.to_string(), c.at.clone())),
-            "hashed" => {}
+            "hashed" => vs.unsupported.push((k.to_string(), c.at.clone())),
             "inhibit_on_failure" => vs.inhibit_on_failure = true,
             "omega" => vs.omega = true,
             "quorum" => {
@@ -682,7 +736,7 @@ fn virtual_server(node: &Node, reports: &mut Reports) -> Option<VirtualServer> {
                 if slot.is_some() {
                     reports.add(Severity::Error, &c.at, k, "given twice; keepalived keeps the first", "the first, as keepalived");
                 } else {
-                    *slot = script(c);
+                    *slot = script(c, reports);
                 }
             }
             "weight" => {
@@ -691,7 +745,7 @@ fn virtual_server(node: &Node, reports: &mut Reports) -> Option<VirtualServer> {
                 }
             }
             "sorry_server" => {
-                let ip = c.args.first().map(|a| values::address(a));
+                let ip = c.args.first().map(|a| values::address(values::strip_range(a)));
                 match ip {
                     Some(Ok(ip)) => {
                         let port = c.args.get(1).and_then(|p| bad(c, reports, values::port(p)));
@@ -734,7 +788,7 @@ fn virtual_server(node: &Node, reports: &mut Reports) -> Option<VirtualServer> {
 }
 
 fn real_server(node: &Node, reports: &mut Reports) -> Option<RealServer> {
-    let ip = match node.args.first().map(|a| values::address(a)) {
+    let ip = match node.args.first().map(|a| values::address(values::strip_range(a))) {
         Some(Ok(ip)) => ip,
         Some(Err(why)) => {
             reports.add(Severity::Error, &node.at, "real_server", format!("{why}; keepalived skips the whole block"), "left out");
@@ -770,7 +824,10 @@ fn real_server(node: &Node, reports: &mut Reports) -> Option<RealServer> {
         unsupported: Vec::new(),
     };
     for c in node.children() {
-        if timing_option(c, &mut rs.timing, reports) {
+        if misplaced_block(c, &CHECKER_BLOCKS, "in real_server", reports) {
+            continue;
+        }
+        if timing_option(c, &mut rs.timing, 1, reports) {
             continue;
         }
         let k = c.keyword.as_str();
@@ -798,7 +855,7 @@ fn real_server(node: &Node, reports: &mut Reports) -> Option<RealServer> {
                 if slot.is_some() {
                     reports.add(Severity::Error, &c.at, k, "given twice; keepalived keeps the first", "the first, as keepalived");
                 } else {
-                    *slot = script(c);
+                    *slot = script(c, reports);
                 }
             }
             "virtualhost" => rs.virtualhost = c.args.first().cloned(),
@@ -829,15 +886,18 @@ fn checker(kind: CheckerKind, node: &Node, reports: &mut Reports) -> Checker {
     let connects = !matches!(kind, CheckerKind::Misc | CheckerKind::File | CheckerKind::Bfd);
     let timed = !matches!(kind, CheckerKind::File | CheckerKind::Bfd);
     for c in node.children() {
+        if misplaced_block(c, &["url", "host"], "in a checker", reports) {
+            continue;
+        }
         let k = c.keyword.as_str();
         if connects && connection_option(c, &mut ck, reports) {
             continue;
         }
-        if timed && (k != "connect_timeout" || connects) && timing_option(c, &mut ck.timing, reports) {
+        if timed && (k != "connect_timeout" || connects) && timing_option(c, &mut ck.timing, 0, reports) {
             continue;
         }
         match (kind, k) {
-            (_, "log_all_failures") if timed => {}
+            (_, "log_all_failures") if timed => ck.unsupported.push((k.to_string(), c.at.clone())),
             (CheckerKind::Http | CheckerKind::Ssl, "url") => ck.urls.push(url(c, reports)),
             (CheckerKind::Http | CheckerKind::Ssl, "nb_get_retry") => {
                 if let Some(a) = arg(c, reports) {
@@ -846,14 +906,30 @@ fn checker(kind: CheckerKind, node: &Node, reports: &mut Reports) -> Checker {
                 }
             }
             (CheckerKind::Http | CheckerKind::Ssl, "virtualhost") => ck.virtualhost = c.args.first().cloned(),
-            (CheckerKind::Http | CheckerKind::Ssl, "http_protocol") => ck.http_protocol = c.args.first().cloned(),
+            (CheckerKind::Http | CheckerKind::Ssl, "http_protocol") => {
+                ck.http_protocol = c.args.first().cloned();
+                ck.unsupported.push((k.to_string(), c.at.clone()));
+            }
             (CheckerKind::Http | CheckerKind::Ssl, "enable_sni") => ck.enable_sni = bad(c, reports, values::flag(&c.args)).unwrap_or(ck.enable_sni),
             (CheckerKind::Http | CheckerKind::Ssl, "sni_name") => {
                 ck.sni_name = c.args.first().cloned();
                 ck.enable_sni = true;
             }
             (CheckerKind::Http | CheckerKind::Ssl, "fast_recovery" | "tls_compliant") => ck.unsupported.push((k.to_string(), c.at.clone())),
-            (CheckerKind::Misc, "misc_path") => ck.misc = script(c),
+            (CheckerKind::Misc, "misc_path") => {
+                ck.misc = script(c, reports);
+                if let Some(s) = &ck.misc
+                    && !s.rest.is_empty()
+                {
+                    reports.add(
+                        Severity::Error,
+                        &c.at,
+                        "misc_path",
+                        format!("keepalived runs only the first word `{}` and ignores `{}`", s.argv.join(" "), s.rest.join(" ")),
+                        "the same: quote the whole command line to pass arguments",
+                    );
+                }
+            }
             (CheckerKind::Misc, "misc_timeout") => {
                 ck.misc_timeout = arg(c, reports).and_then(|a| bad(c, reports, values::number(a, 0, u32::MAX as i64))).map(|v| v as u32)
             }
@@ -869,8 +945,8 @@ fn checker(kind: CheckerKind, node: &Node, reports: &mut Reports) -> Checker {
             (CheckerKind::Smtp, "host") => ck.unsupported.push(("host".to_string(), c.at.clone())),
             (CheckerKind::Dns, "type") => ck.dns_type = c.args.first().map(|t| t.to_ascii_uppercase()),
             (CheckerKind::Dns, "name") => ck.dns_name = c.args.first().cloned(),
-            (CheckerKind::Udp, "payload") => ck.udp_payload = c.args.first().cloned(),
-            (CheckerKind::Udp, "require_reply") => ck.udp_require_reply = Some(c.args.first().cloned()),
+            (CheckerKind::Udp, "payload") => ck.udp_payload = Some(hex_words(&c.args)),
+            (CheckerKind::Udp, "require_reply") => ck.udp_require_reply = Some((!c.args.is_empty()).then(|| hex_words(&c.args))),
             (CheckerKind::Udp, "min_reply_length" | "max_reply_length") => ck.unsupported.push((k.to_string(), c.at.clone())),
             (CheckerKind::File, "track_file") => ck.track_file = c.args.first().cloned(),
             (CheckerKind::File, "weight") => {
@@ -914,6 +990,9 @@ fn checker(kind: CheckerKind, node: &Node, reports: &mut Reports) -> Checker {
 fn url(node: &Node, reports: &mut Reports) -> Url {
     let mut u = Url { at: Some(node.at.clone()), ..Url::default() };
     for c in node.children() {
+        if misplaced_block(c, &[], "in url", reports) {
+            continue;
+        }
         let k = c.keyword.as_str();
         match k {
             "path" => u.path = c.args.first().cloned(),
@@ -941,7 +1020,14 @@ fn url(node: &Node, reports: &mut Reports) -> Url {
                 }
             }
             "virtualhost" => u.virtualhost = c.args.first().cloned(),
-            "regex" => u.regex = c.args.first().cloned(),
+            "regex" => {
+                let raw = c.text.trim_start().strip_prefix("regex").unwrap_or("");
+                match values::split_quoted(raw, true) {
+                    Ok(words) if words.len() == 1 => u.regex = words.into_iter().next(),
+                    Ok(words) => reports.add(Severity::Error, &c.at, k, format!("needs exactly one pattern, got {}; keepalived ignores the line", words.len()), "no regex, as keepalived"),
+                    Err(why) => reports.add(Severity::Error, &c.at, k, format!("{why}; keepalived ignores the line"), "no regex, as keepalived"),
+                }
+            }
             "regex_no_match" => u.regex_no_match = true,
             "regex_options" | "regex_min_offset" | "regex_max_offset" | "regex_stack" | "tls_compliant" => {
                 u.unsupported.push((k.to_string(), c.at.clone()))
@@ -956,6 +1042,9 @@ fn url(node: &Node, reports: &mut Reports) -> Url {
 fn group(node: &Node, reports: &mut Reports) -> Group {
     let mut g = Group { at: node.at.clone(), entries: Vec::new() };
     for c in node.children() {
+        if misplaced_block(c, &[], "in virtual_server_group", reports) {
+            continue;
+        }
         if c.keyword == "fwmark" {
             match c.args.first().map(|m| values::number(m, 0, u32::MAX as i64)) {
                 Some(Ok(mark)) => g.entries.push(GroupEntry::Fwmark { at: c.at.clone(), mark: mark as u32 }),
@@ -1006,26 +1095,44 @@ fn globals(node: &Node, lvs: &mut Lvs, reports: &mut Reports) {
             // keepalived --vrrp says so too).
             "lvs_id" => unknown(c, "lvs_id", "in global_defs", reports),
             "lvs_sync_daemon" => {
-                let mut args = c.args.iter().peekable();
-                let Some(interface) = args.next() else {
-                    reports.add(Severity::Error, &c.at, "lvs_sync_daemon", "has no interface", "ignored as keepalived does");
+                let Some(interface) = c.args.first() else {
+                    reports.add(Severity::Error, &c.at, "lvs_sync_daemon", "requires an interface", "ignored as keepalived does");
                     continue;
                 };
-                let mut sd = SyncDaemon { at: c.at.clone(), interface: interface.clone(), instance: None, syncid: None, port: None, group: None };
-                if let Some(next) = args.peek()
-                    && !["id", "maxlen", "port", "ttl", "group"].contains(&next.as_str())
-                {
-                    sd.instance = args.next().cloned();
-                }
-                while let Some(w) = args.next() {
-                    let v = args.next();
-                    match (w.as_str(), v) {
-                        ("id", Some(v)) => sd.syncid = bad(c, reports, values::number(v, 0, 255)).map(|v| v as u8),
-                        ("port", Some(v)) => sd.port = bad(c, reports, values::number(v, 1, 65535)).map(|v| v as u16),
-                        ("group", Some(v)) => sd.group = bad(c, reports, values::address(v)),
-                        ("maxlen" | "ttl", Some(_)) => {}
-                        _ => reports.add(Severity::Error, &c.at, "lvs_sync_daemon", format!("unexpected `{w}`"), "ignored as keepalived does"),
+                let mut sd = SyncDaemon { at: c.at.clone(), interface: interface.clone(), instance: None, syncid: None, port: None, group: None, unsupported: Vec::new() };
+                // keepalived's lvs_syncd_handler: keywords anywhere, and the old positional
+                // form `IF INSTANCE [SYNCID]` in the first two places after the interface.
+                let mut i = 1;
+                while i < c.args.len() {
+                    let word = c.args[i].as_str();
+                    let value = c.args.get(i + 1).map(String::as_str);
+                    match (word, value) {
+                        ("inst", Some(v)) => sd.instance = Some(v.to_string()),
+                        ("id", Some(v)) => sd.syncid = bad(c, reports, values::number(v, 0, 255)).map(|v| v as u8).or(sd.syncid),
+                        ("port", Some(v)) => sd.port = bad(c, reports, values::number(v, 1, 65535)).map(|v| v as u16).or(sd.port),
+                        ("group", Some(v)) => sd.group = bad(c, reports, values::address(v)).or(sd.group),
+                        ("maxlen" | "ttl", Some(_)) => sd.unsupported.push(word.to_string()),
+                        ("inst" | "id" | "port" | "group" | "maxlen" | "ttl", None) => {
+                            reports.add(Severity::Error, &c.at, "lvs_sync_daemon", format!("no value for `{word}`"), "ignored as keepalived does")
+                        }
+                        _ if i == 1 => {
+                            sd.instance = Some(word.to_string());
+                            i += 1;
+                            continue;
+                        }
+                        _ if i == 2 => {
+                            reports.add(Severity::Error, &c.at, "lvs_sync_daemon", "keepalived asks for the keyword `id` before the sync id", "read as the sync id, as keepalived");
+                            sd.syncid = bad(c, reports, values::number(word, 0, 255)).map(|v| v as u8).or(sd.syncid);
+                            i += 1;
+                            continue;
+                        }
+                        _ => {
+                            reports.add(Severity::Error, &c.at, "lvs_sync_daemon", format!("unknown option `{word}`"), "ignored as keepalived does");
+                            i += 1;
+                            continue;
+                        }
                     }
+                    i += 2;
                 }
                 lvs.sync_daemon = Some(sd);
             }
@@ -1057,4 +1164,10 @@ fn vrrp_instance(node: &Node) -> VrrpInstance {
         }
     }
     v
+}
+
+/// keepalived's hex strings may be split over words (`01 02 0304`); a word of odd length
+/// stands for its value with a leading 0.
+fn hex_words(words: &[String]) -> String {
+    words.iter().map(|w| if w.len() % 2 == 1 { format!("0{w}") } else { w.clone() }).collect()
 }

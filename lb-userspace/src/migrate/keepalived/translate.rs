@@ -84,8 +84,15 @@ pub fn to_yaml(lvs: &Lvs, source: &str, reports: &mut Reports) -> String {
         let _ = writeln!(y, "  sync:  # lvs_sync_daemon at {}", sd.at);
         let _ = writeln!(y, "    interface: {}", scalar(&sd.interface));
         let _ = writeln!(y, "    syncid: {}", syncid.unwrap_or(0));
-        if let Some(IpAddr::V4(g)) = sd.group {
-            let _ = writeln!(y, "    group: {g}");
+        match sd.group {
+            Some(IpAddr::V4(g)) => {
+                let _ = writeln!(y, "    group: {g}");
+            }
+            Some(g) => reports.add(Severity::Warning, &sd.at, "lvs_sync_daemon", format!("group {g}: drlb's sync runs over IPv4"), "the default group 224.0.0.81"),
+            None => {}
+        }
+        for what in &sd.unsupported {
+            reports.add(Severity::Warning, &sd.at, "lvs_sync_daemon", format!("`{what}`: drlb's sync has no such setting"), "ignored: drlb batches within 25 ms in datagrams under the interface MTU");
         }
         if let Some(p) = sd.port {
             let _ = writeln!(y, "    port: {p}");
@@ -250,8 +257,23 @@ fn services(lvs: &Lvs, reports: &mut Reports) -> Vec<Service> {
             VsAddress::Group(name) => format!("{name} "),
             _ => String::new(),
         };
+        let mut forced = false;
         for (i, (vip, port, at)) in members.iter().enumerate() {
             let mut s = Service { vip: *vip, port: *port, ..template_clone(&template) };
+            if *port == 0 && s.persistence_timeout.is_none() {
+                // keepalived makes a port-0 service (or group entry) persistent.
+                if !forced {
+                    reports.add(
+                        Severity::Error,
+                        at.as_ref().unwrap_or(&vs.at),
+                        "virtual_server",
+                        "port 0 without persistence: keepalived makes it persistent for 360 s",
+                        "persistence_timeout: 360s, as keepalived",
+                    );
+                    forced = true;
+                }
+                s.persistence_timeout = Some(DEFAULT_PERSISTENCE);
+            }
             let base = format!("{group}{vip}:{port}/{}", s.protocol);
             s.name = if names.insert(base.clone()) { base } else { format!("{base}#{}", i + 1) };
             s.comment = match at {
@@ -356,9 +378,14 @@ fn unsupported(list: &[(String, Location)], reports: &mut Reports, context: &str
 }
 
 fn service(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Service> {
+    // A group's members have ports of their own: the checks against the port are per member.
     let port = match &vs.address {
-        VsAddress::Address { port, .. } => port.unwrap_or(0),
-        _ => 0,
+        VsAddress::Address { port, .. } => Some(port.unwrap_or(0)),
+        _ => None,
+    };
+    let v6 = match &vs.address {
+        VsAddress::Address { ip, .. } => ip.is_ipv6(),
+        _ => vs.real_servers.first().is_some_and(|r| r.ip.is_ipv6()),
     };
     // Forwarding method: keepalived's default is NAT; drlb is DR only.
     match vs.method {
@@ -426,27 +453,37 @@ fn service(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Servi
         reports.add(Severity::Warning, &vs.at, "ops", "drlb has no one-packet scheduling yet", "ignored: UDP datagrams of a flow share a connection entry");
     }
     let mut persistence_timeout = vs.persistence_timeout;
-    if persistence_timeout.is_none() && vs.persistence_granularity.is_some() {
-        reports.add(Severity::Note, &vs.at, "persistence_granularity", "without persistence_timeout keepalived makes the service persistent for 360 s", "persistence_timeout: 360s, as keepalived");
-        persistence_timeout = Some(DEFAULT_PERSISTENCE);
-    }
-    if port == 0 && persistence_timeout.is_none() {
-        reports.add(
-            Severity::Error,
-            &vs.at,
-            "virtual_server",
-            "port 0 without persistence: keepalived makes it persistent for 360 s",
-            "persistence_timeout: 360s, as keepalived",
-        );
-        persistence_timeout = Some(DEFAULT_PERSISTENCE);
-    }
-    let persistence_granularity = vs.persistence_granularity.clone().filter(|g| {
-        let ok = g.parse::<std::net::Ipv4Addr>().is_ok() || g.parse::<u8>().is_ok_and(|l| l <= 128);
-        if !ok {
-            reports.add(Severity::Error, &vs.at, "persistence_granularity", format!("`{g}` is neither a netmask nor a prefix length"), "ignored as keepalived does");
+    // keepalived reads an IPv4 granularity as an address (`24` is 0.0.0.24) and an IPv6 one
+    // as a prefix length; one it cannot read is ignored, persistence included.
+    let mut persistence_granularity = None;
+    if let Some(g) = &vs.persistence_granularity {
+        let (accepted, usable) = if v6 {
+            let ok = g.parse::<u8>().is_ok_and(|l| (1..=128).contains(&l));
+            (ok, ok)
+        } else {
+            match g.parse::<std::net::Ipv4Addr>().ok().or_else(|| g.parse::<u32>().ok().map(std::net::Ipv4Addr::from)) {
+                Some(mask) => (true, u32::from(mask).leading_ones() + u32::from(mask).trailing_zeros() == 32),
+                None => (false, false),
+            }
+        };
+        if !accepted {
+            reports.add(Severity::Error, &vs.at, "persistence_granularity", format!("`{g}` is not a netmask (IPv4) or prefix length (IPv6); keepalived ignores the line"), "no granularity, as keepalived");
+        } else if !usable {
+            reports.add(
+                Severity::Warning,
+                &vs.at,
+                "persistence_granularity",
+                format!("keepalived reads `{g}` as a non-contiguous netmask; drlb groups clients by prefix"),
+                "left out: clients are grouped per address (/32)",
+            );
+        } else {
+            persistence_granularity = Some(g.clone());
         }
-        ok
-    });
+        if accepted && persistence_timeout.is_none() {
+            reports.add(Severity::Note, &vs.at, "persistence_granularity", "without persistence_timeout keepalived makes the service persistent for 360 s", "persistence_timeout: 360s, as keepalived");
+            persistence_timeout = Some(DEFAULT_PERSISTENCE);
+        }
+    }
     for (what, present) in [("hysteresis", vs.hysteresis.is_some()), ("quorum_up", vs.quorum_up.is_some()), ("quorum_down", vs.quorum_down.is_some()), ("omega", vs.omega), ("ha_suspend", vs.ha_suspend)] {
         if present {
             reports.add(Severity::Warning, &vs.at, what, "drlb has no equivalent yet", "ignored");
@@ -458,13 +495,17 @@ fn service(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Servi
         if s.method.is_some_and(|m| m != Method::Dr) {
             reports.add(Severity::Warning, &s.at, "sorry_server_lvs_method", "the sorry server is not DR; drlb forwards by DR only", "sorry server left out");
         } else {
-            if s.port.is_some_and(|p| p != 0 && p != port) {
+            if port.is_some_and(|port| s.port.is_some_and(|p| p != 0 && p != port)) {
                 reports.add(Severity::Warning, &s.at, "sorry_server", "a DR sorry server's port must be the service port; keepalived resets it", "the service port, as keepalived");
             }
             if s.inhibit {
                 reports.add(Severity::Warning, &s.at, "sorry_server_inhibit", "drlb has no equivalent yet", "ignored");
             }
-            sorry_server = Some(s.ip);
+            if vs.real_servers.iter().any(|r| r.ip == s.ip) {
+                reports.add(Severity::Warning, &s.at, "sorry_server", "the sorry server is also a real server; drlb needs it apart", "sorry server left out");
+            } else {
+                sorry_server = Some(s.ip);
+            }
         }
     }
     let mut real_servers = Vec::new();
@@ -483,7 +524,7 @@ fn service(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Servi
             reports.add(Severity::Error, &rs.at, "real_server", "not the virtual server's address family; keepalived drops it", "left out");
             continue;
         }
-        if let Some(p) = rs.port
+        if let (Some(p), Some(port)) = (rs.port, port)
             && p != 0
             && port != 0
             && p != port
@@ -505,10 +546,20 @@ fn service(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Servi
             }
         }
         unsupported(&rs.unsupported, reports, "real_server");
-        let weight = rs.weight.or(vs.weight).unwrap_or(1);
+        let mut weight = rs.weight.or(vs.weight).unwrap_or(1);
+        if weight > crate::control::config::MAX_WEIGHT {
+            reports.add(
+                Severity::Warning,
+                &rs.at,
+                "weight",
+                format!("{weight} is above IPVS's (and drlb's) maximum {}; keepalived passes it on and the kernel refuses it", crate::control::config::MAX_WEIGHT),
+                format!("{}; scale the weights down to keep their ratios", crate::control::config::MAX_WEIGHT),
+            );
+            weight = crate::control::config::MAX_WEIGHT;
+        }
         real_servers.push((rs.ip, weight, None));
         inhibit.push((rs.inhibit_on_failure.unwrap_or(vs.inhibit_on_failure), rs.at.clone()));
-        checks.push(checks_for(vs, rs, port, reports));
+        checks.push(checks_for(vs, rs, port.unwrap_or(0), reports));
     }
     if real_servers.is_empty() {
         reports.add(Severity::Warning, &vs.at, "virtual_server", "no real server left that drlb can forward to", "left out");
@@ -529,7 +580,8 @@ fn service(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Servi
         }
     }
     let quorum = vs.quorum.map(|q| {
-        let total: u32 = real_servers.iter().map(|r| r.1).sum();
+        let total: u64 = real_servers.iter().map(|r| u64::from(r.1)).sum();
+        let total = u32::try_from(total).unwrap_or(u32::MAX);
         if q > total {
             reports.add(Severity::Note, &vs.at, "quorum", format!("{q} is above the real servers' total weight {total}; keepalived lowers it"), format!("quorum: {total}, as keepalived"));
             total.max(1)
@@ -542,7 +594,7 @@ fn service(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Servi
         comment: String::new(),
         name: String::new(),
         vip: IpAddr::from([0, 0, 0, 0]),
-        port,
+        port: port.unwrap_or(0),
         protocol,
         scheduler,
         persistence_timeout,
@@ -585,9 +637,10 @@ fn check(vs: &VirtualServer, rs: &RealServer, ck: &Checker, inherited: &Timing, 
         }
     }
     let family_ok = |a: &IpAddr| a.is_ipv4() == ck.connect_ip.unwrap_or(rs.ip).is_ipv4();
+    let mut source = ck.bindto;
     if let Some(b) = ck.bindto.filter(|b| !family_ok(b)) {
-        reports.add(Severity::Error, &ck.at, "bindto", format!("{b} is not the family of the address probed; keepalived drops the checker"), "check left out");
-        return None;
+        reports.add(Severity::Error, &ck.at, "bindto", format!("{b} is not the family of the address probed; keepalived ignores it"), "probes from the director's own address, as keepalived");
+        source = None;
     }
     if t.alpha == Some(true) {
         reports.add(Severity::Warning, &ck.at, "alpha", "drlb starts every real server up until a check fails", "ignored");
@@ -630,7 +683,7 @@ fn check(vs: &VirtualServer, rs: &RealServer, ck: &Checker, inherited: &Timing, 
         regex: None,
         command: None,
         address: ck.connect_ip.filter(|ip| *ip != rs.ip),
-        source: ck.bindto,
+        source,
         source_port: ck.bind_port,
         digest: None,
         sni: None,
@@ -651,7 +704,19 @@ fn check(vs: &VirtualServer, rs: &RealServer, ck: &Checker, inherited: &Timing, 
             c.path = url.path.clone();
             c.host = url.virtualhost.clone().or(ck.virtualhost.clone()).or(rs.virtualhost.clone()).or(vs.virtualhost.clone());
             c.status = url.status_codes.clone();
-            c.regex = url.regex.clone();
+            c.regex = url.regex.clone().filter(|r| {
+                let ok = regex::Regex::new(r).is_ok();
+                if !ok {
+                    reports.add(
+                        Severity::Warning,
+                        url.at.as_ref().unwrap_or(&ck.at),
+                        "regex",
+                        format!("`{r}` is PCRE that drlb's regex engine does not take (no look-around or back-references)"),
+                        "left out: only the status is checked",
+                    );
+                }
+                ok
+            });
             c.digest = url.digest.clone();
             if ck.kind == CheckerKind::Ssl && ck.enable_sni {
                 // keepalived's SNI: sni_name, else the url's, the checker's or the virtual
@@ -666,10 +731,11 @@ fn check(vs: &VirtualServer, rs: &RealServer, ck: &Checker, inherited: &Timing, 
         CheckerKind::Misc => {
             let script = ck.misc.as_ref()?;
             c.kind = "script";
-            c.command = Some(script.command.clone());
+            c.command = Some(script.shell_command());
             c.timeout = match ck.misc_timeout {
                 Some(s) if s > 0 => Duration::from_secs(s.into()),
-                _ => delay_loop,
+                // keepalived: the virtual server's delay_loop, not the checker's.
+                _ => vs.timing.delay_loop.unwrap_or(DEFAULT_DELAY_LOOP),
             };
             if ck.misc_dynamic {
                 reports.add(Severity::Warning, &ck.at, "misc_dynamic", "drlb does not set weights from exit codes yet", "exit 0 is up, anything else down; the weight stays as configured");
@@ -687,7 +753,7 @@ fn check(vs: &VirtualServer, rs: &RealServer, ck: &Checker, inherited: &Timing, 
             c.query_type = ck.dns_type.clone();
             c.query_name = ck.dns_name.clone();
             if let Some(t) = &ck.dns_type
-                && !["A", "NS", "CNAME", "SOA", "MX", "TXT", "AAAA"].contains(&t.as_str())
+                && !["A", "NS", "CNAME", "SOA", "MX", "TXT", "AAAA", "RRSIG", "DNSKEY"].contains(&t.as_str())
             {
                 reports.add(Severity::Error, &ck.at, "type", format!("`{t}` is not a DNS type keepalived knows; it keeps SOA"), "SOA, as keepalived");
                 c.query_type = None;

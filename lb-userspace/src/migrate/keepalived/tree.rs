@@ -16,26 +16,15 @@ pub struct Node {
     pub block: Option<Vec<Node>>,
     /// The line of the `}` that closes its block.
     pub end: Option<Location>,
+    /// The statement's line as written (after expansion): scripts and `--vrrp-out` use it,
+    /// so quotes and escapes stay as the author wrote them.
+    pub text: String,
 }
 
 impl Node {
     /// The statements of its block (none if it has no block).
     pub fn children(&self) -> &[Node] {
         self.block.as_deref().unwrap_or(&[])
-    }
-
-    /// The statement as keepalived.conf text, on one line (without its block).
-    pub fn head(&self) -> String {
-        std::iter::once(self.keyword.as_str()).chain(self.args.iter().map(String::as_str)).map(quote).collect::<Vec<_>>().join(" ")
-    }
-}
-
-/// A word as keepalived would read it back: quoted if it holds a space or a special character.
-pub fn quote(word: &str) -> String {
-    if word.is_empty() || word.contains(|c: char| c.is_whitespace() || matches!(c, '{' | '}' | '#' | '!' | '"')) {
-        format!("\"{}\"", word.replace('"', "\\\""))
-    } else {
-        word.to_string()
     }
 }
 
@@ -59,7 +48,7 @@ pub fn build(lines: &[Line], reports: &mut Reports) -> Vec<Node> {
             }
             if !statement.is_empty() {
                 let keyword = statement.remove(0);
-                current.push(Node { keyword, args: statement, at: line.at.clone(), block: None, end: None });
+                current.push(Node { keyword, args: statement, at: line.at.clone(), block: None, end: None, text: line.text.clone() });
             }
             match brace.as_deref() {
                 Some("{") => match current.last() {
@@ -77,7 +66,7 @@ pub fn build(lines: &[Line], reports: &mut Reports) -> Vec<Node> {
                         );
                         // Parse its contents as a block of a placeholder, so that what
                         // follows nests as the author meant.
-                        current.push(Node { keyword: String::new(), args: Vec::new(), at: line.at.clone(), block: None, end: None });
+                        current.push(Node { keyword: String::new(), args: Vec::new(), at: line.at.clone(), block: None, end: None, text: String::new() });
                         stack.push((std::mem::take(&mut current), line.at.clone()));
                     }
                 },

@@ -43,6 +43,12 @@ pub fn address(word: &str) -> Result<IpAddr, String> {
     word.parse().map_err(|_| format!("`{word}` is not an IPv4 or IPv6 address"))
 }
 
+/// keepalived's inet_stosockaddr reads an address up to a `-` or `/`: `198.18.0.2/32` is
+/// 198.18.0.2.
+pub fn strip_range(word: &str) -> &str {
+    word.split(['/', '-']).next().unwrap_or(word)
+}
+
 /// A virtual_server_group address entry: `IP`, `A.B.C.D-E`, `x::a-b` (hex), `A-B` or
 /// `A/nn`; every address it stands for, in order.
 pub fn address_range(word: &str) -> Result<Vec<IpAddr>, String> {
@@ -148,5 +154,105 @@ mod tests {
         assert_eq!(flag(&[]), Ok(true));
         assert_eq!(flag(&["off".to_string()]), Ok(false));
         assert!(flag(&["maybe".to_string()]).is_err());
+    }
+}
+
+/// keepalived's `alloc_strvec_quoted_escaped_common`: words separated by blanks, grouped by
+/// '…' or "…", with `\` taking the next character literally — or, with `escapes`, as C
+/// escapes (`\n`, `\t`, `\xHH`, `\ooo`, `\cX`...).
+pub fn split_quoted(src: &str, escapes: bool) -> Result<Vec<String>, String> {
+    let chars: Vec<char> = src.chars().collect();
+    let mut words = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        while i < chars.len() && chars[i].is_whitespace() {
+            i += 1;
+        }
+        if i == chars.len() {
+            break;
+        }
+        let mut word = String::new();
+        let mut quote: Option<char> = None;
+        while i < chars.len() {
+            let c = chars[i];
+            match (quote, c) {
+                (None, c) if c.is_whitespace() => break,
+                (None, '\'' | '"') => quote = Some(c),
+                (Some(q), c) if c == q => quote = None,
+                (_, '\\') => {
+                    i += 1;
+                    let Some(&next) = chars.get(i) else { return Err(format!("`{src}` ends with a lone `\\`")) };
+                    if !escapes {
+                        word.push(next);
+                    } else {
+                        match next {
+                            'x' if chars.get(i + 1).is_some_and(|c| c.is_ascii_hexdigit()) => {
+                                let mut v = 0u32;
+                                let mut n = 0;
+                                while n < 2 && chars.get(i + 1).is_some_and(|c| c.is_ascii_hexdigit()) {
+                                    i += 1;
+                                    v = v * 16 + chars[i].to_digit(16).unwrap();
+                                    n += 1;
+                                }
+                                word.push(char::from(v as u8));
+                            }
+                            'c' if i + 1 < chars.len() => {
+                                i += 1;
+                                word.push(char::from((chars[i] as u8) & 0x1f));
+                            }
+                            '0'..='7' => {
+                                let mut v = next.to_digit(8).unwrap();
+                                let mut n = 1;
+                                while n < 3 && chars.get(i + 1).is_some_and(|c| ('0'..='7').contains(c)) {
+                                    i += 1;
+                                    v = v * 8 + chars[i].to_digit(8).unwrap();
+                                    n += 1;
+                                }
+                                word.push(char::from(v as u8));
+                            }
+                            'a' => word.push('\x07'),
+                            'b' => word.push('\x08'),
+                            'f' => word.push('\x0c'),
+                            'n' => word.push('\n'),
+                            'r' => word.push('\r'),
+                            't' => word.push('\t'),
+                            'v' => word.push('\x0b'),
+                            other => word.push(other),
+                        }
+                    }
+                }
+                (_, c) => word.push(c),
+            }
+            i += 1;
+        }
+        if let Some(q) = quote {
+            return Err(format!("`{src}` is missing its closing {q}"));
+        }
+        words.push(word);
+    }
+    Ok(words)
+}
+
+/// A word as `sh -c` must see it to pass it on unchanged.
+pub fn shell_quote(word: &str) -> String {
+    if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "_./:=@%+,-".contains(c)) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod quoting {
+    use super::*;
+
+    #[test]
+    fn scripts_split_as_keepalived_and_quote_for_sh() {
+        assert_eq!(split_quoted(r#""/bin/chk a" 'b c' d\ e"#, false).unwrap(), ["/bin/chk a", "b c", "d e"]);
+        assert_eq!(split_quoted(r"a\tb \x41", true).unwrap(), ["a\tb", "A"]);
+        assert!(split_quoted("'open", false).is_err());
+        assert_eq!(shell_quote("/usr/bin/curl"), "/usr/bin/curl");
+        assert_eq!(shell_quote("http://rs/h?a=1&b=2"), "'http://rs/h?a=1&b=2'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
     }
 }

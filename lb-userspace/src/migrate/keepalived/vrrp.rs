@@ -24,7 +24,7 @@ pub fn to_conf(tree: &[Node], header: &[String], reports: &mut Reports) -> Strin
 fn write(node: &Node, depth: usize, out: &mut String, reports: &mut Reports, in_globals: bool) {
     let indent = "    ".repeat(depth);
     out.push_str(&indent);
-    out.push_str(&node.head());
+    out.push_str(&node.text);
     match &node.block {
         None => out.push('\n'),
         Some(children) => {
