@@ -120,9 +120,15 @@ fn validation_table() {
             with_service_line("persistence_timeout: 60s\n    persistence_granularity: 255.0.255.0"),
             Expect::Error("10:30", "not contiguous"),
         ),
-        ("16 mh services fill the scheduler tables", services(16, "mh"), Expect::Accepted),
+        ("16 mh services of 65521 entries fill the scheduler tables", services(16, "mh").replace("interface: eth0 }", "interface: eth0, mh_table_size: 65521 }"), Expect::Accepted),
         // A 17th used to pass `drlb check` and then drop every SYN: its table did not fit.
-        ("a 17th mh service does not fit", services(17, "mh"), Expect::Error("19:", "service `s16`: its scheduler table needs 65521 entries")),
+        (
+            "a 17th does not fit",
+            services(17, "mh").replace("interface: eth0 }", "interface: eth0, mh_table_size: 65521 }"),
+            Expect::Error("19:", "service `s16`: its scheduler table needs 65521 entries"),
+        ),
+        ("256 mh services of the kernel's 4093 entries fit", services(256, "mh"), Expect::Accepted),
+        ("an mh table size the kernel cannot have", "director: { interface: eth0, mh_table_size: 4096 }\n".to_string(), Expect::Error("1:", "mh_table_size 4096 is not one of IPVS's table sizes")),
         ("1024 sh services fit", services(1024, "sh"), Expect::Accepted),
         ("1025 VIPs do not fit", services(1025, "wlc"), Expect::Error("3:", "1025 distinct VIPs; the dataplane holds at most 1024")),
         (

@@ -8,7 +8,6 @@ mod support;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use lb_userspace::control::config::Config;
 use lb_userspace::control::health::{self, Target};

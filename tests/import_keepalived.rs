@@ -157,7 +157,7 @@ fn fixtures() -> Vec<Fixture> {
             what: "a group entry with a port needs no forced persistence; an IPv4 granularity written as a number is a non-contiguous mask to keepalived",
             keepalived: "virtual_server_group web {\n  198.18.0.100 80\n}\nvirtual_server group web {\n  lb_algo rr\n  lb_kind DR\n  protocol TCP\n  persistence_timeout 30\n  persistence_granularity 24\n  real_server 198.18.0.11 80 {\n  }\n}\n",
             yaml: &["persistence_timeout: 30s", "port: 80"],
-            reports: &["virtual_server: group `web`", "persistence_granularity: keepalived reads `24` as a non-contiguous netmask"],
+            reports: &["persistence_granularity: keepalived reads `24` as a non-contiguous netmask"],
         },
         Fixture {
             what: "a regex keeps keepalived's escapes; a weight above 65535 is capped with a report; a sorry server that is a real server is left out",
@@ -196,10 +196,10 @@ fn fixtures() -> Vec<Fixture> {
             reports: &["virtual_server: fwmark 7: netfilter sets marks after XDP"],
         },
         Fixture {
-            what: "a virtual_server_group: ranges and ports, each member a service (for now)",
+            what: "a virtual_server_group: ranges and ports, each member a service of its own, as keepalived makes one IPVS service of each",
             keepalived: "virtual_server_group web {\n  198.18.0.100-101 80\n  198.18.0.110 443\n}\nvirtual_server group web {\n  lb_algo rr\n  lb_kind DR\n  protocol TCP\n  real_server 198.18.0.11 {\n  }\n}\n",
             yaml: &["- name: web 198.18.0.100:80/tcp", "- name: web 198.18.0.101:80/tcp", "- name: web 198.18.0.110:443/tcp"],
-            reports: &["virtual_server: group `web`: drlb does not share one scheduler state"],
+            reports: &[],
         },
         Fixture {
             what: "$definitions, multi-line definitions, @conditions and ~SEQ build services",

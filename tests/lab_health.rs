@@ -231,3 +231,82 @@ fn an_imported_keepalived_conf_with_two_checkers_on_a_server_needs_both() {
     assert!(t.ok == 20 && t.per_server[0] > 0, "rs1 back: {t:?}");
     lab.stop_drlb().unwrap();
 }
+
+/// keepalived's quorum hysteresis and notify scripts: weights 2 + 2, quorum 3, hysteresis 1.
+/// One server down leaves weight 2, which keeps the quorum (lost only below 3 - 1), so the
+/// sorry server stays out; both down lose it (quorum_down runs, the sorry server answers);
+/// one back (2) does not regain it (that needs 3 + 1); both back do (quorum_up runs).
+/// notify_down / notify_up run for each server that changes.
+#[test]
+fn quorum_hysteresis_and_notify_scripts_act_as_keepalived() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = Lab::build_with(XdpMode::Generic, 3).expect("build the lab");
+    let events = lab.dir.join("events");
+    let record = |what: &str| format!("\"echo {what} $DRLB_SERVICE $DRLB_RS_ADDRESS >> {}\"", events.display());
+    let check = "{ type: tcp, port: 80, interval: 300ms, timeout: 1s, retries: 0 }";
+    let mut cfg = config(&lab, &[(0, 2), (1, 2)], check).replace(
+        "    real_servers:\n",
+        &format!(
+            "    sorry_server: {{ address: {} }}\n    quorum: 3\n    quorum_hysteresis: 1\n    quorum_up: {}\n    quorum_down: {}\n    real_servers:\n",
+            ALL_REAL_SERVERS[2].addr,
+            record("quorum_up"),
+            record("quorum_down")
+        ),
+    );
+    for h in &ALL_REAL_SERVERS[..2] {
+        cfg = cfg.replace(
+            &format!("address: {}, weight: 2 }}", h.addr),
+            &format!("address: {}, weight: 2, notify_up: {}, notify_down: {} }}", h.addr, record("notify_up"), record("notify_down")),
+        );
+    }
+    let read_events = || std::fs::read_to_string(&events).unwrap_or_default();
+    let wait_for_event = |line: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !read_events().lines().any(|l| l.trim() == line) {
+            assert!(Instant::now() < deadline, "no `{line}` in the events: {}", read_events());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let sorry_share = |lab: &Lab| {
+        let t = lab.http_requests(10, Duration::from_secs(2)).unwrap();
+        assert_eq!(t.ok, 10, "{t:?}");
+        t.per_server[2]
+    };
+    lab.start_drlb_with(drlb(), &cfg).expect("start drlb");
+    wait_for_event("quorum_up web");
+    assert_eq!(sorry_share(&lab), 0);
+
+    let from = lab.log_len();
+    lab.stop_nginx("rs1").unwrap();
+    lab.wait_for_log("web rs1 198.18.0.11:80 DOWN:", from, Duration::from_secs(5)).unwrap();
+    wait_for_event("notify_down web 198.18.0.11");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(sorry_share(&lab), 0, "weight 2 is not below quorum 3 - hysteresis 1: the quorum holds");
+
+    lab.stop_nginx("rs2").unwrap();
+    wait_for_event("quorum_down web");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(sorry_share(&lab), 10, "no server up: the sorry server answers");
+
+    let from = lab.log_len();
+    lab.restart_nginx("rs1").unwrap();
+    lab.wait_for_log("web rs1 198.18.0.11:80 UP:", from, Duration::from_secs(5)).unwrap();
+    wait_for_event("notify_up web 198.18.0.11");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(sorry_share(&lab), 10, "weight 2 is below quorum 3 + hysteresis 1: the quorum stays lost");
+
+    lab.restart_nginx("rs2").unwrap();
+    let ups = || read_events().lines().filter(|l| l.trim() == "quorum_up web").count();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ups() < 2 {
+        assert!(Instant::now() < deadline, "the quorum did not come back: {}", read_events());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(sorry_share(&lab), 0, "weight 4: quorum regained, the real servers answer");
+    let log = lab.stop_drlb().unwrap();
+    println!("{}\n{}", read_events(), log.lines().filter(|l| l.contains("quorum")).collect::<Vec<_>>().join("\n"));
+}

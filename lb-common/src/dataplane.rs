@@ -94,14 +94,16 @@ pub trait Tables {
     /// Clock ticks (`bpf_jiffies64()`: a variable read, where reading a clock source costs
     /// tens of nanoseconds per packet).
     fn now(&self) -> u64;
-    /// Picks a real server slot for a new connection of service `id` ([`schedule`]). The
-    /// XDP program routes this through a separately verified BPF function.
+    /// A random number (twos draws two per connection, as the kernel does).
+    fn random(&self) -> u32;
+    /// Picks a real server slot for a new connection of service `id` from `client` to `vip`
+    /// ([`schedule`]). The XDP program routes this through a separately verified BPF function.
     #[inline(always)]
-    fn schedule(&self, id: u32, svc: &Service, client: &Addr16) -> Option<u32>
+    fn schedule(&self, id: u32, svc: &Service, client: &Addr16, vip: &Addr16) -> Option<u32>
     where
         Self: Sized,
     {
-        schedule(self, id, svc, client)
+        schedule(self, id, svc, client, vip)
     }
 }
 
@@ -131,9 +133,9 @@ impl<T: Tables> Dests for ServiceDests<'_, T> {
     }
 }
 
-/// Picks a real server slot for a new connection of service `id`.
+/// Picks a real server slot for a new connection of service `id` from `client` to `vip`.
 #[inline(always)]
-pub fn schedule<T: Tables>(t: &T, id: u32, svc: &Service, client: &Addr16) -> Option<u32> {
+pub fn schedule<T: Tables>(t: &T, id: u32, svc: &Service, client: &Addr16, vip: &Addr16) -> Option<u32> {
     let dests = ServiceDests { tables: t, members_offset: svc.members_offset, count: svc.member_count };
     if svc.member_count == 0 {
         return None;
@@ -163,6 +165,11 @@ pub fn schedule<T: Tables>(t: &T, id: u32, svc: &Service, client: &Addr16) -> Op
             }
             table_choice(t, svc, mh_hash(client) % svc.table_len)
         }
+        // Not in the XDP program yet (Debian 5.10's verifier counts them past its budget);
+        // config validation refuses them (`Scheduler::IN_DATAPLANE`).
+        Scheduler::Fo | Scheduler::Ovf | Scheduler::Twos => None,
+        // dh hashes the packet's destination: the VIP.
+        Scheduler::Dh => table_choice(t, svc, sched::dh_bucket([vip[12], vip[13], vip[14], vip[15]])),
     }?;
     let slot = dests.slot(list_index);
     // Table-driven choices are checked now as IPVS checks them (`is_unavailable()`: weight
@@ -171,13 +178,32 @@ pub fn schedule<T: Tables>(t: &T, id: u32, svc: &Service, client: &Addr16) -> Op
     // as under IPVS (the old table's destination stays valid while it is read), the SYN
     // still goes there — it keeps its MAC while it drains. The loop schedulers chose among
     // servers they read as available, and are not asked again for the same reason.
-    if matches!(scheduler, Scheduler::Wrr | Scheduler::Sh | Scheduler::Mh) {
+    if matches!(scheduler, Scheduler::Wrr | Scheduler::Sh | Scheduler::Mh | Scheduler::Dh) {
         match t.backend(slot) {
             Some(b) if b.is_present() && b.weight > 0 => {}
             _ => return None,
         }
     }
     Some(slot)
+}
+
+/// [`Tables::schedule_weighted`] as computed: fo, ovf, twos.
+#[inline(always)]
+pub fn schedule_weighted_default<T: Tables>(t: &T, svc: &Service) -> Option<u32> {
+    let dests = ServiceDests { tables: t, members_offset: svc.members_offset, count: svc.member_count };
+    match Scheduler::from_code(svc.scheduler)? {
+        Scheduler::Fo => sched::fo(&dests),
+        Scheduler::Ovf => sched::ovf(&dests),
+        Scheduler::Twos => twos(t, svc),
+        _ => None,
+    }
+}
+
+/// `ip_vs_twos_schedule()` over the service's servers: a list index.
+#[inline(always)]
+pub fn twos<T: Tables>(t: &T, svc: &Service) -> Option<u32> {
+    let dests = ServiceDests { tables: t, members_offset: svc.members_offset, count: svc.member_count };
+    sched::twos(&dests, t.random(), t.random())
 }
 
 #[inline(always)]
@@ -189,10 +215,11 @@ fn table_choice<T: Tables>(t: &T, svc: &Service, index: u32) -> Option<u32> {
     if v == NO_DEST || v as u32 >= svc.member_count { None } else { Some(v as u32) }
 }
 
-/// The client hash mh looks up its Maglev table with.
+/// The client hash mh looks up its Maglev table with: IPVS's `ip_vs_mh_get()` (hsiphash of
+/// the client address; the port only with mh-port, which drlb does not offer yet).
 #[inline(always)]
 pub fn mh_hash(client: &Addr16) -> u32 {
-    crate::hash::flow_hash(client, &[0; 16], 0, 0, 0)
+    crate::hash::mh_hashkey(crate::hash::MH_KEY1, u32::from_be_bytes([client[12], client[13], client[14], client[15]]), 0, 0)
 }
 
 /// What [`insert_new_conn`](Tables::insert_new_conn) did.
@@ -488,7 +515,7 @@ pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &m
                 };
                 let slot = match pinned {
                     Some(s) => s,
-                    None => match t.schedule(id, &svc, &ip.src()) {
+                    None => match t.schedule(id, &svc, &ip.src(), &ip.dst()) {
                         Some(s) => s,
                         None => return Verdict::DropNoRealServer,
                     },
@@ -496,7 +523,7 @@ pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &m
                 t.insert_persist(&pkey, &Persist { last_used: now, backend: slot, _pad: 0 });
                 slot
             } else {
-                match t.schedule(id, &svc, &ip.src()) {
+                match t.schedule(id, &svc, &ip.src(), &ip.dst()) {
                     Some(s) => s,
                     None => return Verdict::DropNoRealServer,
                 }

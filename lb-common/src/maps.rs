@@ -264,11 +264,27 @@ pub enum Scheduler {
     Mh = 5,
     Sed = 6,
     Nq = 7,
+    Fo = 8,
+    Ovf = 9,
+    Dh = 10,
+    Twos = 11,
 }
 
 impl Scheduler {
-    pub const ALL: [Scheduler; 8] =
-        [Scheduler::Wlc, Scheduler::Rr, Scheduler::Wrr, Scheduler::Lc, Scheduler::Sh, Scheduler::Mh, Scheduler::Sed, Scheduler::Nq];
+    pub const ALL: [Scheduler; 12] = [
+        Scheduler::Wlc,
+        Scheduler::Rr,
+        Scheduler::Wrr,
+        Scheduler::Lc,
+        Scheduler::Sh,
+        Scheduler::Mh,
+        Scheduler::Sed,
+        Scheduler::Nq,
+        Scheduler::Fo,
+        Scheduler::Ovf,
+        Scheduler::Dh,
+        Scheduler::Twos,
+    ];
 
     /// What `Service::scheduler` holds.
     #[inline(always)]
@@ -287,15 +303,26 @@ impl Scheduler {
             5 => Some(Scheduler::Mh),
             6 => Some(Scheduler::Sed),
             7 => Some(Scheduler::Nq),
+            8 => Some(Scheduler::Fo),
+            9 => Some(Scheduler::Ovf),
+            10 => Some(Scheduler::Dh),
+            11 => Some(Scheduler::Twos),
             _ => None,
         }
     }
 
     /// The names `ipvsadm -s` and drlb's config use, by code.
-    pub const NAMES: [&'static str; 8] = ["wlc", "rr", "wrr", "lc", "sh", "mh", "sed", "nq"];
+    pub const NAMES: [&'static str; 12] = ["wlc", "rr", "wrr", "lc", "sh", "mh", "sed", "nq", "fo", "ovf", "dh", "twos"];
 
     pub const fn name(self) -> &'static str {
         Self::NAMES[self as usize]
+    }
+
+    /// Whether the XDP program runs it. fo, ovf and twos are written and tested against
+    /// the kernel's (`sched`, `host::ipvs`) but not in the program yet: with them, Debian
+    /// 5.10's verifier counts the program past its budget.
+    pub const fn in_dataplane(self) -> bool {
+        !matches!(self, Scheduler::Fo | Scheduler::Ovf | Scheduler::Twos)
     }
 
     pub fn from_name(name: &str) -> Option<Scheduler> {
@@ -568,12 +595,21 @@ pub struct Persist {
 
 /// Value of `DRLB_SCHED`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SchedState {
     /// rr: list index of the last choice (`sched::RR_HEAD`: none yet).
     pub rr_pos: u32,
     /// wrr: next index into the service's sequence.
     pub seq_pos: u32,
+}
+
+/// "No backend slot".
+pub const NO_SLOT: u32 = u32::MAX;
+
+impl Default for SchedState {
+    fn default() -> Self {
+        SchedState { rr_pos: crate::sched::RR_HEAD, seq_pos: 0 }
+    }
 }
 
 #[cfg(feature = "user")]

@@ -192,6 +192,159 @@ pub fn rr<D: Dests + ?Sized>(d: &D, pos: &mut u32) -> Option<u32> {
     None
 }
 
+/// Weighted failover (`ip_vs_fo.c`): the usable server of highest weight; a tie goes to the
+/// first in list order (the comparison is strict). Connection counts play no part.
+#[inline(always)]
+pub fn fo<D: Dests + ?Sized>(d: &D) -> Option<u32> {
+    let n = bounded_len(d);
+    // Plain scalars rather than an Option: what the verifier tracks best through a loop.
+    let mut found = false;
+    let mut best = 0u32;
+    let mut hw = 0u32;
+    let mut i = 0;
+    while i < MAX_BACKENDS_PER_SERVICE {
+        if i >= n {
+            break;
+        }
+        let dest = d.get(i);
+        if dest.available && dest.weight > hw {
+            found = true;
+            best = i;
+            hw = dest.weight;
+        }
+        i += 1;
+    }
+    if found { Some(best) } else { None }
+}
+
+/// Weighted overflow (`ip_vs_ovf.c`): the usable server of highest weight among those whose
+/// active connections do not exceed their weight; a tie goes to the first in list order.
+#[inline(always)]
+pub fn ovf<D: Dests + ?Sized>(d: &D) -> Option<u32> {
+    let n = bounded_len(d);
+    let mut found = false;
+    let mut best = 0u32;
+    let mut hw = 0u32;
+    let mut i = 0;
+    while i < MAX_BACKENDS_PER_SERVICE {
+        if i >= n {
+            break;
+        }
+        let dest = d.get(i);
+        if dest.available && dest.weight > 0 && dest.active <= dest.weight && (!found || dest.weight > hw) {
+            found = true;
+            best = i;
+            hw = dest.weight;
+        }
+        i += 1;
+    }
+    if found { Some(best) } else { None }
+}
+
+/// Weighted random twos choice (`ip_vs_twos.c`, kernel 5.12+): two servers drawn with
+/// probability by weight (from `r1`, `r2`, the kernel's two random numbers), the less loaded
+/// relative to weight wins, the first drawn on a tie. The draw is 6.1's
+/// `prandom_u32_max(total + 1)`: `(r * (total + 1)) >> 32`.
+#[inline(always)]
+pub fn twos<D: Dests + ?Sized>(d: &D, r1: u32, r2: u32) -> Option<u32> {
+    let n = bounded_len(d);
+    let mut total: u32 = 0;
+    let mut i = 0;
+    while i < MAX_BACKENDS_PER_SERVICE {
+        if i >= n {
+            break;
+        }
+        let dest = d.get(i);
+        if dest.available && dest.weight > 0 {
+            total = total.wrapping_add(dest.weight);
+        }
+        i += 1;
+    }
+    if total == 0 {
+        return None;
+    }
+    let range = total as u64 + 1;
+    let c1 = twos_draw(d, ((r1 as u64 * range) >> 32) as i64)?;
+    let Some(c2) = twos_draw(d, ((r2 as u64 * range) >> 32) as i64) else { return Some(c1) };
+    let (d1, d2) = (d.get(c1), d.get(c2));
+    // IPVS compares in int: keep its wrap-around.
+    let (weight1, weight2) = (d1.weight as i32, d2.weight as i32);
+    let (overhead1, overhead2) = (conn_overhead(&d1) as i32, conn_overhead(&d2) as i32);
+    if weight2.wrapping_mul(overhead1) > weight1.wrapping_mul(overhead2) { Some(c2) } else { Some(c1) }
+}
+
+/// The first usable server at which `rweight` minus the weights so far reaches 0 or below
+/// (each of twos's two draws; one loop each keeps the verifier's states few).
+#[inline(always)]
+fn twos_draw<D: Dests + ?Sized>(d: &D, rweight: i64) -> Option<u32> {
+    let n = bounded_len(d);
+    let mut w = rweight;
+    let mut i = 0;
+    while i < MAX_BACKENDS_PER_SERVICE {
+        if i >= n {
+            break;
+        }
+        let dest = d.get(i);
+        if dest.available && dest.weight > 0 {
+            w -= dest.weight as i64;
+            if w <= 0 {
+                return Some(i);
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// lblc's and lblcr's "overloaded": more active connections than weight while some server of
+/// the service has fewer than half its weight active (`is_overloaded()` in ip_vs_lblc.c).
+#[inline(always)]
+pub fn lblc_overloaded<D: Dests + ?Sized>(d: &D, dest: &DestInfo) -> bool {
+    if dest.active <= dest.weight {
+        return false;
+    }
+    let n = bounded_len(d);
+    let mut i = 0;
+    while i < MAX_BACKENDS_PER_SERVICE {
+        if i >= n {
+            break;
+        }
+        let other = d.get(i);
+        if (other.active as u64) * 2 < other.weight as u64 {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// lblc's and lblcr's fallback (`__ip_vs_lblc_schedule()`): wlc's rule, in 64-bit.
+#[inline(always)]
+pub fn lblc_wlc<D: Dests + ?Sized>(d: &D) -> Option<u32> {
+    weighted_least(d, conn_overhead)
+}
+
+/// dh's bucket for an IPv4 destination (`ip_vs_dh_hashkey()`).
+#[inline(always)]
+pub fn dh_bucket(dest_v4: [u8; 4]) -> u32 {
+    u32::from_be_bytes(dest_v4).wrapping_mul(2_654_435_761) & (DH_TABLE_SIZE as u32 - 1)
+}
+
+/// `IP_VS_DH_TAB_SIZE` (`CONFIG_IP_VS_DH_TAB_BITS` 8).
+pub const DH_TABLE_SIZE: usize = 256;
+
+/// `ip_vs_dh_reassign()`: bucket i gets the list's (i mod n)-th server; weights play no part.
+pub fn dh_table(servers: usize) -> [u16; DH_TABLE_SIZE] {
+    let mut t = [NO_DEST; DH_TABLE_SIZE];
+    if servers == 0 {
+        return t;
+    }
+    for (i, bucket) in t.iter_mut().enumerate() {
+        *bucket = (i % servers) as u16;
+    }
+    t
+}
+
 /// Source hashing's bucket for an IPv4 client (`ip_vs_sh_hashkey()`, no port):
 /// `hash_32(ntohl(addr), 8)`.
 #[inline(always)]

@@ -43,6 +43,14 @@ proptest! {
     }
 
     #[test]
+    fn fo_ovf_twos_match_ipvs(list in prop::collection::vec(dest_strategy(), 0..40), r1 in any::<u32>(), r2 in any::<u32>()) {
+        let l = List(list.clone());
+        prop_assert_eq!(sched::fo(&l).map(|i| i as usize), ipvs::fo(&list));
+        prop_assert_eq!(sched::ovf(&l).map(|i| i as usize), ipvs::ovf(&list));
+        prop_assert_eq!(sched::twos(&l, r1, r2).map(|i| i as usize), ipvs::twos(&list, r1, r2));
+    }
+
+    #[test]
     fn rr_sequences_match_ipvs(list in prop::collection::vec(dest_strategy(), 0..12), steps in 1..50usize) {
         let l = List(list.clone());
         let (mut pos, mut model_pos) = (sched::RR_HEAD, None);

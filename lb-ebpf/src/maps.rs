@@ -11,7 +11,7 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use core::ptr::{addr_of, read_volatile, write_volatile};
 
 use aya_ebpf::{
-    helpers::bpf_jiffies64,
+    helpers::{bpf_get_prandom_u32, bpf_jiffies64},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -24,7 +24,7 @@ use lb_common::{
     halfopen::{HalfOpen, HALF_OPEN_SIZE},
     maps::{
         vip_filter_index, Backend, BackendStats, ConnCounts, ConnEvent, CONN_EVENTS_RING_BYTES, Persist, SchedState, Service, ServiceKey, ServiceSlot,
-        TraceEvent, Vip, VipKey, DEFAULT_CONN_TABLE_SIZE, L2, MAX_BACKENDS, MAX_SERVICES, MAX_VIPS, MEMBERS_SIZE, META_SIZE,
+        NO_SLOT, TraceEvent, Vip, VipKey, DEFAULT_CONN_TABLE_SIZE, L2, MAX_BACKENDS, MAX_SERVICES, MAX_VIPS, MEMBERS_SIZE, META_SIZE,
         PERSIST_TABLE_SIZE, SCHED_TABLE_SIZE, TRACE_RING_BYTES, VIP_FILTER_SIZE,
     },
     sched::{DestInfo, NO_DEST},
@@ -372,15 +372,23 @@ impl Tables for BpfTables {
         unsafe { bpf_jiffies64() }
     }
 
+    fn random(&self) -> u32 {
+        // SAFETY: helper without preconditions.
+        unsafe { bpf_get_prandom_u32() }
+    }
+
     #[inline(always)]
-    fn schedule(&self, id: u32, _svc: &Service, client: &Addr16) -> Option<u32> {
-        let slot = drlb_schedule(id, u32::from_be_bytes([client[12], client[13], client[14], client[15]]));
+    fn schedule(&self, id: u32, _svc: &Service, client: &Addr16, vip: &Addr16) -> Option<u32> {
+        let slot = drlb_schedule(
+            id,
+            u32::from_be_bytes([client[12], client[13], client[14], client[15]]),
+            u32::from_be_bytes([vip[12], vip[13], vip[14], vip[15]]),
+        );
         if slot == NO_SLOT { None } else { Some(slot) }
     }
 }
 
 /// `drlb_schedule`'s "no real server".
-const NO_SLOT: u32 = u32::MAX;
 
 /// The schedulers, as a global BPF function: the verifier checks a global function once,
 /// on its own, instead of once per path that reaches it — the bounded loops over up to
@@ -388,10 +396,11 @@ const NO_SLOT: u32 = u32::MAX;
 /// global functions require.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn drlb_schedule(id: u32, client_v4: u32) -> u32 {
+pub extern "C" fn drlb_schedule(id: u32, client_v4: u32, vip_v4: u32) -> u32 {
     let Some(svc) = BpfTables.service(id) else { return NO_SLOT };
     let client = lb_common::addr::v4_mapped(client_v4.to_be_bytes());
-    lb_common::dataplane::schedule(&BpfTables, id, &svc, &client).unwrap_or(NO_SLOT)
+    let vip = lb_common::addr::v4_mapped(vip_v4.to_be_bytes());
+    lb_common::dataplane::schedule(&BpfTables, id, &svc, &client, &vip).unwrap_or(NO_SLOT)
 }
 
 /// Bumps the CPU-local counter for `stat`.

@@ -135,6 +135,10 @@ enum Command {
         /// ways, with real TCP (needs the ip_vs modules and ipvsadm; the VM tests run it).
         #[arg(long)]
         ipvs_sync: bool,
+        /// Also check that the kernel's IPVS and drlb send the same clients to the same real
+        /// servers under sh and mh (needs the ip_vs_sh and ip_vs_mh modules and ipvsadm).
+        #[arg(long)]
+        ipvs_choices: bool,
     },
     /// The real-server side of Direct Routing.
     Realserver {
@@ -442,7 +446,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Selftest { lab, fuzz, seed, ipvs_sync } => {
+        Command::Selftest { lab, fuzz, seed, ipvs_sync, ipvs_choices } => {
             match std::panic::catch_unwind(lb_userspace::selftest::fixtures::run_table) {
                 Ok(rows) => println!("selftest: {rows} fixture rows passed"),
                 Err(_) => {
@@ -455,6 +459,15 @@ fn main() -> ExitCode {
                     Ok(report) => println!("{report}"),
                     Err(e) => {
                         eprintln!("selftest fuzz: FAILED: {e:#}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            if ipvs_choices {
+                match lb_userspace::selftest::ipvs_choices::run() {
+                    Ok(report) => println!("{report}"),
+                    Err(e) => {
+                        eprintln!("selftest ipvs-choices: FAILED: {e:#}");
                         return ExitCode::FAILURE;
                     }
                 }

@@ -111,11 +111,14 @@ fn kernel(cache: &Path, series: &str, arch: &str) -> Result<PathBuf> {
 const LAB_MODULES: [&str; 4] = ["net/llc/llc.ko", "net/802/stp.ko", "net/bridge/bridge.ko", "drivers/net/veth.ko"];
 
 /// IPVS and the scheduler the interop test uses; their dependencies come from modules.dep.
-const IPVS_MODULES: [&str; 3] = [
+const IPVS_MODULES: [&str; 5] = [
     // libcrc32c asks the crypto API for "crc32c" when loaded (a softdep, not a depends).
     "crypto/crc32c_generic.ko",
     "net/netfilter/ipvs/ip_vs.ko",
     "net/netfilter/ipvs/ip_vs_wlc.ko",
+    // `drlb selftest --ipvs-choices` compares drlb's sh and mh with the kernel's.
+    "net/netfilter/ipvs/ip_vs_sh.ko",
+    "net/netfilter/ipvs/ip_vs_mh.ko",
 ];
 
 /// Debian packages (and what they need to run: the guest has no C library otherwise) for
@@ -217,7 +220,7 @@ fn initramfs(cache: &Path, drlb: &Path, arch: &str, kernel_dir: &Path, suite: &s
          {insmods}\
          mkdir -p /run\n\
          /drlb selftest --lab --fuzz 20000 > /tmp/out 2>&1 && /drlb bench --quick --no-live --runs 5 --out /tmp/b >> /tmp/out 2>&1 \
-         && /drlb selftest --ipvs-sync >> /tmp/out 2>&1\nrc=$?\n\
+         && /drlb selftest --ipvs-sync --ipvs-choices >> /tmp/out 2>&1\nrc=$?\n\
          grep -E 'selftest|fuzz|misses|meets|Error|error|panicked' /tmp/out\n\
          [ $rc -ne 0 ] && echo 'drlb-vm: the output ends:' && tail -n 40 /tmp/out | grep -v '^ok: row'\n\
          echo \"drlb-vm: exit $rc\"\npoweroff -f\n"),
@@ -302,14 +305,16 @@ pub fn run(series: &str, arch: &str, drlb: &Path) -> Result<String> {
         .collect();
     let fuzz = console.lines().find_map(|l| l.find("fuzz: ").map(|i| l[i + "fuzz: ".len()..].split(" frames").next().unwrap_or("").to_string()));
     let ipvs: Vec<&str> = console.lines().filter_map(|l| l.find("selftest ipvs-sync: ").map(|i| &l[i + "selftest ipvs-sync: ".len()..])).collect();
-    if rc.trim() != "0" || !console.contains("fixture rows passed") || lab.len() != 2 || fuzz.is_none() || ipvs.len() != 2 {
+    let choices: Vec<&str> = console.lines().filter_map(|l| l.find("selftest ipvs-choices: ").map(|i| &l[i + "selftest ipvs-choices: ".len()..])).collect();
+    if rc.trim() != "0" || !console.contains("fixture rows passed") || lab.len() != 2 || fuzz.is_none() || ipvs.len() != 2 || choices.len() != 4 {
         bail!("drlb failed on {series} ({banner}):\n{console}");
     }
     let rows = console.lines().find_map(|l| l.find("selftest: ").map(|i| l[i + "selftest: ".len()..].trim().to_string())).unwrap_or_default();
     Ok(format!(
-        "{banner}; {rows}; {} fuzzed frames identical in kernel and model; lab forwarded real TCP: {}; IPVS sync interop: {}",
+        "{banner}; {rows}; {} fuzzed frames identical in kernel and model; lab forwarded real TCP: {}; IPVS sync interop: {}; IPVS's choices: {}",
         fuzz.unwrap_or_default(),
         lab.join(", "),
-        ipvs.join("; ")
+        ipvs.join("; "),
+        choices.join("; ")
     ))
 }

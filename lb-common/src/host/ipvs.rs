@@ -207,31 +207,178 @@ pub fn sh(list: &[Dest], client_v4: [u8; 4]) -> Option<usize> {
     (!list[d].overloaded && list[d].weight > 0).then_some(d)
 }
 
-/// Maglev's lookup table as the paper gives it (Eisenbud et al., NSDI 2016, pseudocode 1),
-/// for servers with `(offset, skip, turns)` — turns per round being weight / gcd, as IPVS
-/// mh does. Written apart from drlb's builder to check it. Entries are server indices.
-pub fn maglev_populate(servers: &[(u64, u64, u32)], size: usize) -> Vec<usize> {
-    let mut entry: Vec<Option<usize>> = vec![None; size];
-    let mut next = vec![0u64; servers.len()];
-    let mut n = 0;
-    if servers.is_empty() {
-        return Vec::new();
+/// ip_vs_mh.c's `ip_vs_mh_gcd_weight()`, `ip_vs_mh_shift_weight()`,
+/// `ip_vs_mh_permutate()` and `ip_vs_mh_populate()`, transliterated loop for loop (kept
+/// apart from drlb's builder to check it) over `(addr, port, last_weight)` in IPVS list
+/// order; a table of `size` (a prime of `primes[]`). Entries are list indices.
+pub fn mh_kernel_table(list: &[(u32, u16, u32)], size: usize) -> Vec<Option<usize>> {
+    use crate::hash::{mh_hashkey, MH_KEY1, MH_KEY2};
+    const PRIMES: [usize; 10] = [251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071];
+    let mut lookup: Vec<Option<usize>> = vec![None; size];
+    // gcd of the last weights above 0.
+    let mut g: i64 = 0;
+    for &(_, _, w) in list {
+        let w = w as i64;
+        if w > 0 {
+            g = if g > 0 { gcd(w, g) } else { w };
+        }
     }
-    loop {
-        for (i, &(offset, skip, turns)) in servers.iter().enumerate() {
-            for _ in 0..turns {
-                let mut c = (offset + next[i] * skip) % size as u64;
-                while entry[c as usize].is_some() {
-                    next[i] += 1;
-                    c = (offset + next[i] * skip) % size as u64;
+    if g < 1 || list.len() > size {
+        return lookup;
+    }
+    // rshift: fls(max weight / gcd) - IP_VS_MH_TAB_BITS, at least 0.
+    let tab_bits = (PRIMES.iter().position(|&p| p == size).expect("a prime of primes[]") as i64 + 8) / 2;
+    let mw = list.iter().map(|d| d.2 as i64).max().unwrap_or(0) / g;
+    let fls = 64 - mw.leading_zeros() as i64;
+    let rshift = (fls - tab_bits).max(0);
+    // dest_setup
+    let m = size as u32;
+    struct Setup {
+        perm: u32,
+        skip: u32,
+        turns: i64,
+    }
+    let mut ds: Vec<Setup> = list
+        .iter()
+        .map(|&(addr, port, lw)| {
+            let offset = mh_hashkey(MH_KEY1, addr, port, 0) % m;
+            let skip = mh_hashkey(MH_KEY2, addr, port, 0) % (m - 1) + 1;
+            let t = (lw as i64 / g) >> rshift;
+            Setup { perm: offset, skip, turns: if t != 0 { t } else { (lw != 0) as i64 } }
+        })
+        .collect();
+    let mut table = vec![false; size];
+    let (mut n, mut dt_count) = (0usize, 0i64);
+    // `p` walks the list; list.len() stands for the list head.
+    let mut p = list.len();
+    while n < size {
+        if p == list.len() {
+            p = 0;
+        }
+        while p != list.len() {
+            if ds[p].turns < 1 {
+                p += 1;
+                continue;
+            }
+            let mut c = ds[p].perm;
+            while table[c as usize] {
+                ds[p].perm += ds[p].skip;
+                if ds[p].perm >= m {
+                    ds[p].perm -= m;
                 }
-                entry[c as usize] = Some(i);
-                next[i] += 1;
-                n += 1;
-                if n == size {
-                    return entry.into_iter().map(|e| e.expect("filled")).collect();
-                }
+                c = ds[p].perm;
+            }
+            table[c as usize] = true;
+            lookup[c as usize] = Some(p);
+            n += 1;
+            if n == size {
+                return lookup;
+            }
+            dt_count += 1;
+            if dt_count >= ds[p].turns {
+                dt_count = 0;
+                p += 1;
             }
         }
     }
+    lookup
+}
+
+/// `ip_vs_mh_get()`: the client's entry (no port hashing, no fallback).
+pub fn mh_kernel_get(lookup: &[Option<usize>], client_v4: [u8; 4]) -> Option<usize> {
+    let hash = crate::hash::mh_hashkey(crate::hash::MH_KEY1, u32::from_be_bytes(client_v4), 0, 0) % lookup.len() as u32;
+    lookup[hash as usize]
+}
+
+/// `ip_vs_fo_schedule()`.
+pub fn fo(list: &[Dest]) -> Option<usize> {
+    let (mut hweight, mut hw) = (None, 0);
+    for (i, d) in list.iter().enumerate() {
+        if !d.overloaded && d.weight > hw {
+            hweight = Some(i);
+            hw = d.weight;
+        }
+    }
+    hweight
+}
+
+/// `ip_vs_ovf_schedule()`.
+pub fn ovf(list: &[Dest]) -> Option<usize> {
+    let (mut h, mut hw): (Option<usize>, i32) = (None, 0);
+    for (i, d) in list.iter().enumerate() {
+        let w = d.weight;
+        if d.overloaded || d.active > w || w == 0 {
+            continue;
+        }
+        if h.is_none() || w > hw {
+            h = Some(i);
+            hw = w;
+        }
+    }
+    h
+}
+
+/// `ip_vs_twos_schedule()` of kernel 6.1 with its two random numbers given.
+pub fn twos(list: &[Dest], r1: u32, r2: u32) -> Option<usize> {
+    let mut total_weight: i32 = 0;
+    for d in list {
+        if !d.overloaded && d.weight > 0 {
+            total_weight += d.weight;
+        }
+    }
+    if total_weight == 0 {
+        return None;
+    }
+    total_weight += 1;
+    // prandom_u32_max(ep_ro) = ((u64)get_random_u32() * ep_ro) >> 32
+    let mut rweight1 = ((r1 as u64 * total_weight as u64) >> 32) as i32;
+    let mut rweight2 = ((r2 as u64 * total_weight as u64) >> 32) as i32;
+    let (mut choice1, mut choice2): (Option<usize>, Option<usize>) = (None, None);
+    let (mut weight1, mut weight2, mut overhead1, mut overhead2) = (0i32, 0i32, 0i32, 0i32);
+    for (i, d) in list.iter().enumerate() {
+        if d.overloaded || d.weight <= 0 {
+            continue;
+        }
+        let weight = d.weight;
+        rweight1 -= weight;
+        rweight2 -= weight;
+        if choice1.is_none() && rweight1 <= 0 {
+            weight1 = weight;
+            overhead1 = overhead(d);
+            choice1 = Some(i);
+        }
+        if choice2.is_none() && rweight2 <= 0 {
+            weight2 = weight;
+            overhead2 = overhead(d);
+            choice2 = Some(i);
+        }
+        if choice1.is_some() && choice2.is_some() {
+            break;
+        }
+    }
+    if choice2.is_some() && weight2.wrapping_mul(overhead1) > weight1.wrapping_mul(overhead2) {
+        choice1 = choice2;
+    }
+    choice1
+}
+
+/// `is_overloaded()` of ip_vs_lblc.c.
+pub fn lblc_is_overloaded(dest: &Dest, list: &[Dest]) -> bool {
+    if dest.active > dest.weight {
+        return list.iter().any(|d| d.active * 2 < d.weight);
+    }
+    false
+}
+
+/// `ip_vs_lblc_schedule()` for one VIP entry: `entry` is the list index its destination has
+/// (None: no entry, or its destination left the service). Returns the choice; the entry
+/// then names it.
+pub fn lblc(list: &[Dest], entry: Option<usize>) -> Option<usize> {
+    if let Some(e) = entry {
+        let d = &list[e];
+        if d.weight > 0 && !d.overloaded && !lblc_is_overloaded(d, list) {
+            return Some(e);
+        }
+    }
+    wlc(list)
 }

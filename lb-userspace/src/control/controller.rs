@@ -16,6 +16,7 @@ use crate::control::tables::BuildError;
 use crate::kernel::bpf::{Dataplane, Origin, log_counters};
 use crate::kernel::netlink::{self, Interface, NeighbourEvent, NeighbourWatch};
 use crate::control::health::{self, Tracker};
+use crate::control::hooks;
 use crate::observe::metrics::Metrics;
 use crate::kernel::notify;
 use crate::observe::status;
@@ -114,6 +115,8 @@ struct Controller {
     dp: Dataplane,
     health: Tracker,
     down: Down,
+    /// Each service's quorum: lost or not (keepalived's quorum state, with hysteresis).
+    quorum: HashMap<String, bool>,
     checkers: Vec<tokio::task::JoinHandle<()>>,
     rounds_tx: mpsc::Sender<health::Round>,
     metrics: Arc<Metrics>,
@@ -148,6 +151,7 @@ impl Controller {
     /// build that does not fit changes nothing (identities and maps stay as they were); a
     /// failed map write is retried whole by [`Controller::retry_if_stale`].
     fn apply_config(&mut self, config: &Config) -> Result<(), ApplyError> {
+        self.follow_quorums(config);
         let mut slots = self.slots.clone();
         // Placed against what the maps hold (after a failed write, the last complete content).
         let tables = crate::control::tables::build_with(config, &self.macs, self.iface.mac, &mut slots, &self.down, self.dp.applied())
@@ -286,8 +290,12 @@ impl Controller {
             h.abort();
         }
         let targets = health::targets(&self.config);
-        self.health.retain(&targets);
+        let starting_down = self.health.track(&targets);
         self.down.retain(|(svc, addr)| targets.iter().any(|t| &t.service == svc && t.address == *addr));
+        for key in starting_down {
+            // alpha: down until a check passes.
+            self.down.insert(key);
+        }
         for t in targets {
             let tx = self.rounds_tx.clone();
             let latency = self.metrics.check_histograms(&t.service, &t.name, t.check.kind.name());
@@ -326,6 +334,7 @@ impl Controller {
                     warn!("{line}");
                     self.down.insert(key);
                 }
+                self.notify(&r.target, up);
                 verdicts.push((r, up));
             }
             next = rounds.try_recv().ok();
@@ -333,6 +342,8 @@ impl Controller {
         if verdicts.is_empty() {
             return;
         }
+        let config = self.config.clone();
+        self.follow_quorums(&config);
         let mut which: Vec<usize> = Vec::new();
         let mut unknown = false;
         for (r, _) in &verdicts {
@@ -352,6 +363,58 @@ impl Controller {
             self.metrics.observe_verdict(applied);
             let count = self.timings.verdict.as_ref().map_or(0, |v| v.count) + 1;
             self.timings.verdict = Some(VerdictTiming { count, target: r.target.label(), up, applied_ms: applied.as_secs_f64() * 1e3 });
+        }
+    }
+
+    /// keepalived's notify_up / notify_down for a real server a verdict changed.
+    fn notify(&self, t: &health::Target, up: bool) {
+        let Some(svc) = self.config.services.iter().find(|s| s.name == t.service) else { return };
+        let Some(rs) = svc.real_servers.iter().find(|r| r.address == t.address) else { return };
+        let command = if up { &rs.notify_up } else { &rs.notify_down };
+        if let Some(command) = command {
+            let env = vec![
+                ("DRLB_SERVICE", svc.name.clone()),
+                ("DRLB_VIP", svc.vip.to_string()),
+                ("DRLB_RS_ADDRESS", rs.address.to_string()),
+                ("DRLB_STATE", if up { "up" } else { "down" }.to_string()),
+            ];
+            hooks::run(command, env, format!("{} {} notify_{}", svc.name, t.name, if up { "up" } else { "down" }));
+        }
+    }
+
+    /// keepalived's quorum per service: follows the weights of up servers with the
+    /// service's hysteresis; a change (and the state at start) is logged and runs
+    /// quorum_up / quorum_down. The tables read the lost ones from `down.quorum_lost`.
+    fn follow_quorums(&mut self, config: &Config) {
+        self.quorum.retain(|name, _| config.services.iter().any(|s| &s.name == name));
+        for svc in &config.services {
+            let weight = crate::control::tables::up_weight(svc, &self.down);
+            let was = self.quorum.get(&svc.name).copied();
+            let lost = crate::control::tables::next_quorum_lost(svc, weight, was);
+            if was == Some(lost) {
+                continue;
+            }
+            self.quorum.insert(svc.name.clone(), lost);
+            if lost {
+                self.down.quorum_lost.insert(svc.name.clone());
+            } else {
+                self.down.quorum_lost.remove(&svc.name);
+            }
+            if was.is_some() || lost {
+                let line = format!(
+                    "{}: quorum {} (up weight {weight}, quorum {} ± {})",
+                    svc.name,
+                    if lost { "lost" } else { "gained" },
+                    svc.quorum,
+                    svc.quorum_hysteresis
+                );
+                if lost { warn!("{line}") } else { info!("{line}") }
+            }
+            let command = if lost { &svc.quorum_down } else { &svc.quorum_up };
+            if let Some(command) = command {
+                let env = vec![("DRLB_SERVICE", svc.name.clone()), ("DRLB_VIP", svc.vip.to_string()), ("DRLB_STATE", if lost { "down" } else { "up" }.to_string())];
+                hooks::run(command, env, format!("{} quorum_{}", svc.name, if lost { "down" } else { "up" }));
+            }
         }
     }
 
@@ -667,6 +730,7 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
         dp,
         health: Tracker::default(),
         down: Down::default(),
+        quorum: HashMap::new(),
         checkers: Vec::new(),
         rounds_tx,
         metrics: Arc::new(Metrics::new()),

@@ -139,9 +139,26 @@ impl Tracker {
         Some((check_up, line))
     }
 
+    /// Follows a (re)started set of checks: forgets those a reload removed, and starts new
+    /// ones up — or down with `alpha`. Returns the real servers that start down.
+    pub fn track(&mut self, targets: &[Target]) -> Vec<(String, IpAddr)> {
+        let keys: std::collections::HashSet<(&str, IpAddr, usize)> = targets.iter().map(|t| (t.service.as_str(), t.address, t.index)).collect();
+        self.checks.retain(|(s, a, i), _| keys.contains(&(s.as_str(), *a, *i)));
+        let mut starting_down = Vec::new();
+        for t in targets {
+            if let std::collections::hash_map::Entry::Vacant(e) = self.checks.entry((t.service.clone(), t.address, t.index)) {
+                e.insert((!t.check.alpha, 0, 0));
+                if t.check.alpha {
+                    starting_down.push((t.service.clone(), t.address));
+                }
+            }
+        }
+        starting_down
+    }
+
     /// Forgets checks a reload removed.
     pub fn retain(&mut self, targets: &[Target]) {
-        self.checks.retain(|(s, a, i), _| targets.iter().any(|t| &t.service == s && t.address == *a && t.index == *i));
+        self.track(targets);
     }
 }
 
@@ -202,6 +219,24 @@ mod tests {
         for (n, (i, ok, want)) in steps.into_iter().enumerate() {
             assert_eq!(t.apply(&round(i, ok)).map(|(up, _)| up), want, "step {n}");
         }
+    }
+
+    /// keepalived's alpha: a new check starts down and the server with it; one passing
+    /// round brings it up. A check already tracked keeps its state across a reload.
+    #[test]
+    fn alpha_checks_start_down() {
+        let config = crate::control::config::Config::parse(
+            std::path::Path::new("t.yaml"),
+            "director: { interface: eth0 }\nservices:\n  - { name: web, vip: 198.18.0.100, port: 80, protocol: tcp, \
+             health_check: { type: tcp, alpha: true }, real_servers: [ { address: 198.18.0.11, name: rs1 } ] }\n",
+        )
+        .unwrap();
+        let targets = targets(&config);
+        let mut t = Tracker::default();
+        assert_eq!(t.track(&targets), vec![("web".to_string(), "198.18.0.11".parse().unwrap())]);
+        assert_eq!(t.track(&targets), vec![], "already tracked: not started again");
+        let up = Round { target: std::sync::Arc::new(targets[0].clone()), ok: true, reason: String::new(), failed_attempts: 0, attempts: 1, latency: Duration::ZERO, finished: Instant::now() };
+        assert_eq!(t.apply(&up).map(|(up, _)| up), Some(true));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod controller;
 pub mod health;
+pub mod hooks;
 pub mod probes;
 pub mod sched_tables;
 pub mod slots;

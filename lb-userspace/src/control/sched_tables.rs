@@ -4,14 +4,15 @@
 
 use std::collections::HashMap;
 
-use lb_common::addr::Addr16;
-use lb_common::hash::flow_hash;
 use lb_common::sched::{self, DestInfo, Dests, NO_DEST};
 
 /// Longest wrr sequence (prefix + one cycle) drlb stores per service.
 pub const MAX_WRR_SEQUENCE: usize = 65536;
-/// IPVS mh's default table size (`CONFIG_IP_VS_MH_TAB_INDEX` 12): a prime.
-pub const MH_TABLE_SIZE: usize = 65521;
+/// The sizes IPVS mh's table can have (`primes[]` in ip_vs_mh.c), one per
+/// `CONFIG_IP_VS_MH_TAB_INDEX` from 8 to 17.
+pub const MH_TABLE_SIZES: [usize; 10] = [251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071];
+/// The kernel's default (`CONFIG_IP_VS_MH_TAB_INDEX` 12, Debian's and most distributions').
+pub const MH_TABLE_SIZE: usize = 4093;
 
 /// A service's servers in IPVS list order, as the table builders see them.
 pub struct ListDests(pub Vec<DestInfo>);
@@ -64,47 +65,58 @@ pub fn sh_table(dests: &ListDests) -> Vec<u16> {
     sched::sh_table(&weights).to_vec()
 }
 
-/// Maglev's lookup table (Eisenbud et al., NSDI 2016) over usable servers with weight > 0;
-/// each server takes `weight / gcd` turns per round, as IPVS mh does. Servers are placed by
-/// their own address, so adding or removing one moves only about its share of entries.
-pub fn mh_table(dests: &ListDests, addrs: &[Addr16], size: usize) -> Vec<u16> {
+/// One server as IPVS mh's table builder sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MhDest {
+    /// IPv4 address, host order (`ntohl(addr)`).
+    pub addr: u32,
+    /// The destination port (the service's, in DR).
+    pub port: u16,
+    /// IPVS's `last_weight`: the last non-zero weight it had (a server inhibited to weight 0
+    /// keeps its entries but takes nothing; one configured with 0 gets none).
+    pub last_weight: u32,
+}
+
+/// IPVS mh's lookup table, as `ip_vs_mh_permutate()` and `ip_vs_mh_populate()` build it,
+/// over `list` in IPVS list order (list indices; NO_DEST where no server is): each
+/// server's offset and skip come from hsiphash of its address and port; it claims
+/// `(last_weight / gcd) >> rshift` entries in a row before the next server's turn.
+pub fn mh_table(list: &[MhDest], size: usize) -> Vec<u16> {
+    use lb_common::hash::{mh_hashkey, MH_KEY1, MH_KEY2};
     let mut table = vec![NO_DEST; size];
-    let members: Vec<usize> = (0..dests.0.len()).filter(|&i| dests.0[i].available && dests.0[i].weight > 0).collect();
-    if members.is_empty() {
+    let g = list.iter().map(|d| d.last_weight).filter(|w| *w > 0).fold(0, gcd);
+    if g == 0 || list.len() > size {
         return table;
     }
-    let g = members.iter().map(|&i| dests.0[i].weight).fold(0, gcd);
-    let m = size as u64;
-    let perm: Vec<(u64, u64)> = members
-        .iter()
-        .map(|&i| {
-            let offset = flow_hash(&addrs[i], &[0; 16], 0, 0, 1) as u64 % m;
-            let skip = flow_hash(&addrs[i], &[0; 16], 0, 0, 2) as u64 % (m - 1) + 1;
-            (offset, skip)
-        })
-        .collect();
-    let turns: Vec<u32> = members.iter().map(|&i| dests.0[i].weight / g).collect();
-    let mut next = vec![0u64; members.len()];
+    // ip_vs_mh_shift_weight: keep weight/gcd within the table's bits.
+    let table_bits = MH_TABLE_SIZES.iter().position(|&m| m == size).map_or(6, |i| (i as u32 + 8) / 2);
+    let max = list.iter().map(|d| d.last_weight).max().unwrap_or(0) / g;
+    let fls = u32::BITS - max.leading_zeros();
+    let rshift = fls.saturating_sub(table_bits);
+    let m = size as u32;
+    let mut perm: Vec<u32> = list.iter().map(|d| mh_hashkey(MH_KEY1, d.addr, d.port, 0) % m).collect();
+    let skip: Vec<u32> = list.iter().map(|d| mh_hashkey(MH_KEY2, d.addr, d.port, 0) % (m - 1) + 1).collect();
+    let turns: Vec<u32> = list.iter().map(|d| match (d.last_weight / g) >> rshift {
+        0 => u32::from(d.last_weight != 0),
+        t => t,
+    }).collect();
+    let mut used = vec![false; size];
     let mut filled = 0;
-    'fill: loop {
-        for (k, &i) in members.iter().enumerate() {
-            for _ in 0..turns[k] {
-                let (offset, skip) = perm[k];
-                let mut c = (offset + next[k] * skip) % m;
-                while table[c as usize] != NO_DEST {
-                    next[k] += 1;
-                    c = (offset + next[k] * skip) % m;
+    loop {
+        for i in 0..list.len() {
+            for _ in 0..turns[i] {
+                while used[perm[i] as usize] {
+                    perm[i] = (perm[i] + skip[i]) % m;
                 }
-                table[c as usize] = i as u16;
-                next[k] += 1;
+                used[perm[i] as usize] = true;
+                table[perm[i] as usize] = i as u16;
                 filled += 1;
                 if filled == size {
-                    break 'fill;
+                    return table;
                 }
             }
         }
     }
-    table
 }
 
 fn gcd(a: u32, b: u32) -> u32 {
@@ -114,7 +126,6 @@ fn gcd(a: u32, b: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lb_common::addr::v4_mapped;
 
     fn dests(weights: &[u32]) -> ListDests {
         ListDests(weights.iter().map(|&w| DestInfo { weight: w, available: true, ..Default::default() }).collect())
@@ -135,38 +146,42 @@ mod tests {
         assert_eq!(counts, [3, 2, 1]);
     }
 
-    /// The builder against Maglev's population as the paper writes it
-    /// (`lb_common::host::ipvs::maglev_populate`), with weights.
+    fn mh_list(weights: &[u32]) -> Vec<MhDest> {
+        // IPVS list order: the last configured first.
+        (0..weights.len()).rev().map(|i| MhDest { addr: u32::from_be_bytes([198, 18, 0, 11 + i as u8]), port: 80, last_weight: weights[i] }).collect()
+    }
+
+    /// The builder against the kernel's loops transliterated apart
+    /// (`lb_common::host::ipvs::mh_kernel_table`), with weights that need a shift.
     #[test]
-    fn maglev_table_equals_the_papers_population() {
-        let addrs: Vec<Addr16> = (0..4).map(|i| v4_mapped([198, 18, 0, 11 + i])).collect();
-        let weights = [2, 4, 2, 6];
-        let m = MH_TABLE_SIZE as u64;
-        let servers: Vec<(u64, u64, u32)> = addrs
-            .iter()
-            .zip(weights)
-            .map(|(a, w)| (flow_hash(a, &[0; 16], 0, 0, 1) as u64 % m, flow_hash(a, &[0; 16], 0, 0, 2) as u64 % (m - 1) + 1, w / 2))
-            .collect();
-        let want: Vec<u16> = lb_common::host::ipvs::maglev_populate(&servers, MH_TABLE_SIZE).into_iter().map(|i| i as u16).collect();
-        assert_eq!(mh_table(&dests(&weights), &addrs, MH_TABLE_SIZE), want);
+    fn maglev_table_equals_the_kernels_population() {
+        for (weights, size) in [(vec![2, 4, 2, 6], MH_TABLE_SIZE), (vec![1, 100, 3000], 251), (vec![5, 0, 5], 4093), (vec![7], 65521)] {
+            let list = mh_list(&weights);
+            let want: Vec<u16> = lb_common::host::ipvs::mh_kernel_table(&list.iter().map(|d| (d.addr, d.port, d.last_weight)).collect::<Vec<_>>(), size)
+                .into_iter()
+                .map(|e| e.map_or(NO_DEST, |i| i as u16))
+                .collect();
+            assert_eq!(mh_table(&list, size), want, "weights {weights:?}, size {size}");
+        }
     }
 
     #[test]
     fn maglev_honours_weights_and_disrupts_little() {
-        let addrs: Vec<Addr16> = (0..5).map(|i| v4_mapped([198, 18, 0, 11 + i])).collect();
-        let t = mh_table(&dests(&[1, 1, 1, 1, 2]), &addrs, MH_TABLE_SIZE);
+        let t = mh_table(&mh_list(&[1, 1, 1, 1, 2]), MH_TABLE_SIZE);
         let mut counts = [0usize; 5];
         for &e in &t {
             counts[e as usize] += 1;
         }
-        // Weight 2 gets about twice the entries of weight 1 (shares 1/6 and 2/6).
-        assert!((counts[4] as f64 / counts[0] as f64 - 2.0).abs() < 0.1, "{counts:?}");
+        // List index 0 is the last configured server, weight 2: about twice the others.
+        assert!((counts[0] as f64 / counts[4] as f64 - 2.0).abs() < 0.15, "{counts:?}");
 
-        // Taking server 2 out moves (about) only its own entries.
-        let mut without = dests(&[1, 1, 1, 1, 2]);
-        without.0[2].available = false;
-        let t2 = mh_table(&without, &addrs, MH_TABLE_SIZE);
-        let moved = t.iter().zip(&t2).filter(|(a, b)| a != b && **a != 2).count();
-        assert!(moved < MH_TABLE_SIZE / 50, "{moved} entries of other servers moved");
+        // Taking a server out moves (about) only its own entries.
+        let mut without = mh_list(&[1, 1, 1, 1, 2]);
+        let gone = without.remove(2);
+        let t2 = mh_table(&without, MH_TABLE_SIZE);
+        let before: Vec<u32> = t.iter().map(|&e| mh_list(&[1, 1, 1, 1, 2])[e as usize].addr).collect();
+        let after: Vec<u32> = t2.iter().map(|&e| without[e as usize].addr).collect();
+        let moved = before.iter().zip(&after).filter(|(a, b)| a != b && **a != gone.addr).count();
+        assert!(moved < MH_TABLE_SIZE / 20, "{moved} entries of other servers moved");
     }
 }

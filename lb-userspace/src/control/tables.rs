@@ -20,8 +20,57 @@ use crate::kernel::mac::Mac;
 use lb_common::addr::from_ip;
 
 
-/// Real servers whose health check failed: (service name, address).
-pub type Down = std::collections::HashSet<(String, IpAddr)>;
+/// What health checks decided, which the tables follow.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Down {
+    /// Real servers a check took down: (service name, address).
+    servers: std::collections::HashSet<(String, IpAddr)>,
+    /// Services whose quorum is lost: their sorry server takes new connections. Kept by
+    /// the controller ([`next_quorum_lost`]) because with a hysteresis it depends on the past.
+    pub quorum_lost: std::collections::HashSet<String>,
+}
+
+impl Down {
+    pub fn insert(&mut self, key: (String, IpAddr)) -> bool {
+        self.servers.insert(key)
+    }
+
+    pub fn remove(&mut self, key: &(String, IpAddr)) -> bool {
+        self.servers.remove(key)
+    }
+
+    pub fn contains(&self, key: &(String, IpAddr)) -> bool {
+        self.servers.contains(key)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
+
+    pub fn retain(&mut self, keep: impl FnMut(&(String, IpAddr)) -> bool) {
+        self.servers.retain(keep)
+    }
+
+    fn is_down(&self, service: &str, address: IpAddr) -> bool {
+        !self.servers.is_empty() && self.servers.contains(&(service.to_string(), address))
+    }
+}
+
+/// keepalived's weight_sum: the weights of a service's real servers its checks hold up
+/// (whether their MAC is known yet is the dataplane's concern, not the quorum's).
+pub fn up_weight(svc: &config::Service, down: &Down) -> u64 {
+    svc.real_servers.iter().filter(|rs| rs.weight > 0 && !down.is_down(&svc.name, rs.address)).map(|rs| u64::from(rs.weight)).sum()
+}
+
+/// keepalived's quorum with hysteresis: gained at `quorum + hysteresis`, lost below
+/// `quorum - hysteresis` (or at 0); at start (`was_lost` None) held iff at `quorum + hysteresis`.
+pub fn next_quorum_lost(svc: &config::Service, up_weight: u64, was_lost: Option<bool>) -> bool {
+    let (quorum, hysteresis) = (u64::from(svc.quorum), u64::from(svc.quorum_hysteresis));
+    match was_lost {
+        None | Some(true) => up_weight < quorum + hysteresis,
+        Some(false) => up_weight < quorum.saturating_sub(hysteresis) || up_weight == 0,
+    }
+}
 
 /// Why a configuration's tables do not fit the dataplane's maps. `drlb check` finds these
 /// ahead ([`check_budget`]); a build can still meet them when live state (servers still
@@ -61,7 +110,7 @@ impl std::fmt::Display for BuildError {
             BuildError::SchedTable { service, needed, free } => write!(
                 f,
                 "service `{service}`: its scheduler table needs {needed} entries and {free} of the dataplane's {} are left \
-                 (an mh service takes {MH_TABLE_SIZE}, sh {SH_TABLE_SIZE}, wrr one per choice of its cycle)",
+                 (an mh service takes director.mh_table_size, {MH_TABLE_SIZE} by default; sh {SH_TABLE_SIZE}; wrr one per choice of its cycle)",
                 SCHED_TABLE_HALF
             ),
         }
@@ -72,10 +121,11 @@ impl std::error::Error for BuildError {}
 
 /// Entries of `DRLB_SCHED_TAB` a service takes with every server usable (`None`: a wrr cycle
 /// too long to store).
-pub fn sched_table_entries(svc: &config::Service) -> Option<usize> {
+pub fn sched_table_entries(svc: &config::Service, mh_table_size: usize) -> Option<usize> {
     match svc.scheduler {
-        Scheduler::Mh => Some(MH_TABLE_SIZE),
+        Scheduler::Mh => Some(mh_table_size),
         Scheduler::Sh => Some(SH_TABLE_SIZE),
+        Scheduler::Dh => Some(lb_common::sched::DH_TABLE_SIZE),
         Scheduler::Wrr => {
             let weights: Vec<u32> = svc.real_servers.iter().map(|r| r.weight).collect();
             Some(sched_tables::wrr_cycle_len(&weights)).filter(|n| *n <= MAX_WRR_SEQUENCE)
@@ -104,7 +154,7 @@ pub fn check_budget(config: &Config) -> Vec<(String, String)> {
             problems.push((format!("services[{i}].real_servers"), BuildError::BackendSlots { service: svc.name.clone() }.to_string()));
             break;
         }
-        let Some(needed) = sched_table_entries(svc) else {
+        let Some(needed) = sched_table_entries(svc, config.director.mh_table_size as usize) else {
             problems.push((format!("services[{i}].scheduler"), BuildError::WrrTooLong { service: svc.name.clone() }.to_string()));
             continue;
         };
@@ -196,7 +246,7 @@ pub fn build_with(
         .collect();
     let mut parts = Vec::with_capacity(config.services.len());
     for svc in &config.services {
-        parts.push(service_part(svc, macs, director_mac, slots, down, &mut t)?);
+        parts.push(service_part(svc, config.director.mh_table_size as usize, macs, director_mac, slots, down, &mut t)?);
     }
     place_tables(&mut parts, prev)?;
     for (svc, mut p) in config.services.iter().zip(parts) {
@@ -262,7 +312,7 @@ pub fn update_services(
             return None;
         }
         let mut scratch = MapContent::default();
-        let p = service_part(svc, macs, director_mac, slots, down, &mut scratch).ok()?;
+        let p = service_part(svc, config.director.mh_table_size as usize, macs, director_mac, slots, down, &mut scratch).ok()?;
         let old = *t.services.get(&p.id)?;
         if t.service_ids.get(&p.key) != Some(&p.id) || t.table(&old).map_or(!p.table.is_empty(), |tab| *tab != p.table) {
             return None;
@@ -348,6 +398,7 @@ fn place_tables(parts: &mut [ServicePart], prev: &MapContent) -> Result<(), Buil
 /// placed; its VIP and VIP-filter entries go into `t` too.
 fn service_part(
     svc: &config::Service,
+    mh_table_size: usize,
     macs: &HashMap<IpAddr, Mac>,
     director_mac: Mac,
     slots: &mut Slots,
@@ -375,7 +426,7 @@ fn service_part(
     for rs in &svc.real_servers {
         let slot = slots.backend_slot(key, rs.address).ok_or_else(no_slot)?;
         let mac = macs.get(&rs.address).copied();
-        let is_down = !down.is_empty() && down.contains(&(svc.name.clone(), rs.address));
+        let is_down = down.is_down(&svc.name, rs.address);
         let mut flags = if mac.is_some() { BACKEND_F_PRESENT } else { 0 };
         let mut weight = rs.weight;
         if is_down {
@@ -398,7 +449,11 @@ fn service_part(
         .filter(|(slot, _, w)| *w > 0 && t.backends[slot].flags & BACKEND_F_HEALTH_DOWN == 0 && t.backends[slot].is_present())
         .map(|(_, _, w)| *w as u64)
         .sum();
-    if up_weight < svc.quorum as u64
+    // Without a hysteresis the quorum follows the weights alone; with one, the controller's
+    // state decides (it depends on which way the weights last crossed).
+    // (Here weights count only where a MAC is known: a server nobody can reach takes nothing.)
+    let quorum_lost = if svc.quorum_hysteresis == 0 { up_weight < svc.quorum as u64 } else { down.quorum_lost.contains(&svc.name) || up_weight == 0 };
+    if quorum_lost
         && let Some(sorry) = &svc.sorry_server
     {
         let slot = slots.backend_slot(key, sorry.address).ok_or_else(no_slot)?;
@@ -422,9 +477,23 @@ fn service_part(
             sched_tables::wrr_sequence(&list, &weights).ok_or_else(|| BuildError::WrrTooLong { service: svc.name.clone() })?
         }
         Scheduler::Sh => (sched_tables::sh_table(&list), 0),
+        Scheduler::Dh => (lb_common::sched::dh_table(list.0.len()).to_vec(), 0),
         Scheduler::Mh => {
-            let addrs: Vec<Addr16> = members.iter().rev().map(|m| from_ip(m.1)).collect();
-            (sched_tables::mh_table(&list, &addrs, MH_TABLE_SIZE), 0)
+            // IPVS list order, with each server's last non-zero weight: an inhibited server
+            // keeps its entries (and takes nothing while its weight is 0).
+            let list: Vec<sched_tables::MhDest> = members
+                .iter()
+                .rev()
+                .map(|m| sched_tables::MhDest {
+                    addr: match m.1 {
+                        IpAddr::V4(a) => u32::from(a),
+                        IpAddr::V6(_) => 0,
+                    },
+                    port: svc.port,
+                    last_weight: svc.real_servers.iter().find(|r| r.address == m.1).map_or(m.2, |r| r.weight),
+                })
+                .collect();
+            (sched_tables::mh_table(&list, mh_table_size), 0)
         }
         _ => (Vec::new(), 0),
     };
@@ -540,6 +609,28 @@ mod tests {
         assert_eq!(update_services(&mut t, &sorry, &m, DIRECTOR, &mut slots, &down, &[1]), None);
     }
 
+    /// keepalived's quorum with hysteresis 1 around quorum 3: held at start with 4, kept
+    /// down to 2, lost at 1 (below 3 - 1), and back only at 4 (3 + 1).
+    #[test]
+    fn the_quorum_follows_keepalived_hysteresis() {
+        let cfg = Config::parse(
+            std::path::Path::new("t.yaml"),
+            "director: { interface: eth0 }\nservices:\n  - { name: web, vip: 198.18.0.100, port: 80, protocol: tcp, quorum: 3, quorum_hysteresis: 1, \
+             real_servers: [ { address: 198.18.0.11 } ] }\n",
+        )
+        .unwrap();
+        let svc = &cfg.services[0];
+        let mut lost = None;
+        let mut seen = Vec::new();
+        for weight in [4, 3, 2, 1, 2, 3, 4, 2] {
+            let next = next_quorum_lost(svc, weight, lost);
+            seen.push(next);
+            lost = Some(next);
+        }
+        assert_eq!(seen, [false, false, false, true, true, true, false, false]);
+        assert!(next_quorum_lost(svc, 3, None), "at start, held only at quorum + hysteresis");
+    }
+
     /// A health-down server leaves the member list (or, with inhibit_on_failure, stays with
     /// weight 0); an unresolved one stays a member but is not present.
     #[test]
@@ -581,7 +672,8 @@ mod tests {
         for s in 0..17 {
             text += &format!("  - {{ name: m{s}, vip: 198.18.1.{}, port: 80, protocol: tcp, scheduler: mh, real_servers: [ {{ address: 198.18.0.11 }} ] }}\n", s + 1);
         }
-        let c: Config = serde_yaml::from_str(&format!("director: {{ interface: eth0 }}\nservices:\n{text}")).unwrap();
+        // Tables of the largest common size: 16 fit the scheduler tables' budget.
+        let c: Config = serde_yaml::from_str(&format!("director: {{ interface: eth0, mh_table_size: 65521 }}\nservices:\n{text}")).unwrap();
         let problems = check_budget(&c);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].0, "services[16].scheduler");

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use lb_common::addr::Addr16;
 use lb_common::host::HostTables;
 use lb_common::maps::{Backend, SchedState, Service, ServiceKey, Vip};
-use lb_common::sched::RR_HEAD;
 
 /// The static content of the dataplane's maps (everything the controller writes; the
 /// connection table, counters and scheduler positions are the dataplane's own).
@@ -57,7 +56,7 @@ impl MapContent {
 
     /// The scheduler positions a service starts from.
     pub fn initial_sched_state() -> SchedState {
-        SchedState { rr_pos: RR_HEAD, seq_pos: 0 }
+        SchedState::default()
     }
 
     /// The host model of the dataplane over these tables, with empty connection state.

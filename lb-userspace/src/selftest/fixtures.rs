@@ -55,6 +55,7 @@ pub const SH: u8 = 109;
 pub const MH: u8 = 110;
 pub const SHORT: u8 = 111;
 pub const FLOOD: u8 = 112;
+pub const DH: u8 = 115;
 
 pub const CONFIG: &str = r#"
 director: { interface: eth0, xdp_mode: native, conn_table_size: 65536 }
@@ -80,6 +81,8 @@ services:
   - { name: short, vip: 198.18.0.111, port: 80, protocol: tcp, timeouts: { tcp: 5s, tcp_fin: 3s },
       real_servers: [ { address: 198.18.0.11 } ] }
   - { name: flood, vip: 198.18.0.112, port: 80, protocol: tcp, real_servers: [ { address: 198.18.0.11 } ] }
+  - { name: dh, vip: 198.18.0.115, port: 80, protocol: tcp, scheduler: dh,
+      real_servers: [ { address: 198.18.0.11 }, { address: 198.18.0.12 }, { address: 198.18.0.13 } ] }
 "#;
 
 /// Backend slots, in configuration order over all services.
@@ -347,6 +350,12 @@ pub fn rows() -> Vec<Row> {
     let mh_to = [RS1, RS2, RS3][maglev_choice(&[([198, 18, 0, 11], 1), ([198, 18, 0, 12], 1), ([198, 18, 0, 13], 1)], CLIENT)];
     v.push(row("mh: a client goes to its Maglev entry's server", tcp_to(vip(MH), 45100, 80, SYN), To(TxScheduled, mh_to)));
     v.push(row("mh: the same client on another port goes there too", tcp_to(vip(MH), 45101, 80, SYN), To(TxScheduled, mh_to)));
+    // --- dh (ip_vs_dh.c) ---
+    let dh_list_index = lb_common::sched::dh_bucket([198, 18, 0, DH]) as usize % 3;
+    let dh_to = [RS3, RS2, RS1][dh_list_index];
+    v.push(row("dh: the VIP's bucket (ip_vs_dh_hashkey of the destination) names the server", tcp_to(vip(DH), 45400, 80, SYN), To(TxScheduled, dh_to)));
+    v.push(row("dh: every client of the VIP goes there", tcp_from(CLIENT_OTHER_NET, vip(DH), 45401, 80, SYN), To(TxScheduled, dh_to)));
+
     // --- expiry (service `short`: tcp 5s) ---
     let short = vip(SHORT);
     v.push(row("short-timeout service: SYN", tcp_to(short, 46000, 80, SYN), To(TxScheduled, RS1)).conn(tcp::SYN_RECV, true).counts(slot::SHORT_RS1, 0, 1));
@@ -427,28 +436,14 @@ fn half_open_rows(v: &mut Vec<Row>) {
 }
 
 /// The server (index into `servers`, given in configuration order as (address, weight))
-/// that Maglev — populated as the paper's pseudocode does, with drlb's offset and skip
-/// hashes of each server's address — gives `client`.
+/// that IPVS mh — its table built by the kernel's loops, transliterated apart from drlb's
+/// builder, for a service on port 80 — gives `client`.
 pub fn maglev_choice(servers: &[([u8; 4], u32)], client: [u8; 4]) -> usize {
-    use lb_common::hash::flow_hash;
-    let m = crate::control::sched_tables::MH_TABLE_SIZE as u64;
-    let g = servers.iter().map(|s| s.1).fold(0, |a, b| if a == 0 { b } else { gcd(a, b) });
-    // IPVS list order (last configured first) is the order Maglev takes turns in.
-    let list: Vec<(u64, u64, u32)> = servers
-        .iter()
-        .rev()
-        .map(|(addr, w)| {
-            let a = v4_mapped(*addr);
-            (flow_hash(&a, &[0; 16], 0, 0, 1) as u64 % m, flow_hash(&a, &[0; 16], 0, 0, 2) as u64 % (m - 1) + 1, w / g)
-        })
-        .collect();
-    let table = lb_common::host::ipvs::maglev_populate(&list, m as usize);
-    let list_index = table[(lb_common::dataplane::mh_hash(&v4_mapped(client)) as u64 % m) as usize];
+    // IPVS list order: the last configured first.
+    let list: Vec<(u32, u16, u32)> = servers.iter().rev().map(|(addr, w)| (u32::from_be_bytes(*addr), 80, *w)).collect();
+    let table = lb_common::host::ipvs::mh_kernel_table(&list, crate::control::sched_tables::MH_TABLE_SIZE);
+    let list_index = lb_common::host::ipvs::mh_kernel_get(&table, client).expect("a server with weight takes every entry");
     servers.len() - 1 - list_index
-}
-
-fn gcd(a: u32, b: u32) -> u32 {
-    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// The host model's clock: milliseconds (its services' `ticks_per_sec` is 1000), counted

@@ -26,15 +26,15 @@ use crate::selftest::lab::{ifindex, Netns, SelfLab};
 use crate::selftest::netns::{keepalive_request, DIRECTOR2, Host, VIP};
 
 /// The IPVS director: the lab's second director address.
-const IPVS: Host = Host { role: "ipvs", ..DIRECTOR2 };
+pub(crate) const IPVS: Host = Host { role: "ipvs", ..DIRECTOR2 };
 const SYNCID: &str = "7";
 
-fn find_ipvsadm() -> Option<PathBuf> {
+pub(crate) fn find_ipvsadm() -> Option<PathBuf> {
     ["/sbin/ipvsadm", "/usr/sbin/ipvsadm", "/bin/ipvsadm", "/usr/bin/ipvsadm"].iter().map(PathBuf::from).find(|p| p.exists())
 }
 
 /// Runs a program inside `ns`; its stdout, or its stderr as the error.
-fn run_in(ns: &Netns, program: &Path, args: &[&str]) -> Result<String> {
+pub(crate) fn run_in(ns: &Netns, program: &Path, args: &[&str]) -> Result<String> {
     let mut cmd = ns.command(program);
     cmd.args(args).stdin(Stdio::null());
     let out = cmd.output().with_context(|| format!("running {}", program.display()))?;
@@ -45,7 +45,7 @@ fn run_in(ns: &Netns, program: &Path, args: &[&str]) -> Result<String> {
 }
 
 /// Puts the VIP on `ns`'s eth0, or takes it off.
-fn set_vip(ns: &Netns, present: bool) -> Result<()> {
+pub(crate) fn set_vip(ns: &Netns, present: bool) -> Result<()> {
     ns.netlink(|h| async move {
         let index = ifindex("eth0")?;
         if present {

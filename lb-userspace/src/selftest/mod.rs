@@ -4,6 +4,7 @@
 
 pub mod fixtures;
 pub mod fuzz;
+pub mod ipvs_choices;
 pub mod ipvs_sync;
 pub mod lab;
 pub mod netns;

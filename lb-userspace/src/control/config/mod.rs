@@ -46,6 +46,16 @@ pub struct Director {
     /// Connection sync with the other directors of the pair (IPVS's sync protocol).
     #[serde(default)]
     pub sync: Option<SyncConfig>,
+    /// Entries of each mh service's Maglev table: the kernel's, so a migration (or a mixed
+    /// pair) sends every client where IPVS does. 4093 is `CONFIG_IP_VS_MH_TAB_INDEX` 12, the
+    /// default of the kernel and of Debian, openEuler and RHEL; a kernel built with another
+    /// index uses another of 251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071.
+    #[serde(default = "default_mh_table_size")]
+    pub mh_table_size: u32,
+}
+
+fn default_mh_table_size() -> u32 {
+    crate::control::sched_tables::MH_TABLE_SIZE as u32
 }
 
 /// `director.sync`: what IPVS's `ipvsadm --start-daemon` (keepalived's `lvs_sync_daemon`)
@@ -192,6 +202,14 @@ pub struct Service {
     /// Minimum sum of the weights of up servers below which the service counts as down.
     #[serde(default = "default_quorum")]
     pub quorum: u32,
+    /// keepalived's hysteresis: the quorum is lost below `quorum - hysteresis` and gained
+    /// again at `quorum + hysteresis`, so a flapping server does not flip it.
+    #[serde(default)]
+    pub quorum_hysteresis: u32,
+    /// Commands (`sh -c`) run when the quorum is gained or lost, and at start for the state
+    /// it starts in (keepalived's quorum_up / quorum_down).
+    pub quorum_up: Option<String>,
+    pub quorum_down: Option<String>,
     #[serde(default)]
     pub real_servers: Vec<RealServer>,
 }
@@ -279,6 +297,10 @@ pub struct RealServer {
     /// Optional, for keepalived users (`real_server ADDR PORT`): DR cannot rewrite the
     /// port, so it must equal the service port.
     pub port: Option<u16>,
+    /// Commands (`sh -c`) run when health checks bring this server up or take it down
+    /// (keepalived's notify_up / notify_down).
+    pub notify_up: Option<String>,
+    pub notify_down: Option<String>,
     /// This server's own checks, instead of the service's `health_check`: it is up only
     /// while every one passes (keepalived's several checkers on one real_server); `[]`:
     /// none, always up.
@@ -391,6 +413,10 @@ pub struct HealthCheck {
     /// udp: `true` needs any answer; a hex pattern (`x` for any nibble) needs an answer that
     /// starts like it. Absent: success unless the port is refused (ICMP).
     pub reply: Option<UdpReply>,
+    /// The server starts down and needs a passing check to come up (keepalived's alpha);
+    /// without it a server starts up and the first failed round takes it down.
+    #[serde(default)]
+    pub alpha: bool,
     /// Probe this address instead of the real server's own (keepalived's `connect_ip`).
     pub address: Option<IpAddr>,
     /// Send probes from this address and port (keepalived's `bindto`, `bind_port`).
@@ -677,6 +703,16 @@ impl Config {
                 format!("`{iface}` is not a valid interface name (1 to 15 characters, no '/' or spaces)"),
             ));
         }
+        if !crate::control::sched_tables::MH_TABLE_SIZES.contains(&(self.director.mh_table_size as usize)) {
+            problems.push((
+                "director.mh_table_size".into(),
+                format!(
+                    "mh_table_size {} is not one of IPVS's table sizes ({})",
+                    self.director.mh_table_size,
+                    crate::control::sched_tables::MH_TABLE_SIZES.map(|s| s.to_string()).join(", ")
+                ),
+            ));
+        }
         let size = self.director.conn_table_size;
         if !(1024..=1 << 26).contains(&size) {
             problems.push((
@@ -726,6 +762,12 @@ impl Config {
                     ),
                 ));
             }
+            if !svc.scheduler.in_dataplane() {
+                problems.push((
+                    at("scheduler"),
+                    format!("scheduler `{}` is not in drlb's dataplane yet (wlc, rr, wrr, lc, sh, mh, sed, nq and dh are)", svc.scheduler.name()),
+                ));
+            }
             if svc.vip.is_ipv6() {
                 problems.push((at("vip"), "IPv6 VIPs are not supported yet (IPv4 only)".into()));
             }
@@ -770,6 +812,12 @@ impl Config {
             }
             if svc.persistence_granularity.is_some() && svc.persistence_timeout.is_none() {
                 problems.push((at("persistence_granularity"), "persistence_granularity needs persistence_timeout".into()));
+            }
+            if svc.quorum_hysteresis >= svc.quorum.max(1) {
+                problems.push((
+                    at("quorum_hysteresis"),
+                    format!("quorum_hysteresis {} must be below the quorum {}", svc.quorum_hysteresis, svc.quorum),
+                ));
             }
             if let Some(sorry) = &svc.sorry_server {
                 if sorry.address == svc.vip || svc.real_servers.iter().any(|r| r.address == sorry.address) {

@@ -37,6 +37,11 @@ struct Service {
     quorum: Option<u32>,
     /// Address, weight, and the server's own checks when they differ between servers.
     real_servers: Vec<(IpAddr, u32, Option<Vec<Check>>)>,
+    /// notify_up / notify_down commands per real server (same order).
+    notify: Vec<(Option<String>, Option<String>)>,
+    quorum_hysteresis: u32,
+    quorum_up: Option<String>,
+    quorum_down: Option<String>,
 }
 
 /// A drlb `health_check`, in the YAML's terms.
@@ -58,6 +63,7 @@ struct Check {
     address: Option<IpAddr>,
     source: Option<IpAddr>,
     source_port: Option<u16>,
+    alpha: bool,
     digest: Option<String>,
     sni: Option<String>,
     helo: Option<String>,
@@ -138,8 +144,37 @@ pub fn to_yaml(lvs: &Lvs, source: &str, reports: &mut Reports) -> String {
         if let Some(q) = s.quorum {
             let _ = writeln!(y, "    quorum: {q}");
         }
+        if s.quorum_hysteresis > 0 {
+            let _ = writeln!(y, "    quorum_hysteresis: {}", s.quorum_hysteresis);
+        }
+        for (field, value) in [("quorum_up", &s.quorum_up), ("quorum_down", &s.quorum_down)] {
+            if let Some(v) = value {
+                let _ = writeln!(y, "    {field}: {}", scalar(v));
+            }
+        }
         let _ = writeln!(y, "    real_servers:");
-        for (address, weight, checks) in &s.real_servers {
+        for ((address, weight, checks), (up, down)) in s.real_servers.iter().zip(&s.notify) {
+            if up.is_some() || down.is_some() {
+                let _ = writeln!(y, "      - address: {address}\n        weight: {weight}");
+                for (field, value) in [("notify_up", up), ("notify_down", down)] {
+                    if let Some(v) = value {
+                        let _ = writeln!(y, "        {field}: {}", scalar(v));
+                    }
+                }
+                match checks {
+                    None => {}
+                    Some(checks) if checks.is_empty() => {
+                        let _ = writeln!(y, "        health_checks: []");
+                    }
+                    Some(checks) => {
+                        let _ = writeln!(y, "        health_checks:");
+                        for c in checks {
+                            write_check(&mut y, "          - ", "            ", c);
+                        }
+                    }
+                }
+                continue;
+            }
             match checks {
                 None => {
                     let _ = writeln!(y, "      - {{ address: {address}, weight: {weight} }}");
@@ -177,6 +212,9 @@ fn write_check(y: &mut String, first: &str, rest: &str, c: &Check) {
     lines.push(format!("timeout: {}", yaml_duration(c.timeout)));
     lines.push(format!("retries: {}", c.retries));
     lines.push(format!("retry_delay: {}", yaml_duration(c.retry_delay)));
+    if c.alpha {
+        lines.push("alpha: true".into());
+    }
     match c.warmup {
         Some(None) => lines.push("warmup: true".into()),
         Some(Some(d)) => lines.push(format!("warmup: {}", yaml_duration(d))),
@@ -311,6 +349,10 @@ fn template_clone(s: &Service) -> Service {
         sorry_server: s.sorry_server,
         quorum: s.quorum,
         real_servers: s.real_servers.clone(),
+        notify: s.notify.clone(),
+        quorum_hysteresis: s.quorum_hysteresis,
+        quorum_up: s.quorum_up.clone(),
+        quorum_down: s.quorum_down.clone(),
     }
 }
 
@@ -333,13 +375,9 @@ fn members(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Vec<(
                 reports.add(Severity::Error, &vs.at, "virtual_server", format!("group `{name}` is not defined; keepalived drops this virtual server"), "left out");
                 return None;
             };
-            reports.add(
-                Severity::Warning,
-                &vs.at,
-                "virtual_server",
-                format!("group `{name}`: drlb does not share one scheduler state, counts and persistence across a group's members yet"),
-                "each member imported as a service of its own with the group's settings",
-            );
+            // keepalived makes one IPVS service of every address (and port) of a group
+            // (ipvs_group_cmd), each with its own scheduler state, counts and persistence:
+            // one drlb service each is the same. Only fwmark entries share one service.
             let mut out = Vec::new();
             for e in &group.entries {
                 match e {
@@ -430,13 +468,16 @@ fn service(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Servi
         }
     };
     let scheduler = match vs.scheduler.as_deref() {
-        Some(s) if crate::control::config::Scheduler::from_name(s).is_some() => s.to_string(),
+        Some(s) if crate::control::config::Scheduler::from_name(s).is_some_and(|s| s.in_dataplane()) => s.to_string(),
         Some(s) => {
             reports.add(
                 Severity::Warning,
                 &vs.at,
                 "lvs_sched",
-                format!("`{s}` is not among drlb's schedulers yet ({})", crate::control::config::Scheduler::NAMES.join(", ")),
+                format!(
+                    "`{s}` is not in drlb's dataplane yet ({})",
+                    crate::control::config::Scheduler::ALL.iter().filter(|s| s.in_dataplane()).map(|s| s.name()).collect::<Vec<_>>().join(", ")
+                ),
                 "wlc instead",
             );
             "wlc".to_string()
@@ -484,7 +525,7 @@ fn service(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Servi
             persistence_timeout = Some(DEFAULT_PERSISTENCE);
         }
     }
-    for (what, present) in [("hysteresis", vs.hysteresis.is_some()), ("quorum_up", vs.quorum_up.is_some()), ("quorum_down", vs.quorum_down.is_some()), ("omega", vs.omega), ("ha_suspend", vs.ha_suspend)] {
+    for (what, present) in [("omega", vs.omega), ("ha_suspend", vs.ha_suspend)] {
         if present {
             reports.add(Severity::Warning, &vs.at, what, "drlb has no equivalent yet", "ignored");
         }
@@ -509,6 +550,7 @@ fn service(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Servi
         }
     }
     let mut real_servers = Vec::new();
+    let mut notifies = Vec::new();
     let mut checks: Vec<Vec<Check>> = Vec::new();
     let mut inhibit = Vec::new();
     for rs in &vs.real_servers {
@@ -540,11 +582,7 @@ fn service(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Servi
         if rs.uthreshold != 0 || rs.lthreshold != 0 {
             reports.add(Severity::Warning, &rs.at, "uthreshold", "drlb has no connection thresholds yet", "ignored: no limit");
         }
-        for (what, s) in [("notify_up", &rs.notify_up), ("notify_down", &rs.notify_down)] {
-            if let Some(s) = s {
-                reports.add(Severity::Warning, &s.at, what, "drlb runs no scripts on state changes yet", "ignored; drlb logs each change and exports drlb_real_server_up");
-            }
-        }
+        let notify = (script_command(&rs.notify_up, reports), script_command(&rs.notify_down, reports));
         unsupported(&rs.unsupported, reports, "real_server");
         let mut weight = rs.weight.or(vs.weight).unwrap_or(1);
         if weight > crate::control::config::MAX_WEIGHT {
@@ -558,6 +596,7 @@ fn service(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Servi
             weight = crate::control::config::MAX_WEIGHT;
         }
         real_servers.push((rs.ip, weight, None));
+        notifies.push(notify);
         inhibit.push((rs.inhibit_on_failure.unwrap_or(vs.inhibit_on_failure), rs.at.clone()));
         checks.push(checks_for(vs, rs, port.unwrap_or(0), reports));
     }
@@ -590,6 +629,20 @@ fn service(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Servi
         }
     });
     let timeouts = lvs.timeouts.as_ref().map(|(_, t, f, u)| (*t, *f, *u));
+    let mut quorum_hysteresis = vs.hysteresis.unwrap_or(0);
+    let effective_quorum = quorum.unwrap_or(1);
+    if quorum_hysteresis >= effective_quorum {
+        reports.add(
+            Severity::Note,
+            &vs.at,
+            "hysteresis",
+            format!("{quorum_hysteresis} is not below the quorum {effective_quorum}; keepalived lowers it"),
+            format!("quorum_hysteresis: {}, as keepalived", effective_quorum - 1),
+        );
+        quorum_hysteresis = effective_quorum - 1;
+    }
+    let quorum_up = script_command(&vs.quorum_up, reports);
+    let quorum_down = script_command(&vs.quorum_down, reports);
     Some(Service {
         comment: String::new(),
         name: String::new(),
@@ -605,7 +658,21 @@ fn service(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Servi
         sorry_server,
         quorum,
         real_servers,
+        notify: notifies,
+        quorum_hysteresis,
+        quorum_up,
+        quorum_down,
     })
+}
+
+/// A notify or quorum script as a `sh -c` command that runs what keepalived runs; a user
+/// or group after it is reported (drlb runs scripts as its own user).
+fn script_command(script: &Option<super::lvs::Script>, reports: &mut Reports) -> Option<String> {
+    let s = script.as_ref()?;
+    if !s.rest.is_empty() {
+        reports.add(Severity::Warning, &s.at, "script", format!("runs as `{}` under keepalived; drlb runs scripts as its own user", s.rest.join(" ")), "run as drlb's user");
+    }
+    Some(s.shell_command())
 }
 
 /// The drlb checks for one real server's checkers (none: always up, as keepalived with no
@@ -641,9 +708,6 @@ fn check(vs: &VirtualServer, rs: &RealServer, ck: &Checker, inherited: &Timing, 
     if let Some(b) = ck.bindto.filter(|b| !family_ok(b)) {
         reports.add(Severity::Error, &ck.at, "bindto", format!("{b} is not the family of the address probed; keepalived ignores it"), "probes from the director's own address, as keepalived");
         source = None;
-    }
-    if t.alpha == Some(true) {
-        reports.add(Severity::Warning, &ck.at, "alpha", "drlb starts every real server up until a check fails", "ignored");
     }
     let port = if ck.kind == CheckerKind::Ping { None } else { ck.connect_port.or(rs.port.filter(|p| *p != 0)) };
     let port = match port {
@@ -685,6 +749,7 @@ fn check(vs: &VirtualServer, rs: &RealServer, ck: &Checker, inherited: &Timing, 
         address: ck.connect_ip.filter(|ip| *ip != rs.ip),
         source,
         source_port: ck.bind_port,
+        alpha: t.alpha == Some(true),
         digest: None,
         sni: None,
         helo: None,

@@ -1,0 +1,142 @@
+//! `drlb selftest --ipvs-choices`: the kernel's IPVS and drlb choose the same real server
+//! for the same clients. For `sh` and `mh`, with equal weights and with 1:2:3, IPVS
+//! (`ipvsadm -A -s ...`, real servers added in configuration order as keepalived adds them)
+//! schedules a SYN from each of 16 client addresses and 2 source ports; `ipvsadm -Lnc` says
+//! where each went; drlb's tables, built for the same configuration, and its forwarding
+//! decision (`lb_common::dataplane::schedule`, in the host model) must say the same. Needs
+//! the ip_vs modules and `ipvsadm`: the VM tests run it in Debian's 5.10 and 6.1 kernels.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, ensure};
+
+use crate::control::config::Config;
+use crate::selftest::ipvs_sync::{find_ipvsadm, run_in, set_vip, IPVS};
+use crate::selftest::lab::{ifindex, SelfLab};
+use crate::selftest::netns::VIP;
+
+/// The real servers IPVS schedules to (they need not answer: the choice is made on the SYN).
+const SERVERS: [Ipv4Addr; 3] = [Ipv4Addr::new(198, 18, 0, 31), Ipv4Addr::new(198, 18, 0, 32), Ipv4Addr::new(198, 18, 0, 33)];
+/// Client addresses: 198.18.0.40 to .55.
+const CLIENTS: u8 = 16;
+
+pub fn run() -> Result<String> {
+    let ipvsadm = find_ipvsadm().ok_or_else(|| anyhow!("ipvsadm is not installed"))?;
+    let lab = SelfLab::build_with(&[IPVS], false).context("building the lab")?;
+    let ipvs = &lab.others[0].1;
+    lab.client.netlink(|h| async move {
+        let index = ifindex("eth0")?;
+        for i in 0..CLIENTS {
+            h.address().add(index, IpAddr::V4(Ipv4Addr::new(198, 18, 0, 40 + i)), 24).execute().await.context("adding a client address")?;
+        }
+        Ok(())
+    })?;
+    set_vip(ipvs, true)?;
+    let mut lines = Vec::new();
+    let mut failures = Vec::new();
+    for (round, (scheduler, weights)) in [("sh", [1, 1, 1]), ("sh", [1, 2, 3]), ("mh", [1, 1, 1]), ("mh", [1, 2, 3])].into_iter().enumerate() {
+        let ipvs_cmd = |args: &[&str]| run_in(ipvs, &ipvsadm, args);
+        let vs = format!("{VIP}:80");
+        ipvs_cmd(&["-C"])?;
+        ipvs_cmd(&["-A", "-t", &vs, "-s", scheduler]).with_context(|| format!("is the ip_vs_{scheduler} module loaded?"))?;
+        for (addr, w) in SERVERS.iter().zip(weights) {
+            ipvs_cmd(&["-a", "-t", &vs, "-r", &format!("{addr}:80"), "-g", "-w", &w.to_string()])?;
+        }
+        // Source ports of this round only: entries of earlier rounds are still listed.
+        let ports = [41000 + 2 * round as u16, 41001 + 2 * round as u16];
+        lab.client.run(|| {
+            for i in 0..CLIENTS {
+                for port in ports {
+                    syn_from(SocketAddr::from((Ipv4Addr::new(198, 18, 0, 40 + i), port)))?;
+                }
+            }
+            Ok(())
+        })?;
+        std::thread::sleep(Duration::from_millis(300));
+        let listed = ipvs_cmd(&["-Lnc"])?;
+        let ipvs_choice = parse_connections(&listed);
+        let drlb_choice = drlb_choices(scheduler, &weights)?;
+        let (mut same, mut total) = (0, 0);
+        for i in 0..CLIENTS {
+            let client = Ipv4Addr::new(198, 18, 0, 40 + i);
+            for port in ports {
+                total += 1;
+                let theirs = ipvs_choice.get(&(client, port)).copied();
+                let ours = drlb_choice.get(&client).copied();
+                if theirs.is_some() && theirs == ours {
+                    same += 1;
+                } else {
+                    failures.push(format!("{scheduler} {weights:?}: {client}:{port}: IPVS chose {theirs:?}, drlb {ours:?}"));
+                }
+            }
+        }
+        lines.push(format!("selftest ipvs-choices: {scheduler} weights {}: {same}/{total} clients sent where IPVS sends them", weights.map(|w| w.to_string()).join(":")));
+    }
+    let _ = run_in(ipvs, &ipvsadm, &["-C"]);
+    ensure!(failures.is_empty(), "drlb and IPVS chose differently:\n{}\n{}", failures.join("\n"), lines.join("\n"));
+    Ok(lines.join("\n"))
+}
+
+/// Sends one SYN from `from` to the VIP and leaves (the connection need not complete).
+fn syn_from(from: SocketAddr) -> Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.bind(&from.into()).with_context(|| format!("binding {from}"))?;
+    s.set_nonblocking(true)?;
+    match s.connect(&SocketAddr::from((VIP, 80)).into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e).with_context(|| format!("connecting from {from}")),
+    }
+    // Long enough for the SYN to leave before the socket closes.
+    std::thread::sleep(Duration::from_millis(5));
+    Ok(())
+}
+
+/// `ipvsadm -Lnc` lines: `TCP 00:59 SYN_RECV 198.18.0.40:41000 198.18.0.100:80 198.18.0.31:80`.
+fn parse_connections(listed: &str) -> HashMap<(Ipv4Addr, u16), Ipv4Addr> {
+    let mut out = HashMap::new();
+    for line in listed.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 || f[0] != "TCP" {
+            continue;
+        }
+        let (Ok(client), Ok(server)) = (f[3].parse::<SocketAddr>(), f[5].parse::<SocketAddr>()) else { continue };
+        if let (IpAddr::V4(c), IpAddr::V4(s)) = (client.ip(), server.ip()) {
+            out.insert((c, client.port()), s);
+        }
+    }
+    out
+}
+
+/// drlb's choice for each client: its tables for the same service, and its forwarding
+/// decision in the host model.
+fn drlb_choices(scheduler: &str, weights: &[u32; 3]) -> Result<HashMap<Ipv4Addr, Ipv4Addr>> {
+    let servers: Vec<String> = SERVERS.iter().zip(weights).map(|(a, w)| format!("{{ address: {a}, weight: {w} }}")).collect();
+    let yaml = format!(
+        "director: {{ interface: eth0 }}\nservices:\n  - {{ name: web, vip: {VIP}, port: 80, protocol: tcp, scheduler: {scheduler}, real_servers: [ {} ] }}\n",
+        servers.join(", ")
+    );
+    let config = Config::parse(Path::new("ipvs-choices.yaml"), &yaml).map_err(|e| anyhow!("{e}"))?;
+    let macs = SERVERS.iter().enumerate().map(|(i, a)| (IpAddr::V4(*a), [2, 0, 0, 0, 0, 0x31 + i as u8])).collect();
+    let content = crate::control::tables::build(&config, &macs, [2, 0, 0, 0, 0, 2]).map_err(|e| anyhow!("{e}"))?;
+    let model = content.host_model();
+    let key = lb_common::maps::ServiceKey::new(lb_common::addr::v4_mapped(VIP.octets()), 80, lb_common::maps::IPPROTO_TCP);
+    let id = *model.service_ids.get(&key).ok_or_else(|| anyhow!("no service id"))?;
+    let svc = *model.services.get(&id).ok_or_else(|| anyhow!("no service"))?;
+    let mut out = HashMap::new();
+    for i in 0..CLIENTS {
+        let client = Ipv4Addr::new(198, 18, 0, 40 + i);
+        let vip = lb_common::addr::v4_mapped(VIP.octets());
+        if let Some(slot) = lb_common::dataplane::schedule(&model, id, &svc, &lb_common::addr::v4_mapped(client.octets()), &vip) {
+            let b = model.backends.get(&slot).ok_or_else(|| anyhow!("no backend {slot}"))?;
+            let a = b.addr;
+            out.insert(client, Ipv4Addr::new(a[12], a[13], a[14], a[15]));
+        }
+    }
+    Ok(out)
+}
