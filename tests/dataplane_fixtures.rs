@@ -362,7 +362,7 @@ fn reloads_under_traffic_never_tear_a_service_or_a_mac() {
     hammer("wlc", Updates::Reloads);
 }
 
-/// The same with Maglev: every reload changes `x`'s 65,521-entry table, so all tables move
+/// The same with Maglev: every reload changes `x`'s 4,093-entry table, so all tables move
 /// to the other half of the scheduler array while packets read the old one (from clients
 /// all over it: Maglev hashes the client's address).
 #[test]

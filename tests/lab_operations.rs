@@ -288,8 +288,8 @@ fn controller_failures_keep_forwarding_and_are_visible() {
     lab.start_drlb_with(drlb(), &config).expect("start drlb");
     let metrics = |lab: &Lab| lab.fetch("director", "127.0.0.1:9469".parse().unwrap(), "/metrics").expect("GET /metrics");
 
-    // 1. A reload with 17 mh services: the scheduler tables would not fit.
-    let mut big = config.clone();
+    // 1. A reload with 17 mh services of 65,521 entries: the scheduler tables would not fit.
+    let mut big = config.replacen("director:\n", "director:\n  mh_table_size: 65521\n", 1);
     for i in 0..17 {
         big += &format!(
             "  - {{ name: mh{i}, vip: 198.18.1.{}, port: 80, protocol: tcp, scheduler: mh, real_servers: [ {{ address: 198.18.0.11 }} ] }}\n",

@@ -196,6 +196,19 @@ pub fn rr<D: Dests + ?Sized>(d: &D, pos: &mut u32) -> Option<u32> {
 /// first in list order (the comparison is strict). Connection counts play no part.
 #[inline(always)]
 pub fn fo<D: Dests + ?Sized>(d: &D) -> Option<u32> {
+    highest_weight(d, |x| x.available && x.weight > 0)
+}
+
+/// Weighted overflow (`ip_vs_ovf.c`): as fo, among the servers whose active connections do
+/// not exceed their weight.
+#[inline(always)]
+pub fn ovf<D: Dests + ?Sized>(d: &D) -> Option<u32> {
+    highest_weight(d, |x| x.available && x.weight > 0 && x.active <= x.weight)
+}
+
+/// The first server of the highest weight among those `eligible` (fo's and ovf's loop).
+#[inline(always)]
+fn highest_weight<D: Dests + ?Sized>(d: &D, eligible: impl Fn(&DestInfo) -> bool) -> Option<u32> {
     let n = bounded_len(d);
     // Plain scalars rather than an Option: what the verifier tracks best through a loop.
     let mut found = false;
@@ -207,31 +220,7 @@ pub fn fo<D: Dests + ?Sized>(d: &D) -> Option<u32> {
             break;
         }
         let dest = d.get(i);
-        if dest.available && dest.weight > hw {
-            found = true;
-            best = i;
-            hw = dest.weight;
-        }
-        i += 1;
-    }
-    if found { Some(best) } else { None }
-}
-
-/// Weighted overflow (`ip_vs_ovf.c`): the usable server of highest weight among those whose
-/// active connections do not exceed their weight; a tie goes to the first in list order.
-#[inline(always)]
-pub fn ovf<D: Dests + ?Sized>(d: &D) -> Option<u32> {
-    let n = bounded_len(d);
-    let mut found = false;
-    let mut best = 0u32;
-    let mut hw = 0u32;
-    let mut i = 0;
-    while i < MAX_BACKENDS_PER_SERVICE {
-        if i >= n {
-            break;
-        }
-        let dest = d.get(i);
-        if dest.available && dest.weight > 0 && dest.active <= dest.weight && (!found || dest.weight > hw) {
+        if eligible(&dest) && (!found || dest.weight > hw) {
             found = true;
             best = i;
             hw = dest.weight;
