@@ -151,11 +151,12 @@ impl Controller {
     /// build that does not fit changes nothing (identities and maps stay as they were); a
     /// failed map write is retried whole by [`Controller::retry_if_stale`].
     fn apply_config(&mut self, config: &Config) -> Result<(), ApplyError> {
-        self.follow_quorums(config);
+        let (quorum, down, changes) = self.plan_quorums(config);
         let mut slots = self.slots.clone();
         // Placed against what the maps hold (after a failed write, the last complete content).
-        let tables = crate::control::tables::build_with(config, &self.macs, self.iface.mac, &mut slots, &self.down, self.dp.applied())
+        let tables = crate::control::tables::build_with(config, &self.macs, self.iface.mac, &mut slots, &down, self.dp.applied())
             .map_err(ApplyError::Build)?;
+        self.commit_quorums(config, quorum, down, changes);
         self.slots = slots;
         self.tables = tables;
         self.maps_stale = true;
@@ -290,11 +291,13 @@ impl Controller {
             h.abort();
         }
         let targets = health::targets(&self.config);
-        let starting_down = self.health.track(&targets);
-        self.down.retain(|(svc, addr)| targets.iter().any(|t| &t.service == svc && t.address == *addr));
-        for key in starting_down {
-            // alpha: down until a check passes.
-            self.down.insert(key);
+        self.health.track(&targets);
+        // Down is what the tracker says now: alpha checks start down, and a server whose
+        // failing check a reload removed (or that lost its checks) is up again.
+        let now_down = self.health.down_servers();
+        if self.down.servers() != &now_down {
+            self.down.set_servers(now_down);
+            self.rebuild("health checks (re)started");
         }
         for t in targets {
             let tx = self.rounds_tx.clone();
@@ -343,7 +346,8 @@ impl Controller {
             return;
         }
         let config = self.config.clone();
-        self.follow_quorums(&config);
+        let (quorum, down, changes) = self.plan_quorums(&config);
+        self.commit_quorums(&config, quorum, down, changes);
         let mut which: Vec<usize> = Vec::new();
         let mut unknown = false;
         for (r, _) in &verdicts {
@@ -382,25 +386,44 @@ impl Controller {
         }
     }
 
-    /// keepalived's quorum per service: follows the weights of up servers with the
-    /// service's hysteresis; a change (and the state at start) is logged and runs
-    /// quorum_up / quorum_down. The tables read the lost ones from `down.quorum_lost`.
-    fn follow_quorums(&mut self, config: &Config) {
-        self.quorum.retain(|name, _| config.services.iter().any(|s| &s.name == name));
-        for svc in &config.services {
-            let weight = crate::control::tables::up_weight(svc, &self.down);
-            let was = self.quorum.get(&svc.name).copied();
+    /// keepalived's quorum per service for `config`: follows the weights of up servers with
+    /// the service's hysteresis. Returns the quorum states and the health state the tables
+    /// are built from, and the changes (service index, lost); nothing is committed, so a
+    /// configuration that is refused changes no state and runs no script.
+    fn plan_quorums(&self, config: &Config) -> (HashMap<String, bool>, Down, Vec<(usize, bool, u64)>) {
+        let mut quorum: HashMap<String, bool> =
+            self.quorum.iter().filter(|(name, _)| config.services.iter().any(|s| &s.name == *name)).map(|(n, l)| (n.clone(), *l)).collect();
+        let mut down = self.down.clone();
+        down.quorum_lost.retain(|name| config.services.iter().any(|s| &s.name == name));
+        let mut changes = Vec::new();
+        for (i, svc) in config.services.iter().enumerate() {
+            let weight = crate::control::tables::up_weight(svc, &down);
+            let was = quorum.get(&svc.name).copied();
             let lost = crate::control::tables::next_quorum_lost(svc, weight, was);
             if was == Some(lost) {
                 continue;
             }
-            self.quorum.insert(svc.name.clone(), lost);
+            quorum.insert(svc.name.clone(), lost);
             if lost {
-                self.down.quorum_lost.insert(svc.name.clone());
+                down.quorum_lost.insert(svc.name.clone());
             } else {
-                self.down.quorum_lost.remove(&svc.name);
+                down.quorum_lost.remove(&svc.name);
             }
-            if was.is_some() || lost {
+            changes.push((i, lost, weight));
+        }
+        (quorum, down, changes)
+    }
+
+    /// Commits what [`Controller::plan_quorums`] planned once the tables built from it are
+    /// in place: logs each change and runs quorum_up / quorum_down (at start, for the state
+    /// each service starts in, as keepalived).
+    fn commit_quorums(&mut self, config: &Config, quorum: HashMap<String, bool>, down: Down, changes: Vec<(usize, bool, u64)>) {
+        let was_known: std::collections::HashSet<String> = self.quorum.keys().cloned().collect();
+        self.quorum = quorum;
+        self.down = down;
+        for (i, lost, weight) in changes {
+            let svc = &config.services[i];
+            if was_known.contains(&svc.name) || lost {
                 let line = format!(
                     "{}: quorum {} (up weight {weight}, quorum {} ± {})",
                     svc.name,

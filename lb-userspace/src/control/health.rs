@@ -116,7 +116,9 @@ impl Tracker {
     /// Applies a round; returns the real server's new state and the log line when it changes.
     pub fn apply(&mut self, r: &Round) -> Option<(bool, String)> {
         let t = &r.target;
-        let (up, oks, fails) = self.checks.entry((t.service.clone(), t.address, t.index)).or_insert((true, 0, 0));
+        // A round of a check a reload removed (its checker was aborted after sending it)
+        // is not this configuration's.
+        let (up, oks, fails) = self.checks.get_mut(&(t.service.clone(), t.address, t.index))?;
         let line = if r.ok {
             *oks += 1;
             *fails = 0;
@@ -160,6 +162,11 @@ impl Tracker {
     pub fn retain(&mut self, targets: &[Target]) {
         self.track(targets);
     }
+
+    /// The real servers one of whose checks is down: (service, address).
+    pub fn down_servers(&self) -> std::collections::HashSet<(String, IpAddr)> {
+        self.checks.iter().filter(|(_, (up, _, _))| !*up).map(|((s, a, _), _)| (s.clone(), *a)).collect()
+    }
 }
 
 #[cfg(test)]
@@ -184,12 +191,15 @@ mod tests {
     #[test]
     fn rise_and_fall_count_consecutive_rounds() {
         let mut t = Tracker::default();
+        t.track(&[(*round(true, 2, 3).target).clone()]);
         let seq = [(false, None), (true, None), (false, None), (false, None), (false, Some(false)), (false, None), (true, None), (true, Some(true)), (true, None)];
         for (i, (ok, change)) in seq.into_iter().enumerate() {
             let got = t.apply(&round(ok, 2, 3)).map(|(up, _)| up);
             assert_eq!(got, change, "round {i} ({})", if ok { "ok" } else { "failed" });
         }
-        let (_, line) = Tracker::default().apply(&round(false, 1, 1)).unwrap();
+        let mut fresh = Tracker::default();
+        fresh.track(&[(*round(false, 1, 1).target).clone()]);
+        let (_, line) = fresh.apply(&round(false, 1, 1)).unwrap();
         assert_eq!(line, "web rs1 198.18.0.11:80 DOWN: connect failed (2/2 failures)");
     }
 
@@ -215,6 +225,7 @@ mod tests {
             finished: Instant::now(),
         };
         let mut t = Tracker::default();
+        t.track(&targets.iter().map(|t| (**t).clone()).collect::<Vec<_>>());
         let steps = [(0, false, Some(false)), (1, false, None), (0, true, None), (1, true, Some(true)), (1, false, Some(false))];
         for (n, (i, ok, want)) in steps.into_iter().enumerate() {
             assert_eq!(t.apply(&round(i, ok)).map(|(up, _)| up), want, "step {n}");
@@ -242,9 +253,15 @@ mod tests {
     #[test]
     fn a_reload_forgets_removed_targets() {
         let mut t = Tracker::default();
-        t.apply(&round(false, 1, 1));
+        let target = (*round(false, 1, 1).target).clone();
+        t.track(std::slice::from_ref(&target));
+        assert!(t.apply(&round(false, 1, 1)).is_some());
         t.retain(&[]);
-        // Forgotten: it starts up again, so a failed round takes it down anew.
+        // Forgotten: a late round of its aborted checker changes nothing.
+        assert!(t.apply(&round(false, 1, 1)).is_none());
+        assert!(t.down_servers().is_empty());
+        // Checked again, it starts up, so a failed round takes it down anew.
+        t.track(&[target]);
         assert!(t.apply(&round(false, 1, 1)).is_some());
     }
 }

@@ -62,6 +62,10 @@ async fn connect(t: &Target) -> std::io::Result<TcpStream> {
     let socket = if t.probe.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     if c.source_port.is_some() {
         socket.set_reuseaddr(true)?;
+        // The director closes first: with a fixed source port the 4-tuple would sit in
+        // TIME_WAIT and the next round's connect fail. Close with a reset instead.
+        // (A zero linger resets at once: nothing blocks on drop.)
+        socket2::SockRef::from(&socket).set_linger(Some(std::time::Duration::ZERO))?;
     }
     socket.bind(SocketAddr::new(c.source.unwrap_or_else(|| unspecified(&t.probe)), c.source_port.unwrap_or(0)))?;
     socket.connect(t.probe).await
@@ -71,7 +75,20 @@ async fn connect(t: &Target) -> std::io::Result<TcpStream> {
 async fn udp_socket(t: &Target) -> Result<UdpSocket, String> {
     let c = &t.check;
     let local = SocketAddr::new(c.source.unwrap_or_else(|| unspecified(&t.probe)), c.source_port.unwrap_or(0));
-    let socket = UdpSocket::bind(local).await.map_err(|e| format!("cannot bind {local}: {e}"))?;
+    // Several servers' checks may share a fixed source port at once: each socket is
+    // connected to its own server, so replies still reach the right one.
+    let std_socket = (|| -> std::io::Result<std::net::UdpSocket> {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(if local.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 }, Type::DGRAM, None)?;
+        if c.source_port.is_some() {
+            s.set_reuse_address(true)?;
+        }
+        s.set_nonblocking(true)?;
+        s.bind(&local.into())?;
+        Ok(s.into())
+    })()
+    .map_err(|e| format!("cannot bind {local}: {e}"))?;
+    let socket = UdpSocket::from_std(std_socket).map_err(|e| format!("cannot use {local}: {e}"))?;
     socket.connect(t.probe).await.map_err(|e| format!("cannot reach {}: {e}", t.probe))?;
     Ok(socket)
 }
@@ -338,6 +355,8 @@ async fn run_script(t: &Target) -> Result<(), String> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
+        // A group of its own, so a timeout kills what the script started too.
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot run `{command}`: {e}"))?;
     match timeout(c.timeout, child.wait()).await {
@@ -345,6 +364,9 @@ async fn run_script(t: &Target) -> Result<(), String> {
         Ok(Ok(s)) => Err(format!("`{command}` exited with {s}")),
         Ok(Err(e)) => Err(format!("waiting for `{command}`: {e}")),
         Err(_) => {
+            if let Some(pid) = child.id() {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            }
             let _ = child.kill().await;
             Err(format!("`{command}` killed after {}", humantime::format_duration(c.timeout)))
         }

@@ -51,6 +51,15 @@ impl Down {
         self.servers.retain(keep)
     }
 
+    /// The real servers a check took down.
+    pub fn servers(&self) -> &std::collections::HashSet<(String, IpAddr)> {
+        &self.servers
+    }
+
+    pub fn set_servers(&mut self, servers: std::collections::HashSet<(String, IpAddr)>) {
+        self.servers = servers;
+    }
+
     fn is_down(&self, service: &str, address: IpAddr) -> bool {
         !self.servers.is_empty() && self.servers.contains(&(service.to_string(), address))
     }

@@ -322,6 +322,9 @@ fn default_weight() -> u32 {
     1
 }
 
+/// Attempts a check may repeat within one round (a round lasts up to this many timeouts).
+pub const MAX_RETRIES: u32 = 1000;
+
 /// IPVS caps weights at 65535 (`ipvsadm -w`).
 pub const MAX_WEIGHT: u32 = 65535;
 
@@ -778,7 +781,19 @@ impl Config {
                 problems.extend(hc.validate(svc.port).into_iter().map(|(f, m)| (at(&format!("health_check.{f}")), m)));
             }
             for (j, rs) in svc.real_servers.iter().enumerate() {
-                for (k, hc) in rs.health_checks.iter().flatten().enumerate() {
+                for (k, hc) in rs.checks(svc).iter().enumerate() {
+                    if let Some(src) = hc.source
+                        && hc.address.is_none()
+                        && src.is_ipv4() != rs.address.is_ipv4()
+                    {
+                        problems.push((
+                            format!("services[{i}].real_servers[{j}].address"),
+                            format!("a check's source {src} is not the family of the real server {}", rs.address),
+                        ));
+                    }
+                    if rs.health_checks.is_none() {
+                        continue;
+                    }
                     problems.extend(
                         hc.validate(svc.port).into_iter().map(|(f, m)| (format!("services[{i}].real_servers[{j}].health_checks[{k}].{f}"), m)),
                     );
@@ -813,7 +828,9 @@ impl Config {
             if svc.persistence_granularity.is_some() && svc.persistence_timeout.is_none() {
                 problems.push((at("persistence_granularity"), "persistence_granularity needs persistence_timeout".into()));
             }
-            if svc.quorum_hysteresis >= svc.quorum.max(1) {
+            if svc.quorum == 0 {
+                problems.push((at("quorum"), "quorum must be at least 1 (keepalived's minimum)".into()));
+            } else if svc.quorum_hysteresis >= svc.quorum {
                 problems.push((
                     at("quorum_hysteresis"),
                     format!("quorum_hysteresis {} must be below the quorum {}", svc.quorum_hysteresis, svc.quorum),
@@ -874,6 +891,9 @@ impl HealthCheck {
             if value.is_zero() {
                 problems.push((field, format!("{field} must be greater than 0s")));
             }
+        }
+        if self.retries > MAX_RETRIES {
+            problems.push(("retries", format!("retries {} is above {MAX_RETRIES}", self.retries)));
         }
         for (field, value) in [("rise", self.rise), ("fall", self.fall)] {
             if value == 0 {
