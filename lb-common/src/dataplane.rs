@@ -94,8 +94,6 @@ pub trait Tables {
     /// Clock ticks (`bpf_jiffies64()`: a variable read, where reading a clock source costs
     /// tens of nanoseconds per packet).
     fn now(&self) -> u64;
-    /// A random number (twos draws two per connection, as the kernel does).
-    fn random(&self) -> u32;
     /// Picks a real server slot for a new connection of service `id` from `client` to `vip`
     /// ([`schedule`]). The XDP program routes this through a separately verified BPF function.
     #[inline(always)]
@@ -185,25 +183,6 @@ pub fn schedule<T: Tables>(t: &T, id: u32, svc: &Service, client: &Addr16, vip: 
         }
     }
     Some(slot)
-}
-
-/// [`Tables::schedule_weighted`] as computed: fo, ovf, twos.
-#[inline(always)]
-pub fn schedule_weighted_default<T: Tables>(t: &T, svc: &Service) -> Option<u32> {
-    let dests = ServiceDests { tables: t, members_offset: svc.members_offset, count: svc.member_count };
-    match Scheduler::from_code(svc.scheduler)? {
-        Scheduler::Fo => sched::fo(&dests),
-        Scheduler::Ovf => sched::ovf(&dests),
-        Scheduler::Twos => twos(t, svc),
-        _ => None,
-    }
-}
-
-/// `ip_vs_twos_schedule()` over the service's servers: a list index.
-#[inline(always)]
-pub fn twos<T: Tables>(t: &T, svc: &Service) -> Option<u32> {
-    let dests = ServiceDests { tables: t, members_offset: svc.members_offset, count: svc.member_count };
-    sched::twos(&dests, t.random(), t.random())
 }
 
 #[inline(always)]

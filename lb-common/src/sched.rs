@@ -285,34 +285,6 @@ fn twos_draw<D: Dests + ?Sized>(d: &D, rweight: i64) -> Option<u32> {
     None
 }
 
-/// lblc's and lblcr's "overloaded": more active connections than weight while some server of
-/// the service has fewer than half its weight active (`is_overloaded()` in ip_vs_lblc.c).
-#[inline(always)]
-pub fn lblc_overloaded<D: Dests + ?Sized>(d: &D, dest: &DestInfo) -> bool {
-    if dest.active <= dest.weight {
-        return false;
-    }
-    let n = bounded_len(d);
-    let mut i = 0;
-    while i < MAX_BACKENDS_PER_SERVICE {
-        if i >= n {
-            break;
-        }
-        let other = d.get(i);
-        if (other.active as u64) * 2 < other.weight as u64 {
-            return true;
-        }
-        i += 1;
-    }
-    false
-}
-
-/// lblc's and lblcr's fallback (`__ip_vs_lblc_schedule()`): wlc's rule, in 64-bit.
-#[inline(always)]
-pub fn lblc_wlc<D: Dests + ?Sized>(d: &D) -> Option<u32> {
-    weighted_least(d, conn_overhead)
-}
-
 /// dh's bucket for an IPv4 destination (`ip_vs_dh_hashkey()`).
 #[inline(always)]
 pub fn dh_bucket(dest_v4: [u8; 4]) -> u32 {

@@ -11,7 +11,7 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use core::ptr::{addr_of, read_volatile, write_volatile};
 
 use aya_ebpf::{
-    helpers::{bpf_get_prandom_u32, bpf_jiffies64},
+    helpers::bpf_jiffies64,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -370,11 +370,6 @@ impl Tables for BpfTables {
     fn now(&self) -> u64 {
         // SAFETY: helper without preconditions.
         unsafe { bpf_jiffies64() }
-    }
-
-    fn random(&self) -> u32 {
-        // SAFETY: helper without preconditions.
-        unsafe { bpf_get_prandom_u32() }
     }
 
     #[inline(always)]

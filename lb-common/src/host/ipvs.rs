@@ -361,24 +361,3 @@ pub fn twos(list: &[Dest], r1: u32, r2: u32) -> Option<usize> {
     }
     choice1
 }
-
-/// `is_overloaded()` of ip_vs_lblc.c.
-pub fn lblc_is_overloaded(dest: &Dest, list: &[Dest]) -> bool {
-    if dest.active > dest.weight {
-        return list.iter().any(|d| d.active * 2 < d.weight);
-    }
-    false
-}
-
-/// `ip_vs_lblc_schedule()` for one VIP entry: `entry` is the list index its destination has
-/// (None: no entry, or its destination left the service). Returns the choice; the entry
-/// then names it.
-pub fn lblc(list: &[Dest], entry: Option<usize>) -> Option<usize> {
-    if let Some(e) = entry {
-        let d = &list[e];
-        if d.weight > 0 && !d.overloaded && !lblc_is_overloaded(d, list) {
-            return Some(e);
-        }
-    }
-    wlc(list)
-}

@@ -39,8 +39,6 @@ pub struct HostTables {
     pub flow_cache: RefCell<BTreeMap<u32, FlowCacheEntry>>,
     pub conn_generation: Cell<u32>,
     pub now: Cell<u64>,
-    /// xorshift64 state for [`Tables::random`] (twos): fixtures set it to replay a draw.
-    pub rng: Cell<u64>,
 }
 
 impl HostTables {
@@ -188,12 +186,4 @@ impl Tables for HostTables {
         self.now.get()
     }
 
-    fn random(&self) -> u32 {
-        let mut x = self.rng.get() | 1;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng.set(x);
-        (x >> 32) as u32
-    }
 }
