@@ -148,6 +148,11 @@ fn validation_table() {
             Expect::Error("4:", "refresh_period 10m is not below the shortest service timeout (5m)"),
         ),
         ("syncid above 255", GOOD.replace("  xdp_mode: auto\n", "  xdp_mode: auto\n  sync: { interface: eth0, syncid: 300 }\n"), Expect::Error("4:", "300")),
+        ("a group of addresses, ranges and ports", with_service_line("group: [ { vip: 198.18.0.100, port: 443 }, { vip: 198.18.0.101-110 } ]"), Expect::Accepted),
+        ("a group range upside down", with_service_line("group: [ { vip: 198.18.0.110-101 } ]"), Expect::Error("9:", "ends before it starts")),
+        ("a group entry that repeats the service", with_service_line("group: [ { vip: 198.18.0.99-100 } ]"), Expect::Error("9:", "198.18.0.100:80 is already served")),
+        ("a group address of another family", with_service_line("group: [ { vip: \"2001:db8::1\" } ]"), Expect::Error("9:", "is not the family of the service's VIP")),
+        ("a real server that is a group address", with_service_line("group: [ { vip: 198.18.0.11 } ]"), Expect::Error("11:", "is the VIP itself")),
         (
             "a wrr cycle too long to store",
             GOOD.replace("    protocol: tcp\n", "    protocol: tcp\n    scheduler: wrr\n")

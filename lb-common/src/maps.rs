@@ -135,7 +135,7 @@ pub const ALL_MAPS: [&str; 19] = [
 ];
 
 /// Bump when any map's meaning changes; sizes are checked too (see [`layout`]).
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 /// Entries of `DRLB_META`: the layout, then who the dataplane belongs to.
 pub const META_SIZE: u32 = 12;
 /// Entries of `DRLB_META` that record the [`layout`].
@@ -336,6 +336,20 @@ pub const SVC_F_PERSISTENT: u32 = 1 << 0;
 pub const SVC_F_SLOPPY_TCP: u32 = 1 << 1;
 /// `Service::flags`: a port-0 service (templates and connections keep the real port).
 pub const SVC_F_WILDCARD: u32 = 1 << 2;
+/// `Service::flags`: a service of several addresses or ports (`group:` in the config,
+/// keepalived's virtual_server_group): its persistence templates are keyed by the service,
+/// as IPVS keys a fwmark service's by the mark, so a client keeps its real server across
+/// all of them.
+pub const SVC_F_GROUP: u32 = 1 << 3;
+
+/// What a group's persistence templates have in place of a VIP: `::ID`, the service id in
+/// an IPv4-compatible address, which no VIP is (they are deprecated, and neither v4-mapped
+/// nor routable IPv6) — IPVS likewise puts a fwmark service's mark in the template's vaddr.
+#[inline(always)]
+pub const fn group_template_vip(service_id: u32) -> Addr16 {
+    let id = service_id.to_be_bytes();
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, id[0], id[1], id[2], id[3]]
+}
 
 /// Value of `DRLB_SERVICES`.
 #[repr(C)]
@@ -360,6 +374,9 @@ pub struct Service {
     /// Ticks per second of the dataplane's clock (jiffies: the kernel's HZ), set by the
     /// controller; timeouts are converted with it when a connection changes state.
     pub ticks_per_sec: u32,
+    /// The service's own id (its key in `DRLB_SERVICES`), which a group's persistence
+    /// templates are keyed by ([`SVC_F_GROUP`]).
+    pub id: u32,
 }
 
 /// Value of `DRLB_SERVICES`: two versions of a service and, in one word, which is current.
@@ -408,13 +425,16 @@ impl Service {
     /// The persistence template key for a connection of this service from `client` to
     /// `vip`:`vport`: the client's address masked to the persistence granularity, the VIP,
     /// the port (0 for a port-0 service, whose templates cover every port), the protocol.
+    /// A group's templates have [`group_template_vip`] and port 0: one per client network
+    /// for all the group's addresses and ports.
     #[inline(always)]
     pub fn template_key(&self, client: &Addr16, vip: Addr16, vport: u16, proto: u8) -> crate::conn::ConnKey {
+        let group = self.flags & SVC_F_GROUP != 0;
         let mut k = crate::conn::ConnKey {
             client: *client,
-            vip,
+            vip: if group { group_template_vip(self.id) } else { vip },
             cport: 0,
-            vport: if self.flags & SVC_F_WILDCARD != 0 { 0 } else { vport },
+            vport: if group || self.flags & SVC_F_WILDCARD != 0 { 0 } else { vport },
             proto,
             _pad: [0; 3],
         };

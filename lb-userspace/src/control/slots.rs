@@ -117,8 +117,12 @@ impl Slots {
         let mut used_services = BTreeSet::new();
         let mut used_slots = BTreeSet::new();
         for (key, id) in &tables.service_ids {
+            // A group's keys all lead to its id; the least is the service's identity
+            // (`Service::identity`), and the map is in key order.
+            if !used_services.insert(*id) {
+                continue;
+            }
             s.services.insert(*key, *id);
-            used_services.insert(*id);
             let Some(svc) = tables.services.get(id) else { continue };
             for i in svc.members_offset..svc.members_offset + svc.member_count {
                 let Some(slot) = tables.members.get(&i) else { continue };

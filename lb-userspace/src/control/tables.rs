@@ -8,7 +8,7 @@ use lb_common::addr::Addr16;
 use lb_common::conn::Timeouts;
 use lb_common::maps::{
     vip_filter_index, Backend, Service, ServiceKey, BACKEND_F_HEALTH_DOWN, BACKEND_F_PRESENT,
-    member_region, MAX_BACKENDS, MAX_BACKENDS_PER_SERVICE, MAX_SERVICES, MAX_VIPS, SCHED_TABLE_HALF, SVC_F_PERSISTENT, SVC_F_SLOPPY_TCP, SVC_F_WILDCARD, VIP_F_WILDCARD_TCP, VIP_F_WILDCARD_UDP,
+    member_region, MAX_BACKENDS, MAX_BACKENDS_PER_SERVICE, MAX_SERVICES, MAX_VIPS, SCHED_TABLE_HALF, SVC_F_PERSISTENT, SVC_F_GROUP, SVC_F_SLOPPY_TCP, SVC_F_WILDCARD, VIP_F_WILDCARD_TCP, VIP_F_WILDCARD_UDP,
 };
 use lb_common::sched::{DestInfo, SH_TABLE_SIZE};
 
@@ -147,12 +147,19 @@ pub fn sched_table_entries(svc: &config::Service, mh_table_size: usize) -> Optio
 /// `drlb check`: VIPs, services, backend slots, member lists, scheduler tables.
 pub fn check_budget(config: &Config) -> Vec<(String, String)> {
     let mut problems = Vec::new();
-    let vips: BTreeSet<IpAddr> = config.services.iter().map(|s| s.vip).collect();
+    let vips: BTreeSet<IpAddr> = config.services.iter().flat_map(|s| s.addresses()).collect();
     if vips.len() > MAX_VIPS as usize {
         problems.push(("services".into(), format!("{} distinct VIPs; the dataplane holds at most {MAX_VIPS}", vips.len())));
     }
     if config.services.len() > MAX_SERVICES as usize {
         problems.push(("services".into(), format!("{} services; the dataplane holds at most {MAX_SERVICES}", config.services.len())));
+    }
+    let endpoints: usize = config.services.iter().map(|s| s.endpoints().len()).sum();
+    if endpoints > MAX_SERVICES as usize {
+        problems.push((
+            "services".into(),
+            format!("{endpoints} VIP:port pairs over all services and their groups; the dataplane holds at most {MAX_SERVICES}"),
+        ));
     }
     // Member lists need no budget: every service has regions of its own, as long as any
     // list may be (the config's own check: MAX_BACKENDS_PER_SERVICE real servers).
@@ -217,7 +224,10 @@ struct ServicePart {
     /// The service's name, for errors.
     name: String,
     id: u32,
+    /// The service's identity ([`config::Service::identity`]).
     key: ServiceKey,
+    /// Every key that leads to the service: its own and its group's.
+    keys: Vec<ServiceKey>,
     /// Backend slots of the member list, in configuration order.
     members: Vec<u32>,
     table: Vec<u16>,
@@ -249,7 +259,7 @@ pub fn build_with(
         .services
         .iter()
         .flat_map(|s| {
-            let key = ServiceKey::new(from_ip(s.vip), s.port, s.protocol.number());
+            let key = s.identity();
             s.real_servers.iter().map(|r| r.address).chain(s.sorry_server.as_ref().map(|x| x.address)).map(move |a| (key, a))
         })
         .collect();
@@ -274,7 +284,9 @@ pub fn build_with(
         if !p.table.is_empty() {
             t.sched_regions.insert(p.service.table_offset, p.table);
         }
-        t.service_ids.insert(p.key, p.id);
+        for key in &p.keys {
+            t.service_ids.insert(*key, p.id);
+        }
         t.services.insert(p.id, p.service);
     }
     // Removed real servers drain: their connections keep their slot and MAC.
@@ -316,7 +328,7 @@ pub fn update_services(
             // its backend entry away when it goes.
             return None;
         }
-        let key = ServiceKey::new(from_ip(svc.vip), svc.port, svc.protocol.number());
+        let key = svc.identity();
         if !svc.real_servers.iter().all(|r| slots.has_backend(key, r.address)) {
             return None;
         }
@@ -414,18 +426,23 @@ fn service_part(
     down: &Down,
     t: &mut MapContent,
 ) -> Result<ServicePart, BuildError> {
-    let vip = from_ip(svc.vip);
-    let key = ServiceKey::new(vip, svc.port, svc.protocol.number());
+    let key = svc.identity();
     let id = slots.service_id(key).ok_or(BuildError::ServiceIds)?;
     let no_slot = || BuildError::BackendSlots { service: svc.name.clone() };
-    let flags = t.vips.entry(vip).or_default();
-    if svc.port == 0 {
-        flags.flags |= match svc.protocol {
-            Protocol::Tcp => VIP_F_WILDCARD_TCP,
-            Protocol::Udp => VIP_F_WILDCARD_UDP,
-        };
+    let endpoints = svc.endpoints();
+    let mut keys = Vec::with_capacity(endpoints.len());
+    for (address, port) in endpoints {
+        let vip = from_ip(address);
+        let flags = t.vips.entry(vip).or_default();
+        if port == 0 {
+            flags.flags |= match svc.protocol {
+                Protocol::Tcp => VIP_F_WILDCARD_TCP,
+                Protocol::Udp => VIP_F_WILDCARD_UDP,
+            };
+        }
+        *t.vip_filter.entry(vip_filter_index(&vip)).or_default() = 1;
+        keys.push(ServiceKey::new(vip, port, svc.protocol.number()));
     }
-    *t.vip_filter.entry(vip_filter_index(&vip)).or_default() = 1;
 
     // Every configured server keeps a backend entry (its connections continue);
     // health decides membership: a failed server leaves the member list, or with
@@ -517,6 +534,9 @@ fn service_part(
     if svc.port == 0 {
         svc_flags |= SVC_F_WILDCARD;
     }
+    if keys.len() > 1 {
+        svc_flags |= SVC_F_GROUP;
+    }
     t.service_id_of.push(id);
     t.slots.push(svc_slots);
     let service = Service {
@@ -536,8 +556,9 @@ fn service_part(
         },
         // Set by `Dataplane::apply` to the kernel's clock; the host model counts ms.
         ticks_per_sec: 1000,
+        id,
     };
-    Ok(ServicePart { name: svc.name.clone(), id, key, members: members.iter().map(|m| m.0).collect(), table, cycle_start, service })
+    Ok(ServicePart { name: svc.name.clone(), id, key, keys, members: members.iter().map(|m| m.0).collect(), table, cycle_start, service })
 }
 
 #[cfg(test)]
@@ -580,6 +601,27 @@ mod tests {
         assert_eq!(slots.release_drained(|_| false), vec![0]);
         let c = build_with(&config(TWO), &m, DIRECTOR, &mut slots, &Down::default(), &b2).unwrap();
         assert_eq!(c.slots, vec![vec![0, 1]], "a freed slot is given out again");
+    }
+
+    /// A group's keys all lead to one service, flagged as a group, known by its least key;
+    /// every address is a VIP; a restarted controller finds the same identity again.
+    #[test]
+    fn a_group_is_one_service_under_every_key() {
+        let cfg = config(&TWO.replace("protocol: tcp,", "protocol: tcp, group: [ { vip: 198.18.0.99, port: 443 }, { vip: 198.18.0.101-102 } ],"));
+        let m = macs(&["198.18.0.11", "198.18.0.12"]);
+        let t = build(&cfg, &m, DIRECTOR).unwrap();
+        let key = |a: &str, p: u16| ServiceKey::new(from_ip(a.parse().unwrap()), p, 6);
+        let keys = [key("198.18.0.100", 80), key("198.18.0.99", 443), key("198.18.0.101", 80), key("198.18.0.102", 80)];
+        assert_eq!(t.service_ids.keys().copied().collect::<BTreeSet<_>>(), keys.into_iter().collect());
+        assert!(t.service_ids.values().all(|id| *id == 0));
+        assert_eq!(cfg.services[0].identity(), key("198.18.0.99", 443));
+        assert_eq!(t.services[&0].flags & SVC_F_GROUP, SVC_F_GROUP);
+        assert_eq!(t.vips.len(), 4);
+        let recovered = Slots::recover(&t);
+        let mut slots = recovered.clone();
+        let again = build_with(&cfg, &m, DIRECTOR, &mut slots, &Down::default(), &t).unwrap();
+        assert_eq!((&again.service_ids, &again.services, &again.backends), (&t.service_ids, &t.services, &t.backends), "same ids and slots");
+        assert!(slots.draining().is_empty(), "nothing retired");
     }
 
     /// A verdict applied to its service alone gives what a full build gives, touching only

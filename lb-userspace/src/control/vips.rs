@@ -19,7 +19,9 @@ impl VipTracker {
     /// ownership changed, with whether they are held now.
     pub fn update(&mut self, config: &Config, addrs: &[IpAddr]) -> Vec<(IpAddr, bool)> {
         let now = unix_now();
-        let wanted: Vec<IpAddr> = config.services.iter().map(|s| s.vip).collect();
+        let mut wanted: Vec<IpAddr> = config.services.iter().flat_map(|s| s.addresses()).collect();
+        wanted.sort();
+        wanted.dedup();
         self.vips.retain(|v, _| wanted.contains(v));
         let mut changed = Vec::new();
         for vip in wanted {

@@ -105,7 +105,7 @@ impl Subject {
         Subject {
             interface: config.director.interface.clone(),
             pin_dir: config.director.pin_dir(),
-            vips: config.services.iter().map(|s| s.vip).collect(),
+            vips: config.services.iter().flat_map(|s| s.addresses()).collect(),
             services,
         }
     }

@@ -57,6 +57,9 @@ pub struct ServiceStatus {
     pub scheduler: String,
     pub persistence_timeout_s: Option<u32>,
     pub sloppy_tcp: bool,
+    /// The other VIP:ports of a group service (`group:`), which share its state.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<String>,
     pub conns: u64,
     pub in_pkts: u64,
     pub in_bytes: u64,
@@ -95,15 +98,26 @@ pub fn read(dir: &Path, config: Option<&Config>) -> Result<Status> {
     keys.sort_by_key(|(k, _)| (k.vip, k.port, k.proto));
     // Once, not per service: with thousands of services a search per service is quadratic,
     // and the controller reads this every second for its metrics.
-    let by_key: std::collections::HashMap<(IpAddr, u16, u8), &crate::control::config::Service> = config
-        .map(|c| c.services.iter().map(|s| ((s.vip, s.port, s.protocol.number()), s)).collect())
-        .unwrap_or_default();
+    let by_key: std::collections::HashMap<lb_common::maps::ServiceKey, &crate::control::config::Service> =
+        config.map(|c| c.services.iter().map(|s| (s.identity(), s)).collect()).unwrap_or_default();
+    // A group's keys all lead to one id: it is listed once, under its least key (its
+    // identity), with the others as `also`.
+    let mut also: std::collections::HashMap<u32, Vec<String>> = std::collections::HashMap::new();
+    let mut listed = std::collections::HashSet::new();
+    keys.retain(|(key, id)| {
+        if listed.insert(*id) {
+            return true;
+        }
+        let vip = ip_of(&key.vip).map(|a: IpAddr| a.to_string()).unwrap_or_default();
+        also.entry(*id).or_default().push(format!("{vip}:{}", key.port));
+        false
+    });
     let mut out = Vec::new();
     for (key, id) in keys {
         let svc = maps::service(&maps, id)?;
         let vip_ip = ip_of(&key.vip);
         let vip = vip_ip.map(|a: IpAddr| a.to_string()).unwrap_or_default();
-        let cfg = vip_ip.and_then(|ip| by_key.get(&(ip, key.port, key.proto)).copied());
+        let cfg = by_key.get(&key).copied();
         let mut real_servers = Vec::new();
         for (_, slot) in maps::members(&maps, &svc)? {
             let b = maps::backend(&maps, slot)?;
@@ -140,6 +154,7 @@ pub fn read(dir: &Path, config: Option<&Config>) -> Result<Status> {
             scheduler: scheduler_name(svc.scheduler).into(),
             persistence_timeout_s: (svc.flags & SVC_F_PERSISTENT != 0).then_some(svc.persist_timeout_s),
             sloppy_tcp: svc.flags & SVC_F_SLOPPY_TCP != 0,
+            also: also.remove(&id).unwrap_or_default(),
             conns: real_servers.iter().map(|r| r.conns).sum(),
             in_pkts: real_servers.iter().map(|r| r.in_pkts).sum(),
             in_bytes: real_servers.iter().map(|r| r.in_bytes).sum(),
@@ -224,6 +239,9 @@ pub fn render(s: &Status, view: View) -> String {
             }
             let name = svc.name.as_deref().map(|n| format!("  ({n})")).unwrap_or_default();
             let _ = writeln!(o, "{:<4} {} {} {}{}", svc.protocol, local, svc.scheduler, flags, name);
+            if !svc.also.is_empty() {
+                let _ = writeln!(o, "     also {}", svc.also.join(", "));
+            }
         }
         for rs in &svc.real_servers {
             let remote = format!("{}:{}", rs.address, rs.port);

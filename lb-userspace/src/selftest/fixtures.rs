@@ -56,6 +56,8 @@ pub const MH: u8 = 110;
 pub const SHORT: u8 = 111;
 pub const FLOOD: u8 = 112;
 pub const DH: u8 = 115;
+pub const GROUP: u8 = 120;
+pub const GROUP_RANGE: u8 = 121;
 
 pub const CONFIG: &str = r#"
 director: { interface: eth0, xdp_mode: native, conn_table_size: 65536 }
@@ -83,6 +85,9 @@ services:
   - { name: flood, vip: 198.18.0.112, port: 80, protocol: tcp, real_servers: [ { address: 198.18.0.11 } ] }
   - { name: dh, vip: 198.18.0.115, port: 80, protocol: tcp, scheduler: dh,
       real_servers: [ { address: 198.18.0.11 }, { address: 198.18.0.12 }, { address: 198.18.0.13 } ] }
+  - { name: group, vip: 198.18.0.120, port: 80, protocol: tcp, scheduler: rr, persistence_timeout: 60s,
+      group: [ { vip: 198.18.0.120, port: 443 }, { vip: 198.18.0.121-122 } ],
+      real_servers: [ { address: 198.18.0.11 }, { address: 198.18.0.12 } ] }
 "#;
 
 /// Backend slots, in configuration order over all services.
@@ -355,6 +360,15 @@ pub fn rows() -> Vec<Row> {
     let dh_to = [RS3, RS2, RS1][dh_list_index];
     v.push(row("dh: the VIP's bucket (ip_vs_dh_hashkey of the destination) names the server", tcp_to(vip(DH), 45400, 80, SYN), To(TxScheduled, dh_to)));
     v.push(row("dh: every client of the VIP goes there", tcp_from(CLIENT_OTHER_NET, vip(DH), 45401, 80, SYN), To(TxScheduled, dh_to)));
+
+    // --- a group (keepalived's virtual_server_group): one service over several VIP:ports,
+    // with one rr position and one persistence template per client across all of them ---
+    let group = vip(GROUP);
+    v.push(row("group: a client's first connection, to :80 (rr → rs2)", tcp_to(group, 45500, 80, SYN), To(TxScheduled, RS2)));
+    v.push(row("group: its connection to :443 follows the template of :80 (rr alone → rs1)", tcp_to(group, 45501, 443, SYN), To(TxScheduled, RS2)));
+    v.push(row("group: and its connection to another address of the range", tcp_to(vip(GROUP_RANGE), 45502, 80, SYN), To(TxScheduled, RS2)));
+    v.push(row("group: another client continues the shared rr position (rs1)", tcp_from(CLIENT_OTHER_NET, vip(GROUP_RANGE + 1), 45503, 80, SYN), To(TxScheduled, RS1)));
+    v.push(row("group: a port the group does not list is not the service's", tcp_to(vip(GROUP_RANGE), 45504, 443, SYN), Untouched(PassVipNoService)));
 
     // --- expiry (service `short`: tcp 5s) ---
     let short = vip(SHORT);

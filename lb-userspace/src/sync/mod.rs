@@ -246,14 +246,18 @@ impl Names {
         let mut out = Vec::with_capacity(2);
         if with_template && svc.flags & SVC_F_PERSISTENT != 0 {
             let t = svc.template_key(&key.client, key.vip, key.vport, key.proto);
+            // A group's template is the service's, not the VIP's: it goes out under the
+            // connection's own VIP and port, which the peer maps to the same service and
+            // from there to the same template.
+            let vport = if svc.flags & lb_common::maps::SVC_F_GROUP != 0 { key.vport } else { t.vport };
             if let Some(tclient) = to_ip(&t.client) {
                 out.push(Record {
                     protocol: key.proto,
                     flags: wire::flags::TEMPLATE | wire::flags::DROUTE,
                     state: 0,
                     cport: 0,
-                    vport: t.vport,
-                    dport: t.vport,
+                    vport,
+                    dport: vport,
                     fwmark: 0,
                     timeout: svc.persist_timeout_s,
                     caddr: tclient,

@@ -5,6 +5,7 @@
 //! after deserialisation and are located through [`positions::Positions`].
 
 mod duration;
+pub mod group;
 pub mod positions;
 
 use std::collections::HashSet;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use group::{GroupEntry, VipRange};
 use positions::{Position, Positions};
 
 /// The whole file.
@@ -177,6 +179,11 @@ pub struct Service {
     /// 0 balances every port of the VIP.
     pub port: u16,
     pub protocol: Protocol,
+    /// More addresses (and ranges) and ports that are this same service: one scheduler,
+    /// one set of counts, and persistence across all of them (keepalived's
+    /// virtual_server_group; IPVS's fwmark services).
+    #[serde(default)]
+    pub group: Vec<GroupEntry>,
     #[serde(default, deserialize_with = "scheduler_by_name")]
     pub scheduler: Scheduler,
     #[serde(default, with = "duration::option")]
@@ -216,6 +223,40 @@ pub struct Service {
 
 fn default_quorum() -> u32 {
     1
+}
+
+impl Service {
+    /// Every (VIP, port) this service answers on: its own first, then its group's in order.
+    pub fn endpoints(&self) -> Vec<(IpAddr, u16)> {
+        let mut out = vec![(self.vip, self.port)];
+        for entry in &self.group {
+            let port = entry.port.unwrap_or(self.port);
+            out.extend(entry.vip.addresses().into_iter().map(|a| (a, port)));
+        }
+        out
+    }
+
+    /// Every address this service answers on, once each, in order.
+    pub fn addresses(&self) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = Vec::new();
+        for (a, _) in self.endpoints() {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+        out
+    }
+
+    /// The key the service is known by across reloads and restarts: the least of its
+    /// endpoints' (which a restarted controller finds again in the service-id map).
+    pub fn identity(&self) -> lb_common::maps::ServiceKey {
+        let proto = self.protocol.number();
+        self.endpoints()
+            .into_iter()
+            .map(|(a, p)| lb_common::maps::ServiceKey::new(lb_common::addr::from_ip(a), p, proto))
+            .min()
+            .expect("a service has its own endpoint")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -765,6 +806,26 @@ impl Config {
                     ),
                 ));
             }
+            for (j, entry) in svc.group.iter().enumerate() {
+                let port = entry.port.unwrap_or(svc.port);
+                for a in entry.vip.addresses() {
+                    if a.is_ipv4() != svc.vip.is_ipv4() {
+                        problems.push((format!("services[{i}].group[{j}].vip"), format!("{a} is not the family of the service's VIP {}", svc.vip)));
+                        break;
+                    }
+                    if a.is_unspecified() || a.is_multicast() || a.is_loopback() {
+                        problems.push((format!("services[{i}].group[{j}].vip"), format!("{a} cannot be a VIP")));
+                        break;
+                    }
+                    if !endpoints.insert((a, port, svc.protocol)) {
+                        problems.push((
+                            format!("services[{i}].group[{j}].vip"),
+                            format!("{} {a}:{port} is already served (by this service or an earlier one)", svc.protocol),
+                        ));
+                        break;
+                    }
+                }
+            }
             if !svc.scheduler.in_dataplane() {
                 problems.push((
                     at("scheduler"),
@@ -844,7 +905,7 @@ impl Config {
             let mut seen = HashSet::new();
             for (j, rs) in svc.real_servers.iter().enumerate() {
                 let rs_at = |field: &str| format!("services[{i}].real_servers[{j}].{field}");
-                if rs.address == svc.vip {
+                if rs.address == svc.vip || (!svc.group.is_empty() && svc.addresses().contains(&rs.address)) {
                     problems.push((
                         rs_at("address"),
                         format!("real server {} is the VIP itself; in DR mode it must be the server's own address", rs.address),
