@@ -196,10 +196,10 @@ fn fixtures() -> Vec<Fixture> {
             reports: &["virtual_server: fwmark 7: netfilter sets marks after XDP"],
         },
         Fixture {
-            what: "a virtual_server_group: ranges and ports, each member a service of its own, as keepalived makes one IPVS service of each",
-            keepalived: "virtual_server_group web {\n  198.18.0.100-101 80\n  198.18.0.110 443\n}\nvirtual_server group web {\n  lb_algo rr\n  lb_kind DR\n  protocol TCP\n  real_server 198.18.0.11 {\n  }\n}\n",
-            yaml: &["- name: web 198.18.0.100:80/tcp", "- name: web 198.18.0.101:80/tcp", "- name: web 198.18.0.110:443/tcp"],
-            reports: &[],
+            what: "a virtual_server_group: ranges and ports become one service with `group:` (keepalived's one IPVS service per entry is noted)",
+            keepalived: "virtual_server_group web {\n  198.18.0.100-102 80\n  198.18.0.110 443\n  198.18.0.111-111 443\n}\nvirtual_server group web {\n  lb_algo rr\n  lb_kind DR\n  protocol TCP\n  real_server 198.18.0.11 {\n  }\n}\n",
+            yaml: &["- name: web", "vip: 198.18.0.100", "port: 80", "group:", "- { vip: 198.18.0.101-198.18.0.102, port: 80 }", "- { vip: 198.18.0.110, port: 443 }"],
+            reports: &["198.18.0.111-111: `198.18.0.111-111`: the range's end is not greater than its start", "virtual_server: group `web`: keepalived makes one IPVS service of each of its 4 addresses"],
         },
         Fixture {
             what: "$definitions, multi-line definitions, @conditions and ~SEQ build services",
@@ -416,13 +416,26 @@ fn the_corpus_imports_where_keepalived_does_and_reports_where_it_complains() {
         let read = lvs::read(&tree::build(&lines, &mut reads), &mut reads);
         let mut dr = 0;
         for vs in &read.virtual_servers {
-            let VsAddress::Address { ip, port } = vs.address else { continue };
+            // Every (address, port) the virtual server stands for: its own, or its group's.
+            let endpoints: Vec<(std::net::IpAddr, u16)> = match &vs.address {
+                VsAddress::Address { ip, port } => vec![(*ip, port.unwrap_or(0))],
+                VsAddress::Group(g) => read.groups.get(g).map_or(Vec::new(), |g| {
+                    g.entries
+                        .iter()
+                        .flat_map(|e| match e {
+                            lvs::GroupEntry::Addresses { addresses, port, .. } => addresses.iter().map(|a| (*a, port.unwrap_or(0))).collect(),
+                            lvs::GroupEntry::Fwmark { .. } => Vec::new(),
+                        })
+                        .collect()
+                }),
+                VsAddress::Fwmark(_) => Vec::new(),
+            };
+            let Some(&(ip, port)) = endpoints.first() else { continue };
             if vs.method != Some(Method::Dr) || ip.is_ipv6() || vs.protocol == Some(lvs::Proto::Sctp) {
                 continue;
             }
             dr += 1;
             let Some(config) = &config else { continue };
-            let port = port.unwrap_or(0);
             let protocol = match vs.protocol {
                 Some(lvs::Proto::Tcp) => "tcp",
                 _ => "udp",
@@ -431,6 +444,10 @@ fn the_corpus_imports_where_keepalived_does_and_reports_where_it_complains() {
                 failures.push(format!("{name}: the DR virtual server at {} ({ip}:{port}/{protocol}) is not in the YAML", vs.at));
                 continue;
             };
+            if svc.endpoints() != endpoints {
+                failures.push(format!("{name}: {}: endpoints {:?} instead of {endpoints:?}", vs.at, svc.endpoints()));
+            }
+            let port = if endpoints.iter().any(|e| e.1 == 0) { 0 } else { port };
             let scheduler = vs.scheduler.clone().unwrap_or_else(|| "wlc".into());
             if lb_userspace::control::config::Scheduler::from_name(&scheduler).is_some() && svc.scheduler.name() != scheduler {
                 failures.push(format!("{name}: {}: scheduler {} instead of {scheduler}", vs.at, svc.scheduler.name()));

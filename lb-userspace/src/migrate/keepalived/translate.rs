@@ -26,6 +26,8 @@ struct Service {
     vip: IpAddr,
     port: u16,
     protocol: &'static str,
+    /// A virtual_server_group's other addresses and ports: (address or range, port).
+    group: Vec<(String, u16)>,
     scheduler: String,
     persistence_timeout: Option<u32>,
     persistence_granularity: Option<String>,
@@ -115,6 +117,12 @@ pub fn to_yaml(lvs: &Lvs, source: &str, reports: &mut Reports) -> String {
         let _ = writeln!(y, "    vip: {}", s.vip);
         let _ = writeln!(y, "    port: {}", s.port);
         let _ = writeln!(y, "    protocol: {}", s.protocol);
+        if !s.group.is_empty() {
+            let _ = writeln!(y, "    group:");
+            for (vip, port) in &s.group {
+                let _ = writeln!(y, "      - {{ vip: {vip}, port: {port} }}");
+            }
+        }
         let _ = writeln!(y, "    scheduler: {}", s.scheduler);
         if let Some(p) = s.persistence_timeout {
             let _ = writeln!(y, "    persistence_timeout: {p}s");
@@ -290,70 +298,90 @@ fn services(lvs: &Lvs, reports: &mut Reports) -> Vec<Service> {
     let mut names = std::collections::HashSet::new();
     for vs in &lvs.virtual_servers {
         let Some(members) = members(vs, lvs, reports) else { continue };
-        let Some(template) = service(vs, lvs, reports) else { continue };
-        let group = match &vs.address {
-            VsAddress::Group(name) => format!("{name} "),
-            _ => String::new(),
-        };
-        let mut forced = false;
-        for (i, (vip, port, at)) in members.iter().enumerate() {
-            let mut s = Service { vip: *vip, port: *port, ..template_clone(&template) };
-            if *port == 0 && s.persistence_timeout.is_none() {
-                // keepalived makes a port-0 service (or group entry) persistent.
-                if !forced {
-                    reports.add(
-                        Severity::Error,
-                        at.as_ref().unwrap_or(&vs.at),
-                        "virtual_server",
-                        "port 0 without persistence: keepalived makes it persistent for 360 s",
-                        "persistence_timeout: 360s, as keepalived",
-                    );
-                    forced = true;
-                }
-                s.persistence_timeout = Some(DEFAULT_PERSISTENCE);
-            }
-            let base = format!("{group}{vip}:{port}/{}", s.protocol);
-            s.name = if names.insert(base.clone()) { base } else { format!("{base}#{}", i + 1) };
-            s.comment = match at {
-                Some(at) => format!("virtual_server at {} (group entry at {at})", vs.at),
-                None => format!("virtual_server at {}", vs.at),
-            };
-            if vip.is_ipv6() {
-                reports.add(
-                    Severity::Warning,
-                    &vs.at,
-                    "virtual_server",
-                    format!("{vip} is IPv6; drlb's dataplane does not forward IPv6 yet"),
-                    "imported as written; `drlb check` refuses it until IPv6 forwarding lands",
-                );
-            }
-            out.push(s);
+        let Some(mut s) = service(vs, lvs, reports) else { continue };
+        let (vip, port, _) = members[0];
+        (s.vip, s.port) = (vip, port);
+        if let Some((_, _, at)) = members.iter().find(|m| m.1 == 0)
+            && s.persistence_timeout.is_none()
+        {
+            // keepalived makes a port-0 service (or one with a port-0 group entry) persistent.
+            reports.add(
+                Severity::Error,
+                at.as_ref().unwrap_or(&vs.at),
+                "virtual_server",
+                "port 0 without persistence: keepalived makes it persistent for 360 s",
+                "persistence_timeout: 360s, as keepalived",
+            );
+            s.persistence_timeout = Some(DEFAULT_PERSISTENCE);
         }
+        let base = match &vs.address {
+            VsAddress::Group(name) => {
+                s.group = group_ranges(&members[1..]);
+                if members.len() > 1 {
+                    reports.add(
+                        Severity::Note,
+                        &vs.at,
+                        "virtual_server",
+                        format!(
+                            "group `{name}`: keepalived makes one IPVS service of each of its {} addresses and ports, each with its own \
+                             scheduler state, counts and persistence",
+                            members.len()
+                        ),
+                        "one drlb service with `group:`: one scheduler state and one persistence across them all (a client keeps \
+                         its real server on every address and port, as with a fwmark service); checks and quorum run once, as keepalived's",
+                    );
+                }
+                name.clone()
+            }
+            _ => format!("{vip}:{port}/{}", s.protocol),
+        };
+        s.name = if names.insert(base.clone()) { base } else { format!("{base}#{}", out.len() + 1) };
+        s.comment = format!("virtual_server at {}", vs.at);
+        if vip.is_ipv6() {
+            reports.add(
+                Severity::Warning,
+                &vs.at,
+                "virtual_server",
+                format!("{vip} is IPv6; drlb's dataplane does not forward IPv6 yet"),
+                "imported as written; `drlb check` refuses it until IPv6 forwarding lands",
+            );
+        }
+        out.push(s);
     }
     out
 }
 
-fn template_clone(s: &Service) -> Service {
-    Service {
-        comment: s.comment.clone(),
-        name: s.name.clone(),
-        vip: s.vip,
-        port: s.port,
-        protocol: s.protocol,
-        scheduler: s.scheduler.clone(),
-        persistence_timeout: s.persistence_timeout,
-        persistence_granularity: s.persistence_granularity.clone(),
-        timeouts: s.timeouts,
-        health_check: s.health_check.clone(),
-        inhibit_on_failure: s.inhibit_on_failure,
-        sorry_server: s.sorry_server,
-        quorum: s.quorum,
-        real_servers: s.real_servers.clone(),
-        notify: s.notify.clone(),
-        quorum_hysteresis: s.quorum_hysteresis,
-        quorum_up: s.quorum_up.clone(),
-        quorum_down: s.quorum_down.clone(),
+/// A group's (address, port) pairs as `group:` entries: runs of consecutive addresses on
+/// one port become ranges (of at most `VipRange`'s 256).
+fn group_ranges(members: &[(IpAddr, u16, Option<Location>)]) -> Vec<(String, u16)> {
+    let as_u128 = |a: IpAddr| match a {
+        IpAddr::V4(v) => u128::from(u32::from(v)),
+        IpAddr::V6(v) => u128::from(v),
+    };
+    let limit = crate::control::config::group::MAX_RANGE_ADDRESSES as usize;
+    let mut out: Vec<(String, u16)> = Vec::new();
+    let mut run: Vec<IpAddr> = Vec::new();
+    let mut run_port = 0;
+    let mut flush = |run: &mut Vec<IpAddr>, port: u16| {
+        match run.as_slice() {
+            [] => {}
+            [one] => out.push((one.to_string(), port)),
+            [first, .., last] => out.push((format!("{first}-{last}"), port)),
+        }
+        run.clear();
+    };
+    for (a, port, _) in members {
+        let follows = run.last().is_some_and(|l| {
+            *port == run_port && l.is_ipv4() == a.is_ipv4() && as_u128(*l).checked_add(1) == Some(as_u128(*a))
+        });
+        if !follows || run.len() == limit {
+            flush(&mut run, run_port);
+            run_port = *port;
+        }
+        run.push(*a);
     }
+    flush(&mut run, run_port);
+    out
 }
 
 /// The (VIP, port) pairs a virtual server stands for, or None if drlb cannot see it.
@@ -366,7 +394,7 @@ fn members(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Vec<(
                 &vs.at,
                 "virtual_server",
                 format!("fwmark {mark}: netfilter sets marks after XDP has seen the packet, so drlb cannot match on them"),
-                "left out; if the iptables rules mark a list of VIP:port, write them as a virtual_server_group of those addresses (port 0 for all ports)",
+                "left out; if the iptables rules mark a list of VIP:port, write one drlb service with `group:` listing them (port 0 for all of an address's ports): one scheduler and persistence across them, as the fwmark service had",
             );
             None
         }
@@ -375,9 +403,8 @@ fn members(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Vec<(
                 reports.add(Severity::Error, &vs.at, "virtual_server", format!("group `{name}` is not defined; keepalived drops this virtual server"), "left out");
                 return None;
             };
-            // keepalived makes one IPVS service of every address (and port) of a group
-            // (ipvs_group_cmd), each with its own scheduler state, counts and persistence:
-            // one drlb service each is the same. Only fwmark entries share one service.
+            // Every address and port of the group: one drlb service with `group:` (see
+            // `services`: keepalived makes one IPVS service of each, sharing checks and quorum).
             let mut out = Vec::new();
             for e in &group.entries {
                 match e {
@@ -387,7 +414,7 @@ fn members(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Vec<(
                         at,
                         "fwmark",
                         format!("group `{name}`'s fwmark {mark}: drlb cannot match marks (netfilter sets them after XDP)"),
-                        "this entry left out",
+                        "this entry left out; list the VIP:ports the iptables rules mark in the service's `group:` (port 0 for all ports)",
                     ),
                 }
             }
@@ -649,6 +676,7 @@ fn service(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Servi
         vip: IpAddr::from([0, 0, 0, 0]),
         port: port.unwrap_or(0),
         protocol,
+        group: Vec::new(),
         scheduler,
         persistence_timeout,
         persistence_granularity,

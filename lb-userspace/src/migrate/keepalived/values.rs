@@ -71,6 +71,7 @@ pub fn address_range(word: &str) -> Result<Vec<IpAddr>, String> {
         return address(word).map(|a| vec![a]);
     };
     let first_addr = address(first)?;
+    let short = address(last).is_err();
     let last_addr = match address(last) {
         Ok(a) => a,
         // The short form replaces the last octet (IPv4, decimal) or group (IPv6, hex).
@@ -94,6 +95,10 @@ pub fn address_range(word: &str) -> Result<Vec<IpAddr>, String> {
     let (lo, hi) = (to_u128(first_addr), to_u128(last_addr));
     if hi < lo {
         return Err(format!("`{word}`: the range ends before it starts"));
+    }
+    if short && hi == lo {
+        // inet_stor(): "not greater than ... start - skipping".
+        return Err(format!("`{word}`: the range's end is not greater than its start"));
     }
     if hi - lo >= LIMIT {
         return Err(format!("`{word}` covers more than {LIMIT} addresses"));
