@@ -52,6 +52,18 @@ fn fixtures() -> Vec<Fixture> {
             reports: &[],
         },
         Fixture {
+            what: "sh's flags (flag-2 is sh-port's bit) and one-packet scheduling of a UDP service",
+            keepalived: "virtual_server 198.18.0.100 53 {\n  lvs_sched sh\n  flag-2\n  sh-fallback\n  ops\n  lb_kind DR\n  protocol UDP\n  real_server 198.18.0.11 53 {\n  }\n}\n",
+            yaml: &["scheduler: sh", "scheduler_flags: [sh-port, sh-fallback]", "one_packet: true"],
+            reports: &[],
+        },
+        Fixture {
+            what: "fo, ovf and twos are translated as written; ops on TCP is reset, as keepalived resets it",
+            keepalived: "virtual_server 198.18.0.100 80 {\n  lvs_sched twos\n  ops\n  lb_kind DR\n  protocol TCP\n  real_server 198.18.0.11 80 {\n  }\n}\nvirtual_server 198.18.0.100 81 {\n  lvs_sched ovf\n  lb_kind DR\n  protocol TCP\n  real_server 198.18.0.11 81 {\n  }\n}\n",
+            yaml: &["scheduler: twos", "scheduler: ovf"],
+            reports: &["ops: one-packet scheduling needs UDP"],
+        },
+        Fixture {
             what: "lvs_sched and lvs_method are the current names of lb_algo and lb_kind",
             keepalived: "virtual_server 198.18.0.100 80 {\n  lvs_sched rr\n  lvs_method DR\n  protocol TCP\n  real_server 198.18.0.11 80 {\n  }\n}\n",
             yaml: &["scheduler: rr"],
@@ -449,7 +461,7 @@ fn the_corpus_imports_where_keepalived_does_and_reports_where_it_complains() {
             }
             let port = if endpoints.iter().any(|e| e.1 == 0) { 0 } else { port };
             let scheduler = vs.scheduler.clone().unwrap_or_else(|| "wlc".into());
-            if lb_userspace::control::config::Scheduler::from_name(&scheduler).is_some() && svc.scheduler.name() != scheduler {
+            if lb_userspace::control::config::Scheduler::from_name(&scheduler).is_some_and(|s| s.in_dataplane()) && svc.scheduler.name() != scheduler {
                 failures.push(format!("{name}: {}: scheduler {} instead of {scheduler}", vs.at, svc.scheduler.name()));
             }
             let persistence = vs.persistence_timeout.or(vs.persistence_granularity.as_ref().map(|_| 360)).or((port == 0).then_some(360));

@@ -17,7 +17,8 @@ use crate::flowcache::{self, FlowCacheEntry};
 use crate::halfopen::{self, HalfOpen};
 use crate::maps::{
     Scheduler, Backend, ConnCounts, Persist, BACKEND_F_PRESENT, SchedState, Service, ServiceKey, Vip, VipKey, IPPROTO_TCP,
-    IPPROTO_UDP, SVC_F_PERSISTENT, SVC_F_SLOPPY_TCP,
+    IPPROTO_UDP, MAX_BACKENDS_PER_SERVICE, SVC_F_ONE_PACKET, SVC_F_PERSISTENT, SVC_F_SCHED_FALLBACK, SVC_F_SCHED_PORT,
+    SVC_F_SLOPPY_TCP,
 };
 use crate::packet::{parse_l3, parse_l4, Packet, L3};
 use crate::sched::{self, DestInfo, Dests, NO_DEST};
@@ -94,15 +95,20 @@ pub trait Tables {
     /// Clock ticks (`bpf_jiffies64()`: a variable read, where reading a clock source costs
     /// tens of nanoseconds per packet).
     fn now(&self) -> u64;
-    /// Picks a real server slot for a new connection of service `id` from `client` to `vip`
-    /// ([`schedule`]). The XDP program routes this through a separately verified BPF function.
+    /// Picks a real server slot for a new connection of service `id` from `client` (source
+    /// port `cport`) to `vip` ([`schedule`]). The XDP program routes this through a separately
+    /// verified BPF function.
+    /// The schedulers with loops of their own ([`loops_of_their_own`]) go to
+    /// [`schedule_more`], another separately verified function.
     #[inline(always)]
-    fn schedule(&self, id: u32, svc: &Service, client: &Addr16, vip: &Addr16) -> Option<u32>
+    fn schedule(&self, id: u32, svc: &Service, client: &Addr16, cport: u16, vip: &Addr16) -> Option<u32>
     where
         Self: Sized,
     {
-        schedule(self, id, svc, client, vip)
+        if loops_of_their_own(svc) { schedule_more(self, id, svc, client, cport) } else { schedule(self, id, svc, client, cport, vip) }
     }
+    /// A random number (`bpf_get_prandom_u32()`), for twos.
+    fn random(&self) -> u32;
 }
 
 /// A service's real servers in IPVS list order (the reverse of configuration order).
@@ -131,14 +137,16 @@ impl<T: Tables> Dests for ServiceDests<'_, T> {
     }
 }
 
-/// Picks a real server slot for a new connection of service `id` from `client` to `vip`.
+/// Picks a real server slot for a new connection of service `id` from `client` (source port
+/// `cport`) to `vip`.
 #[inline(always)]
-pub fn schedule<T: Tables>(t: &T, id: u32, svc: &Service, client: &Addr16, vip: &Addr16) -> Option<u32> {
+pub fn schedule<T: Tables>(t: &T, id: u32, svc: &Service, client: &Addr16, cport: u16, vip: &Addr16) -> Option<u32> {
     let dests = ServiceDests { tables: t, members_offset: svc.members_offset, count: svc.member_count };
     if svc.member_count == 0 {
         return None;
     }
     let scheduler = Scheduler::from_code(svc.scheduler)?;
+    let fallback = svc.flags & SVC_F_SCHED_FALLBACK != 0;
     let list_index = match scheduler {
         Scheduler::Wlc => sched::wlc(&dests),
         Scheduler::Lc => sched::lc(&dests),
@@ -156,16 +164,19 @@ pub fn schedule<T: Tables>(t: &T, id: u32, svc: &Service, client: &Addr16, vip: 
             })?;
             table_choice(t, svc, index)
         }
-        Scheduler::Sh => table_choice(t, svc, sched::sh_bucket([client[12], client[13], client[14], client[15]])),
+        Scheduler::Sh | Scheduler::Mh if fallback => None,
+        Scheduler::Sh => table_choice(t, svc, sched::sh_hashkey(v4(client), hashed_port(svc, cport), 0)),
         Scheduler::Mh => {
             if svc.table_len == 0 {
                 return None;
             }
-            table_choice(t, svc, mh_hash(client) % svc.table_len)
+            table_choice(t, svc, mh_hash(client, hashed_port(svc, cport), 0) % svc.table_len)
         }
-        // Not in the XDP program yet (Debian 5.10's verifier counts them past its budget);
-        // config validation refuses them (`Scheduler::IN_DATAPLANE`).
-        Scheduler::Fo | Scheduler::Ovf | Scheduler::Twos => None,
+        // The controller wrote fo's one choice: without IPVS's connection thresholds no
+        // server is ever overloaded, so it depends on weights and availability alone.
+        Scheduler::Fo => table_choice(t, svc, 0),
+        // `schedule_more`'s.
+        Scheduler::Ovf | Scheduler::Twos | Scheduler::Lblc | Scheduler::Lblcr => None,
         // dh hashes the packet's destination: the VIP.
         Scheduler::Dh => table_choice(t, svc, sched::dh_bucket([vip[12], vip[13], vip[14], vip[15]])),
     }?;
@@ -176,13 +187,167 @@ pub fn schedule<T: Tables>(t: &T, id: u32, svc: &Service, client: &Addr16, vip: 
     // as under IPVS (the old table's destination stays valid while it is read), the SYN
     // still goes there — it keeps its MAC while it drains. The loop schedulers chose among
     // servers they read as available, and are not asked again for the same reason.
-    if matches!(scheduler, Scheduler::Wrr | Scheduler::Sh | Scheduler::Mh | Scheduler::Dh) {
-        match t.backend(slot) {
-            Some(b) if b.is_present() && b.weight > 0 => {}
-            _ => return None,
-        }
+    if matches!(scheduler, Scheduler::Wrr | Scheduler::Sh | Scheduler::Mh | Scheduler::Dh | Scheduler::Fo) && !table_usable(t, slot) {
+        return None;
     }
     Some(slot)
+}
+
+/// Whether `svc`'s scheduler is one of [`schedule_more`]'s.
+#[inline(always)]
+pub fn loops_of_their_own(svc: &Service) -> bool {
+    match Scheduler::from_code(svc.scheduler) {
+        Some(Scheduler::Ovf | Scheduler::Twos | Scheduler::Lblc | Scheduler::Lblcr) => true,
+        Some(Scheduler::Sh | Scheduler::Mh) => svc.flags & SVC_F_SCHED_FALLBACK != 0,
+        _ => false,
+    }
+}
+
+/// The schedulers whose loops [`schedule`] leaves to a BPF function of their own: ovf,
+/// twos, and sh's and mh's fallbacks. A backend slot.
+#[inline(always)]
+pub fn schedule_more<T: Tables>(t: &T, _id: u32, svc: &Service, client: &Addr16, cport: u16) -> Option<u32> {
+    let dests = ServiceDests { tables: t, members_offset: svc.members_offset, count: svc.member_count };
+    if svc.member_count == 0 {
+        return None;
+    }
+    let list_index = match Scheduler::from_code(svc.scheduler)? {
+        Scheduler::Ovf => ovf(t, svc, &dests),
+        Scheduler::Twos => twos(t, svc, &dests),
+        Scheduler::Sh => sh_fallback(t, svc, &dests, v4(client), hashed_port(svc, cport)),
+        Scheduler::Mh => mh_fallback(t, svc, &dests, client, hashed_port(svc, cport)),
+        _ => None,
+    }?;
+    Some(dests.slot(list_index))
+}
+
+/// The client's IPv4 address as IPVS hashes it (`ntohl`).
+#[inline(always)]
+fn v4(a: &Addr16) -> u32 {
+    u32::from_be_bytes([a[12], a[13], a[14], a[15]])
+}
+
+/// The source port sh and mh hash: with sh-port / mh-port, else 0.
+#[inline(always)]
+fn hashed_port(svc: &Service, cport: u16) -> u16 {
+    if svc.flags & SVC_F_SCHED_PORT != 0 { cport } else { 0 }
+}
+
+/// What a table-driven scheduler asks of the server its table names (IPVS's
+/// `is_unavailable()`: weight 0), and a MAC to send to.
+#[inline(always)]
+fn table_usable<T: Tables>(t: &T, slot: u32) -> bool {
+    matches!(t.backend(slot), Some(b) if b.is_present() && b.weight > 0)
+}
+
+/// Weighted overflow (`ip_vs_ovf.c`): the controller wrote the usable servers in the order
+/// fo would pick them (highest weight first, list order among equals); the first whose
+/// active connections do not exceed its weight is ovf's choice.
+#[inline(always)]
+fn ovf<T: Tables>(t: &T, svc: &Service, dests: &ServiceDests<'_, T>) -> Option<u32> {
+    let mut i = 0;
+    while i < MAX_BACKENDS_PER_SERVICE {
+        if i >= svc.table_len {
+            break;
+        }
+        let index = t.sched_table(svc.table_offset + i) as u32;
+        if index < svc.member_count {
+            let d = dests.get(index);
+            if d.available && d.weight > 0 && d.active <= d.weight {
+                return Some(index);
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Weighted random twos choice (`ip_vs_twos.c`): two draws by weight over the controller's
+/// table ([`sched::twos_table`]), the less loaded relative to weight wins, the first on a tie.
+#[inline(always)]
+fn twos<T: Tables>(t: &T, svc: &Service, dests: &ServiceDests<'_, T>) -> Option<u32> {
+    if svc.table_len < 3 {
+        return None;
+    }
+    let total = twos_sum(t, svc, svc.table_len / 3 - 1);
+    let first = twos_pick(t, svc, sched::twos_draw(t.random(), total))?;
+    let second = twos_pick(t, svc, sched::twos_draw(t.random(), total))?;
+    if sched::twos_prefers_second(&dests.get(first), &dests.get(second)) { Some(second) } else { Some(first) }
+}
+
+/// The sum of the weights through the k-th server of twos's table.
+#[inline(always)]
+fn twos_sum<T: Tables>(t: &T, svc: &Service, k: u32) -> u32 {
+    let at = svc.table_offset + 3 * k;
+    ((t.sched_table(at + 1) as u32) << 16) | t.sched_table(at + 2) as u32
+}
+
+/// The list index a twos draw lands on: the first server whose sum of weights reaches it.
+#[inline(always)]
+fn twos_pick<T: Tables>(t: &T, svc: &Service, draw: u32) -> Option<u32> {
+    let mut k = 0;
+    while k < MAX_BACKENDS_PER_SERVICE {
+        if 3 * k >= svc.table_len {
+            break;
+        }
+        if twos_sum(t, svc, k) >= draw {
+            let index = t.sched_table(svc.table_offset + 3 * k) as u32;
+            return if index < svc.member_count { Some(index) } else { None };
+        }
+        k += 1;
+    }
+    None
+}
+
+/// `ip_vs_sh_get_fallback()`: the client's bucket, or if its server is unavailable the
+/// buckets `(2 * bucket + k) % 256` in turn, until one's server is usable or a bucket is
+/// empty.
+#[inline(always)]
+fn sh_fallback<T: Tables>(t: &T, svc: &Service, dests: &ServiceDests<'_, T>, addr: u32, port: u16) -> Option<u32> {
+    let ihash = sched::sh_hashkey(addr, port, 0);
+    let first = table_choice(t, svc, ihash)?;
+    if table_usable(t, dests.slot(first)) {
+        return Some(first);
+    }
+    let mut k = 0;
+    while k < sched::SH_TABLE_SIZE as u32 {
+        let index = table_choice(t, svc, sched::sh_hashkey(addr, port, (k + ihash) % sched::SH_TABLE_SIZE as u32))?;
+        if table_usable(t, dests.slot(index)) {
+            return Some(index);
+        }
+        k += 1;
+    }
+    None
+}
+
+/// Entries `mh_fallback` probes. The kernel goes on for the whole table (4093 by default);
+/// the verifier could not follow that many hashes, and 256 probes miss a usable server only
+/// when nearly all entries are unavailable (with half of them unavailable: 2^-256).
+pub const MH_FALLBACK_PROBES: u32 = 256;
+
+/// `ip_vs_mh_get_fallback()`: the client's entry, or if its server is unavailable the
+/// entries the client hashes to with offsets `(k + entry) % size` in turn (up to
+/// [`MH_FALLBACK_PROBES`]), until one's server is usable.
+#[inline(always)]
+fn mh_fallback<T: Tables>(t: &T, svc: &Service, dests: &ServiceDests<'_, T>, client: &Addr16, port: u16) -> Option<u32> {
+    if svc.table_len == 0 {
+        return None;
+    }
+    let ihash = mh_hash(client, port, 0) % svc.table_len;
+    let first = table_choice(t, svc, ihash)?;
+    if table_usable(t, dests.slot(first)) {
+        return Some(first);
+    }
+    let mut k = 0;
+    while k < MH_FALLBACK_PROBES {
+        let offset = (k + ihash) % svc.table_len;
+        let index = table_choice(t, svc, mh_hash(client, port, offset) % svc.table_len)?;
+        if table_usable(t, dests.slot(index)) {
+            return Some(index);
+        }
+        k += 1;
+    }
+    None
 }
 
 #[inline(always)]
@@ -194,11 +359,11 @@ fn table_choice<T: Tables>(t: &T, svc: &Service, index: u32) -> Option<u32> {
     if v == NO_DEST || v as u32 >= svc.member_count { None } else { Some(v as u32) }
 }
 
-/// The client hash mh looks up its Maglev table with: IPVS's `ip_vs_mh_get()` (hsiphash of
-/// the client address; the port only with mh-port, which drlb does not offer yet).
+/// The client hash mh looks up its Maglev table with: IPVS's `ip_vs_mh_hashkey()` (hsiphash
+/// of the client address plus the port with mh-port, plus the offset when falling back).
 #[inline(always)]
-pub fn mh_hash(client: &Addr16) -> u32 {
-    crate::hash::mh_hashkey(crate::hash::MH_KEY1, u32::from_be_bytes([client[12], client[13], client[14], client[15]]), 0, 0)
+pub fn mh_hash(client: &Addr16, port: u16, offset: u32) -> u32 {
+    crate::hash::mh_hashkey(crate::hash::MH_KEY1, v4(client), port, offset)
 }
 
 /// What [`insert_new_conn`](Tables::insert_new_conn) did.
@@ -494,7 +659,7 @@ pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &m
                 };
                 let slot = match pinned {
                     Some(s) => s,
-                    None => match t.schedule(id, &svc, &ip.src(), &ip.dst()) {
+                    None => match t.schedule(id, &svc, &ip.src(), l4.sport, &ip.dst()) {
                         Some(s) => s,
                         None => return Verdict::DropNoRealServer,
                     },
@@ -502,11 +667,17 @@ pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &m
                 t.insert_persist(&pkey, &Persist { last_used: now, backend: slot, _pad: 0 });
                 slot
             } else {
-                match t.schedule(id, &svc, &ip.src(), &ip.dst()) {
+                match t.schedule(id, &svc, &ip.src(), l4.sport, &ip.dst()) {
                     Some(s) => s,
                     None => return Verdict::DropNoRealServer,
                 }
             };
+            if !is_tcp && svc.flags & SVC_F_ONE_PACKET != 0 {
+                // One-packet scheduling: IPVS makes the connection, sends the datagram and
+                // frees it at once, so the counts end where they were and nothing is synced.
+                out.new_conn = true;
+                return forward(pkt, t, slot, bytes, Verdict::TxScheduled, out);
+            }
             // ip_vs_conn_new(): a new connection starts inactive, then takes this packet's
             // state transition.
             let mut c = Conn {

@@ -268,10 +268,14 @@ pub enum Scheduler {
     Ovf = 9,
     Dh = 10,
     Twos = 11,
+    /// Locality-based least-connection (`ip_vs_lblc.c`).
+    Lblc = 12,
+    /// Locality-based least-connection with replication (`ip_vs_lblcr.c`).
+    Lblcr = 13,
 }
 
 impl Scheduler {
-    pub const ALL: [Scheduler; 12] = [
+    pub const ALL: [Scheduler; 14] = [
         Scheduler::Wlc,
         Scheduler::Rr,
         Scheduler::Wrr,
@@ -284,6 +288,8 @@ impl Scheduler {
         Scheduler::Ovf,
         Scheduler::Dh,
         Scheduler::Twos,
+        Scheduler::Lblc,
+        Scheduler::Lblcr,
     ];
 
     /// What `Service::scheduler` holds.
@@ -307,22 +313,28 @@ impl Scheduler {
             9 => Some(Scheduler::Ovf),
             10 => Some(Scheduler::Dh),
             11 => Some(Scheduler::Twos),
+            12 => Some(Scheduler::Lblc),
+            13 => Some(Scheduler::Lblcr),
             _ => None,
         }
     }
 
     /// The names `ipvsadm -s` and drlb's config use, by code.
-    pub const NAMES: [&'static str; 12] = ["wlc", "rr", "wrr", "lc", "sh", "mh", "sed", "nq", "fo", "ovf", "dh", "twos"];
+    pub const NAMES: [&'static str; 14] = ["wlc", "rr", "wrr", "lc", "sh", "mh", "sed", "nq", "fo", "ovf", "dh", "twos", "lblc", "lblcr"];
 
     pub const fn name(self) -> &'static str {
         Self::NAMES[self as usize]
     }
 
-    /// Whether the XDP program runs it. fo, ovf and twos are written and tested against
-    /// the kernel's (`sched`, `host::ipvs`) but not in the program yet: with them, Debian
-    /// 5.10's verifier counts the program past its budget.
+    /// Whether the XDP program runs it (lblc and lblcr not yet).
     pub const fn in_dataplane(self) -> bool {
-        !matches!(self, Scheduler::Fo | Scheduler::Ovf | Scheduler::Twos)
+        !matches!(self, Scheduler::Lblc | Scheduler::Lblcr)
+    }
+
+    /// Whether the scheduler has IPVS's fallback and port flags (`sh-fallback`,
+    /// `sh-port`; `mh-fallback`, `mh-port`).
+    pub const fn has_flags(self) -> bool {
+        matches!(self, Scheduler::Sh | Scheduler::Mh)
     }
 
     pub fn from_name(name: &str) -> Option<Scheduler> {
@@ -341,6 +353,15 @@ pub const SVC_F_WILDCARD: u32 = 1 << 2;
 /// as IPVS keys a fwmark service's by the mark, so a client keeps its real server across
 /// all of them.
 pub const SVC_F_GROUP: u32 = 1 << 3;
+/// `Service::flags`: sh-fallback / mh-fallback (`IP_VS_SVC_F_SCHED1`): a client whose
+/// server is unavailable is hashed on to another instead of dropped.
+pub const SVC_F_SCHED_FALLBACK: u32 = 1 << 4;
+/// `Service::flags`: sh-port / mh-port (`IP_VS_SVC_F_SCHED2`): the client's source port is
+/// hashed with its address.
+pub const SVC_F_SCHED_PORT: u32 = 1 << 5;
+/// `Service::flags`: one-packet scheduling (`ipvsadm -o`, keepalived's `ops`; UDP only):
+/// every datagram is scheduled on its own and leaves no connection entry.
+pub const SVC_F_ONE_PACKET: u32 = 1 << 6;
 
 /// What a group's persistence templates have in place of a VIP: `::ID`, the service id in
 /// an IPv4-compatible address, which no VIP is (they are deprecated, and neither v4-mapped
@@ -662,7 +683,7 @@ mod tests {
         assert_eq!(size_of::<VipKey>(), 16);
         assert_eq!(size_of::<Vip>(), 4);
         assert_eq!(size_of::<ServiceKey>(), 16 + 2 + 1 + 1);
-        assert_eq!(size_of::<Service>(), 8 * 4 + 16 + 3 * 4 + 4);
+        assert_eq!(size_of::<Service>(), 8 * 4 + 16 + 3 * 4 + 4 + 4);
         assert_eq!(size_of::<crate::conn::ConnKey>(), 16 + 16 + 2 + 2 + 1 + 3);
         assert_eq!(size_of::<crate::conn::Conn>(), 8 + 4 * 3 + 4);
         assert_eq!(size_of::<Persist>(), 16);

@@ -199,14 +199,7 @@ pub fn fo<D: Dests + ?Sized>(d: &D) -> Option<u32> {
     highest_weight(d, |x| x.available && x.weight > 0)
 }
 
-/// Weighted overflow (`ip_vs_ovf.c`): as fo, among the servers whose active connections do
-/// not exceed their weight.
-#[inline(always)]
-pub fn ovf<D: Dests + ?Sized>(d: &D) -> Option<u32> {
-    highest_weight(d, |x| x.available && x.weight > 0 && x.active <= x.weight)
-}
-
-/// The first server of the highest weight among those `eligible` (fo's and ovf's loop).
+/// The first server of the highest weight among those `eligible` (fo's loop).
 #[inline(always)]
 fn highest_weight<D: Dests + ?Sized>(d: &D, eligible: impl Fn(&DestInfo) -> bool) -> Option<u32> {
     let n = bounded_len(d);
@@ -230,59 +223,43 @@ fn highest_weight<D: Dests + ?Sized>(d: &D, eligible: impl Fn(&DestInfo) -> bool
     if found { Some(best) } else { None }
 }
 
-/// Weighted random twos choice (`ip_vs_twos.c`, kernel 5.12+): two servers drawn with
-/// probability by weight (from `r1`, `r2`, the kernel's two random numbers), the less loaded
-/// relative to weight wins, the first drawn on a tie. The draw is 6.1's
-/// `prandom_u32_max(total + 1)`: `(r * (total + 1)) >> 32`.
-#[inline(always)]
-pub fn twos<D: Dests + ?Sized>(d: &D, r1: u32, r2: u32) -> Option<u32> {
-    let n = bounded_len(d);
-    let mut total: u32 = 0;
+/// twos's draw table, which the controller writes for the dataplane (`ip_vs_twos.c`,
+/// kernel 5.12+): which servers a draw may land on depends on weights and availability
+/// alone. Entry `3k` is the list index of the k-th server of non-zero weight (list order),
+/// entries `3k+1`, `3k+2` the high and low halves of the sum of the weights up to and
+/// including it. A draw `r` in `0..=total` lands on the first server whose sum reaches `r`
+/// (the kernel subtracts weights from `r` until it is 0 or below).
+pub fn twos_table<D: Dests + ?Sized>(d: &D) -> ([u16; 3 * MAX_BACKENDS_PER_SERVICE as usize], usize) {
+    let mut t = [NO_DEST; 3 * MAX_BACKENDS_PER_SERVICE as usize];
+    let (mut n, mut sum) = (0usize, 0u32);
     let mut i = 0;
-    while i < MAX_BACKENDS_PER_SERVICE {
-        if i >= n {
-            break;
-        }
+    while i < bounded_len(d) {
         let dest = d.get(i);
         if dest.available && dest.weight > 0 {
-            total = total.wrapping_add(dest.weight);
+            sum = sum.wrapping_add(dest.weight);
+            t[3 * n] = i as u16;
+            t[3 * n + 1] = (sum >> 16) as u16;
+            t[3 * n + 2] = sum as u16;
+            n += 1;
         }
         i += 1;
     }
-    if total == 0 {
-        return None;
-    }
-    let range = total as u64 + 1;
-    let c1 = twos_draw(d, ((r1 as u64 * range) >> 32) as i64)?;
-    let Some(c2) = twos_draw(d, ((r2 as u64 * range) >> 32) as i64) else { return Some(c1) };
-    let (d1, d2) = (d.get(c1), d.get(c2));
-    // IPVS compares in int: keep its wrap-around.
-    let (weight1, weight2) = (d1.weight as i32, d2.weight as i32);
-    let (overhead1, overhead2) = (conn_overhead(&d1) as i32, conn_overhead(&d2) as i32);
-    if weight2.wrapping_mul(overhead1) > weight1.wrapping_mul(overhead2) { Some(c2) } else { Some(c1) }
+    (t, 3 * n)
 }
 
-/// The first usable server at which `rweight` minus the weights so far reaches 0 or below
-/// (each of twos's two draws; one loop each keeps the verifier's states few).
+/// `prandom_u32_max(total + 1)` of kernel 6.1: a draw in `0..=total` from a random `r`.
 #[inline(always)]
-fn twos_draw<D: Dests + ?Sized>(d: &D, rweight: i64) -> Option<u32> {
-    let n = bounded_len(d);
-    let mut w = rweight;
-    let mut i = 0;
-    while i < MAX_BACKENDS_PER_SERVICE {
-        if i >= n {
-            break;
-        }
-        let dest = d.get(i);
-        if dest.available && dest.weight > 0 {
-            w -= dest.weight as i64;
-            if w <= 0 {
-                return Some(i);
-            }
-        }
-        i += 1;
-    }
-    None
+pub fn twos_draw(r: u32, total: u32) -> u32 {
+    ((r as u64 * (total as u64 + 1)) >> 32) as u32
+}
+
+/// twos's final comparison: the second draw wins only if it is less loaded relative to
+/// its weight (`weight2 * overhead1 > weight1 * overhead2`, in IPVS's `int`).
+#[inline(always)]
+pub fn twos_prefers_second(d1: &DestInfo, d2: &DestInfo) -> bool {
+    let (weight1, weight2) = (d1.weight as i32, d2.weight as i32);
+    let (overhead1, overhead2) = (conn_overhead(d1) as i32, conn_overhead(d2) as i32);
+    weight2.wrapping_mul(overhead1) > weight1.wrapping_mul(overhead2)
 }
 
 /// dh's bucket for an IPv4 destination (`ip_vs_dh_hashkey()`).
@@ -306,11 +283,18 @@ pub fn dh_table(servers: usize) -> [u16; DH_TABLE_SIZE] {
     t
 }
 
-/// Source hashing's bucket for an IPv4 client (`ip_vs_sh_hashkey()`, no port):
+/// Source hashing's bucket for an IPv4 client (`ip_vs_sh_hashkey()` without the port):
 /// `hash_32(ntohl(addr), 8)`.
 #[inline(always)]
 pub fn sh_bucket(client_v4: [u8; 4]) -> u32 {
-    u32::from_be_bytes(client_v4).wrapping_mul(0x61C8_8647) >> (32 - SH_TABLE_BITS)
+    sh_hashkey(u32::from_be_bytes(client_v4), 0, 0)
+}
+
+/// `ip_vs_sh_hashkey()`: `(offset + hash_32(port + addr, 8)) % 256`, the port (host order)
+/// only with sh-port, the offset only when falling back.
+#[inline(always)]
+pub fn sh_hashkey(addr_v4: u32, port: u16, offset: u32) -> u32 {
+    offset.wrapping_add((port as u32).wrapping_add(addr_v4).wrapping_mul(0x61C8_8647) >> (32 - SH_TABLE_BITS)) % SH_TABLE_SIZE as u32
 }
 
 pub const SH_TABLE_BITS: u32 = 8;

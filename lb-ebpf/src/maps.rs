@@ -11,7 +11,7 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use core::ptr::{addr_of, read_volatile, write_volatile};
 
 use aya_ebpf::{
-    helpers::bpf_jiffies64,
+    helpers::{bpf_get_prandom_u32, bpf_jiffies64},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -373,29 +373,46 @@ impl Tables for BpfTables {
     }
 
     #[inline(always)]
-    fn schedule(&self, id: u32, _svc: &Service, client: &Addr16, vip: &Addr16) -> Option<u32> {
-        let slot = drlb_schedule(
-            id,
-            u32::from_be_bytes([client[12], client[13], client[14], client[15]]),
-            u32::from_be_bytes([vip[12], vip[13], vip[14], vip[15]]),
-        );
+    fn schedule(&self, id: u32, svc: &Service, client: &Addr16, cport: u16, vip: &Addr16) -> Option<u32> {
+        let client_v4 = u32::from_be_bytes([client[12], client[13], client[14], client[15]]);
+        // Called from here, not from within `drlb_schedule`: the BPF stack limit (512 bytes)
+        // counts the whole chain of calls, and the main program already takes most of it.
+        let slot = if lb_common::dataplane::loops_of_their_own(svc) {
+            drlb_schedule_more(id, client_v4, cport as u32)
+        } else {
+            drlb_schedule(id, client_v4, cport as u32, u32::from_be_bytes([vip[12], vip[13], vip[14], vip[15]]))
+        };
         if slot == NO_SLOT { None } else { Some(slot) }
     }
-}
 
-/// `drlb_schedule`'s "no real server".
+    #[inline(always)]
+    fn random(&self) -> u32 {
+        // SAFETY: helper without preconditions.
+        unsafe { bpf_get_prandom_u32() }
+    }
+}
 
 /// The schedulers, as a global BPF function: the verifier checks a global function once,
 /// on its own, instead of once per path that reaches it — the bounded loops over up to
 /// 256 real servers would otherwise exceed its budget. Arguments are plain scalars, as
-/// global functions require.
+/// global functions require. Returns `NO_SLOT` for "no real server".
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn drlb_schedule(id: u32, client_v4: u32, vip_v4: u32) -> u32 {
+pub extern "C" fn drlb_schedule(id: u32, client_v4: u32, cport: u32, vip_v4: u32) -> u32 {
     let Some(svc) = BpfTables.service(id) else { return NO_SLOT };
     let client = lb_common::addr::v4_mapped(client_v4.to_be_bytes());
     let vip = lb_common::addr::v4_mapped(vip_v4.to_be_bytes());
-    lb_common::dataplane::schedule(&BpfTables, id, &svc, &client, &vip).unwrap_or(NO_SLOT)
+    lb_common::dataplane::schedule(&BpfTables, id, &svc, &client, cport as u16, &vip).unwrap_or(NO_SLOT)
+}
+
+/// [`lb_common::dataplane::schedule_more`] (ovf, twos, the sh and mh fallbacks) as a global
+/// BPF function of its own, like `drlb_schedule`.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn drlb_schedule_more(id: u32, client_v4: u32, cport: u32) -> u32 {
+    let Some(svc) = BpfTables.service(id) else { return NO_SLOT };
+    let client = lb_common::addr::v4_mapped(client_v4.to_be_bytes());
+    lb_common::dataplane::schedule_more(&BpfTables, id, &svc, &client, cport as u16).unwrap_or(NO_SLOT)
 }
 
 /// Bumps the CPU-local counter for `stat`.

@@ -187,6 +187,12 @@ impl Wrr {
 /// server taking `weight` consecutive buckets; the client's bucket is `hash_32(addr, 8)`.
 /// Returns the list index, or None when that server takes no connections.
 pub fn sh(list: &[Dest], client_v4: [u8; 4]) -> Option<usize> {
+    sh_with(list, client_v4, 0, false)
+}
+
+/// `ip_vs_sh_schedule()` with its flags: `port` is the client's source port with sh-port
+/// (0 without), `fallback` is sh-fallback (`ip_vs_sh_get_fallback()`).
+pub fn sh_with(list: &[Dest], client_v4: [u8; 4], port: u16, fallback: bool) -> Option<usize> {
     const TAB_BITS: u32 = 8;
     const GOLDEN_RATIO_32: u32 = 0x61C8_8647;
     if list.is_empty() {
@@ -202,9 +208,28 @@ pub fn sh(list: &[Dest], client_v4: [u8; 4]) -> Option<usize> {
             d_count = 0;
         }
     }
-    let hash = u32::from_be_bytes(client_v4).wrapping_mul(GOLDEN_RATIO_32) >> (32 - TAB_BITS);
-    let d = buckets[hash as usize];
-    (!list[d].overloaded && list[d].weight > 0).then_some(d)
+    const TAB_SIZE: u32 = 1 << TAB_BITS;
+    // ip_vs_sh_hashkey(): (offset + hash_32(ntohs(port) + ntohl(addr), 8)) % size
+    let hashkey = |offset: u32| {
+        (offset + ((port as u32).wrapping_add(u32::from_be_bytes(client_v4)).wrapping_mul(GOLDEN_RATIO_32) >> (32 - TAB_BITS))) % TAB_SIZE
+    };
+    let is_unavailable = |d: usize| list[d].weight <= 0 || list[d].overloaded;
+    let ihash = hashkey(0);
+    let d = buckets[ihash as usize];
+    if !is_unavailable(d) {
+        return Some(d);
+    }
+    if !fallback {
+        return None;
+    }
+    for offset in 0..TAB_SIZE {
+        let roffset = (offset + ihash) % TAB_SIZE;
+        let d = buckets[hashkey(roffset) as usize];
+        if !is_unavailable(d) {
+            return Some(d);
+        }
+    }
+    None
 }
 
 /// ip_vs_mh.c's `ip_vs_mh_gcd_weight()`, `ip_vs_mh_shift_weight()`,
@@ -288,6 +313,31 @@ pub fn mh_kernel_table(list: &[(u32, u16, u32)], size: usize) -> Vec<Option<usiz
 pub fn mh_kernel_get(lookup: &[Option<usize>], client_v4: [u8; 4]) -> Option<usize> {
     let hash = crate::hash::mh_hashkey(crate::hash::MH_KEY1, u32::from_be_bytes(client_v4), 0, 0) % lookup.len() as u32;
     lookup[hash as usize]
+}
+
+/// `ip_vs_mh_schedule()` with its flags: `port` is the client's source port with mh-port
+/// (0 without); `fallback` is mh-fallback (`ip_vs_mh_get_fallback()`, over the whole
+/// table). `list` says which entries are unavailable (weight 0, overloaded).
+pub fn mh_kernel_schedule(lookup: &[Option<usize>], list: &[Dest], client_v4: [u8; 4], port: u16, fallback: bool) -> Option<usize> {
+    let size = lookup.len() as u32;
+    let hashkey = |offset: u32| crate::hash::mh_hashkey(crate::hash::MH_KEY1, u32::from_be_bytes(client_v4), port, offset) % size;
+    let is_unavailable = |d: usize| list[d].weight <= 0 || list[d].overloaded;
+    let ihash = hashkey(0);
+    let d = lookup[ihash as usize]?;
+    if !is_unavailable(d) {
+        return Some(d);
+    }
+    if !fallback {
+        return None;
+    }
+    for offset in 0..size {
+        let roffset = (offset + ihash) % size;
+        let d = lookup[hashkey(roffset) as usize]?;
+        if !is_unavailable(d) {
+            return Some(d);
+        }
+    }
+    None
 }
 
 /// `ip_vs_fo_schedule()`.

@@ -39,6 +39,8 @@ pub struct HostTables {
     pub flow_cache: RefCell<BTreeMap<u32, FlowCacheEntry>>,
     pub conn_generation: Cell<u32>,
     pub now: Cell<u64>,
+    /// The model's random numbers (xorshift64; 0 is read as a fixed seed).
+    pub rng: Cell<u64>,
 }
 
 impl HostTables {
@@ -184,6 +186,18 @@ impl Tables for HostTables {
 
     fn now(&self) -> u64 {
         self.now.get()
+    }
+
+    fn random(&self) -> u32 {
+        let mut x = match self.rng.get() {
+            0 => 0x9e37_79b9_7f4a_7c15,
+            x => x,
+        };
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.set(x);
+        (x >> 32) as u32
     }
 
 }

@@ -48,6 +48,15 @@ pub fn wrr_sequence(dests: &ListDests, weights_in_config_order: &[u32]) -> Optio
     }
 }
 
+/// ovf's table: the servers of non-zero weight in the order fo would pick them — highest
+/// weight first, list order among equals — for the dataplane to take the first whose
+/// active connections do not exceed its weight (`ip_vs_ovf.c`'s loop, without the search).
+pub fn ovf_order(list: &ListDests) -> Vec<u16> {
+    let mut order: Vec<u16> = (0..list.0.len() as u16).filter(|&i| list.0[i as usize].weight > 0).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(list.0[i as usize].weight));
+    order
+}
+
 /// Length of the wrr table for these weights with every server usable (for `drlb check`).
 pub fn wrr_cycle_len(weights_in_config_order: &[u32]) -> usize {
     let dests = ListDests(

@@ -135,6 +135,9 @@ pub fn sched_table_entries(svc: &config::Service, mh_table_size: usize) -> Optio
         Scheduler::Mh => Some(mh_table_size),
         Scheduler::Sh => Some(SH_TABLE_SIZE),
         Scheduler::Dh => Some(lb_common::sched::DH_TABLE_SIZE),
+        Scheduler::Fo => Some(1),
+        Scheduler::Ovf => Some(svc.real_servers.len()),
+        Scheduler::Twos => Some(3 * svc.real_servers.len()),
         Scheduler::Wrr => {
             let weights: Vec<u32> = svc.real_servers.iter().map(|r| r.weight).collect();
             Some(sched_tables::wrr_cycle_len(&weights)).filter(|n| *n <= MAX_WRR_SEQUENCE)
@@ -504,6 +507,12 @@ fn service_part(
         }
         Scheduler::Sh => (sched_tables::sh_table(&list), 0),
         Scheduler::Dh => (lb_common::sched::dh_table(list.0.len()).to_vec(), 0),
+        Scheduler::Fo => (vec![lb_common::sched::fo(&list).map_or(lb_common::sched::NO_DEST, |i| i as u16)], 0),
+        Scheduler::Ovf => (sched_tables::ovf_order(&list), 0),
+        Scheduler::Twos => {
+            let (table, len) = lb_common::sched::twos_table(&list);
+            (table[..len].to_vec(), 0)
+        }
         Scheduler::Mh => {
             // IPVS list order, with each server's last non-zero weight: an inhibited server
             // keeps its entries (and takes nothing while its weight is 0).
@@ -536,6 +545,12 @@ fn service_part(
     }
     if keys.len() > 1 {
         svc_flags |= SVC_F_GROUP;
+    }
+    for flag in &svc.scheduler_flags {
+        svc_flags |= flag.service_flag();
+    }
+    if svc.one_packet {
+        svc_flags |= lb_common::maps::SVC_F_ONE_PACKET;
     }
     t.service_id_of.push(id);
     t.slots.push(svc_slots);
@@ -601,6 +616,82 @@ mod tests {
         assert_eq!(slots.release_drained(|_| false), vec![0]);
         let c = build_with(&config(TWO), &m, DIRECTOR, &mut slots, &Down::default(), &b2).unwrap();
         assert_eq!(c.slots, vec![vec![0, 1]], "a freed slot is given out again");
+    }
+
+    /// fo, ovf, twos, and sh and mh with their flags, end to end — the config, the tables
+    /// the controller builds, the dataplane's choice over them (host model) — against
+    /// IPVS's own loops transcribed in `lb_common::host::ipvs`, over many random services:
+    /// weights (0 included), servers without a MAC (IPVS: unavailable), connection counts,
+    /// clients and ports.
+    #[test]
+    fn table_and_loop_schedulers_choose_as_ipvs() {
+        use lb_common::dataplane::Tables as _;
+        use lb_common::host::ipvs;
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for case in 0..1000 {
+            let scheduler = ["fo", "ovf", "twos", "sh", "mh"][case % 5];
+            let n = 1 + next(6) as usize;
+            let weights: Vec<u32> = (0..n).map(|_| next(4) as u32).collect();
+            let present: Vec<bool> = (0..n).map(|_| next(5) != 0).collect();
+            let (port_flag, fallback) = (next(2) == 1, next(2) == 1);
+            let mut flags = Vec::new();
+            if matches!(scheduler, "sh" | "mh") {
+                if port_flag {
+                    flags.push(format!("{scheduler}-port"));
+                }
+                if fallback {
+                    flags.push(format!("{scheduler}-fallback"));
+                }
+            }
+            let servers: Vec<String> = weights.iter().enumerate().map(|(i, w)| format!("{{ address: 198.18.1.{}, weight: {w} }}", i + 1)).collect();
+            let cfg = config(&format!(
+                "  - {{ name: s, vip: 198.18.0.100, port: 80, protocol: tcp, scheduler: {scheduler}, scheduler_flags: [{}], real_servers: [ {} ] }}\n",
+                flags.join(", "),
+                servers.join(", ")
+            ));
+            let addrs: Vec<String> = (0..n).filter(|i| present[*i]).map(|i| format!("198.18.1.{}", i + 1)).collect();
+            let m = macs(&addrs.iter().map(String::as_str).collect::<Vec<_>>());
+            let t = build(&cfg, &m, DIRECTOR).unwrap();
+            let model = t.host_model();
+            let counts: Vec<(u32, u32)> = (0..n).map(|_| (next(4) as u32, next(4) as u32)).collect();
+            for (i, slot) in t.slots[0].iter().enumerate() {
+                model.adjust_conn_counts(*slot, counts[i].0 as i32, counts[i].1 as i32);
+            }
+            let client = [198, 18, next(256) as u8, next(256) as u8];
+            let cport = next(65536) as u16;
+            // IPVS list order: the last configured first.
+            let list: Vec<ipvs::Dest> = (0..n)
+                .rev()
+                .map(|i| ipvs::Dest { weight: weights[i] as i32, active: counts[i].0 as i32, inactive: counts[i].1 as i32, overloaded: !present[i] })
+                .collect();
+            let port = if port_flag { cport } else { 0 };
+            let want = match scheduler {
+                "fo" => ipvs::fo(&list),
+                "ovf" => ipvs::ovf(&list),
+                "twos" => {
+                    let rng = model.clone();
+                    let (r1, r2) = (rng.random(), rng.random());
+                    ipvs::twos(&list, r1, r2)
+                }
+                "sh" => ipvs::sh_with(&list, client, port, fallback),
+                _ => {
+                    let mh: Vec<(u32, u16, u32)> = (0..n).rev().map(|i| (u32::from_be_bytes([198, 18, 1, i as u8 + 1]), 80, weights[i])).collect();
+                    let lookup = ipvs::mh_kernel_table(&mh, MH_TABLE_SIZE);
+                    ipvs::mh_kernel_schedule(&lookup, &list, client, port, fallback)
+                }
+            };
+            let svc = t.services[&0];
+            let got = model
+                .schedule(0, &svc, &lb_common::addr::v4_mapped(client), cport, &lb_common::addr::v4_mapped([198, 18, 0, 100]))
+                .map(|slot| n - 1 - t.slots[0].iter().position(|s| *s == slot).unwrap());
+            assert_eq!(got, want, "case {case}: {scheduler} {flags:?} weights {weights:?} present {present:?} counts {counts:?} client {client:?}:{cport}");
+        }
     }
 
     /// A group's keys all lead to one service, flagged as a group, known by its least key;

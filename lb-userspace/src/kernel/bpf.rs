@@ -369,6 +369,13 @@ impl Dataplane {
         Ok(self.ebpf.program(name).with_context(|| format!("no program {name}"))?.try_into()?)
     }
 
+    /// Instructions the kernel's verifier processed to accept the balancer (reported by
+    /// kernels 5.16+): how far the program is from the verifier's budget of 1,000,000, which
+    /// every scheduler loop draws on.
+    pub fn verified_instructions(&self) -> Option<u32> {
+        self.program(PROGRAM_LB).ok()?.info().ok()?.verified_instruction_count()
+    }
+
     fn program_mut(&mut self, name: &str) -> Result<&mut Xdp> {
         Ok(self.ebpf.program_mut(name).with_context(|| format!("no program {name}"))?.try_into()?)
     }

@@ -58,6 +58,14 @@ pub const FLOOD: u8 = 112;
 pub const DH: u8 = 115;
 pub const GROUP: u8 = 120;
 pub const GROUP_RANGE: u8 = 121;
+pub const FO: u8 = 123;
+pub const OVF: u8 = 124;
+pub const TWOS: u8 = 125;
+pub const SH_QUIESCED: u8 = 126;
+pub const SH_FALLBACK: u8 = 127;
+pub const SH_PORT: u8 = 128;
+pub const MH_PORT: u8 = 129;
+pub const OPS: u8 = 130;
 
 pub const CONFIG: &str = r#"
 director: { interface: eth0, xdp_mode: native, conn_table_size: 65536 }
@@ -88,6 +96,22 @@ services:
   - { name: group, vip: 198.18.0.120, port: 80, protocol: tcp, scheduler: rr, persistence_timeout: 60s,
       group: [ { vip: 198.18.0.120, port: 443 }, { vip: 198.18.0.121-122 } ],
       real_servers: [ { address: 198.18.0.11 }, { address: 198.18.0.12 } ] }
+  - { name: fo, vip: 198.18.0.123, port: 80, protocol: tcp, scheduler: fo,
+      real_servers: [ { address: 198.18.0.11, weight: 1 }, { address: 198.18.0.12, weight: 3 }, { address: 198.18.0.13, weight: 3 } ] }
+  - { name: ovf, vip: 198.18.0.124, port: 80, protocol: tcp, scheduler: ovf,
+      real_servers: [ { address: 198.18.0.11 }, { address: 198.18.0.12 } ] }
+  - { name: twos, vip: 198.18.0.125, port: 80, protocol: tcp, scheduler: twos,
+      real_servers: [ { address: 198.18.0.11, weight: 2 }, { address: 198.18.0.12, weight: 0 } ] }
+  - { name: sh-quiesced, vip: 198.18.0.126, port: 80, protocol: tcp, scheduler: sh,
+      real_servers: [ { address: 198.18.0.11 }, { address: 198.18.0.12, weight: 0 } ] }
+  - { name: sh-fallback, vip: 198.18.0.127, port: 80, protocol: tcp, scheduler: sh, scheduler_flags: [sh-fallback],
+      real_servers: [ { address: 198.18.0.11 }, { address: 198.18.0.12, weight: 0 } ] }
+  - { name: sh-port, vip: 198.18.0.128, port: 80, protocol: tcp, scheduler: sh, scheduler_flags: [sh-port],
+      real_servers: [ { address: 198.18.0.11 }, { address: 198.18.0.12 } ] }
+  - { name: mh-port, vip: 198.18.0.129, port: 80, protocol: tcp, scheduler: mh, scheduler_flags: [mh-port],
+      real_servers: [ { address: 198.18.0.11 }, { address: 198.18.0.12 }, { address: 198.18.0.13 } ] }
+  - { name: ops, vip: 198.18.0.130, port: 53, protocol: udp, scheduler: rr, one_packet: true,
+      real_servers: [ { address: 198.18.0.11 }, { address: 198.18.0.12 } ] }
 "#;
 
 /// Backend slots, in configuration order over all services.
@@ -110,6 +134,11 @@ pub fn macs() -> HashMap<IpAddr, Mac> {
         .into_iter()
         .map(|(ip, mac)| (ip.parse().unwrap(), mac))
         .collect()
+}
+
+/// The position of the fixture service `name` in the config.
+fn services_index(name: &str) -> usize {
+    config().services.iter().position(|s| s.name == name).expect("a fixture service")
 }
 
 pub fn tables() -> MapContent {
@@ -370,6 +399,44 @@ pub fn rows() -> Vec<Row> {
     v.push(row("group: another client continues the shared rr position (rs1)", tcp_from(CLIENT_OTHER_NET, vip(GROUP_RANGE + 1), 45503, 80, SYN), To(TxScheduled, RS1)));
     v.push(row("group: a port the group does not list is not the service's", tcp_to(vip(GROUP_RANGE), 45504, 443, SYN), Untouched(PassVipNoService)));
 
+    // --- fo, ovf, twos, sh's and mh's flags, one-packet scheduling; expected servers from
+    // IPVS's loops transcribed apart (`lb_common::host::ipvs`) ---
+    v.push(row("fo: the highest weight, the first in list order among equals (rs3 of 1:3:3)", tcp_to(vip(FO), 45600, 80, SYN), To(TxScheduled, RS3)));
+    v.push(row("fo: every new connection goes there while it is up", tcp_from(CLIENT_OTHER_NET, vip(FO), 45601, 80, SYN), To(TxScheduled, RS3)));
+    let ovf = vip(OVF);
+    v.push(row("ovf 1:1: the first in list order (rs2) while its active connections do not exceed its weight", tcp_to(ovf, 45610, 80, SYN), To(TxScheduled, RS2)));
+    v.push(row("ovf: its handshake completes (rs2: 1 active)", tcp_to(ovf, 45610, 80, ACK), To(TxForwarded, RS2)));
+    v.push(row("ovf: 1 active of weight 1 is not over it: rs2 again", tcp_to(ovf, 45611, 80, SYN), To(TxScheduled, RS2)));
+    v.push(row("ovf: rs2 now has 2 active", tcp_to(ovf, 45611, 80, ACK), To(TxForwarded, RS2)));
+    v.push(row("ovf: rs2 overflows (2 > 1): rs1", tcp_to(ovf, 45612, 80, SYN), To(TxScheduled, RS1)));
+    v.push(row("twos: both draws land on the only server of non-zero weight", tcp_to(vip(TWOS), 45620, 80, SYN), To(TxScheduled, RS1)));
+    // sh over rs1 (weight 1) and rs2 (weight 0, quiesced): IPVS list order is rs2, rs1.
+    let quiesced = lb_common::host::ipvs::list_for(&[1, 0]);
+    let sh_client = (0..=255u8)
+        .map(|b| [198, 18, 7, b])
+        .find(|c| lb_common::host::ipvs::sh_with(&quiesced, *c, 0, false).is_none())
+        .expect("some client hashes to the quiesced server's bucket");
+    assert_eq!(lb_common::host::ipvs::sh_with(&quiesced, sh_client, 0, true), Some(1), "IPVS falls back to rs1");
+    v.push(row("sh: a client whose bucket's server has weight 0 is dropped", tcp_from(sh_client, vip(SH_QUIESCED), 45630, 80, SYN), Untouched(DropNoRealServer)).no_conn());
+    v.push(row("sh-fallback: that client is hashed on to a usable server", tcp_from(sh_client, vip(SH_FALLBACK), 45630, 80, SYN), To(TxScheduled, RS1)));
+    let pair = lb_common::host::ipvs::list_for(&[1, 1]);
+    let sh_port_to = |port: u16| [RS2, RS1][lb_common::host::ipvs::sh_with(&pair, CLIENT, port, false).expect("both usable")];
+    let other_port = (45641..46000u16).find(|p| sh_port_to(*p) != sh_port_to(45640)).expect("ports hash apart");
+    v.push(row("sh-port: the client's source port is hashed too", tcp_to(vip(SH_PORT), 45640, 80, SYN), To(TxScheduled, sh_port_to(45640))));
+    v.push(row("sh-port: the same client from another port may go elsewhere", tcp_to(vip(SH_PORT), other_port, 80, SYN), To(TxScheduled, sh_port_to(other_port))));
+    let three: Vec<(u32, u16, u32)> = [13u8, 12, 11].iter().map(|b| (u32::from_be_bytes([198, 18, 0, *b]), 80, 1)).collect();
+    let lookup = lb_common::host::ipvs::mh_kernel_table(&three, crate::control::sched_tables::MH_TABLE_SIZE);
+    let trio = lb_common::host::ipvs::list_for(&[1, 1, 1]);
+    let mh_port_to = |port: u16| [RS3, RS2, RS1][lb_common::host::ipvs::mh_kernel_schedule(&lookup, &trio, CLIENT, port, false).expect("all usable")];
+    let other_port = (46001..47000u16).find(|p| mh_port_to(*p) != mh_port_to(46000)).expect("ports hash apart");
+    v.push(row("mh-port: the client's source port is hashed too", tcp_to(vip(MH_PORT), 46000, 80, SYN), To(TxScheduled, mh_port_to(46000))));
+    v.push(row("mh-port: the same client from another port may go elsewhere", tcp_to(vip(MH_PORT), other_port, 80, SYN), To(TxScheduled, mh_port_to(other_port))));
+    let ops_slots = &tables().slots[services_index("ops")];
+    v.push(row("one-packet (UDP): a datagram is scheduled (rr → rs2) and leaves no connection", udp_to(vip(OPS), 5400, 53), To(TxScheduled, RS2))
+        .no_conn().counts(ops_slots[1], 0, 0));
+    v.push(row("one-packet: the next datagram of the same flow is scheduled afresh (rs1)", udp_to(vip(OPS), 5400, 53), To(TxScheduled, RS1))
+        .no_conn().counts(ops_slots[0], 0, 0));
+
     // --- expiry (service `short`: tcp 5s) ---
     let short = vip(SHORT);
     v.push(row("short-timeout service: SYN", tcp_to(short, 46000, 80, SYN), To(TxScheduled, RS1)).conn(tcp::SYN_RECV, true).counts(slot::SHORT_RS1, 0, 1));
@@ -584,6 +651,10 @@ impl Harness {
 /// host model. Returns the number of rows.
 pub fn run_table() -> usize {
     let mut h = Harness::new();
+    match h.dp.verified_instructions() {
+        Some(n) => println!("selftest: the verifier processed {n} instructions of the balancer (its budget: 1000000)"),
+        None => println!("selftest: this kernel does not report the verifier's instruction count (5.16+ does)"),
+    }
     let rows = rows();
     assert!(rows.len() >= 40, "{} rows", rows.len());
     let mut before = h.dp.counters().unwrap();

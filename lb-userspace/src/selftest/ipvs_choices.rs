@@ -132,7 +132,7 @@ fn drlb_choices(scheduler: &str, weights: &[u32; 3]) -> Result<HashMap<Ipv4Addr,
     for i in 0..CLIENTS {
         let client = Ipv4Addr::new(198, 18, 0, 40 + i);
         let vip = lb_common::addr::v4_mapped(VIP.octets());
-        if let Some(slot) = lb_common::dataplane::schedule(&model, id, &svc, &lb_common::addr::v4_mapped(client.octets()), &vip) {
+        if let Some(slot) = lb_common::dataplane::Tables::schedule(&model, id, &svc, &lb_common::addr::v4_mapped(client.octets()), 0, &vip) {
             let b = model.backends.get(&slot).ok_or_else(|| anyhow!("no backend {slot}"))?;
             let a = b.addr;
             out.insert(client, Ipv4Addr::new(a[12], a[13], a[14], a[15]));

@@ -186,6 +186,15 @@ pub struct Service {
     pub group: Vec<GroupEntry>,
     #[serde(default, deserialize_with = "scheduler_by_name")]
     pub scheduler: Scheduler,
+    /// IPVS's flags of sh and mh (`ipvsadm -b`, keepalived's `sh-port` ...): `sh-fallback`
+    /// / `mh-fallback` hash a client whose server is unavailable on to another;
+    /// `sh-port` / `mh-port` hash the client's source port too.
+    #[serde(default)]
+    pub scheduler_flags: Vec<SchedulerFlag>,
+    /// One-packet scheduling (UDP; `ipvsadm -o`, keepalived's `ops`): every datagram is
+    /// scheduled on its own and leaves no connection behind.
+    #[serde(default)]
+    pub one_packet: bool,
     #[serde(default, with = "duration::option")]
     pub persistence_timeout: Option<Duration>,
     /// Prefix length (or dotted netmask) that groups clients for persistence; default 32.
@@ -223,6 +232,46 @@ pub struct Service {
 
 fn default_quorum() -> u32 {
     1
+}
+
+/// `scheduler_flags:` entries, by `ipvsadm -b`'s names.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum SchedulerFlag {
+    #[serde(rename = "sh-fallback")]
+    ShFallback,
+    #[serde(rename = "sh-port")]
+    ShPort,
+    #[serde(rename = "mh-fallback")]
+    MhFallback,
+    #[serde(rename = "mh-port")]
+    MhPort,
+}
+
+impl SchedulerFlag {
+    pub fn name(self) -> &'static str {
+        match self {
+            SchedulerFlag::ShFallback => "sh-fallback",
+            SchedulerFlag::ShPort => "sh-port",
+            SchedulerFlag::MhFallback => "mh-fallback",
+            SchedulerFlag::MhPort => "mh-port",
+        }
+    }
+
+    /// The scheduler it belongs to.
+    pub fn scheduler(self) -> Scheduler {
+        match self {
+            SchedulerFlag::ShFallback | SchedulerFlag::ShPort => Scheduler::Sh,
+            SchedulerFlag::MhFallback | SchedulerFlag::MhPort => Scheduler::Mh,
+        }
+    }
+
+    /// Its bit of `lb_common::maps::Service::flags`.
+    pub fn service_flag(self) -> u32 {
+        match self {
+            SchedulerFlag::ShFallback | SchedulerFlag::MhFallback => lb_common::maps::SVC_F_SCHED_FALLBACK,
+            SchedulerFlag::ShPort | SchedulerFlag::MhPort => lb_common::maps::SVC_F_SCHED_PORT,
+        }
+    }
 }
 
 impl Service {
@@ -827,10 +876,22 @@ impl Config {
                 }
             }
             if !svc.scheduler.in_dataplane() {
+                let have: Vec<&str> = Scheduler::ALL.iter().filter(|s| s.in_dataplane()).map(|s| s.name()).collect();
                 problems.push((
                     at("scheduler"),
-                    format!("scheduler `{}` is not in drlb's dataplane yet (wlc, rr, wrr, lc, sh, mh, sed, nq and dh are)", svc.scheduler.name()),
+                    format!("scheduler `{}` is not in drlb's dataplane yet ({} are)", svc.scheduler.name(), have.join(", ")),
                 ));
+            }
+            for flag in &svc.scheduler_flags {
+                if flag.scheduler() != svc.scheduler {
+                    problems.push((
+                        at("scheduler_flags"),
+                        format!("`{}` is a flag of {}, and this service's scheduler is {}", flag.name(), flag.scheduler().name(), svc.scheduler.name()),
+                    ));
+                }
+            }
+            if svc.one_packet && svc.protocol != Protocol::Udp {
+                problems.push((at("one_packet"), "one_packet applies to UDP services only (as IPVS's)".into()));
             }
             if svc.vip.is_ipv6() {
                 problems.push((at("vip"), "IPv6 VIPs are not supported yet (IPv4 only)".into()));

@@ -29,6 +29,9 @@ struct Service {
     /// A virtual_server_group's other addresses and ports: (address or range, port).
     group: Vec<(String, u16)>,
     scheduler: String,
+    /// `scheduler_flags` (sh-port, mh-fallback, ...).
+    scheduler_flags: Vec<&'static str>,
+    one_packet: bool,
     persistence_timeout: Option<u32>,
     persistence_granularity: Option<String>,
     timeouts: Option<(Option<u32>, Option<u32>, Option<u32>)>,
@@ -124,6 +127,12 @@ pub fn to_yaml(lvs: &Lvs, source: &str, reports: &mut Reports) -> String {
             }
         }
         let _ = writeln!(y, "    scheduler: {}", s.scheduler);
+        if !s.scheduler_flags.is_empty() {
+            let _ = writeln!(y, "    scheduler_flags: [{}]", s.scheduler_flags.join(", "));
+        }
+        if s.one_packet {
+            let _ = writeln!(y, "    one_packet: true");
+        }
         if let Some(p) = s.persistence_timeout {
             let _ = writeln!(y, "    persistence_timeout: {p}s");
         }
@@ -514,11 +523,37 @@ fn service(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Servi
             "wlc".to_string()
         }
     };
+    // keepalived passes the flag bits as written: flag-1 is the fallback bit and flag-2 the
+    // port bit of sh and mh (IP_VS_SVC_F_SCHED1, SCHED2); other schedulers read none of them.
+    let mut scheduler_flags: Vec<&'static str> = Vec::new();
     for (flag, at) in &vs.sched_flags {
-        reports.add(Severity::Warning, at, flag, "drlb has no IPVS scheduler flags yet", "ignored: the scheduler hashes the client address only");
+        let bit = match flag.as_str() {
+            "sh-fallback" | "mh-fallback" | "flag-1" => Some("fallback"),
+            "sh-port" | "mh-port" | "flag-2" => Some("port"),
+            _ => None,
+        };
+        let name = match (scheduler.as_str(), bit) {
+            ("sh", Some("fallback")) => Some("sh-fallback"),
+            ("sh", Some("port")) => Some("sh-port"),
+            ("mh", Some("fallback")) => Some("mh-fallback"),
+            ("mh", Some("port")) => Some("mh-port"),
+            _ => None,
+        };
+        match name {
+            Some(n) if !scheduler_flags.contains(&n) => scheduler_flags.push(n),
+            Some(_) => {}
+            None => reports.add(
+                Severity::Warning,
+                at,
+                flag,
+                format!("IPVS's {scheduler} scheduler reads no such flag"),
+                "ignored, as IPVS ignores it",
+            ),
+        }
     }
-    if vs.ops {
-        reports.add(Severity::Warning, &vs.at, "ops", "drlb has no one-packet scheduling yet", "ignored: UDP datagrams of a flow share a connection entry");
+    let one_packet = vs.ops && protocol == "udp";
+    if vs.ops && !one_packet {
+        reports.add(Severity::Error, &vs.at, "ops", "one-packet scheduling needs UDP: keepalived resets it (\"one packet scheduling requires UDP - resetting\")", "ignored, as keepalived");
     }
     let mut persistence_timeout = vs.persistence_timeout;
     // keepalived reads an IPv4 granularity as an address (`24` is 0.0.0.24) and an IPv6 one
@@ -678,6 +713,8 @@ fn service(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Servi
         protocol,
         group: Vec::new(),
         scheduler,
+        scheduler_flags,
+        one_packet,
         persistence_timeout,
         persistence_granularity,
         timeouts,
