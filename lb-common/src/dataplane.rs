@@ -16,7 +16,7 @@ use crate::events::Event;
 use crate::flowcache::{self, FlowCacheEntry};
 use crate::halfopen::{self, HalfOpen};
 use crate::maps::{
-    Scheduler, Backend, ConnCounts, Persist, BACKEND_F_PRESENT, SchedState, Service, ServiceKey, Vip, VipKey, IPPROTO_TCP,
+    Scheduler, Backend, ConnCounts, Locality, LocalityKey, Persist, LOCALITY_EXPIRATION_S, LOCALITY_SET_MAX, BACKEND_F_PRESENT, SchedState, Service, ServiceKey, Vip, VipKey, IPPROTO_TCP,
     IPPROTO_UDP, MAX_BACKENDS_PER_SERVICE, SVC_F_ONE_PACKET, SVC_F_PERSISTENT, SVC_F_SCHED_FALLBACK, SVC_F_SCHED_PORT,
     SVC_F_SLOPPY_TCP,
 };
@@ -105,10 +105,60 @@ pub trait Tables {
     where
         Self: Sized,
     {
-        if loops_of_their_own(svc) { schedule_more(self, id, svc, client, cport) } else { schedule(self, id, svc, client, cport, vip) }
+        if is_locality(svc) {
+            schedule_locality(self, id, svc, vip)
+        } else if loops_of_their_own(svc) {
+            schedule_more(self, svc, client, cport)
+        } else {
+            schedule(self, id, svc, client, cport, vip)
+        }
+    }
+    /// Weighted least-connection over service `id` (`svc`): a backend slot. lblc and lblcr
+    /// fall back on it; the XDP program runs it through `drlb_schedule`, whose loop is
+    /// verified once and whose result reaches the caller as one state.
+    #[inline(always)]
+    fn least_connection(&self, id: u32, svc: &Service) -> Option<u32>
+    where
+        Self: Sized,
+    {
+        let none = [0; 16];
+        schedule_as(self, id, svc, Scheduler::Wlc.code(), &none, 0, &none)
+    }
+    /// lblc's and lblcr's `is_overloaded()` for the server in `slot` (a global function in
+    /// the XDP program, as `least_connection`).
+    #[inline(always)]
+    fn locality_overloaded(&self, _id: u32, svc: &Service, slot: u32) -> bool
+    where
+        Self: Sized,
+    {
+        locality_overloaded(self, svc, slot)
+    }
+    /// `ip_vs_dest_set_min()` over `e`, a slot (a global function in the XDP program, which
+    /// reads `e` from this CPU's scratch value, where `with_locality` put it).
+    #[inline(always)]
+    fn locality_least(&self, e: &Locality) -> Option<u32>
+    where
+        Self: Sized,
+    {
+        set_least(self, e)
+    }
+    /// `ip_vs_dest_set_max()` over `e`, a position in the set (as `locality_least`).
+    #[inline(always)]
+    fn locality_most(&self, e: &Locality) -> Option<usize>
+    where
+        Self: Sized,
+    {
+        set_most(self, e)
     }
     /// A random number (`bpf_get_prandom_u32()`), for twos.
     fn random(&self) -> u32;
+    /// Runs `f` on a copy of lblc's and lblcr's entry for `key` ([`crate::maps::MAP_LOCALITY`];
+    /// zeroed, with `false`, when there is none). The XDP program copies it into this CPU's
+    /// scratch map value rather than its stack: the set is indexed by a variable, which
+    /// Debian 5.10's verifier allows in map values only.
+    fn with_locality<R>(&self, key: &LocalityKey, f: impl FnOnce(&mut Locality, bool) -> R) -> Option<R>;
+    /// Writes `key`'s entry.
+    fn set_locality(&self, key: &LocalityKey, value: &Locality);
 }
 
 /// A service's real servers in IPVS list order (the reverse of configuration order).
@@ -141,11 +191,18 @@ impl<T: Tables> Dests for ServiceDests<'_, T> {
 /// `cport`) to `vip`.
 #[inline(always)]
 pub fn schedule<T: Tables>(t: &T, id: u32, svc: &Service, client: &Addr16, cport: u16, vip: &Addr16) -> Option<u32> {
+    schedule_as(t, id, svc, svc.scheduler, client, cport, vip)
+}
+
+/// [`schedule`] with the scheduler of code `scheduler` rather than the service's (lblc and
+/// lblcr fall back on wlc).
+#[inline(always)]
+pub fn schedule_as<T: Tables>(t: &T, id: u32, svc: &Service, scheduler: u32, client: &Addr16, cport: u16, vip: &Addr16) -> Option<u32> {
     let dests = ServiceDests { tables: t, members_offset: svc.members_offset, count: svc.member_count };
     if svc.member_count == 0 {
         return None;
     }
-    let scheduler = Scheduler::from_code(svc.scheduler)?;
+    let scheduler = Scheduler::from_code(scheduler)?;
     let fallback = svc.flags & SVC_F_SCHED_FALLBACK != 0;
     let list_index = match scheduler {
         Scheduler::Wlc => sched::wlc(&dests),
@@ -197,16 +254,41 @@ pub fn schedule<T: Tables>(t: &T, id: u32, svc: &Service, client: &Addr16, cport
 #[inline(always)]
 pub fn loops_of_their_own(svc: &Service) -> bool {
     match Scheduler::from_code(svc.scheduler) {
-        Some(Scheduler::Ovf | Scheduler::Twos | Scheduler::Lblc | Scheduler::Lblcr) => true,
+        Some(Scheduler::Ovf | Scheduler::Twos) => true,
         Some(Scheduler::Sh | Scheduler::Mh) => svc.flags & SVC_F_SCHED_FALLBACK != 0,
         _ => false,
+    }
+}
+
+/// [`Tables::locality_overloaded`].
+#[inline(always)]
+pub fn locality_overloaded<T: Tables>(t: &T, svc: &Service, slot: u32) -> bool {
+    overloaded(&ServiceDests { tables: t, members_offset: svc.members_offset, count: svc.member_count }, &t.dest_info(slot))
+}
+
+/// Whether `svc`'s scheduler is lblc or lblcr ([`schedule_locality`]'s).
+#[inline(always)]
+pub fn is_locality(svc: &Service) -> bool {
+    matches!(Scheduler::from_code(svc.scheduler), Some(Scheduler::Lblc | Scheduler::Lblcr))
+}
+
+/// lblc and lblcr: a backend slot for a new connection of service `id` to `vip`.
+#[inline(always)]
+pub fn schedule_locality<T: Tables>(t: &T, id: u32, svc: &Service, vip: &Addr16) -> Option<u32> {
+    if svc.member_count == 0 {
+        return None;
+    }
+    match Scheduler::from_code(svc.scheduler)? {
+        Scheduler::Lblc => lblc(t, id, svc, vip),
+        Scheduler::Lblcr => lblcr(t, id, svc, vip),
+        _ => None,
     }
 }
 
 /// The schedulers whose loops [`schedule`] leaves to a BPF function of their own: ovf,
 /// twos, and sh's and mh's fallbacks. A backend slot.
 #[inline(always)]
-pub fn schedule_more<T: Tables>(t: &T, _id: u32, svc: &Service, client: &Addr16, cport: u16) -> Option<u32> {
+pub fn schedule_more<T: Tables>(t: &T, svc: &Service, client: &Addr16, cport: u16) -> Option<u32> {
     let dests = ServiceDests { tables: t, members_offset: svc.members_offset, count: svc.member_count };
     if svc.member_count == 0 {
         return None;
@@ -260,6 +342,202 @@ fn ovf<T: Tables>(t: &T, svc: &Service, dests: &ServiceDests<'_, T>) -> Option<u
         i += 1;
     }
     None
+}
+
+/// lblc (`ip_vs_lblc.c`): the server this destination (the VIP) last went to, while it is
+/// available and not overloaded; else weighted least-connection, remembered. A backend slot.
+#[inline(always)]
+fn lblc<T: Tables>(t: &T, id: u32, svc: &Service, vip: &Addr16) -> Option<u32> {
+    let key = LocalityKey { daddr: *vip, service: id };
+    let now = t.now();
+    t.with_locality(&key, |e, found| {
+        let live = found && live_locality(svc, e, now);
+        if live {
+            e.last_use = now;
+            let slot = e.set[0];
+            let d = t.dest_info(slot);
+            if d.available && d.weight > 0 && !t.locality_overloaded(id, svc, slot) {
+                t.set_locality(&key, e);
+                return Some(slot);
+            }
+        }
+        let Some(slot) = t.least_connection(id, svc) else {
+            if live {
+                t.set_locality(&key, e);
+            }
+            return None;
+        };
+        fresh_locality(e, slot, now);
+        t.set_locality(&key, e);
+        Some(slot)
+    })
+    .flatten()
+}
+
+/// lblcr (`ip_vs_lblcr.c`): the least loaded of the servers this destination goes to, while
+/// it is not overloaded; else weighted least-connection, added to the set. A set unchanged
+/// for [`LOCALITY_EXPIRATION_S`] sheds its most loaded server. A backend slot.
+#[inline(always)]
+fn lblcr<T: Tables>(t: &T, id: u32, svc: &Service, vip: &Addr16) -> Option<u32> {
+    let key = LocalityKey { daddr: *vip, service: id };
+    let now = t.now();
+    t.with_locality(&key, |e, found| {
+        if !(found && live_locality(svc, e, now)) {
+            let slot = t.least_connection(id, svc)?;
+            fresh_locality(e, slot, now);
+            t.set_locality(&key, e);
+            return Some(slot);
+        }
+        e.last_use = now;
+        let min = t.locality_least(e);
+        if e.count > 1 && now > e.last_mod + svc.ticks(LOCALITY_EXPIRATION_S) as u64 {
+            if let Some(k) = t.locality_most(e) {
+                set_erase(e, k);
+                e.last_mod = now;
+            }
+        }
+        if let Some(slot) = min
+            && !t.locality_overloaded(id, svc, slot)
+        {
+            t.set_locality(&key, e);
+            return Some(slot);
+        }
+        let Some(slot) = t.least_connection(id, svc) else {
+            t.set_locality(&key, e);
+            return None;
+        };
+        set_insert(e, slot, now);
+        t.set_locality(&key, e);
+        Some(slot)
+    })
+    .flatten()
+}
+
+/// A new entry holding `slot` alone. Field by field: the XDP program's `e` is a map value,
+/// and a whole new value would be built on its small stack first.
+#[inline(always)]
+fn fresh_locality(e: &mut Locality, slot: u32, now: u64) {
+    e.last_use = now;
+    e.last_mod = now;
+    e.count = 1;
+    e.set[0] = slot;
+}
+
+/// Whether a destination's entry is in use: [`LOCALITY_EXPIRATION_S`] did not pass since its
+/// last use (IPVS's collector would have removed it).
+#[inline(always)]
+fn live_locality(svc: &Service, e: &Locality, now: u64) -> bool {
+    e.count >= 1 && e.count as usize <= LOCALITY_SET_MAX && now < e.last_use + svc.ticks(LOCALITY_EXPIRATION_S) as u64
+}
+
+/// `is_overloaded()` of lblc and lblcr: more active connections than its weight while some
+/// server of the service has less than half its weight.
+#[inline(always)]
+fn overloaded<T: Tables>(dests: &ServiceDests<'_, T>, d: &DestInfo) -> bool {
+    if d.active <= d.weight {
+        return false;
+    }
+    let mut i = 0;
+    while i < MAX_BACKENDS_PER_SERVICE {
+        if i >= dests.count {
+            break;
+        }
+        let other = dests.get(i);
+        if other.active.wrapping_mul(2) < other.weight {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// `ip_vs_dest_set_min()`: newest member first; the first available one of non-zero
+/// weight, then any available one less loaded per weight. A backend slot.
+#[inline(always)]
+pub fn set_least<T: Tables>(t: &T, e: &Locality) -> Option<u32> {
+    let (mut found, mut least, mut least_weight, mut least_overhead) = (false, 0u32, 0u64, 0u64);
+    let mut k = LOCALITY_SET_MAX;
+    while k > 0 {
+        k -= 1;
+        // `get`, not indexing: a bounds check the compiler cannot drop would leave a call to
+        // a panic, which the verifier refuses.
+        let Some(&slot) = e.set.get(k) else { continue };
+        if k >= e.count as usize {
+            continue;
+        }
+        let d = t.dest_info(slot);
+        let overhead = sched::conn_overhead(&d) as u64;
+        if !found {
+            if d.weight > 0 && d.available {
+                (found, least, least_weight, least_overhead) = (true, slot, d.weight as u64, overhead);
+            }
+        } else if least_overhead * d.weight as u64 > overhead * least_weight && d.available {
+            (least, least_weight, least_overhead) = (slot, d.weight as u64, overhead);
+        }
+    }
+    if found { Some(least) } else { None }
+}
+
+/// `ip_vs_dest_set_max()`: newest member first; the first of non-zero weight, then any of
+/// non-zero weight more loaded per weight. Its position in the set.
+#[inline(always)]
+pub fn set_most<T: Tables>(t: &T, e: &Locality) -> Option<usize> {
+    let (mut found, mut most, mut most_weight, mut most_overhead) = (false, 0usize, 0u64, 0u64);
+    let mut at = LOCALITY_SET_MAX;
+    while at > 0 {
+        at -= 1;
+        let Some(&slot) = e.set.get(at) else { continue };
+        if at >= e.count as usize {
+            continue;
+        }
+        let d = t.dest_info(slot);
+        let overhead = sched::conn_overhead(&d) as u64;
+        if !found {
+            if d.weight > 0 {
+                (found, most, most_weight, most_overhead) = (true, at, d.weight as u64, overhead);
+            }
+        } else if most_overhead * (d.weight as u64) < overhead * most_weight && d.weight > 0 {
+            (most, most_weight, most_overhead) = (at, d.weight as u64, overhead);
+        }
+    }
+    if found { Some(most) } else { None }
+}
+
+/// Removes the member at `at`, keeping the others' order.
+#[inline(always)]
+fn set_erase(e: &mut Locality, at: usize) {
+    let mut k = 0;
+    while k + 1 < LOCALITY_SET_MAX {
+        if k >= at && k + 1 < e.count as usize {
+            e.set[k] = e.set[k + 1];
+        }
+        k += 1;
+    }
+    e.count -= 1;
+}
+
+/// `ip_vs_dest_set_insert()`: a server not yet a member becomes the newest (a full set drops
+/// its oldest first), and the set counts as changed.
+#[inline(always)]
+fn set_insert(e: &mut Locality, slot: u32, now: u64) {
+    let mut k = 0;
+    while k < LOCALITY_SET_MAX {
+        if k < e.count as usize && e.set[k] == slot {
+            return;
+        }
+        k += 1;
+    }
+    if e.count as usize == LOCALITY_SET_MAX {
+        set_erase(e, 0);
+    }
+    // Below LOCALITY_SET_MAX now. The compiler knows it and would drop a check; the
+    // verifier does not, so the count is read afresh (volatile: the compiler forgets what it
+    // knew) and masked.
+    // SAFETY: a read of a field through a valid reference.
+    let n = unsafe { core::ptr::read_volatile(&e.count) } as usize & (LOCALITY_SET_MAX - 1);
+    e.set[n] = slot;
+    e.count = n as u32 + 1;
+    e.last_mod = now;
 }
 
 /// Weighted random twos choice (`ip_vs_twos.c`): two draws by weight over the controller's

@@ -43,6 +43,39 @@ pub const MAP_PERSIST: &str = "DRLB_PERSIST";
 pub const MAP_SCHED_STATE: &str = "DRLB_SCHED";
 /// `Array<u16>`: precomputed scheduler tables (wrr sequences, sh buckets, mh lookup).
 pub const MAP_SCHED_TABLE: &str = "DRLB_SCHED_TAB";
+/// `LruHashMap<LocalityKey, Locality>`: lblc's and lblcr's servers per destination address.
+pub const MAP_LOCALITY: &str = "DRLB_LOCALITY";
+/// Capacity of `DRLB_LOCALITY` over all services (IPVS: 16384 per service, above which
+/// entries idle for 6 minutes are collected; here the least recently used makes room).
+pub const LOCALITY_TABLE_SIZE: u32 = 65536;
+/// `lblc_expiration` and `lblcr_expiration` (sysctl defaults, seconds): an entry unused
+/// this long is gone; an lblcr set unchanged this long sheds its most loaded server.
+pub const LOCALITY_EXPIRATION_S: u32 = 24 * 60 * 60;
+/// Servers an lblcr set holds (IPVS: no bound; a set grows only while each of its servers
+/// is overloaded). A full set makes room by dropping its oldest. A power of two (the
+/// dataplane masks positions with it).
+pub const LOCALITY_SET_MAX: usize = 8;
+const _: () = assert!(LOCALITY_SET_MAX.is_power_of_two());
+
+/// Key of `DRLB_LOCALITY`: the packet's destination (the VIP) in a service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct LocalityKey {
+    pub daddr: Addr16,
+    pub service: u32,
+}
+
+/// Value of `DRLB_LOCALITY`: the backend slots a destination goes to (lblc: one), oldest
+/// first, and when the entry was last used and the set last changed (clock ticks).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Locality {
+    pub last_use: u64,
+    pub last_mod: u64,
+    pub set: [u32; LOCALITY_SET_MAX],
+    pub count: u32,
+    pub _pad: u32,
+}
 /// `PerCpuArray<u64>`: one counter per [`crate::verdict::Verdict`].
 pub const MAP_STATS: &str = "DRLB_STATS";
 /// `Array<u32>`: the layout a pinned dataplane was created with ([`layout`]), so a restarted
@@ -128,10 +161,10 @@ pub const BENCH_RX_OTHER: u32 = 0;
 pub const BENCH_RX_SYN: u32 = 1;
 
 /// Every map the balancer uses, for pinning.
-pub const ALL_MAPS: [&str; 19] = [
+pub const ALL_MAPS: [&str; 20] = [
     MAP_VIP_FILTER, MAP_VIPS, MAP_SERVICE_IDS, MAP_SERVICES, MAP_BACKENDS, MAP_MEMBERS, MAP_CONN_COUNTS,
     MAP_BACKEND_STATS, MAP_CONNS, MAP_HALF_OPEN, MAP_SWEPT_AT, MAP_PERSIST, MAP_SCHED_STATE, MAP_SCHED_TABLE, MAP_STATS,
-    MAP_EVENTS, MAP_META, MAP_TRACE_ON, MAP_TRACE,
+    MAP_EVENTS, MAP_META, MAP_TRACE_ON, MAP_TRACE, MAP_LOCALITY,
 ];
 
 /// Bump when any map's meaning changes; sizes are checked too (see [`layout`]).
@@ -326,9 +359,9 @@ impl Scheduler {
         Self::NAMES[self as usize]
     }
 
-    /// Whether the XDP program runs it (lblc and lblcr not yet).
+    /// Whether the XDP program runs it (all of IPVS's do).
     pub const fn in_dataplane(self) -> bool {
-        !matches!(self, Scheduler::Lblc | Scheduler::Lblcr)
+        true
     }
 
     /// Whether the scheduler has IPVS's fallback and port flags (`sh-fallback`,
@@ -657,6 +690,8 @@ impl Default for SchedState {
 mod pod {
     // SAFETY: all are #[repr(C)], Copy, made only of integers with explicit padding.
     unsafe impl aya::Pod for super::VipKey {}
+    unsafe impl aya::Pod for super::LocalityKey {}
+    unsafe impl aya::Pod for super::Locality {}
     unsafe impl aya::Pod for super::Vip {}
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::Service {}
@@ -690,6 +725,8 @@ mod tests {
         assert_eq!(size_of::<Backend>(), 16 + 2 * 12 + 4 + 4);
         assert_eq!(size_of::<ServiceSlot>(), 8 + 2 * size_of::<Service>());
         assert_eq!(size_of::<ConnEvent>(), 40 + 4 + 4 + 3 + 5);
+        assert_eq!(size_of::<LocalityKey>(), 16 + 4);
+        assert_eq!(size_of::<Locality>(), 8 + 8 + 4 * LOCALITY_SET_MAX + 4 + 4);
     }
 
     fn svc(count: u32) -> Service {

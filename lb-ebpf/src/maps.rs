@@ -23,7 +23,7 @@ use lb_common::{
     flowcache::{FlowCacheEntry, FLOW_CACHE_SIZE},
     halfopen::{HalfOpen, HALF_OPEN_SIZE},
     maps::{
-        vip_filter_index, Backend, BackendStats, ConnCounts, ConnEvent, CONN_EVENTS_RING_BYTES, Persist, SchedState, Service, ServiceKey, ServiceSlot,
+        vip_filter_index, Backend, BackendStats, ConnCounts, ConnEvent, CONN_EVENTS_RING_BYTES, Locality, LocalityKey, LOCALITY_TABLE_SIZE, Persist, SchedState, Scheduler, Service, ServiceKey, ServiceSlot,
         NO_SLOT, TraceEvent, Vip, VipKey, DEFAULT_CONN_TABLE_SIZE, L2, MAX_BACKENDS, MAX_SERVICES, MAX_VIPS, MEMBERS_SIZE, META_SIZE,
         PERSIST_TABLE_SIZE, SCHED_TABLE_SIZE, TRACE_RING_BYTES, VIP_FILTER_SIZE,
     },
@@ -76,6 +76,13 @@ static SCHED_STATE: Array<SchedState> = Array::with_max_entries(MAX_SERVICES, 0)
 
 #[map(name = "DRLB_SCHED_TAB")]
 static SCHED_TABLE: Array<u16> = Array::with_max_entries(SCHED_TABLE_SIZE, 0);
+
+#[map(name = "DRLB_LOCALITY")]
+static LOCALITY: LruHashMap<LocalityKey, Locality> = LruHashMap::with_max_entries(LOCALITY_TABLE_SIZE, 0);
+
+/// This CPU's working copy of a `DRLB_LOCALITY` entry (`Tables::with_locality`). Not pinned.
+#[map(name = "DRLB_LOCALITY_SCRATCH")]
+static LOCALITY_SCRATCH: PerCpuArray<Locality> = PerCpuArray::with_max_entries(1, 0);
 
 /// Written by the controller only; the program never reads it.
 #[map(name = "DRLB_META")]
@@ -377,12 +384,68 @@ impl Tables for BpfTables {
         let client_v4 = u32::from_be_bytes([client[12], client[13], client[14], client[15]]);
         // Called from here, not from within `drlb_schedule`: the BPF stack limit (512 bytes)
         // counts the whole chain of calls, and the main program already takes most of it.
-        let slot = if lb_common::dataplane::loops_of_their_own(svc) {
+        let vip_v4 = u32::from_be_bytes([vip[12], vip[13], vip[14], vip[15]]);
+        let slot = if lb_common::dataplane::is_locality(svc) {
+            drlb_schedule_locality(id, vip_v4)
+        } else if lb_common::dataplane::loops_of_their_own(svc) {
             drlb_schedule_more(id, client_v4, cport as u32)
         } else {
-            drlb_schedule(id, client_v4, cport as u32, u32::from_be_bytes([vip[12], vip[13], vip[14], vip[15]]))
+            drlb_schedule(id, client_v4, cport as u32, vip_v4, svc.scheduler)
         };
         if slot == NO_SLOT { None } else { Some(slot) }
+    }
+
+    #[inline(always)]
+    fn with_locality<R>(&self, key: &LocalityKey, f: impl FnOnce(&mut Locality, bool) -> R) -> Option<R> {
+        let scratch = LOCALITY_SCRATCH.get_ptr_mut(0)?;
+        // Copied map value to map value: through the stack, 56 bytes would not fit.
+        let found = match LOCALITY.get_ptr(key) {
+            // SAFETY: both are valid map values of one `Locality`; the scratch value is this
+            // CPU's alone.
+            Some(p) => unsafe {
+                core::ptr::copy_nonoverlapping(p, scratch, 1);
+                true
+            },
+            // SAFETY: as above.
+            None => unsafe {
+                core::ptr::write_bytes(scratch, 0, 1);
+                false
+            },
+        };
+        // SAFETY: this CPU's scratch value: only this program on this CPU uses it (XDP does
+        // not nest on a CPU), and the controller never reads or writes it.
+        Some(f(unsafe { &mut *scratch }, found))
+    }
+
+    #[inline(always)]
+    fn set_locality(&self, key: &LocalityKey, value: &Locality) {
+        // Concurrent CPUs may race on one destination's entry, as IPVS's lblc readers do
+        // (it updates `lastuse` without a lock): the last write wins.
+        let _ = LOCALITY.insert(key, value, 0);
+    }
+
+    #[inline(always)]
+    fn least_connection(&self, id: u32, _svc: &Service) -> Option<u32> {
+        let slot = drlb_schedule(id, 0, 0, 0, Scheduler::Wlc.code());
+        if slot == NO_SLOT { None } else { Some(slot) }
+    }
+
+    #[inline(always)]
+    fn locality_overloaded(&self, id: u32, _svc: &Service, slot: u32) -> bool {
+        drlb_locality_overloaded(id, slot) != 0
+    }
+
+    #[inline(always)]
+    fn locality_least(&self, _e: &Locality) -> Option<u32> {
+        // `_e` is this CPU's scratch value (`with_locality`), which the function reads.
+        let slot = drlb_locality_least();
+        if slot == NO_SLOT { None } else { Some(slot) }
+    }
+
+    #[inline(always)]
+    fn locality_most(&self, _e: &Locality) -> Option<usize> {
+        let at = drlb_locality_most();
+        if at == NO_SLOT { None } else { Some(at as usize) }
     }
 
     #[inline(always)]
@@ -395,24 +458,62 @@ impl Tables for BpfTables {
 /// The schedulers, as a global BPF function: the verifier checks a global function once,
 /// on its own, instead of once per path that reaches it — the bounded loops over up to
 /// 256 real servers would otherwise exceed its budget. Arguments are plain scalars, as
-/// global functions require. Returns `NO_SLOT` for "no real server".
+/// global functions require. `scheduler` is the service's, or wlc for lblc's and lblcr's
+/// fallback. Returns `NO_SLOT` for "no real server".
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn drlb_schedule(id: u32, client_v4: u32, cport: u32, vip_v4: u32) -> u32 {
+pub extern "C" fn drlb_schedule(id: u32, client_v4: u32, cport: u32, vip_v4: u32, scheduler: u32) -> u32 {
     let Some(svc) = BpfTables.service(id) else { return NO_SLOT };
     let client = lb_common::addr::v4_mapped(client_v4.to_be_bytes());
     let vip = lb_common::addr::v4_mapped(vip_v4.to_be_bytes());
-    lb_common::dataplane::schedule(&BpfTables, id, &svc, &client, cport as u16, &vip).unwrap_or(NO_SLOT)
+    lb_common::dataplane::schedule_as(&BpfTables, id, &svc, scheduler, &client, cport as u16, &vip).unwrap_or(NO_SLOT)
 }
 
-/// [`lb_common::dataplane::schedule_more`] (ovf, twos, the sh and mh fallbacks) as a global
-/// BPF function of its own, like `drlb_schedule`.
+/// [`lb_common::dataplane::schedule_more`] (ovf, twos, the sh and mh fallbacks) as a global BPF function of its own, like `drlb_schedule`.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn drlb_schedule_more(id: u32, client_v4: u32, cport: u32) -> u32 {
     let Some(svc) = BpfTables.service(id) else { return NO_SLOT };
     let client = lb_common::addr::v4_mapped(client_v4.to_be_bytes());
-    lb_common::dataplane::schedule_more(&BpfTables, id, &svc, &client, cport as u16).unwrap_or(NO_SLOT)
+    lb_common::dataplane::schedule_more(&BpfTables, &svc, &client, cport as u16).unwrap_or(NO_SLOT)
+}
+
+/// lblc and lblcr ([`lb_common::dataplane::schedule_locality`]), a global function called
+/// from the program. Its loops are global functions of their own too (below): each is
+/// verified once, and its result comes back as one state, so the paths through one loop
+/// do not multiply the work of verifying the next.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn drlb_schedule_locality(id: u32, vip_v4: u32) -> u32 {
+    let Some(svc) = BpfTables.service(id) else { return NO_SLOT };
+    let vip = lb_common::addr::v4_mapped(vip_v4.to_be_bytes());
+    lb_common::dataplane::schedule_locality(&BpfTables, id, &svc, &vip).unwrap_or(NO_SLOT)
+}
+
+/// lblc's and lblcr's `is_overloaded()` of the server in `slot` of service `id`: 1 or 0.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn drlb_locality_overloaded(id: u32, slot: u32) -> u32 {
+    let Some(svc) = BpfTables.service(id) else { return 0 };
+    lb_common::dataplane::locality_overloaded(&BpfTables, &svc, slot) as u32
+}
+
+/// `ip_vs_dest_set_min()` over this CPU's scratch entry: a slot, or `NO_SLOT`.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn drlb_locality_least() -> u32 {
+    let Some(e) = LOCALITY_SCRATCH.get_ptr(0) else { return NO_SLOT };
+    // SAFETY: this CPU's scratch value, which only this program on this CPU uses.
+    lb_common::dataplane::set_least(&BpfTables, unsafe { &*e }).unwrap_or(NO_SLOT)
+}
+
+/// `ip_vs_dest_set_max()` over this CPU's scratch entry: a position, or `NO_SLOT`.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn drlb_locality_most() -> u32 {
+    let Some(e) = LOCALITY_SCRATCH.get_ptr(0) else { return NO_SLOT };
+    // SAFETY: as in `drlb_locality_least`.
+    lb_common::dataplane::set_most(&BpfTables, unsafe { &*e }).map_or(NO_SLOT, |at| at as u32)
 }
 
 /// Bumps the CPU-local counter for `stat`.

@@ -411,3 +411,122 @@ pub fn twos(list: &[Dest], r1: u32, r2: u32) -> Option<usize> {
     }
     choice1
 }
+
+/// `is_overloaded()` of ip_vs_lblc.c and ip_vs_lblcr.c.
+fn locality_overloaded(list: &[Dest], d: usize) -> bool {
+    list[d].active > list[d].weight && list.iter().any(|x| x.active * 2 < x.weight)
+}
+
+/// An `ip_vs_lblc_entry`: the server for one destination address, and its last use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LblcEntry {
+    pub dest: usize,
+    pub lastuse: u64,
+}
+
+/// `ip_vs_lblc_schedule()` for one destination address whose entry is `entry`, at time
+/// `now`; an entry unused for `expiration` is gone (the collector's full check). `overloaded`
+/// stands for "not AVAILABLE" here as in the other loops.
+pub fn lblc(list: &[Dest], entry: &mut Option<LblcEntry>, now: u64, expiration: u64) -> Option<usize> {
+    if entry.as_ref().is_some_and(|en| en.lastuse + expiration <= now) {
+        *entry = None;
+    }
+    if let Some(en) = entry.as_mut() {
+        en.lastuse = now;
+        let dest = en.dest;
+        if !list[dest].overloaded && list[dest].weight > 0 && !locality_overloaded(list, dest) {
+            return Some(dest);
+        }
+    }
+    let dest = wlc(list)?;
+    // ip_vs_lblc_new()
+    match entry {
+        Some(en) if en.dest == dest => {}
+        _ => *entry = Some(LblcEntry { dest, lastuse: now }),
+    }
+    Some(dest)
+}
+
+/// An `ip_vs_lblcr_entry`: its set of servers (the newest first: `list_add_rcu` adds at the
+/// head), when the set last changed, and the entry's last use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LblcrEntry {
+    pub set: Vec<usize>,
+    pub lastmod: u64,
+    pub lastuse: u64,
+}
+
+/// `ip_vs_lblcr_schedule()` for one destination address whose entry is `entry`.
+pub fn lblcr(list: &[Dest], entry: &mut Option<LblcrEntry>, now: u64, expiration: u64) -> Option<usize> {
+    if entry.as_ref().is_some_and(|en| en.lastuse + expiration <= now) {
+        *entry = None;
+    }
+    let Some(en) = entry.as_mut() else {
+        let dest = wlc(list)?;
+        *entry = Some(LblcrEntry { set: vec![dest], lastmod: now, lastuse: now });
+        return Some(dest);
+    };
+    en.lastuse = now;
+    let dest = dest_set_min(list, &en.set);
+    if en.set.len() > 1 && now > en.lastmod + expiration {
+        if let Some(m) = dest_set_max(list, &en.set) {
+            en.set.retain(|d| *d != m);
+            en.lastmod = now;
+        }
+    }
+    if let Some(d) = dest
+        && !locality_overloaded(list, d)
+    {
+        return Some(d);
+    }
+    let dest = wlc(list)?;
+    if !en.set.contains(&dest) {
+        en.set.insert(0, dest);
+        en.lastmod = now;
+    }
+    Some(dest)
+}
+
+/// `ip_vs_dest_set_min()`.
+fn dest_set_min(list: &[Dest], set: &[usize]) -> Option<usize> {
+    let mut it = set.iter().copied();
+    let (mut least, mut loh) = loop {
+        let d = it.next()?;
+        if list[d].overloaded {
+            continue;
+        }
+        if list[d].weight > 0 {
+            break (d, overhead(&list[d]) as i64);
+        }
+    };
+    for d in it {
+        if list[d].overloaded {
+            continue;
+        }
+        let doh = overhead(&list[d]) as i64;
+        if loh * list[d].weight as i64 > doh * list[least].weight as i64 {
+            least = d;
+            loh = doh;
+        }
+    }
+    Some(least)
+}
+
+/// `ip_vs_dest_set_max()`.
+fn dest_set_max(list: &[Dest], set: &[usize]) -> Option<usize> {
+    let mut it = set.iter().copied();
+    let (mut most, mut moh) = loop {
+        let d = it.next()?;
+        if list[d].weight > 0 {
+            break (d, overhead(&list[d]) as i64);
+        }
+    };
+    for d in it {
+        let doh = overhead(&list[d]) as i64;
+        if moh * (list[d].weight as i64) < doh * list[most].weight as i64 && list[d].weight > 0 {
+            most = d;
+            moh = doh;
+        }
+    }
+    Some(most)
+}

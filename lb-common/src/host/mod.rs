@@ -14,7 +14,7 @@ use crate::events::{Event, EVENT_COUNT};
 use crate::flowcache::FlowCacheEntry;
 use crate::halfopen::HalfOpen;
 use crate::maps::{
-    vip_filter_index, Backend, BackendStats, ConnCounts, Persist, SchedState, Service, ServiceKey, Vip, VipKey,
+    vip_filter_index, Backend, BackendStats, ConnCounts, Locality, LocalityKey, Persist, SchedState, Service, ServiceKey, Vip, VipKey,
 };
 use crate::sched::NO_DEST;
 
@@ -41,6 +41,7 @@ pub struct HostTables {
     pub now: Cell<u64>,
     /// The model's random numbers (xorshift64; 0 is read as a fixed seed).
     pub rng: Cell<u64>,
+    pub locality: RefCell<BTreeMap<LocalityKey, Locality>>,
 }
 
 impl HostTables {
@@ -186,6 +187,16 @@ impl Tables for HostTables {
 
     fn now(&self) -> u64 {
         self.now.get()
+    }
+
+    fn with_locality<R>(&self, key: &LocalityKey, f: impl FnOnce(&mut Locality, bool) -> R) -> Option<R> {
+        let found = self.locality.borrow().get(key).copied();
+        let mut e = found.unwrap_or_default();
+        Some(f(&mut e, found.is_some()))
+    }
+
+    fn set_locality(&self, key: &LocalityKey, value: &Locality) {
+        self.locality.borrow_mut().insert(*key, *value);
     }
 
     fn random(&self) -> u32 {

@@ -663,6 +663,9 @@ impl Controller {
                 let freed = self.slots.release_drained(|slot| r.in_use.contains(&slot) || !was_draining.contains(&slot));
                 if !freed.is_empty() {
                     debug!("{} removed real server(s) drained", freed.len());
+                    if let Err(e) = self.dp.forget_locality(&freed) {
+                        warn!("removing lblc/lblcr entries of freed real-server slots: {e:#}");
+                    }
                     self.rebuild("drained servers freed");
                 }
             }

@@ -694,6 +694,60 @@ mod tests {
         }
     }
 
+    /// lblc and lblcr, end to end, over sequences of new connections to one VIP while the
+    /// servers' counts change and time passes (past the expiration too), against
+    /// `ip_vs_lblc_schedule()` / `ip_vs_lblcr_schedule()` transcribed in `host::ipvs`.
+    #[test]
+    fn locality_schedulers_follow_ipvs_over_time() {
+        use lb_common::dataplane::Tables as _;
+        use lb_common::host::ipvs;
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let expiration = u64::from(lb_common::maps::LOCALITY_EXPIRATION_S) * 1000;
+        for case in 0..300 {
+            let scheduler = ["lblc", "lblcr"][case % 2];
+            let n = 1 + next(6) as usize;
+            let weights: Vec<u32> = (0..n).map(|_| next(4) as u32).collect();
+            let present: Vec<bool> = (0..n).map(|_| next(6) != 0).collect();
+            let servers: Vec<String> = weights.iter().enumerate().map(|(i, w)| format!("{{ address: 198.18.1.{}, weight: {w} }}", i + 1)).collect();
+            let cfg = config(&format!(
+                "  - {{ name: s, vip: 198.18.0.100, port: 80, protocol: tcp, scheduler: {scheduler}, real_servers: [ {} ] }}\n",
+                servers.join(", ")
+            ));
+            let addrs: Vec<String> = (0..n).filter(|i| present[*i]).map(|i| format!("198.18.1.{}", i + 1)).collect();
+            let m = macs(&addrs.iter().map(String::as_str).collect::<Vec<_>>());
+            let t = build(&cfg, &m, DIRECTOR).unwrap();
+            let model = t.host_model();
+            let svc = t.services[&0];
+            let (mut lblc, mut lblcr) = (None, None);
+            let mut now = 1_000_000u64;
+            let mut counts = vec![(0u32, 0u32); n];
+            for step in 0..16 {
+                now += [1, 1000, expiration / 2, expiration + 1][next(4) as usize];
+                model.now.set(now);
+                for (i, slot) in t.slots[0].iter().enumerate() {
+                    let c = (next(5) as u32, next(3) as u32);
+                    model.adjust_conn_counts(*slot, c.0 as i32 - counts[i].0 as i32, c.1 as i32 - counts[i].1 as i32);
+                    counts[i] = c;
+                }
+                let list: Vec<ipvs::Dest> = (0..n)
+                    .rev()
+                    .map(|i| ipvs::Dest { weight: weights[i] as i32, active: counts[i].0 as i32, inactive: counts[i].1 as i32, overloaded: !present[i] })
+                    .collect();
+                let want = if scheduler == "lblc" { ipvs::lblc(&list, &mut lblc, now, expiration) } else { ipvs::lblcr(&list, &mut lblcr, now, expiration) };
+                let got = model
+                    .schedule(0, &svc, &lb_common::addr::v4_mapped([198, 18, 0, 7]), 1000, &lb_common::addr::v4_mapped([198, 18, 0, 100]))
+                    .map(|slot| n - 1 - t.slots[0].iter().position(|s| *s == slot).unwrap());
+                assert_eq!(got, want, "case {case} step {step}: {scheduler} weights {weights:?} present {present:?} counts {counts:?}");
+            }
+        }
+    }
+
     /// A group's keys all lead to one service, flagged as a group, known by its least key;
     /// every address is a VIP; a restarted controller finds the same identity again.
     #[test]

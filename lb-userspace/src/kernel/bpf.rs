@@ -827,6 +827,24 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Removes the lblc/lblcr entries that name any of `slots` (backend slots just freed,
+    /// which another real server may take next): a destination must not follow a slot to a
+    /// server it never went to. Returns how many went.
+    pub fn forget_locality(&mut self, slots: &[u32]) -> Result<usize> {
+        use lb_common::maps::{Locality, LocalityKey, MAP_LOCALITY};
+        let mut m: BpfHashMap<&mut MapData, LocalityKey, Locality> = BpfHashMap::try_from(self.map_mut(MAP_LOCALITY)?)?;
+        let stale: Vec<LocalityKey> = m
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, e)| e.set.iter().take(e.count as usize).any(|s| slots.contains(s)))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &stale {
+            let _ = m.remove(k);
+        }
+        Ok(stale.len())
+    }
+
     /// Every persistence template.
     pub fn templates(&self) -> Result<Vec<(ConnKey, Persist)>> {
         let m: BpfHashMap<&MapData, ConnKey, Persist> = BpfHashMap::try_from(self.map(MAP_PERSIST)?)?;

@@ -66,6 +66,8 @@ pub const SH_FALLBACK: u8 = 127;
 pub const SH_PORT: u8 = 128;
 pub const MH_PORT: u8 = 129;
 pub const OPS: u8 = 130;
+pub const LBLC: u8 = 131;
+pub const LBLCR: u8 = 132;
 
 pub const CONFIG: &str = r#"
 director: { interface: eth0, xdp_mode: native, conn_table_size: 65536 }
@@ -111,6 +113,10 @@ services:
   - { name: mh-port, vip: 198.18.0.129, port: 80, protocol: tcp, scheduler: mh, scheduler_flags: [mh-port],
       real_servers: [ { address: 198.18.0.11 }, { address: 198.18.0.12 }, { address: 198.18.0.13 } ] }
   - { name: ops, vip: 198.18.0.130, port: 53, protocol: udp, scheduler: rr, one_packet: true,
+      real_servers: [ { address: 198.18.0.11 }, { address: 198.18.0.12 } ] }
+  - { name: lblc, vip: 198.18.0.131, port: 80, protocol: tcp, scheduler: lblc,
+      real_servers: [ { address: 198.18.0.11 }, { address: 198.18.0.12 } ] }
+  - { name: lblcr, vip: 198.18.0.132, port: 80, protocol: tcp, scheduler: lblcr,
       real_servers: [ { address: 198.18.0.11 }, { address: 198.18.0.12 } ] }
 "#;
 
@@ -436,6 +442,22 @@ pub fn rows() -> Vec<Row> {
         .no_conn().counts(ops_slots[1], 0, 0));
     v.push(row("one-packet: the next datagram of the same flow is scheduled afresh (rs1)", udp_to(vip(OPS), 5400, 53), To(TxScheduled, RS1))
         .no_conn().counts(ops_slots[0], 0, 0));
+
+    // --- lblc and lblcr: the VIP (the packet's destination) keeps its server(s) ---
+    let lblc = vip(LBLC);
+    v.push(row("lblc: the VIP's first connection: wlc (rs2), remembered for the VIP", tcp_to(lblc, 45700, 80, SYN), To(TxScheduled, RS2)));
+    v.push(row("lblc: its handshake completes (rs2: 1 active)", tcp_to(lblc, 45700, 80, ACK), To(TxForwarded, RS2)));
+    v.push(row("lblc: the VIP's next connection stays on rs2 (wlc alone: the idle rs1)", tcp_from(CLIENT_OTHER_NET, lblc, 45701, 80, SYN), To(TxScheduled, RS2)));
+    v.push(row("lblc: rs2 now has 2 active", tcp_from(CLIENT_OTHER_NET, lblc, 45701, 80, ACK), To(TxForwarded, RS2)));
+    v.push(row("lblc: rs2 overloaded (2 active > weight 1, rs1 below half its weight): wlc picks rs1", tcp_to(lblc, 45702, 80, SYN), To(TxScheduled, RS1)));
+    let lblcr = vip(LBLCR);
+    v.push(row("lblcr: the VIP's first connection: wlc (rs2), the VIP's set is {rs2}", tcp_to(lblcr, 45710, 80, SYN), To(TxScheduled, RS2)));
+    v.push(row("lblcr: its handshake completes", tcp_to(lblcr, 45710, 80, ACK), To(TxForwarded, RS2)));
+    v.push(row("lblcr: the least loaded of the set, rs2, while not overloaded", tcp_to(lblcr, 45711, 80, SYN), To(TxScheduled, RS2)));
+    v.push(row("lblcr: rs2 now has 2 active", tcp_to(lblcr, 45711, 80, ACK), To(TxForwarded, RS2)));
+    v.push(row("lblcr: rs2 overloaded: wlc picks rs1, added to the set", tcp_to(lblcr, 45712, 80, SYN), To(TxScheduled, RS1)));
+    v.push(row("lblcr: rs1's handshake completes (1 active)", tcp_to(lblcr, 45712, 80, ACK), To(TxForwarded, RS1)));
+    v.push(row("lblcr: the set's least loaded is now rs1", tcp_from(CLIENT_OTHER_NET, lblcr, 45713, 80, SYN), To(TxScheduled, RS1)));
 
     // --- expiry (service `short`: tcp 5s) ---
     let short = vip(SHORT);
