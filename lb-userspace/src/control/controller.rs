@@ -295,8 +295,10 @@ impl Controller {
         // Down is what the tracker says now: alpha checks start down, and a server whose
         // failing check a reload removed (or that lost its checks) is up again.
         let now_down = self.health.down_servers();
-        if self.down.servers() != &now_down {
+        let weights = self.health.weights(&self.config);
+        if self.down.servers() != &now_down || self.down.weights != weights {
             self.down.set_servers(now_down);
+            self.down.weights = weights;
             self.rebuild("health checks (re)started");
         }
         for t in targets {
@@ -324,11 +326,22 @@ impl Controller {
     /// and on a change the log line and the maps.
     fn on_rounds(&mut self, first: health::Round, rounds: &mut mpsc::Receiver<health::Round>) {
         let mut verdicts = Vec::new();
+        let mut reweighted: Vec<String> = Vec::new();
         let mut next = Some(first);
         // Bounded: a checker sends at most one round per interval; this takes what waits.
         for _ in 0..1024 {
             let Some(r) = next.take() else { break };
-            if let Some((up, line)) = self.health.apply(&r) {
+            if self.suspended(&r.target.service) {
+                next = rounds.try_recv().ok();
+                continue;
+            }
+            let flipped = self.health.apply(&r);
+            if self.health.apply_weight(&r) {
+                self.down.weights = self.health.weights(&self.config);
+                info!("{}: weight {} (dynamic check)", r.target.label(), self.down.weights.get(&(r.target.service.clone(), r.target.address)).copied().unwrap_or(r.target.weight));
+                reweighted.push(r.target.service.clone());
+            }
+            if let Some((up, line)) = flipped {
                 let key = (r.target.service.clone(), r.target.address);
                 if up {
                     info!("{line}");
@@ -342,7 +355,7 @@ impl Controller {
             }
             next = rounds.try_recv().ok();
         }
-        if verdicts.is_empty() {
+        if verdicts.is_empty() && reweighted.is_empty() {
             return;
         }
         let config = self.config.clone();
@@ -350,8 +363,8 @@ impl Controller {
         self.commit_quorums(&config, quorum, down, changes);
         let mut which: Vec<usize> = Vec::new();
         let mut unknown = false;
-        for (r, _) in &verdicts {
-            match self.config.services.iter().position(|s| s.name == r.target.service) {
+        for service in verdicts.iter().map(|(r, _)| &r.target.service).chain(&reweighted) {
+            match self.config.services.iter().position(|s| &s.name == service) {
                 Some(i) if !which.contains(&i) => which.push(i),
                 Some(_) => {}
                 None => unknown = true,
@@ -368,6 +381,38 @@ impl Controller {
             let count = self.timings.verdict.as_ref().map_or(0, |v| v.count) + 1;
             self.timings.verdict = Some(VerdictTiming { count, target: r.target.label(), up, applied_ms: applied.as_secs_f64() * 1e3 });
         }
+    }
+
+    /// keepalived's omega, as drlb stops: notify_down for every server that is up and
+    /// quorum_down, of each service with `omega`; each script gets a second, as keepalived's.
+    async fn omega_notifies(&self) {
+        for svc in self.config.services.iter().filter(|s| s.omega) {
+            let mut scripts = Vec::new();
+            for rs in &svc.real_servers {
+                if let Some(command) = rs.notify_down.as_ref().filter(|_| !self.down.contains(&(svc.name.clone(), rs.address))) {
+                    let env = vec![
+                        ("DRLB_SERVICE", svc.name.clone()),
+                        ("DRLB_VIP", svc.vip.to_string()),
+                        ("DRLB_RS_ADDRESS", rs.address.to_string()),
+                        ("DRLB_STATE", "down".to_string()),
+                    ];
+                    scripts.push((command.clone(), env, format!("{} {} notify_down (stopping)", svc.name, rs.address)));
+                }
+            }
+            if let Some(command) = &svc.quorum_down {
+                let env = vec![("DRLB_SERVICE", svc.name.clone()), ("DRLB_VIP", svc.vip.to_string()), ("DRLB_STATE", "down".to_string())];
+                scripts.push((command.clone(), env, format!("{} quorum_down (stopping)", svc.name)));
+            }
+            for (command, env, what) in scripts {
+                hooks::run_and_wait(&command, env, what, Duration::from_secs(1)).await;
+            }
+        }
+    }
+
+    /// Whether `service`'s checks stand still: it has `ha_suspend` and the director's
+    /// interface holds none of its addresses (keepalived's ha_suspend).
+    fn suspended(&self, service: &str) -> bool {
+        self.config.services.iter().find(|s| s.name == service).is_some_and(|s| s.ha_suspend && !s.addresses().iter().any(|a| self.vips.owns(*a)))
     }
 
     /// keepalived's notify_up / notify_down for a real server a verdict changed.
@@ -888,6 +933,9 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
         }
     }
     notify::stopping();
+    if !leave {
+        c.omega_notifies().await;
+    }
     if let Some(mut s) = c.sync.take() {
         s.stop();
         let _ = c.dp.set_conn_events(false);

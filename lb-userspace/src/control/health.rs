@@ -28,6 +28,8 @@ pub struct Target {
     pub probe: SocketAddr,
     /// Which of the real server's checks this is (it is up while all of them pass).
     pub index: usize,
+    /// The real server's configured weight (a dynamic script's exit code replaces it).
+    pub weight: u32,
     pub check: HealthCheck,
 }
 
@@ -48,6 +50,8 @@ pub struct Round {
     /// Shared with the checker: a thousand checks a second copy no strings.
     pub target: std::sync::Arc<Target>,
     pub ok: bool,
+    /// What a passing dynamic check adds to the server's weight (keepalived's `cur_weight`).
+    pub weight: Option<i64>,
     /// Why the last attempt failed.
     pub reason: String,
     pub failed_attempts: u32,
@@ -71,6 +75,7 @@ pub fn targets(config: &Config) -> Vec<Target> {
                     address: rs.address,
                     probe: SocketAddr::new(check.address.unwrap_or(rs.address), check.port.unwrap_or(svc.port)),
                     index,
+                    weight: rs.weight,
                     check: check.clone(),
                 });
             }
@@ -90,7 +95,7 @@ pub async fn round(t: &std::sync::Arc<Target>) -> Round {
         let r = probe(t).await;
         latency = start.elapsed();
         match r {
-            Ok(()) => return Round { target: t.clone(), ok: true, reason, failed_attempts: failed, attempts, latency, finished: Instant::now() },
+            Ok(weight) => return Round { target: t.clone(), ok: true, weight, reason, failed_attempts: failed, attempts, latency, finished: Instant::now() },
             Err(e) => {
                 failed += 1;
                 reason = e;
@@ -100,7 +105,7 @@ pub async fn round(t: &std::sync::Arc<Target>) -> Round {
             tokio::time::sleep(t.check.retry_delay).await;
         }
     }
-    Round { target: t.clone(), ok: false, reason, failed_attempts: failed, attempts, latency, finished: Instant::now() }
+    Round { target: t.clone(), ok: false, weight: None, reason, failed_attempts: failed, attempts, latency, finished: Instant::now() }
 }
 
 /// Up or down, per check and per real server, with keepalived's default of one success to
@@ -110,6 +115,9 @@ pub async fn round(t: &std::sync::Arc<Target>) -> Round {
 pub struct Tracker {
     /// (service, real server, check index) → (up, consecutive successes, consecutive failures).
     checks: HashMap<(String, IpAddr, usize), (bool, u32, u32)>,
+    /// What dynamic checks add to their server's weight (keepalived's `cur_weight`), by
+    /// (service, real server, check index); absent: nothing.
+    added: HashMap<(String, IpAddr, usize), i64>,
 }
 
 impl Tracker {
@@ -141,11 +149,50 @@ impl Tracker {
         Some((check_up, line))
     }
 
+    /// Records what a round of a dynamic check adds to its server's weight: what it read
+    /// while the check is up, nothing once it is down (keepalived takes `cur_weight` away
+    /// when a checker fails). True when that changed.
+    pub fn apply_weight(&mut self, r: &Round) -> bool {
+        let t = &r.target;
+        let key = (t.service.clone(), t.address, t.index);
+        let Some((up, _, _)) = self.checks.get(&key) else { return false };
+        let before = self.added.get(&key).copied();
+        // Called after `apply`: `up` is the check's state after this round. A failed round
+        // that did not take it down (fall) leaves the weight as it was.
+        let after = if !*up {
+            None
+        } else if r.ok {
+            r.weight.filter(|a| *a != 0)
+        } else {
+            before
+        };
+        match after {
+            Some(a) => self.added.insert(key, a),
+            None => self.added.remove(&key),
+        };
+        before != after
+    }
+
+    /// The weights dynamic checks give real servers: (service, address) → the configured
+    /// weight plus what each of its checks adds, within 0 and `MAX_WEIGHT`.
+    pub fn weights(&self, config: &Config) -> HashMap<(String, IpAddr), u32> {
+        let mut out = HashMap::new();
+        for ((service, address, _), added) in &self.added {
+            let Some(rs) = config.services.iter().find(|s| &s.name == service).and_then(|s| s.real_servers.iter().find(|r| r.address == *address)) else {
+                continue;
+            };
+            let w = out.entry((service.clone(), *address)).or_insert(i64::from(rs.weight));
+            *w += added;
+        }
+        out.into_iter().map(|(k, w)| (k, w.clamp(0, i64::from(crate::control::config::MAX_WEIGHT)) as u32)).collect()
+    }
+
     /// Follows a (re)started set of checks: forgets those a reload removed, and starts new
     /// ones up — or down with `alpha`. Returns the real servers that start down.
     pub fn track(&mut self, targets: &[Target]) -> Vec<(String, IpAddr)> {
         let keys: std::collections::HashSet<(&str, IpAddr, usize)> = targets.iter().map(|t| (t.service.as_str(), t.address, t.index)).collect();
         self.checks.retain(|(s, a, i), _| keys.contains(&(s.as_str(), *a, *i)));
+        self.added.retain(|(s, a, i), _| keys.contains(&(s.as_str(), *a, *i)));
         let mut starting_down = Vec::new();
         for t in targets {
             if let std::collections::hash_map::Entry::Vacant(e) = self.checks.entry((t.service.clone(), t.address, t.index)) {
@@ -183,7 +230,7 @@ mod tests {
         )
         .unwrap();
         let target = targets(&config).remove(0);
-        Round { target: std::sync::Arc::new(target), ok, reason: "connect failed".into(), failed_attempts: if ok { 0 } else { 2 }, attempts: 2, latency: Duration::ZERO, finished: Instant::now() }
+        Round { target: std::sync::Arc::new(target), ok, weight: None, reason: "connect failed".into(), failed_attempts: if ok { 0 } else { 2 }, attempts: 2, latency: Duration::ZERO, finished: Instant::now() }
     }
 
     /// keepalived's meaning: a server starts up; `fall` failed rounds in a row take it down,
@@ -218,6 +265,7 @@ mod tests {
         let round = |i: usize, ok: bool| Round {
             target: targets[i].clone(),
             ok,
+            weight: None,
             reason: "refused".into(),
             failed_attempts: 1,
             attempts: 1,
@@ -246,8 +294,36 @@ mod tests {
         let mut t = Tracker::default();
         assert_eq!(t.track(&targets), vec![("web".to_string(), "198.18.0.11".parse().unwrap())]);
         assert_eq!(t.track(&targets), vec![], "already tracked: not started again");
-        let up = Round { target: std::sync::Arc::new(targets[0].clone()), ok: true, reason: String::new(), failed_attempts: 0, attempts: 1, latency: Duration::ZERO, finished: Instant::now() };
+        let up = Round { target: std::sync::Arc::new(targets[0].clone()), ok: true, weight: None, reason: String::new(), failed_attempts: 0, attempts: 1, latency: Duration::ZERO, finished: Instant::now() };
         assert_eq!(t.apply(&up).map(|(up, _)| up), Some(true));
+    }
+
+    /// Dynamic checks' weights: what a passing round read, kept through failed rounds
+    /// that do not take the check down, gone when it is down; summed onto the configured
+    /// weight and kept within IPVS's range.
+    #[test]
+    fn dynamic_weights_follow_rounds() {
+        let config = crate::control::config::Config::parse(
+            std::path::Path::new("t.yaml"),
+            "director: { interface: eth0 }\nservices:\n  - { name: web, vip: 198.18.0.100, port: 80, protocol: tcp, \
+             health_check: { type: script, command: 'true', dynamic: true, fall: 2 }, real_servers: [ { address: 198.18.0.11, weight: 3 } ] }\n",
+        )
+        .unwrap();
+        let target = std::sync::Arc::new(targets(&config).remove(0));
+        let round = |ok: bool, weight: Option<i64>| Round { target: target.clone(), ok, weight, reason: "exit 1".into(), failed_attempts: 0, attempts: 1, latency: Duration::ZERO, finished: Instant::now() };
+        let key = ("web".to_string(), "198.18.0.11".parse().unwrap());
+        let mut t = Tracker::default();
+        t.track(&[(*target).clone()]);
+        let mut step = |r: Round| {
+            t.apply(&r);
+            let changed = t.apply_weight(&r);
+            (changed, t.weights(&config).get(&key).copied())
+        };
+        assert_eq!(step(round(true, Some(7 - 3))), (true, Some(7)), "exit 9: weight 7");
+        assert_eq!(step(round(true, Some(7 - 3))), (false, Some(7)), "unchanged");
+        assert_eq!(step(round(false, None)), (false, Some(7)), "one failure of fall 2: kept");
+        assert_eq!(step(round(false, None)), (true, None), "down: the configured weight again (and the server down)");
+        assert_eq!(step(round(true, Some(-100))), (true, Some(0)), "never below 0");
     }
 
     #[test]

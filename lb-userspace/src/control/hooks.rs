@@ -23,3 +23,22 @@ pub fn run(command: &str, env: Vec<(&'static str, String)>, what: String) {
         Err(e) => warn!("{what}: cannot run `{command}`: {e}"),
     }
 }
+
+/// Runs `command` as [`run`] does, but waits for it, at most `limit` (then kills it): for
+/// scripts run as drlb stops, which would otherwise be cut off (keepalived gives them 1 s).
+pub async fn run_and_wait(command: &str, env: Vec<(&'static str, String)>, what: String, limit: std::time::Duration) {
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-c").arg(command).envs(env).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).kill_on_drop(true);
+    match cmd.spawn() {
+        Ok(mut child) => {
+            info!("{what}: running `{command}`");
+            match tokio::time::timeout(limit, child.wait()).await {
+                Ok(Ok(status)) if status.success() => {}
+                Ok(Ok(status)) => warn!("{what}: `{command}` exited with {status}"),
+                Ok(Err(e)) => warn!("{what}: waiting for `{command}`: {e}"),
+                Err(_) => warn!("{what}: `{command}` still running after {limit:?}; killed"),
+            }
+        }
+        Err(e) => warn!("{what}: cannot run `{command}`: {e}"),
+    }
+}

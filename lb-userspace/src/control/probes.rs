@@ -18,11 +18,15 @@ use crate::control::health::Target;
 const DEFAULT_HELO: &str = "smtpchecker.keepalived.org";
 
 /// One attempt, bounded by the check's timeout.
-pub async fn probe(t: &Target) -> Result<(), String> {
+/// One attempt of `t`'s check: up, maybe with what it adds to the server's weight
+/// (keepalived's `cur_weight` of a dynamic script or a file), or down and why.
+pub async fn probe(t: &Target) -> Result<Option<i64>, String> {
     let c = &t.check;
-    if c.kind == CheckType::Script {
+    match c.kind {
         // The script's own timeout kills it; the others are bounded here.
-        return run_script(t).await;
+        CheckType::Script => return run_script(t).await,
+        CheckType::File => return read_track_file(t).await,
+        _ => {}
     }
     let attempt = async {
         match c.kind {
@@ -40,11 +44,11 @@ pub async fn probe(t: &Target) -> Result<(), String> {
             CheckType::Dns => dns(t).await,
             CheckType::Udp => udp(t).await,
             CheckType::Ping => ping(t).await,
-            CheckType::Script => unreachable!("handled above"),
+            CheckType::Script | CheckType::File => unreachable!("handled above"),
         }
     };
     match timeout(c.timeout, attempt).await {
-        Ok(r) => r,
+        Ok(r) => r.map(|()| None),
         Err(_) => Err(format!("no answer within {} ({} check of {})", humantime::format_duration(c.timeout), c.kind.name(), t.probe)),
     }
 }
@@ -341,7 +345,55 @@ fn checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-async fn run_script(t: &Target) -> Result<(), String> {
+/// keepalived's FILE_CHECK: the number at the start of the file, read as `strtol(s, 0, 0)`
+/// does (`0x` hex, a leading 0 octal; a missing, empty or unreadable file is 0). With
+/// weight 0 it is a switch (0 up, else down; `reverse` the other way round); otherwise
+/// number × weight (negated with `reverse`) is what the server's weight gains, and only
+/// the lowest int (`IPVS_WEIGHT_FAULT`) means down.
+async fn read_track_file(t: &Target) -> Result<Option<i64>, String> {
+    let c = &t.check;
+    let path = c.file.clone().unwrap_or_default();
+    // A local file of at most a few bytes: read in place, not on a blocking thread.
+    let text = std::fs::read(&path).map(|b| String::from_utf8_lossy(&b[..b.len().min(127)]).into_owned()).unwrap_or_default();
+    let Some(value) = strtol(&text) else {
+        return Err(format!("{}: `{}` is not a number keepalived would read", path.display(), text.trim()));
+    };
+    file_check_verdict(value, c.weight.unwrap_or(1), c.reverse).map_err(|why| format!("{}: {why}", path.display()))
+}
+
+/// [`read_track_file`]'s verdict for the number `value`.
+pub fn file_check_verdict(value: i64, weight: i32, reverse: bool) -> Result<Option<i64>, String> {
+    if weight == 0 {
+        return if (value == 0) != reverse { Ok(None) } else { Err(format!("reads {value}")) };
+    }
+    let delta = (value as i128 * weight as i128 * if reverse { -1 } else { 1 }).clamp(i32::MIN as i128, i32::MAX as i128) as i64;
+    if delta <= i32::MIN as i64 { Err(format!("reads {value}: down")) } else { Ok(Some(delta)) }
+}
+
+/// `strtol(text, NULL, 0)` within keepalived's range check: leading blanks and a sign, then
+/// `0x` hex, `0` octal or decimal digits, the rest ignored; no digits is 0. None when out of
+/// keepalived's range (it keeps the old value then; here the check fails).
+pub fn strtol(text: &str) -> Option<i64> {
+    let s = text.trim_start();
+    let (negative, s) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let (radix, digits) = if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        (16, h)
+    } else if s.starts_with('0') {
+        (8, s)
+    } else {
+        (10, s)
+    };
+    let end = digits.find(|ch: char| !ch.is_digit(radix)).unwrap_or(digits.len());
+    let magnitude = if end == 0 { 0 } else { i128::from_str_radix(&digits[..end], radix).ok()? };
+    let value = if negative { -magnitude } else { magnitude };
+    (i32::MIN as i128..=i32::MAX as i128 + 1).contains(&value).then_some(value as i64)
+}
+
+async fn run_script(t: &Target) -> Result<Option<i64>, String> {
     let c = &t.check;
     let command = c.command.clone().unwrap_or_default();
     let mut child = tokio::process::Command::new("/bin/sh")
@@ -360,7 +412,10 @@ async fn run_script(t: &Target) -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("cannot run `{command}`: {e}"))?;
     match timeout(c.timeout, child.wait()).await {
-        Ok(Ok(s)) if s.success() => Ok(()),
+        Ok(Ok(s)) if s.success() => Ok(if c.dynamic { Some(0) } else { None }),
+        // misc_dynamic: the code minus 2 is the server's weight (what this check adds to
+        // its configured weight: code - 2 - weight).
+        Ok(Ok(s)) if c.dynamic && matches!(s.code(), Some(2..=255)) => Ok(Some(i64::from(s.code().unwrap_or(2)) - 2 - i64::from(t.weight))),
         Ok(Ok(s)) => Err(format!("`{command}` exited with {s}")),
         Ok(Err(e)) => Err(format!("waiting for `{command}`: {e}")),
         Err(_) => {
@@ -369,6 +424,49 @@ async fn run_script(t: &Target) -> Result<(), String> {
             }
             let _ = child.kill().await;
             Err(format!("`{command}` killed after {}", humantime::format_duration(c.timeout)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod dynamic_tests {
+    use super::*;
+
+    /// keepalived reads a track_file with `strtol(buf, NULL, 0)`.
+    #[test]
+    fn numbers_are_read_as_strtol_reads_them() {
+        for (text, want) in [("12\n", Some(12)), ("  -5", Some(-5)), ("0x1f", Some(31)), ("010", Some(8)), ("12abc", Some(12)), ("", Some(0)), ("abc", Some(0)), ("99999999999", None)] {
+            assert_eq!(strtol(text), want, "{text:?}");
+        }
+    }
+
+    /// FILE_CHECK's meaning: weight 0 is a switch; otherwise the number times the weight is
+    /// added (negated with reverse), and only the lowest int means down.
+    #[test]
+    fn file_checks_switch_or_weigh() {
+        assert_eq!(file_check_verdict(0, 0, false), Ok(None));
+        assert!(file_check_verdict(3, 0, false).is_err(), "weight 0: non-zero is down (corpus 1495: init_file 3)");
+        assert!(file_check_verdict(0, 0, true).is_err());
+        assert_eq!(file_check_verdict(7, 0, true), Ok(None));
+        assert_eq!(file_check_verdict(-5, 1, false), Ok(Some(-5)));
+        assert_eq!(file_check_verdict(4, 3, true), Ok(Some(-12)));
+        assert!(file_check_verdict(i32::MIN as i64, 1, false).is_err());
+    }
+
+    /// misc_dynamic: exit 0 up at the configured weight, 1 down, 2..255 up at code - 2.
+    #[test]
+    fn dynamic_scripts_set_the_weight_by_exit_code() {
+        let config = crate::control::config::Config::parse(
+            std::path::Path::new("t.yaml"),
+            "director: { interface: eth0 }\nservices:\n  - { name: web, vip: 198.18.0.100, port: 80, protocol: tcp, \
+             health_check: { type: script, command: 'exit $CODE', dynamic: true, timeout: 5s }, real_servers: [ { address: 198.18.0.11, weight: 3 } ] }\n",
+        )
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        for (code, want) in [(0, Ok(Some(0))), (1, Err(())), (9, Ok(Some(9 - 2 - 3))), (2, Ok(Some(-3)))] {
+            let mut t = crate::control::health::targets(&config).remove(0);
+            t.check.command = Some(format!("exit {code}"));
+            assert_eq!(rt.block_on(probe(&t)).map_err(drop), want, "exit {code}");
         }
     }
 }

@@ -28,9 +28,21 @@ pub struct Down {
     /// Services whose quorum is lost: their sorry server takes new connections. Kept by
     /// the controller ([`next_quorum_lost`]) because with a hysteresis it depends on the past.
     pub quorum_lost: std::collections::HashSet<String>,
+    /// Weights dynamic checks set (keepalived's misc_dynamic and FILE_CHECK), in place of
+    /// the configured ones: (service name, address) → weight.
+    pub weights: HashMap<(String, IpAddr), u32>,
 }
 
 impl Down {
+    /// The weight real server `address` of `service` has now: a dynamic check's, else the
+    /// configured one.
+    pub fn weight(&self, service: &str, rs: &config::RealServer) -> u32 {
+        if self.weights.is_empty() {
+            return rs.weight;
+        }
+        self.weights.get(&(service.to_string(), rs.address)).copied().unwrap_or(rs.weight)
+    }
+
     pub fn insert(&mut self, key: (String, IpAddr)) -> bool {
         self.servers.insert(key)
     }
@@ -457,7 +469,7 @@ fn service_part(
         let mac = macs.get(&rs.address).copied();
         let is_down = down.is_down(&svc.name, rs.address);
         let mut flags = if mac.is_some() { BACKEND_F_PRESENT } else { 0 };
-        let mut weight = rs.weight;
+        let mut weight = down.weight(&svc.name, rs);
         if is_down {
             flags |= BACKEND_F_HEALTH_DOWN;
             if svc.expire_nodest_conn {
@@ -490,6 +502,14 @@ fn service_part(
         let flags = if mac.is_some() { BACKEND_F_PRESENT } else { 0 };
         t.backends.insert(slot, Backend::new(from_ip(sorry.address), mac.unwrap_or_default(), director_mac, 1, flags));
         members = vec![(slot, sorry.address, 1)];
+    } else if let Some(sorry) = svc.sorry_server.as_ref().filter(|s| s.inhibit) {
+        // keepalived adds an inhibited sorry server with weight 0 after the real servers
+        // (`init_service_vs`): the head of IPVS's list.
+        let slot = slots.backend_slot(key, sorry.address).ok_or_else(no_slot)?;
+        let mac = macs.get(&sorry.address).copied();
+        let flags = if mac.is_some() { BACKEND_F_PRESENT } else { 0 };
+        t.backends.insert(slot, Backend::new(from_ip(sorry.address), mac.unwrap_or_default(), director_mac, 0, flags));
+        members.push((slot, sorry.address, 0));
     }
 
     // IPVS list order: last configured first.
@@ -525,7 +545,7 @@ fn service_part(
                         IpAddr::V6(_) => 0,
                     },
                     port: svc.port,
-                    last_weight: svc.real_servers.iter().find(|r| r.address == m.1).map_or(m.2, |r| r.weight),
+                    last_weight: if m.2 > 0 { m.2 } else { svc.real_servers.iter().find(|r| r.address == m.1).map_or(0, |r| r.weight) },
                 })
                 .collect();
             (sched_tables::mh_table(&list, mh_table_size), 0)

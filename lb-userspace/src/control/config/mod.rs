@@ -226,6 +226,14 @@ pub struct Service {
     /// it starts in (keepalived's quorum_up / quorum_down).
     pub quorum_up: Option<String>,
     pub quorum_down: Option<String>,
+    /// When drlb stops (SIGINT/SIGTERM), run notify_down for every server that is up and
+    /// quorum_down (keepalived's omega).
+    #[serde(default)]
+    pub omega: bool,
+    /// Health checks count only while the director's interface holds one of the service's
+    /// addresses; a backup director's verdicts stand still (keepalived's ha_suspend).
+    #[serde(default)]
+    pub ha_suspend: bool,
     #[serde(default)]
     pub real_servers: Vec<RealServer>,
 }
@@ -312,6 +320,11 @@ impl Service {
 #[serde(deny_unknown_fields)]
 pub struct SorryServer {
     pub address: IpAddr,
+    /// Keep it in the service with weight 0 while the quorum holds, rather than out of it
+    /// (keepalived's sorry_server_inhibit): schedulers that hash (sh, mh, dh) then give it
+    /// its share of buckets, which take nothing, as IPVS does.
+    #[serde(default)]
+    pub inhibit: bool,
 }
 
 /// `timeouts:` of a service.
@@ -437,6 +450,10 @@ pub enum CheckType {
     Udp,
     /// An ICMP echo answered (PING_CHECK).
     Ping,
+    /// A number in a file (FILE_CHECK with its track_file): with `weight` 0, 0 is up and
+    /// anything else down (`reverse`: the other way round); otherwise the number times
+    /// `weight` is added to the server's weight.
+    File,
 }
 
 impl CheckType {
@@ -451,12 +468,18 @@ impl CheckType {
             CheckType::Dns => "dns",
             CheckType::Udp => "udp",
             CheckType::Ping => "ping",
+            CheckType::File => "file",
         }
     }
 
-    /// Whether it probes a port (a script and a ping do not).
+    /// Whether it probes a port (a script, a ping and a file do not).
     pub fn uses_port(self) -> bool {
-        !matches!(self, CheckType::Script | CheckType::Ping)
+        !matches!(self, CheckType::Script | CheckType::Ping | CheckType::File)
+    }
+
+    /// Whether it connects to anything (`address`, `source` apply).
+    pub fn connects(self) -> bool {
+        !matches!(self, CheckType::Script | CheckType::File)
     }
 }
 
@@ -490,6 +513,18 @@ pub struct HealthCheck {
     pub regex: Option<BodyRegex>,
     /// script: the command to run.
     pub command: Option<String>,
+    /// script: exit codes 2 to 255 also mean up and set the server's weight to the code
+    /// minus 2 (keepalived's misc_dynamic).
+    #[serde(default)]
+    pub dynamic: bool,
+    /// file: the file holding the number (keepalived's track_file `file`).
+    pub file: Option<PathBuf>,
+    /// file: what the number is multiplied by before it is added to the server's weight;
+    /// 0 makes the file a plain up/down switch (default 1).
+    pub weight: Option<i32>,
+    /// file: the number counts negatively (with weight 0: 0 means down).
+    #[serde(default)]
+    pub reverse: bool,
     /// http/https: the MD5 of the body, 32 hex digits (keepalived's `digest`).
     pub digest: Option<Md5Digest>,
     /// https: the server name sent in the TLS handshake (none: no SNI, as keepalived
@@ -1006,8 +1041,8 @@ impl HealthCheck {
         {
             problems.push(("source", format!("source {s} and address {a} are not the same address family")));
         }
-        if self.kind == CheckType::Script && (self.address.is_some() || self.source.is_some() || self.source_port.is_some()) {
-            problems.push(("type", "a script check makes no connection: `address`, `source` and `source_port` do not apply".into()));
+        if !self.kind.connects() && (self.address.is_some() || self.source.is_some() || self.source_port.is_some()) {
+            problems.push(("type", format!("a {} check makes no connection: `address`, `source` and `source_port` do not apply", self.kind.name())));
         }
         for (field, value) in [("interval", self.interval), ("timeout", self.timeout)] {
             if value.is_zero() {
@@ -1031,6 +1066,10 @@ impl HealthCheck {
             only("digest", self.digest.is_some(), &[CheckType::Http, CheckType::Https]),
             only("sni", self.sni.is_some(), &[CheckType::Https]),
             only("command", self.command.is_some(), &[CheckType::Script]),
+            only("dynamic", self.dynamic, &[CheckType::Script]),
+            only("file", self.file.is_some(), &[CheckType::File]),
+            only("weight", self.weight.is_some(), &[CheckType::File]),
+            only("reverse", self.reverse, &[CheckType::File]),
             only("helo", self.helo.is_some(), &[CheckType::Smtp]),
             only("query_type", self.query_type.is_some(), &[CheckType::Dns]),
             only("query_name", self.query_name.is_some(), &[CheckType::Dns]),
@@ -1056,6 +1095,7 @@ impl HealthCheck {
             CheckType::Script if self.command.is_none() => {
                 problems.push(("type", "a script check needs `command`".into()))
             }
+            CheckType::File if self.file.is_none() => problems.push(("type", "a file check needs `file`".into())),
             _ => {}
         }
         problems

@@ -38,8 +38,11 @@ struct Service {
     /// Every real server's checks, when they are the same for all (at most one).
     health_check: Option<Check>,
     inhibit_on_failure: bool,
-    sorry_server: Option<IpAddr>,
+    /// The sorry server, and whether it is inhibited (sorry_server_inhibit).
+    sorry_server: Option<(IpAddr, bool)>,
     quorum: Option<u32>,
+    omega: bool,
+    ha_suspend: bool,
     /// Address, weight, and the server's own checks when they differ between servers.
     real_servers: Vec<(IpAddr, u32, Option<Vec<Check>>)>,
     /// notify_up / notify_down commands per real server (same order).
@@ -77,6 +80,12 @@ struct Check {
     payload: Option<String>,
     /// `Some(None)`: any answer; `Some(Some(hex))`: one matching the pattern.
     reply: Option<Option<String>>,
+    /// script: misc_dynamic.
+    dynamic: bool,
+    /// file: the file, its weight and reverse.
+    file: Option<String>,
+    weight: Option<i64>,
+    reverse: bool,
 }
 
 /// The YAML for `lvs`; `source` names the imported file in the header.
@@ -155,8 +164,19 @@ pub fn to_yaml(lvs: &Lvs, source: &str, reports: &mut Reports) -> String {
         if s.inhibit_on_failure {
             let _ = writeln!(y, "    inhibit_on_failure: true");
         }
-        if let Some(a) = s.sorry_server {
-            let _ = writeln!(y, "    sorry_server: {{ address: {a} }}");
+        match s.sorry_server {
+            Some((a, false)) => {
+                let _ = writeln!(y, "    sorry_server: {{ address: {a} }}");
+            }
+            Some((a, true)) => {
+                let _ = writeln!(y, "    sorry_server: {{ address: {a}, inhibit: true }}");
+            }
+            None => {}
+        }
+        for (field, on) in [("omega", s.omega), ("ha_suspend", s.ha_suspend)] {
+            if on {
+                let _ = writeln!(y, "    {field}: true");
+            }
         }
         if let Some(q) = s.quorum {
             let _ = writeln!(y, "    quorum: {q}");
@@ -261,6 +281,18 @@ fn write_check(y: &mut String, first: &str, rest: &str, c: &Check) {
         Some(Some(p)) => lines.push(format!("reply: \"{p}\"")),
         None => {}
     }
+    if c.dynamic {
+        lines.push("dynamic: true".into());
+    }
+    if let Some(f) = &c.file {
+        lines.push(format!("file: {}", scalar(f)));
+    }
+    if let Some(w) = c.weight {
+        lines.push(format!("weight: {w}"));
+    }
+    if c.reverse {
+        lines.push("reverse: true".into());
+    }
     if !c.status.is_empty() {
         let list: Vec<String> = c.status.iter().map(|(lo, hi)| if lo == hi { format!("\"{lo}\"") } else { format!("\"{lo}-{hi}\"") }).collect();
         lines.push(format!("status: [{}]", list.join(", ")));
@@ -268,6 +300,64 @@ fn write_check(y: &mut String, first: &str, rest: &str, c: &Check) {
     for (i, line) in lines.iter().enumerate() {
         let _ = writeln!(y, "{}{line}", if i == 0 { first } else { rest });
     }
+}
+
+/// FILE_CHECK with its top-level `track_file` block: the file, and the weight and reverse
+/// of the FILE_CHECK, else of the track_file (default 1). None when keepalived ignores it.
+fn file_check(ck: &Checker, track_files: &TrackFiles, c: &mut Check, reports: &mut Reports) -> Option<()> {
+    let Some(name) = &ck.track_file else {
+        reports.add(Severity::Error, &ck.at, "FILE_CHECK", "no track_file: keepalived ignores the check (\"FILE_CHECK has no track_file specified\")", "left out");
+        return None;
+    };
+    let Some(node) = track_files.get(name) else {
+        reports.add(Severity::Error, &ck.at, "track_file", format!("`{name}` is not a track_file block: keepalived ignores the check"), "left out");
+        return None;
+    };
+    let (mut file, mut weight, mut reverse, mut init) = (None, 1i64, false, None);
+    for line in node.children() {
+        match (line.keyword.as_str(), line.args.first()) {
+            ("file", Some(f)) => file = Some(f.clone()),
+            ("weight", Some(w)) => {
+                if let Ok(w) = super::values::number(w, -254, 254) {
+                    weight = w;
+                    reverse = line.args.get(1).is_some_and(|a| a == "reverse");
+                }
+            }
+            ("init_file", v) => init = Some(v.cloned().unwrap_or_else(|| "0".into())),
+            _ => {}
+        }
+    }
+    if let Some((w, r)) = ck.file_weight {
+        (weight, reverse) = (w, r);
+    }
+    let Some(file) = file else {
+        reports.add(Severity::Error, &node.at, "track_file", format!("`{name}` names no file: keepalived drops it"), "the FILE_CHECK left out");
+        return None;
+    };
+    if let Some(v) = init {
+        reports.add(
+            Severity::Warning,
+            &node.at,
+            "init_file",
+            format!("keepalived writes {v} into {file} at start when it is missing; drlb writes nothing and reads a missing file as 0"),
+            format!("create it before drlb starts (echo {v} > {file}) if the server must start as keepalived starts it"),
+        );
+    }
+    c.kind = "file";
+    c.port = None;
+    c.file = Some(file);
+    c.weight = Some(weight);
+    c.reverse = reverse;
+    // keepalived reads the file when inotify says it changed; drlb reads it every second.
+    c.interval = Duration::from_secs(1);
+    c.retries = 0;
+    c.retry_delay = Duration::from_secs(1);
+    c.warmup = None;
+    c.alpha = false;
+    c.address = None;
+    c.source = None;
+    c.source_port = None;
+    Some(())
 }
 
 /// A YAML scalar, quoted when it must be.
@@ -587,11 +677,6 @@ fn service(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Servi
             persistence_timeout = Some(DEFAULT_PERSISTENCE);
         }
     }
-    for (what, present) in [("omega", vs.omega), ("ha_suspend", vs.ha_suspend)] {
-        if present {
-            reports.add(Severity::Warning, &vs.at, what, "drlb has no equivalent yet", "ignored");
-        }
-    }
     unsupported(&vs.unsupported, reports, "virtual_server");
     let mut sorry_server = None;
     if let Some(s) = &vs.sorry_server {
@@ -601,13 +686,10 @@ fn service(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Servi
             if port.is_some_and(|port| s.port.is_some_and(|p| p != 0 && p != port)) {
                 reports.add(Severity::Warning, &s.at, "sorry_server", "a DR sorry server's port must be the service port; keepalived resets it", "the service port, as keepalived");
             }
-            if s.inhibit {
-                reports.add(Severity::Warning, &s.at, "sorry_server_inhibit", "drlb has no equivalent yet", "ignored");
-            }
             if vs.real_servers.iter().any(|r| r.ip == s.ip) {
                 reports.add(Severity::Warning, &s.at, "sorry_server", "the sorry server is also a real server; drlb needs it apart", "sorry server left out");
             } else {
-                sorry_server = Some(s.ip);
+                sorry_server = Some((s.ip, s.inhibit));
             }
         }
     }
@@ -660,7 +742,7 @@ fn service(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Servi
         real_servers.push((rs.ip, weight, None));
         notifies.push(notify);
         inhibit.push((rs.inhibit_on_failure.unwrap_or(vs.inhibit_on_failure), rs.at.clone()));
-        checks.push(checks_for(vs, rs, port.unwrap_or(0), reports));
+        checks.push(checks_for(vs, rs, &lvs.track_files, port.unwrap_or(0), reports));
     }
     if real_servers.is_empty() {
         reports.add(Severity::Warning, &vs.at, "virtual_server", "no real server left that drlb can forward to", "left out");
@@ -722,6 +804,8 @@ fn service(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Servi
         inhibit_on_failure,
         sorry_server,
         quorum,
+        omega: vs.omega,
+        ha_suspend: vs.ha_suspend,
         real_servers,
         notify: notifies,
         quorum_hysteresis,
@@ -742,12 +826,15 @@ fn script_command(script: &Option<super::lvs::Script>, reports: &mut Reports) ->
 
 /// The drlb checks for one real server's checkers (none: always up, as keepalived with no
 /// checker); the server is up while all pass, as in keepalived.
-fn checks_for(vs: &VirtualServer, rs: &RealServer, vs_port: u16, reports: &mut Reports) -> Vec<Check> {
+fn checks_for(vs: &VirtualServer, rs: &RealServer, track_files: &TrackFiles, vs_port: u16, reports: &mut Reports) -> Vec<Check> {
     let inherited = rs.timing.under(&vs.timing);
-    rs.checkers.iter().filter_map(|ck| check(vs, rs, ck, &inherited, vs_port, reports)).collect()
+    rs.checkers.iter().filter_map(|ck| check(vs, rs, ck, &inherited, track_files, vs_port, reports)).collect()
 }
 
-fn check(vs: &VirtualServer, rs: &RealServer, ck: &Checker, inherited: &Timing, vs_port: u16, reports: &mut Reports) -> Option<Check> {
+/// The top-level `track_file NAME { ... }` blocks, by name.
+type TrackFiles = std::collections::BTreeMap<String, super::tree::Node>;
+
+fn check(vs: &VirtualServer, rs: &RealServer, ck: &Checker, inherited: &Timing, track_files: &TrackFiles, vs_port: u16, reports: &mut Reports) -> Option<Check> {
     let t = ck.timing.under(inherited);
     let delay_loop = t.delay_loop.unwrap_or(DEFAULT_DELAY_LOOP);
     let retries = t.retry.unwrap_or(ck.kind.default_retry());
@@ -822,6 +909,10 @@ fn check(vs: &VirtualServer, rs: &RealServer, ck: &Checker, inherited: &Timing, 
         query_name: None,
         payload: None,
         reply: None,
+        dynamic: false,
+        file: None,
+        weight: None,
+        reverse: false,
     };
     match ck.kind {
         CheckerKind::Tcp => {}
@@ -867,9 +958,7 @@ fn check(vs: &VirtualServer, rs: &RealServer, ck: &Checker, inherited: &Timing, 
                 // keepalived: the virtual server's delay_loop, not the checker's.
                 _ => vs.timing.delay_loop.unwrap_or(DEFAULT_DELAY_LOOP),
             };
-            if ck.misc_dynamic {
-                reports.add(Severity::Warning, &ck.at, "misc_dynamic", "drlb does not set weights from exit codes yet", "exit 0 is up, anything else down; the weight stays as configured");
-            }
+            c.dynamic = ck.misc_dynamic;
             if script.user.is_some() {
                 reports.add(Severity::Warning, &ck.at, "user", "drlb runs scripts as its own user", "ignored");
             }
@@ -901,7 +990,8 @@ fn check(vs: &VirtualServer, rs: &RealServer, ck: &Checker, inherited: &Timing, 
             }
         }
         CheckerKind::Ping => c.kind = "ping",
-        CheckerKind::File | CheckerKind::Bfd => {
+        CheckerKind::File => file_check(ck, track_files, &mut c, reports)?,
+        CheckerKind::Bfd => {
             reports.add(Severity::Warning, &ck.at, ck.kind.keyword(), "drlb has no such checker yet", "left out: the real server counts as up unless another check fails");
             return None;
         }
