@@ -64,6 +64,12 @@ fn fixtures() -> Vec<Fixture> {
             reports: &["ops: one-packet scheduling needs UDP"],
         },
         Fixture {
+            what: "misc_dynamic, FILE_CHECK with its track_file (init_file reported), omega, ha_suspend, sorry_server_inhibit",
+            keepalived: "track_file maint {\n  file /run/maint\n  weight 0\n  init_file 3\n}\nvirtual_server 198.18.0.100 80 {\n  lb_kind DR\n  protocol TCP\n  omega\n  ha_suspend\n  sorry_server 198.18.0.99 80\n  sorry_server_inhibit\n  real_server 198.18.0.11 80 {\n    MISC_CHECK {\n      misc_path /bin/true\n      misc_dynamic\n    }\n    FILE_CHECK {\n      track_file maint\n    }\n  }\n}\n",
+            yaml: &["dynamic: true", "- type: file", "file: /run/maint", "weight: 0", "omega: true", "ha_suspend: true", "sorry_server: { address: 198.18.0.99, inhibit: true }"],
+            reports: &["init_file: keepalived writes 3 into /run/maint at start"],
+        },
+        Fixture {
             what: "lvs_sched and lvs_method are the current names of lb_algo and lb_kind",
             keepalived: "virtual_server 198.18.0.100 80 {\n  lvs_sched rr\n  lvs_method DR\n  protocol TCP\n  real_server 198.18.0.11 80 {\n  }\n}\n",
             yaml: &["scheduler: rr"],
