@@ -306,7 +306,7 @@ pub fn run(series: &str, arch: &str, drlb: &Path) -> Result<String> {
     let fuzz = console.lines().find_map(|l| l.find("fuzz: ").map(|i| l[i + "fuzz: ".len()..].split(" frames").next().unwrap_or("").to_string()));
     let ipvs: Vec<&str> = console.lines().filter_map(|l| l.find("selftest ipvs-sync: ").map(|i| &l[i + "selftest ipvs-sync: ".len()..])).collect();
     let choices: Vec<&str> = console.lines().filter_map(|l| l.find("selftest ipvs-choices: ").map(|i| &l[i + "selftest ipvs-choices: ".len()..])).collect();
-    if rc.trim() != "0" || !console.contains("fixture rows passed") || lab.len() != 2 || fuzz.is_none() || ipvs.len() != 2 || choices.len() != 4 {
+    if rc.trim() != "0" || !console.contains("fixture rows passed") || lab.len() != 2 || fuzz.is_none() || ipvs.len() != 2 || choices.len() != 7 /* selftest::ipvs_choices::ROUND_COUNT */ {
         bail!("drlb failed on {series} ({banner}):\n{console}");
     }
     let rows = console.lines().find_map(|l| l.find("selftest: ").map(|i| l[i + "selftest: ".len()..].trim().to_string())).unwrap_or_default();

@@ -403,9 +403,13 @@ impl Controller {
                 let env = vec![("DRLB_SERVICE", svc.name.clone()), ("DRLB_VIP", svc.vip.to_string()), ("DRLB_STATE", "down".to_string())];
                 scripts.push((command.clone(), env, format!("{} quorum_down (stopping)", svc.name)));
             }
+            // All at once, each for at most a second (keepalived starts each with a timer of
+            // its own): a hundred slow scripts must not hold the stop past systemd's timeout.
+            let mut running = tokio::task::JoinSet::new();
             for (command, env, what) in scripts {
-                hooks::run_and_wait(&command, env, what, Duration::from_secs(1)).await;
+                running.spawn(async move { hooks::run_and_wait(&command, env, what, Duration::from_secs(1)).await });
             }
+            while running.join_next().await.is_some() {}
         }
     }
 

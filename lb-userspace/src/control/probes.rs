@@ -353,8 +353,19 @@ fn checksum(data: &[u8]) -> u16 {
 async fn read_track_file(t: &Target) -> Result<Option<i64>, String> {
     let c = &t.check;
     let path = c.file.clone().unwrap_or_default();
-    // A local file of at most a few bytes: read in place, not on a blocking thread.
-    let text = std::fs::read(&path).map(|b| String::from_utf8_lossy(&b[..b.len().min(127)]).into_owned()).unwrap_or_default();
+    // As keepalived: non-blocking (a FIFO must not hang a worker) and 127 bytes at most.
+    let text = {
+        use std::io::Read as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut buf = Vec::new();
+        match std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(&path) {
+            Ok(f) => {
+                let _ = f.take(127).read_to_end(&mut buf);
+            }
+            Err(_) => {}
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    };
     let Some(value) = strtol(&text) else {
         return Err(format!("{}: `{}` is not a number keepalived would read", path.display(), text.trim()));
     };

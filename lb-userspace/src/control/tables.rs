@@ -80,7 +80,13 @@ impl Down {
 /// keepalived's weight_sum: the weights of a service's real servers its checks hold up
 /// (whether their MAC is known yet is the dataplane's concern, not the quorum's).
 pub fn up_weight(svc: &config::Service, down: &Down) -> u64 {
-    svc.real_servers.iter().filter(|rs| rs.weight > 0 && !down.is_down(&svc.name, rs.address)).map(|rs| u64::from(rs.weight)).sum()
+    // The weights they have now: a dynamic check's, else the configured (keepalived sums
+    // `real_weight(effective_weight)` of alive servers).
+    svc.real_servers
+        .iter()
+        .filter(|rs| !down.is_down(&svc.name, rs.address))
+        .map(|rs| u64::from(down.weight(&svc.name, rs)))
+        .sum()
 }
 
 /// keepalived's quorum with hysteresis: gained at `quorum + hysteresis`, lost below
@@ -523,7 +529,21 @@ fn service_part(
     let (table, cycle_start) = match svc.scheduler {
         Scheduler::Wrr => {
             let weights: Vec<u32> = members.iter().map(|m| m.2).collect();
-            sched_tables::wrr_sequence(&list, &weights).ok_or_else(|| BuildError::WrrTooLong { service: svc.name.clone() })?
+            match sched_tables::wrr_sequence(&list, &weights) {
+                Some(seq) => seq,
+                // Dynamic weights (drlb check budgets the configured ones) can make a cycle
+                // too long to store: the configured weights' cycle then, rather than no
+                // update for any service.
+                None if !down.weights.is_empty() => {
+                    let configured: Vec<u32> = members
+                        .iter()
+                        .map(|m| svc.real_servers.iter().find(|r| r.address == m.1).map_or(m.2, |r| if m.2 == 0 { 0 } else { r.weight }))
+                        .collect();
+                    let list = ListDests(list.0.iter().zip(configured.iter().rev()).map(|(d, w)| DestInfo { weight: *w, ..*d }).collect());
+                    sched_tables::wrr_sequence(&list, &configured).ok_or_else(|| BuildError::WrrTooLong { service: svc.name.clone() })?
+                }
+                None => return Err(BuildError::WrrTooLong { service: svc.name.clone() }),
+            }
         }
         Scheduler::Sh => (sched_tables::sh_table(&list), 0),
         Scheduler::Dh => (lb_common::sched::dh_table(list.0.len()).to_vec(), 0),

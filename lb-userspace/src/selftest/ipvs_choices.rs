@@ -1,5 +1,6 @@
 //! `drlb selftest --ipvs-choices`: the kernel's IPVS and drlb choose the same real server
-//! for the same clients. For `sh` and `mh`, with equal weights and with 1:2:3, IPVS
+//! for the same clients. For `sh` and `mh`, with equal weights and with 1:2:3, and with
+//! IPVS's flags sh-port, sh-fallback and mh-port, IPVS
 //! (`ipvsadm -A -s ...`, real servers added in configuration order as keepalived adds them)
 //! schedules a SYN from each of 16 client addresses and 2 source ports; `ipvsadm -Lnc` says
 //! where each went; drlb's tables, built for the same configuration, and its forwarding
@@ -22,6 +23,19 @@ use crate::selftest::netns::VIP;
 const SERVERS: [Ipv4Addr; 3] = [Ipv4Addr::new(198, 18, 0, 31), Ipv4Addr::new(198, 18, 0, 32), Ipv4Addr::new(198, 18, 0, 33)];
 /// Client addresses: 198.18.0.40 to .55.
 const CLIENTS: u8 = 16;
+/// Scheduler, weights in configuration order, IPVS scheduler flag (`ipvsadm -b`). With
+/// sh-fallback a server has weight 0, so the clients hashed to it fall back.
+const ROUNDS: [(&str, [u32; 3], Option<&str>); 7] = [
+    ("sh", [1, 1, 1], None),
+    ("sh", [1, 2, 3], None),
+    ("mh", [1, 1, 1], None),
+    ("mh", [1, 2, 3], None),
+    ("sh", [1, 2, 3], Some("sh-port")),
+    ("sh", [1, 0, 3], Some("sh-fallback")),
+    ("mh", [1, 2, 3], Some("mh-port")),
+];
+/// Lines `run` reports: one per round.
+pub const ROUND_COUNT: usize = ROUNDS.len();
 
 pub fn run() -> Result<String> {
     let ipvsadm = find_ipvsadm().ok_or_else(|| anyhow!("ipvsadm is not installed"))?;
@@ -37,11 +51,17 @@ pub fn run() -> Result<String> {
     set_vip(ipvs, true)?;
     let mut lines = Vec::new();
     let mut failures = Vec::new();
-    for (round, (scheduler, weights)) in [("sh", [1, 1, 1]), ("sh", [1, 2, 3]), ("mh", [1, 1, 1]), ("mh", [1, 2, 3])].into_iter().enumerate() {
+    for (round, (scheduler, weights, flag)) in ROUNDS.into_iter().enumerate() {
         let ipvs_cmd = |args: &[&str]| run_in(ipvs, &ipvsadm, args);
         let vs = format!("{VIP}:80");
         ipvs_cmd(&["-C"])?;
-        ipvs_cmd(&["-A", "-t", &vs, "-s", scheduler]).with_context(|| format!("is the ip_vs_{scheduler} module loaded?"))?;
+        let mut add = vec!["-A", "-t", &vs, "-s", scheduler];
+        // ipvsadm takes every version's name of the bits: flag-1 is sh-/mh-fallback,
+        // flag-2 sh-/mh-port (IP_VS_SVC_F_SCHED1, SCHED2).
+        if let Some(f) = flag {
+            add.extend(["-b", if f.ends_with("-fallback") { "flag-1" } else { "flag-2" }]);
+        }
+        ipvs_cmd(&add).with_context(|| format!("is the ip_vs_{scheduler} module loaded?"))?;
         for (addr, w) in SERVERS.iter().zip(weights) {
             ipvs_cmd(&["-a", "-t", &vs, "-r", &format!("{addr}:80"), "-g", "-w", &w.to_string()])?;
         }
@@ -58,22 +78,27 @@ pub fn run() -> Result<String> {
         std::thread::sleep(Duration::from_millis(300));
         let listed = ipvs_cmd(&["-Lnc"])?;
         let ipvs_choice = parse_connections(&listed);
-        let drlb_choice = drlb_choices(scheduler, &weights)?;
+        let drlb_choice = drlb_choices(scheduler, &weights, flag, &ports)?;
         let (mut same, mut total) = (0, 0);
         for i in 0..CLIENTS {
             let client = Ipv4Addr::new(198, 18, 0, 40 + i);
             for port in ports {
                 total += 1;
                 let theirs = ipvs_choice.get(&(client, port)).copied();
-                let ours = drlb_choice.get(&client).copied();
-                if theirs.is_some() && theirs == ours {
+                let ours = drlb_choice.get(&(client, port)).copied();
+                // Where both drop the SYN (no usable server: weight 0 without fallback), they agree.
+                if theirs == ours {
                     same += 1;
                 } else {
-                    failures.push(format!("{scheduler} {weights:?}: {client}:{port}: IPVS chose {theirs:?}, drlb {ours:?}"));
+                    failures.push(format!("{scheduler} {weights:?} {flag:?}: {client}:{port}: IPVS chose {theirs:?}, drlb {ours:?}"));
                 }
             }
         }
-        lines.push(format!("selftest ipvs-choices: {scheduler} weights {}: {same}/{total} clients sent where IPVS sends them", weights.map(|w| w.to_string()).join(":")));
+        let flag = flag.map(|f| format!(" {f}")).unwrap_or_default();
+        lines.push(format!(
+            "selftest ipvs-choices: {scheduler}{flag} weights {}: {same}/{total} clients sent where IPVS sends them",
+            weights.map(|w| w.to_string()).join(":")
+        ));
     }
     let _ = run_in(ipvs, &ipvsadm, &["-C"]);
     ensure!(failures.is_empty(), "drlb and IPVS chose differently:\n{}\n{}", failures.join("\n"), lines.join("\n"));
@@ -115,10 +140,11 @@ fn parse_connections(listed: &str) -> HashMap<(Ipv4Addr, u16), Ipv4Addr> {
 
 /// drlb's choice for each client: its tables for the same service, and its forwarding
 /// decision in the host model.
-fn drlb_choices(scheduler: &str, weights: &[u32; 3]) -> Result<HashMap<Ipv4Addr, Ipv4Addr>> {
+fn drlb_choices(scheduler: &str, weights: &[u32; 3], flag: Option<&str>, ports: &[u16]) -> Result<HashMap<(Ipv4Addr, u16), Ipv4Addr>> {
     let servers: Vec<String> = SERVERS.iter().zip(weights).map(|(a, w)| format!("{{ address: {a}, weight: {w} }}")).collect();
     let yaml = format!(
-        "director: {{ interface: eth0 }}\nservices:\n  - {{ name: web, vip: {VIP}, port: 80, protocol: tcp, scheduler: {scheduler}, real_servers: [ {} ] }}\n",
+        "director: {{ interface: eth0 }}\nservices:\n  - {{ name: web, vip: {VIP}, port: 80, protocol: tcp, scheduler: {scheduler}, scheduler_flags: [{}], real_servers: [ {} ] }}\n",
+        flag.unwrap_or(""),
         servers.join(", ")
     );
     let config = Config::parse(Path::new("ipvs-choices.yaml"), &yaml).map_err(|e| anyhow!("{e}"))?;
@@ -132,10 +158,12 @@ fn drlb_choices(scheduler: &str, weights: &[u32; 3]) -> Result<HashMap<Ipv4Addr,
     for i in 0..CLIENTS {
         let client = Ipv4Addr::new(198, 18, 0, 40 + i);
         let vip = lb_common::addr::v4_mapped(VIP.octets());
-        if let Some(slot) = lb_common::dataplane::Tables::schedule(&model, id, &svc, &lb_common::addr::v4_mapped(client.octets()), 0, &vip) {
-            let b = model.backends.get(&slot).ok_or_else(|| anyhow!("no backend {slot}"))?;
-            let a = b.addr;
-            out.insert(client, Ipv4Addr::new(a[12], a[13], a[14], a[15]));
+        for &port in ports {
+            if let Some(slot) = lb_common::dataplane::Tables::schedule(&model, id, &svc, &lb_common::addr::v4_mapped(client.octets()), port, &vip) {
+                let b = model.backends.get(&slot).ok_or_else(|| anyhow!("no backend {slot}"))?;
+                let a = b.addr;
+                out.insert((client, port), Ipv4Addr::new(a[12], a[13], a[14], a[15]));
+            }
         }
     }
     Ok(out)

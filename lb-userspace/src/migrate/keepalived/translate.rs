@@ -787,6 +787,16 @@ fn service(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Servi
     }
     let quorum_up = script_command(&vs.quorum_up, reports);
     let quorum_down = script_command(&vs.quorum_down, reports);
+    if vs.ha_suspend && matches!(vs.address, VsAddress::Group(_)) {
+        // check_api.c: a group's addresses never match, so its checks never ran.
+        reports.add(
+            Severity::Warning,
+            &vs.at,
+            "ha_suspend",
+            "on a virtual_server_group keepalived never finds the group's address held and never runs its checks (servers stay as they start)",
+            "ha_suspend: true, as written: drlb runs the checks while the interface holds one of the group's addresses",
+        );
+    }
     Some(Service {
         comment: String::new(),
         name: String::new(),
