@@ -326,6 +326,35 @@ fn flow_cache_follows_a_connection_replaced_on_another_cpu() {
     assert_eq!(c.state, lb_common::conn::tcp::ESTABLISHED);
 }
 
+/// lblc's entry for a VIP is the service's scheduler state: made by a SYN, and gone when a
+/// reload gives the service another scheduler (IPVS frees a scheduler's data with it).
+#[test]
+fn locality_entries_go_with_their_scheduler() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let config = |scheduler: &str| {
+        let text = format!(
+            "director: {{ interface: eth0 }}\nservices:\n  - {{ name: web, vip: 198.18.0.100, port: 80, protocol: tcp, scheduler: {scheduler},\n      \
+             real_servers: [ {{ address: 198.18.0.11 }}, {{ address: 198.18.0.12 }} ] }}\n"
+        );
+        lb_userspace::control::tables::build(&Config::parse(Path::new("lblc.yaml"), &text).unwrap(), &macs(), DIRECTOR_MAC).unwrap()
+    };
+    let mut dp = Dataplane::load_with(65536).expect("load the dataplane");
+    dp.apply(&config("lblc")).unwrap();
+    let frame = tcp_to(vip(WEB), 45900, 80, SYN);
+    let mut out = vec![0u8; frame.len() + 256];
+    let r = dp.program(PROGRAM_LB).unwrap().test_run(TestRunOptions { data_in: Some(&frame), data_out: Some(&mut out), ..TestRunOptions::new() }).unwrap();
+    assert_eq!(r.return_value, XDP_TX);
+    let entries = dp.localities().unwrap();
+    assert_eq!(entries.len(), 1, "the VIP's entry");
+    assert_eq!(entries[0].0.daddr, lb_common::addr::v4_mapped(vip(WEB)));
+    dp.apply(&config("lblc")).unwrap();
+    assert_eq!(dp.localities().unwrap().len(), 1, "an unchanged service keeps it");
+    dp.apply(&config("wlc")).unwrap();
+    assert!(dp.localities().unwrap().is_empty(), "another scheduler: gone");
+}
+
 /// The benchmark's floors do what the report says they do: (b) swaps the MACs and sends the
 /// frame back, unchanged otherwise; (c) does the same after recording the flow.
 #[test]

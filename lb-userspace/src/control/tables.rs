@@ -658,6 +658,16 @@ mod tests {
         assert_eq!(c.slots, vec![vec![0, 1]], "a freed slot is given out again");
     }
 
+    /// Reproducible numbers below `n` (xorshift64 from `seed`), for the randomised tests.
+    fn numbers(mut seed: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        }
+    }
+
     /// fo, ovf, twos, and sh and mh with their flags, end to end — the config, the tables
     /// the controller builds, the dataplane's choice over them (host model) — against
     /// IPVS's own loops transcribed in `lb_common::host::ipvs`, over many random services:
@@ -667,13 +677,7 @@ mod tests {
     fn table_and_loop_schedulers_choose_as_ipvs() {
         use lb_common::dataplane::Tables as _;
         use lb_common::host::ipvs;
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = numbers(0x2545_f491_4f6c_dd1d);
         for case in 0..1000 {
             let scheduler = ["fo", "ovf", "twos", "sh", "mh"][case % 5];
             let n = 1 + next(6) as usize;
@@ -741,13 +745,7 @@ mod tests {
     fn locality_schedulers_follow_ipvs_over_time() {
         use lb_common::dataplane::Tables as _;
         use lb_common::host::ipvs;
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = numbers(0x9e37_79b9_7f4a_7c15);
         let expiration = u64::from(lb_common::maps::LOCALITY_EXPIRATION_S) * 1000;
         for case in 0..300 {
             let scheduler = ["lblc", "lblcr"][case % 2];

@@ -517,6 +517,22 @@ impl Dataplane {
         self.last_apply = Some(std::time::Instant::now());
         match result {
             Ok(()) => {
+                // lblc/lblcr entries of a service that is gone or schedules otherwise now are
+                // not its state any more (IPVS frees a scheduler's data with it); the service's
+                // id may be given to another.
+                use lb_common::maps::Scheduler;
+                let locality = |s: &lb_common::maps::Service| matches!(Scheduler::from_code(s.scheduler), Some(Scheduler::Lblc | Scheduler::Lblcr));
+                let stale: Vec<u32> = old
+                    .services
+                    .iter()
+                    .filter(|(id, s)| locality(s) && tables.services.get(id).is_none_or(|n| n.scheduler != s.scheduler))
+                    .map(|(id, _)| *id)
+                    .collect();
+                if !stale.is_empty() {
+                    if let Err(e) = self.forget_locality_of_services(&stale) {
+                        warn!("removing lblc/lblcr entries of services that changed: {e:#}");
+                    }
+                }
                 self.applied = tables;
                 self.rewrite_all = false;
                 Ok(())
@@ -839,6 +855,24 @@ impl Dataplane {
             .filter(|(_, e)| e.set.iter().take(e.count as usize).any(|s| slots.contains(s)))
             .map(|(k, _)| k)
             .collect();
+        for k in &stale {
+            let _ = m.remove(k);
+        }
+        Ok(stale.len())
+    }
+
+    /// Every lblc/lblcr entry.
+    pub fn localities(&self) -> Result<Vec<(lb_common::maps::LocalityKey, lb_common::maps::Locality)>> {
+        use lb_common::maps::{Locality, LocalityKey, MAP_LOCALITY};
+        let m: BpfHashMap<&MapData, LocalityKey, Locality> = BpfHashMap::try_from(self.map(MAP_LOCALITY)?)?;
+        Ok(m.iter().filter_map(|r| r.ok()).collect())
+    }
+
+    /// Removes every lblc/lblcr entry of the services `ids`.
+    fn forget_locality_of_services(&mut self, ids: &[u32]) -> Result<usize> {
+        use lb_common::maps::{Locality, LocalityKey, MAP_LOCALITY};
+        let mut m: BpfHashMap<&mut MapData, LocalityKey, Locality> = BpfHashMap::try_from(self.map_mut(MAP_LOCALITY)?)?;
+        let stale: Vec<LocalityKey> = m.keys().filter_map(|k| k.ok()).filter(|k| ids.contains(&k.service)).collect();
         for k in &stale {
             let _ = m.remove(k);
         }

@@ -994,8 +994,8 @@ impl Config {
                 ));
             }
             if let Some(sorry) = &svc.sorry_server {
-                if sorry.address == svc.vip || svc.real_servers.iter().any(|r| r.address == sorry.address) {
-                    problems.push((at("sorry_server.address"), "the sorry server must differ from the VIP and from every real server".into()));
+                if svc.addresses().contains(&sorry.address) || svc.real_servers.iter().any(|r| r.address == sorry.address) {
+                    problems.push((at("sorry_server.address"), "the sorry server must differ from the VIPs and from every real server".into()));
                 }
             }
             let mut seen = HashSet::new();
