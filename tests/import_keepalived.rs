@@ -467,7 +467,7 @@ fn the_corpus_imports_where_keepalived_does_and_reports_where_it_complains() {
             }
             let port = if endpoints.iter().any(|e| e.1 == 0) { 0 } else { port };
             let scheduler = vs.scheduler.clone().unwrap_or_else(|| "wlc".into());
-            if lb_userspace::control::config::Scheduler::from_name(&scheduler).is_some_and(|s| s.in_dataplane()) && svc.scheduler.name() != scheduler {
+            if lb_userspace::control::config::Scheduler::from_name(&scheduler).is_some() && svc.scheduler.name() != scheduler {
                 failures.push(format!("{name}: {}: scheduler {} instead of {scheduler}", vs.at, svc.scheduler.name()));
             }
             let persistence = vs.persistence_timeout.or(vs.persistence_granularity.as_ref().map(|_| 360)).or((port == 0).then_some(360));

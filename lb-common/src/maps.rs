@@ -359,11 +359,6 @@ impl Scheduler {
         Self::NAMES[self as usize]
     }
 
-    /// Whether the XDP program runs it (all of IPVS's do).
-    pub const fn in_dataplane(self) -> bool {
-        true
-    }
-
     /// Whether the scheduler has IPVS's fallback and port flags (`sh-fallback`,
     /// `sh-port`; `mh-fallback`, `mh-port`).
     pub const fn has_flags(self) -> bool {

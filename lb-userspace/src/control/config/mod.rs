@@ -910,13 +910,6 @@ impl Config {
                     }
                 }
             }
-            if !svc.scheduler.in_dataplane() {
-                let have: Vec<&str> = Scheduler::ALL.iter().filter(|s| s.in_dataplane()).map(|s| s.name()).collect();
-                problems.push((
-                    at("scheduler"),
-                    format!("scheduler `{}` is not in drlb's dataplane yet ({} are)", svc.scheduler.name(), have.join(", ")),
-                ));
-            }
             for flag in &svc.scheduler_flags {
                 if flag.scheduler() != svc.scheduler {
                     problems.push((

@@ -664,7 +664,8 @@ fn virtual_server(node: &Node, reports: &mut Reports) -> Option<VirtualServer> {
         match k {
             "lvs_sched" | "lb_algo" => {
                 if let Some(a) = arg(c, reports) {
-                    const KNOWN: [&str; 14] = ["rr", "wrr", "lc", "wlc", "lblc", "sh", "mh", "dh", "fo", "ovf", "lblcr", "sed", "nq", "twos"];
+                    // keepalived's lvs_schedulers[] are IPVS's, as drlb's are.
+                    const KNOWN: [&str; 14] = crate::control::config::Scheduler::NAMES;
                     if KNOWN.contains(&a) {
                         vs.scheduler = Some(a.to_string());
                     } else {

@@ -594,20 +594,8 @@ fn service(vs: &VirtualServer, lvs: &Lvs, reports: &mut Reports) -> Option<Servi
         }
     };
     let scheduler = match vs.scheduler.as_deref() {
-        Some(s) if crate::control::config::Scheduler::from_name(s).is_some_and(|s| s.in_dataplane()) => s.to_string(),
-        Some(s) => {
-            reports.add(
-                Severity::Warning,
-                &vs.at,
-                "lvs_sched",
-                format!(
-                    "`{s}` is not in drlb's dataplane yet ({})",
-                    crate::control::config::Scheduler::ALL.iter().filter(|s| s.in_dataplane()).map(|s| s.name()).collect::<Vec<_>>().join(", ")
-                ),
-                "wlc instead",
-            );
-            "wlc".to_string()
-        }
+        // lvs.rs keeps only names of IPVS's schedulers, which are drlb's.
+        Some(s) => s.to_string(),
         None => {
             reports.add(Severity::Note, &vs.at, "lvs_sched", "no scheduler set; keepalived uses wlc", "wlc, as keepalived");
             "wlc".to_string()
