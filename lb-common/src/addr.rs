@@ -10,6 +10,13 @@ pub const fn v4_mapped(v4: [u8; 4]) -> Addr16 {
     [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]]
 }
 
+/// The address whose bytes are the little-endian words `w` (how a key's words hold it).
+#[inline(always)]
+pub fn from_words(w: [u64; 2]) -> Addr16 {
+    // SAFETY: 16 bytes either way; on drlb's little-endian targets the bytes in memory order.
+    unsafe { core::mem::transmute::<[u64; 2], Addr16>(w) }
+}
+
 /// Returns the IPv4 address inside an IPv4-mapped 16-byte address, if it is one.
 pub fn as_v4(addr: &Addr16) -> Option<[u8; 4]> {
     if addr[..10].iter().all(|b| *b == 0) && addr[10] == 0xff && addr[11] == 0xff {

@@ -42,6 +42,21 @@ impl ConnKey {
         unsafe { core::mem::transmute::<[u64; 5], ConnKey>(words) }
     }
 
+    /// The key of an IPv6 packet, built in whole words as [`ConnKey::v4`]: the addresses'
+    /// words as [`crate::packet::load_addr6`] loads them, ports in host order.
+    #[inline(always)]
+    pub fn v6(src: &[u32; 4], dst: &[u32; 4], cport: u16, vport: u16, proto: u8) -> ConnKey {
+        let words: [u64; 5] = [
+            src[0] as u64 | (src[1] as u64) << 32,
+            src[2] as u64 | (src[3] as u64) << 32,
+            dst[0] as u64 | (dst[1] as u64) << 32,
+            dst[2] as u64 | (dst[3] as u64) << 32,
+            cport as u64 | (vport as u64) << 16 | (proto as u64) << 32,
+        ];
+        // SAFETY: 40 bytes either way, and every bit pattern is a valid ConnKey.
+        unsafe { core::mem::transmute::<[u64; 5], ConnKey>(words) }
+    }
+
     /// A multiplicative hash of the key's five words, for the direct-mapped tables
     /// (flow cache, half-open table), which take different bits of it.
     #[inline(always)]
@@ -71,6 +86,16 @@ mod key_tests {
         let by_fields = ConnKey { client: v4_mapped(src), vip: v4_mapped(dst), cport: 40001, vport: 443, proto: 17, _pad: [0; 3] };
         let by_words = ConnKey::v4(u32::from_le_bytes(src), u32::from_le_bytes(dst), 40001, 443, 17);
         assert_eq!(by_words, by_fields);
+    }
+
+    #[test]
+    fn word_built_v6_key_equals_field_built_key() {
+        let src: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+        let dst: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0x00];
+        let words = |a: &[u8; 16]| core::array::from_fn::<u32, 4, _>(|i| u32::from_le_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]]));
+        let by_fields = ConnKey { client: src, vip: dst, cport: 40312, vport: 80, proto: 6, _pad: [0; 3] };
+        assert_eq!(ConnKey::v6(&words(&src), &words(&dst), 40312, 80, 6), by_fields);
+        assert_eq!(crate::packet::addr6(&words(&src)), src);
     }
 }
 

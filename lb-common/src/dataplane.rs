@@ -16,11 +16,14 @@ use crate::events::Event;
 use crate::flowcache::{self, FlowCacheEntry};
 use crate::halfopen::{self, HalfOpen};
 use crate::maps::{
-    Scheduler, Backend, ConnCounts, Locality, LocalityKey, Persist, LOCALITY_EXPIRATION_S, LOCALITY_SET_MAX, BACKEND_F_PRESENT, SchedState, Service, ServiceKey, Vip, VipKey, IPPROTO_TCP,
+    addr_hash, Scheduler, Backend, ConnCounts, Locality, LocalityKey, Persist, LOCALITY_EXPIRATION_S, LOCALITY_SET_MAX, BACKEND_F_PRESENT, SchedState, Service, ServiceKey, Vip, VipKey, IPPROTO_TCP,
     IPPROTO_UDP, MAX_BACKENDS_PER_SERVICE, SVC_F_ONE_PACKET, SVC_F_PERSISTENT, SVC_F_SCHED_FALLBACK, SVC_F_SCHED_PORT,
     SVC_F_SLOPPY_TCP,
 };
-use crate::packet::{parse_l3, parse_l4, Packet, L3};
+use crate::packet::{
+    addr6, ethernet, ipv6_chain, load_addr6, parse_l3, parse_l4, Ipv6Chain, L4Info, Packet, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ICMP_HLEN,
+    IPPROTO_ICMP, IPPROTO_ICMPV6, IPV4_MIN_HLEN, IPV6_HLEN, L3,
+};
 use crate::sched::{self, DestInfo, Dests, NO_DEST};
 use crate::verdict::Verdict;
 
@@ -66,6 +69,8 @@ pub trait Tables {
     fn account(&self, slot: u32, bytes: u64, new_conn: bool);
     /// Runs `f` on the connection entry for `key`, if there is one, in place.
     fn with_conn<R>(&self, key: &ConnKey, f: impl FnOnce(Option<&mut Conn>) -> R) -> R;
+    /// A copy of the connection entry for `key`, which is left as it is.
+    fn conn(&self, key: &ConnKey) -> Option<Conn>;
     /// Runs `f` on this CPU's flow-cache entry `index` ([`crate::flowcache`]).
     fn with_flow_cache<R>(&self, index: u32, f: impl FnOnce(&mut FlowCacheEntry) -> R) -> Option<R>;
     /// `DRLB_CONN_GEN`.
@@ -108,9 +113,9 @@ pub trait Tables {
         if is_locality(svc) {
             schedule_locality(self, id, svc, vip)
         } else if loops_of_their_own(svc) {
-            schedule_more(self, svc, client, cport)
+            schedule_more(self, svc, addr_hash(svc.flags, client), cport)
         } else {
-            schedule(self, id, svc, client, cport, vip)
+            schedule(self, id, svc, addr_hash(svc.flags, client), cport, addr_hash(svc.flags, vip))
         }
     }
     /// Weighted least-connection over service `id` (`svc`): a backend slot. lblc and lblcr
@@ -121,8 +126,7 @@ pub trait Tables {
     where
         Self: Sized,
     {
-        let none = [0; 16];
-        schedule_as(self, id, svc, Scheduler::Wlc.code(), &none, 0, &none)
+        schedule_as(self, id, svc, Scheduler::Wlc.code(), 0, 0, 0)
     }
     /// lblc's and lblcr's `is_overloaded()` for the server in `slot` (a global function in
     /// the XDP program, as `least_connection`).
@@ -187,17 +191,18 @@ impl<T: Tables> Dests for ServiceDests<'_, T> {
     }
 }
 
-/// Picks a real server slot for a new connection of service `id` from `client` (source port
-/// `cport`) to `vip`.
+/// Picks a real server slot for a new connection of service `id` from a client (source
+/// port `cport`) to a VIP, each address given as the hashing schedulers take it
+/// ([`addr_hash`]).
 #[inline(always)]
-pub fn schedule<T: Tables>(t: &T, id: u32, svc: &Service, client: &Addr16, cport: u16, vip: &Addr16) -> Option<u32> {
-    schedule_as(t, id, svc, svc.scheduler, client, cport, vip)
+pub fn schedule<T: Tables>(t: &T, id: u32, svc: &Service, client_hash: u32, cport: u16, vip_hash: u32) -> Option<u32> {
+    schedule_as(t, id, svc, svc.scheduler, client_hash, cport, vip_hash)
 }
 
 /// [`schedule`] with the scheduler of code `scheduler` rather than the service's (lblc and
 /// lblcr fall back on wlc).
 #[inline(always)]
-pub fn schedule_as<T: Tables>(t: &T, id: u32, svc: &Service, scheduler: u32, client: &Addr16, cport: u16, vip: &Addr16) -> Option<u32> {
+pub fn schedule_as<T: Tables>(t: &T, id: u32, svc: &Service, scheduler: u32, client_hash: u32, cport: u16, vip_hash: u32) -> Option<u32> {
     let dests = ServiceDests { tables: t, members_offset: svc.members_offset, count: svc.member_count };
     if svc.member_count == 0 {
         return None;
@@ -222,12 +227,12 @@ pub fn schedule_as<T: Tables>(t: &T, id: u32, svc: &Service, scheduler: u32, cli
             table_choice(t, svc, index)
         }
         Scheduler::Sh | Scheduler::Mh if fallback => None,
-        Scheduler::Sh => table_choice(t, svc, sched::sh_hashkey(v4(client), hashed_port(svc, cport), 0)),
+        Scheduler::Sh => table_choice(t, svc, sched::sh_hashkey(client_hash, hashed_port(svc, cport), 0)),
         Scheduler::Mh => {
             if svc.table_len == 0 {
                 return None;
             }
-            table_choice(t, svc, mh_hash(client, hashed_port(svc, cport), 0) % svc.table_len)
+            table_choice(t, svc, mh_hash(client_hash, hashed_port(svc, cport), 0) % svc.table_len)
         }
         // The controller wrote fo's one choice: without IPVS's connection thresholds no
         // server is ever overloaded, so it depends on weights and availability alone.
@@ -235,7 +240,7 @@ pub fn schedule_as<T: Tables>(t: &T, id: u32, svc: &Service, scheduler: u32, cli
         // `schedule_more`'s.
         Scheduler::Ovf | Scheduler::Twos | Scheduler::Lblc | Scheduler::Lblcr => None,
         // dh hashes the packet's destination: the VIP.
-        Scheduler::Dh => table_choice(t, svc, sched::dh_bucket([vip[12], vip[13], vip[14], vip[15]])),
+        Scheduler::Dh => table_choice(t, svc, sched::dh_bucket(vip_hash)),
     }?;
     let slot = dests.slot(list_index);
     // Table-driven choices are checked now as IPVS checks them (`is_unavailable()`: weight
@@ -288,7 +293,7 @@ pub fn schedule_locality<T: Tables>(t: &T, id: u32, svc: &Service, vip: &Addr16)
 /// The schedulers whose loops [`schedule`] leaves to a BPF function of their own: ovf,
 /// twos, and sh's and mh's fallbacks. A backend slot.
 #[inline(always)]
-pub fn schedule_more<T: Tables>(t: &T, svc: &Service, client: &Addr16, cport: u16) -> Option<u32> {
+pub fn schedule_more<T: Tables>(t: &T, svc: &Service, client_hash: u32, cport: u16) -> Option<u32> {
     let dests = ServiceDests { tables: t, members_offset: svc.members_offset, count: svc.member_count };
     if svc.member_count == 0 {
         return None;
@@ -296,17 +301,11 @@ pub fn schedule_more<T: Tables>(t: &T, svc: &Service, client: &Addr16, cport: u1
     let list_index = match Scheduler::from_code(svc.scheduler)? {
         Scheduler::Ovf => ovf(t, svc, &dests),
         Scheduler::Twos => twos(t, svc, &dests),
-        Scheduler::Sh => sh_fallback(t, svc, &dests, v4(client), hashed_port(svc, cport)),
-        Scheduler::Mh => mh_fallback(t, svc, &dests, client, hashed_port(svc, cport)),
+        Scheduler::Sh => sh_fallback(t, svc, &dests, client_hash, hashed_port(svc, cport)),
+        Scheduler::Mh => mh_fallback(t, svc, &dests, client_hash, hashed_port(svc, cport)),
         _ => None,
     }?;
     Some(dests.slot(list_index))
-}
-
-/// The client's IPv4 address as IPVS hashes it (`ntohl`).
-#[inline(always)]
-fn v4(a: &Addr16) -> u32 {
-    u32::from_be_bytes([a[12], a[13], a[14], a[15]])
 }
 
 /// The source port sh and mh hash: with sh-port / mh-port, else 0.
@@ -614,7 +613,7 @@ pub const MH_FALLBACK_PROBES: u32 = 64;
 /// entries the client hashes to with offsets `(k + entry) % size` in turn (up to
 /// [`MH_FALLBACK_PROBES`]), until one's server is usable.
 #[inline(always)]
-fn mh_fallback<T: Tables>(t: &T, svc: &Service, dests: &ServiceDests<'_, T>, client: &Addr16, port: u16) -> Option<u32> {
+fn mh_fallback<T: Tables>(t: &T, svc: &Service, dests: &ServiceDests<'_, T>, client: u32, port: u16) -> Option<u32> {
     if svc.table_len == 0 {
         return None;
     }
@@ -645,10 +644,11 @@ fn table_choice<T: Tables>(t: &T, svc: &Service, index: u32) -> Option<u32> {
 }
 
 /// The client hash mh looks up its Maglev table with: IPVS's `ip_vs_mh_hashkey()` (hsiphash
-/// of the client address plus the port with mh-port, plus the offset when falling back).
+/// of the client address ([`addr_hash`]) plus the port with mh-port, plus the offset when
+/// falling back).
 #[inline(always)]
-pub fn mh_hash(client: &Addr16, port: u16, offset: u32) -> u32 {
-    crate::hash::mh_hashkey(crate::hash::MH_KEY1, v4(client), port, offset)
+pub fn mh_hash(client_hash: u32, port: u16, offset: u32) -> u32 {
+    crate::hash::mh_hashkey(crate::hash::MH_KEY1, client_hash, port, offset)
 }
 
 /// What [`insert_new_conn`](Tables::insert_new_conn) did.
@@ -820,15 +820,72 @@ pub fn process<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T) -> Verdict {
     process_traced(pkt, t, &mut Outcome::default())
 }
 
-/// [`process`], also filling `out` for tracing.
+/// [`process`], also filling `out` for tracing: the whole pipeline as the XDP dataplane
+/// runs it, the dispatcher's [`route`] and then the program it jumps to.
 #[inline(always)]
 pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &mut Outcome) -> Verdict {
+    let mut chain = Ipv6Chain::default();
+    match route(pkt, t, &mut chain) {
+        Route::V4 => process_v4(pkt, t, out),
+        Route::V6 => process_v6(pkt, t, out, &chain),
+        Route::Icmp => process_icmp(pkt, t, out, &chain),
+        Route::Done(v) => v,
+    }
+}
+
+/// Where the dispatcher (`drlb_xdp`) sends a frame ([`route`]): each kind of packet is
+/// handled by a program of its own, which the kernel verifies with a budget of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// IPv4 other than ICMP: [`process_v4`] (the program at `JUMP_V4`).
+    V4,
+    /// IPv6 to a possible VIP, other than ICMPv6: [`process_v6`] (`JUMP_V6`).
+    V6,
+    /// ICMP, and ICMPv6 to a possible VIP: [`process_icmp`] (`JUMP_ICMP`).
+    Icmp,
+    /// Settled by the dispatcher itself.
+    Done(Verdict),
+}
+
+/// The dispatcher's phase: which program a frame goes to, from its Ethernet type and IP
+/// protocol. IPv6 not to a VIP is settled here; for IPv6 to a possible VIP the extension
+/// headers are walked into `chain`, which the program jumped to reads.
+#[inline(always)]
+pub fn route<P: Packet + ?Sized, T: Tables>(pkt: &P, t: &T, chain: &mut Ipv6Chain) -> Route {
+    let Some((ethertype, l3_off)) = ethernet(pkt) else { return Route::Done(Verdict::PassMalformed) };
+    match ethertype {
+        // The IPv4 program judges everything else of the header, as it always has.
+        ETH_P_IP => match pkt.load::<1>(l3_off + 9) {
+            Some([IPPROTO_ICMP]) => Route::Icmp,
+            _ => Route::V4,
+        },
+        ETH_P_IPV6 => {
+            let (Some(version), Some(dst)) = (pkt.with_header::<IPV6_HLEN, _>(l3_off, |ip| ip[0]), load_addr6(pkt, l3_off + 24)) else {
+                return Route::Done(Verdict::PassMalformed);
+            };
+            if version >> 4 != 6 {
+                return Route::Done(Verdict::PassMalformed);
+            }
+            // Neighbour discovery, router advertisements and the director's own traffic
+            // stop here, without walking any header.
+            if !t.vip_filter(&addr6(&dst)) {
+                return Route::Done(Verdict::PassNotVip);
+            }
+            *chain = ipv6_chain(pkt, l3_off);
+            if chain.status == Ipv6Chain::OK && chain.proto == IPPROTO_ICMPV6 { Route::Icmp } else { Route::V6 }
+        }
+        ETH_P_ARP => Route::Done(Verdict::PassArp),
+        _ => Route::Done(Verdict::PassOtherL3),
+    }
+}
+
+/// The IPv4 program: parse L3 and L4, then [`process_flow`].
+#[inline(always)]
+pub fn process_v4<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &mut Outcome) -> Verdict {
     let ip = match parse_l3(pkt) {
         L3::Ipv4(ip) => ip,
-        L3::Arp => return Verdict::PassArp,
-        L3::Ipv6 => return Verdict::PassIpv6,
-        L3::Other => return Verdict::PassOtherL3,
-        L3::Malformed => return Verdict::PassMalformed,
+        // Not IPv4: not what the dispatcher sends here.
+        _ => return Verdict::PassMalformed,
     };
     // One array lookup settles almost every packet that is not for a VIP.
     if !t.vip_filter(&ip.dst()) {
@@ -844,10 +901,230 @@ pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &m
     let Some(l4) = parse_l4(pkt, ip.l4_off, ip.proto) else {
         return if is_vip() { Verdict::DropTruncatedL4 } else { Verdict::PassNotVip };
     };
-    let is_tcp = ip.proto == IPPROTO_TCP;
-    let syn = is_tcp && l4.tcp_flags & tcp::FLAG_SYN != 0;
     // Built in place in `out`: the BPF stack (512 bytes) has no room for a second copy.
     out.key = ConnKey::v4(ip.src4, ip.dst4, l4.sport, l4.dport, ip.proto);
+    process_flow(pkt, t, out, l4, &ip)
+}
+
+/// The IPv6 program: the fixed header and `chain` (the dispatcher's walk of the extension
+/// headers), L4, then [`process_flow`] as for IPv4.
+#[inline(always)]
+pub fn process_v6<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &mut Outcome, chain: &Ipv6Chain) -> Verdict {
+    let Some((_, l3_off)) = ethernet(pkt) else { return Verdict::PassMalformed };
+    let (Some(src), Some(dst)) = (load_addr6(pkt, l3_off + 8), load_addr6(pkt, l3_off + 24)) else {
+        return Verdict::PassMalformed;
+    };
+    let is_vip = || t.vip(&VipKey { addr: addr6(&dst) }).is_some();
+    let vip_or_pass = |v: Verdict| if is_vip() { v } else { Verdict::PassNotVip };
+    match chain.status {
+        Ipv6Chain::OK | Ipv6Chain::FRAGMENT => {}
+        Ipv6Chain::TOO_LONG => return vip_or_pass(Verdict::DropExtHeaders),
+        _ => return vip_or_pass(Verdict::DropTruncatedL4),
+    }
+    // As for IPv4: what is not TCP or UDP (ICMPv6 in fragments, ESP, No Next Header, ...)
+    // is the director's own business; a fragment has no ports to schedule on.
+    if chain.proto != IPPROTO_TCP && chain.proto != IPPROTO_UDP {
+        return vip_or_pass(Verdict::PassVipNoService);
+    }
+    if chain.status == Ipv6Chain::FRAGMENT {
+        return vip_or_pass(Verdict::DropFragment);
+    }
+    let Some(l4) = parse_l4(pkt, chain.l4_offset(), chain.proto) else {
+        return vip_or_pass(Verdict::DropTruncatedL4);
+    };
+    out.key = ConnKey::v6(&src, &dst, l4.sport, l4.dport, chain.proto);
+    process_flow(pkt, t, out, l4, &FromKey)
+}
+
+/// The ICMP program: an ICMP or ICMPv6 error to a VIP about one of its connections goes to
+/// that connection's real server ([`icmp_forward`]); anything else to a VIP is the
+/// director's own (echo, neighbour discovery to the VIP).
+#[inline(always)]
+pub fn process_icmp<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &mut Outcome, chain: &Ipv6Chain) -> Verdict {
+    let Some((ethertype, l3_off)) = ethernet(pkt) else { return Verdict::PassMalformed };
+    let key = if ethertype == ETH_P_IPV6 {
+        let Some(dst) = load_addr6(pkt, l3_off + 24) else { return Verdict::PassMalformed };
+        if t.vip(&VipKey { addr: addr6(&dst) }).is_none() {
+            return Verdict::PassNotVip;
+        }
+        icmp6_error_key(pkt, chain)
+    } else {
+        let L3::Ipv4(ip) = parse_l3(pkt) else { return Verdict::PassMalformed };
+        if !t.vip_filter(&ip.dst()) || t.vip(&VipKey { addr: ip.dst() }).is_none() {
+            return Verdict::PassNotVip;
+        }
+        if ip.proto != IPPROTO_ICMP || ip.fragment {
+            // Not what the dispatcher sends here, or a fragment, which the director's
+            // stack reassembles (errors are at most 576 bytes: in practice never one).
+            return Verdict::PassVipNoService;
+        }
+        icmp4_error_key(pkt, ip.l4_off)
+    };
+    match key {
+        Ok(key) => icmp_forward(pkt, t, out, key),
+        Err(v) => v,
+    }
+}
+
+/// The connection an ICMPv4 error at `l4_off` is about: destination unreachable (any
+/// code, fragmentation needed among them), source quench and time exceeded, as IPVS's
+/// `ip_vs_in_icmp()` takes them. The quoted packet is the connection's reply (VIP:port to
+/// the client), so the key is its reverse. The checksum is not verified (IPVS does; the
+/// real server's stack does too, and drops a bad one).
+#[inline(always)]
+fn icmp4_error_key<P: Packet + ?Sized>(pkt: &P, l4_off: usize) -> Result<ConnKey, Verdict> {
+    const DEST_UNREACH: u8 = 3;
+    const SOURCE_QUENCH: u8 = 4;
+    const TIME_EXCEEDED: u8 = 11;
+    // Whole headers, never single bytes at a variable offset: LLVM turns `ptr + 1 > end`
+    // into `ptr >= end`, from which the verifier learns no readable range.
+    let Some(kind) = pkt.with_header::<ICMP_HLEN, _>(l4_off, |h| h[0]) else { return Err(Verdict::PassVipNoService) };
+    if !matches!(kind, DEST_UNREACH | SOURCE_QUENCH | TIME_EXCEEDED) {
+        return Err(Verdict::PassVipNoService);
+    }
+    let inner = l4_off + ICMP_HLEN;
+    // The quoted header's five words: version and IHL (byte 0), fragment field (bytes 6-7),
+    // protocol (byte 9), source, destination.
+    let Some(ip) = pkt.load_u32s::<{ IPV4_MIN_HLEN / 4 }>(inner) else { return Err(Verdict::PassIcmpUnknown) };
+    let (ver_ihl, frag, proto, src, dst) = (ip[0] as u8, ((ip[1] >> 16) as u16).swap_bytes(), (ip[2] >> 8) as u8, ip[3], ip[4]);
+    let ihl = ((ver_ihl & 0x0f) as usize) << 2;
+    // A quoted later fragment has no ports (IPVS would read payload as ports and miss).
+    if ver_ihl >> 4 != 4 || ihl < IPV4_MIN_HLEN || frag & 0x1fff != 0 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
+        return Err(Verdict::PassIcmpUnknown);
+    }
+    // Errors quote at least 8 bytes of L4: the ports are all that is read.
+    let Some(ports) = pkt.load_u32(inner + ihl) else { return Err(Verdict::PassIcmpUnknown) };
+    let (sport, dport) = ((ports as u16).swap_bytes(), ((ports >> 16) as u16).swap_bytes());
+    Ok(ConnKey::v4(dst, src, dport, sport, proto))
+}
+
+/// The connection an ICMPv6 error is about (types below 128: destination unreachable,
+/// packet too big, time exceeded, parameter problem, as `ip_vs_in_icmp_v6()` takes them),
+/// as [`icmp4_error_key`]. The quoted packet's fixed header must be followed by TCP or UDP:
+/// a reply with extension headers is passed as unknown.
+#[inline(always)]
+fn icmp6_error_key<P: Packet + ?Sized>(pkt: &P, chain: &Ipv6Chain) -> Result<ConnKey, Verdict> {
+    // IPVS: "ICMP errors can't be fragmented" — it drops one behind a fragment header.
+    if chain.had_fragment_header != 0 {
+        return Err(Verdict::DropFragment);
+    }
+    let off = chain.l4_offset();
+    let Some(kind) = pkt.with_header::<ICMP_HLEN, _>(off, |h| h[0]) else { return Err(Verdict::PassVipNoService) };
+    // ICMPV6_INFOMSG_MASK: echo, neighbour discovery, MLD... are not errors.
+    if kind & 0x80 != 0 {
+        return Err(Verdict::PassVipNoService);
+    }
+    let inner = off + ICMP_HLEN;
+    // The quoted fixed header and the ports after it, as words: Next Header is byte 6.
+    let Some(ip) = pkt.load_u32s::<{ IPV6_HLEN / 4 + 1 }>(inner) else { return Err(Verdict::PassIcmpUnknown) };
+    let proto = (ip[1] >> 16) as u8;
+    let (src, dst) = ([ip[2], ip[3], ip[4], ip[5]], [ip[6], ip[7], ip[8], ip[9]]);
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return Err(Verdict::PassIcmpUnknown);
+    }
+    let ports = ip[10];
+    let (sport, dport) = ((ports as u16).swap_bytes(), ((ports >> 16) as u16).swap_bytes());
+    Ok(ConnKey::v6(&dst, &src, dport, sport, proto))
+}
+
+/// Sends an ICMP error about connection `key` to its real server, by the MAC rewrite its
+/// packets get (IPVS: `ip_vs_icmp_xmit()` → the connection's `dr_xmit`). The connection is
+/// looked up in the connection table, then (TCP) the half-open table, as IPVS's one table
+/// holds both. Its state, timer and counts stay as they are: the error is not the client's.
+#[inline(always)]
+fn icmp_forward<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &mut Outcome, key: ConnKey) -> Verdict {
+    out.key = key;
+    out.vip_bound = true;
+    let now = t.now();
+    let mut found = match t.conn(&out.key) {
+        Some(c) if !c.expired(now) => Some((c.backend, c.service)),
+        _ => None,
+    };
+    if found.is_none() && out.key.proto == IPPROTO_TCP {
+        let scan = halfopen::scan(&out.key, now, |slot| t.half_open(slot));
+        if scan.held != halfopen::NO_SLOT
+            && let Some(e) = t.half_open(scan.held)
+        {
+            found = Some((e.conn.backend, e.conn.service));
+        }
+    }
+    let Some((slot, service)) = found else { return Verdict::PassIcmpUnknown };
+    out.service = Some(service);
+    let bytes = pkt.len() as u64;
+    forward(pkt, t, slot, bytes, Verdict::TxIcmpForwarded, out)
+}
+
+/// The keys a packet's addresses go into, built where they are needed: for IPv4 from the
+/// two words the parser holds in registers, which keeps the IPv4 program's stack and
+/// instructions as they were before IPv6; for IPv6 from the connection key's words, the
+/// one copy of the addresses the stack has room for (a 16-byte address copied as bytes
+/// takes 16 spilled registers on BPF).
+trait Addresses {
+    fn service_key(&self, key: &ConnKey, port: u16) -> ServiceKey;
+    fn vip_key(&self, key: &ConnKey) -> VipKey;
+    /// [`Service::template_key`] of the packet.
+    fn template_key(&self, svc: &Service, key: &ConnKey) -> ConnKey;
+    /// [`Tables::schedule`] for the packet.
+    fn schedule<T: Tables>(&self, t: &T, id: u32, svc: &Service, key: &ConnKey) -> Option<u32>;
+}
+
+impl Addresses for crate::packet::Ipv4Info {
+    #[inline(always)]
+    fn service_key(&self, key: &ConnKey, port: u16) -> ServiceKey {
+        ServiceKey::new(self.dst(), port, key.proto)
+    }
+
+    #[inline(always)]
+    fn vip_key(&self, _: &ConnKey) -> VipKey {
+        VipKey { addr: self.dst() }
+    }
+
+    #[inline(always)]
+    fn template_key(&self, svc: &Service, key: &ConnKey) -> ConnKey {
+        svc.template_key(&self.src(), &self.dst(), key.vport, key.proto)
+    }
+
+    #[inline(always)]
+    fn schedule<T: Tables>(&self, t: &T, id: u32, svc: &Service, key: &ConnKey) -> Option<u32> {
+        t.schedule(id, svc, &self.src(), key.cport, &self.dst())
+    }
+}
+
+/// IPv6: the addresses are the key's.
+struct FromKey;
+
+impl Addresses for FromKey {
+    #[inline(always)]
+    fn service_key(&self, key: &ConnKey, port: u16) -> ServiceKey {
+        let w = key.words();
+        ServiceKey::from_words([w[2] as u32, (w[2] >> 32) as u32, w[3] as u32, (w[3] >> 32) as u32], port, key.proto)
+    }
+
+    #[inline(always)]
+    fn vip_key(&self, key: &ConnKey) -> VipKey {
+        let w = key.words();
+        VipKey { addr: crate::addr::from_words([w[2], w[3]]) }
+    }
+
+    #[inline(always)]
+    fn template_key(&self, svc: &Service, key: &ConnKey) -> ConnKey {
+        svc.template_key_of(key)
+    }
+
+    #[inline(always)]
+    fn schedule<T: Tables>(&self, t: &T, id: u32, svc: &Service, key: &ConnKey) -> Option<u32> {
+        t.schedule(id, svc, &key.client, key.cport, &key.vip)
+    }
+}
+
+/// The phases every TCP or UDP packet to a VIP goes through once its key is in `out.key`,
+/// whatever its family: flow cache, connection table, half-open table, service and
+/// scheduler (or persistence template), recording the connection, rewriting the MACs.
+#[inline(always)]
+fn process_flow<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &mut Outcome, l4: L4Info, ip: &impl Addresses) -> Verdict {
+    let proto = out.key.proto;
+    let is_tcp = proto == IPPROTO_TCP;
+    let syn = is_tcp && l4.tcp_flags & tcp::FLAG_SYN != 0;
     let key = &out.key;
     let now = t.now();
     let bytes = pkt.len() as u64;
@@ -915,11 +1192,11 @@ pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &m
                 }
             }
             let key = &out.key;
-            let id = match t.service_id(&ServiceKey::new(ip.dst(), l4.dport, ip.proto)) {
+            let id = match t.service_id(&ip.service_key(&out.key, l4.dport)) {
                 Some(id) => id,
-                None => match t.service_id(&ServiceKey::new(ip.dst(), 0, ip.proto)) {
+                None => match t.service_id(&ip.service_key(&out.key, 0)) {
                     Some(id) => id,
-                    None => return if is_vip() { Verdict::PassVipNoService } else { Verdict::PassNotVip },
+                    None => return if t.vip(&ip.vip_key(&out.key)).is_some() { Verdict::PassVipNoService } else { Verdict::PassNotVip },
                 },
             };
             out.service = Some(id);
@@ -932,7 +1209,7 @@ pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &m
                 }
             }
             let slot = if svc.flags & SVC_F_PERSISTENT != 0 {
-                let pkey = svc.template_key(&ip.src(), ip.dst(), l4.dport, ip.proto);
+                let pkey = ip.template_key(&svc, &out.key);
                 let pinned = match t.persist(&pkey) {
                     Some(p) if now.saturating_sub(p.last_used) <= svc.ticks(svc.persist_timeout_s) as u64 => {
                         match t.backend(p.backend) {
@@ -944,7 +1221,7 @@ pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &m
                 };
                 let slot = match pinned {
                     Some(s) => s,
-                    None => match t.schedule(id, &svc, &ip.src(), l4.sport, &ip.dst()) {
+                    None => match ip.schedule(t, id, &svc, &out.key) {
                         Some(s) => s,
                         None => return Verdict::DropNoRealServer,
                     },
@@ -952,7 +1229,7 @@ pub fn process_traced<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &m
                 t.insert_persist(&pkey, &Persist { last_used: now, backend: slot, _pad: 0 });
                 slot
             } else {
-                match t.schedule(id, &svc, &ip.src(), l4.sport, &ip.dst()) {
+                match ip.schedule(t, id, &svc, &out.key) {
                     Some(s) => s,
                     None => return Verdict::DropNoRealServer,
                 }

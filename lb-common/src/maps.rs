@@ -160,15 +160,32 @@ pub const BENCH_RX_OTHER: u32 = 0;
 /// `DRLB_BENCH_RX` index of SYNs.
 pub const BENCH_RX_SYN: u32 = 1;
 
+/// `ProgramArray`: the programs the attached dispatcher (`drlb_xdp`) tail-calls, at
+/// [`JUMP_V4`], [`JUMP_V6`] and [`JUMP_ICMP`]. Pinned: the kernel empties a program array
+/// once no process or pin holds it, and the dispatcher would then pass every packet.
+pub const MAP_JUMP: &str = "DRLB_JUMP";
+/// `DRLB_JUMP` slot of the IPv4 program (TCP, UDP and everything but ICMP).
+pub const JUMP_V4: u32 = 0;
+/// `DRLB_JUMP` slot of the IPv6 program (everything but ICMPv6).
+pub const JUMP_V6: u32 = 1;
+/// `DRLB_JUMP` slot of the ICMP and ICMPv6 program.
+pub const JUMP_ICMP: u32 = 2;
+/// Slots of `DRLB_JUMP`.
+pub const JUMP_SLOTS: u32 = 3;
+/// `PerCpuArray<Ipv6Chain>` (1 entry): where the dispatcher leaves the extension-header walk
+/// of the IPv6 packet it hands on (`crate::packet::Ipv6Chain`). Pinned, so that during a
+/// hitless restart the running dispatcher and the new programs it jumps to share it.
+pub const MAP_IPV6_CHAIN: &str = "DRLB_IPV6_CHAIN";
+
 /// Every map the balancer uses, for pinning.
-pub const ALL_MAPS: [&str; 20] = [
+pub const ALL_MAPS: [&str; 22] = [
     MAP_VIP_FILTER, MAP_VIPS, MAP_SERVICE_IDS, MAP_SERVICES, MAP_BACKENDS, MAP_MEMBERS, MAP_CONN_COUNTS,
     MAP_BACKEND_STATS, MAP_CONNS, MAP_HALF_OPEN, MAP_SWEPT_AT, MAP_PERSIST, MAP_SCHED_STATE, MAP_SCHED_TABLE, MAP_STATS,
-    MAP_EVENTS, MAP_META, MAP_TRACE_ON, MAP_TRACE, MAP_LOCALITY,
+    MAP_EVENTS, MAP_META, MAP_TRACE_ON, MAP_TRACE, MAP_LOCALITY, MAP_JUMP, MAP_IPV6_CHAIN,
 ];
 
 /// Bump when any map's meaning changes; sizes are checked too (see [`layout`]).
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 /// Entries of `DRLB_META`: the layout, then who the dataplane belongs to.
 pub const META_SIZE: u32 = 12;
 /// Entries of `DRLB_META` that record the [`layout`].
@@ -282,6 +299,15 @@ impl ServiceKey {
     pub const fn new(vip: Addr16, port: u16, proto: u8) -> Self {
         Self { vip, port, proto, _pad: 0 }
     }
+
+    /// The key of `vip` given as its little-endian words, built in whole words.
+    #[inline(always)]
+    pub fn from_words(vip: [u32; 4], port: u16, proto: u8) -> Self {
+        let words = [vip[0], vip[1], vip[2], vip[3], port as u32 | (proto as u32) << 16];
+        // SAFETY: 20 bytes either way (vip, port, proto, pad; no implicit padding), every bit
+        // pattern is valid, and the bytes are in memory order on little-endian targets.
+        unsafe { core::mem::transmute::<[u32; 5], ServiceKey>(words) }
+    }
 }
 
 /// The schedulers, by their `ipvsadm -s` names; `Service::scheduler` holds [`Scheduler::code`].
@@ -390,6 +416,20 @@ pub const SVC_F_SCHED_PORT: u32 = 1 << 5;
 /// `Service::flags`: one-packet scheduling (`ipvsadm -o`, keepalived's `ops`; UDP only):
 /// every datagram is scheduled on its own and leaves no connection entry.
 pub const SVC_F_ONE_PACKET: u32 = 1 << 6;
+/// `Service::flags`: an IPv6 service. sh, mh, dh, lblc and lblcr hash its addresses folded
+/// to one word ([`addr_hash`]), as IPVS does for an AF_INET6 service.
+pub const SVC_F_IPV6: u32 = 1 << 7;
+
+/// An address as IPVS's hashing schedulers take it (`ip_vs_sh_hashkey()`, `ip_vs_mh_hashkey()`,
+/// `ip_vs_dh_hashkey()`, lblc's and lblcr's): an IPv4 address in host order; an IPv6 one
+/// folded, the XOR of its four 32-bit words in host order. Which form follows the
+/// service's family, never the address (an IPv4-mapped address of an IPv6 service is
+/// folded).
+#[inline(always)]
+pub fn addr_hash(svc_flags: u32, a: &Addr16) -> u32 {
+    let w = |i: usize| u32::from_be_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    if svc_flags & SVC_F_IPV6 != 0 { w(0) ^ w(4) ^ w(8) ^ w(12) } else { w(12) }
+}
 
 /// What a group's persistence templates have in place of a VIP: `::ID`, the service id in
 /// an IPv4-compatible address, which no VIP is (they are deprecated, and neither v4-mapped
@@ -477,16 +517,37 @@ impl Service {
     /// A group's templates have [`group_template_vip`] and port 0: one per client network
     /// for all the group's addresses and ports.
     #[inline(always)]
-    pub fn template_key(&self, client: &Addr16, vip: Addr16, vport: u16, proto: u8) -> crate::conn::ConnKey {
+    pub fn template_key(&self, client: &Addr16, vip: &Addr16, vport: u16, proto: u8) -> crate::conn::ConnKey {
         let group = self.flags & SVC_F_GROUP != 0;
         let mut k = crate::conn::ConnKey {
             client: *client,
-            vip: if group { group_template_vip(self.id) } else { vip },
+            vip: if group { group_template_vip(self.id) } else { *vip },
             cport: 0,
             vport: if group || self.flags & SVC_F_WILDCARD != 0 { 0 } else { vport },
             proto,
             _pad: [0; 3],
         };
+        let mut i = 0;
+        while i < 16 {
+            k.client[i] &= self.persist_mask[i];
+            i += 1;
+        }
+        k
+    }
+
+    /// [`Service::template_key`] of a connection key, in whole words: the key itself with
+    /// the client masked, no client port, and the VIP and port as a template has them.
+    #[inline(always)]
+    pub fn template_key_of(&self, key: &crate::conn::ConnKey) -> crate::conn::ConnKey {
+        let group = self.flags & SVC_F_GROUP != 0;
+        let mut k = *key;
+        if group {
+            k.vip = group_template_vip(self.id);
+        }
+        k.cport = 0;
+        if group || self.flags & SVC_F_WILDCARD != 0 {
+            k.vport = 0;
+        }
         let mut i = 0;
         while i < 16 {
             k.client[i] &= self.persist_mask[i];

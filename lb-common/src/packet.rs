@@ -17,6 +17,26 @@ pub const ETH_P_8021AD: u16 = 0x88a8;
 pub const IPV4_MIN_HLEN: usize = 20;
 pub const TCP_MIN_HLEN: usize = 20;
 pub const UDP_HLEN: usize = 8;
+pub const IPV6_HLEN: usize = 40;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMPV6: u8 = 58;
+/// ICMP and ICMPv6 headers before the quoted packet: type, code, checksum, and four bytes
+/// (unused, or the next hop's MTU).
+pub const ICMP_HLEN: usize = 8;
+/// IPv6 extension headers (RFC 8200 §4) the dataplane walks past.
+pub const IPV6_HOP_BY_HOP: u8 = 0;
+pub const IPV6_ROUTING: u8 = 43;
+pub const IPV6_FRAGMENT: u8 = 44;
+pub const IPV6_AUTH: u8 = 51;
+pub const IPV6_DEST_OPTS: u8 = 60;
+/// Extension headers walked at most: one of each RFC 8200 §4.1 lists, destination options
+/// twice. A longer chain to a VIP is dropped ([`crate::verdict::Verdict::DropExtHeaders`]),
+/// never misread or delivered to the director.
+pub const IPV6_MAX_EXT_HEADERS: usize = 6;
+/// Offset from the frame's start past which the upper-layer header is not looked for (a
+/// chain reaching further is dropped as [`IPV6_MAX_EXT_HEADERS`] says). It keeps the offset
+/// small enough for the verifier to bound every access made with it.
+pub const IPV6_MAX_L4_OFF: usize = 1024;
 
 /// Bounds-checked access to a frame's bytes.
 pub trait Packet {
@@ -35,6 +55,20 @@ pub trait Packet {
     #[inline(always)]
     fn load_u32(&self, off: usize) -> Option<u32> {
         self.load::<4>(off).map(u32::from_le_bytes)
+    }
+    /// The `N` words at `off` as [`Packet::load_u32`] reads each, after one bounds check:
+    /// every word is then read from the one checked pointer, where separate checks would
+    /// let the compiler drop some and address the rest from another pointer, whose range the
+    /// verifier does not know.
+    #[inline(always)]
+    fn load_u32s<const N: usize>(&self, off: usize) -> Option<[u32; N]> {
+        let mut out = [0u32; N];
+        let mut i = 0;
+        while i < N {
+            out[i] = self.load_u32(off + 4 * i)?;
+            i += 1;
+        }
+        Some(out)
     }
     /// Writes `v`'s little-endian bytes at `off`, in one store where the target allows it.
     #[inline(always)]
@@ -112,6 +146,120 @@ impl Ipv4Info {
     }
 }
 
+/// What walking an IPv6 packet's extension headers found ([`ipv6_chain`]). The
+/// dispatcher walks the chain and hands this to the IPv6 or ICMP program through a per-CPU
+/// map, so it is plain data.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ipv6Chain {
+    /// Offset of the upper-layer header from the start of the frame (at most
+    /// [`IPV6_MAX_L4_OFF`]).
+    pub l4_off: u32,
+    /// The upper-layer protocol (the last Next Header).
+    pub proto: u8,
+    /// [`Ipv6Chain::OK`], [`Ipv6Chain::FRAGMENT`], [`Ipv6Chain::TOO_LONG`] or
+    /// [`Ipv6Chain::TRUNCATED`].
+    pub status: u8,
+    /// The chain held a fragment header, even one of a whole packet (an atomic fragment,
+    /// RFC 6946): an ICMPv6 error behind one is dropped, as IPVS drops it.
+    pub had_fragment_header: u8,
+    pub _pad: u8,
+}
+
+impl Ipv6Chain {
+    /// The upper-layer header was found at `l4_off`.
+    pub const OK: u8 = 0;
+    /// A fragment of a larger datagram (offset or More Fragments set): no dependable ports.
+    pub const FRAGMENT: u8 = 1;
+    /// More extension headers than the dataplane walks.
+    pub const TOO_LONG: u8 = 2;
+    /// The frame ends inside the fixed header or an extension header.
+    pub const TRUNCATED: u8 = 3;
+
+    /// `l4_off` as an offset the verifier can bound (a value read back from a map is
+    /// otherwise unbounded to it); the mask keeps every offset [`ipv6_chain`] gives.
+    #[inline(always)]
+    pub fn l4_offset(&self) -> usize {
+        self.l4_off as usize & (2 * IPV6_MAX_L4_OFF - 1)
+    }
+}
+
+/// Walks the extension headers of the IPv6 packet whose fixed header is at `l3_off`:
+/// hop-by-hop, routing, fragment, authentication and destination options, at most
+/// [`IPV6_MAX_EXT_HEADERS`] of them. Any other Next Header (TCP, UDP, ICMPv6, ESP, No Next
+/// Header...) ends the walk as the upper-layer protocol.
+#[inline(always)]
+pub fn ipv6_chain<P: Packet + ?Sized>(p: &P, l3_off: usize) -> Ipv6Chain {
+    let mut chain = Ipv6Chain::default();
+    let Some(first) = p.with_header::<IPV6_HLEN, _>(l3_off, |ip| ip[6]) else {
+        chain.status = Ipv6Chain::TRUNCATED;
+        return chain;
+    };
+    let mut next = first;
+    let mut off = l3_off + IPV6_HLEN;
+    let mut walked = 0;
+    while walked <= IPV6_MAX_EXT_HEADERS {
+        let is_ext = matches!(next, IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_FRAGMENT | IPV6_AUTH | IPV6_DEST_OPTS);
+        if !is_ext {
+            break;
+        }
+        if walked == IPV6_MAX_EXT_HEADERS {
+            chain.status = Ipv6Chain::TOO_LONG;
+            break;
+        }
+        // Every extension header starts with Next Header and a length byte.
+        let Some([following, len]) = p.load::<2>(off) else {
+            chain.status = Ipv6Chain::TRUNCATED;
+            break;
+        };
+        let size = if next == IPV6_FRAGMENT {
+            let Some(frag) = p.load::<2>(off + 2) else {
+                chain.status = Ipv6Chain::TRUNCATED;
+                break;
+            };
+            chain.had_fragment_header = 1;
+            // The 13-bit offset and the M flag; an atomic fragment has neither.
+            if be16(frag) & 0xfff9 != 0 {
+                chain.status = Ipv6Chain::FRAGMENT;
+                chain.proto = following;
+                break;
+            }
+            8
+        } else if next == IPV6_AUTH {
+            (len as usize + 2) * 4
+        } else {
+            (len as usize + 1) * 8
+        };
+        off += size;
+        if off > IPV6_MAX_L4_OFF {
+            chain.status = Ipv6Chain::TOO_LONG;
+            break;
+        }
+        next = following;
+        walked += 1;
+    }
+    chain.proto = if chain.status == Ipv6Chain::FRAGMENT { chain.proto } else { next };
+    chain.l4_off = off as u32;
+    chain
+}
+
+/// An IPv6 address's four words as loaded (little-endian, as [`Ipv4Info`] holds IPv4's).
+pub type Words6 = [u32; 4];
+
+/// The 16 bytes at `off` as four words, one load each in the XDP program.
+#[inline(always)]
+pub fn load_addr6<P: Packet + ?Sized>(p: &P, off: usize) -> Option<Words6> {
+    Some([p.load_u32(off)?, p.load_u32(off + 4)?, p.load_u32(off + 8)?, p.load_u32(off + 12)?])
+}
+
+/// [`Words6`] in the maps' 16-byte form.
+#[inline(always)]
+pub fn addr6(w: &Words6) -> Addr16 {
+    // SAFETY: 16 bytes either way; on drlb's little-endian targets the bytes in memory
+    // order (word by word: built byte by byte, BPF would spill every byte).
+    unsafe { core::mem::transmute::<Words6, Addr16>(*w) }
+}
+
 /// Ports (host byte order) and TCP flags of an L4 header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct L4Info {
@@ -122,7 +270,7 @@ pub struct L4Info {
 }
 
 #[inline(always)]
-fn be16(b: [u8; 2]) -> u16 {
+pub(crate) fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
 }
 

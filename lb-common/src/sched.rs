@@ -264,8 +264,8 @@ pub fn twos_prefers_second(d1: &DestInfo, d2: &DestInfo) -> bool {
 
 /// dh's bucket for an IPv4 destination (`ip_vs_dh_hashkey()`).
 #[inline(always)]
-pub fn dh_bucket(dest_v4: [u8; 4]) -> u32 {
-    u32::from_be_bytes(dest_v4).wrapping_mul(2_654_435_761) & (DH_TABLE_SIZE as u32 - 1)
+pub fn dh_bucket(dest_hash: u32) -> u32 {
+    dest_hash.wrapping_mul(2_654_435_761) & (DH_TABLE_SIZE as u32 - 1)
 }
 
 /// `IP_VS_DH_TAB_SIZE` (`CONFIG_IP_VS_DH_TAB_BITS` 8).

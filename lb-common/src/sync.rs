@@ -160,7 +160,7 @@ pub fn install<T: SyncTables>(t: &T, rec: &SyncedConn, now: u64) -> Result<Insta
         if svc.flags & SVC_F_PERSISTENT == 0 {
             return Err(Skip::NoService);
         }
-        let tkey = svc.template_key(&k.client, k.vip, k.vport, k.proto);
+        let tkey = svc.template_key(&k.client, &k.vip, k.vport, k.proto);
         t.insert_persist(&tkey, &Persist { last_used: now, backend: slot, _pad: 0 });
         return Ok(Installed::Template);
     }

@@ -11,11 +11,12 @@ pub enum Verdict {
     TxForwarded = 0,
     /// XDP_PASS: ARP (the director answers ARP for the VIP itself).
     PassArp = 1,
-    /// XDP_PASS: IPv6 (not balanced yet).
-    PassIpv6 = 2,
+    /// XDP_PASS: the dispatcher's tail call to the program for this kind of packet failed
+    /// (the jump table lacks it: a dataplane being replaced, or a bug).
+    PassNoProgram = 2,
     /// XDP_PASS: neither IPv4, IPv6 nor ARP.
     PassOtherL3 = 3,
-    /// XDP_PASS: IPv4 to an address that is not a VIP (the director's own traffic).
+    /// XDP_PASS: to an address that is not a VIP (the director's own traffic).
     PassNotVip = 4,
     /// XDP_PASS: to a VIP, but no service matches the protocol/port (ICMP, SSH on the VIP...).
     PassVipNoService = 5,
@@ -25,7 +26,8 @@ pub enum Verdict {
     DropNoRealServer = 7,
     /// XDP_DROP: to a VIP, but the L4 header is cut short.
     DropTruncatedL4 = 8,
-    /// XDP_DROP: an IPv4 fragment to a VIP (no ports to schedule on).
+    /// XDP_DROP: a fragment to a VIP (no ports to schedule on; IPVS reassembles, XDP
+    /// cannot), or an ICMPv6 error behind a fragment header (IPVS drops those too).
     DropFragment = 9,
     /// XDP_DROP: the connection's real server has no usable MAC (removed or unresolved).
     DropBackendMissing = 10,
@@ -35,17 +37,25 @@ pub enum Verdict {
     DropNoConnection = 12,
     /// XDP_DROP: a new connection could not be recorded (the connection table is full).
     DropConnTableFull = 13,
+    /// XDP_TX: an ICMP error about a known connection (the quoted packet is its reply:
+    /// VIP:port to the client), sent to that connection's real server as IPVS does.
+    TxIcmpForwarded = 14,
+    /// XDP_PASS: an ICMP error to a VIP about no connection the director knows.
+    PassIcmpUnknown = 15,
+    /// XDP_DROP: IPv6 to a VIP whose extension headers go on past what the dataplane walks
+    /// ([`crate::packet::IPV6_MAX_EXT_HEADERS`] headers, [`crate::packet::IPV6_MAX_L4_OFF`] bytes).
+    DropExtHeaders = 16,
 }
 
 /// Number of counters; the size of `DRLB_STATS`.
-pub const VERDICT_COUNT: u32 = 14;
+pub const VERDICT_COUNT: u32 = 17;
 
 impl Verdict {
     /// All reasons, in index order.
     pub const ALL: [Verdict; VERDICT_COUNT as usize] = [
         Verdict::TxForwarded,
         Verdict::PassArp,
-        Verdict::PassIpv6,
+        Verdict::PassNoProgram,
         Verdict::PassOtherL3,
         Verdict::PassNotVip,
         Verdict::PassVipNoService,
@@ -57,6 +67,9 @@ impl Verdict {
         Verdict::TxScheduled,
         Verdict::DropNoConnection,
         Verdict::DropConnTableFull,
+        Verdict::TxIcmpForwarded,
+        Verdict::PassIcmpUnknown,
+        Verdict::DropExtHeaders,
     ];
 
     /// Stable snake_case name used by `drlb` output and metrics.
@@ -64,7 +77,7 @@ impl Verdict {
         match self {
             Verdict::TxForwarded => "tx_forwarded",
             Verdict::PassArp => "pass_arp",
-            Verdict::PassIpv6 => "pass_ipv6",
+            Verdict::PassNoProgram => "pass_no_program",
             Verdict::PassOtherL3 => "pass_other_l3",
             Verdict::PassNotVip => "pass_not_vip",
             Verdict::PassVipNoService => "pass_vip_no_service",
@@ -76,6 +89,9 @@ impl Verdict {
             Verdict::TxScheduled => "tx_scheduled",
             Verdict::DropNoConnection => "drop_no_connection",
             Verdict::DropConnTableFull => "drop_conn_table_full",
+            Verdict::TxIcmpForwarded => "tx_icmp_forwarded",
+            Verdict::PassIcmpUnknown => "pass_icmp_unknown",
+            Verdict::DropExtHeaders => "drop_ext_headers",
         }
     }
 
@@ -108,9 +124,10 @@ impl Verdict {
     #[inline(always)]
     pub const fn xdp_action(self) -> u32 {
         match self {
-            Verdict::TxForwarded | Verdict::TxScheduled => XDP_TX,
+            Verdict::TxForwarded | Verdict::TxScheduled | Verdict::TxIcmpForwarded => XDP_TX,
             Verdict::PassArp
-            | Verdict::PassIpv6
+            | Verdict::PassNoProgram
+            | Verdict::PassIcmpUnknown
             | Verdict::PassOtherL3
             | Verdict::PassNotVip
             | Verdict::PassVipNoService
@@ -120,7 +137,8 @@ impl Verdict {
             | Verdict::DropFragment
             | Verdict::DropBackendMissing
             | Verdict::DropNoConnection
-            | Verdict::DropConnTableFull => XDP_DROP,
+            | Verdict::DropConnTableFull
+            | Verdict::DropExtHeaders => XDP_DROP,
         }
     }
 }

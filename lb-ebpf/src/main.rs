@@ -1,9 +1,15 @@
 //! drlb's XDP dataplane: Direct-Routing forwarding of VIP-bound frames.
 //!
-//! The decision lives in `lb_common::dataplane::process` (shared with host tests); this
-//! crate supplies the XDP context as a bounds-checked packet and the BPF maps as tables.
+//! The decision lives in `lb_common::dataplane` (shared with host tests); this crate
+//! supplies the XDP context as a bounds-checked packet and the BPF maps as tables.
 //! This object holds only what `drlb run` loads (and the verifier checks at every start):
-//! the balancer and the clock. The lab's and the benchmark's programs are in `tools.rs`.
+//! the dispatcher the interface runs, the programs it tail-calls, and the clock. The lab's
+//! and the benchmark's programs are in `tools.rs`.
+//!
+//! Why a dispatcher: the kernel verifies each program within a budget of its own (a million
+//! instructions), and IPv4 with every IPVS scheduler already takes most of one. The
+//! dispatcher calls no function (arm64 before 6.0 refuses a tail call from a program that
+//! does), so everything it does is inlined here.
 #![no_std]
 #![no_main]
 // Atomic adds on map values: the BPF target has no core::sync::atomic types.
@@ -17,24 +23,81 @@ mod maps;
 mod xdp_packet;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::dataplane::{process_traced, Outcome};
+use lb_common::dataplane::{process_icmp, process_v4, process_v6, route, Outcome, Route};
+use lb_common::maps::{JUMP_ICMP, JUMP_V4, JUMP_V6};
+use lb_common::packet::Ipv6Chain;
+use lb_common::verdict::Verdict;
+use maps::BpfTables;
 use xdp_packet::XdpPacket;
 
-/// The load balancer: attached to the director's interface by `drlb run`.
+/// The dispatcher, attached to the director's interface by `drlb run`: settles ARP, other
+/// protocols and IPv6 not to a VIP itself, and jumps to the program for the rest.
 #[xdp]
 pub fn drlb_xdp(ctx: XdpContext) -> u32 {
-    let mut pkt = XdpPacket::of(&ctx);
-    let mut out = Outcome::default();
-    let stat = process_traced(&mut pkt, &maps::BpfTables, &mut out);
+    let pkt = XdpPacket::of(&ctx);
+    let mut chain = Ipv6Chain::default();
+    let slot = match route(&pkt, &maps::TABLES, &mut chain) {
+        Route::Done(stat) => {
+            maps::count(stat);
+            return stat.xdp_action();
+        }
+        Route::V4 => JUMP_V4,
+        Route::V6 => {
+            maps::set_ipv6_chain(&chain);
+            JUMP_V6
+        }
+        Route::Icmp => {
+            maps::set_ipv6_chain(&chain);
+            JUMP_ICMP
+        }
+    };
+    maps::jump(&ctx, slot);
+    maps::count(Verdict::PassNoProgram);
+    xdp_action::XDP_PASS
+}
+
+/// Counts, traces and reports what a program decided for its packet.
+#[inline(always)]
+fn finish(stat: Verdict, out: &Outcome) -> u32 {
     maps::count(stat);
     // Packets not for a VIP never read the trace switch.
     if out.vip_bound {
-        maps::trace(&out, stat);
+        maps::trace(out, stat);
         if out.conn_changed {
-            maps::report_conn(&out);
+            maps::report_conn(out);
         }
     }
     stat.xdp_action()
+}
+
+/// IPv4 other than ICMP (`JUMP_V4`).
+#[xdp]
+pub fn drlb_xdp_v4(ctx: XdpContext) -> u32 {
+    let mut pkt = XdpPacket::of(&ctx);
+    let mut out = Outcome::default();
+    let stat = process_v4(&mut pkt, &BpfTables, &mut out);
+    finish(stat, &out)
+}
+
+/// IPv6 to a VIP other than ICMPv6 (`JUMP_V6`).
+#[xdp]
+pub fn drlb_xdp_v6(ctx: XdpContext) -> u32 {
+    let mut pkt = XdpPacket::of(&ctx);
+    let mut out = Outcome::default();
+    let chain = maps::ipv6_chain();
+    let stat = process_v6(&mut pkt, &BpfTables, &mut out, &chain);
+    finish(stat, &out)
+}
+
+/// ICMP, and ICMPv6 to a VIP (`JUMP_ICMP`): errors about connections go to their real
+/// servers.
+#[xdp]
+pub fn drlb_xdp_icmp(ctx: XdpContext) -> u32 {
+    let mut pkt = XdpPacket::of(&ctx);
+    let mut out = Outcome::default();
+    let chain = maps::ipv6_chain();
+    let stat = process_icmp(&mut pkt, &maps::TABLES, &mut out, &chain);
+    finish(stat, &out)
 }
 
 /// Publishes the dataplane's clock (jiffies) to `DRLB_CLOCK`; the controller runs it with

@@ -13,7 +13,7 @@ use core::ptr::{addr_of, read_volatile, write_volatile};
 use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_jiffies64},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use lb_common::{
     addr::Addr16,
@@ -22,10 +22,11 @@ use lb_common::{
     events::{Event, EVENT_COUNT},
     flowcache::{FlowCacheEntry, FLOW_CACHE_SIZE},
     halfopen::{HalfOpen, HALF_OPEN_SIZE},
+    packet::Ipv6Chain,
     maps::{
-        vip_filter_index, Backend, BackendStats, ConnCounts, ConnEvent, CONN_EVENTS_RING_BYTES, Locality, LocalityKey, LOCALITY_TABLE_SIZE, Persist, SchedState, Scheduler, Service, ServiceKey, ServiceSlot,
+        addr_hash, vip_filter_index, Backend, BackendStats, ConnCounts, ConnEvent, CONN_EVENTS_RING_BYTES, Locality, LocalityKey, LOCALITY_TABLE_SIZE, Persist, SchedState, Scheduler, Service, ServiceKey, ServiceSlot,
         NO_SLOT, TraceEvent, Vip, VipKey, DEFAULT_CONN_TABLE_SIZE, L2, MAX_BACKENDS, MAX_SERVICES, MAX_VIPS, MEMBERS_SIZE, META_SIZE,
-        PERSIST_TABLE_SIZE, SCHED_TABLE_SIZE, TRACE_RING_BYTES, VIP_FILTER_SIZE,
+        PERSIST_TABLE_SIZE, SCHED_TABLE_SIZE, TRACE_RING_BYTES, VIP_FILTER_SIZE, JUMP_SLOTS,
     },
     sched::{DestInfo, NO_DEST},
     verdict::{Verdict, VERDICT_COUNT},
@@ -117,6 +118,9 @@ fn copy<T: Copy>(p: *const T) -> T {
 
 /// The dataplane's view of the maps.
 pub struct BpfTables;
+
+/// The tables, for the functions and programs that use them.
+pub const TABLES: BpfTables = BpfTables;
 
 /// Adds `delta` (two's complement for negative) without needing the old value, so it
 /// compiles to BPF's plain atomic add, which every supported kernel has.
@@ -227,6 +231,11 @@ impl Tables for BpfTables {
                 }
             }
         }
+    }
+
+    #[inline(always)]
+    fn conn(&self, key: &ConnKey) -> Option<Conn> {
+        CONNS.get_ptr(key).map(read)
     }
 
     #[inline(always)]
@@ -381,16 +390,16 @@ impl Tables for BpfTables {
 
     #[inline(always)]
     fn schedule(&self, id: u32, svc: &Service, client: &Addr16, cport: u16, vip: &Addr16) -> Option<u32> {
-        let client_v4 = u32::from_be_bytes([client[12], client[13], client[14], client[15]]);
         // Called from here, not from within `drlb_schedule`: the BPF stack limit (512 bytes)
         // counts the whole chain of calls, and the main program already takes most of it.
-        let vip_v4 = u32::from_be_bytes([vip[12], vip[13], vip[14], vip[15]]);
+        let client_hash = addr_hash(svc.flags, client);
         let slot = if lb_common::dataplane::is_locality(svc) {
-            drlb_schedule_locality(id, vip_v4)
+            let w = |i: usize| u32::from_le_bytes([vip[i], vip[i + 1], vip[i + 2], vip[i + 3]]);
+            drlb_schedule_locality(id, w(0), w(4), w(8), w(12))
         } else if lb_common::dataplane::loops_of_their_own(svc) {
-            drlb_schedule_more(id, client_v4, cport as u32)
+            drlb_schedule_more(id, client_hash, cport as u32)
         } else {
-            drlb_schedule(id, client_v4, cport as u32, vip_v4, svc.scheduler)
+            drlb_schedule(id, client_hash, cport as u32, addr_hash(svc.flags, vip), svc.scheduler)
         };
         if slot == NO_SLOT { None } else { Some(slot) }
     }
@@ -462,20 +471,17 @@ impl Tables for BpfTables {
 /// fallback. Returns `NO_SLOT` for "no real server".
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn drlb_schedule(id: u32, client_v4: u32, cport: u32, vip_v4: u32, scheduler: u32) -> u32 {
-    let Some(svc) = BpfTables.service(id) else { return NO_SLOT };
-    let client = lb_common::addr::v4_mapped(client_v4.to_be_bytes());
-    let vip = lb_common::addr::v4_mapped(vip_v4.to_be_bytes());
-    lb_common::dataplane::schedule_as(&BpfTables, id, &svc, scheduler, &client, cport as u16, &vip).unwrap_or(NO_SLOT)
+pub extern "C" fn drlb_schedule(id: u32, client_hash: u32, cport: u32, vip_hash: u32, scheduler: u32) -> u32 {
+    let Some(svc) = TABLES.service(id) else { return NO_SLOT };
+    lb_common::dataplane::schedule_as(&TABLES, id, &svc, scheduler, client_hash, cport as u16, vip_hash).unwrap_or(NO_SLOT)
 }
 
 /// [`lb_common::dataplane::schedule_more`] (ovf, twos, the sh and mh fallbacks) as a global BPF function of its own, like `drlb_schedule`.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn drlb_schedule_more(id: u32, client_v4: u32, cport: u32) -> u32 {
-    let Some(svc) = BpfTables.service(id) else { return NO_SLOT };
-    let client = lb_common::addr::v4_mapped(client_v4.to_be_bytes());
-    lb_common::dataplane::schedule_more(&BpfTables, &svc, &client, cport as u16).unwrap_or(NO_SLOT)
+pub extern "C" fn drlb_schedule_more(id: u32, client_hash: u32, cport: u32) -> u32 {
+    let Some(svc) = TABLES.service(id) else { return NO_SLOT };
+    lb_common::dataplane::schedule_more(&TABLES, &svc, client_hash, cport as u16).unwrap_or(NO_SLOT)
 }
 
 /// lblc and lblcr ([`lb_common::dataplane::schedule_locality`]), a global function called
@@ -484,18 +490,20 @@ pub extern "C" fn drlb_schedule_more(id: u32, client_v4: u32, cport: u32) -> u32
 /// do not multiply the work of verifying the next.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn drlb_schedule_locality(id: u32, vip_v4: u32) -> u32 {
-    let Some(svc) = BpfTables.service(id) else { return NO_SLOT };
-    let vip = lb_common::addr::v4_mapped(vip_v4.to_be_bytes());
-    lb_common::dataplane::schedule_locality(&BpfTables, id, &svc, &vip).unwrap_or(NO_SLOT)
+pub extern "C" fn drlb_schedule_locality(id: u32, w0: u32, w1: u32, w2: u32, w3: u32) -> u32 {
+    let Some(svc) = TABLES.service(id) else { return NO_SLOT };
+    // The VIP (IPv4-mapped or IPv6) as its four little-endian words: global functions take
+    // scalars only, five at most.
+    let vip = lb_common::packet::addr6(&[w0, w1, w2, w3]);
+    lb_common::dataplane::schedule_locality(&TABLES, id, &svc, &vip).unwrap_or(NO_SLOT)
 }
 
 /// lblc's and lblcr's `is_overloaded()` of the server in `slot` of service `id`: 1 or 0.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn drlb_locality_overloaded(id: u32, slot: u32) -> u32 {
-    let Some(svc) = BpfTables.service(id) else { return 0 };
-    lb_common::dataplane::locality_overloaded(&BpfTables, &svc, slot) as u32
+    let Some(svc) = TABLES.service(id) else { return 0 };
+    lb_common::dataplane::locality_overloaded(&TABLES, &svc, slot) as u32
 }
 
 /// `ip_vs_dest_set_min()` over this CPU's scratch entry: a slot, or `NO_SLOT`.
@@ -504,7 +512,7 @@ pub extern "C" fn drlb_locality_overloaded(id: u32, slot: u32) -> u32 {
 pub extern "C" fn drlb_locality_least() -> u32 {
     let Some(e) = LOCALITY_SCRATCH.get_ptr(0) else { return NO_SLOT };
     // SAFETY: this CPU's scratch value, which only this program on this CPU uses.
-    lb_common::dataplane::set_least(&BpfTables, unsafe { &*e }).unwrap_or(NO_SLOT)
+    lb_common::dataplane::set_least(&TABLES, unsafe { &*e }).unwrap_or(NO_SLOT)
 }
 
 /// `ip_vs_dest_set_max()` over this CPU's scratch entry: a position, or `NO_SLOT`.
@@ -513,7 +521,40 @@ pub extern "C" fn drlb_locality_least() -> u32 {
 pub extern "C" fn drlb_locality_most() -> u32 {
     let Some(e) = LOCALITY_SCRATCH.get_ptr(0) else { return NO_SLOT };
     // SAFETY: as in `drlb_locality_least`.
-    lb_common::dataplane::set_most(&BpfTables, unsafe { &*e }).map_or(NO_SLOT, |at| at as u32)
+    lb_common::dataplane::set_most(&TABLES, unsafe { &*e }).map_or(NO_SLOT, |at| at as u32)
+}
+
+#[map(name = "DRLB_JUMP")]
+static JUMP: ProgramArray = ProgramArray::with_max_entries(JUMP_SLOTS, 0);
+
+#[map(name = "DRLB_IPV6_CHAIN")]
+static IPV6_CHAIN: PerCpuArray<Ipv6Chain> = PerCpuArray::with_max_entries(1, 0);
+
+/// Jumps to the program in `DRLB_JUMP` slot `slot`; returns only if there is none.
+#[inline(always)]
+pub fn jump(ctx: &aya_ebpf::programs::XdpContext, slot: u32) {
+    // SAFETY: `ctx` is the running program's own context, as a tail call requires; success
+    // does not return, and every program in DRLB_JUMP is an XDP program of this object.
+    unsafe { JUMP.tail_call(ctx, slot) }
+}
+
+/// Leaves the dispatcher's walk of an IPv6 packet for the program it jumps to (this CPU's
+/// entry: the jump stays on this CPU, and XDP does not nest on a CPU).
+#[inline(always)]
+pub fn set_ipv6_chain(chain: &Ipv6Chain) {
+    if let Some(p) = IPV6_CHAIN.get_ptr_mut(0) {
+        // SAFETY: this CPU's value, which only the programs on this CPU use.
+        unsafe { write_volatile(p, *chain) };
+    }
+}
+
+/// What the dispatcher left in [`set_ipv6_chain`] for this packet.
+#[inline(always)]
+pub fn ipv6_chain() -> Ipv6Chain {
+    match IPV6_CHAIN.get_ptr(0) {
+        Some(p) => read(p),
+        None => Ipv6Chain { status: Ipv6Chain::TRUNCATED, ..Ipv6Chain::default() },
+    }
 }
 
 /// Bumps the CPU-local counter for `stat`.

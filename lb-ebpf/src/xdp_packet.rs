@@ -60,6 +60,25 @@ impl Packet for XdpPacket {
     }
 
     #[inline(always)]
+    fn load_u32s<const N: usize>(&self, off: usize) -> Option<[u32; N]> {
+        let ptr = self.start + off;
+        if ptr + 4 * N > self.end {
+            return None;
+        }
+        let mut out = [0u32; N];
+        let mut i = 0;
+        while i < N {
+            let v: u64;
+            // As in `load_u32`.
+            // SAFETY: [ptr + 4i, ptr + 4i + 4) lies inside the frame (checked above, i < N).
+            unsafe { core::arch::asm!("{0} = *(u32 *)({1} + 0)", out(reg) v, in(reg) ptr + 4 * i, options(readonly, nostack, preserves_flags)) };
+            out[i] = v as u32;
+            i += 1;
+        }
+        Some(out)
+    }
+
+    #[inline(always)]
     fn store_u32(&mut self, off: usize, v: u32) -> bool {
         let ptr = self.start + off;
         if ptr + 4 > self.end {

@@ -103,6 +103,10 @@ impl Tables for HostTables {
         s.conns += new_conn as u64;
     }
 
+    fn conn(&self, key: &ConnKey) -> Option<Conn> {
+        self.conns.borrow().get(key).copied()
+    }
+
     fn with_conn<R>(&self, key: &ConnKey, f: impl FnOnce(Option<&mut Conn>) -> R) -> R {
         // Copy out and back so `f` may use the other tables meanwhile.
         let current = self.conns.borrow().get(key).copied();

@@ -582,7 +582,7 @@ impl Controller {
         let mut records = Vec::new();
         for (k, c) in entries {
             let with_template = self.tables.services.get(&c.service).is_some_and(|s| {
-                s.flags & lb_common::maps::SVC_F_PERSISTENT != 0 && templates.insert(s.template_key(&k.client, k.vip, k.vport, k.proto))
+                s.flags & lb_common::maps::SVC_F_PERSISTENT != 0 && templates.insert(s.template_key(&k.client, &k.vip, k.vport, k.proto))
             });
             records.extend(names.records(k, c.backend, c.service, c.state, c.flags, with_template));
         }

@@ -1,7 +1,7 @@
 //! The XDP object in the kernel: loading, attaching, programming its maps, reading counters.
 
 use anyhow::{Context as _, Result, bail, ensure};
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray};
 use std::path::{Path, PathBuf};
 
 use aya::programs::links::{FdLink, PinnedLink};
@@ -26,8 +26,16 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 /// The tools object: the lab's and the benchmark's programs ([`Tools`]).
 pub static TOOLS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf-tools"));
 
-/// The balancing program's name in the object.
+/// The program attached to the interface: the dispatcher, which tail-calls the programs of
+/// [`JUMP_PROGRAMS`] through `DRLB_JUMP`. Tests and the benchmark run it too, so that every
+/// frame takes the path it takes on the wire.
 pub const PROGRAM_LB: &str = "drlb_xdp";
+/// The programs the dispatcher jumps to, by their `DRLB_JUMP` slot.
+pub const JUMP_PROGRAMS: [(u32, &str); lb_common::maps::JUMP_SLOTS as usize] = [
+    (lb_common::maps::JUMP_V4, "drlb_xdp_v4"),
+    (lb_common::maps::JUMP_V6, "drlb_xdp_v6"),
+    (lb_common::maps::JUMP_ICMP, "drlb_xdp_icmp"),
+];
 /// Publishes the dataplane clock (see [`Dataplane::now`]).
 pub const PROGRAM_CLOCK: &str = "drlb_clock";
 /// Tools: XDP_PASS only (for veth peers in the lab; benchmark floor (a)).
@@ -53,6 +61,23 @@ fn load_programs(ebpf: &mut Ebpf, names: &[&str]) -> Result<()> {
             .with_context(|| format!("program {name} missing from the object"))?
             .try_into()?;
         prog.load().with_context(|| format!("the kernel verifier rejected {name}"))?;
+    }
+    Ok(())
+}
+
+/// Points every slot of `DRLB_JUMP` at its program of `ebpf` (loaded and verified). With a
+/// pinned table a dispatcher still attached from the previous run jumps to these programs
+/// from here on, which is safe because the layout check proved the maps mean the same.
+fn fill_jump_table(ebpf: &mut Ebpf) -> Result<()> {
+    let mut fds = Vec::new();
+    for (slot, name) in JUMP_PROGRAMS {
+        let prog: &Xdp = ebpf.program(name).with_context(|| format!("program {name} missing from the object"))?.try_into()?;
+        fds.push((slot, prog.fd()?.try_clone().context("duplicating a program fd")?));
+    }
+    let map = ebpf.map_mut(lb_common::maps::MAP_JUMP).context("map DRLB_JUMP missing from the object")?;
+    let mut jump: ProgramArray<&mut MapData> = ProgramArray::try_from(map)?;
+    for (slot, fd) in &fds {
+        jump.set(*slot, fd, 0).with_context(|| format!("filling slot {slot} of DRLB_JUMP"))?;
     }
     Ok(())
 }
@@ -307,7 +332,10 @@ impl Dataplane {
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading drlb's BPF object (are you root, and is this kernel 5.10 or newer?)")?;
-        load_programs(&mut ebpf, &[PROGRAM_LB, PROGRAM_CLOCK])?;
+        let mut programs = vec![PROGRAM_LB, PROGRAM_CLOCK];
+        programs.extend(JUMP_PROGRAMS.iter().map(|(_, name)| *name));
+        load_programs(&mut ebpf, &programs)?;
+        fill_jump_table(&mut ebpf)?;
         let mut dp =
             Dataplane {
                 ebpf,
@@ -369,11 +397,14 @@ impl Dataplane {
         Ok(self.ebpf.program(name).with_context(|| format!("no program {name}"))?.try_into()?)
     }
 
-    /// Instructions the kernel's verifier processed to accept the balancer (reported by
-    /// kernels 5.16+): how far the program is from the verifier's budget of 1,000,000, which
-    /// every scheduler loop draws on.
-    pub fn verified_instructions(&self) -> Option<u32> {
-        self.program(PROGRAM_LB).ok()?.info().ok()?.verified_instruction_count()
+    /// Instructions the kernel's verifier processed to accept each program of the balancer
+    /// (reported by kernels 5.16+): how far each is from the verifier's budget of 1,000,000,
+    /// which every scheduler loop draws on. `None` where the kernel does not say.
+    pub fn verified_instructions(&self) -> Vec<(&'static str, Option<u32>)> {
+        std::iter::once(PROGRAM_LB)
+            .chain(JUMP_PROGRAMS.iter().map(|(_, name)| *name))
+            .map(|name| (name, self.program(name).ok().and_then(|p| p.info().ok()).and_then(|i| i.verified_instruction_count())))
+            .collect()
     }
 
     fn program_mut(&mut self, name: &str) -> Result<&mut Xdp> {

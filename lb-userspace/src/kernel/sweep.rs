@@ -140,7 +140,7 @@ pub fn sweep(maps: &mut impl MapsMut, inputs: &SweepInputs, now: u64, pick: Opti
         report.live += 1;
         tally.add(c.backend, c.is_inactive());
         if let Some(svc) = inputs.persistent.get(&c.service) {
-            let e = newest.entry(svc.template_key(&k.client, k.vip, k.vport, k.proto)).or_default();
+            let e = newest.entry(svc.template_key(&k.client, &k.vip, k.vport, k.proto)).or_default();
             *e = (*e).max(c.last_seen);
         }
         if pick.is_some_and(|p| p(k, c)) {

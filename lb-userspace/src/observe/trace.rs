@@ -33,7 +33,7 @@ pub fn explain(stat: Verdict) -> &'static str {
         Verdict::TxForwarded => "established",
         Verdict::TxScheduled => "new",
         Verdict::PassArp => "ARP",
-        Verdict::PassIpv6 => "IPv6, not balanced",
+        Verdict::PassNoProgram => "no program for this kind of packet (dataplane being replaced?)",
         Verdict::PassOtherL3 => "not IP",
         Verdict::PassNotVip => "not for a VIP",
         Verdict::PassVipNoService => "no service on this port: the director's own",
@@ -44,6 +44,9 @@ pub fn explain(stat: Verdict) -> &'static str {
         Verdict::DropBackendMissing => "real server has no MAC (unresolved)",
         Verdict::DropNoConnection => "no connection (non-SYN)",
         Verdict::DropConnTableFull => "connection table full",
+        Verdict::TxIcmpForwarded => "ICMP error about this connection",
+        Verdict::PassIcmpUnknown => "ICMP error about no known connection",
+        Verdict::DropExtHeaders => "too many IPv6 extension headers",
     }
 }
 
@@ -54,11 +57,19 @@ struct Names {
 
 impl Names {
     fn line(&self, ev: &TraceEvent) -> String {
-        let client = ip_of(&ev.client).map(|a| a.to_string()).unwrap_or_default();
-        let vip = ip_of(&ev.vip).map(|a| a.to_string()).unwrap_or_default();
-        let (what, proto) = if ev.proto == 6 { (tcp_flags(ev.tcp_flags), "tcp") } else { ("UDP".to_string(), "udp") };
-        let head = format!("{what} {client}:{} -> {vip}:{} {proto}", ev.cport, ev.vport);
+        let endpoint = |a: &lb_common::addr::Addr16, port: u16| match ip_of(a) {
+            Some(ip) => std::net::SocketAddr::new(ip, port).to_string(),
+            None => format!("?:{port}"),
+        };
         let stat = Verdict::ALL.get(ev.stat as usize).copied().unwrap_or(Verdict::PassMalformed);
+        let proto = if ev.proto == 6 { "tcp" } else { "udp" };
+        let what = match stat {
+            // The event names the connection the error is about.
+            Verdict::TxIcmpForwarded | Verdict::PassIcmpUnknown => "ICMP-error".to_string(),
+            _ if ev.proto == 6 => tcp_flags(ev.tcp_flags),
+            _ => "UDP".to_string(),
+        };
+        let head = format!("{what} {} -> {} {proto}", endpoint(&ev.client, ev.cport), endpoint(&ev.vip, ev.vport));
         match stat.xdp_action() {
             XDP_DROP => format!("{head} => DROP {}", explain(stat)),
             XDP_PASS => format!("{head} => PASS {}", explain(stat)),
@@ -71,7 +82,11 @@ impl Names {
                     })
                     .unwrap_or_else(|| "rs".into());
                 let sched = maps::service(&self.maps, ev.service).map(|s| scheduler_name(s.scheduler)).unwrap_or("?");
-                let why = if ev.new_conn != 0 { format!("new, {sched}") } else { "established".into() };
+                let why = match stat {
+                    Verdict::TxIcmpForwarded => "ICMP error, to the connection's server".to_string(),
+                    _ if ev.new_conn != 0 => format!("new, {sched}"),
+                    _ => "established".into(),
+                };
                 format!(
                     "{head} => {name} {} {} XDP_TX ({why})",
                     addr.map(|a| a.to_string()).unwrap_or_default(),

@@ -352,7 +352,7 @@ pub fn rows() -> Vec<Row> {
         .syn()
         .write(&mut v6, b"")
         .unwrap();
-    v.push(row("IPv6 is passed (not balanced yet)", v6, Untouched(PassIpv6)));
+    v.push(row("IPv6 not to a VIP is passed", v6, Untouched(PassNotVip)));
     let mut trunc_vlan = tcp_to(web, 40000, 80, SYN)[..12].to_vec();
     trunc_vlan.extend_from_slice(&0x8100u16.to_be_bytes());
     v.push(row("truncated Ethernet (802.1Q type, no tag) is passed", trunc_vlan, Untouched(PassMalformed)));
@@ -391,7 +391,7 @@ pub fn rows() -> Vec<Row> {
     v.push(row("mh: a client goes to its Maglev entry's server", tcp_to(vip(MH), 45100, 80, SYN), To(TxScheduled, mh_to)));
     v.push(row("mh: the same client on another port goes there too", tcp_to(vip(MH), 45101, 80, SYN), To(TxScheduled, mh_to)));
     // --- dh (ip_vs_dh.c) ---
-    let dh_list_index = lb_common::sched::dh_bucket([198, 18, 0, DH]) as usize % 3;
+    let dh_list_index = lb_common::sched::dh_bucket(u32::from_be_bytes([198, 18, 0, DH])) as usize % 3;
     let dh_to = [RS3, RS2, RS1][dh_list_index];
     v.push(row("dh: the VIP's bucket (ip_vs_dh_hashkey of the destination) names the server", tcp_to(vip(DH), 45400, 80, SYN), To(TxScheduled, dh_to)));
     v.push(row("dh: every client of the VIP goes there", tcp_from(CLIENT_OTHER_NET, vip(DH), 45401, 80, SYN), To(TxScheduled, dh_to)));
@@ -673,9 +673,11 @@ impl Harness {
 /// host model. Returns the number of rows.
 pub fn run_table() -> usize {
     let mut h = Harness::new();
-    match h.dp.verified_instructions() {
-        Some(n) => println!("selftest: the verifier processed {n} instructions of the balancer (its budget: 1000000)"),
-        None => println!("selftest: this kernel does not report the verifier's instruction count (5.16+ does)"),
+    for (program, count) in h.dp.verified_instructions() {
+        match count {
+            Some(n) => println!("selftest: the verifier processed {n} instructions of {program} (its budget: 1000000)"),
+            None => println!("selftest: this kernel does not report the verifier's instruction count of {program} (5.16+ does)"),
+        }
     }
     let rows = rows();
     assert!(rows.len() >= 40, "{} rows", rows.len());

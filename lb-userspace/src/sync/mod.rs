@@ -245,7 +245,7 @@ impl Names {
         };
         let mut out = Vec::with_capacity(2);
         if with_template && svc.flags & SVC_F_PERSISTENT != 0 {
-            let t = svc.template_key(&key.client, key.vip, key.vport, key.proto);
+            let t = svc.template_key(&key.client, &key.vip, key.vport, key.proto);
             // A group's template is the service's, not the VIP's: it goes out under the
             // connection's own VIP and port, which the peer maps to the same service and
             // from there to the same template.
