@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use lb_userspace::control::config::XdpMode;
 use lb_userspace::kernel::mac::format_mac;
-use drlb_lab::{DIRECTOR, Lab, REAL_SERVERS, VIP};
+use drlb_lab::{BIG_RESPONSE, DIRECTOR, FAR_CLIENT_ADDR, FAR_CLIENT_ADDR6, Lab, REAL_SERVERS, VIP, VIP6};
 
 /// Labs run one at a time: they are cheap, and timing-sensitive assertions (like "no
 /// reply crossed the director") are clearer without a second lab competing for the CPUs.
@@ -26,22 +26,32 @@ fn end_to_end(mode: XdpMode) {
     let before = lab.http_requests(3, Duration::from_secs(2)).unwrap();
     assert_eq!(before.ok, 0, "{mode:?}: a request to the VIP succeeded without drlb: {before:?}");
 
-    lab.start_drlb(drlb).expect("start drlb");
-    let on_director = lab.capture("director", &format!("tcp and src host {VIP}")).unwrap();
-    let on_client = lab.capture("client", &format!("tcp and src host {VIP}")).unwrap();
+    // Both families at once: an IPv4 and an IPv6 service on the same real servers.
+    let config = lab.drlb_config_dual();
+    lab.start_drlb_with(drlb, &config).expect("start drlb");
+    let replies = format!("tcp and (src host {VIP} or src host {VIP6})");
+    let on_director = lab.capture("director", &replies).unwrap();
+    let on_client = lab.capture("client", &replies).unwrap();
 
     let tally = lab.http_requests(REQUESTS, Duration::from_secs(3)).unwrap();
+    let tally6 = lab.http_requests_to(VIP6.into(), REQUESTS, Duration::from_secs(3)).unwrap();
     let replies_at_director = on_director.finish().unwrap();
     let replies_at_client = on_client.finish().unwrap();
-    println!("{mode:?}: {tally:?}; replies seen at client {}, at director {}", replies_at_client.len(), replies_at_director.len());
+    println!(
+        "{mode:?}: IPv4 {tally:?}; IPv6 {tally6:?}; replies seen at client {}, at director {}",
+        replies_at_client.len(),
+        replies_at_director.len()
+    );
 
-    assert_eq!(tally.ok, REQUESTS, "{mode:?}: {} failed, first: {:?}", tally.failed, tally.first_error);
-    for (rs, n) in REAL_SERVERS.iter().zip(tally.per_server) {
-        assert!(n > 0, "{mode:?}: {} answered none of {REQUESTS}", rs.role);
+    for (family, t) in [("IPv4", &tally), ("IPv6", &tally6)] {
+        assert_eq!(t.ok, REQUESTS, "{mode:?} {family}: {} failed, first: {:?}", t.failed, t.first_error);
+        for (rs, n) in REAL_SERVERS.iter().zip(t.per_server) {
+            assert!(n > 0, "{mode:?} {family}: {} answered none of {REQUESTS}", rs.role);
+        }
     }
     // Direct Routing: replies go from the real servers straight to the client. The client
     // sees every reply frame come from a real server's MAC, and the director sees none.
-    assert!(replies_at_client.len() >= REQUESTS, "{mode:?}: client captured {} reply frames", replies_at_client.len());
+    assert!(replies_at_client.len() >= 2 * REQUESTS, "{mode:?}: client captured {} reply frames", replies_at_client.len());
     let rs_macs: Vec<String> = REAL_SERVERS.iter().map(|rs| format_mac(&rs.mac)).collect();
     for mac in &replies_at_client {
         assert!(rs_macs.contains(mac), "{mode:?}: a reply came from {mac}, not from a real server (director is {})", format_mac(&DIRECTOR.mac));
@@ -61,7 +71,7 @@ fn end_to_end(mode: XdpMode) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     // Each request is at least SYN, ACK+request and FIN/ACK from the client.
-    assert!(forwarded >= 3 * REQUESTS as u64, "{mode:?}: only {forwarded} packets forwarded: {counters}");
+    assert!(forwarded >= 2 * 3 * REQUESTS as u64, "{mode:?}: only {forwarded} packets forwarded: {counters}");
     let mode_name = if mode == XdpMode::Native { "native" } else { "generic" };
     assert!(log.contains(&format!("in {mode_name} mode")), "{mode:?}: drlb attached in another mode:\n{log}");
     assert!(log.contains("detached from eth0"), "{mode:?}: drlb did not detach cleanly:\n{log}");
@@ -160,4 +170,31 @@ fn auto_mode_falls_back_to_generic_with_a_reason() {
     assert!(log.contains("native XDP is not available on nox0"), "no fallback reason logged:\n{log}");
     assert!(log.contains("XDP attached to nox0 in generic mode"), "{log}");
     assert!(log.contains("no ARP reply yet"), "the unresolved real server should be reported:\n{log}");
+}
+
+/// Path MTU discovery through the director, both families: a client behind a link with a
+/// smaller MTU downloads 256 KiB from a real server through the VIP. The router's
+/// "fragmentation needed" / "packet too big" goes to the VIP, that is to the director, which
+/// must pass it to the real server that sent the segment; without that the download stalls.
+#[test]
+fn path_mtu_discovery_works_through_the_director() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let drlb = Path::new(env!("CARGO_BIN_EXE_drlb"));
+    let mut lab = Lab::build(XdpMode::Native).expect("build the lab");
+    lab.add_far_client(1400, 1280).expect("add the router and the far client");
+    let config = lab.drlb_config_dual();
+    lab.start_drlb_with(drlb, &config).expect("start drlb");
+    for (vip, from) in [(std::net::IpAddr::from(VIP), std::net::IpAddr::from(FAR_CLIENT_ADDR)), (VIP6.into(), FAR_CLIENT_ADDR6.into())] {
+        let body = lab.fetch("far", std::net::SocketAddr::new(vip, 80), "/big").unwrap_or_else(|e| panic!("download from {from} via {vip}: {e:#}"));
+        assert_eq!(body.len(), BIG_RESPONSE, "download from {from} via {vip} ended early");
+        println!("{from} downloaded {} bytes through {vip}", body.len());
+    }
+    let log = lab.stop_drlb().unwrap();
+    let counters = log.lines().find(|l| l.contains("counters:")).unwrap_or_else(|| panic!("no counters in drlb's log:\n{log}"));
+    let icmp: u64 = counters.split_whitespace().find_map(|kv| kv.strip_prefix("tx_icmp_forwarded=")).and_then(|v| v.parse().ok()).unwrap_or(0);
+    println!("{counters}");
+    assert!(icmp >= 2, "the director forwarded {icmp} ICMP errors (one per family at least): {counters}");
 }

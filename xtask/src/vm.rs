@@ -309,7 +309,12 @@ pub fn run(series: &str, arch: &str, drlb: &Path) -> Result<String> {
     if rc.trim() != "0" || !console.contains("fixture rows passed") || lab.len() != 2 || fuzz.is_none() || ipvs.len() != 2 || choices.len() != 7 /* selftest::ipvs_choices::ROUND_COUNT */ {
         bail!("drlb failed on {series} ({banner}):\n{console}");
     }
-    let rows = console.lines().find_map(|l| l.find("selftest: ").map(|i| l[i + "selftest: ".len()..].trim().to_string())).unwrap_or_default();
+    // One line per program the verifier checked, then the row count.
+    let rows = console
+        .lines()
+        .filter_map(|l| l.find("selftest: ").map(|i| l[i + "selftest: ".len()..].trim().to_string()))
+        .collect::<Vec<_>>()
+        .join("; ");
     Ok(format!(
         "{banner}; {rows}; {} fuzzed frames identical in kernel and model; lab forwarded real TCP: {}; IPVS sync interop: {}; IPVS's choices: {}",
         fuzz.unwrap_or_default(),

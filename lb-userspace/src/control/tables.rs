@@ -224,11 +224,27 @@ pub fn usability(rs: &config::RealServer, macs: &HashMap<IpAddr, Mac>) -> Usabil
 }
 
 
-fn prefix_mask(v4_prefix: u8) -> Addr16 {
-    let bits = if v4_prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(v4_prefix)) };
+/// The mask of a service's persistence granularity over the maps' 16-byte addresses:
+/// an IPv4 prefix (default /32) covers the last four bytes of the IPv4-mapped form, an IPv6
+/// one (default /128, as IPVS's) the whole address.
+fn persist_mask(svc: &crate::control::config::Service) -> Addr16 {
+    let granularity = svc.persistence_granularity.map(|g| g.0);
+    if svc.vip.is_ipv6() {
+        let len = granularity.unwrap_or(128).min(128);
+        let bits = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+        return bits.to_be_bytes();
+    }
+    let len = granularity.unwrap_or(32).min(32);
+    let bits = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
     let mut m = [0xff; 16];
     m[12..].copy_from_slice(&bits.to_be_bytes());
     m
+}
+
+/// [`lb_common::maps::SVC_F_IPV6`] for an IPv6 service: the hashing schedulers fold its
+/// addresses.
+fn family_flag(svc: &crate::control::config::Service) -> u32 {
+    if svc.vip.is_ipv6() { lb_common::maps::SVC_F_IPV6 } else { 0 }
 }
 
 fn secs(d: std::time::Duration) -> u32 {
@@ -560,10 +576,8 @@ fn service_part(
                 .iter()
                 .rev()
                 .map(|m| sched_tables::MhDest {
-                    addr: match m.1 {
-                        IpAddr::V4(a) => u32::from(a),
-                        IpAddr::V6(_) => 0,
-                    },
+                    // ip_vs_mh hashes each destination's address as it hashes clients'.
+                    addr: lb_common::maps::addr_hash(family_flag(svc), &lb_common::addr::from_ip(m.1)),
                     port: svc.port,
                     last_weight: if m.2 > 0 { m.2 } else { svc.real_servers.iter().find(|r| r.address == m.1).map_or(0, |r| r.weight) },
                 })
@@ -573,7 +587,7 @@ fn service_part(
         _ => (Vec::new(), 0),
     };
 
-    let mut svc_flags = 0;
+    let mut svc_flags = family_flag(svc);
     if svc.persistence_timeout.is_some() {
         svc_flags |= SVC_F_PERSISTENT;
     }
@@ -603,7 +617,7 @@ fn service_part(
         table_len: 0,
         table_cycle_start: 0,
         persist_timeout_s: svc.persistence_timeout.map(secs).unwrap_or(0),
-        persist_mask: prefix_mask(svc.persistence_granularity.map(|g| g.0.min(32)).unwrap_or(32)),
+        persist_mask: persist_mask(svc),
         timeouts: Timeouts {
             tcp_established: secs(svc.timeouts.tcp),
             tcp_fin_wait: secs(svc.timeouts.tcp_fin),

@@ -2,7 +2,7 @@
 //! the real servers' MACs from the neighbour (ARP) table — resolved on demand and followed.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context as _, Result, anyhow};
 use futures::TryStreamExt as _;
@@ -26,6 +26,8 @@ pub struct Interface {
     pub mac: Mac,
     /// IPv4 addresses with their prefix lengths.
     pub ipv4: Vec<(Ipv4Addr, u8)>,
+    /// IPv6 addresses with their prefix lengths (link-local ones included).
+    pub ipv6: Vec<(Ipv6Addr, u8)>,
     /// The XDP program attached, as the link reports it.
     pub xdp: Option<XdpAttachment>,
     pub mtu: u32,
@@ -63,20 +65,33 @@ impl Interface {
     /// Whether `addr` is in one of the interface's subnets, i.e. reachable at layer 2,
     /// which Direct Routing requires of every real server.
     pub fn on_link(&self, addr: IpAddr) -> bool {
-        let IpAddr::V4(addr) = addr else { return false };
-        self.ipv4.iter().any(|(net, len)| {
-            let mask = if *len == 0 { 0 } else { u32::MAX << (32 - u32::from(*len)) };
-            u32::from(*net) & mask == u32::from(addr) & mask
-        })
+        match addr {
+            IpAddr::V4(addr) => self.ipv4.iter().any(|(net, len)| {
+                let mask = if *len == 0 { 0 } else { u32::MAX << (32 - u32::from((*len).min(32))) };
+                u32::from(*net) & mask == u32::from(addr) & mask
+            }),
+            IpAddr::V6(addr) => self.ipv6.iter().any(|(net, len)| {
+                let mask = if *len == 0 { 0 } else { u128::MAX << (128 - u32::from((*len).min(128))) };
+                u128::from(*net) & mask == u128::from(addr) & mask
+            }),
+        }
     }
 
-    /// "198.18.0.2/24, 198.18.0.100/32" for messages.
+    /// "198.18.0.2/24, 2001:db8::2/64" for messages.
     pub fn describe_subnets(&self) -> String {
-        if self.ipv4.is_empty() {
-            return "no IPv4 address".into();
-        }
-        self.ipv4.iter().map(|(a, l)| format!("{a}/{l}")).collect::<Vec<_>>().join(", ")
+        let all: Vec<String> = self
+            .ipv4
+            .iter()
+            .map(|(a, l)| format!("{a}/{l}"))
+            .chain(self.ipv6.iter().filter(|(a, _)| !is_link_local(a)).map(|(a, l)| format!("{a}/{l}")))
+            .collect();
+        if all.is_empty() { "no address".into() } else { all.join(", ") }
     }
+}
+
+/// fe80::/10: every IPv6 interface has one, and no real server is reached through it.
+fn is_link_local(a: &Ipv6Addr) -> bool {
+    a.segments()[0] & 0xffc0 == 0xfe80
 }
 
 /// Opens an rtnetlink connection driven by a background task.
@@ -106,14 +121,22 @@ pub async fn interface(handle: &Handle, name: &str) -> Result<Interface> {
         })
         .ok_or_else(|| anyhow!("interface {name} has no Ethernet address; DR needs an Ethernet interface"))?;
     let index = link.header.index;
-    let mut ipv4 = Vec::new();
+    let (mut ipv4, mut ipv6) = (Vec::new(), Vec::new());
     let mut addrs = handle.address().get().set_link_index_filter(index).execute();
     while let Some(msg) = addrs.try_next().await.with_context(|| format!("listing addresses of {name}"))? {
         for attr in &msg.attributes {
-            if let AddressAttribute::Local(IpAddr::V4(a)) | AddressAttribute::Address(IpAddr::V4(a)) = attr {
-                if !ipv4.contains(&(*a, msg.header.prefix_len)) {
-                    ipv4.push((*a, msg.header.prefix_len));
+            match attr {
+                AddressAttribute::Local(IpAddr::V4(a)) | AddressAttribute::Address(IpAddr::V4(a)) => {
+                    if !ipv4.contains(&(*a, msg.header.prefix_len)) {
+                        ipv4.push((*a, msg.header.prefix_len));
+                    }
                 }
+                AddressAttribute::Address(IpAddr::V6(a)) => {
+                    if !ipv6.contains(&(*a, msg.header.prefix_len)) {
+                        ipv6.push((*a, msg.header.prefix_len));
+                    }
+                }
+                _ => {}
             }
         }
     }
@@ -122,7 +145,7 @@ pub async fn interface(handle: &Handle, name: &str) -> Result<Interface> {
         LinkAttribute::Mtu(m) => Some(*m),
         _ => None,
     });
-    Ok(Interface { name: name.to_string(), index, mac, ipv4, xdp, mtu: mtu.unwrap_or(1500) })
+    Ok(Interface { name: name.to_string(), index, mac, ipv4, ipv6, xdp, mtu: mtu.unwrap_or(1500) })
 }
 
 /// A neighbour-table fact about one address on one interface.
@@ -191,7 +214,7 @@ pub async fn neighbour_states(handle: &Handle, ifindex: u32) -> Result<HashMap<I
         if msg.header.ifindex != ifindex {
             continue;
         }
-        let Some(addr @ IpAddr::V4(_)) = destination(&msg) else { continue };
+        let Some(addr) = destination(&msg) else { continue };
         let mac = link_layer_address(&msg);
         let state = format!("{:?}", msg.header.state).to_uppercase();
         let usable = usable(msg.header.state);
@@ -395,11 +418,14 @@ mod tests {
             index: 2,
             mac: [0; 6],
             ipv4: vec![("198.18.0.2".parse().unwrap(), 24), ("198.18.0.100".parse().unwrap(), 32)],
+            ipv6: vec![("2001:db8::2".parse().unwrap(), 64), ("fe80::1".parse().unwrap(), 64)],
             xdp: None,
             mtu: 1500,
         };
         assert!(i.on_link("198.18.0.11".parse().unwrap()));
         assert!(!i.on_link("198.19.0.11".parse().unwrap()));
-        assert!(!i.on_link("2001:db8::1".parse().unwrap()));
+        assert!(i.on_link("2001:db8::11".parse().unwrap()));
+        assert!(!i.on_link("2001:db8:1::11".parse().unwrap()));
+        assert_eq!(i.describe_subnets(), "198.18.0.2/24, 198.18.0.100/32, 2001:db8::2/64");
     }
 }

@@ -118,6 +118,22 @@ services:
       real_servers: [ { address: 198.18.0.11 }, { address: 198.18.0.12 } ] }
   - { name: lblcr, vip: 198.18.0.132, port: 80, protocol: tcp, scheduler: lblcr,
       real_servers: [ { address: 198.18.0.11 }, { address: 198.18.0.12 } ] }
+  - { name: icmp, vip: 198.18.0.133, port: 80, protocol: tcp, real_servers: [ { address: 198.18.0.12 } ] }
+  - { name: web6, vip: "2001:db8::100", port: 80, protocol: tcp, scheduler: wlc,
+      real_servers: [ { address: "2001:db8::11" }, { address: "2001:db8::12" } ] }
+  - { name: dns6, vip: "2001:db8::101", port: 53, protocol: udp, real_servers: [ { address: "2001:db8::13" } ] }
+  - { name: all-ports6, vip: "2001:db8::103", port: 0, protocol: tcp, real_servers: [ { address: "2001:db8::11" } ] }
+  - { name: sloppy6, vip: "2001:db8::104", port: 80, protocol: tcp, sloppy_tcp: true, real_servers: [ { address: "2001:db8::11" } ] }
+  - { name: sticky6, vip: "2001:db8::105", port: 80, protocol: tcp, scheduler: rr, persistence_timeout: 60s,
+      persistence_granularity: 64, real_servers: [ { address: "2001:db8::11" }, { address: "2001:db8::12" } ] }
+  - { name: sh6, vip: "2001:db8::109", port: 80, protocol: tcp, scheduler: sh,
+      real_servers: [ { address: "2001:db8::11" }, { address: "2001:db8::12" } ] }
+  - { name: mh6, vip: "2001:db8::110", port: 80, protocol: tcp, scheduler: mh,
+      real_servers: [ { address: "2001:db8::11" }, { address: "2001:db8::12" }, { address: "2001:db8::13" } ] }
+  - { name: dh6, vip: "2001:db8::115", port: 80, protocol: tcp, scheduler: dh,
+      real_servers: [ { address: "2001:db8::11" }, { address: "2001:db8::12" }, { address: "2001:db8::13" } ] }
+  - { name: lblc6, vip: "2001:db8::131", port: 80, protocol: tcp, scheduler: lblc,
+      real_servers: [ { address: "2001:db8::11" }, { address: "2001:db8::12" } ] }
 "#;
 
 /// Backend slots, in configuration order over all services.
@@ -136,7 +152,15 @@ pub fn config() -> Config {
 }
 
 pub fn macs() -> HashMap<IpAddr, Mac> {
-    [("198.18.0.11", RS1), ("198.18.0.12", RS2), ("198.18.0.13", RS3), ("198.18.0.14", RS4)]
+    [
+        ("198.18.0.11", RS1),
+        ("198.18.0.12", RS2),
+        ("198.18.0.13", RS3),
+        ("198.18.0.14", RS4),
+        ("2001:db8::11", RS1),
+        ("2001:db8::12", RS2),
+        ("2001:db8::13", RS3),
+    ]
         .into_iter()
         .map(|(ip, mac)| (ip.parse().unwrap(), mac))
         .collect()
@@ -208,9 +232,184 @@ pub fn forwarded(input: &[u8], to: Mac) -> Vec<u8> {
 
 /// The connection key of a frame, if it has one.
 pub fn conn_key(frame: &[u8]) -> Option<ConnKey> {
-    let L3::Ipv4(ip) = parse_l3(frame) else { return None };
-    let l4 = parse_l4(frame, ip.l4_off, ip.proto)?;
-    Some(ConnKey { client: ip.src(), vip: ip.dst(), cport: l4.sport, vport: l4.dport, proto: ip.proto, _pad: [0; 3] })
+    match parse_l3(frame) {
+        L3::Ipv4(ip) => {
+            let l4 = parse_l4(frame, ip.l4_off, ip.proto)?;
+            Some(ConnKey { client: ip.src(), vip: ip.dst(), cport: l4.sport, vport: l4.dport, proto: ip.proto, _pad: [0; 3] })
+        }
+        L3::Ipv6 => {
+            let (_, l3) = lb_common::packet::ethernet(frame)?;
+            let chain = lb_common::packet::ipv6_chain(frame, l3);
+            if chain.status != lb_common::packet::Ipv6Chain::OK {
+                return None;
+            }
+            let l4 = parse_l4(frame, chain.l4_off as usize, chain.proto)?;
+            let client: [u8; 16] = frame.get(l3 + 8..l3 + 24)?.try_into().ok()?;
+            let vip: [u8; 16] = frame.get(l3 + 24..l3 + 40)?.try_into().ok()?;
+            Some(ConnKey { client, vip, cport: l4.sport, vport: l4.dport, proto: chain.proto, _pad: [0; 3] })
+        }
+        _ => None,
+    }
+}
+
+// --- IPv6 and ICMP frames, built byte by byte where etherparse has no builder (extension
+// headers in any order, fragments, ICMP errors quoting a reply) ---
+
+pub const CLIENT6: [u8; 16] = addr6(0, 0x10);
+pub const CLIENT6_SAME_NET: [u8; 16] = addr6(0, 0x77);
+pub const CLIENT6_OTHER_NET: [u8; 16] = addr6(9, 0x10);
+/// The router between clients and the director, which sends ICMP errors.
+pub const ROUTER: [u8; 4] = [198, 18, 0, 1];
+pub const ROUTER6: [u8; 16] = addr6(0, 1);
+
+/// 2001:db8:`net`::`low`.
+pub const fn addr6(net: u16, low: u16) -> [u8; 16] {
+    let (n, l) = (net.to_be_bytes(), low.to_be_bytes());
+    [0x20, 0x01, 0x0d, 0xb8, n[0], n[1], 0, 0, 0, 0, 0, 0, 0, 0, l[0], l[1]]
+}
+
+/// The fixture's IPv6 VIPs: 2001:db8::`low` (hex, as the config writes them).
+pub fn vip6(low: u16) -> [u8; 16] {
+    addr6(0, low)
+}
+pub const WEB6: u16 = 0x100;
+pub const DNS6: u16 = 0x101;
+pub const ALL_PORTS6: u16 = 0x103;
+pub const SLOPPY6: u16 = 0x104;
+pub const STICKY6: u16 = 0x105;
+pub const SH6: u16 = 0x109;
+pub const MH6: u16 = 0x110;
+pub const DH6: u16 = 0x115;
+pub const LBLC6: u16 = 0x131;
+pub const ICMP4: u8 = 133;
+
+fn ether(ethertype: u16) -> Vec<u8> {
+    let mut f = DIRECTOR_MAC.to_vec();
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f
+}
+
+/// An IPv4 packet (header without options, checksum left 0: the dataplane never reads it).
+pub fn ipv4_packet(src: [u8; 4], dst: [u8; 4], proto: u8, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x45, 0];
+    p.extend_from_slice(&(20 + payload.len() as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, 0, 64, proto, 0, 0]);
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&dst);
+    p.extend_from_slice(payload);
+    p
+}
+
+/// An IPv6 packet whose Next Header is `next`.
+pub fn ipv6_packet(src: [u8; 16], dst: [u8; 16], next: u8, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x60, 0, 0, 0];
+    p.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    p.extend_from_slice(&[next, 64]);
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&dst);
+    p.extend_from_slice(payload);
+    p
+}
+
+/// A TCP header with exactly `flags`, or the first 8 bytes of one (all an ICMP error quotes).
+pub fn tcp_header(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend_from_slice(&sport.to_be_bytes());
+    h.extend_from_slice(&dport.to_be_bytes());
+    h.extend_from_slice(&[0, 0, 0x03, 0xe8, 0, 0, 0, 0, 0x50, flags, 0xfa, 0xf0, 0, 0, 0, 0]);
+    h
+}
+
+pub fn udp_header(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend_from_slice(&sport.to_be_bytes());
+    h.extend_from_slice(&dport.to_be_bytes());
+    h.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+    h.extend_from_slice(&[0, 0]);
+    h.extend_from_slice(payload);
+    h
+}
+
+pub fn tcp6_from(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut f = ether(0x86dd);
+    f.extend(ipv6_packet(src, dst, 6, &tcp_header(sport, dport, flags)));
+    f
+}
+
+pub fn tcp6_to(dst: [u8; 16], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    tcp6_from(CLIENT6, dst, sport, dport, flags)
+}
+
+pub fn udp6_to(dst: [u8; 16], sport: u16, dport: u16) -> Vec<u8> {
+    let mut f = ether(0x86dd);
+    f.extend(ipv6_packet(CLIENT6, dst, 17, &udp_header(sport, dport, b"query")));
+    f
+}
+
+/// An IPv6 extension header of type `kind` announcing `next`: 8 bytes (AH: 12; a fragment
+/// header carries `frag`, the offset-and-M field).
+pub fn ext_header(kind: u8, next: u8, frag: u16) -> Vec<u8> {
+    match kind {
+        lb_common::packet::IPV6_FRAGMENT => {
+            let f = frag.to_be_bytes();
+            vec![next, 0, f[0], f[1], 0, 0, 0x12, 0x34]
+        }
+        lb_common::packet::IPV6_AUTH => vec![next, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1],
+        // Hop-by-hop and destination options: a PadN option; routing: type 4, nothing left.
+        lb_common::packet::IPV6_ROUTING => vec![next, 0, 4, 0, 0, 0, 0, 0],
+        _ => vec![next, 0, 1, 4, 0, 0, 0, 0],
+    }
+}
+
+/// A SYN to `dst`:80 from CLIENT6:`sport` behind the extension headers `chain` (in order;
+/// fragment headers carry `frag`).
+pub fn tcp6_behind(dst: [u8; 16], sport: u16, chain: &[u8], frag: u16) -> Vec<u8> {
+    let mut payload = Vec::new();
+    for (i, kind) in chain.iter().enumerate() {
+        let next = chain.get(i + 1).copied().unwrap_or(6);
+        payload.extend(ext_header(*kind, next, frag));
+    }
+    payload.extend(tcp_header(sport, 80, SYN));
+    let mut f = ether(0x86dd);
+    f.extend(ipv6_packet(CLIENT6, dst, chain.first().copied().unwrap_or(6), &payload));
+    f
+}
+
+/// An ICMPv4 error from the router to `vip` quoting the reply (`vip`:`vport` to
+/// CLIENT:`cport`, `proto`) it could not deliver.
+pub fn icmp4_error(kind: u8, code: u8, vip: [u8; 4], vport: u16, cport: u16, proto: u8) -> Vec<u8> {
+    let l4 = if proto == 6 { tcp_header(vport, cport, ACK)[..8].to_vec() } else { udp_header(vport, cport, b"")[..8].to_vec() };
+    let mut icmp = vec![kind, code, 0, 0, 0, 0, 0x05, 0x78];
+    icmp.extend(ipv4_packet(vip, CLIENT, proto, &l4));
+    let mut f = ether(0x0800);
+    f.extend(ipv4_packet(ROUTER, vip, 1, &icmp));
+    f
+}
+
+/// An ICMPv6 error from the router to `vip` quoting the reply to CLIENT6, as
+/// [`icmp4_error`], behind the outer extension headers `chain`.
+pub fn icmp6_error(kind: u8, code: u8, vip: [u8; 16], vport: u16, cport: u16, proto: u8, chain: &[u8]) -> Vec<u8> {
+    let l4 = if proto == 6 { tcp_header(vport, cport, ACK)[..8].to_vec() } else { udp_header(vport, cport, b"")[..8].to_vec() };
+    let mut payload = Vec::new();
+    for (i, kind) in chain.iter().enumerate() {
+        payload.extend(ext_header(*kind, chain.get(i + 1).copied().unwrap_or(58), 0));
+    }
+    payload.extend([kind, code, 0, 0, 0, 0, 0x05, 0x00]);
+    payload.extend(ipv6_packet(vip, CLIENT6, proto, &l4));
+    let mut f = ether(0x86dd);
+    f.extend(ipv6_packet(ROUTER6, vip, chain.first().copied().unwrap_or(58), &payload));
+    f
+}
+
+/// An ICMPv6 message that is not an error (`kind` ≥ 128: neighbour discovery, echo) from
+/// CLIENT6 to `dst`.
+pub fn icmp6_info(kind: u8, dst: [u8; 16], body: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![kind, 0, 0, 0];
+    icmp.extend_from_slice(body);
+    let mut f = ether(0x86dd);
+    f.extend(ipv6_packet(CLIENT6, dst, 58, &icmp));
+    f
 }
 
 pub enum Expect {
@@ -483,7 +682,128 @@ pub fn rows() -> Vec<Row> {
     v.push(row("synced persistence template (sticky, /24) to rs2: a new client of that /24 goes to rs2", tcp_from(CLIENT_SAME_NET, sticky, 47003, 80, SYN), To(TxScheduled, RS2))
         .setup(Setup::SyncedTemplate(rs2)).conn(tcp::SYN_RECV, true));
     half_open_rows(&mut v);
+    ipv6_rows(&mut v);
+    icmp_rows(&mut v);
     v
+}
+
+/// IPv6: the same phases as IPv4 behind the dispatcher's walk of the extension headers.
+fn ipv6_rows(v: &mut Vec<Row>) {
+    use lb_common::packet::{IPV6_AUTH, IPV6_DEST_OPTS, IPV6_FRAGMENT, IPV6_HOP_BY_HOP, IPV6_ROUTING};
+    use Expect::*;
+    use Verdict::*;
+    let web6 = vip6(WEB6);
+    v.push(row("IPv6 SYN to web6: new connection, wlc tie to the last configured (rs2), half-open", tcp6_to(web6, 50000, 80, SYN), To(TxScheduled, RS2))
+        .conn(tcp::SYN_RECV, true).half_open());
+    v.push(row("IPv6 ACK completes the handshake: ESTABLISHED, in the connection table", tcp6_to(web6, 50000, 80, ACK), To(TxForwarded, RS2))
+        .conn(tcp::ESTABLISHED, false).in_table());
+    v.push(row("IPv6 second client port: wlc picks the idle rs1", tcp6_to(web6, 50001, 80, SYN), To(TxScheduled, RS1)).conn(tcp::SYN_RECV, true));
+    v.push(row("IPv6 data on the established connection", tcp6_to(web6, 50000, 80, PSH_ACK), To(TxForwarded, RS2)).conn(tcp::ESTABLISHED, false));
+    v.push(row("IPv6 client FIN: FIN_WAIT, inactive", tcp6_to(web6, 50000, 80, FIN_ACK), To(TxForwarded, RS2)).conn(tcp::FIN_WAIT, true));
+    v.push(row("IPv6 ACK without a connection is dropped (non-sloppy)", tcp6_to(web6, 50002, 80, ACK), Untouched(DropNoConnection)).no_conn());
+    v.push(row("IPv6 UDP to dns6: new connection, inactive", udp6_to(vip6(DNS6), 5353, 53), To(TxScheduled, RS3)).conn(tcp::NONE, true));
+    v.push(row("IPv6 UDP again on the same 5-tuple", udp6_to(vip6(DNS6), 5353, 53), To(TxForwarded, RS3)));
+    v.push(row("IPv6 TCP to the VIP on a port with no service is passed", tcp6_to(web6, 50003, 22, SYN), Untouched(PassVipNoService)));
+    v.push(row("IPv6 port-0 service takes any port (2222)", tcp6_to(vip6(ALL_PORTS6), 50004, 2222, SYN), To(TxScheduled, RS1)));
+    v.push(row("IPv6 sloppy_tcp: ACK without a connection is scheduled, ESTABLISHED", tcp6_to(vip6(SLOPPY6), 50005, 80, ACK), To(TxScheduled, RS1))
+        .conn(tcp::ESTABLISHED, false));
+    let sticky6 = vip6(STICKY6);
+    v.push(row("IPv6 persistence: the first connection is scheduled (rr → rs2)", tcp6_to(sticky6, 50010, 80, SYN), To(TxScheduled, RS2)));
+    v.push(row("IPv6 persistence /64: a neighbour in the same /64 is pinned to rs2", tcp6_from(CLIENT6_SAME_NET, sticky6, 50011, 80, SYN), To(TxScheduled, RS2)));
+    v.push(row("IPv6 persistence /64: a client in another /64 is scheduled (rr → rs1)", tcp6_from(CLIENT6_OTHER_NET, sticky6, 50012, 80, SYN), To(TxScheduled, RS1)));
+    // sh, mh and dh hash an IPv6 address folded (the XOR of its words), as IPVS does.
+    let fold = |a: &[u8; 16]| lb_common::maps::addr_hash(lb_common::maps::SVC_F_IPV6, a).to_be_bytes();
+    let sh_to = [RS2, RS1][lb_common::host::ipvs::sh(&lb_common::host::ipvs::list_for(&[1, 1]), fold(&CLIENT6)).expect("sh picks a server")];
+    v.push(row("IPv6 sh: the client's folded address names its bucket's server", tcp6_to(vip6(SH6), 50020, 80, SYN), To(TxScheduled, sh_to)));
+    v.push(row("IPv6 sh: the same client on another port goes there too", tcp6_to(vip6(SH6), 50021, 80, SYN), To(TxScheduled, sh_to)));
+    let dests: Vec<(u32, u16, u32)> = [0x13u16, 0x12, 0x11].iter().map(|low| (u32::from_be_bytes(fold(&addr6(0, *low))), 80, 1)).collect();
+    let lookup = lb_common::host::ipvs::mh_kernel_table(&dests, crate::control::sched_tables::MH_TABLE_SIZE);
+    let mh_to = |client: &[u8; 16]| [RS3, RS2, RS1][lb_common::host::ipvs::mh_kernel_get(&lookup, fold(client)).expect("all usable")];
+    v.push(row("IPv6 mh: the Maglev table of folded server addresses, looked up with the folded client", tcp6_to(vip6(MH6), 50030, 80, SYN), To(TxScheduled, mh_to(&CLIENT6))));
+    v.push(row("IPv6 mh: another client", tcp6_from(CLIENT6_OTHER_NET, vip6(MH6), 50031, 80, SYN), To(TxScheduled, mh_to(&CLIENT6_OTHER_NET))));
+    let dh_to = [RS3, RS2, RS1][lb_common::sched::dh_bucket(u32::from_be_bytes(fold(&vip6(DH6)))) as usize % 3];
+    v.push(row("IPv6 dh: the folded VIP's bucket names the server", tcp6_to(vip6(DH6), 50040, 80, SYN), To(TxScheduled, dh_to)));
+    let lblc6 = vip6(LBLC6);
+    v.push(row("IPv6 lblc: the VIP's first connection: wlc (rs2), remembered for the 16-byte VIP", tcp6_to(lblc6, 50050, 80, SYN), To(TxScheduled, RS2)));
+    v.push(row("IPv6 lblc: its handshake completes", tcp6_to(lblc6, 50050, 80, ACK), To(TxForwarded, RS2)));
+    v.push(row("IPv6 lblc: the VIP's next connection stays on rs2 (wlc alone: the idle rs1)", tcp6_from(CLIENT6_OTHER_NET, lblc6, 50051, 80, SYN), To(TxScheduled, RS2)));
+    // Extension headers: walked, counted, never misread.
+    v.push(row("IPv6 hop-by-hop, destination options, routing, then TCP: walked to the SYN and scheduled",
+        tcp6_behind(web6, 50060, &[IPV6_HOP_BY_HOP, IPV6_DEST_OPTS, IPV6_ROUTING], 0), To(TxScheduled, RS2)).conn(tcp::SYN_RECV, true));
+    v.push(row("IPv6 authentication header (4-byte units) before TCP is walked too",
+        tcp6_behind(web6, 50061, &[IPV6_AUTH], 0), To(TxScheduled, RS1)).conn(tcp::SYN_RECV, true));
+    v.push(row("IPv6 six extension headers (RFC 8200's full chain) are walked",
+        tcp6_behind(web6, 50062, &[IPV6_HOP_BY_HOP, IPV6_DEST_OPTS, IPV6_ROUTING, IPV6_AUTH, IPV6_DEST_OPTS, IPV6_DEST_OPTS], 0), To(TxScheduled, RS2)));
+    v.push(row("IPv6 seven extension headers to a VIP: dropped by their own reason, not misread",
+        tcp6_behind(web6, 50063, &[IPV6_DEST_OPTS; 7], 0), Untouched(DropExtHeaders)).no_conn());
+    let mut cut = tcp6_behind(web6, 50064, &[IPV6_HOP_BY_HOP], 0);
+    cut.truncate(14 + 40 + 4);
+    v.push(row("IPv6 frame ending inside an extension header: dropped as truncated", cut, Untouched(DropTruncatedL4)));
+    v.push(row("IPv6 first fragment (M set) to a VIP: dropped as a fragment (IPVS reassembles; XDP cannot)",
+        tcp6_behind(web6, 50065, &[IPV6_FRAGMENT], 1), Untouched(DropFragment)).no_conn());
+    v.push(row("IPv6 later fragment (offset 185) to a VIP: dropped as a fragment",
+        tcp6_behind(web6, 50066, &[IPV6_FRAGMENT], 185 << 3), Untouched(DropFragment)).no_conn());
+    v.push(row("IPv6 atomic fragment (offset 0, no M; RFC 6946) is a whole packet: scheduled",
+        tcp6_behind(web6, 50067, &[IPV6_FRAGMENT], 0), To(TxScheduled, RS1)));
+    let mut esp = ether(0x86dd);
+    esp.extend(ipv6_packet(CLIENT6, web6, 50, &[0; 24]));
+    v.push(row("IPv6 ESP to a VIP is the director's own (no ports to balance on)", esp, Untouched(PassVipNoService)));
+    let mut none = ether(0x86dd);
+    none.extend(ipv6_packet(CLIENT6, web6, 59, &[]));
+    v.push(row("IPv6 No Next Header to a VIP is passed", none, Untouched(PassVipNoService)));
+    v.push(row("IPv6 truncated TCP header to a VIP is dropped", tcp6_to(web6, 50068, 80, SYN)[..14 + 40 + 10].to_vec(), Untouched(DropTruncatedL4)));
+    v.push(row("IPv6 truncated fixed header is passed as malformed", tcp6_to(web6, 50068, 80, SYN)[..14 + 30].to_vec(), Untouched(PassMalformed)));
+    let mut ns_target = vec![0, 0, 0, 0];
+    ns_target.extend_from_slice(&web6);
+    let mut ns = ether(0x86dd);
+    let solicited = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, web6[13], web6[14], web6[15]];
+    ns.extend(ipv6_packet(CLIENT6, solicited, 58, &[&[135u8, 0, 0, 0][..], &ns_target].concat()));
+    v.push(row("IPv6 neighbour solicitation for the VIP (to its solicited-node group) is passed", ns, Untouched(PassNotVip)));
+    let mut ra = ether(0x86dd);
+    ra.extend(ipv6_packet(ROUTER6, [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 58, &[134, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
+    v.push(row("IPv6 router advertisement to all nodes is passed", ra, Untouched(PassNotVip)));
+    v.push(row("IPv6 unicast neighbour solicitation to the VIP (reachability check) is the director's own", icmp6_info(135, web6, &ns_target), Untouched(PassVipNoService)));
+    v.push(row("IPv6 echo request to the VIP is the director's own", icmp6_info(128, web6, &[0, 1, 0, 1]), Untouched(PassVipNoService)));
+    v.push(row("IPv6 to an address that is not a VIP is passed", tcp6_to(addr6(0, 2), 50069, 22, SYN), Untouched(PassNotVip)));
+    let mut vlan = Vec::new();
+    vlan.extend_from_slice(&DIRECTOR_MAC);
+    vlan.extend_from_slice(&CLIENT_MAC);
+    vlan.extend_from_slice(&[0x81, 0x00, 0, 42, 0x86, 0xdd]);
+    vlan.extend(ipv6_packet(CLIENT6, vip6(DNS6), 17, &udp_header(5354, 53, b"q")));
+    v.push(row("IPv6 802.1Q-tagged UDP to the VIP is forwarded with its tag kept", vlan, To(TxScheduled, RS3)));
+}
+
+/// ICMP errors about a VIP's connections go to the connection's real server (IPVS's
+/// `ip_vs_in_icmp()` / `ip_vs_in_icmp_v6()`): path MTU discovery through the director.
+fn icmp_rows(v: &mut Vec<Row>) {
+    use lb_common::packet::IPV6_FRAGMENT;
+    use Expect::*;
+    use Verdict::*;
+    let icmp = vip(ICMP4);
+    v.push(row("ICMP service: a SYN (half-open, rs2)", tcp_to(icmp, 51000, 80, SYN), To(TxScheduled, RS2)).half_open());
+    v.push(row("ICMPv4 fragmentation needed about the half-open connection's reply goes to its real server",
+        icmp4_error(3, 4, icmp, 80, 51000, 6), To(TxIcmpForwarded, RS2)));
+    v.push(row("ICMP service: the ACK establishes it", tcp_to(icmp, 51000, 80, ACK), To(TxForwarded, RS2)).conn(tcp::ESTABLISHED, false));
+    v.push(row("ICMPv4 fragmentation needed about an established connection goes to its real server, its state untouched",
+        icmp4_error(3, 4, icmp, 80, 51000, 6), To(TxIcmpForwarded, RS2)));
+    v.push(row("ICMPv4 time exceeded about it too", icmp4_error(11, 0, icmp, 80, 51000, 6), To(TxIcmpForwarded, RS2)));
+    v.push(row("ICMPv4 port unreachable about a UDP connection (dns) goes to its server", icmp4_error(3, 3, vip(DNS), 53, 5353, 17), To(TxIcmpForwarded, RS3)));
+    v.push(row("ICMPv4 fragmentation needed about no known connection is passed and counted", icmp4_error(3, 4, icmp, 80, 51001, 6), Untouched(PassIcmpUnknown)));
+    let mut later = icmp4_error(3, 4, icmp, 80, 51000, 6);
+    later[14 + 20 + 8 + 7] = 0x10; // the quoted header's fragment offset
+    v.push(row("ICMPv4 error quoting a later fragment (no ports) is passed as unknown", later, Untouched(PassIcmpUnknown)));
+    let mut to_director = icmp4_error(3, 4, icmp, 80, 51000, 6);
+    to_director[14 + 16..14 + 20].copy_from_slice(&DIRECTOR);
+    v.push(row("ICMPv4 error to the director's own address is passed", to_director, Untouched(PassNotVip)));
+    let web6 = vip6(WEB6);
+    v.push(row("ICMPv6 packet too big about an IPv6 connection goes to its real server (rs2)",
+        icmp6_error(2, 0, web6, 80, 50000, 6, &[]), To(TxIcmpForwarded, RS2)));
+    v.push(row("ICMPv6 destination unreachable about the IPv6 UDP connection (dns6 → rs3)", icmp6_error(1, 4, vip6(DNS6), 53, 5353, 17, &[]), To(TxIcmpForwarded, RS3)));
+    v.push(row("ICMPv6 time exceeded about the half-open IPv6 connection (rs1)", icmp6_error(3, 0, web6, 80, 50001, 6, &[]), To(TxIcmpForwarded, RS1)));
+    v.push(row("ICMPv6 packet too big about no known connection is passed and counted", icmp6_error(2, 0, web6, 80, 50099, 6, &[]), Untouched(PassIcmpUnknown)));
+    v.push(row("ICMPv6 packet too big behind a fragment header is dropped, as IPVS drops it",
+        icmp6_error(2, 0, web6, 80, 50000, 6, &[IPV6_FRAGMENT]), Untouched(DropFragment)));
+    v.push(row("ICMPv6 error quoting an ICMPv6 packet (no ports) is passed as unknown", icmp6_error(1, 0, web6, 80, 50000, 58, &[]), Untouched(PassIcmpUnknown)));
 }
 
 /// Clients (address in 198.18.0.0/15, port) whose connections to the flood VIP fall in
@@ -705,7 +1025,11 @@ pub fn run_table() -> usize {
             }
         }
         if let Some(expect) = r.conn_after {
-            let got = h.dp.connection(&key.unwrap()).unwrap().map(|c| (c.state, c.flags & CONN_F_INACTIVE != 0));
+            // A frame without a key (a fragment, an unwalkable chain) can have no connection.
+            let got = match key {
+                Some(key) => h.dp.connection(&key).unwrap().map(|c| (c.state, c.flags & CONN_F_INACTIVE != 0)),
+                None => None,
+            };
             assert_eq!(got, expect, "{what}: connection state (state, inactive)");
         }
         if let Some(half_open) = r.half_open_after {

@@ -18,6 +18,16 @@ pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
 pub const DIRECTOR_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 pub const PREFIX: u8 = 24;
+/// The lab's IPv6 VIP, beside [`VIP`].
+pub const VIP6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
+/// The prefix length of the lab's IPv6 segment, 2001:db8::/64.
+pub const PREFIX6: u8 = 64;
+
+/// A lab host's IPv6 address: 2001:db8:: and its IPv4 address's last byte as written
+/// (198.18.0.11 → 2001:db8::11), so both read alike in captures and logs.
+pub fn v6_of(addr: Ipv4Addr) -> std::net::Ipv6Addr {
+    format!("2001:db8::{}", addr.octets()[3]).parse().expect("a valid IPv6 address")
+}
 
 /// One host of the lab.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,11 +110,12 @@ pub fn keepalive_request(s: &mut TcpStream) -> Result<String> {
 }
 
 /// One HTTP/1.0 GET of `/` on port 80 of `addr`; the body of a 200 answer.
-pub fn http_get(addr: Ipv4Addr, timeout: Duration) -> Result<String> {
-    let mut s = TcpStream::connect_timeout(&SocketAddr::from((addr, 80)), timeout).context("connect")?;
+pub fn http_get(addr: impl Into<std::net::IpAddr>, timeout: Duration) -> Result<String> {
+    let to = SocketAddr::from((addr.into(), 80));
+    let mut s = TcpStream::connect_timeout(&to, timeout).context("connect")?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    s.write_all(format!("GET / HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: drlb-lab\r\n\r\n").as_bytes())?;
+    s.write_all(format!("GET / HTTP/1.0\r\nHost: {}\r\nUser-Agent: drlb-lab\r\n\r\n", to.to_string().trim_end_matches(":80")).as_bytes())?;
     let mut response = String::new();
     s.read_to_string(&mut response).context("read")?;
     let (head, body) = response.split_once("\r\n\r\n").ok_or_else(|| anyhow!("no HTTP header in {response:?}"))?;

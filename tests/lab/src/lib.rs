@@ -28,6 +28,14 @@ pub mod flood;
 pub mod ha;
 use lb_userspace::kernel::bpf::{Tools, PROGRAM_PASS};
 pub use lb_userspace::selftest::netns::*;
+/// Bytes of the real servers' `/big` response.
+pub const BIG_RESPONSE: usize = 256 * 1024;
+/// The router of [`Lab::add_far_client`] on the lab's segment.
+pub const ROUTER_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// The far client of [`Lab::add_far_client`].
+pub const FAR_CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
+pub const FAR_CLIENT_ADDR6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10);
+
 /// What a batch of HTTP requests to the VIP got.
 #[derive(Debug, Default, Clone)]
 pub struct Tally {
@@ -200,16 +208,23 @@ impl Lab {
             let mac = lb_userspace::kernel::mac::format_mac(&host.mac);
             sh("ip", &["-n", &ns, "link", "set", "eth0", "address", &mac])?;
             sh("ip", &["-n", &ns, "addr", "add", &format!("{}/{PREFIX}", host.addr), "dev", "eth0"])?;
+            // IPv6 beside IPv4, without duplicate address detection: the lab's addresses are
+            // unique by construction, and DAD would hold each for a second or more.
+            sh("ip", &["-n", &ns, "addr", "add", &format!("{}/{PREFIX6}", v6_of(host.addr)), "dev", "eth0", "nodad"])?;
             sh("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
         }
         sh("ip", &["-n", &self.ns("client"), "addr", "add", &format!("{CLIENT2_ADDR}/{PREFIX}"), "dev", "eth0"])?;
         // The director owns the VIP, as keepalived would configure it.
         if !self.pair {
             sh("ip", &["-n", &self.ns("director"), "addr", "add", &format!("{VIP}/32"), "dev", "eth0"])?;
+            sh("ip", &["-n", &self.ns("director"), "addr", "add", &format!("{VIP6}/128"), "dev", "eth0", "nodad"])?;
         }
         for rs in self.real_servers() {
             let ns = self.ns(rs.role);
             sh("ip", &["-n", &ns, "addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+            // IPv6 needs no arp_ignore: Linux answers neighbour solicitations only for
+            // addresses of the interface they arrive on, and the VIP is on lo.
+            sh("ip", &["-n", &ns, "addr", "add", &format!("{VIP6}/128"), "dev", "lo"])?;
             for (key, value) in [
                 ("net.ipv4.conf.all.arp_ignore", "1"),
                 ("net.ipv4.conf.all.arp_announce", "2"),
@@ -299,6 +314,8 @@ impl Lab {
     fn start_nginx(&mut self, rs: &Host) -> Result<()> {
         let dir = self.dir.join(rs.role);
         fs::create_dir_all(&dir)?;
+        // A response far larger than any MTU, for path MTU discovery through the director.
+        fs::write(dir.join("big"), vec![b'x'; BIG_RESPONSE])?;
         let conf = dir.join("nginx.conf");
         fs::write(
             &conf,
@@ -307,7 +324,8 @@ impl Lab {
                  error_log {d}/error.log;\nworker_rlimit_nofile 4096;\nevents {{ worker_connections 2048; }}\n\
                  http {{\n  access_log off;\n  client_body_temp_path {d};\n  default_type text/plain;\n\
                  keepalive_timeout 300s;\n  keepalive_requests 100000;\n\
-                 server {{ listen 80;\n    location /health {{ if (-f {d}/unhealthy) {{ return 503 \"sick\\n\"; }} return 200 \"ok\\n\"; }}\n\
+                 server {{ listen 80; listen [::]:80;\n    location /health {{ if (-f {d}/unhealthy) {{ return 503 \"sick\\n\"; }} return 200 \"ok\\n\"; }}\n\
+                 location = /big {{ root {d}; }}\n\
                  location / {{ return 200 \"{role}\\n\"; }} }}\n}}\n",
                 d = dir.display(),
                 role = rs.role
@@ -351,6 +369,19 @@ impl Lab {
             "director:\n  interface: eth0\n  xdp_mode: {mode}\n  pin_root: {}\nservices:\n  - name: web\n    vip: {VIP}\n    port: 80\n    \
              protocol: tcp\n    scheduler: wlc\n    real_servers:\n{servers}",
             self.pin_root().display()
+        )
+    }
+
+    /// [`Lab::drlb_config`] with a second service, `web6`: the IPv6 VIP on port 80 over the
+    /// real servers' IPv6 addresses.
+    pub fn drlb_config_dual(&self) -> String {
+        let mut servers = String::new();
+        for rs in self.real_servers() {
+            servers += &format!("      - {{ address: \"{}\", weight: 1 }}\n", v6_of(rs.addr));
+        }
+        format!(
+            "{}  - name: web6\n    vip: \"{VIP6}\"\n    port: 80\n    protocol: tcp\n    scheduler: wlc\n    real_servers:\n{servers}",
+            self.drlb_config()
         )
     }
 
@@ -548,10 +579,15 @@ impl Lab {
 
     /// `n` sequential HTTP/1.0 GETs to the VIP from the client, each on a new connection.
     pub fn http_requests(&self, n: usize, timeout: Duration) -> Result<Tally> {
+        self.http_requests_to(VIP.into(), n, timeout)
+    }
+
+    /// [`Lab::http_requests`] to another address (the IPv6 VIP).
+    pub fn http_requests_to(&self, vip: std::net::IpAddr, n: usize, timeout: Duration) -> Result<Tally> {
         in_netns(&self.ns("client"), || {
             let mut t = Tally::default();
             for _ in 0..n {
-                match http_get(VIP, timeout) {
+                match http_get(vip, timeout) {
                     Ok(body) => match ALL_REAL_SERVERS.iter().position(|rs| body.trim() == rs.role) {
                         Some(i) => {
                             t.ok += 1;
@@ -657,12 +693,64 @@ impl Lab {
         in_netns(&self.ns(role), || {
             let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).with_context(|| format!("connect {addr}"))?;
             s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+            s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", addr.ip()).as_bytes())?;
             let mut text = String::new();
             s.read_to_string(&mut text)?;
             let (_, body) = text.split_once("\r\n\r\n").ok_or_else(|| anyhow!("no HTTP response"))?;
             Ok(body.to_string())
         })
+    }
+
+    /// Adds a client behind a router, whose link toward that client has a smaller MTU
+    /// (`mtu4` for IPv4, `mtu6` for IPv6 traffic, on two links), as a client behind a VPN or
+    /// a PPPoE line is:
+    ///
+    /// ```text
+    ///   far 198.18.1.10 / 2001:db8:1::10 (MTU 1500) ── router (MTU mtu4/mtu6 toward far) ── br0
+    ///       router on br0: 198.18.0.1 / 2001:db8::1
+    /// ```
+    ///
+    /// The far client's MSS says 1460, so a real server sends full-size segments; the
+    /// router cannot forward them and sends "fragmentation needed" / "packet too big" to
+    /// their source, the VIP, which is the director. Only if the director passes that on to
+    /// the real server does the download finish.
+    pub fn add_far_client(&mut self, mtu4: u32, mtu6: u32) -> Result<()> {
+        let router = self.add_ns("router")?;
+        let far = self.add_ns("far")?;
+        let br = self.ns("br");
+        sh("ip", &["-n", &br, "link", "add", "vrouter", "type", "veth", "peer", "name", "eth0", "netns", &router])?;
+        sh("ip", &["-n", &br, "link", "set", "vrouter", "master", "br0", "up"])?;
+        sh("ip", &["-n", &router, "addr", "add", &format!("{ROUTER_ADDR}/{PREFIX}"), "dev", "eth0"])?;
+        sh("ip", &["-n", &router, "addr", "add", &format!("{}/{PREFIX6}", v6_of(ROUTER_ADDR)), "dev", "eth0", "nodad"])?;
+        sh("ip", &["-n", &router, "link", "set", "eth0", "up"])?;
+        // Two links to the far client: one carries its IPv4, the other its IPv6, each with its
+        // own MTU on the router's side.
+        for (link, mtu, v4, v6) in [("eth1", mtu4, true, false), ("eth2", mtu6, false, true)] {
+            sh("ip", &["-n", &router, "link", "add", link, "type", "veth", "peer", "name", link, "netns", &far])?;
+            sh("ip", &["-n", &router, "link", "set", link, "mtu", &mtu.to_string(), "up"])?;
+            sh("ip", &["-n", &far, "link", "set", link, "up"])?;
+            if v4 {
+                sh("ip", &["-n", &router, "addr", "add", "198.18.1.1/24", "dev", link])?;
+                sh("ip", &["-n", &far, "addr", "add", &format!("{FAR_CLIENT_ADDR}/24"), "dev", link])?;
+                sh("ip", &["-n", &far, "route", "add", "default", "via", "198.18.1.1"])?;
+            }
+            if v6 {
+                sh("ip", &["-n", &router, "addr", "add", "2001:db8:1::1/64", "dev", link, "nodad"])?;
+                sh("ip", &["-n", &far, "addr", "add", &format!("{FAR_CLIENT_ADDR6}/64"), "dev", link, "nodad"])?;
+                sh("ip", &["-n", &far, "-6", "route", "add", "default", "via", "2001:db8:1::1"])?;
+            }
+            // The far client computes its checksums (see `create_topology`).
+            in_netns(&far, || tx_checksum_off(link))?;
+        }
+        for (key, value) in [("net.ipv4.ip_forward", "1"), ("net.ipv6.conf.all.forwarding", "1")] {
+            sh("ip", &["netns", "exec", &router, "sysctl", "-qw", &format!("{key}={value}")])?;
+        }
+        for rs in self.real_servers() {
+            let ns = self.ns(rs.role);
+            sh("ip", &["-n", &ns, "route", "add", "198.18.1.0/24", "via", &ROUTER_ADDR.to_string()])?;
+            sh("ip", &["-n", &ns, "-6", "route", "add", "2001:db8:1::/64", "via", &v6_of(ROUTER_ADDR).to_string()])?;
+        }
+        Ok(())
     }
 
     /// Pings the director's own address from the client.

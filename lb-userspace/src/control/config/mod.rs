@@ -921,8 +921,13 @@ impl Config {
             if svc.one_packet && svc.protocol != Protocol::Udp {
                 problems.push((at("one_packet"), "one_packet applies to UDP services only (as IPVS's)".into()));
             }
-            if svc.vip.is_ipv6() {
-                problems.push((at("vip"), "IPv6 VIPs are not supported yet (IPv4 only)".into()));
+            // The maps hold IPv4 as IPv4-mapped IPv6: such an address would be read as IPv4.
+            for a in std::iter::once(svc.vip).chain(svc.real_servers.iter().map(|r| r.address)) {
+                if let IpAddr::V6(v6) = a
+                    && v6.to_ipv4_mapped().is_some()
+                {
+                    problems.push((at("vip"), format!("{a} is an IPv4-mapped IPv6 address: write the IPv4 address {}", v6.to_ipv4_mapped().unwrap())));
+                }
             }
             if svc.vip.is_unspecified() || svc.vip.is_multicast() || svc.vip.is_loopback() {
                 problems.push((at("vip"), format!("{} cannot be a VIP", svc.vip)));
@@ -974,6 +979,12 @@ impl Config {
                 && len > 32
             {
                 problems.push((at("persistence_granularity"), format!("prefix length {len} is above 32 (the VIP is IPv4)")));
+            }
+            if let Some(Granularity(0)) = svc.persistence_granularity
+                && svc.vip.is_ipv6()
+            {
+                // IPVS takes an IPv6 netmask as a prefix length of 1 to 128.
+                problems.push((at("persistence_granularity"), "an IPv6 prefix length is 1 to 128 (IPVS's range)".into()));
             }
             if svc.persistence_granularity.is_some() && svc.persistence_timeout.is_none() {
                 problems.push((at("persistence_granularity"), "persistence_granularity needs persistence_timeout".into()));
