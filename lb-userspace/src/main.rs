@@ -577,17 +577,13 @@ fn import_keepalived(file: &std::path::Path, out: Option<&std::path::Path>, vrrp
         eprintln!("drlb import-keepalived: nothing written: {} cannot be imported as it is (see the fatal reports above)", file.display());
         return ExitCode::FAILURE;
     }
-    // What is written must be what `drlb check` accepts, IPv6 services aside (imported as
-    // written until the dataplane forwards IPv6).
+    // What is written must be what `drlb check` accepts.
     if let Err(errors) = Config::parse(out.unwrap_or(std::path::Path::new("<import>")), &import.yaml) {
-        let not_ipv6: Vec<_> = errors.0.iter().filter(|e| !e.message.contains("IPv6")).collect();
-        if !not_ipv6.is_empty() {
-            for e in not_ipv6 {
-                eprintln!("{e}");
-            }
-            eprintln!("drlb import-keepalived: bug: the translation does not pass drlb check; nothing written");
-            return ExitCode::FAILURE;
+        for e in &errors.0 {
+            eprintln!("{e}");
         }
+        eprintln!("drlb import-keepalived: bug: the translation does not pass drlb check; nothing written");
+        return ExitCode::FAILURE;
     }
     let written = match out {
         Some(path) => std::fs::write(path, &import.yaml).map_err(|e| format!("cannot write {}: {e}", path.display())),

@@ -436,15 +436,6 @@ fn services(lvs: &Lvs, reports: &mut Reports) -> Vec<Service> {
         };
         s.name = if names.insert(base.clone()) { base } else { format!("{base}#{}", out.len() + 1) };
         s.comment = format!("virtual_server at {}", vs.at);
-        if vip.is_ipv6() {
-            reports.add(
-                Severity::Warning,
-                &vs.at,
-                "virtual_server",
-                format!("{vip} is IPv6; drlb's dataplane does not forward IPv6 yet"),
-                "imported as written; `drlb check` refuses it until IPv6 forwarding lands",
-            );
-        }
         out.push(s);
     }
     out
