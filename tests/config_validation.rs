@@ -153,6 +153,14 @@ fn validation_table() {
         ("a group entry that repeats the service", with_service_line("group: [ { vip: 198.18.0.99-100 } ]"), Expect::Error("9:", "198.18.0.100:80 is already served")),
         ("a group address of another family", with_service_line("group: [ { vip: \"2001:db8::1\" } ]"), Expect::Error("9:", "is not the family of the service's VIP")),
         ("a real server that is a group address", with_service_line("group: [ { vip: 198.18.0.11 } ]"), Expect::Error("11:", "is the VIP itself")),
+        ("an IPv6 service", GOOD.replace("vip: 198.18.0.100", "vip: \"2001:db8::100\"").replace("198.18.0.11,", "\"2001:db8::11\",").replace("198.18.0.12,", "\"2001:db8::12\","), Expect::Accepted),
+        ("an IPv6 service persistent by /64", GOOD.replace("vip: 198.18.0.100", "vip: \"2001:db8::100\"").replace("198.18.0.11,", "\"2001:db8::11\",").replace("198.18.0.12,", "\"2001:db8::12\",").replace("    protocol: tcp\n", "    protocol: tcp\n    persistence_timeout: 5m\n    persistence_granularity: 64\n"), Expect::Accepted),
+        ("an IPv6 persistence prefix of 0", GOOD.replace("vip: 198.18.0.100", "vip: \"2001:db8::100\"").replace("198.18.0.11,", "\"2001:db8::11\",").replace("198.18.0.12,", "\"2001:db8::12\",").replace("    protocol: tcp\n", "    protocol: tcp\n    persistence_timeout: 5m\n    persistence_granularity: 0\n"), Expect::Error("10:", "an IPv6 prefix length is 1 to 128")),
+        ("an IPv4 real server of an IPv6 service", GOOD.replace("vip: 198.18.0.100", "vip: \"2001:db8::100\""), Expect::Errors(2)),
+        ("an IPv4-mapped VIP", GOOD.replace("vip: 198.18.0.100", "vip: \"::ffff:198.18.0.100\"").replace("198.18.0.11,", "\"2001:db8::11\",").replace("198.18.0.12,", "\"2001:db8::12\","), Expect::Error("6:", "write the IPv4 address 198.18.0.100")),
+        ("an IPv4-mapped group address of an IPv6 service", GOOD.replace("vip: 198.18.0.100", "vip: \"2001:db8::100\"").replace("198.18.0.11,", "\"2001:db8::11\",").replace("198.18.0.12,", "\"2001:db8::12\",").replace("    protocol: tcp\n", "    protocol: tcp\n    group: [ { vip: \"::ffff:198.18.0.100\" } ]\n"), Expect::Error("9:", "IPv4-mapped")),
+        ("a sorry server of the other family", with_service_line("sorry_server: { address: \"2001:db8::99\" }"), Expect::Error("9:", "is not of the VIP's family")),
+        ("an IPv6 sync peer", GOOD.replace("  xdp_mode: auto\n", "  xdp_mode: auto\n  sync: { interface: eth0, syncid: 7, peers: [ \"2001:db8::3\" ] }\n"), Expect::Error("4:", "sync peers are IPv4 addresses")),
         (
             "a wrr cycle too long to store",
             GOOD.replace("    protocol: tcp\n", "    protocol: tcp\n    scheduler: wrr\n")

@@ -278,7 +278,7 @@ fn vrrp_out_keeps_everything_but_the_lvs_parts() {
     assert!(imported.vrrp.contains(r#"script "/usr/bin/pgrep -f \"nginx: master\"""#), "scripts are written as they were: {}", imported.vrrp);
     assert!(!imported.vrrp.contains("virtual_server"));
     assert!(!imported.vrrp.contains("lvs_"));
-    let config = check(&imported).expect("IPv4 only");
+    let config = check(&imported).expect("it validates");
     let svc = &config.services[0];
     assert_eq!(svc.timeouts.tcp, Duration::from_secs(600));
     assert_eq!(svc.timeouts.tcp_fin, Duration::from_secs(60));
@@ -308,7 +308,7 @@ fn the_field_reports_keepalived_conf_imports_without_a_report_as_the_hand_transl
     };
     let imported = import_text(Path::new("field-report/keepalived.conf"), &text, "director1");
     assert!(imported.reports.is_empty(), "{:#?}", imported.reports.iter().map(ToString::to_string).collect::<Vec<_>>());
-    let config = check(&imported).expect("IPv4");
+    let config = check(&imported).expect("it validates");
     let example = Config::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/example.yaml")).expect("configs/example.yaml");
     assert_eq!(config.director.interface, "enahisic2i0");
     let (a, b) = (&config.services[0], &example.services[0]);

@@ -860,10 +860,15 @@ pub fn route<P: Packet + ?Sized, T: Tables>(pkt: &P, t: &T, chain: &mut Ipv6Chai
             _ => Route::V4,
         },
         ETH_P_IPV6 => {
-            let (Some(version), Some(dst)) = (pkt.with_header::<IPV6_HLEN, _>(l3_off, |ip| ip[0]), load_addr6(pkt, l3_off + 24)) else {
+            let (Some(version), Some(src), Some(dst)) =
+                (pkt.with_header::<IPV6_HLEN, _>(l3_off, |ip| ip[0]), load_addr6(pkt, l3_off + 8), load_addr6(pkt, l3_off + 24))
+            else {
                 return Route::Done(Verdict::PassMalformed);
             };
-            if version >> 4 != 6 {
+            // An IPv4-mapped address is never on the wire (RFC 4291 §2.5.5.2; Linux drops
+            // such a packet), and in the maps it is an IPv4 address: an IPv6 packet with
+            // one must never reach an IPv4 service or connection.
+            if version >> 4 != 6 || v4_mapped_words(&src) || v4_mapped_words(&dst) {
                 return Route::Done(Verdict::PassMalformed);
             }
             // Neighbour discovery, router advertisements and the director's own traffic
@@ -877,6 +882,13 @@ pub fn route<P: Packet + ?Sized, T: Tables>(pkt: &P, t: &T, chain: &mut Ipv6Chai
         ETH_P_ARP => Route::Done(Verdict::PassArp),
         _ => Route::Done(Verdict::PassOtherL3),
     }
+}
+
+/// Whether an IPv6 address, as its four loaded words, is IPv4-mapped (`::ffff:a.b.c.d`).
+#[inline(always)]
+fn v4_mapped_words(w: &crate::packet::Words6) -> bool {
+    // Bytes 10 and 11 are 0xff: the third word's upper half, loaded little-endian.
+    w[0] == 0 && w[1] == 0 && w[2] == 0xffff_0000
 }
 
 /// The IPv4 program: parse L3 and L4, then [`process_flow`].
@@ -1004,22 +1016,23 @@ fn icmp4_error_key<P: Packet + ?Sized>(pkt: &P, l4_off: usize) -> Result<ConnKey
 /// a reply with extension headers is passed as unknown.
 #[inline(always)]
 fn icmp6_error_key<P: Packet + ?Sized>(pkt: &P, chain: &Ipv6Chain) -> Result<ConnKey, Verdict> {
-    // IPVS: "ICMP errors can't be fragmented" — it drops one behind a fragment header.
-    if chain.had_fragment_header != 0 {
-        return Err(Verdict::DropFragment);
-    }
     let off = chain.l4_offset();
     let Some(kind) = pkt.with_header::<ICMP_HLEN, _>(off, |h| h[0]) else { return Err(Verdict::PassVipNoService) };
     // ICMPV6_INFOMSG_MASK: echo, neighbour discovery, MLD... are not errors.
     if kind & 0x80 != 0 {
         return Err(Verdict::PassVipNoService);
     }
+    // IPVS, after the type: "ICMP errors can't be fragmented" — it drops one behind a
+    // fragment header.
+    if chain.had_fragment_header != 0 {
+        return Err(Verdict::DropFragment);
+    }
     let inner = off + ICMP_HLEN;
     // The quoted fixed header and the ports after it, as words: Next Header is byte 6.
     let Some(ip) = pkt.load_u32s::<{ IPV6_HLEN / 4 + 1 }>(inner) else { return Err(Verdict::PassIcmpUnknown) };
     let proto = (ip[1] >> 16) as u8;
     let (src, dst) = ([ip[2], ip[3], ip[4], ip[5]], [ip[6], ip[7], ip[8], ip[9]]);
-    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP || v4_mapped_words(&src) || v4_mapped_words(&dst) {
         return Err(Verdict::PassIcmpUnknown);
     }
     let ports = ip[10];

@@ -207,7 +207,8 @@ pub fn layout() -> [u32; META_LAYOUT_ENTRIES] {
         size_of::<crate::conn::Conn>() as u32,
         size_of::<crate::conn::ConnKey>() as u32,
         size_of::<ServiceKey>() as u32,
-        crate::verdict::VERDICT_COUNT,
+        // The counters, and what the dispatcher hands the programs it jumps to.
+        crate::verdict::VERDICT_COUNT | JUMP_SLOTS << 8 | (size_of::<crate::packet::Ipv6Chain>() as u32) << 16,
         MAX_BACKENDS,
     ]
 }

@@ -2,7 +2,11 @@
 //!
 //! A DR real server must accept packets addressed to the VIP (VIP on `lo`) without ever
 //! answering ARP for it (arp_ignore=1, arp_announce=2 on all, lo and the uplink), and its
-//! reverse-path filter must not drop them.
+//! reverse-path filter must not drop them. An IPv6 VIP needs IPv6 enabled on lo and the
+//! uplink, and nothing against neighbour discovery: Linux answers a neighbour solicitation
+//! only for addresses of the interface it arrives on (`ndisc_recv_ns()` looks the target up
+//! on that device), so a VIP on lo is never claimed on the uplink, and lo runs no duplicate
+//! address detection.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -19,6 +23,11 @@ fn sysctl_path(iface: &str, key: &str) -> String {
 fn read_sysctl(iface: &str, key: &str) -> Result<u32> {
     let p = sysctl_path(iface, key);
     std::fs::read_to_string(&p).with_context(|| format!("reading {p}"))?.trim().parse().with_context(|| format!("parsing {p}"))
+}
+
+/// `net.ipv6.conf.<iface>.disable_ipv6`; `None` where the kernel has no IPv6 at all.
+fn ipv6_disabled(iface: &str) -> Option<bool> {
+    std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{iface}/disable_ipv6")).ok().map(|v| v.trim() != "0")
 }
 
 fn write_sysctl(iface: &str, key: &str, value: u32) -> Result<()> {
@@ -75,8 +84,22 @@ pub fn check(vips: &[IpAddr], uplink_iface: &str) -> Result<Vec<Finding>> {
             Finding { ok: false, text: format!("VIP {v} missing on lo: this server drops packets forwarded for the VIP (fix: drlb realserver setup --vip {v})") }
         });
     }
+    if vips.iter().any(|v| v.is_ipv6()) {
+        for iface in ["lo", uplink_iface] {
+            f.push(match ipv6_disabled(iface) {
+                Some(false) => Finding { ok: true, text: format!("IPv6 enabled on {iface} (no sysctl needed against neighbour discovery: Linux answers solicitations only for addresses of the receiving interface)") },
+                Some(true) => Finding {
+                    ok: false,
+                    text: format!("disable_ipv6=1 on {iface}: this server cannot hold or receive the IPv6 VIP (fix: sysctl net.ipv6.conf.{iface}.disable_ipv6=0, or drlb realserver setup)"),
+                },
+                None => Finding { ok: false, text: "this kernel has no IPv6 (ipv6.disable=1 at boot?): it cannot serve an IPv6 VIP".into() },
+            });
+        }
+    }
+    // ARP matters to IPv4 VIPs (and to a server whose VIPs were not named).
+    let arp_applies = vips.is_empty() || vips.iter().any(|v| v.is_ipv4());
     // The kernel uses the larger of `all` and the interface's own value.
-    for iface in [uplink_iface, "lo"] {
+    for iface in [uplink_iface, "lo"].into_iter().filter(|_| arp_applies) {
         let ignore = read_sysctl("all", "arp_ignore")?.max(read_sysctl(iface, "arp_ignore")?);
         f.push(if ignore >= 1 {
             Finding { ok: true, text: format!("arp_ignore={ignore} on {iface}") }
@@ -114,6 +137,14 @@ pub fn check(vips: &[IpAddr], uplink_iface: &str) -> Result<Vec<Finding>> {
 /// sysctl.d file and a systemd unit that redoes it at boot. Returns what it did.
 pub fn setup(vips: &[IpAddr], uplink_iface: &str, persist: bool) -> Result<Vec<String>> {
     let mut did = Vec::new();
+    if vips.iter().any(|v| v.is_ipv6()) {
+        for iface in ["lo", uplink_iface] {
+            if ipv6_disabled(iface) == Some(true) {
+                std::fs::write(format!("/proc/sys/net/ipv6/conf/{iface}/disable_ipv6"), "0").with_context(|| format!("enabling IPv6 on {iface} (needs root)"))?;
+                did.push(format!("set net.ipv6.conf.{iface}.disable_ipv6=0"));
+            }
+        }
+    }
     let on_lo = lo_addresses()?;
     for v in vips {
         if !on_lo.contains(v) {

@@ -42,6 +42,17 @@ pub struct Pinned {
 impl Pinned {
     /// Opens every pinned map of the dataplane at `dir`.
     pub fn open(dir: &Path) -> Result<Pinned> {
+        // Another layout's maps (an older or newer drlb's) would be misread, or be missing.
+        if let Some(found) = crate::kernel::bpf::pinned_layout(dir)?
+            && found != lb_common::maps::layout()
+        {
+            anyhow::bail!(
+                "the dataplane pinned at {} has layout {:?}, this drlb {:?}: use the drlb that runs it, or restart with this one (`drlb stop`, then `drlb run`)",
+                dir.display(),
+                found,
+                lb_common::maps::layout()
+            );
+        }
         let mut maps = BTreeMap::new();
         for name in ALL_MAPS {
             let path = dir.join(name);

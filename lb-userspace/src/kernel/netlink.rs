@@ -28,6 +28,10 @@ pub struct Interface {
     pub ipv4: Vec<(Ipv4Addr, u8)>,
     /// IPv6 addresses with their prefix lengths (link-local ones included).
     pub ipv6: Vec<(Ipv6Addr, u8)>,
+    /// IPv6 addresses the kernel does not use yet or at all: "tentative" (duplicate address
+    /// detection still running: the director answers no neighbour solicitation for it) or
+    /// "dadfailed" (another host answered for it: never used).
+    pub ipv6_unusable: Vec<(Ipv6Addr, &'static str)>,
     /// The XDP program attached, as the link reports it.
     pub xdp: Option<XdpAttachment>,
     pub mtu: u32,
@@ -121,7 +125,7 @@ pub async fn interface(handle: &Handle, name: &str) -> Result<Interface> {
         })
         .ok_or_else(|| anyhow!("interface {name} has no Ethernet address; DR needs an Ethernet interface"))?;
     let index = link.header.index;
-    let (mut ipv4, mut ipv6) = (Vec::new(), Vec::new());
+    let (mut ipv4, mut ipv6, mut ipv6_unusable) = (Vec::new(), Vec::new(), Vec::new());
     let mut addrs = handle.address().get().set_link_index_filter(index).execute();
     while let Some(msg) = addrs.try_next().await.with_context(|| format!("listing addresses of {name}"))? {
         for attr in &msg.attributes {
@@ -135,6 +139,12 @@ pub async fn interface(handle: &Handle, name: &str) -> Result<Interface> {
                     if !ipv6.contains(&(*a, msg.header.prefix_len)) {
                         ipv6.push((*a, msg.header.prefix_len));
                     }
+                    use rtnetlink::packet_route::address::AddressHeaderFlags as F;
+                    if msg.header.flags.contains(F::Dadfailed) {
+                        ipv6_unusable.push((*a, "dadfailed"));
+                    } else if msg.header.flags.contains(F::Tentative) {
+                        ipv6_unusable.push((*a, "tentative"));
+                    }
                 }
                 _ => {}
             }
@@ -145,7 +155,7 @@ pub async fn interface(handle: &Handle, name: &str) -> Result<Interface> {
         LinkAttribute::Mtu(m) => Some(*m),
         _ => None,
     });
-    Ok(Interface { name: name.to_string(), index, mac, ipv4, ipv6, xdp, mtu: mtu.unwrap_or(1500) })
+    Ok(Interface { name: name.to_string(), index, mac, ipv4, ipv6, ipv6_unusable, xdp, mtu: mtu.unwrap_or(1500) })
 }
 
 /// A neighbour-table fact about one address on one interface.
@@ -419,6 +429,7 @@ mod tests {
             mac: [0; 6],
             ipv4: vec![("198.18.0.2".parse().unwrap(), 24), ("198.18.0.100".parse().unwrap(), 32)],
             ipv6: vec![("2001:db8::2".parse().unwrap(), 64), ("fe80::1".parse().unwrap(), 64)],
+            ipv6_unusable: Vec::new(),
             xdp: None,
             mtu: 1500,
         };

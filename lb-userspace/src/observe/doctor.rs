@@ -226,7 +226,8 @@ pub async fn run(config: Option<&Config>, pin_dir: &std::path::Path, sample: Dur
     vips.dedup();
     let controller = crate::observe::state::ControllerState::read(&dir);
     for vip in &vips {
-        let on_iface = iface.ipv4.iter().any(|(a, _)| IpAddr::V4(*a) == *vip);
+        let on_iface = iface.ipv4.iter().any(|(a, _)| IpAddr::V4(*a) == *vip) || iface.ipv6.iter().any(|(a, _)| IpAddr::V6(*a) == *vip);
+        let unusable = iface.ipv6_unusable.iter().find(|(a, _)| IpAddr::V6(*a) == *vip).map(|(_, why)| *why);
         let since = controller
             .as_ref()
             .and_then(|c| c.vips.iter().find(|v| v.vip == *vip))
@@ -235,9 +236,16 @@ pub async fn run(config: Option<&Config>, pin_dir: &std::path::Path, sample: Dur
         out.push(if !on_iface {
             // A backup holds no VIP: fine while another director does. Ask the segment.
             match held_elsewhere(&handle, iface.index, *vip).await {
-                Some(mac) => ok("vip", format!("VIP {vip} is not on {iface_name}{since}: another director holds it (it answers ARP from {}); this one is a backup", format_mac(&mac))),
-                None => fail("vip", format!("VIP {vip} is held by no director: not on {iface_name}, and nothing on the segment answers ARP for it, so clients reach no balancer (fix: check keepalived on every director (`systemctl status keepalived`, `journalctl -u keepalived`); without VRRP: ip addr add {vip}/32 dev {iface_name})")),
+                Some(mac) => ok("vip", format!("VIP {vip} is not on {iface_name}{since}: another director holds it (it answers {} from {}); this one is a backup", resolution(vip), format_mac(&mac))),
+                None => fail("vip", format!("VIP {vip} is held by no director: not on {iface_name}, and nothing on the segment answers {} for it, so clients reach no balancer (fix: check keepalived on every director (`systemctl status keepalived`, `journalctl -u keepalived`); without VRRP: ip addr add {vip}/{} dev {iface_name}{})", resolution(vip), if vip.is_ipv4() { 32 } else { 128 }, if vip.is_ipv4() { "" } else { " nodad" })),
             }
+        } else if let Some(why) = unusable {
+            fail("vip", format!(
+                "VIP {vip} is on {iface_name} but {why}: {} (fix: add IPv6 VIPs with `nodad` (keepalived does), or set net.ipv6.conf.{iface_name}.accept_dad=0 on directors; then remove and re-add the address)",
+                if why == "dadfailed" { "another host answered for it during duplicate address detection, so the kernel never uses it and answers no neighbour solicitation for it" } else { "duplicate address detection is still running, and until it ends the director answers no neighbour solicitation for it" }
+            ))
+        } else if vip.is_ipv6() {
+            ok("vip", format!("VIP {vip} on {iface_name}{since}: this director receives its traffic (it answers neighbour solicitations for it)"))
         } else if arp_ignore > 1 {
             fail("vip", format!("VIP {vip} is on {iface_name} but arp_ignore={arp_ignore} there: the director may not answer ARP for it (fix: arp_ignore=0 on the director)"))
         } else {
@@ -270,8 +278,8 @@ pub async fn run(config: Option<&Config>, pin_dir: &std::path::Path, sample: Dur
             }
             match neighbours.get(address) {
                 Some((Some(mac), state)) => out.push(ok("real-server", format!("{label} {address} at {} ({state})", format_mac(mac)))),
-                Some((None, state)) => out.push(fail("real-server", format!("{label} {address}: ARP {state}: it does not answer ARP (down, or not on this segment?)"))),
-                None => out.push(fail("real-server", format!("{label} {address}: no ARP entry: drlb has not resolved it (is drlb running?)"))),
+                Some((None, state)) => out.push(fail("real-server", format!("{label} {address}: {} {state}: it does not answer {} (down, or not on this segment?)", table(address), resolution(address)))),
+                None => out.push(fail("real-server", format!("{label} {address}: no {} entry: drlb has not resolved it (is drlb running?)", table(address)))),
             }
             if let Some(s) = &health {
                 let h = s
@@ -298,7 +306,14 @@ pub async fn run(config: Option<&Config>, pin_dir: &std::path::Path, sample: Dur
         tokio::time::sleep(sample).await;
         if let Ok(after) = status::read(&dir, None) {
             let delta = |k: &str| after.reasons.get(k).copied().unwrap_or(0) - before.reasons.get(k).copied().unwrap_or(0);
-            let forwarded = delta("tx_forwarded") + delta("tx_scheduled");
+            let forwarded = delta("tx_forwarded") + delta("tx_scheduled") + delta("tx_icmp_forwarded");
+            if delta("pass_no_program") > 0 {
+                out.push(fail("dataplane", format!(
+                    "in {:.0} s: {} packets passed because the dispatcher found no program to jump to (DRLB_JUMP empty: its pin was removed while the XDP link stayed?) (fix: `drlb stop`, then `drlb run`)",
+                    sample.as_secs_f64(),
+                    delta("pass_no_program")
+                )));
+            }
             let drops: Vec<String> = after
                 .reasons
                 .keys()
@@ -329,6 +344,15 @@ pub async fn run(config: Option<&Config>, pin_dir: &std::path::Path, sample: Dur
         }
     }
 
+    // IPv6 forwarding on the director turns it into a router, which ignores router
+    // advertisements (accept_ra=1): a director that learnt its default route from them loses
+    // it. drlb forwards VIP traffic in XDP and needs no forwarding.
+    if vips.iter().any(|v| v.is_ipv6()) && read_sysctl6("all", "forwarding") == Some(1) && read_sysctl6(iface_name, "accept_ra") == Some(1) {
+        out.push(fail("ipv6", format!(
+            "net.ipv6.conf.all.forwarding=1 with accept_ra=1 on {iface_name}: the kernel ignores router advertisements, and a default route learnt from them expires (fix: forwarding=0, which drlb does not need, or accept_ra=2)"
+        )));
+    }
+
     // A second balancer: the kernel's IPVS configured for the same VIP.
     let ipvs = std::fs::read_to_string("/proc/net/ip_vs").unwrap_or_default();
     let clash: Vec<String> = vips
@@ -338,7 +362,11 @@ pub async fn run(config: Option<&Config>, pin_dir: &std::path::Path, sample: Dur
                 let hex = format!("{:08X}", u32::from(*a));
                 ipvs.contains(&hex).then(|| a.to_string())
             }
-            _ => None,
+            // /proc/net/ip_vs writes IPv6 services as `[%pI6]`: eight groups of four digits.
+            IpAddr::V6(a) => {
+                let full: Vec<String> = a.segments().iter().map(|g| format!("{g:04x}")).collect();
+                ipvs.contains(&format!("[{}]", full.join(":"))).then(|| a.to_string())
+            }
         })
         .collect();
     out.push(if clash.is_empty() {
@@ -347,6 +375,21 @@ pub async fn run(config: Option<&Config>, pin_dir: &std::path::Path, sample: Dur
         fail("ipvs", format!("the kernel's IPVS also balances {}: two balancers for one VIP (fix: ipvsadm -C, remove keepalived's virtual_server)", clash.join(", ")))
     });
     Ok(out)
+}
+
+/// How an address's MAC is found: ARP for IPv4, neighbour discovery for IPv6.
+fn resolution(a: &IpAddr) -> &'static str {
+    if a.is_ipv4() { "ARP" } else { "neighbour solicitations" }
+}
+
+/// The neighbour table's name for an address's family, for messages.
+fn table(a: &IpAddr) -> &'static str {
+    if a.is_ipv4() { "ARP" } else { "NDP" }
+}
+
+/// `net.ipv6.conf.<iface>.<key>`, if readable.
+fn read_sysctl6(iface: &str, key: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{iface}/{key}")).ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]

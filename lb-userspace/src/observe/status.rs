@@ -88,6 +88,11 @@ pub fn scheduler_name(code: u32) -> &'static str {
     lb_common::maps::Scheduler::from_code(code).map_or("?", |s| s.name())
 }
 
+/// `address:port` as ipvsadm writes it, an IPv6 address in brackets.
+fn endpoint(address: &str, port: u16) -> String {
+    if address.contains(':') { format!("[{address}]:{port}") } else { format!("{address}:{port}") }
+}
+
 /// Reads the dataplane pinned at `dir`; `config` supplies names.
 pub fn read(dir: &Path, config: Option<&Config>) -> Result<Status> {
     let Some(layout) = pinned_layout(dir)? else {
@@ -109,7 +114,7 @@ pub fn read(dir: &Path, config: Option<&Config>) -> Result<Status> {
             return true;
         }
         let vip = ip_of(&key.vip).map(|a: IpAddr| a.to_string()).unwrap_or_default();
-        also.entry(*id).or_default().push(format!("{vip}:{}", key.port));
+        also.entry(*id).or_default().push(endpoint(&vip, key.port));
         false
     });
     let mut out = Vec::new();
@@ -223,7 +228,7 @@ pub fn render(s: &Status, view: View) -> String {
         let _ = writeln!(o, "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn MAC               Health");
     }
     for svc in &s.services {
-        let local = format!("{}:{}", svc.vip, svc.port);
+        let local = endpoint(&svc.vip, svc.port);
         if view.stats {
             let _ = writeln!(o, "{:<4} {:<28} {:>8} {:>8} {:>8}", svc.protocol, local, svc.conns, svc.in_pkts, svc.in_bytes);
         } else if view.rate {
@@ -244,7 +249,7 @@ pub fn render(s: &Status, view: View) -> String {
             }
         }
         for rs in &svc.real_servers {
-            let remote = format!("{}:{}", rs.address, rs.port);
+            let remote = endpoint(&rs.address, rs.port);
             if view.stats {
                 let _ = writeln!(o, "  -> {:<28} {:>8} {:>8} {:>8}", remote, rs.conns, rs.in_pkts, rs.in_bytes);
             } else if view.rate {

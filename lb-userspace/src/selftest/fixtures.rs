@@ -693,6 +693,7 @@ fn ipv6_rows(v: &mut Vec<Row>) {
     use Expect::*;
     use Verdict::*;
     let web6 = vip6(WEB6);
+    let web = vip(WEB);
     v.push(row("IPv6 SYN to web6: new connection, wlc tie to the last configured (rs2), half-open", tcp6_to(web6, 50000, 80, SYN), To(TxScheduled, RS2))
         .conn(tcp::SYN_RECV, true).half_open());
     v.push(row("IPv6 ACK completes the handshake: ESTABLISHED, in the connection table", tcp6_to(web6, 50000, 80, ACK), To(TxForwarded, RS2))
@@ -765,6 +766,11 @@ fn ipv6_rows(v: &mut Vec<Row>) {
     v.push(row("IPv6 unicast neighbour solicitation to the VIP (reachability check) is the director's own", icmp6_info(135, web6, &ns_target), Untouched(PassVipNoService)));
     v.push(row("IPv6 echo request to the VIP is the director's own", icmp6_info(128, web6, &[0, 1, 0, 1]), Untouched(PassVipNoService)));
     v.push(row("IPv6 to an address that is not a VIP is passed", tcp6_to(addr6(0, 2), 50069, 22, SYN), Untouched(PassNotVip)));
+    let mapped = |v4: [u8; 4]| lb_common::addr::v4_mapped(v4);
+    v.push(row("IPv6 to an IPv4-mapped VIP (::ffff:198.18.0.100) is never the IPv4 service's: passed as malformed (Linux drops it)",
+        tcp6_to(mapped(web), 50070, 80, SYN), Untouched(PassMalformed)).no_conn());
+    v.push(row("IPv6 from an IPv4-mapped source to an IPv6 VIP is passed as malformed, never recorded as an IPv4 client",
+        tcp6_from(mapped(CLIENT), web6, 50071, 80, SYN), Untouched(PassMalformed)).no_conn());
     let mut vlan = Vec::new();
     vlan.extend_from_slice(&DIRECTOR_MAC);
     vlan.extend_from_slice(&CLIENT_MAC);
@@ -804,6 +810,15 @@ fn icmp_rows(v: &mut Vec<Row>) {
     v.push(row("ICMPv6 packet too big behind a fragment header is dropped, as IPVS drops it",
         icmp6_error(2, 0, web6, 80, 50000, 6, &[IPV6_FRAGMENT]), Untouched(DropFragment)));
     v.push(row("ICMPv6 error quoting an ICMPv6 packet (no ports) is passed as unknown", icmp6_error(1, 0, web6, 80, 50000, 58, &[]), Untouched(PassIcmpUnknown)));
+    let mut quoting_mapped = icmp6_error(2, 0, web6, 80, 50000, 6, &[]);
+    quoting_mapped[14 + 40 + 8 + 24..14 + 40 + 8 + 40].copy_from_slice(&lb_common::addr::v4_mapped(CLIENT));
+    v.push(row("ICMPv6 error quoting a reply to an IPv4-mapped client is passed as unknown, never matched to an IPv4 connection", quoting_mapped, Untouched(PassIcmpUnknown)));
+    let mut echo_behind_fragment = ether(0x86dd);
+    let mut payload = ext_header(IPV6_FRAGMENT, 58, 0);
+    payload.extend([128, 0, 0, 0, 0, 1, 0, 1]);
+    echo_behind_fragment.extend(ipv6_packet(CLIENT6, web6, IPV6_FRAGMENT, &payload));
+    v.push(row("ICMPv6 echo behind an atomic fragment header is the director's own (IPVS reads the type before the fragment rule)",
+        echo_behind_fragment, Untouched(PassVipNoService)));
 }
 
 /// Clients (address in 198.18.0.0/15, port) whose connections to the flood VIP fall in

@@ -866,6 +866,13 @@ impl Config {
             if !sync.group.is_multicast() {
                 problems.push(("director.sync.group".into(), format!("{} is not a multicast group", sync.group)));
             }
+            // Sync runs over IPv4, as IPVS's default daemon does; it carries IPv6
+            // connections too (IPVS's v1 records have an IPv6 form).
+            for (j, peer) in sync.peers.iter().enumerate() {
+                if peer.is_ipv6() {
+                    problems.push((format!("director.sync.peers[{j}]"), format!("{peer}: sync peers are IPv4 addresses (sync itself carries IPv6 connections)")));
+                }
+            }
             let iface = &sync.interface;
             if iface.is_empty() || iface.len() > 15 || iface.contains(['/', ' ']) {
                 problems.push(("director.sync.interface".into(), format!("`{iface}` is not a valid interface name")));
@@ -921,12 +928,28 @@ impl Config {
             if svc.one_packet && svc.protocol != Protocol::Udp {
                 problems.push((at("one_packet"), "one_packet applies to UDP services only (as IPVS's)".into()));
             }
-            // The maps hold IPv4 as IPv4-mapped IPv6: such an address would be read as IPv4.
-            for a in std::iter::once(svc.vip).chain(svc.real_servers.iter().map(|r| r.address)) {
-                if let IpAddr::V6(v6) = a
-                    && v6.to_ipv4_mapped().is_some()
-                {
-                    problems.push((at("vip"), format!("{a} is an IPv4-mapped IPv6 address: write the IPv4 address {}", v6.to_ipv4_mapped().unwrap())));
+            // The maps hold IPv4 as IPv4-mapped IPv6: such an address would be read as IPv4
+            // (and one of a group's would be the IPv4 VIP's key).
+            let mapped = |a: &IpAddr| match a {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+                IpAddr::V4(_) => None,
+            };
+            let mapped_problem = |a: &IpAddr, v4: std::net::Ipv4Addr| format!("{a} is an IPv4-mapped IPv6 address: write the IPv4 address {v4}");
+            for a in svc.addresses() {
+                if let Some(v4) = mapped(&a) {
+                    problems.push((at(if a == svc.vip { "vip" } else { "group" }), mapped_problem(&a, v4)));
+                }
+            }
+            for (j, rs) in svc.real_servers.iter().enumerate() {
+                if let Some(v4) = mapped(&rs.address) {
+                    problems.push((format!("services[{i}].real_servers[{j}].address"), mapped_problem(&rs.address, v4)));
+                }
+            }
+            if let Some(sorry) = &svc.sorry_server {
+                if sorry.address.is_ipv4() != svc.vip.is_ipv4() {
+                    problems.push((at("sorry_server.address"), format!("{} is not of the VIP's family ({}): Direct Routing forwards packets unchanged", sorry.address, svc.vip)));
+                } else if let Some(v4) = mapped(&sorry.address) {
+                    problems.push((at("sorry_server.address"), mapped_problem(&sorry.address, v4)));
                 }
             }
             if svc.vip.is_unspecified() || svc.vip.is_multicast() || svc.vip.is_loopback() {
