@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use lb_common::host::ipvs::{self, Dest};
 use lb_userspace::control::config::XdpMode;
-use drlb_lab::{Lab, ALL_REAL_SERVERS, CLIENT2_ADDR, CLIENT_ADDR, VIP};
+use drlb_lab::{Lab, ALL_REAL_SERVERS, CLIENT2_ADDR, CLIENT_ADDR, VIP, VIP6, v6_of};
 
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -19,12 +19,19 @@ fn drlb() -> &'static Path {
 
 /// A one-service config over the first `weights.len()` lab servers.
 fn config(scheduler: &str, weights: &[u32], extra: &str) -> String {
+    config_of(false, scheduler, weights, extra)
+}
+
+/// [`config`], on the IPv6 VIP over the servers' IPv6 addresses with `ipv6`.
+fn config_of(ipv6: bool, scheduler: &str, weights: &[u32], extra: &str) -> String {
     let mut servers = String::new();
     for (rs, w) in ALL_REAL_SERVERS.iter().zip(weights) {
-        servers += &format!("      - {{ address: {}, weight: {w} }}\n", rs.addr);
+        let addr = if ipv6 { v6_of(rs.addr).to_string() } else { rs.addr.to_string() };
+        servers += &format!("      - {{ address: \"{addr}\", weight: {w} }}\n");
     }
+    let vip = if ipv6 { VIP6.to_string() } else { VIP.to_string() };
     format!(
-        "director:\n  interface: eth0\n  xdp_mode: generic\n  conn_table_size: 65536\nservices:\n  - name: web\n    vip: {VIP}\n    \
+        "director:\n  interface: eth0\n  xdp_mode: generic\n  conn_table_size: 65536\nservices:\n  - name: web\n    vip: \"{vip}\"\n    \
          port: 80\n    protocol: tcp\n    scheduler: {scheduler}\n{extra}    real_servers:\n{servers}"
     )
 }
@@ -73,27 +80,34 @@ fn choice_sequences_match_ipvs() {
     }
     cases.push(("rr", vec![1, 1, 1]));
     cases.push(("wrr", vec![1, 2, 3]));
+    // The same sequences for an IPv6 VIP: one case of each scheduler.
+    let ipv6_cases = [("wlc", vec![1, 3]), ("lc", vec![1, 1, 2]), ("sed", vec![2, 1]), ("nq", vec![1, 0, 2]), ("rr", vec![1, 1, 1]), ("wrr", vec![1, 2, 3])];
+    let all: Vec<(bool, &str, Vec<u32>)> =
+        cases.iter().map(|(s, w)| (false, *s, w.clone())).chain(ipv6_cases.iter().map(|(s, w)| (true, *s, w.clone()))).collect();
     const N: usize = 12;
     let mut checked = 0;
-    for (scheduler, weights) in &cases {
+    for (ipv6, scheduler, weights) in &all {
+        let (scheduler, weights) = (*scheduler, weights.as_slice());
+        let source: std::net::IpAddr = if *ipv6 { v6_of(CLIENT_ADDR).into() } else { CLIENT_ADDR.into() };
         for hold in [true, false] {
-            lab.start_drlb_with(drlb(), &config(scheduler, weights, "")).expect("start drlb");
-            let (got, held) = lab.connections(N, CLIENT_ADDR, hold).expect("connections");
+            lab.start_drlb_with(drlb(), &config_of(*ipv6, scheduler, weights, "")).expect("start drlb");
+            let (got, held) = lab.connections(N, source, hold).expect("connections");
             drop(held);
             lab.stop_drlb().unwrap();
             let want = ipvs_sequence(scheduler, weights, N, hold);
             let names = |v: &[usize]| v.iter().map(|i| ALL_REAL_SERVERS[*i].role).collect::<Vec<_>>().join(" ");
-            println!("{scheduler} {weights:?} {}: {}", if hold { "held" } else { "closed" }, names(&got));
+            let family = if *ipv6 { "IPv6" } else { "IPv4" };
+            println!("{family} {scheduler} {weights:?} {}: {}", if hold { "held" } else { "closed" }, names(&got));
             assert_eq!(
                 names(&got),
                 names(&want),
-                "{scheduler} weights {weights:?}, connections {}",
+                "{family} {scheduler} weights {weights:?}, connections {}",
                 if hold { "held open" } else { "closed one by one" }
             );
             checked += 1;
         }
     }
-    assert_eq!(checked, 36);
+    assert_eq!(checked, 36 + 12);
 }
 
 #[test]

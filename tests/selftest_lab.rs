@@ -26,6 +26,7 @@ fn selftest_lab_forwards_real_tcp_in_both_modes() {
     for mode in ["native", "generic"] {
         let line = stdout.lines().find(|l| l.starts_with(&format!("selftest lab: {mode} mode: "))).expect("a line per mode");
         assert!(line.contains(" 40/40 HTTP requests"), "{line}");
+        assert!(line.contains("IPv6: 40/40 through VIP 2001:db8::100"), "{line}");
         println!("{line}");
     }
     // The namespaces went with their last descriptor, and their veths with them.

@@ -138,20 +138,25 @@ pub struct Results {
     pub sync: bool,
 }
 
-/// A bench config: one TCP VIP:80 service (wlc over `n` real servers) and the MACs the
-/// controller would have resolved.
+/// A bench config: one TCP VIP:80 service (wlc over `n` real servers), the same over IPv6,
+/// and the MACs the controller would have resolved.
 pub fn bench_config(n: u32) -> (Config, HashMap<IpAddr, Mac>) {
-    let mut rs = String::new();
+    let (mut rs, mut rs6) = (String::new(), String::new());
     let mut macs = HashMap::new();
     for i in 0..n {
         let addr: IpAddr = format!("198.18.0.{}", 11 + i).parse().expect("address");
         rs += &format!("      - {{ address: {addr} }}\n");
         macs.insert(addr, [0x02, 0xbe, 0, 0, 1, i as u8]);
+        let addr6: IpAddr = format!("2001:db8::{}", 11 + i).parse().expect("address");
+        rs6 += &format!("      - {{ address: \"{addr6}\" }}\n");
+        macs.insert(addr6, [0x02, 0xbe, 0, 0, 2, i as u8]);
     }
     let text = format!(
         "director: {{ interface: eth0 }}\nservices:\n  - name: bench\n    vip: {}\n    port: 80\n    \
-         protocol: tcp\n    scheduler: wlc\n    real_servers:\n{rs}",
-        traffic::VIP
+         protocol: tcp\n    scheduler: wlc\n    real_servers:\n{rs}  - name: bench6\n    vip: \"{}\"\n    port: 80\n    \
+         protocol: tcp\n    scheduler: wlc\n    real_servers:\n{rs6}",
+        traffic::VIP,
+        traffic::VIP6
     );
     (Config::parse(std::path::Path::new("bench.yaml"), &text).expect("bench config is valid"), macs)
 }
@@ -220,9 +225,9 @@ pub fn run(opts: &Options) -> Result<Results> {
     let (config, macs) = bench_config(opts.real_servers);
     let tables = crate::control::tables::build(&config, &macs, traffic::DIRECTOR_MAC)?;
     // Room for every flow the run opens (no LRU eviction during a figure), twice over.
-    let flows = opts.small_flows as u64
+    let flows = 2 * opts.small_flows as u64
         + opts.large_flows as u64
-        + opts.runs as u64 * (2 * opts.syn_flows as u64 + opts.small_flows as u64 / 20 + 1);
+        + opts.runs as u64 * (3 * opts.syn_flows as u64 + opts.small_flows as u64 / 20 + 1);
     let table_size = (2 * flows).next_power_of_two().clamp(1 << 16, 1 << 23) as u32;
     let mut dp = Dataplane::load_with(table_size).context("loading the dataplane")?;
     dp.apply(&tables)?;
@@ -231,12 +236,14 @@ pub fn run(opts: &Options) -> Result<Results> {
     let mut tools = Tools::load(table_size).context("loading the benchmark's floors")?;
 
     let total: u64 = opts.runs as u64
-        * (3 * opts.hot_repeat as u64 * 2
+        * (3 * opts.hot_repeat as u64 * 4
+            // IPv6's SYN storm: drlb and floors (a) to (d).
+            + 5 * opts.syn_flows as u64
             + 3 * (2 * opts.small_flows as u64 + opts.large_flows as u64 + 2 * opts.syn_flows as u64 + opts.small_flows as u64)
             // Floors (c) and (d), over both sizes' SYN storms.
             + 4 * opts.syn_flows as u64)
         + 2 * opts.large_flows as u64
-        + 2 * opts.small_flows as u64;
+        + 4 * opts.small_flows as u64;
     let progress = if opts.progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
     progress.set_style(
         ProgressStyle::with_template("{spinner} {msg:32} [{bar:30}] {percent:>3}% {eta}").expect("style").progress_chars("=> "),
@@ -249,7 +256,9 @@ pub fn run(opts: &Options) -> Result<Results> {
     let (setup_small, data_small) = traffic::established(0, opts.small_flows, Size::Min64);
     let (_, data_small_imix) = traffic::established(0, opts.small_flows, Size::Imix);
     let (setup_large, data_large) = traffic::established(opts.small_flows, opts.large_flows, Size::Min64);
-    for f in setup_small.iter().chain(&setup_large) {
+    // IPv6: its own flows, beside the IPv4 ones in the same table.
+    let (setup_small6, data_small6) = traffic::established6(0, opts.small_flows, Size::Min64);
+    for f in setup_small.iter().chain(&setup_large).chain(&setup_small6) {
         let (v, _, _) = b.run(PROGRAM_LB, f, 1)?;
         ensure!(v == XDP_TX, "opening a flow: verdict {v}");
         // Floor (c)'s table holds as many connections as drlb's when it is measured.
@@ -259,9 +268,11 @@ pub fn run(opts: &Options) -> Result<Results> {
     }
 
     // Hot loops: one packet kind, large repeat.
-    let hot_cases: [(&str, &Vec<u8>, u32, &[Verdict]); 2] = [
+    let hot_cases: [(&str, &Vec<u8>, u32, &[Verdict]); 4] = [
         ("established flow", &data_small[0], XDP_TX, &[Verdict::TxForwarded]),
         ("non-VIP", &traffic::non_vip(1, Size::Min64)[0], XDP_PASS, &[Verdict::PassNotVip]),
+        ("IPv6 established flow", &data_small6[0], XDP_TX, &[Verdict::TxForwarded]),
+        ("IPv6 non-VIP", &traffic::non_vip6(1, Size::Min64)[0], XDP_PASS, &[Verdict::PassNotVip]),
     ];
     for (name, frame, verdict, reasons) in hot_cases {
         b.progress.set_message(format!("{name} (hot loop)"));
@@ -338,7 +349,19 @@ pub fn run(opts: &Options) -> Result<Results> {
             true,
         )?);
     }
+    figures.push(trace_case(
+        &format!("IPv6 SYN storm, wlc over {rs}"),
+        Size::Min64,
+        &mut |next| {
+            let f = traffic::syn_storm6(*next, syn_n, Size::Min64);
+            *next += syn_n;
+            f
+        },
+        &[Verdict::TxScheduled],
+        true,
+    )?);
     let small = opts.small_flows;
+    figures.push(trace_case(&format!("IPv6 established, {small} flows"), Size::Min64, &mut |_| data_small6.clone(), &[Verdict::TxForwarded], false)?);
     figures.push(trace_case(&format!("established, {small} flows"), Size::Min64, &mut |_| data_small.clone(), &[Verdict::TxForwarded], false)?);
     figures.push(trace_case(&format!("established, {small} flows"), Size::Imix, &mut |_| data_small_imix.clone(), &[Verdict::TxForwarded], false)?);
     let large = opts.large_flows;
@@ -412,6 +435,15 @@ pub fn run(opts: &Options) -> Result<Results> {
     if let Some(r) = find("non-VIP", "hot loop", "64B") {
         ratios.insert("non_vip".to_string(), r);
     }
+    if let Some(r) = find("IPv6 established flow", "hot loop", "64B") {
+        ratios.insert("established_v6".to_string(), r);
+    }
+    if let Some(r) = find("IPv6 SYN storm", "trace", "64B") {
+        ratios.insert(format!("syn_wlc{}_v6", opts.real_servers), r);
+    }
+    if let Some(r) = find("IPv6 non-VIP", "hot loop", "64B") {
+        ratios.insert("non_vip_v6".to_string(), r);
+    }
     if let Some(l) = &live {
         ratios.insert("live".to_string(), l.ratio());
         if let Some(f) = &l.flood {
@@ -422,6 +454,9 @@ pub fn run(opts: &Options) -> Result<Results> {
         ("established", "<= 2.0 x floor (b)"),
         ("syn_wlc16", "<= 4.0 x floor (b)"),
         ("non_vip", "<= 1.5 x floor (b)"),
+        ("established_v6", "<= 2.0 x floor (b)"),
+        ("syn_wlc16_v6", "<= 4.0 x floor (b)"),
+        ("non_vip_v6", "<= 1.5 x floor (b)"),
         ("live", ">= 0.80 of the bare MAC-swap program"),
         ("syn_insert_floor", "none: floor (c) / floor (b), what a connection-table insert costs"),
         ("syn_record_floor", "none: floor (d) / floor (b), what writing one entry of per-flow state costs"),

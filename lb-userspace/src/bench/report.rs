@@ -80,7 +80,11 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
     keys.sort();
     for k in keys {
         let v = r.ratios[k];
-        let target = r.targets.get(k).or_else(|| if k.starts_with("syn_wlc") { r.targets.get("syn_wlc16") } else { None });
+        let target = r.targets.get(k).or_else(|| match k.as_str() {
+            k if k.starts_with("syn_wlc") && k.ends_with("_v6") => r.targets.get("syn_wlc16_v6"),
+            k if k.starts_with("syn_wlc") => r.targets.get("syn_wlc16"),
+            _ => None,
+        });
         let _ = writeln!(o, "| {k} | {v:.2} | {} | {} |", target.map(String::as_str).unwrap_or(""), verdict(k, v));
     }
     let _ = writeln!(
@@ -193,7 +197,8 @@ const KATRAN: [(&str, f64); 3] = [("established", 5.7), ("syn_wlc16", 11.5), ("n
 
 /// The figure's target, and whether higher is better.
 fn target_of(key: &str) -> Option<(f64, bool)> {
-    match key {
+    // IPv6's figures have IPv4's targets.
+    match key.strip_suffix("_v6").unwrap_or(key) {
         "established" => Some((2.0, false)),
         "non_vip" => Some((1.5, false)),
         k if k.starts_with("syn_wlc") => Some((4.0, false)),

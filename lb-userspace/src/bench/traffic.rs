@@ -1,6 +1,6 @@
 //! Benchmark traffic: frames built layer by layer, in the sizes and mixes the report uses.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use etherparse::PacketBuilder;
 
@@ -40,6 +40,63 @@ pub const CLIENT_MAC: Mac = [0x02, 0xbe, 0, 0, 0, 0x0a];
 pub const DIRECTOR_MAC: Mac = [0x02, 0xbe, 0, 0, 0, 0x02];
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
 pub const NON_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+
+/// The IPv6 service's VIP, and the director's own IPv6 address.
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
+pub const NON_VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+
+/// The `n`-th IPv6 client (2001:db8:1::/64 onwards, never the VIP's network).
+pub fn client6(n: u32) -> [u8; 16] {
+    let n = n % (1 << 16);
+    Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, n as u16).octets()
+}
+
+/// An IPv6 TCP segment with exactly `flags`, padded to `len` bytes (at least the headers').
+pub fn tcp6(src: [u8; 16], dst: Ipv6Addr, sport: u16, dport: u16, flags: u8, len: usize) -> Vec<u8> {
+    let payload_len = len.saturating_sub(14 + 40 + 20);
+    let mut out = Vec::with_capacity(len.max(74));
+    PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC)
+        .ipv6(src, dst.octets(), 64)
+        .tcp(sport, dport, 1, 64240)
+        .write(&mut out, &vec![0u8; payload_len])
+        .expect("building a frame");
+    out[14 + 40 + 13] = flags;
+    out
+}
+
+/// [`syn_storm`] to the IPv6 VIP.
+pub fn syn_storm6(first: u32, n: u32, size: Size) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let (c, p) = flow(first + i);
+            tcp6(client6(u32::from_be_bytes(c) & 0xffff), VIP6, p, 80, SYN, size.len(i as usize))
+        })
+        .collect()
+}
+
+/// [`established`] to the IPv6 VIP.
+pub fn established6(first: u32, n: u32, size: Size) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let mut setup = Vec::with_capacity(2 * n as usize);
+    let mut data = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let (c, p) = flow(first + i);
+        let c = client6(u32::from_be_bytes(c) & 0xffff);
+        setup.push(tcp6(c, VIP6, p, 80, SYN, 74));
+        setup.push(tcp6(c, VIP6, p, 80, ACK, 74));
+        data.push(tcp6(c, VIP6, p, 80, PSH_ACK, size.len(i as usize)));
+    }
+    (setup, data)
+}
+
+/// Traffic for the director's own IPv6 address.
+pub fn non_vip6(n: u32, size: Size) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let (c, p) = flow(i);
+            tcp6(client6(u32::from_be_bytes(c) & 0xffff), NON_VIP6, p, 22, PSH_ACK, size.len(i as usize))
+        })
+        .collect()
+}
 
 /// The `n`-th client address (198.18.1.0/24 onwards, never the VIP's subnet).
 pub fn client(n: u32) -> [u8; 4] {

@@ -50,11 +50,14 @@ pub(crate) fn set_vip(ns: &Netns, present: bool) -> Result<()> {
         let index = ifindex("eth0")?;
         if present {
             h.address().add(index, IpAddr::V4(VIP), 32).execute().await.context("adding the VIP")?;
+            h.address().add(index, IpAddr::V6(crate::selftest::netns::VIP6), 128).execute().await.context("adding the IPv6 VIP")?;
             return Ok(());
         }
-        let mut dump = h.address().get().set_link_index_filter(index).set_address_filter(IpAddr::V4(VIP)).execute();
-        while let Some(msg) = dump.try_next().await? {
-            h.address().del(msg).execute().await.context("removing the VIP")?;
+        for vip in [IpAddr::V4(VIP), IpAddr::V6(crate::selftest::netns::VIP6)] {
+            let mut dump = h.address().get().set_link_index_filter(index).set_address_filter(vip).execute();
+            while let Some(msg) = dump.try_next().await? {
+                h.address().del(msg).execute().await.context("removing the VIP")?;
+            }
         }
         Ok(())
     })
@@ -115,7 +118,9 @@ impl Controller {
         cmd.stderr(std::fs::File::create(&log)?);
         let child = cmd.spawn().context("starting drlb run")?;
         let c = Controller { child, log, pin_dir: pin_root.join("eth0") };
-        wait_for("drlb run ready", Duration::from_secs(30), || std::fs::read_to_string(&c.log).ok().filter(|l| l.contains("ready:"))).map_err(|e| {
+        // Loading verifies four programs, two of them near a million instructions each: tens of
+        // seconds in an emulated (TCG) guest.
+        wait_for("drlb run ready", Duration::from_secs(120), || std::fs::read_to_string(&c.log).ok().filter(|l| l.contains("ready:"))).map_err(|e| {
             anyhow!("{e}; its log:\n{}", std::fs::read_to_string(&c.log).unwrap_or_default())
         })?;
         Ok(c)

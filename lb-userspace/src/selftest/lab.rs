@@ -29,7 +29,7 @@ use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth};
 
 use crate::control::config::{Config, XdpMode};
 use crate::kernel::bpf::{Dataplane, Tools, PROGRAM_LB, PROGRAM_PASS};
-use crate::selftest::netns::{CLIENT, DIRECTOR, Host, PREFIX, REAL_SERVERS, VIP, http_get, tx_checksum_off};
+use crate::selftest::netns::{CLIENT, DIRECTOR, Host, PREFIX, PREFIX6, REAL_SERVERS, VIP, VIP6, http_get, tx_checksum_off, v6_of};
 use crate::kernel::mac::Mac;
 use lb_common::verdict::Verdict;
 
@@ -116,7 +116,8 @@ impl Server {
     /// included), answering every request with its role.
     fn start(ns: &Netns, role: &'static str) -> Result<Server> {
         // One thread per connection: keep-alive connections stay open while others come and go.
-        Self::listen(ns, "0.0.0.0:80".parse().expect("an address"), move |s| {
+        // `[::]` takes IPv4 too (as IPv4-mapped peers): one listener for both VIPs.
+        Self::listen(ns, "[::]:80".parse().expect("an address"), move |s| {
             std::thread::spawn(move || serve(s, role));
         })
     }
@@ -231,23 +232,31 @@ impl SelfLab {
                 Ok(())
             })?;
             let addr = host.addr;
+            // No duplicate address detection: the lab's addresses are unique, and DAD would
+            // hold each IPv6 address back for a second or more.
+            ns.run(|| write_sysctl("/proc/sys/net/ipv6/conf/eth0/accept_dad", "0"))?;
             ns.netlink(|h| async move {
                 for name in ["lo", "eth0"] {
                     h.link().set(LinkUnspec::new_with_index(ifindex(name)?).up().build()).execute().await?;
                 }
                 h.address().add(ifindex("eth0")?, IpAddr::V4(addr), PREFIX).execute().await?;
+                h.address().add(ifindex("eth0")?, IpAddr::V6(v6_of(addr)), PREFIX6).execute().await?;
                 Ok(())
             })?;
         }
         if vip_on_director {
             lab.director.netlink(|h| async move {
                 h.address().add(ifindex("eth0")?, IpAddr::V4(VIP), 32).execute().await?;
+                h.address().add(ifindex("eth0")?, IpAddr::V6(VIP6), 128).execute().await?;
                 Ok(())
             })?;
         }
         for (_, ns) in &lab.servers {
             ns.netlink(|h| async move {
                 h.address().add(ifindex("lo")?, IpAddr::V4(VIP), 32).execute().await?;
+                // IPv6 needs no counterpart of arp_ignore: a solicitation is answered only for
+                // addresses of the interface it arrives on.
+                h.address().add(ifindex("lo")?, IpAddr::V6(VIP6), 128).execute().await?;
                 Ok(())
             })?;
             ns.run(|| {
@@ -267,12 +276,17 @@ impl SelfLab {
 
     /// `n` HTTP/1.0 requests from the client to VIP:80; answers per real server.
     fn requests(&self, n: usize) -> Result<(usize, Vec<usize>, Option<String>)> {
+        self.requests_to(VIP.into(), n)
+    }
+
+    /// [`SelfLab::requests`] to `vip` (the IPv6 VIP).
+    fn requests_to(&self, vip: IpAddr, n: usize) -> Result<(usize, Vec<usize>, Option<String>)> {
         self.client.run(|| {
             let mut ok = 0;
             let mut per_server = vec![0; REAL_SERVERS.len()];
             let mut first_error = None;
             for _ in 0..n {
-                match http_get(VIP, Duration::from_secs(2)) {
+                match http_get(vip, Duration::from_secs(2)) {
                     Ok(body) => match REAL_SERVERS.iter().position(|rs| body.trim() == rs.role) {
                         Some(i) => {
                             ok += 1;
@@ -309,6 +323,11 @@ fn lab_config() -> Result<(Config, HashMap<IpAddr, Mac>)> {
         text += &format!("      - {{ address: {} }}\n", rs.addr);
         macs.insert(IpAddr::V4(rs.addr), rs.mac);
     }
+    text += &format!("  - name: selftest6\n    vip: \"{VIP6}\"\n    port: 80\n    protocol: tcp\n    scheduler: wlc\n    real_servers:\n");
+    for rs in REAL_SERVERS {
+        text += &format!("      - {{ address: \"{}\" }}\n", v6_of(rs.addr));
+        macs.insert(IpAddr::V6(v6_of(rs.addr)), rs.mac);
+    }
     let config = Config::parse(std::path::Path::new("selftest.yaml"), &text).map_err(|e| anyhow!("selftest config: {e}"))?;
     Ok((config, macs))
 }
@@ -319,6 +338,9 @@ pub struct ModeResult {
     pub mode: XdpMode,
     pub ok: usize,
     pub per_server: Vec<usize>,
+    /// The same over IPv6.
+    pub ok6: usize,
+    pub per_server6: Vec<usize>,
     pub scheduled: u64,
     pub forwarded: u64,
 }
@@ -350,13 +372,14 @@ pub fn run(modes: &[XdpMode]) -> Result<Vec<ModeResult>> {
         };
         let link = lab.director.run(|| dp.attach(PROGRAM_LB, "eth0", mode))?.0;
         let (ok, per_server, first_error) = lab.requests(REQUESTS)?;
+        let (ok6, per_server6, first_error6) = lab.requests_to(VIP6.into(), REQUESTS)?;
         let after = dp.counters()?;
         lab.director.run(|| dp.detach(PROGRAM_LB, link))?;
         if let Some(peer) = peer {
             lab.bridge.run(|| tools.detach(PROGRAM_PASS, peer))?;
         }
         let delta = |s: Verdict| after[s.index() as usize] - before[s.index() as usize];
-        let r = ModeResult { mode, ok, per_server, scheduled: delta(Verdict::TxScheduled), forwarded: delta(Verdict::TxForwarded) };
+        let r = ModeResult { mode, ok, per_server, ok6, per_server6, scheduled: delta(Verdict::TxScheduled), forwarded: delta(Verdict::TxForwarded) };
         if ok != REQUESTS {
             bail!(
                 "{mode:?} mode: {ok}/{REQUESTS} requests through VIP {VIP} answered (first error: {}); counters: {} scheduled, {} forwarded",
@@ -367,7 +390,13 @@ pub fn run(modes: &[XdpMode]) -> Result<Vec<ModeResult>> {
         }
         ensure!(r.per_server.iter().all(|&n| n > 0), "{mode:?} mode: not every real server answered: {:?}", r.per_server);
         ensure!(
-            r.scheduled >= REQUESTS as u64 && r.forwarded > 0,
+            ok6 == REQUESTS,
+            "{mode:?} mode: {ok6}/{REQUESTS} requests through VIP {VIP6} answered (first error: {})",
+            first_error6.unwrap_or_default()
+        );
+        ensure!(r.per_server6.iter().all(|&n| n > 0), "{mode:?} mode: not every real server answered over IPv6: {:?}", r.per_server6);
+        ensure!(
+            r.scheduled >= 2 * REQUESTS as u64 && r.forwarded > 0,
             "{mode:?} mode: answers came, but drlb's counters saw {} new connections and {} forwarded packets",
             r.scheduled,
             r.forwarded
@@ -388,10 +417,12 @@ pub fn summary(results: &[ModeResult]) -> String {
             let shares: Vec<String> =
                 REAL_SERVERS.iter().zip(&r.per_server).map(|(h, n)| format!("{}={n}", h.role)).collect();
             format!(
-                "selftest lab: {} mode: {}/{REQUESTS} HTTP requests through VIP {VIP} answered ({}); {} connections scheduled, {} packets forwarded by XDP",
+                "selftest lab: {} mode: {}/{REQUESTS} HTTP requests through VIP {VIP} answered ({}); IPv6: {}/{REQUESTS} through VIP {VIP6} ({}); {} connections scheduled, {} packets forwarded by XDP",
                 format!("{:?}", r.mode).to_lowercase(),
                 r.ok,
                 shares.join(" "),
+                r.ok6,
+                REAL_SERVERS.iter().zip(&r.per_server6).map(|(h, n)| format!("{}={n}", h.role)).collect::<Vec<_>>().join(" "),
                 r.scheduled,
                 r.forwarded
             )

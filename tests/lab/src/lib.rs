@@ -613,12 +613,15 @@ impl Lab {
     /// answered each. With `hold` the connections stay open (ESTABLISHED: active at the
     /// director) and are returned; otherwise each is closed by the client before the next
     /// opens (its FIN makes it inactive).
-    pub fn connections(&self, n: usize, source: Ipv4Addr, hold: bool) -> Result<(Vec<usize>, Vec<TcpStream>)> {
+    pub fn connections(&self, n: usize, source: impl Into<std::net::IpAddr>, hold: bool) -> Result<(Vec<usize>, Vec<TcpStream>)> {
+        let source = source.into();
+        // To the VIP of the source's family.
+        let vip: std::net::IpAddr = if source.is_ipv4() { VIP.into() } else { VIP6.into() };
         in_netns(&self.ns("client"), || {
             let mut answered = Vec::with_capacity(n);
             let mut held = Vec::new();
             for k in 0..n {
-                let mut s = connect_from(source, SocketAddr::from((VIP, 80)), Duration::from_secs(3))
+                let mut s = connect_from(source, SocketAddr::new(vip, 80), Duration::from_secs(3))
                     .with_context(|| format!("connection {k} of {n} from {source}"))?;
                 let body = keepalive_request(&mut s).with_context(|| format!("request on connection {k} of {n}"))?;
                 let rs = ALL_REAL_SERVERS
@@ -802,9 +805,10 @@ impl Drop for Lab {
 }
 
 /// A TCP connection from a chosen local address (the second lab client).
-pub fn connect_from(source: Ipv4Addr, to: SocketAddr, timeout: Duration) -> Result<TcpStream> {
+pub fn connect_from(source: impl Into<std::net::IpAddr>, to: SocketAddr, timeout: Duration) -> Result<TcpStream> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    let source = source.into();
+    let s = Socket::new(if source.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 }, Type::STREAM, Some(Protocol::TCP))?;
     s.bind(&SocketAddr::from((source, 0)).into()).with_context(|| format!("binding to {source}"))?;
     s.connect_timeout(&to.into(), timeout).context("connect")?;
     let s: TcpStream = s.into();
