@@ -325,7 +325,13 @@ pub fn run(series: &str, arch: &str, drlb: &Path) -> Result<String> {
     let rows = console
         .lines()
         .filter_map(|l| l.find("selftest: ").map(|i| l[i + "selftest: ".len()..].trim().to_string()))
-        .collect::<Vec<_>>()
+        .fold(Vec::<String>::new(), |mut seen, l| {
+            // `drlb selftest` runs the table more than once: report each line once.
+            if !seen.contains(&l) {
+                seen.push(l);
+            }
+            seen
+        })
         .join("; ");
     Ok(format!(
         "{banner}; {rows}; {} fuzzed frames identical in kernel and model; lab forwarded real TCP: {}; IPVS sync interop: {}; IPVS's choices: {}",

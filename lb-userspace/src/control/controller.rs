@@ -77,8 +77,10 @@ fn log_usability(config: &Config, macs: &HashMap<IpAddr, Mac>) {
                 Usability::Usable => {}
                 Usability::QuiescentWeightZero => info!("{} {}: weight 0, gets no new connections", svc.name, rs.address),
                 Usability::MacUnresolved => warn!(
-                    "{} {}: no ARP reply yet, so it gets no traffic until it answers (is it up and on this segment?)",
-                    svc.name, rs.address
+                    "{} {}: no {} reply yet, so it gets no traffic until it answers (is it up and on this segment?)",
+                    svc.name,
+                    rs.address,
+                    crate::kernel::netlink::resolution_name(rs.address)
                 ),
             }
         }
@@ -517,7 +519,7 @@ impl Controller {
                 (old != Some(mac)).then_some(addr)
             }
             NeighbourEvent::Failed { ifindex, addr } if ifindex == index && wanted.contains(&addr) => {
-                warn!("real server {addr} stopped answering ARP; it gets no traffic until it answers again");
+                warn!("real server {addr} stopped answering {}; it gets no traffic until it answers again", crate::kernel::netlink::resolution_name(addr));
                 self.macs.remove(&addr).is_some().then_some(addr)
             }
             _ => None,

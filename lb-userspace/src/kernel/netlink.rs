@@ -93,6 +93,12 @@ impl Interface {
     }
 }
 
+/// How a real server's MAC is learnt, for messages: "ARP", or for IPv6 "neighbour
+/// discovery".
+pub fn resolution_name(addr: IpAddr) -> &'static str {
+    if addr.is_ipv4() { "ARP" } else { "neighbour discovery" }
+}
+
 /// fe80::/10: every IPv6 interface has one, and no real server is reached through it.
 fn is_link_local(a: &Ipv6Addr) -> bool {
     a.segments()[0] & 0xffc0 == 0xfe80
