@@ -854,11 +854,18 @@ pub enum Route {
 pub fn route<P: Packet + ?Sized, T: Tables>(pkt: &P, t: &T, chain: &mut Ipv6Chain) -> Route {
     let Some((ethertype, l3_off)) = ethernet(pkt) else { return Route::Done(Verdict::PassMalformed) };
     match ethertype {
-        // The IPv4 program judges everything else of the header, as it always has.
-        ETH_P_IP => match pkt.load::<1>(l3_off + 9) {
-            Some([IPPROTO_ICMP]) => Route::Icmp,
-            _ => Route::V4,
-        },
+        // IPv4 not to a VIP (most of what a director's own stack gets) stops here too: a
+        // tail call costs as much as the rest of its path.
+        ETH_P_IP => {
+            let ip = match parse_l3(pkt) {
+                L3::Ipv4(ip) => ip,
+                _ => return Route::Done(Verdict::PassMalformed),
+            };
+            if !t.vip_filter(&ip.dst()) {
+                return Route::Done(Verdict::PassNotVip);
+            }
+            if ip.proto == IPPROTO_ICMP { Route::Icmp } else { Route::V4 }
+        }
         ETH_P_IPV6 => {
             let (Some(version), Some(src), Some(dst)) =
                 (pkt.with_header::<IPV6_HLEN, _>(l3_off, |ip| ip[0]), load_addr6(pkt, l3_off + 8), load_addr6(pkt, l3_off + 24))
@@ -891,7 +898,8 @@ fn v4_mapped_words(w: &crate::packet::Words6) -> bool {
     w[0] == 0 && w[1] == 0 && w[2] == 0xffff_0000
 }
 
-/// The IPv4 program: parse L3 and L4, then [`process_flow`].
+/// The IPv4 program: parse L3 and L4, then [`process_flow`]. The dispatcher sends only
+/// well-formed IPv4 that passed the VIP pre-filter ([`route`]).
 #[inline(always)]
 pub fn process_v4<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &mut Outcome) -> Verdict {
     let ip = match parse_l3(pkt) {
@@ -899,10 +907,6 @@ pub fn process_v4<P: Packet + ?Sized, T: Tables>(pkt: &mut P, t: &T, out: &mut O
         // Not IPv4: not what the dispatcher sends here.
         _ => return Verdict::PassMalformed,
     };
-    // One array lookup settles almost every packet that is not for a VIP.
-    if !t.vip_filter(&ip.dst()) {
-        return Verdict::PassNotVip;
-    }
     let is_vip = || t.vip(&VipKey { addr: ip.dst() }).is_some();
     if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
         return if is_vip() { Verdict::PassVipNoService } else { Verdict::PassNotVip };

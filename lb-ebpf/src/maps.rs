@@ -530,12 +530,37 @@ static JUMP: ProgramArray = ProgramArray::with_max_entries(JUMP_SLOTS, 0);
 #[map(name = "DRLB_IPV6_CHAIN")]
 static IPV6_CHAIN: PerCpuArray<Ipv6Chain> = PerCpuArray::with_max_entries(1, 0);
 
-/// Jumps to the program in `DRLB_JUMP` slot `slot`; returns only if there is none.
+/// Jumps to the program in `DRLB_JUMP` slot `SLOT`; returns only if there is none.
+///
+/// The helper call is written out, with the slot an immediate in the instruction stream:
+/// through `ProgramArray::tail_call` LLVM merges the dispatcher's three calls into one
+/// whose slot arrives in a register from three paths, which the verifier cannot record as
+/// a constant key, and the x86-64 JIT then emits an indirect jump (a retpoline) instead of
+/// a direct one.
 #[inline(always)]
-pub fn jump(ctx: &aya_ebpf::programs::XdpContext, slot: u32) {
-    // SAFETY: `ctx` is the running program's own context, as a tail call requires; success
-    // does not return, and every program in DRLB_JUMP is an XDP program of this object.
-    unsafe { JUMP.tail_call(ctx, slot) }
+pub fn jump<const SLOT: u32>(ctx: &aya_ebpf::programs::XdpContext) {
+    use aya_ebpf::EbpfContext as _;
+    /// `BPF_FUNC_tail_call`.
+    const TAIL_CALL: u32 = 12;
+    // SAFETY: r1 is the running program's own context and r2 the DRLB_JUMP map (the static
+    // is the map definition itself, `ProgramArray` being transparent over it), as
+    // bpf_tail_call() requires; the helper clobbers r0 to r5 when it returns (no program in
+    // the slot), and success does not return. Every program in DRLB_JUMP is an XDP program
+    // of this object.
+    unsafe {
+        core::arch::asm!(
+            "r3 = {slot}",
+            "call {helper}",
+            slot = const SLOT,
+            helper = const TAIL_CALL,
+            inout("r1") ctx.as_ptr() => _,
+            inout("r2") addr_of!(JUMP) => _,
+            lateout("r0") _,
+            lateout("r3") _,
+            lateout("r4") _,
+            lateout("r5") _,
+        )
+    }
 }
 
 /// Leaves the dispatcher's walk of an IPv6 packet for the program it jumps to (this CPU's

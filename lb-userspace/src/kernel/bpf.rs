@@ -963,3 +963,29 @@ pub fn format_counters(c: &Counters) -> String {
 pub fn log_counters(c: &Counters) {
     info!("counters: {}", format_counters(c));
 }
+
+#[cfg(test)]
+mod object_tests {
+    /// `BPF_JMP | BPF_CALL`, and the source register that makes a call a BPF-to-BPF call
+    /// (`BPF_PSEUDO_CALL`) rather than a helper call.
+    const CALL: u8 = 0x85;
+    const PSEUDO_CALL: u8 = 1;
+
+    fn calls_functions(obj: &aya_obj::Object, program: &str) -> bool {
+        let prog = obj.programs.get(program).unwrap_or_else(|| panic!("{program} is in the object"));
+        let f = &obj.functions[&prog.function_key()];
+        f.instructions.iter().any(|i| i.code == CALL && i.src_reg() == PSEUDO_CALL)
+    }
+
+    /// The dispatcher tail-calls, and arm64 before 6.0 refuses a tail call in a program
+    /// with BPF-to-BPF calls: an outlined helper slipping into it would load on x86 and
+    /// fail on the Kunpeng kernels drlb is for. The programs it jumps to do call functions
+    /// (so this check can fail).
+    #[test]
+    fn the_dispatcher_makes_no_function_call() {
+        let obj = aya_obj::Object::parse(super::EBPF_OBJECT).expect("the embedded object parses");
+        assert!(!calls_functions(&obj, super::PROGRAM_LB), "{} makes a BPF-to-BPF call", super::PROGRAM_LB);
+        assert!(calls_functions(&obj, super::JUMP_PROGRAMS[0].1), "the IPv4 program calls its schedulers");
+    }
+}
+
