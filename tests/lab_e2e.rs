@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use lb_userspace::control::config::XdpMode;
 use lb_userspace::kernel::mac::format_mac;
-use drlb_lab::{BIG_RESPONSE, DIRECTOR, FAR_CLIENT_ADDR, FAR_CLIENT_ADDR6, Lab, REAL_SERVERS, VIP, VIP6};
+use drlb_lab::{counter, BIG_RESPONSE, DIRECTOR, FAR_CLIENT_ADDR, FAR_CLIENT_ADDR6, Lab, REAL_SERVERS, VIP, VIP6};
 
 /// Labs run one at a time: they are cheap, and timing-sensitive assertions (like "no
 /// reply crossed the director") are clearer without a second lab competing for the CPUs.
@@ -65,11 +65,7 @@ fn end_to_end(mode: XdpMode) {
 
     let log = lab.stop_drlb().unwrap();
     let counters = log.lines().find(|l| l.contains("counters:")).unwrap_or_else(|| panic!("no counters in drlb's log:\n{log}"));
-    let forwarded: u64 = counters
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("tx_forwarded="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let forwarded = counter(&log, "tx_forwarded");
     // Each request is at least SYN, ACK+request and FIN/ACK from the client.
     assert!(forwarded >= 2 * 3 * REQUESTS as u64, "{mode:?}: only {forwarded} packets forwarded: {counters}");
     let mode_name = if mode == XdpMode::Native { "native" } else { "generic" };
@@ -194,7 +190,7 @@ fn path_mtu_discovery_works_through_the_director() {
     }
     let log = lab.stop_drlb().unwrap();
     let counters = log.lines().find(|l| l.contains("counters:")).unwrap_or_else(|| panic!("no counters in drlb's log:\n{log}"));
-    let icmp: u64 = counters.split_whitespace().find_map(|kv| kv.strip_prefix("tx_icmp_forwarded=")).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let icmp = counter(&log, "tx_icmp_forwarded");
     println!("{counters}");
     assert!(icmp >= 2, "the director forwarded {icmp} ICMP errors (one per family at least): {counters}");
 }

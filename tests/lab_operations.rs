@@ -17,13 +17,7 @@ fn drlb() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_drlb"))
 }
 
-fn counter(log: &str, name: &str) -> u64 {
-    log.lines()
-        .filter(|l| l.contains("counters:"))
-        .last()
-        .and_then(|l| l.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{name}="))).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
-}
+use drlb_lab::counter;
 
 /// SIGKILL the controller mid-load: forwarding goes on from the pinned dataplane with no
 /// failed request, the restarted controller adopts it and the counters continue; `drlb

@@ -72,9 +72,9 @@ pub fn run(dp: &mut Dataplane, tools: &mut Tools, opts: &Options) -> Result<Live
     let ifindex = ifindex_in(&pair.generator).context("veth0's ifindex in the generator namespace")?;
 
     // Established flows the main bench opened: the director forwards these.
-    let (_, data) = traffic::established(0, 64, traffic::Size::Min64);
+    let (_, data) = traffic::established(traffic::Family::V4, 0, 64, traffic::Size::Min64);
     // The flood's frame: a SYN whose source the generator program changes every time.
-    let syn = traffic::syn_storm(0, 1, traffic::Size::Min64).remove(0);
+    let syn = traffic::syn_storm(traffic::Family::V4, 0, 1, traffic::Size::Min64).remove(0);
     let per_call = 50_000u32;
     // Sends `frame` from the generator `calls` times `per_call` (or until `stop`).
     let send = |tools: &Tools, program: &str, frames: &[Vec<u8>], calls: u32, stop: Option<&AtomicBool>| -> Result<()> {

@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::control::config::Config;
 use crate::kernel::bpf::{Counters, Dataplane, Tools, PROGRAM_FLOOR_INSERT, PROGRAM_FLOOR_RECORD, PROGRAM_FLOOR_SWAP, PROGRAM_LB, PROGRAM_PASS};
 use crate::kernel::mac::Mac;
-use traffic::Size;
+use traffic::{Family, Size};
 
 /// How much to measure.
 #[derive(Debug, Clone)]
@@ -253,11 +253,11 @@ pub fn run(opts: &Options) -> Result<Results> {
 
     // Open the flows the established scenarios replay (not timed).
     b.progress.set_message("opening flows");
-    let (setup_small, data_small) = traffic::established(0, opts.small_flows, Size::Min64);
-    let (_, data_small_imix) = traffic::established(0, opts.small_flows, Size::Imix);
-    let (setup_large, data_large) = traffic::established(opts.small_flows, opts.large_flows, Size::Min64);
+    let (setup_small, data_small) = traffic::established(Family::V4, 0, opts.small_flows, Size::Min64);
+    let (_, data_small_imix) = traffic::established(Family::V4, 0, opts.small_flows, Size::Imix);
+    let (setup_large, data_large) = traffic::established(Family::V4, opts.small_flows, opts.large_flows, Size::Min64);
     // IPv6: its own flows, beside the IPv4 ones in the same table.
-    let (setup_small6, data_small6) = traffic::established6(0, opts.small_flows, Size::Min64);
+    let (setup_small6, data_small6) = traffic::established(Family::V6, 0, opts.small_flows, Size::Min64);
     for f in setup_small.iter().chain(&setup_large).chain(&setup_small6) {
         let (v, _, _) = b.run(PROGRAM_LB, f, 1)?;
         ensure!(v == XDP_TX, "opening a flow: verdict {v}");
@@ -270,9 +270,9 @@ pub fn run(opts: &Options) -> Result<Results> {
     // Hot loops: one packet kind, large repeat.
     let hot_cases: [(&str, &Vec<u8>, u32, &[Verdict]); 4] = [
         ("established flow", &data_small[0], XDP_TX, &[Verdict::TxForwarded]),
-        ("non-VIP", &traffic::non_vip(1, Size::Min64)[0], XDP_PASS, &[Verdict::PassNotVip]),
+        ("non-VIP", &traffic::non_vip(Family::V4, 1, Size::Min64)[0], XDP_PASS, &[Verdict::PassNotVip]),
         ("IPv6 established flow", &data_small6[0], XDP_TX, &[Verdict::TxForwarded]),
-        ("IPv6 non-VIP", &traffic::non_vip6(1, Size::Min64)[0], XDP_PASS, &[Verdict::PassNotVip]),
+        ("IPv6 non-VIP", &traffic::non_vip(Family::V6, 1, Size::Min64)[0], XDP_PASS, &[Verdict::PassNotVip]),
     ];
     for (name, frame, verdict, reasons) in hot_cases {
         b.progress.set_message(format!("{name} (hot loop)"));
@@ -341,7 +341,7 @@ pub fn run(opts: &Options) -> Result<Results> {
             &format!("SYN storm, wlc over {rs}"),
             size,
             &mut |next| {
-                let f = traffic::syn_storm(*next, syn_n, size);
+                let f = traffic::syn_storm(Family::V4, *next, syn_n, size);
                 *next += syn_n;
                 f
             },
@@ -353,7 +353,7 @@ pub fn run(opts: &Options) -> Result<Results> {
         &format!("IPv6 SYN storm, wlc over {rs}"),
         Size::Min64,
         &mut |next| {
-            let f = traffic::syn_storm6(*next, syn_n, Size::Min64);
+            let f = traffic::syn_storm(Family::V6, *next, syn_n, Size::Min64);
             *next += syn_n;
             f
         },

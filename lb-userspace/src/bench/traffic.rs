@@ -1,6 +1,6 @@
 //! Benchmark traffic: frames built layer by layer, in the sizes and mixes the report uses.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use etherparse::PacketBuilder;
 
@@ -51,69 +51,26 @@ pub fn client6(n: u32) -> [u8; 16] {
     Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, n as u16).octets()
 }
 
-/// An IPv6 TCP segment with exactly `flags`, padded to `len` bytes (at least the headers').
-pub fn tcp6(src: [u8; 16], dst: Ipv6Addr, sport: u16, dport: u16, flags: u8, len: usize) -> Vec<u8> {
-    let payload_len = len.saturating_sub(14 + 40 + 20);
-    let mut out = Vec::with_capacity(len.max(74));
-    PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC)
-        .ipv6(src, dst.octets(), 64)
-        .tcp(sport, dport, 1, 64240)
-        .write(&mut out, &vec![0u8; payload_len])
-        .expect("building a frame");
-    out[14 + 40 + 13] = flags;
-    out
-}
-
-/// [`syn_storm`] to the IPv6 VIP.
-pub fn syn_storm6(first: u32, n: u32, size: Size) -> Vec<Vec<u8>> {
-    (0..n)
-        .map(|i| {
-            let (c, p) = flow(first + i);
-            tcp6(client6(u32::from_be_bytes(c) & 0xffff), VIP6, p, 80, SYN, size.len(i as usize))
-        })
-        .collect()
-}
-
-/// [`established`] to the IPv6 VIP.
-pub fn established6(first: u32, n: u32, size: Size) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
-    let mut setup = Vec::with_capacity(2 * n as usize);
-    let mut data = Vec::with_capacity(n as usize);
-    for i in 0..n {
-        let (c, p) = flow(first + i);
-        let c = client6(u32::from_be_bytes(c) & 0xffff);
-        setup.push(tcp6(c, VIP6, p, 80, SYN, 74));
-        setup.push(tcp6(c, VIP6, p, 80, ACK, 74));
-        data.push(tcp6(c, VIP6, p, 80, PSH_ACK, size.len(i as usize)));
-    }
-    (setup, data)
-}
-
-/// Traffic for the director's own IPv6 address.
-pub fn non_vip6(n: u32, size: Size) -> Vec<Vec<u8>> {
-    (0..n)
-        .map(|i| {
-            let (c, p) = flow(i);
-            tcp6(client6(u32::from_be_bytes(c) & 0xffff), NON_VIP6, p, 22, PSH_ACK, size.len(i as usize))
-        })
-        .collect()
-}
-
 /// The `n`-th client address (198.18.1.0/24 onwards, never the VIP's subnet).
 pub fn client(n: u32) -> [u8; 4] {
     let n = n % (1 << 16);
     [198, 19, (n >> 8) as u8, (n & 0xff) as u8]
 }
 
-/// A TCP segment with exactly `flags`, padded to `len` bytes.
-pub fn tcp(src: [u8; 4], dst: Ipv4Addr, sport: u16, dport: u16, flags: u8, len: usize) -> Vec<u8> {
-    let payload_len = len.saturating_sub(14 + 20 + 20);
-    let mut out = Vec::with_capacity(len);
-    PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC)
-        .ipv4(src, dst.octets(), 64)
-        .tcp(sport, dport, 1, 64240)
-        .write(&mut out, &vec![0u8; payload_len])
-        .expect("building a frame");
-    out[14 + 20 + 13] = flags;
+/// A TCP segment from `src` to `dst` (one family) with exactly `flags`, padded to `len`
+/// bytes (at least its headers).
+pub fn tcp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: u8, len: usize) -> Vec<u8> {
+    let l3 = if src.is_ipv4() { 20 } else { 40 };
+    let payload_len = len.saturating_sub(14 + l3 + 20);
+    let mut out = Vec::with_capacity(len.max(14 + l3 + 20));
+    let eth = PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC);
+    let ip = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+        _ => panic!("a segment from {src} to {dst}: one family"),
+    };
+    ip.tcp(sport, dport, 1, 64240).write(&mut out, &vec![0u8; payload_len]).expect("building a frame");
+    out[14 + l3 + 13] = flags;
     out
 }
 
@@ -125,35 +82,46 @@ pub fn flow(i: u32) -> ([u8; 4], u16) {
     (client(i / 50_000), 10_000 + (i % 50_000) as u16)
 }
 
+/// Which VIP (and which of the director's own addresses) the benchmark's frames go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// A segment of flow `i` (its client and port in this family) to the VIP, or with
+    /// `own` to the director's own address; at least the headers long.
+    fn segment(self, i: u32, own: bool, dport: u16, flags: u8, len: usize) -> Vec<u8> {
+        let (c, p) = flow(i);
+        let (src, dst): (IpAddr, IpAddr) = match self {
+            Family::V4 => (c.into(), if own { NON_VIP } else { VIP }.into()),
+            Family::V6 => (client6(u32::from_be_bytes(c) & 0xffff).into(), if own { NON_VIP6 } else { VIP6 }.into()),
+        };
+        tcp(src, dst, p, dport, flags, len)
+    }
+}
+
 /// SYNs of `n` new flows, starting at flow `first`.
-pub fn syn_storm(first: u32, n: u32, size: Size) -> Vec<Vec<u8>> {
-    (0..n).map(|i| {
-        let (c, p) = flow(first + i);
-        tcp(c, VIP, p, 80, SYN, size.len(i as usize))
-    })
-    .collect()
+pub fn syn_storm(family: Family, first: u32, n: u32, size: Size) -> Vec<Vec<u8>> {
+    (0..n).map(|i| family.segment(first + i, false, 80, SYN, size.len(i as usize))).collect()
 }
 
 /// What opens `n` flows (SYN, then the handshake's ACK), and then their data segments.
-pub fn established(first: u32, n: u32, size: Size) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+pub fn established(family: Family, first: u32, n: u32, size: Size) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let mut setup = Vec::with_capacity(2 * n as usize);
     let mut data = Vec::with_capacity(n as usize);
     for i in 0..n {
-        let (c, p) = flow(first + i);
-        setup.push(tcp(c, VIP, p, 80, SYN, 60));
-        setup.push(tcp(c, VIP, p, 80, ACK, 60));
-        data.push(tcp(c, VIP, p, 80, PSH_ACK, size.len(i as usize)));
+        setup.push(family.segment(first + i, false, 80, SYN, 60));
+        setup.push(family.segment(first + i, false, 80, ACK, 60));
+        data.push(family.segment(first + i, false, 80, PSH_ACK, size.len(i as usize)));
     }
     (setup, data)
 }
 
 /// Traffic for the director's own address.
-pub fn non_vip(n: u32, size: Size) -> Vec<Vec<u8>> {
-    (0..n).map(|i| {
-        let (c, p) = flow(i);
-        tcp(c, NON_VIP, p, 22, PSH_ACK, size.len(i as usize))
-    })
-    .collect()
+pub fn non_vip(family: Family, n: u32, size: Size) -> Vec<Vec<u8>> {
+    (0..n).map(|i| family.segment(i, true, 22, PSH_ACK, size.len(i as usize))).collect()
 }
 
 /// A realistic mix: data on `flows` established flows, with one new flow (SYN) in twenty.
@@ -161,11 +129,9 @@ pub fn realistic(established_first: u32, flows: u32, new_first: u32, n: u32, siz
     (0..n)
         .map(|i| {
             if i % 20 == 19 {
-                let (c, p) = flow(new_first + i / 20);
-                tcp(c, VIP, p, 80, SYN, size.len(i as usize))
+                Family::V4.segment(new_first + i / 20, false, 80, SYN, size.len(i as usize))
             } else {
-                let (c, p) = flow(established_first + fastrand::u32(0..flows));
-                tcp(c, VIP, p, 80, PSH_ACK, size.len(i as usize))
+                Family::V4.segment(established_first + fastrand::u32(0..flows), false, 80, PSH_ACK, size.len(i as usize))
             }
         })
         .collect()

@@ -28,6 +28,15 @@ pub mod flood;
 pub mod ha;
 use lb_userspace::kernel::bpf::{Tools, PROGRAM_PASS};
 pub use lb_userspace::selftest::netns::*;
+/// The reason counter `name` in the last `counters:` line of drlb's log (0 if absent).
+pub fn counter(log: &str, name: &str) -> u64 {
+    log.lines()
+        .filter(|l| l.contains("counters:"))
+        .last()
+        .and_then(|l| l.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{name}="))).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
 /// Bytes of the real servers' `/big` response.
 pub const BIG_RESPONSE: usize = 256 * 1024;
 /// The router of [`Lab::add_far_client`] on the lab's segment.
