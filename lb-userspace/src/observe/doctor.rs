@@ -236,8 +236,8 @@ pub async fn run(config: Option<&Config>, pin_dir: &std::path::Path, sample: Dur
         out.push(if !on_iface {
             // A backup holds no VIP: fine while another director does. Ask the segment.
             match held_elsewhere(&handle, iface.index, *vip).await {
-                Some(mac) => ok("vip", format!("VIP {vip} is not on {iface_name}{since}: another director holds it (it answers {} from {}); this one is a backup", resolution(vip), format_mac(&mac))),
-                None => fail("vip", format!("VIP {vip} is held by no director: not on {iface_name}, and nothing on the segment answers {} for it, so clients reach no balancer (fix: check keepalived on every director (`systemctl status keepalived`, `journalctl -u keepalived`); without VRRP: ip addr add {vip}/{} dev {iface_name}{})", resolution(vip), if vip.is_ipv4() { 32 } else { 128 }, if vip.is_ipv4() { "" } else { " nodad" })),
+                Some(mac) => ok("vip", format!("VIP {vip} is not on {iface_name}{since}: another director holds it (it answers {} from {}); this one is a backup", netlink::resolution_name(*vip), format_mac(&mac))),
+                None => fail("vip", format!("VIP {vip} is held by no director: not on {iface_name}, and nothing on the segment answers {} for it, so clients reach no balancer (fix: check keepalived on every director (`systemctl status keepalived`, `journalctl -u keepalived`); without VRRP: ip addr add {vip}/{} dev {iface_name}{})", netlink::resolution_name(*vip), if vip.is_ipv4() { 32 } else { 128 }, if vip.is_ipv4() { "" } else { " nodad" })),
             }
         } else if let Some(why) = unusable {
             fail("vip", format!(
@@ -278,7 +278,7 @@ pub async fn run(config: Option<&Config>, pin_dir: &std::path::Path, sample: Dur
             }
             match neighbours.get(address) {
                 Some((Some(mac), state)) => out.push(ok("real-server", format!("{label} {address} at {} ({state})", format_mac(mac)))),
-                Some((None, state)) => out.push(fail("real-server", format!("{label} {address}: {} {state}: it does not answer {} (down, or not on this segment?)", table(address), resolution(address)))),
+                Some((None, state)) => out.push(fail("real-server", format!("{label} {address}: {} {state}: it does not answer {} (down, or not on this segment?)", table(address), netlink::resolution_name(*address)))),
                 None => out.push(fail("real-server", format!("{label} {address}: no {} entry: drlb has not resolved it (is drlb running?)", table(address)))),
             }
             if let Some(s) = &health {
@@ -375,11 +375,6 @@ pub async fn run(config: Option<&Config>, pin_dir: &std::path::Path, sample: Dur
         fail("ipvs", format!("the kernel's IPVS also balances {}: two balancers for one VIP (fix: ipvsadm -C, remove keepalived's virtual_server)", clash.join(", ")))
     });
     Ok(out)
-}
-
-/// How an address's MAC is found: ARP for IPv4, neighbour discovery for IPv6.
-fn resolution(a: &IpAddr) -> &'static str {
-    if a.is_ipv4() { "ARP" } else { "neighbour solicitations" }
 }
 
 /// The neighbour table's name for an address's family, for messages.
