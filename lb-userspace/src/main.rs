@@ -151,6 +151,13 @@ enum Command {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Take this director out of service behind ECMP routers (`director.announce`): withdraw
+    /// every VIP, forward until the routers have moved its flows to the other directors
+    /// (at most `drain_timeout`), then detach and stop.
+    Drain {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// Validate a config file; prints FILE:LINE:COLUMN: message per problem.
     Check {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
@@ -533,6 +540,16 @@ fn main() -> ExitCode {
                 },
             }
         }
+        Command::Drain { config } => match lb_userspace::kernel::process::drain(&config) {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("drlb drain: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Stop { config } => match lb_userspace::kernel::process::stop(&config) {
             Ok(report) => {
                 println!("{report}");

@@ -1,5 +1,6 @@
 //! `drlb run`: loads the dataplane, resolves real servers, programs the maps, attaches XDP,
-//! follows neighbour changes, and detaches on SIGINT/SIGTERM.
+//! follows neighbour changes, announces VIPs to ECMP routers (`director.announce`), and
+//! detaches on SIGINT/SIGTERM (draining first, when announcing).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -27,6 +28,7 @@ use crate::kernel::content::MapContent;
 use crate::kernel::mac::{format_mac, Mac};
 use tokio::sync::mpsc;
 use crate::control::vips::VipTracker;
+use crate::control::announce::Announcer;
 use crate::observe::state::{ControllerState, ControllerTimings, ReloadTiming, SweepTiming, SyncState, VerdictTiming};
 use crate::sync::{Counter, Names, Sync, due_for_refresh};
 use crate::control::sweeper::{Sweeper, SweepDone, SweepRequest};
@@ -34,6 +36,8 @@ use crate::kernel::sweep::SweepInputs;
 
 /// How long start-up waits for real servers' ARP replies before attaching anyway.
 const INITIAL_RESOLUTION_WAIT: Duration = Duration::from_secs(3);
+/// A drain ends once no packet was forwarded for this long: the routers have moved.
+const DRAIN_SETTLE: Duration = Duration::from_secs(1);
 pub use crate::control::sweeper::SWEEP_INTERVAL;
 /// How often every real server's neighbour entry is re-confirmed (keeps it from being
 /// garbage-collected, since the director never sends IP traffic to real servers itself).
@@ -130,6 +134,8 @@ struct Controller {
     sync: Option<Sync>,
     /// Which VIPs the interface holds.
     vips: VipTracker,
+    /// What this director announces to ECMP routers, with `director.announce`.
+    announcer: Option<Announcer>,
     /// Dataplane time of the previous sweep (sync re-announces what fell due since).
     last_sweep: Option<u64>,
     sweeper: Sweeper,
@@ -418,7 +424,66 @@ impl Controller {
     /// Whether `service`'s checks stand still: it has `ha_suspend` and the director's
     /// interface holds none of its addresses (keepalived's ha_suspend).
     fn suspended(&self, service: &str) -> bool {
-        self.config.services.iter().find(|s| s.name == service).is_some_and(|s| s.ha_suspend && !s.addresses().iter().any(|a| self.vips.owns(*a)))
+        self.config.services.iter().find(|s| s.name == service).is_some_and(|s| s.ha_suspend && !s.addresses().iter().any(|a| self.holds(*a)))
+    }
+
+    /// Whether this director is where `vip`'s new flows go: the VIP is on its interface
+    /// (keepalived's VRRP), or, behind ECMP routers, announced.
+    fn holds(&self, vip: IpAddr) -> bool {
+        match &self.announcer {
+            Some(a) => a.announces(vip),
+            None => self.vips.owns(vip),
+        }
+    }
+
+    /// Brings the announcement routes to what this director can serve now.
+    async fn follow_announcements(&mut self) {
+        let Some(a) = self.announcer.as_mut() else { return };
+        match netlink::carrier(&self.handle, self.iface.index).await {
+            Ok(up) => a.set_carrier(up),
+            Err(e) => debug!("{e:#}"),
+        }
+        if a.reconcile(&self.handle, &self.config, &self.quorum).await {
+            // Status, metrics and `drlb ready` see it now, not a second later.
+            self.write_state();
+        }
+    }
+
+    /// Packets forwarded for every service so far: flat once the routers send nothing here.
+    fn forwarded_packets(&self) -> u64 {
+        self.tables.slots.iter().flatten().map(|slot| self.dp.backend_counters(*slot).map(|c| c.packets).unwrap_or(0)).sum()
+    }
+
+    /// `drlb drain` / SIGTERM behind ECMP routers: withdraw every VIP, keep forwarding
+    /// (and syncing) while the routers move the flows to the other directors, and return
+    /// once no packet came for [`DRAIN_SETTLE`] or `drain_timeout` passed.
+    async fn drain(&mut self) {
+        let Some(timeout) = self.config.director.announce.as_ref().map(|a| a.drain_timeout) else { return };
+        if let Some(a) = self.announcer.as_mut() {
+            a.drain();
+        }
+        self.follow_announcements().await;
+        info!("draining: every VIP withdrawn; forwarding until the routers send nothing here (at most {})", humantime::format_duration(timeout));
+        let start = Instant::now();
+        let (mut last, mut quiet_since) = (self.forwarded_packets(), start);
+        let mut tick = interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            let now = self.forwarded_packets();
+            if now != last {
+                (last, quiet_since) = (now, Instant::now());
+            }
+            if quiet_since.elapsed() >= DRAIN_SETTLE {
+                info!("drained: no packet for {DRAIN_SETTLE:?}, {:.1} s after the withdrawal", start.elapsed().as_secs_f64());
+                return;
+            }
+            if start.elapsed() >= timeout {
+                warn!("drain_timeout ({}) passed with packets still arriving: detaching anyway; the routers still send flows here", humantime::format_duration(timeout));
+                return;
+            }
+            // Status and metrics show the drain, and `drlb ready` stays true meanwhile.
+            self.write_state();
+        }
     }
 
     /// keepalived's notify_up / notify_down for a real server a verdict changed.
@@ -571,7 +636,7 @@ impl Controller {
         let prev = self.last_sweep.unwrap_or(now);
         let period = cfg.refresh_period.as_secs() * self.dp.hz() as u64;
         let held: std::collections::HashSet<lb_common::addr::Addr16> =
-            self.vips.snapshot().into_iter().filter(|v| v.owned).map(|v| lb_common::addr::from_ip(v.vip)).collect();
+            self.config.services.iter().flat_map(|s| s.addresses()).filter(|v| self.holds(*v)).map(lb_common::addr::from_ip).collect();
         Some(Box::new(move |k, c| held.contains(&k.vip) && due_for_refresh(k, c, prev, now, period)))
     }
 
@@ -617,6 +682,14 @@ impl Controller {
         let state = ControllerState {
             written: crate::observe::state::unix_now(),
             vips: self.vips.snapshot(),
+            announce: self.announcer.as_ref().map(Announcer::snapshot),
+            table_fingerprints: self
+                .config
+                .services
+                .iter()
+                .zip(&self.tables.service_id_of)
+                .filter_map(|(svc, id)| Some((svc.name.clone(), self.tables.table_fingerprint(*id)?)))
+                .collect(),
             sync: self.sync.as_ref().map(|s| SyncState {
                 description: s.description.clone(),
                 counters: s.counters.snapshot(),
@@ -781,6 +854,7 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
     // One controller per dataplane: `drlb reload` and `drlb stop` find it by this file.
     let _pidfile = crate::kernel::process::Pidfile::take(&pin_dir)?;
     let (mut dp, origin) = Dataplane::open(config.director.conn_table_size, Some(&pin_dir), replace_dataplane)?;
+    let adopted = matches!(origin, Origin::Adopted);
     let (tables, slots) = match origin {
         Origin::Created => (MapContent::default(), Slots::default()),
         Origin::Adopted => {
@@ -815,6 +889,7 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
         maps_stale: false,
         sync: None,
         vips: VipTracker::default(),
+        announcer: None,
         last_sweep: None,
         sweeper,
         draining_at_sweep: Default::default(),
@@ -868,6 +943,14 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
         c.iface.name,
         c.config.services.len()
     );
+    if let Some(a) = &c.config.director.announce {
+        // An adopted dataplane kept its connections: nothing to learn before announcing.
+        let warmup = c.config.director.announce_warmup();
+        let first = if adopted { Duration::ZERO } else { warmup };
+        info!("announcing VIPs through routing table {} after {} of connection sync", a.table, humantime::format_duration(first));
+        c.announcer = Some(Announcer::new(a.table, warmup, adopted));
+        c.follow_announcements().await;
+    }
     notify::ready();
 
     c.start_checkers();
@@ -886,7 +969,15 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
     loop {
         tokio::select! {
             _ = sigint.recv() => { info!("SIGINT: detaching"); break; }
-            _ = sigterm.recv() => { info!("SIGTERM: detaching"); break; }
+            _ = sigterm.recv() => {
+                if c.announcer.is_some() {
+                    info!("SIGTERM: draining, then detaching");
+                    c.drain().await;
+                } else {
+                    info!("SIGTERM: detaching");
+                }
+                break;
+            }
             _ = sigusr2.recv() => { info!("SIGUSR2: exiting, leaving the dataplane forwarding for the next controller"); leave = true; break; }
             _ = sighup.recv() => { info!("SIGHUP: reloading {}", c.config_path.display()); c.reload().await; }
             _ = sweep.tick() => c.start_sweep(),
@@ -899,6 +990,7 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
                 // the kernel dropped would leave VIP ownership wrong in status, metrics,
                 // `drlb ready` and sync until the next move.
                 c.follow_addresses().await;
+                c.follow_announcements().await;
                 // Real servers without a MAC are asked for again every second, not only at
                 // the 30 s refresh: after the director's link flaps (the kernel fails every
                 // neighbour entry when carrier goes), forwarding resumes within a second.
@@ -940,6 +1032,11 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
     }
     notify::stopping();
     if !leave {
+        // Detaching: the routers must not keep sending here (SIGTERM has drained already).
+        if let Some(a) = c.announcer.as_mut() {
+            a.drain();
+        }
+        c.follow_announcements().await;
         c.omega_notifies().await;
     }
     if let Some(mut s) = c.sync.take() {

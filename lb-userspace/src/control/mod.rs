@@ -2,6 +2,7 @@
 //! keeps them so: config → tables (with stable identities from slots and the scheduler
 //! tables) → the kernel layer's writes; health checks and neighbours feed it.
 
+pub mod announce;
 pub mod config;
 pub mod controller;
 pub mod health;

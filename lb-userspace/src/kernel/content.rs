@@ -54,6 +54,24 @@ impl MapContent {
         if svc.table_len > 0 { self.sched_regions.get(&svc.table_offset) } else { None }
     }
 
+    /// A fingerprint of service `id`'s scheduler table as the real servers it names (not
+    /// this director's slot numbers): directors behind ECMP routers whose `mh` tables have
+    /// the same fingerprint send every flow to the same real server.
+    pub fn table_fingerprint(&self, id: u32) -> Option<String> {
+        let svc = self.services.get(&id)?;
+        let table = self.table(svc)?;
+        let members = self.member_list(svc);
+        // FNV-1a, 64 bits: stable across builds and machines (std's hasher is not).
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for entry in table {
+            let addr = members.get(*entry as usize).and_then(|slot| self.backends.get(slot)).map_or([0xff; 16], |b| b.addr);
+            for byte in addr {
+                h = (h ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        Some(format!("{h:016x}"))
+    }
+
     /// The scheduler positions a service starts from.
     pub fn initial_sched_state() -> SchedState {
         SchedState::default()

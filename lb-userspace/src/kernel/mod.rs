@@ -13,5 +13,6 @@ pub mod netlink;
 pub mod notify;
 pub mod pins;
 pub mod process;
+pub mod routes;
 pub mod sweep;
 pub mod sync_maps;

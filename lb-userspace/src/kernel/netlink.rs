@@ -164,6 +164,20 @@ pub async fn interface(handle: &Handle, name: &str) -> Result<Interface> {
     Ok(Interface { name: name.to_string(), index, mac, ipv4, ipv6, ipv6_unusable, xdp, mtu: mtu.unwrap_or(1500) })
 }
 
+/// Whether interface `index` has carrier: cabled and up, so it can send and hear.
+pub async fn carrier(handle: &Handle, index: u32) -> Result<bool> {
+    let link = handle
+        .link()
+        .get()
+        .match_index(index)
+        .execute()
+        .try_next()
+        .await
+        .with_context(|| format!("reading the link state of interface index {index}"))?
+        .ok_or_else(|| anyhow!("interface index {index} is gone"))?;
+    Ok(link.attributes.iter().any(|a| matches!(a, LinkAttribute::Carrier(1))))
+}
+
 /// A neighbour-table fact about one address on one interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NeighbourEvent {

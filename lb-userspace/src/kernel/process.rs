@@ -100,7 +100,9 @@ pub fn stop(config: &Path) -> Result<String> {
     // Refuses a dataplane another network namespace's drlb pinned at the same path.
     crate::kernel::pins::check_owner(&dir, &cfg.director.interface)?;
     if let Some(pid) = signal_controller(&dir, Signal::SIGTERM)? {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        // Behind ECMP routers the controller drains first (`director.announce.drain_timeout`).
+        let drain = cfg.director.announce.as_ref().map_or(std::time::Duration::ZERO, |a| a.drain_timeout);
+        let deadline = std::time::Instant::now() + drain + std::time::Duration::from_secs(15);
         while running_controller(&dir)?.is_some() && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
@@ -114,6 +116,23 @@ pub fn stop(config: &Path) -> Result<String> {
         report.push(format!("nothing to stop: no controller for {} and nothing pinned at {}", config.display(), dir.display()));
     }
     Ok(report.join("\n"))
+}
+
+/// `drlb drain`: takes a director behind ECMP routers out of service for maintenance. Its
+/// controller withdraws every VIP, forwards until the routers have moved the flows, and
+/// detaches (SIGTERM does this under `director.announce`); this waits for it.
+pub fn drain(config: &Path) -> Result<String> {
+    let cfg = crate::control::config::Config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if cfg.director.announce.is_none() {
+        anyhow::bail!(
+            "{} has no director.announce: without it the routers' choice of director is not drlb's (with keepalived, lower the \
+             priority to move the VIP); `drlb stop` stops this director",
+            config.display()
+        );
+    }
+    let started = std::time::Instant::now();
+    let report = stop(config)?;
+    Ok(format!("{report}\ndrained and detached in {:.1} s", started.elapsed().as_secs_f64()))
 }
 
 #[cfg(test)]

@@ -126,6 +126,23 @@ impl Collector for DataplaneCollector {
                 MetricType::Gauge,
                 c.vips.iter().map(|v| (l(&[("vip", &v.vip.to_string())]), v.since)).collect(),
             )?;
+            if let Some(a) = &c.announce {
+                family(
+                    &mut enc,
+                    "drlb_vip_announced",
+                    "1 while this director announces the VIP to the routers (director.announce), 0 while it is withdrawn",
+                    MetricType::Gauge,
+                    a.vips.iter().map(|v| (l(&[("vip", &v.vip.to_string())]), v.announced as u64)).collect(),
+                )?;
+                family(
+                    &mut enc,
+                    "drlb_vip_announced_since_seconds",
+                    "Unix time when the VIP was last announced or withdrawn",
+                    MetricType::Gauge,
+                    a.vips.iter().map(|v| (l(&[("vip", &v.vip.to_string())]), v.since)).collect(),
+                )?;
+                family(&mut enc, "drlb_draining", "1 while drlb drains (withdrawn, waiting for the routers before detaching)", MetricType::Gauge, vec![(Vec::new(), a.draining as u64)])?;
+            }
             if let Some(sync) = &c.sync {
                 let n = |k: &crate::sync::Counter| sync.counters.get(k.name()).copied().unwrap_or(0);
                 let all = crate::sync::Counter::ALL;

@@ -24,6 +24,28 @@ pub struct VipOwnership {
     pub since: u64,
 }
 
+/// One VIP's announcement to the routers (`director.announce`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Announcement {
+    pub vip: IpAddr,
+    /// Its route is in the announcement table: the BGP speaker announces it.
+    pub announced: bool,
+    /// When it was last announced or withdrawn (Unix seconds).
+    pub since: u64,
+    /// "serving", or why it is withdrawn ("quorum lost: web", "draining", "warming up: ...").
+    pub reason: String,
+}
+
+/// The announcements of a director behind ECMP routers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AnnounceState {
+    /// The routing table the BGP speaker exports.
+    pub table: u32,
+    /// `drlb drain` or SIGTERM: everything withdrawn, waiting for the routers.
+    pub draining: bool,
+    pub vips: Vec<Announcement>,
+}
+
 /// Connection sync, as the controller last counted it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SyncState {
@@ -84,6 +106,14 @@ pub struct ControllerState {
     pub written: u64,
     pub vips: Vec<VipOwnership>,
     pub sync: Option<SyncState>,
+    /// With `director.announce`.
+    #[serde(default)]
+    pub announce: Option<AnnounceState>,
+    /// Each service with a scheduler table (`mh`): a fingerprint of the table as real
+    /// servers. Equal on every director behind ECMP routers, or flows moved between
+    /// directors change real server.
+    #[serde(default)]
+    pub table_fingerprints: BTreeMap<String, String>,
     #[serde(default)]
     pub timings: ControllerTimings,
 }

@@ -307,6 +307,15 @@ fn render_controller(o: &mut String, c: &ControllerState, view: View) {
         let held = if v.owned { "held by this director" } else { "not held here" };
         let _ = writeln!(o, "VIP {:<24} {held} for {}", v.vip, ago(v.since));
     }
+    for (service, fingerprint) in &c.table_fingerprints {
+        let _ = writeln!(o, "Scheduler table of {service}: fingerprint {fingerprint} (the same on every director: flows keep their real server when they move)");
+    }
+    if let Some(a) = &c.announce {
+        for v in &a.vips {
+            let what = if v.announced { "announced to the routers".to_string() } else { format!("withdrawn ({})", v.reason) };
+            let _ = writeln!(o, "VIP {:<24} {what} for {} (table {})", v.vip, ago(v.since), a.table);
+        }
+    }
     if let Some(sync) = &c.sync {
         let n = |k: &str| sync.counters.get(k).copied().unwrap_or(0);
         let _ = writeln!(

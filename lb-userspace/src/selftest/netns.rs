@@ -41,6 +41,14 @@ pub const CLIENT: Host = Host { role: "client", addr: CLIENT_ADDR, mac: [0x02, 0
 pub const DIRECTOR: Host = Host { role: "director", addr: DIRECTOR_ADDR, mac: [0x02, 0xd1, 0, 0, 0, 0x02] };
 /// The second director of a pair (`Lab::build_pair` in tests/lab).
 pub const DIRECTOR2: Host = Host { role: "director2", addr: Ipv4Addr::new(198, 18, 0, 3), mac: [0x02, 0xd1, 0, 0, 0, 0x03] };
+/// Every director a lab can have: one alone, a VRRP pair, or up to four behind an ECMP
+/// router (`Lab::build_ecmp` in tests/lab).
+pub const ALL_DIRECTORS: [Host; 4] = [
+    DIRECTOR,
+    DIRECTOR2,
+    Host { role: "director3", addr: Ipv4Addr::new(198, 18, 0, 4), mac: [0x02, 0xd1, 0, 0, 0, 0x04] },
+    Host { role: "director4", addr: Ipv4Addr::new(198, 18, 0, 5), mac: [0x02, 0xd1, 0, 0, 0, 0x05] },
+];
 /// Every real server a lab can have; a lab uses the first `real_servers` of them.
 pub const ALL_REAL_SERVERS: [Host; 3] = [
     Host { role: "rs1", addr: Ipv4Addr::new(198, 18, 0, 11), mac: [0x02, 0xd1, 0, 0, 0, 0x11] },

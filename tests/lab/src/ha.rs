@@ -34,11 +34,7 @@ impl Lab {
     /// Two directors (`director`, `director2`) and two real servers; no VIP placed: that is
     /// keepalived's job ([`Lab::start_keepalived`]).
     pub fn build_pair(mode: XdpMode) -> Result<Lab> {
-        Self::build_inner(mode, 2, true)
-    }
-
-    fn director_pin_root(&self, role: &str) -> PathBuf {
-        if role == "director" { self.pin_root() } else { self.dir.join("bpffs2") }
+        Self::build_inner(mode, 2, 2)
     }
 
     fn config_path(&self, role: &str) -> PathBuf {

@@ -25,6 +25,7 @@ use aya::programs::xdp::XdpLinkId;
 use lb_userspace::control::config::XdpMode;
 
 pub mod flood;
+pub mod ecmp;
 pub mod ha;
 use lb_userspace::kernel::bpf::{Tools, PROGRAM_PASS};
 pub use lb_userspace::selftest::netns::*;
@@ -109,8 +110,9 @@ pub struct Lab {
     drlb: Option<Child>,
     /// Holds the XDP_PASS program on the directors' bridge-side veths (native mode).
     peer_pass: Option<(Tools, Vec<XdpLinkId>)>,
-    /// Two directors (`build_pair`): the VIP is keepalived's to place, not the lab's.
-    pair: bool,
+    /// How many directors (ALL_DIRECTORS' first ones). With more than one the VIP is not
+    /// the lab's to place: keepalived's (`build_pair`) or the routers' (`build_ecmp`).
+    directors: usize,
     namespaces: Vec<String>,
 }
 
@@ -129,10 +131,11 @@ impl Lab {
 
     /// [`Lab::build`] with 1 to 3 real servers.
     pub fn build_with(mode: XdpMode, real_servers: usize) -> Result<Lab> {
-        Self::build_inner(mode, real_servers, false)
+        Self::build_inner(mode, real_servers, 1)
     }
 
-    fn build_inner(mode: XdpMode, real_servers: usize, pair: bool) -> Result<Lab> {
+    fn build_inner(mode: XdpMode, real_servers: usize, directors: usize) -> Result<Lab> {
+        assert!((1..=ALL_DIRECTORS.len()).contains(&directors));
         assert!((1..=ALL_REAL_SERVERS.len()).contains(&real_servers));
         remove_stale_labs();
         let tag = format!("{NS_PREFIX}{}-{}", std::process::id(), LAB_COUNTER.fetch_add(1, Ordering::SeqCst));
@@ -148,12 +151,11 @@ impl Lab {
             children: Vec::new(),
             drlb: None,
             peer_pass: None,
-            pair: false,
+            directors,
             namespaces: Vec::new(),
         };
         // drlb pins its dataplane here: `ip netns exec` remounts /sys, so /sys/fs/bpf is not
         // shared with the namespace view; a bpffs of the lab's own is, and goes with the lab.
-        lab.pair = pair;
         for root in lab.pin_roots() {
             fs::create_dir_all(&root)?;
             sh("mount", &["-t", "bpf", "bpf", &root.to_string_lossy()])?;
@@ -182,12 +184,22 @@ impl Lab {
 
     /// The lab's own bpffs, used as drlb's `director.pin_root`.
     pub fn pin_root(&self) -> PathBuf {
-        self.dir.join("bpffs")
+        self.director_pin_root("director")
     }
 
-    /// Every director's pin root (a pair's second director has its own bpffs).
+    /// Every director's pin root (each director has a bpffs of its own).
     pub fn pin_roots(&self) -> Vec<PathBuf> {
-        if self.pair { vec![self.pin_root(), self.dir.join("bpffs2")] } else { vec![self.pin_root()] }
+        self.directors().iter().map(|d| self.director_pin_root(d.role)).collect()
+    }
+
+    /// `role`'s pin root: `bpffs` for `director`, `bpffsK` for `directorK`.
+    pub fn director_pin_root(&self, role: &str) -> PathBuf {
+        self.dir.join(format!("bpffs{}", role.strip_prefix("director").unwrap_or(role)))
+    }
+
+    /// This lab's directors.
+    pub fn directors(&self) -> &'static [Host] {
+        &ALL_DIRECTORS[..self.directors]
     }
 
     /// This lab's real servers.
@@ -207,7 +219,7 @@ impl Lab {
         let br = self.add_ns("br")?;
         sh("ip", &["-n", &br, "link", "add", "br0", "type", "bridge"])?;
         sh("ip", &["-n", &br, "link", "set", "br0", "up"])?;
-        let directors: &[Host] = if self.pair { &[DIRECTOR, DIRECTOR2] } else { &[DIRECTOR] };
+        let directors = self.directors();
         let hosts: Vec<Host> = [CLIENT].iter().chain(directors).chain(self.real_servers()).copied().collect();
         for host in &hosts {
             let ns = self.add_ns(host.role)?;
@@ -224,7 +236,7 @@ impl Lab {
         }
         sh("ip", &["-n", &self.ns("client"), "addr", "add", &format!("{CLIENT2_ADDR}/{PREFIX}"), "dev", "eth0"])?;
         // The director owns the VIP, as keepalived would configure it.
-        if !self.pair {
+        if self.directors == 1 {
             sh("ip", &["-n", &self.ns("director"), "addr", "add", &format!("{VIP}/32"), "dev", "eth0"])?;
             sh("ip", &["-n", &self.ns("director"), "addr", "add", &format!("{VIP6}/128"), "dev", "eth0", "nodad"])?;
         }
@@ -623,10 +635,15 @@ impl Lab {
     /// director) and are returned; otherwise each is closed by the client before the next
     /// opens (its FIN makes it inactive).
     pub fn connections(&self, n: usize, source: impl Into<std::net::IpAddr>, hold: bool) -> Result<(Vec<usize>, Vec<TcpStream>)> {
+        self.connections_from("client", n, source, hold)
+    }
+
+    /// [`Lab::connections`] from `role`'s namespace (the far client of an ECMP lab).
+    pub fn connections_from(&self, role: &str, n: usize, source: impl Into<std::net::IpAddr>, hold: bool) -> Result<(Vec<usize>, Vec<TcpStream>)> {
         let source = source.into();
         // To the VIP of the source's family.
         let vip: std::net::IpAddr = if source.is_ipv4() { VIP.into() } else { VIP6.into() };
-        in_netns(&self.ns("client"), || {
+        in_netns(&self.ns(role), || {
             let mut answered = Vec::with_capacity(n);
             let mut held = Vec::new();
             for k in 0..n {
@@ -863,10 +880,10 @@ fn remove_stale_labs() {
             delete_namespace(name);
             // `drlbPID-N-role` → the lab directory `drlbPID-N`.
             let lab_dir = std::env::temp_dir().join(name.rsplit_once('-').map(|(t, _)| t).unwrap_or(name));
-            for root in ["bpffs", "bpffs2"] {
-                let _ = sh("umount", &[&lab_dir.join(root).to_string_lossy()]);
-                let _ = fs::remove_file(lb_userspace::kernel::process::pidfile_path(&lab_dir.join(root).join("eth0")));
-                let _ = fs::remove_file(lb_userspace::observe::state::path(&lab_dir.join(root).join("eth0")));
+            for root in ALL_DIRECTORS.map(|d| format!("bpffs{}", d.role.strip_prefix("director").unwrap_or(d.role))) {
+                let _ = sh("umount", &[&lab_dir.join(&root).to_string_lossy()]);
+                let _ = fs::remove_file(lb_userspace::kernel::process::pidfile_path(&lab_dir.join(&root).join("eth0")));
+                let _ = fs::remove_file(lb_userspace::observe::state::path(&lab_dir.join(&root).join("eth0")));
             }
             let _ = fs::remove_dir_all(lab_dir);
         }

@@ -48,6 +48,10 @@ pub struct Director {
     /// Connection sync with the other directors of the pair (IPVS's sync protocol).
     #[serde(default)]
     pub sync: Option<SyncConfig>,
+    /// Scale-out behind ECMP routers: announce each VIP through a BGP speaker (BIRD,
+    /// FRR) while this director can serve it (docs/scale-out.md).
+    #[serde(default)]
+    pub announce: Option<AnnounceConfig>,
     /// Entries of each mh service's Maglev table: the kernel's, so a migration (or a mixed
     /// pair) sends every client where IPVS does. 4093 is `CONFIG_IP_VS_MH_TAB_INDEX` 12, the
     /// default of the kernel and of Debian, openEuler and RHEL; a kernel built with another
@@ -83,6 +87,48 @@ pub struct SyncConfig {
     /// and TCP timeout.
     #[serde(default = "default_sync_refresh", with = "duration::required")]
     pub refresh_period: Duration,
+}
+
+/// `director.announce`: the VIPs go to the routers as blackhole host routes in a routing
+/// table of drlb's own, which the director's BGP speaker exports
+/// (configs/bird-director.conf); a VIP's route is there while this director is ready, not
+/// draining and every service of the VIP has quorum.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AnnounceConfig {
+    /// The routing table (BIRD's `kernel table`, FRR's `ip import-table`). drlb owns every
+    /// blackhole host route in it; no `ip rule` should point at it.
+    #[serde(default = "default_announce_table")]
+    pub table: u32,
+    /// After a start with an empty connection table, how long to listen to the other
+    /// directors' sync before announcing, so flows moved here are known. Default: sync's
+    /// `refresh_period` (every peer re-announces its active connections within it), 0
+    /// without sync.
+    #[serde(default, with = "duration::option")]
+    pub warmup: Option<Duration>,
+    /// On `drlb drain` / SIGTERM: the longest wait, after withdrawing, for the routers to
+    /// send the traffic elsewhere before detaching.
+    #[serde(default = "default_drain_timeout", with = "duration::required")]
+    pub drain_timeout: Duration,
+}
+
+fn default_announce_table() -> u32 {
+    100
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Director {
+    /// How long a fresh start waits before announcing (see [`AnnounceConfig::warmup`]).
+    pub fn announce_warmup(&self) -> Duration {
+        let announce = self.announce.as_ref();
+        announce.and_then(|a| a.warmup).unwrap_or_else(|| match (announce, &self.sync) {
+            (Some(_), Some(sync)) => sync.refresh_period,
+            _ => Duration::ZERO,
+        })
+    }
 }
 
 fn default_sync_group() -> std::net::Ipv4Addr {
@@ -876,6 +922,23 @@ impl Config {
             let iface = &sync.interface;
             if iface.is_empty() || iface.len() > 15 || iface.contains(['/', ' ']) {
                 problems.push(("director.sync.interface".into(), format!("`{iface}` is not a valid interface name")));
+            }
+        }
+        if let Some(announce) = &self.director.announce {
+            if !crate::kernel::routes::usable_table(announce.table) {
+                problems.push((
+                    "director.announce.table".into(),
+                    format!(
+                        "table {} is one the kernel forwards with (0 unspec, 253 default, 254 main, 255 local): use a table of drlb's own, e.g. 100",
+                        announce.table
+                    ),
+                ));
+            }
+            if announce.drain_timeout > Duration::from_secs(80) {
+                problems.push((
+                    "director.announce.drain_timeout".into(),
+                    "drain_timeout must stay below systemd's 90 s stop timeout (at most 80s)".into(),
+                ));
             }
         }
         problems.extend(crate::control::tables::check_budget(self));

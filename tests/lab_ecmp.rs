@@ -1,0 +1,165 @@
+//! Scale-out: three directors behind a router doing ECMP, each announcing the VIP over BGP
+//! (BIRD, configs/bird-director.conf) while drlb says it can serve
+//! (`director.announce`). Flows moved between directors keep their real server — through
+//! connection sync among all directors for `wlc`, by construction for `mh` — and the
+//! control runs show the tests can fail. Needs root and BIRD (`cargo xtask setup`
+//! installs bird2).
+
+mod support;
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use drlb_lab::ecmp::{EcmpSetup, LAB_REFRESH, broken};
+use drlb_lab::ha::Answer;
+use drlb_lab::Lab;
+use lb_userspace::control::config::XdpMode;
+
+static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+const DIRECTORS: [&str; 3] = ["director", "director2", "director3"];
+const HELD: usize = 60;
+/// BGP sessions come up within a few seconds (`connect delay time 1`), then a director
+/// announces after its warm-up ([`LAB_REFRESH`]).
+const CONVERGE: Duration = Duration::from_secs(30);
+/// A director whose link died leaves the router at the hold timer (3 s) plus slack.
+const HOLD_LIMIT: Duration = Duration::from_secs(10);
+
+fn drlb() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_drlb"))
+}
+
+fn skip_unless_ready() -> bool {
+    if support::skip_unless_root() {
+        return true;
+    }
+    if std::process::Command::new("bird").arg("--version").output().is_err() {
+        support::skip("BIRD is not installed (`cargo xtask setup` installs bird2)");
+        return true;
+    }
+    false
+}
+
+const WLC_SYNC: EcmpSetup = EcmpSetup { scheduler: "wlc", sync: true, sloppy_tcp: false };
+
+/// Three directors up with drlb (`setup`) and announced: the router has all three as next
+/// hops for the VIP.
+fn three_directors(setup: EcmpSetup) -> Lab {
+    let mut lab = Lab::build_ecmp(XdpMode::Native, 3).expect("build the ECMP lab");
+    for role in DIRECTORS {
+        lab.start_ecmp_director(role, drlb(), setup).expect("start drlb");
+    }
+    let took = lab.wait_for_next_hops(&DIRECTORS, CONVERGE).expect("the router reaches the VIP through all three directors");
+    println!("the router has three next hops for the VIP {took:?} after the last drlb was ready");
+    lab
+}
+
+/// One request on every held connection, all at once; how many broke (failed, or answered
+/// by another real server than at first).
+fn round(lab: &Lab, first: &[usize], held: &mut [std::net::TcpStream], what: &str) -> Vec<String> {
+    let packets = |lab: &Lab| DIRECTORS.map(|d| lab.director_packets(d));
+    let before = packets(lab);
+    let answers: Vec<Answer> = lab.requests_concurrently(held, Duration::from_secs(20));
+    let bad = broken(first, &answers);
+    let slowest = answers.iter().map(|a| a.after).max().unwrap_or_default();
+    let after = packets(lab);
+    let through: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a.saturating_sub(*b)).collect();
+    println!(
+        "{what}: {} of {} connections answered by their real server (slowest {slowest:?}; packets through each director {through:?})",
+        first.len() - bad.len(),
+        first.len()
+    );
+    bad
+}
+
+/// Rounds of requests on every held connection until `done` is set, then one more.
+fn rounds_while(lab: &Lab, first: &[usize], held: &mut [std::net::TcpStream], what: &str, work: impl FnOnce() + Send) -> Vec<String> {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            work();
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let mut bad = Vec::new();
+        let mut n = 0;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            bad.extend(round(lab, first, held, &format!("{what}, round {n}")));
+            n += 1;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bad.extend(round(lab, first, held, &format!("{what}, after")));
+        bad
+    })
+}
+
+/// (a) the router spreads new connections over all three directors; (b) 60 long-lived
+/// connections all keep working when a director is drained, when a director's link dies
+/// (hold timer), and when each comes back; status and metrics show the announcements.
+#[test]
+fn wlc_with_sync_keeps_every_flow_when_directors_come_and_go() {
+    if skip_unless_ready() {
+        return;
+    }
+    let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = three_directors(WLC_SYNC);
+
+    // (a) 1,000 new connections: Binomial(1000, 1/3) per director, mean 333, sd 15.
+    let before: Vec<u64> = DIRECTORS.iter().map(|d| lab.director_new_connections(d).unwrap()).collect();
+    let tally = lab.far_requests(1000, Duration::from_secs(3)).unwrap();
+    assert_eq!(tally.ok, 1000, "new connections through the router: {:?}", tally.first_error);
+    let per: Vec<u64> = DIRECTORS.iter().zip(&before).map(|(d, b)| lab.director_new_connections(d).unwrap() - b).collect();
+    println!("1000 new connections: per director {per:?}, per real server {:?}", &tally.per_server[..2]);
+    assert_eq!(per.iter().sum::<u64>(), 1000, "every connection was scheduled by exactly one director: {per:?}");
+    assert!(per.iter().all(|n| *n >= 250), "ECMP spreads new connections over all directors: {per:?}");
+
+    let (first, mut held) = lab.far_connections(HELD).unwrap();
+    assert!(first.contains(&0) && first.contains(&1), "wlc uses both real servers: {first:?}");
+    // Every director learns every connection from the one that scheduled it.
+    std::thread::sleep(Duration::from_secs(1));
+    let status = lab.director_cli("director", drlb(), &["status"]).unwrap();
+    assert!(status.contains("announced to the routers"), "{status}");
+    let metrics = lab.director_metrics("director2").unwrap();
+    assert!(metrics.contains("drlb_vip_announced{vip=\"198.18.0.100\"} 1"), "{metrics}");
+
+    // (b1) Drained for maintenance: withdraw, wait for the router, detach.
+    let mut drained = String::new();
+    let bad = rounds_while(&lab, &first, &mut held, "director3 drained", || {
+        drained = lab.director_cli("director3", drlb(), &["drain"]).expect("drlb drain");
+    });
+    assert!(bad.is_empty(), "draining director3 broke {} connection(s): {bad:?}", bad.len());
+    println!("drlb drain: {drained}");
+    lab.wait_for_next_hops(&["director", "director2"], Duration::from_secs(1)).expect("director3 is gone from the router once drained");
+    let log = lab.director_log("director3");
+    assert!(log.contains("drained: no packet for"), "{log}");
+
+    // (b2) director2's link dies: the router drops it at the hold timer.
+    lab.set_link("director2", false).unwrap();
+    let started = Instant::now();
+    let bad = rounds_while(&lab, &first, &mut held, "director2's link down", || {
+        lab.wait_for_next_hops(&["director"], HOLD_LIMIT).expect("the hold timer removes director2");
+    });
+    println!("director2 left the router {:?} after its link went down", started.elapsed());
+    assert!(bad.is_empty(), "director2's link going down broke {} connection(s): {bad:?}", bad.len());
+
+    // (b3) Both come back: director2's link (its drlb ran on, and warms up again: it missed
+    // sync while cut off), director3 restarted afresh. Each announces after its warm-up,
+    // once sync has brought it the active connections.
+    assert!(lab.reap_director("director3").unwrap().success());
+    lab.set_link("director2", true).unwrap();
+    lab.start_ecmp_director("director3", drlb(), WLC_SYNC).expect("restart drlb on director3");
+    let bad = rounds_while(&lab, &first, &mut held, "director2 and director3 back", || {
+        lab.wait_for_next_hops(&DIRECTORS, CONVERGE).expect("all three directors are next hops again");
+    });
+    assert!(bad.is_empty(), "directors coming back broke {} connection(s): {bad:?}", bad.len());
+    let bad = round(&lab, &first, &mut held, "all three back");
+    assert!(bad.is_empty(), "{bad:?}");
+    let log = lab.director_log("director3");
+    assert!(log.contains(&format!("after {} of connection sync", humantime_secs(LAB_REFRESH))), "{log}");
+    let log = lab.director_log("director2");
+    assert!(log.contains("withdrawn: no carrier"), "{log}");
+}
+
+fn humantime_secs(d: Duration) -> String {
+    format!("{}s", d.as_secs())
+}
