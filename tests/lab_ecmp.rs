@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use drlb_lab::ecmp::{EcmpSetup, LAB_REFRESH, broken};
 use drlb_lab::ha::Answer;
-use drlb_lab::Lab;
+use drlb_lab::{ALL_REAL_SERVERS, Lab, STICKY_PORT};
 use lb_userspace::control::config::XdpMode;
 
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -113,6 +113,17 @@ fn wlc_with_sync_keeps_every_flow_when_directors_come_and_go() {
     assert_eq!(per.iter().sum::<u64>(), 1000, "every connection was scheduled by exactly one director: {per:?}");
     assert!(per.iter().all(|n| *n >= 250), "ECMP spreads new connections over all directors: {per:?}");
 
+    // Persistence across directors: the first connection's template reaches every
+    // director, so the client's later connections, whichever director the router picks,
+    // go to the same real server.
+    let sticky_rs = sticky_server(&lab, 1, None);
+    std::thread::sleep(Duration::from_millis(500));
+    let before: Vec<u64> = DIRECTORS.iter().map(|d| lab.director_new_connections(d).unwrap()).collect();
+    sticky_server(&lab, 60, Some(sticky_rs));
+    let per: Vec<u64> = DIRECTORS.iter().zip(&before).map(|(d, b)| lab.director_new_connections(d).unwrap() - b).collect();
+    println!("60 connections to the persistent service: all to {}, scheduled by the directors {per:?}", ALL_REAL_SERVERS[sticky_rs].role);
+    assert!(per.iter().all(|n| *n > 0), "every director scheduled some of them: {per:?}");
+
     let (first, mut held) = lab.far_connections(HELD).unwrap();
     assert!(first.contains(&0) && first.contains(&1), "wlc uses both real servers: {first:?}");
     // Every director learns every connection from the one that scheduled it.
@@ -154,12 +165,117 @@ fn wlc_with_sync_keeps_every_flow_when_directors_come_and_go() {
     assert!(bad.is_empty(), "directors coming back broke {} connection(s): {bad:?}", bad.len());
     let bad = round(&lab, &first, &mut held, "all three back");
     assert!(bad.is_empty(), "{bad:?}");
+    // The persistence template outlived the moves: the restarted director3 learnt it.
+    sticky_server(&lab, 30, Some(sticky_rs));
     let log = lab.director_log("director3");
     assert!(log.contains(&format!("after {} of connection sync", humantime_secs(LAB_REFRESH))), "{log}");
     let log = lab.director_log("director2");
     assert!(log.contains("withdrawn: no carrier"), "{log}");
 }
 
+/// `n` connections to the persistent service from the far client: the one real server
+/// that answered them all (`want`, if given).
+fn sticky_server(lab: &Lab, n: usize, want: Option<usize>) -> usize {
+    let tally = lab.far_requests_to(STICKY_PORT, n, Duration::from_secs(3)).unwrap();
+    assert_eq!(tally.ok, n, "connections to the persistent service: {:?}", tally.first_error);
+    let used: Vec<usize> = (0..ALL_REAL_SERVERS.len()).filter(|i| tally.per_server[*i] > 0).collect();
+    assert_eq!(used.len(), 1, "persistence sends one client to one real server: {:?}", tally.per_server);
+    if let Some(w) = want {
+        assert_eq!(used[0], w, "persistence kept its real server across directors: {:?}", tally.per_server);
+    }
+    used[0]
+}
+
 fn humantime_secs(d: Duration) -> String {
     format!("{}s", d.as_secs())
+}
+
+/// (c) A director whose real servers are all down (here: its own health checks cannot
+/// reach them) withdraws the VIP and takes no new flows; its flows go on through the
+/// others; once the servers are back it announces again.
+#[test]
+fn a_director_that_loses_its_real_servers_withdraws() {
+    if skip_unless_ready() {
+        return;
+    }
+    let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = three_directors(WLC_SYNC);
+    let (first, mut held) = lab.far_connections(HELD).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+
+    lab.cut_health_checks("director", true).unwrap();
+    let bad = rounds_while(&lab, &first, &mut held, "director's real servers unreachable", || {
+        lab.wait_for_next_hops(&["director2", "director3"], Duration::from_secs(10)).expect("director withdraws");
+    });
+    assert!(bad.is_empty(), "the withdrawal broke {} connection(s): {bad:?}", bad.len());
+    let status = lab.director_cli("director", drlb(), &["status"]).unwrap();
+    assert!(status.contains("withdrawn (quorum lost: web)"), "{status}");
+    let metrics = lab.director_metrics("director").unwrap();
+    assert!(metrics.contains("drlb_vip_announced{vip=\"198.18.0.100\"} 0"), "{metrics}");
+    let before = lab.director_new_connections("director").unwrap();
+    let tally = lab.far_requests(300, Duration::from_secs(3)).unwrap();
+    assert_eq!(tally.ok, 300, "new connections while director is withdrawn: {:?}", tally.first_error);
+    assert_eq!(lab.director_new_connections("director").unwrap(), before, "a withdrawn director takes no new flows");
+
+    lab.cut_health_checks("director", false).unwrap();
+    let bad = rounds_while(&lab, &first, &mut held, "director's real servers back", || {
+        lab.wait_for_next_hops(&DIRECTORS, Duration::from_secs(10)).expect("director announces again");
+    });
+    assert!(bad.is_empty(), "announcing again broke {} connection(s): {bad:?}", bad.len());
+    let log = lab.director_log("director");
+    assert!(log.contains("VIP 198.18.0.100 withdrawn: quorum lost: web"), "{log}");
+}
+
+/// (d) The control run: without sync, `wlc` directors do not know each other's flows, so
+/// the flows a drained director leaves behind are dropped by the others (and sloppy
+/// handling would send them to another real server). Shows the other tests can fail.
+#[test]
+fn without_sync_wlc_breaks_the_flows_of_a_drained_director() {
+    if skip_unless_ready() {
+        return;
+    }
+    let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = three_directors(EcmpSetup { scheduler: "wlc", sync: false, sloppy_tcp: false });
+    let (first, mut held) = lab.far_connections(HELD).unwrap();
+    let through: Vec<u64> = DIRECTORS.iter().map(|d| lab.director_packets(d)).collect();
+    lab.director_cli("director3", drlb(), &["drain"]).expect("drlb drain");
+    let answers = lab.requests_concurrently(&mut held, Duration::from_secs(4));
+    let bad = broken(&first, &answers);
+    println!("without sync: draining director3 broke {} of {HELD} connections (packets per director before: {through:?})", bad.len());
+    assert!(!bad.is_empty(), "without sync every flow survived: the router moved none, and the sync tests prove nothing");
+}
+
+/// `mh` (with `sloppy_tcp`) needs no sync: every director has the same Maglev table
+/// (checked through the fingerprint each reports), so a flow that moves reaches the real
+/// server it had, through a drain and a return.
+#[test]
+fn mh_keeps_every_flow_without_sync() {
+    if skip_unless_ready() {
+        return;
+    }
+    let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let setup = EcmpSetup { scheduler: "mh", sync: false, sloppy_tcp: true };
+    let mut lab = three_directors(setup);
+    // The controllers report once a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let prints: Vec<String> =
+        DIRECTORS.iter().map(|d| lab.director_state(d).unwrap().table_fingerprints.get("web").cloned().expect("mh has a table")).collect();
+    assert!(prints.iter().all(|p| *p == prints[0]), "the directors' Maglev tables differ: {prints:?}");
+    println!("Maglev table fingerprint on all three directors: {}", prints[0]);
+    let status = lab.director_cli("director2", drlb(), &["status"]).unwrap();
+    assert!(status.contains(&format!("Scheduler table of web: fingerprint {}", prints[0])), "{status}");
+
+    let (first, mut held) = lab.far_connections(HELD).unwrap();
+    let bad = rounds_while(&lab, &first, &mut held, "mh: director3 drained", || {
+        lab.director_cli("director3", drlb(), &["drain"]).expect("drlb drain");
+    });
+    assert!(bad.is_empty(), "mh without sync: draining broke {} connection(s): {bad:?}", bad.len());
+    assert!(lab.reap_director("director3").unwrap().success());
+    lab.start_ecmp_director("director3", drlb(), setup).unwrap();
+    let bad = rounds_while(&lab, &first, &mut held, "mh: director3 back", || {
+        lab.wait_for_next_hops(&DIRECTORS, CONVERGE).expect("director3 announces again");
+    });
+    assert!(bad.is_empty(), "mh without sync: the return broke {} connection(s): {bad:?}", bad.len());
+    let bad = round(&lab, &first, &mut held, "mh: all three back");
+    assert!(bad.is_empty(), "{bad:?}");
 }

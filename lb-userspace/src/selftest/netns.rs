@@ -119,7 +119,11 @@ pub fn keepalive_request(s: &mut TcpStream) -> Result<String> {
 
 /// One HTTP/1.0 GET of `/` on port 80 of `addr`; the body of a 200 answer.
 pub fn http_get(addr: impl Into<std::net::IpAddr>, timeout: Duration) -> Result<String> {
-    let to = SocketAddr::from((addr.into(), 80));
+    http_get_at(SocketAddr::from((addr.into(), 80)), timeout)
+}
+
+/// [`http_get`] on another port.
+pub fn http_get_at(to: SocketAddr, timeout: Duration) -> Result<String> {
     let mut s = TcpStream::connect_timeout(&to, timeout).context("connect")?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;

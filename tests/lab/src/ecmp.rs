@@ -170,7 +170,16 @@ impl Lab {
             "    scheduler: {}\n    sloppy_tcp: {}\n    health_check: {{ type: tcp, port: 80, interval: 300ms, timeout: 300ms }}\n",
             setup.scheduler, setup.sloppy_tcp
         );
-        base.replacen("director:\n", &director, 1).replace("    scheduler: wlc\n", &service)
+        let mut config = base.replacen("director:\n", &director, 1).replace("    scheduler: wlc\n", &service);
+        if setup.sync {
+            // A persistent service beside it: its templates go through sync too.
+            let web = config.find("  - name: web\n").expect("the lab's service");
+            let sticky = config[web..]
+                .replace("name: web", "name: sticky")
+                .replace("    port: 80\n", &format!("    port: {STICKY_PORT}\n    persistence_timeout: 120s\n"));
+            config.push_str(&sticky);
+        }
+        config
     }
 
     /// Starts drlb on ECMP director `role` (ready: attached; it announces after its warm-up).
@@ -239,10 +248,15 @@ impl Lab {
 
     /// `n` HTTP/1.0 requests from the far client, each on a new connection.
     pub fn far_requests(&self, n: usize, timeout: Duration) -> Result<Tally> {
+        self.far_requests_to(80, n, timeout)
+    }
+
+    /// [`Lab::far_requests`] to VIP:`port`.
+    pub fn far_requests_to(&self, port: u16, n: usize, timeout: Duration) -> Result<Tally> {
         in_netns(&self.ns("far"), || {
             let mut t = Tally::default();
             for _ in 0..n {
-                match http_get(VIP, timeout) {
+                match http_get_at(std::net::SocketAddr::from((VIP, port)), timeout) {
                     Ok(body) => match ALL_REAL_SERVERS.iter().position(|rs| body.trim() == rs.role) {
                         Some(i) => {
                             t.ok += 1;

@@ -38,6 +38,9 @@ pub fn counter(log: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A second port the real servers answer on (the ECMP lab's persistent service).
+pub const STICKY_PORT: u16 = 8080;
+
 /// Bytes of the real servers' `/big` response.
 pub const BIG_RESPONSE: usize = 256 * 1024;
 /// The router of [`Lab::add_far_client`] on the lab's segment.
@@ -345,11 +348,11 @@ impl Lab {
                  error_log {d}/error.log;\nworker_rlimit_nofile 4096;\nevents {{ worker_connections 2048; }}\n\
                  http {{\n  access_log off;\n  client_body_temp_path {d};\n  default_type text/plain;\n\
                  keepalive_timeout 300s;\n  keepalive_requests 100000;\n\
-                 server {{ listen 80; listen [::]:80;\n    location /health {{ if (-f {d}/unhealthy) {{ return 503 \"sick\\n\"; }} return 200 \"ok\\n\"; }}\n\
+                 server {{ listen 80; listen [::]:80; listen {STICKY_PORT};\n    location /health {{ if (-f {d}/unhealthy) {{ return 503 \"sick\\n\"; }} return 200 \"ok\\n\"; }}\n\
                  location = /big {{ root {d}; }}\n\
                  location / {{ return 200 \"{role}\\n\"; }} }}\n}}\n",
                 d = dir.display(),
-                role = rs.role
+                role = rs.role,
             ),
         )?;
         let child = Command::new("ip")
