@@ -12,7 +12,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use drlb_lab::ecmp::{EcmpSetup, LAB_REFRESH, broken};
-use drlb_lab::ha::Answer;
 use drlb_lab::{ALL_REAL_SERVERS, Lab, STICKY_PORT};
 use lb_userspace::control::config::XdpMode;
 
@@ -55,44 +54,6 @@ fn three_directors(setup: EcmpSetup) -> Lab {
     lab
 }
 
-/// One request on every held connection, all at once; how many broke (failed, or answered
-/// by another real server than at first).
-fn round(lab: &Lab, first: &[usize], held: &mut [std::net::TcpStream], what: &str) -> Vec<String> {
-    let packets = |lab: &Lab| DIRECTORS.map(|d| lab.director_packets(d));
-    let before = packets(lab);
-    let answers: Vec<Answer> = lab.requests_concurrently(held, Duration::from_secs(20));
-    let bad = broken(first, &answers);
-    let slowest = answers.iter().map(|a| a.after).max().unwrap_or_default();
-    let after = packets(lab);
-    let through: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a.saturating_sub(*b)).collect();
-    println!(
-        "{what}: {} of {} connections answered by their real server (slowest {slowest:?}; packets through each director {through:?})",
-        first.len() - bad.len(),
-        first.len()
-    );
-    bad
-}
-
-/// Rounds of requests on every held connection until `done` is set, then one more.
-fn rounds_while(lab: &Lab, first: &[usize], held: &mut [std::net::TcpStream], what: &str, work: impl FnOnce() + Send) -> Vec<String> {
-    let done = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            work();
-            done.store(true, std::sync::atomic::Ordering::SeqCst);
-        });
-        let mut bad = Vec::new();
-        let mut n = 0;
-        while !done.load(std::sync::atomic::Ordering::SeqCst) {
-            bad.extend(round(lab, first, held, &format!("{what}, round {n}")));
-            n += 1;
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        bad.extend(round(lab, first, held, &format!("{what}, after")));
-        bad
-    })
-}
-
 /// (a) the router spreads new connections over all three directors; (b) 60 long-lived
 /// connections all keep working when a director is drained, when a director's link dies
 /// (hold timer), and when each comes back; status and metrics show the announcements.
@@ -132,10 +93,12 @@ fn wlc_with_sync_keeps_every_flow_when_directors_come_and_go() {
     assert!(status.contains("announced to the routers"), "{status}");
     let metrics = lab.director_metrics("director2").unwrap();
     assert!(metrics.contains("drlb_vip_announced{vip=\"198.18.0.100\"} 1"), "{metrics}");
+    let (_, report) = lab.director_doctor("director2", drlb()).unwrap();
+    assert!(report.contains("announced: its route is in table 100") && report.contains("a BGP speaker runs (bird)"), "{report}");
 
     // (b1) Drained for maintenance: withdraw, wait for the router, detach.
     let mut drained = String::new();
-    let bad = rounds_while(&lab, &first, &mut held, "director3 drained", || {
+    let bad = lab.rounds_while(&first, &mut held, "director3 drained", || {
         drained = lab.director_cli("director3", drlb(), &["drain"]).expect("drlb drain");
     });
     assert!(bad.is_empty(), "draining director3 broke {} connection(s): {bad:?}", bad.len());
@@ -147,7 +110,7 @@ fn wlc_with_sync_keeps_every_flow_when_directors_come_and_go() {
     // (b2) director2's link dies: the router drops it at the hold timer.
     lab.set_link("director2", false).unwrap();
     let started = Instant::now();
-    let bad = rounds_while(&lab, &first, &mut held, "director2's link down", || {
+    let bad = lab.rounds_while(&first, &mut held, "director2's link down", || {
         lab.wait_for_next_hops(&["director"], HOLD_LIMIT).expect("the hold timer removes director2");
     });
     println!("director2 left the router {:?} after its link went down", started.elapsed());
@@ -159,11 +122,11 @@ fn wlc_with_sync_keeps_every_flow_when_directors_come_and_go() {
     assert!(lab.reap_director("director3").unwrap().success());
     lab.set_link("director2", true).unwrap();
     lab.start_ecmp_director("director3", drlb(), WLC_SYNC).expect("restart drlb on director3");
-    let bad = rounds_while(&lab, &first, &mut held, "director2 and director3 back", || {
+    let bad = lab.rounds_while(&first, &mut held, "director2 and director3 back", || {
         lab.wait_for_next_hops(&DIRECTORS, CONVERGE).expect("all three directors are next hops again");
     });
     assert!(bad.is_empty(), "directors coming back broke {} connection(s): {bad:?}", bad.len());
-    let bad = round(&lab, &first, &mut held, "all three back");
+    let bad = lab.round(&first, &mut held, "all three back");
     assert!(bad.is_empty(), "{bad:?}");
     // The persistence template outlived the moves: the restarted director3 learnt it.
     sticky_server(&lab, 30, Some(sticky_rs));
@@ -204,21 +167,23 @@ fn a_director_that_loses_its_real_servers_withdraws() {
     std::thread::sleep(Duration::from_secs(1));
 
     lab.cut_health_checks("director", true).unwrap();
-    let bad = rounds_while(&lab, &first, &mut held, "director's real servers unreachable", || {
+    let bad = lab.rounds_while(&first, &mut held, "director's real servers unreachable", || {
         lab.wait_for_next_hops(&["director2", "director3"], Duration::from_secs(10)).expect("director withdraws");
     });
     assert!(bad.is_empty(), "the withdrawal broke {} connection(s): {bad:?}", bad.len());
     let status = lab.director_cli("director", drlb(), &["status"]).unwrap();
-    assert!(status.contains("withdrawn (quorum lost: web)"), "{status}");
+    assert!(status.contains("withdrawn (quorum lost: web, sticky)"), "{status}");
     let metrics = lab.director_metrics("director").unwrap();
     assert!(metrics.contains("drlb_vip_announced{vip=\"198.18.0.100\"} 0"), "{metrics}");
+    let (healthy, report) = lab.director_doctor("director", drlb()).unwrap();
+    assert!(!healthy && report.contains("withdrawn (quorum lost: web, sticky)"), "{report}");
     let before = lab.director_new_connections("director").unwrap();
     let tally = lab.far_requests(300, Duration::from_secs(3)).unwrap();
     assert_eq!(tally.ok, 300, "new connections while director is withdrawn: {:?}", tally.first_error);
     assert_eq!(lab.director_new_connections("director").unwrap(), before, "a withdrawn director takes no new flows");
 
     lab.cut_health_checks("director", false).unwrap();
-    let bad = rounds_while(&lab, &first, &mut held, "director's real servers back", || {
+    let bad = lab.rounds_while(&first, &mut held, "director's real servers back", || {
         lab.wait_for_next_hops(&DIRECTORS, Duration::from_secs(10)).expect("director announces again");
     });
     assert!(bad.is_empty(), "announcing again broke {} connection(s): {bad:?}", bad.len());
@@ -266,16 +231,16 @@ fn mh_keeps_every_flow_without_sync() {
     assert!(status.contains(&format!("Scheduler table of web: fingerprint {}", prints[0])), "{status}");
 
     let (first, mut held) = lab.far_connections(HELD).unwrap();
-    let bad = rounds_while(&lab, &first, &mut held, "mh: director3 drained", || {
+    let bad = lab.rounds_while(&first, &mut held, "mh: director3 drained", || {
         lab.director_cli("director3", drlb(), &["drain"]).expect("drlb drain");
     });
     assert!(bad.is_empty(), "mh without sync: draining broke {} connection(s): {bad:?}", bad.len());
     assert!(lab.reap_director("director3").unwrap().success());
     lab.start_ecmp_director("director3", drlb(), setup).unwrap();
-    let bad = rounds_while(&lab, &first, &mut held, "mh: director3 back", || {
+    let bad = lab.rounds_while(&first, &mut held, "mh: director3 back", || {
         lab.wait_for_next_hops(&DIRECTORS, CONVERGE).expect("director3 announces again");
     });
     assert!(bad.is_empty(), "mh without sync: the return broke {} connection(s): {bad:?}", bad.len());
-    let bad = round(&lab, &first, &mut held, "mh: all three back");
+    let bad = lab.round(&first, &mut held, "mh: all three back");
     assert!(bad.is_empty(), "{bad:?}");
 }

@@ -51,6 +51,10 @@ enum Cmd {
         /// connection goes on through the backup.
         #[arg(long)]
         ha: bool,
+        /// Three directors behind a router doing ECMP, each announcing the VIP over BGP
+        /// (BIRD); one is drained and comes back, every connection goes on.
+        #[arg(long, conflicts_with = "ha")]
+        ecmp: bool,
     },
     /// Clippy over the BPF crate for its target (every unsafe block says why it is sound).
     Lint,
@@ -277,7 +281,7 @@ fn main() -> Result<()> {
             };
             vm_tests(&kernels, &arch).map(|_| ())
         }
-        Cmd::Demo { mode, ha } => {
+        Cmd::Demo { mode, ha, ecmp } => {
             require_root("cargo xtask demo")?;
             setup::ensure(&setup::Needs::default())?;
             let dir = build(false, None)?;
@@ -285,6 +289,9 @@ fn main() -> Result<()> {
             cmd.args(["demo", "--mode", &mode, "--drlb"]).arg(dir.join("drlb"));
             if ha {
                 cmd.arg("--ha");
+            }
+            if ecmp {
+                cmd.arg("--ecmp");
             }
             run_cmd(&mut cmd)
         }

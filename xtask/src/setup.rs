@@ -18,6 +18,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("tcpdump", "the lab's proof that replies bypass the director"),
     ("iputils-ping", "the lab's ping of the director"),
     ("keepalived", "VRRP between the lab's two directors (keepalived --vrrp)"),
+    ("bird2", "BGP between the ECMP lab's router and directors (BIRD 2)"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -681,7 +681,8 @@ impl Controller {
     fn write_state(&self) {
         let state = ControllerState {
             written: crate::observe::state::unix_now(),
-            vips: self.vips.snapshot(),
+            // Behind ECMP routers no director holds the VIPs: announcements say it all.
+            vips: if self.announcer.is_some() { Vec::new() } else { self.vips.snapshot() },
             announce: self.announcer.as_ref().map(Announcer::snapshot),
             table_fingerprints: self
                 .config

@@ -50,6 +50,44 @@ fn pinned_link_program(path: &std::path::Path) -> Option<u32> {
     aya::programs::links::FdLink::from(link).info().ok().map(|i| i.program_id())
 }
 
+/// The BGP speakers drlb's announcements can go through, by process name.
+const BGP_SPEAKERS: [&str; 3] = ["bird", "bgpd", "gobgpd"];
+
+/// Behind ECMP routers: each VIP's announcement as the controller decided it and as the
+/// kernel table holds it, and whether a BGP speaker runs to carry it.
+async fn announce_checks(handle: &rtnetlink::Handle, table: u32, vips: &[IpAddr], controller: Option<&crate::observe::state::ControllerState>) -> Vec<Check> {
+    let mut out = Vec::new();
+    let in_table = match crate::kernel::routes::announced(handle, table).await {
+        Ok(v) => v,
+        Err(e) => return vec![fail("announce", format!("{e:#}"))],
+    };
+    let decided = controller.and_then(|c| c.announce.as_ref());
+    for vip in vips {
+        let state = decided.and_then(|a| a.vips.iter().find(|v| v.vip == *vip));
+        let routed = in_table.contains(vip);
+        out.push(match (state, routed) {
+            (Some(s), true) if s.announced => ok("announce", format!("VIP {vip} announced: its route is in table {table} for the BGP speaker to export")),
+            (Some(s), false) if !s.announced => fail("announce", format!("VIP {vip} withdrawn ({}): the routers send its flows to the other directors", s.reason)),
+            (Some(s), _) => fail("announce", format!("VIP {vip}: the controller decided {}, but table {table} {} its route (something else changes table {table}: it must be drlb's alone)", if s.announced { "to announce it" } else { "to withdraw it" }, if routed { "still holds" } else { "lacks" })),
+            (None, true) => fail("announce", format!("VIP {vip} is announced (its route is in table {table}) but no controller runs to withdraw it when this director cannot serve (fix: `drlb run`, or `ip route del {vip} table {table}`)")),
+            (None, false) => fail("announce", format!("VIP {vip} is not announced: no controller runs (fix: `drlb run`)")),
+        });
+    }
+    let running: Vec<String> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .filter(|c| BGP_SPEAKERS.contains(&c.as_str()))
+        .collect();
+    out.push(match running.first() {
+        Some(name) => ok("bgp", format!("a BGP speaker runs ({name}); it must export table {table} (configs/bird-director.conf)")),
+        None => fail("bgp", format!("no BGP speaker runs ({}): the routes in table {table} reach no router (fix: `systemctl start bird` with configs/bird-director.conf)", BGP_SPEAKERS.join(", "))),
+    });
+    out
+}
+
 fn read_sysctl(iface: &str, key: &str) -> Option<u32> {
     std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{iface}/{key}")).ok()?.trim().parse().ok()
 }
@@ -78,6 +116,9 @@ struct Subject {
     interface: String,
     pin_dir: std::path::PathBuf,
     vips: Vec<IpAddr>,
+    /// `director.announce.table`: the VIPs go to ECMP routers over BGP, not onto the
+    /// interface.
+    announce_table: Option<u32>,
     /// (service label, VIP, port, real servers as (label, address)).
     services: Vec<(String, IpAddr, u16, Vec<(String, IpAddr)>)>,
 }
@@ -106,6 +147,7 @@ impl Subject {
             interface: config.director.interface.clone(),
             pin_dir: config.director.pin_dir(),
             vips: config.services.iter().flat_map(|s| s.addresses()).collect(),
+            announce_table: config.director.announce.as_ref().map(|a| a.table),
             services,
         }
     }
@@ -122,7 +164,7 @@ impl Subject {
                 services.push((label, vip, svc.port, servers));
             }
         }
-        Subject { interface, pin_dir: dir.to_owned(), vips: services.iter().map(|s| s.1).collect(), services }
+        Subject { interface, pin_dir: dir.to_owned(), vips: services.iter().map(|s| s.1).collect(), announce_table: None, services }
     }
 }
 
@@ -225,7 +267,10 @@ pub async fn run(config: Option<&Config>, pin_dir: &std::path::Path, sample: Dur
     vips.sort();
     vips.dedup();
     let controller = crate::observe::state::ControllerState::read(&dir);
-    for vip in &vips {
+    if let Some(table) = subject.announce_table {
+        out.extend(announce_checks(&handle, table, &vips, controller.as_ref()).await);
+    }
+    for vip in vips.iter().filter(|_| subject.announce_table.is_none()) {
         let on_iface = iface.ipv4.iter().any(|(a, _)| IpAddr::V4(*a) == *vip) || iface.ipv6.iter().any(|(a, _)| IpAddr::V6(*a) == *vip);
         let unusable = iface.ipv6_unusable.iter().find(|(a, _)| IpAddr::V6(*a) == *vip).map(|(_, why)| *why);
         let since = controller

@@ -282,6 +282,46 @@ impl Lab {
         self.connections_from("far", n, FAR_CLIENT_ADDR, true)
     }
 
+    /// One request on every held connection, all at once; how many broke (failed, or answered
+    /// by another real server than at first).
+    pub fn round(&self, first: &[usize], held: &mut [TcpStream], what: &str) -> Vec<String> {
+            let lab = self;
+        let packets = |lab: &Lab| lab.directors().iter().map(|d| lab.director_packets(d.role)).collect::<Vec<u64>>();
+        let before = packets(lab);
+        let answers: Vec<ha::Answer> = lab.requests_concurrently(held, Duration::from_secs(20));
+        let bad = broken(first, &answers);
+        let slowest = answers.iter().map(|a| a.after).max().unwrap_or_default();
+        let after = packets(lab);
+        let through: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a.saturating_sub(*b)).collect();
+        println!(
+            "{what}: {} of {} connections answered by their real server (slowest {slowest:?}; packets through each director {through:?})",
+            first.len() - bad.len(),
+            first.len()
+        );
+        bad
+    }
+
+    /// Rounds of requests on every held connection until `done` is set, then one more.
+    pub fn rounds_while(&self, first: &[usize], held: &mut [TcpStream], what: &str, work: impl FnOnce() + Send) -> Vec<String> {
+            let lab = self;
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                work();
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            let mut bad = Vec::new();
+            let mut n = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                bad.extend(lab.round(first, held, &format!("{what}, round {n}")));
+                n += 1;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            bad.extend(lab.round(first, held, &format!("{what}, after")));
+            bad
+        })
+    }
+
     /// Makes `role`'s real servers unreachable from the director itself (its health checks
     /// fail; its dataplane still has their MACs), or reachable again.
     pub fn cut_health_checks(&self, role: &str, cut: bool) -> Result<()> {

@@ -40,6 +40,10 @@ enum Cmd {
         /// down mid-connection.
         #[arg(long)]
         ha: bool,
+        /// Three directors behind an ECMP router, each announcing the VIP over BGP (BIRD);
+        /// one is drained and comes back mid-connection.
+        #[arg(long, conflicts_with = "ha")]
+        ecmp: bool,
     },
     /// Record the client's side of a lab session (ARP, IPv6 neighbour discovery, TCP through
     /// the VIP, ping, UDP answered by ICMP) into a pcap: how tests/data/lab-client.pcap,
@@ -174,6 +178,70 @@ fn demo_ha(drlb: PathBuf, mode: Mode) -> Result<(String, bool)> {
     ))
 }
 
+fn demo_ecmp(drlb: PathBuf, mode: Mode) -> Result<(String, bool)> {
+    use lab::ecmp::{EcmpSetup, LAB_REFRESH};
+    const HELD: usize = 60;
+    const NEW: usize = 600;
+    let mode = match mode {
+        Mode::Native => XdpMode::Native,
+        Mode::Generic => XdpMode::Generic,
+    };
+    let setup = EcmpSetup { scheduler: "wlc", sync: true, sloppy_tcp: false };
+    println!("demo --ecmp: building the lab: far client, a router, three directors, rs1, rs2 (XDP {mode:?} mode)");
+    let mut lab = Lab::build_ecmp(mode, 3)?;
+    println!("  router {} (BIRD, AS {}, merge paths: one ECMP route, 5-tuple hash)", lab::ROUTER_ADDR, lab::ecmp::ROUTER_AS);
+    let roles: Vec<&str> = lab.directors().iter().map(|d| d.role).collect();
+    for d in lab.directors() {
+        println!("  {:<10} {} (BIRD with configs/bird-director.conf, AS {})", d.role, d.addr, lab::ecmp::DIRECTOR_AS);
+    }
+    for role in &roles {
+        lab.start_ecmp_director(role, &drlb, setup)?;
+    }
+    println!(
+        "demo --ecmp: drlb runs on all three (wlc, sync with the other two); each announces {} once warmed up ({LAB_REFRESH:?})",
+        lab::VIP
+    );
+    let took = lab.wait_for_next_hops(&roles, Duration::from_secs(30))?;
+    println!("  the router's route after {took:.1?}:");
+    for line in lab::sh("ip", &["-n", &lab.ns("router"), "route", "show", &lab::VIP.to_string()])?.lines() {
+        println!("  | {}", line.trim_end());
+    }
+    let before: Vec<u64> = roles.iter().map(|r| lab.director_new_connections(r)).collect::<Result<_>>()?;
+    let tally = lab.far_requests(NEW, Duration::from_secs(3))?;
+    let per: Vec<u64> = roles.iter().zip(&before).map(|(r, b)| lab.director_new_connections(r).map(|n| n - b)).collect::<Result<_>>()?;
+    println!("demo --ecmp: {NEW} new connections from the far client: {} answered; per director {per:?}", tally.ok);
+    println!("demo --ecmp: opening {HELD} keep-alive connections; then director3 is drained (`drlb drain`)");
+    let (first, mut held) = lab.far_connections(HELD)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let mut drained = String::new();
+    let bad = lab.rounds_while(&first, &mut held, "  requests while director3 drains", || {
+        drained = lab.director_cli("director3", &drlb, &["drain"]).unwrap_or_else(|e| format!("{e:#}"));
+    });
+    for line in drained.lines() {
+        println!("  | {line}");
+    }
+    lab.reap_director("director3")?;
+    for line in lab.director_cli("director", &drlb, &["status"])?.lines().filter(|l| l.starts_with("VIP") || l.starts_with("Sync")) {
+        println!("  | {line}");
+    }
+    println!("demo --ecmp: director3 starts again: it learns the connections from sync, then announces");
+    lab.start_ecmp_director("director3", &drlb, setup)?;
+    let back = lab.rounds_while(&first, &mut held, "  requests while director3 returns", || {
+        let _ = lab.wait_for_next_hops(&roles, Duration::from_secs(30));
+    });
+    let spread_ok = per.iter().all(|n| *n as usize >= NEW / 5);
+    let all_ok = tally.ok == NEW && bad.is_empty() && back.is_empty() && spread_ok;
+    Ok((
+        format!(
+            "demo --ecmp: {NEW}/{NEW} new connections spread {per:?}; {}/{HELD} long-lived connections kept through a drain and {}/{HELD} through the return",
+            HELD - bad.len().min(HELD),
+            HELD - back.len().min(HELD)
+        )
+        .replace(&format!("{NEW}/{NEW}"), &format!("{}/{NEW}", tally.ok)),
+        all_ok,
+    ))
+}
+
 fn main() -> ExitCode {
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = interrupted.clone();
@@ -190,6 +258,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Demo { drlb, mode, ecmp: true, .. } => match demo_ecmp(drlb, mode) {
+            Ok((summary, all_ok)) => {
+                println!("{summary}");
+                if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            }
+            Err(e) => {
+                eprintln!("demo --ecmp failed: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Demo { drlb, mode, ha: true, .. } => match demo_ha(drlb, mode) {
             Ok((summary, all_ok)) => {
                 println!("{summary}");
@@ -200,7 +278,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Demo { drlb, mode, requests, ha: false } => match demo(drlb, mode, requests, interrupted) {
+        Cmd::Demo { drlb, mode, requests, ha: false, ecmp: false } => match demo(drlb, mode, requests, interrupted) {
             Ok(summary) => {
                 let all_ok = summary.contains(&format!(" {requests}/{requests} "));
                 println!("{summary}");
