@@ -244,3 +244,56 @@ fn mh_keeps_every_flow_without_sync() {
     let bad = lab.round(&first, &mut held, "mh: all three back");
     assert!(bad.is_empty(), "{bad:?}");
 }
+
+/// What connection sync costs per new connection as directors are added (N = 2, 3, 4):
+/// every director sends each of its connections' records to every other, so the records
+/// on the wire per new connection grow with N − 1 and each director installs (N − 1)/N of
+/// all connections. Prints the figures docs/scale-out.md quotes.
+#[test]
+fn sync_cost_per_new_connection_grows_with_the_directors() {
+    if skip_unless_ready() {
+        return;
+    }
+    let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const NEW: u64 = 500;
+    let mut rows = Vec::new();
+    for n in 2..=4usize {
+        let mut lab = Lab::build_ecmp(XdpMode::Native, n).expect("build the ECMP lab");
+        let roles: Vec<&str> = lab.directors().iter().map(|d| d.role).collect();
+        for role in &roles {
+            lab.start_ecmp_director(role, drlb(), WLC_SYNC).expect("start drlb");
+        }
+        lab.wait_for_next_hops(&roles, CONVERGE).unwrap();
+        let counters = |lab: &Lab| -> Vec<std::collections::BTreeMap<String, u64>> {
+            roles.iter().map(|r| lab.director_state(r).ok().and_then(|s| s.sync).map(|s| s.counters).unwrap_or_default()).collect()
+        };
+        // The controllers write their counters once a second.
+        std::thread::sleep(Duration::from_millis(1500));
+        let before = counters(&lab);
+        let tally = lab.far_requests(NEW as usize, Duration::from_secs(3)).unwrap();
+        assert_eq!(tally.ok as u64, NEW, "{:?}", tally.first_error);
+        // Sync flushes within a few tens of milliseconds; the state file follows within a second.
+        std::thread::sleep(Duration::from_millis(2500));
+        let after = counters(&lab);
+        let delta = |key: &str| -> Vec<u64> {
+            after.iter().zip(&before).map(|(a, b)| a.get(key).copied().unwrap_or(0) - b.get(key).copied().unwrap_or(0)).collect()
+        };
+        let (records, datagrams, received) = (delta("records_sent"), delta("messages_sent"), delta("records_received"));
+        let per = |v: &[u64]| v.iter().sum::<u64>() as f64 / NEW as f64;
+        let received_per_director = per(&received) / n as f64;
+        println!(
+            "N={n}: per new connection: {:.2} records and {:.2} datagrams sent in all, {:.2} records received per director \
+             (records sent per director {records:?})",
+            per(&records),
+            per(&datagrams),
+            received_per_director
+        );
+        rows.push((n, per(&records), per(&datagrams), received_per_director));
+    }
+    // Records on the wire grow with N − 1 (unicast to every peer) ...
+    let per_peer: Vec<f64> = rows.iter().map(|(n, r, _, _)| r / (*n as f64 - 1.0)).collect();
+    assert!(rows.windows(2).all(|w| w[1].1 > w[0].1), "records per connection grow with N: {rows:?}");
+    assert!(per_peer.iter().all(|p| *p >= 1.0 && *p <= 12.0), "each connection costs a few records per peer: {per_peer:?}");
+    // ... and each director installs a growing share of all connections.
+    assert!(rows.windows(2).all(|w| w[1].3 > w[0].3 * 0.95), "received per director grows with N: {rows:?}");
+}
