@@ -572,7 +572,8 @@ fn main() -> ExitCode {
                 }
             };
             match runtime.block_on(lb_userspace::control::controller::run(&config, replace_dataplane)) {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(lb_userspace::control::controller::RunEnd::Stopped) => ExitCode::SUCCESS,
+                Ok(lb_userspace::control::controller::RunEnd::Drained) => ExitCode::from(lb_userspace::control::controller::EXIT_DRAINED),
                 Err(e) => {
                     tracing::error!("{e:#}");
                     ExitCode::FAILURE

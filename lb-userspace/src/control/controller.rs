@@ -803,9 +803,24 @@ impl Controller {
     }
 }
 
-/// Runs until SIGINT or SIGTERM (which remove the dataplane) or SIGUSR2 (which leaves it
-/// forwarding, pinned, for the next controller to adopt); SIGHUP reloads the configuration.
-pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
+/// How `drlb run` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Stopped (SIGINT, SIGTERM), or left running for the next controller (SIGUSR2).
+    Stopped,
+    /// Drained for maintenance (`drlb drain`, SIGUSR1): exits with [`EXIT_DRAINED`], which
+    /// drlb.service does not restart.
+    Drained,
+}
+
+/// `drlb run`'s exit status after `drlb drain` (EX_TEMPFAIL): configs/drlb.service lists it
+/// in RestartPreventExitStatus=, so systemd leaves a drained director stopped.
+pub const EXIT_DRAINED: u8 = 75;
+
+/// Runs until SIGINT or SIGTERM (which remove the dataplane), SIGUSR1 (`drlb drain`) or
+/// SIGUSR2 (which leaves it forwarding, pinned, for the next controller to adopt); SIGHUP
+/// reloads the configuration.
+pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<RunEnd> {
     let config = Config::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let handle = netlink::connect()?;
     let iface = netlink::interface(&handle, &config.director.interface).await?;
@@ -959,7 +974,9 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut sigusr2 = signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?;
+    let mut sigusr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
     let mut leave = false;
+    let mut end = RunEnd::Stopped;
     let mut refresh = interval(REFRESH_INTERVAL);
     refresh.tick().await;
     let mut sweep = interval(SWEEP_INTERVAL);
@@ -978,6 +995,15 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
                     info!("SIGTERM: detaching");
                 }
                 break;
+            }
+            _ = sigusr1.recv() => {
+                if c.announcer.is_some() {
+                    info!("SIGUSR1 (drlb drain): draining for maintenance, then detaching");
+                    c.drain().await;
+                    end = RunEnd::Drained;
+                    break;
+                }
+                warn!("SIGUSR1 (drlb drain) ignored: without director.announce the routers' choice of director is not drlb's");
             }
             _ = sigusr2.recv() => { info!("SIGUSR2: exiting, leaving the dataplane forwarding for the next controller"); leave = true; break; }
             _ = sighup.recv() => { info!("SIGHUP: reloading {}", c.config_path.display()); c.reload().await; }
@@ -1062,7 +1088,7 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<()> {
         c.dp.shut_down()?;
         info!("detached from {}", c.iface.name);
     }
-    Ok(())
+    Ok(end)
 }
 
 /// The next datagram of synced connections; never, without sync.

@@ -119,20 +119,33 @@ pub fn stop(config: &Path) -> Result<String> {
 }
 
 /// `drlb drain`: takes a director behind ECMP routers out of service for maintenance. Its
-/// controller withdraws every VIP, forwards until the routers have moved the flows, and
-/// detaches (SIGTERM does this under `director.announce`); this waits for it.
+/// controller (SIGUSR1) withdraws every VIP, forwards until the routers have moved the
+/// flows, detaches and exits with a status drlb.service does not restart; this waits for it.
 pub fn drain(config: &Path) -> Result<String> {
     let cfg = crate::control::config::Config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    if cfg.director.announce.is_none() {
+    let Some(announce) = &cfg.director.announce else {
         anyhow::bail!(
             "{} has no director.announce: without it the routers' choice of director is not drlb's (with keepalived, lower the \
              priority to move the VIP); `drlb stop` stops this director",
             config.display()
         );
-    }
+    };
+    let dir = cfg.director.pin_dir();
     let started = std::time::Instant::now();
-    let report = stop(config)?;
-    Ok(format!("{report}\ndrained and detached in {:.1} s", started.elapsed().as_secs_f64()))
+    let Some(pid) = signal_controller(&dir, Signal::SIGUSR1)? else {
+        anyhow::bail!("no `drlb run` runs the dataplane of {} ({}): nothing to drain", config.display(), dir.display());
+    };
+    let deadline = started + announce.drain_timeout + std::time::Duration::from_secs(15);
+    while running_controller(&dir)?.is_some() {
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("controller {pid} still runs {:.0} s after the drain began: see its log", started.elapsed().as_secs_f64());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(format!(
+        "drained controller {pid}: VIPs withdrawn, the routers moved its flows, dataplane detached ({:.1} s); `systemctl start drlb` (or `drlb run`) brings it back",
+        started.elapsed().as_secs_f64()
+    ))
 }
 
 #[cfg(test)]
