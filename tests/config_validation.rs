@@ -160,6 +160,10 @@ fn validation_table() {
         ("an IPv4-mapped VIP", GOOD.replace("vip: 198.18.0.100", "vip: \"::ffff:198.18.0.100\"").replace("198.18.0.11,", "\"2001:db8::11\",").replace("198.18.0.12,", "\"2001:db8::12\","), Expect::Error("6:", "write the IPv4 address 198.18.0.100")),
         ("an IPv4-mapped group address of an IPv6 service", GOOD.replace("vip: 198.18.0.100", "vip: \"2001:db8::100\"").replace("198.18.0.11,", "\"2001:db8::11\",").replace("198.18.0.12,", "\"2001:db8::12\",").replace("    protocol: tcp\n", "    protocol: tcp\n    group: [ { vip: \"::ffff:198.18.0.100\" } ]\n"), Expect::Error("9:", "IPv4-mapped")),
         ("a sorry server of the other family", with_service_line("sorry_server: { address: \"2001:db8::99\" }"), Expect::Error("9:", "is not of the VIP's family")),
+        ("announcing to ECMP routers with the defaults", GOOD.replace("  xdp_mode: auto\n", "  xdp_mode: auto\n  announce: {}\n"), Expect::Accepted),
+        ("announcing through the main table", GOOD.replace("  xdp_mode: auto\n", "  xdp_mode: auto\n  announce: { table: 254 }\n"), Expect::Error("4:", "table 254 is one the kernel forwards with")),
+        ("a drain longer than systemd waits", GOOD.replace("  xdp_mode: auto\n", "  xdp_mode: auto\n  announce: { drain_timeout: 2m }\n"), Expect::Error("4:", "drain_timeout must stay below systemd's 90 s")),
+        ("an unknown announce key", GOOD.replace("  xdp_mode: auto\n", "  xdp_mode: auto\n  announce: { tabel: 100 }\n"), Expect::Error("4:", "tabel")),
         ("an IPv6 sync peer", GOOD.replace("  xdp_mode: auto\n", "  xdp_mode: auto\n  sync: { interface: eth0, syncid: 7, peers: [ \"2001:db8::3\" ] }\n"), Expect::Error("4:", "sync peers are IPv4 addresses")),
         (
             "a wrr cycle too long to store",
