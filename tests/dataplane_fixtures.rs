@@ -144,7 +144,7 @@ fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
     frames
 }
 
-/// Each frame as captured, then aimed at the all-ports TCP VIP (`Harness::run` compares the
+/// Each frame as captured, then aimed at the all-ports TCP VIP through this director (`Harness::run` compares the
 /// kernel with the host model every time).
 fn replay_capture(frames: &[Vec<u8>]) {
     let h = Harness::new();
@@ -164,6 +164,8 @@ fn replay_capture(frames: &[Vec<u8>]) {
         }
         let mut aimed = original.clone();
         aimed[l3 + 16..l3 + 20].copy_from_slice(&vip(ALL_PORTS));
+        // And to this director's MAC, as a router sends a frame for the VIP.
+        aimed[..6].copy_from_slice(&lb_userspace::selftest::fixtures::DIRECTOR_MAC);
         let (verdict, out, stat) = h.run(&aimed, &format!("frame {i} aimed at the VIP"));
         let is_tcp = aimed[l3 + 9] == 6;
         let fragmented = u16::from_be_bytes([aimed[l3 + 6], aimed[l3 + 7]]) & 0x3fff != 0;
@@ -460,11 +462,11 @@ fn hammer(scheduler: &str, updates: Updates) {
     let x_macs: Vec<Mac> = [11u8, 12, 13, 14].iter().flat_map(|&i| [mac_of(i, false), mac_of(i, true)]).collect();
     let configs = [config(&[11, 12]), config(&[11, 12, 13, 14])];
 
-    let (mut reloader, _) = Dataplane::open(65536, Some(&pins), false).expect("load the dataplane");
+    let (mut reloader, _) = Dataplane::open(65536, None, Some(&pins), false).expect("load the dataplane");
     let mut slots = Slots::default();
     let first = lb_userspace::control::tables::build_with(&configs[0], &macs(false), DIRECTOR_MAC, &mut slots, &Down::default(), &Default::default()).unwrap();
     reloader.apply(&first).unwrap();
-    let (sender, _) = Dataplane::open(65536, Some(&pins), false).expect("adopt the pinned dataplane");
+    let (sender, _) = Dataplane::open(65536, None, Some(&pins), false).expect("adopt the pinned dataplane");
 
     let stop = AtomicBool::new(false);
     let (sent, outside, reloads) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));

@@ -107,14 +107,22 @@ fn wlc_with_sync_keeps_every_flow_when_directors_come_and_go() {
     let log = lab.director_log("director3");
     assert!(log.contains("drained: no packet for"), "{log}");
 
-    // (b2) director2's link dies: the router drops it at the hold timer.
+    // (b2) director2's link dies: the router drops it at the hold timer. Meanwhile the
+    // bridge, which forgot director2's port, floods the frames the router still sends it to
+    // every port: director must leave them alone (the flows it would take over are
+    // director2's until the router says otherwise).
+    let flooded_before = lab.director_reason("director", "pass_other_host");
     lab.set_link("director2", false).unwrap();
     let started = Instant::now();
     let bad = lab.rounds_while(&first, &mut held, "director2's link down", || {
         lab.wait_for_next_hops(&["director"], HOLD_LIMIT).expect("the hold timer removes director2");
     });
-    println!("director2 left the router {:?} after its link went down", started.elapsed());
+    let left = started.elapsed();
+    println!("director2 left the router {left:?} after its link went down");
     assert!(bad.is_empty(), "director2's link going down broke {} connection(s): {bad:?}", bad.len());
+    let flooded = lab.director_reason("director", "pass_other_host") - flooded_before;
+    println!("director passed {flooded} flooded frame(s) addressed to director2");
+    assert!(flooded > 0, "the bridge floods frames for director2's MAC once its port is down; director saw none");
 
     // (b3) Both come back: director2's link (its drlb ran on, and warms up again: it missed
     // sync while cut off), director3 restarted afresh. Each announces after its warm-up,

@@ -32,6 +32,9 @@ use crate::verdict::Verdict;
 pub trait Tables {
     /// `DRLB_VIP_FILTER`: false means "certainly not a VIP".
     fn vip_filter(&self, addr: &Addr16) -> bool;
+    /// This director's MAC ([`crate::maps::GLOBAL_OWN_MAC`]); all zero: frames for any MAC
+    /// are taken.
+    fn own_mac(&self) -> [u8; 6];
     fn vip(&self, key: &VipKey) -> Option<Vip>;
     fn service_id(&self, key: &ServiceKey) -> Option<u32>;
     fn service(&self, id: u32) -> Option<Service>;
@@ -864,6 +867,9 @@ pub fn route<P: Packet + ?Sized, T: Tables>(pkt: &P, t: &T, chain: &mut Ipv6Chai
             if !t.vip_filter(&ip.dst()) {
                 return Route::Done(Verdict::PassNotVip);
             }
+            if !addressed_here(pkt, t) {
+                return Route::Done(Verdict::PassOtherHost);
+            }
             if ip.proto == IPPROTO_ICMP { Route::Icmp } else { Route::V4 }
         }
         ETH_P_IPV6 => {
@@ -883,12 +889,28 @@ pub fn route<P: Packet + ?Sized, T: Tables>(pkt: &P, t: &T, chain: &mut Ipv6Chai
             if !t.vip_filter(&addr6(&dst)) {
                 return Route::Done(Verdict::PassNotVip);
             }
+            if !addressed_here(pkt, t) {
+                return Route::Done(Verdict::PassOtherHost);
+            }
             *chain = ipv6_chain(pkt, l3_off);
             if chain.status == Ipv6Chain::OK && chain.proto == IPPROTO_ICMPV6 { Route::Icmp } else { Route::V6 }
         }
         ETH_P_ARP => Route::Done(Verdict::PassArp),
         _ => Route::Done(Verdict::PassOtherL3),
     }
+}
+
+/// Whether a frame to a VIP is this director's to forward: addressed to its MAC, or to a
+/// group address (broadcast, multicast), as the kernel's stack (and so IPVS) accepts them.
+/// Only VIP-bound frames are asked: the director's own traffic never pays for it.
+#[inline(always)]
+fn addressed_here<P: Packet + ?Sized, T: Tables>(pkt: &P, t: &T) -> bool {
+    let own = t.own_mac();
+    if own == [0; 6] {
+        return true;
+    }
+    // `ethernet` has checked the 14-byte header.
+    pkt.with_header::<6, _>(0, |dst| dst[0] & 1 != 0 || *dst == own).unwrap_or(false)
 }
 
 /// Whether an IPv6 address, as its four loaded words, is IPv4-mapped (`::ffff:a.b.c.d`).

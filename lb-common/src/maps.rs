@@ -177,6 +177,12 @@ pub const JUMP_SLOTS: u32 = 3;
 /// hitless restart the running dispatcher and the new programs it jumps to share it.
 pub const MAP_IPV6_CHAIN: &str = "DRLB_IPV6_CHAIN";
 
+/// The balancer's read-only global: this director's MAC as `[u8; 8]` (the last two
+/// bytes zero), set when the object is loaded. The dispatcher passes VIP-bound frames
+/// addressed to another unicast MAC ([`crate::verdict::Verdict::PassOtherHost`]); all zero
+/// (a test harness that loads the object for no interface) checks nothing.
+pub const GLOBAL_OWN_MAC: &str = "DRLB_OWN_MAC";
+
 /// Every map the balancer uses, for pinning.
 pub const ALL_MAPS: [&str; 22] = [
     MAP_VIP_FILTER, MAP_VIPS, MAP_SERVICE_IDS, MAP_SERVICES, MAP_BACKENDS, MAP_MEMBERS, MAP_CONN_COUNTS,

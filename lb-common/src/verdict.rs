@@ -45,10 +45,15 @@ pub enum Verdict {
     /// XDP_DROP: IPv6 to a VIP whose extension headers go on past what the dataplane walks
     /// ([`crate::packet::IPV6_MAX_EXT_HEADERS`] headers, [`crate::packet::IPV6_MAX_L4_OFF`] bytes).
     DropExtHeaders = 16,
+    /// XDP_PASS: to a VIP, but in a frame addressed to another host's MAC (a switch floods
+    /// frames for a MAC it has forgotten; a NIC in promiscuous mode hands up everything).
+    /// Another director's flow is not this one's to forward; the stack drops the frame,
+    /// as it drops it before IPVS.
+    PassOtherHost = 17,
 }
 
 /// Number of counters; the size of `DRLB_STATS`.
-pub const VERDICT_COUNT: u32 = 17;
+pub const VERDICT_COUNT: u32 = 18;
 
 impl Verdict {
     /// All reasons, in index order.
@@ -70,6 +75,7 @@ impl Verdict {
         Verdict::TxIcmpForwarded,
         Verdict::PassIcmpUnknown,
         Verdict::DropExtHeaders,
+        Verdict::PassOtherHost,
     ];
 
     /// Stable snake_case name used by `drlb` output and metrics.
@@ -92,6 +98,7 @@ impl Verdict {
             Verdict::TxIcmpForwarded => "tx_icmp_forwarded",
             Verdict::PassIcmpUnknown => "pass_icmp_unknown",
             Verdict::DropExtHeaders => "drop_ext_headers",
+            Verdict::PassOtherHost => "pass_other_host",
         }
     }
 
@@ -131,7 +138,8 @@ impl Verdict {
             | Verdict::PassOtherL3
             | Verdict::PassNotVip
             | Verdict::PassVipNoService
-            | Verdict::PassMalformed => XDP_PASS,
+            | Verdict::PassMalformed
+            | Verdict::PassOtherHost => XDP_PASS,
             Verdict::DropNoRealServer
             | Verdict::DropTruncatedL4
             | Verdict::DropFragment

@@ -32,6 +32,11 @@ use lb_common::{
     verdict::{Verdict, VERDICT_COUNT},
 };
 
+/// `lb_common::maps::GLOBAL_OWN_MAC`: this director's MAC, written into the object's
+/// read-only data by the loader (`EbpfLoader::override_global`).
+#[unsafe(no_mangle)]
+static DRLB_OWN_MAC: [u8; 8] = [0; 8];
+
 #[map(name = "DRLB_VIP_FILTER")]
 static VIP_FILTER: Array<u32> = Array::with_max_entries(VIP_FILTER_SIZE, 0);
 
@@ -138,6 +143,15 @@ impl Tables for BpfTables {
     #[inline(always)]
     fn vip_filter(&self, addr: &Addr16) -> bool {
         matches!(VIP_FILTER.get_ptr(vip_filter_index(addr)), Some(n) if read(n) != 0)
+    }
+
+    #[inline(always)]
+    fn own_mac(&self) -> [u8; 6] {
+        // SAFETY: a static of the object's read-only data, valid for the program's life;
+        // read volatile so that the compiler does not fold in the all-zero default the
+        // loader replaces.
+        let m = unsafe { read_volatile(addr_of!(DRLB_OWN_MAC)) };
+        [m[0], m[1], m[2], m[3], m[4], m[5]]
     }
 
     #[inline(always)]

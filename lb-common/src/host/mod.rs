@@ -42,6 +42,8 @@ pub struct HostTables {
     /// The model's random numbers (xorshift64; 0 is read as a fixed seed).
     pub rng: Cell<u64>,
     pub locality: RefCell<BTreeMap<LocalityKey, Locality>>,
+    /// [`crate::maps::GLOBAL_OWN_MAC`] (all zero: no check).
+    pub own_mac: [u8; 6],
 }
 
 impl HostTables {
@@ -61,6 +63,10 @@ impl Tables for HostTables {
     fn vip_filter(&self, addr: &Addr16) -> bool {
         let i = vip_filter_index(addr);
         self.vips.keys().any(|v| vip_filter_index(v) == i)
+    }
+
+    fn own_mac(&self) -> [u8; 6] {
+        self.own_mac
     }
 
     fn vip(&self, key: &VipKey) -> Option<Vip> {

@@ -229,7 +229,7 @@ pub fn run(opts: &Options) -> Result<Results> {
         + opts.large_flows as u64
         + opts.runs as u64 * (3 * opts.syn_flows as u64 + opts.small_flows as u64 / 20 + 1);
     let table_size = (2 * flows).next_power_of_two().clamp(1 << 16, 1 << 23) as u32;
-    let mut dp = Dataplane::load_with(table_size).context("loading the dataplane")?;
+    let mut dp = Dataplane::load_for(table_size, traffic::DIRECTOR_MAC).context("loading the dataplane")?;
     dp.apply(&tables)?;
     let drain = if opts.sync { Some(RingDrain::start(&mut dp)?) } else { None };
     // Floor (c)'s table as large as the balancer's: it pays for the same LRU.

@@ -869,7 +869,7 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<RunEnd> 
     }
     // One controller per dataplane: `drlb reload` and `drlb stop` find it by this file.
     let _pidfile = crate::kernel::process::Pidfile::take(&pin_dir)?;
-    let (mut dp, origin) = Dataplane::open(config.director.conn_table_size, Some(&pin_dir), replace_dataplane)?;
+    let (mut dp, origin) = Dataplane::open(config.director.conn_table_size, Some(iface.mac), Some(&pin_dir), replace_dataplane)?;
     let adopted = matches!(origin, Origin::Adopted);
     let (tables, slots) = match origin {
         Origin::Created => (MapContent::default(), Slots::default()),

@@ -284,19 +284,29 @@ impl MapSource for Dataplane {
 
 impl Dataplane {
     /// Loads the object and its programs into the kernel (verifier runs here), with the
-    /// connection table sized `conn_table_size` entries, maps not pinned.
+    /// connection table sized `conn_table_size` entries, maps not pinned, for no interface:
+    /// frames to any MAC are taken.
     pub fn load_with(conn_table_size: u32) -> Result<Self> {
-        Ok(Self::open(conn_table_size, None, false)?.0)
+        Ok(Self::open(conn_table_size, None, None, false)?.0)
+    }
+
+    /// [`Dataplane::load_with`] for a director whose MAC is `own_mac`: VIP-bound frames to
+    /// another unicast MAC are passed ([`lb_common::verdict::Verdict::PassOtherHost`]).
+    pub fn load_for(conn_table_size: u32, own_mac: crate::kernel::mac::Mac) -> Result<Self> {
+        Ok(Self::open(conn_table_size, Some(own_mac), None, false)?.0)
     }
 
     /// Loads the dataplane with its maps pinned in `pin_dir` (on bpffs). A dataplane pinned
     /// there with this layout is adopted: its maps — connections, counters — are reused,
     /// and `attach` takes over its XDP link without a gap. One with another layout is
-    /// refused with an explanation, or removed first if `replace`.
-    pub fn open(conn_table_size: u32, pin_dir: Option<&Path>, replace: bool) -> Result<(Self, Origin)> {
+    /// refused with an explanation, or removed first if `replace`. `own_mac`: the MAC of
+    /// the interface it will be attached to (see [`Dataplane::load_for`]).
+    pub fn open(conn_table_size: u32, own_mac: Option<crate::kernel::mac::Mac>, pin_dir: Option<&Path>, replace: bool) -> Result<(Self, Origin)> {
         let mut origin = Origin::Created;
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(MAP_CONNS, conn_table_size);
+        let own = own_mac.map_or([0u8; 8], |m| [m[0], m[1], m[2], m[3], m[4], m[5], 0, 0]);
+        loader.override_global(lb_common::maps::GLOBAL_OWN_MAC, &own, true);
         let pin_paths: Vec<(&'static str, PathBuf)> = match pin_dir {
             Some(dir) => ALL_MAPS.iter().map(|m| (*m, dir.join(m))).collect(),
             None => Vec::new(),

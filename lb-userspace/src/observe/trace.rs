@@ -47,6 +47,7 @@ pub fn explain(stat: Verdict) -> &'static str {
         Verdict::TxIcmpForwarded => "ICMP error about this connection",
         Verdict::PassIcmpUnknown => "ICMP error about no known connection",
         Verdict::DropExtHeaders => "too many IPv6 extension headers",
+        Verdict::PassOtherHost => "frame for another host's MAC (flooded by a switch)",
     }
 }
 

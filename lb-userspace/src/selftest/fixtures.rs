@@ -337,6 +337,15 @@ pub fn tcp6_from(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, flags: u8
     f
 }
 
+/// Another director on the segment (a frame for it reaches this one when a switch floods).
+pub const OTHER_DIRECTOR_MAC: Mac = [0x02, 0, 0, 0, 0, 0x03];
+
+/// `frame` with its Ethernet destination replaced.
+pub fn to_mac(dst: Mac, mut frame: Vec<u8>) -> Vec<u8> {
+    frame[..6].copy_from_slice(&dst);
+    frame
+}
+
 pub fn tcp6_to(dst: [u8; 16], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     tcp6_from(CLIENT6, dst, sport, dport, flags)
 }
@@ -540,6 +549,11 @@ pub fn rows() -> Vec<Row> {
     v.push(row("VIP whose only real server has weight 0: dropped", tcp_to(vip(EMPTY), 40000, 80, SYN), Untouched(DropNoRealServer)).no_conn());
     // --- what is not ours ---
     v.push(row("TCP to the director's own address is passed", tcp_to(DIRECTOR, 40000, 22, SYN), Untouched(PassNotVip)));
+    // A switch floods a frame for a MAC it has forgotten to every port: the other directors
+    // of an ECMP group, or a VRRP backup, must not forward a flow that is not theirs.
+    v.push(row("SYN to the VIP in a frame for another director's MAC is passed, not scheduled", to_mac(OTHER_DIRECTOR_MAC, tcp_to(web, 40010, 80, SYN)), Untouched(PassOtherHost)).no_conn());
+    v.push(row("TCP to the director's own address in a frame for another MAC is passed as not for a VIP", to_mac(OTHER_DIRECTOR_MAC, tcp_to(DIRECTOR, 40000, 22, SYN)), Untouched(PassNotVip)));
+    v.push(row("SYN to the VIP in a broadcast frame is scheduled, as the kernel's stack takes it", to_mac([0xff; 6], tcp_to(vip(ALL_PORTS), 40012, 22, SYN)), To(TxScheduled, RS4)));
     v.push(row("TCP to the VIP on a port with no service is passed to the director", tcp_to(web, 40000, 22, SYN), Untouched(PassVipNoService)));
     let mut icmp = Vec::new();
     eth().ipv4(CLIENT, web, 64).icmpv4_echo_request(1, 1).write(&mut icmp, b"ping").unwrap();
@@ -694,6 +708,7 @@ fn ipv6_rows(v: &mut Vec<Row>) {
     use Verdict::*;
     let web6 = vip6(WEB6);
     let web = vip(WEB);
+    v.push(row("IPv6 SYN to web6 in a frame for another director's MAC is passed", to_mac(OTHER_DIRECTOR_MAC, tcp6_to(web6, 50009, 80, SYN)), Untouched(PassOtherHost)).no_conn());
     v.push(row("IPv6 SYN to web6: new connection, wlc tie to the last configured (rs2), half-open", tcp6_to(web6, 50000, 80, SYN), To(TxScheduled, RS2))
         .conn(tcp::SYN_RECV, true).half_open());
     v.push(row("IPv6 ACK completes the handshake: ESTABLISHED, in the connection table", tcp6_to(web6, 50000, 80, ACK), To(TxForwarded, RS2))
@@ -905,10 +920,13 @@ impl Harness {
 
     /// A dataplane loaded with `tables`, and the host model over the same tables.
     pub fn with_tables(tables: &MapContent) -> anyhow::Result<Harness> {
-        let mut dp = Dataplane::load_with(65536)?;
+        // The director's MAC is set in both, so that frames for another host are checked.
+        let mut dp = Dataplane::load_for(65536, DIRECTOR_MAC)?;
         dp.apply(tables)?;
         let slots = tables.backends.keys().copied().collect();
-        Ok(Harness { dp, model: tables.host_model(), slots })
+        let mut model = tables.host_model();
+        model.own_mac = DIRECTOR_MAC;
+        Ok(Harness { dp, model, slots })
     }
 
     /// Runs a frame through the kernel and the model; they must agree. Returns the

@@ -356,7 +356,7 @@ pub fn run(modes: &[XdpMode]) -> Result<Vec<ModeResult>> {
     ensure!(ok == 0, "the VIP answered before drlb was attached: the lab is not isolated");
 
     let (config, macs) = lab_config()?;
-    let mut dp = Dataplane::load_with(65_536).context("loading the dataplane")?;
+    let mut dp = Dataplane::load_for(65_536, DIRECTOR.mac).context("loading the dataplane")?;
     dp.apply(&crate::control::tables::build(&config, &macs, DIRECTOR.mac)?)?;
     let mut tools = Tools::load(1).context("loading the XDP_PASS program for the veth peer")?;
     let mut results = Vec::new();

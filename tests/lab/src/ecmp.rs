@@ -60,12 +60,6 @@ impl Lab {
                 sh("ip", &["netns", "exec", &router, "sysctl", "-qw", &format!("net.{family}.{key}={value}")])?;
             }
         }
-        // A switch floods frames for a MAC it has forgotten (as a bridge does when a port
-        // goes down) to every port: a director would receive another's flows then, and the
-        // link-down test would not wait for the hold timer. Directors' ports get none.
-        for d in lab.directors() {
-            sh("ip", &["-n", &lab.ns("br"), "link", "set", "dev", &format!("v{}", d.role), "type", "bridge_slave", "flood", "off"])?;
-        }
         let conf = lab.router_bird_config();
         lab.start_bird("router", &conf)?;
         for d in lab.directors().to_vec() {
@@ -236,6 +230,14 @@ impl Lab {
     pub fn director_packets(&self, role: &str) -> u64 {
         lb_userspace::observe::status::read(&self.director_pin_root(role).join("eth0"), None)
             .map(|s| s.services.iter().map(|s| s.in_pkts).sum())
+            .unwrap_or(0)
+    }
+
+    /// Packets `role`'s dataplane counted under verdict reason `reason` (`pass_other_host`).
+    pub fn director_reason(&self, role: &str, reason: &str) -> u64 {
+        lb_userspace::observe::status::read(&self.director_pin_root(role).join("eth0"), None)
+            .ok()
+            .and_then(|s| s.reasons.get(reason).copied())
             .unwrap_or(0)
     }
 
