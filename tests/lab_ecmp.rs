@@ -56,7 +56,8 @@ fn three_directors(setup: EcmpSetup) -> Lab {
 
 /// (a) the router spreads new connections over all three directors; (b) 60 long-lived
 /// connections all keep working when a director is drained, when a director's link dies
-/// (hold timer), and when each comes back; status and metrics show the announcements.
+/// (hold timer), when each comes back, and when drlb crashes and restarts (the announcement
+/// outlives it); status, metrics and doctor show the announcements.
 #[test]
 fn wlc_with_sync_keeps_every_flow_when_directors_come_and_go() {
     if skip_unless_ready() {
@@ -142,6 +143,38 @@ fn wlc_with_sync_keeps_every_flow_when_directors_come_and_go() {
     assert!(log.contains(&format!("after {} of connection sync", humantime_secs(LAB_REFRESH))), "{log}");
     let log = lab.director_log("director2");
     assert!(log.contains("withdrawn: no carrier"), "{log}");
+
+    // (b4) drlb on director2 crashes and is started again (systemd's Restart=always): its
+    // route stays in the table while the pinned dataplane goes on forwarding, and the new
+    // controller adopts both and announces at once. The router never loses director2.
+    let watching = std::sync::atomic::AtomicBool::new(true);
+    let router = lab.ns("router");
+    let lost = std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            let mut lost = 0;
+            while watching.load(std::sync::atomic::Ordering::SeqCst) {
+                lost += (drlb_lab::ecmp::next_hops(&router).len() != DIRECTORS.len()) as u32;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            lost
+        });
+        let result = (|| -> anyhow::Result<()> {
+            lab.stop_director("director2", true)?;
+            let (_, report) = lab.director_doctor("director2", drlb())?;
+            anyhow::ensure!(report.contains("but no controller runs"), "doctor with no controller:\n{report}");
+            lab.start_ecmp_director("director2", drlb(), WLC_SYNC)?;
+            std::thread::sleep(Duration::from_secs(2));
+            Ok(())
+        })();
+        watching.store(false, std::sync::atomic::Ordering::SeqCst);
+        result.expect("restart director2's drlb");
+        watcher.join().unwrap()
+    });
+    assert_eq!(lost, 0, "the router lost director2 while its drlb restarted");
+    let log = lab.director_log("director2");
+    assert!(log.contains("adopting the dataplane") && log.contains("after 0s of connection sync"), "{log}");
+    let bad = lab.round(&first, &mut held, "after director2's drlb restarted");
+    assert!(bad.is_empty(), "{bad:?}");
 }
 
 /// `n` connections to the persistent service from the far client: the one real server

@@ -32,9 +32,9 @@ use crate::verdict::Verdict;
 pub trait Tables {
     /// `DRLB_VIP_FILTER`: false means "certainly not a VIP".
     fn vip_filter(&self, addr: &Addr16) -> bool;
-    /// This director's MAC ([`crate::maps::GLOBAL_OWN_MAC`]); all zero: frames for any MAC
-    /// are taken.
-    fn own_mac(&self) -> [u8; 6];
+    /// This director's MAC as [`crate::maps::own_mac_words`] ([`crate::maps::GLOBAL_OWN_MAC`]);
+    /// all zero: frames for any MAC are taken.
+    fn own_mac(&self) -> [u32; 2];
     fn vip(&self, key: &VipKey) -> Option<Vip>;
     fn service_id(&self, key: &ServiceKey) -> Option<u32>;
     fn service(&self, id: u32) -> Option<Service>;
@@ -906,11 +906,13 @@ pub fn route<P: Packet + ?Sized, T: Tables>(pkt: &P, t: &T, chain: &mut Ipv6Chai
 #[inline(always)]
 fn addressed_here<P: Packet + ?Sized, T: Tables>(pkt: &P, t: &T) -> bool {
     let own = t.own_mac();
-    if own == [0; 6] {
+    if own[0] | own[1] == 0 {
         return true;
     }
-    // `ethernet` has checked the 14-byte header.
-    pkt.with_header::<6, _>(0, |dst| dst[0] & 1 != 0 || *dst == own).unwrap_or(false)
+    // The destination and the source's first two bytes, in two loads (`ethernet` has
+    // checked the 14-byte header). The group bit is the first byte's lowest.
+    let Some(w) = pkt.load_u32s::<2>(0) else { return false };
+    w[0] & 1 != 0 || (w[0] == own[0] && w[1] & 0xffff == own[1])
 }
 
 /// Whether an IPv6 address, as its four loaded words, is IPv4-mapped (`::ffff:a.b.c.d`).

@@ -177,11 +177,17 @@ pub const JUMP_SLOTS: u32 = 3;
 /// hitless restart the running dispatcher and the new programs it jumps to share it.
 pub const MAP_IPV6_CHAIN: &str = "DRLB_IPV6_CHAIN";
 
-/// The balancer's read-only global: this director's MAC as `[u8; 8]` (the last two
-/// bytes zero), set when the object is loaded. The dispatcher passes VIP-bound frames
-/// addressed to another unicast MAC ([`crate::verdict::Verdict::PassOtherHost`]); all zero
-/// (a test harness that loads the object for no interface) checks nothing.
+/// The balancer's read-only global: this director's MAC as [`own_mac_words`], set when the
+/// object is loaded. The dispatcher passes VIP-bound frames addressed to another unicast
+/// MAC ([`crate::verdict::Verdict::PassOtherHost`]); all zero (a test harness that loads
+/// the object for no interface) checks nothing.
 pub const GLOBAL_OWN_MAC: &str = "DRLB_OWN_MAC";
+
+/// A MAC as the dispatcher compares it with a frame's first 8 bytes loaded as two
+/// little-endian words: bytes 0–3, then bytes 4–5 in the low half.
+pub const fn own_mac_words(mac: [u8; 6]) -> [u32; 2] {
+    [u32::from_le_bytes([mac[0], mac[1], mac[2], mac[3]]), u32::from_le_bytes([mac[4], mac[5], 0, 0])]
+}
 
 /// Every map the balancer uses, for pinning.
 pub const ALL_MAPS: [&str; 22] = [

@@ -35,7 +35,7 @@ use lb_common::{
 /// `lb_common::maps::GLOBAL_OWN_MAC`: this director's MAC, written into the object's
 /// read-only data by the loader (`EbpfLoader::override_global`).
 #[unsafe(no_mangle)]
-static DRLB_OWN_MAC: [u8; 8] = [0; 8];
+static DRLB_OWN_MAC: [u32; 2] = [0; 2];
 
 #[map(name = "DRLB_VIP_FILTER")]
 static VIP_FILTER: Array<u32> = Array::with_max_entries(VIP_FILTER_SIZE, 0);
@@ -146,12 +146,11 @@ impl Tables for BpfTables {
     }
 
     #[inline(always)]
-    fn own_mac(&self) -> [u8; 6] {
+    fn own_mac(&self) -> [u32; 2] {
         // SAFETY: a static of the object's read-only data, valid for the program's life;
         // read volatile so that the compiler does not fold in the all-zero default the
         // loader replaces.
-        let m = unsafe { read_volatile(addr_of!(DRLB_OWN_MAC)) };
-        [m[0], m[1], m[2], m[3], m[4], m[5]]
+        unsafe { read_volatile(addr_of!(DRLB_OWN_MAC)) }
     }
 
     #[inline(always)]

@@ -43,7 +43,7 @@ pub struct HostTables {
     pub rng: Cell<u64>,
     pub locality: RefCell<BTreeMap<LocalityKey, Locality>>,
     /// [`crate::maps::GLOBAL_OWN_MAC`] (all zero: no check).
-    pub own_mac: [u8; 6],
+    pub own_mac: [u32; 2],
 }
 
 impl HostTables {
@@ -65,7 +65,7 @@ impl Tables for HostTables {
         self.vips.keys().any(|v| vip_filter_index(v) == i)
     }
 
-    fn own_mac(&self) -> [u8; 6] {
+    fn own_mac(&self) -> [u32; 2] {
         self.own_mac
     }
 

@@ -305,7 +305,7 @@ impl Dataplane {
         let mut origin = Origin::Created;
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(MAP_CONNS, conn_table_size);
-        let own = own_mac.map_or([0u8; 8], |m| [m[0], m[1], m[2], m[3], m[4], m[5], 0, 0]);
+        let own = own_mac.map_or([0u32; 2], lb_common::maps::own_mac_words);
         loader.override_global(lb_common::maps::GLOBAL_OWN_MAC, &own, true);
         let pin_paths: Vec<(&'static str, PathBuf)> = match pin_dir {
             Some(dir) => ALL_MAPS.iter().map(|m| (*m, dir.join(m))).collect(),

@@ -925,7 +925,7 @@ impl Harness {
         dp.apply(tables)?;
         let slots = tables.backends.keys().copied().collect();
         let mut model = tables.host_model();
-        model.own_mac = DIRECTOR_MAC;
+        model.own_mac = lb_common::maps::own_mac_words(DIRECTOR_MAC);
         Ok(Harness { dp, model, slots })
     }
 

@@ -190,11 +190,7 @@ impl Lab {
 
     /// The next hops the router's kernel has for the VIP now.
     pub fn router_next_hops(&self) -> Vec<Ipv4Addr> {
-        let out = sh("ip", &["-n", &self.ns("router"), "-4", "route", "show", &VIP.to_string()]).unwrap_or_default();
-        let words: Vec<&str> = out.split_whitespace().collect();
-        let mut hops: Vec<Ipv4Addr> = words.windows(2).filter(|w| w[0] == "via").filter_map(|w| w[1].parse().ok()).collect();
-        hops.sort();
-        hops
+        next_hops(&self.ns("router"))
     }
 
     /// Waits until the router's route for the VIP goes through exactly `want`'s directors.
@@ -255,28 +251,7 @@ impl Lab {
 
     /// [`Lab::far_requests`] to VIP:`port`.
     pub fn far_requests_to(&self, port: u16, n: usize, timeout: Duration) -> Result<Tally> {
-        in_netns(&self.ns("far"), || {
-            let mut t = Tally::default();
-            for _ in 0..n {
-                match http_get_at(std::net::SocketAddr::from((VIP, port)), timeout) {
-                    Ok(body) => match ALL_REAL_SERVERS.iter().position(|rs| body.trim() == rs.role) {
-                        Some(i) => {
-                            t.ok += 1;
-                            t.per_server[i] += 1;
-                        }
-                        None => {
-                            t.failed += 1;
-                            t.first_error.get_or_insert(format!("unexpected body {body:?}"));
-                        }
-                    },
-                    Err(e) => {
-                        t.failed += 1;
-                        t.first_error.get_or_insert(format!("{e:#}"));
-                    }
-                }
-            }
-            Ok(t)
-        })
+        self.http_requests_from("far", std::net::SocketAddr::from((VIP, port)), n, timeout)
     }
 
     /// `n` long-lived connections from the far client, each with one request answered.
@@ -333,6 +308,15 @@ impl Lab {
         }
         Ok(())
     }
+}
+
+/// The next hops the kernel of namespace `router_ns` has for the VIP now.
+pub fn next_hops(router_ns: &str) -> Vec<Ipv4Addr> {
+    let out = sh("ip", &["-n", router_ns, "-4", "route", "show", &VIP.to_string()]).unwrap_or_default();
+    let words: Vec<&str> = out.split_whitespace().collect();
+    let mut hops: Vec<Ipv4Addr> = words.windows(2).filter(|w| w[0] == "via").filter_map(|w| w[1].parse().ok()).collect();
+    hops.sort();
+    hops
 }
 
 /// Connections of `held` whose request failed or was answered by another real server than

@@ -608,10 +608,15 @@ impl Lab {
 
     /// [`Lab::http_requests`] to another address (the IPv6 VIP).
     pub fn http_requests_to(&self, vip: std::net::IpAddr, n: usize, timeout: Duration) -> Result<Tally> {
-        in_netns(&self.ns("client"), || {
+        self.http_requests_from("client", SocketAddr::new(vip, 80), n, timeout)
+    }
+
+    /// `n` sequential HTTP/1.0 GETs to `to` from `role`'s namespace, each on a new connection.
+    pub fn http_requests_from(&self, role: &str, to: SocketAddr, n: usize, timeout: Duration) -> Result<Tally> {
+        in_netns(&self.ns(role), || {
             let mut t = Tally::default();
             for _ in 0..n {
-                match http_get(vip, timeout) {
+                match http_get_at(to, timeout) {
                     Ok(body) => match ALL_REAL_SERVERS.iter().position(|rs| body.trim() == rs.role) {
                         Some(i) => {
                             t.ok += 1;
