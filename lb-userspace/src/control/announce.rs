@@ -25,6 +25,8 @@ pub enum Readiness {
     Serving,
     /// The interface has no carrier (named).
     NoCarrier,
+    /// Health checks that have not reported once since the start (or the reload).
+    ChecksPending(usize),
     /// What remains of the warm-up.
     WarmingUp(Duration),
     Draining,
@@ -47,6 +49,7 @@ pub fn decide(config: &Config, quorum_lost: &HashMap<String, bool>, readiness: R
             let decision = match readiness {
                 Readiness::Draining => Err("draining".to_string()),
                 Readiness::NoCarrier => Err(format!("no carrier on {}", config.director.interface)),
+                Readiness::ChecksPending(n) => Err(format!("waiting for the first result of {n} health check(s)")),
                 Readiness::WarmingUp(left) => Err(format!("warming up: {} s more of connection sync", left.as_secs_f64().ceil() as u64)),
                 Readiness::Serving => Ok(()),
             };
@@ -67,11 +70,15 @@ pub fn decide(config: &Config, quorum_lost: &HashMap<String, bool>, readiness: R
 /// The announcements of a running controller.
 #[derive(Debug)]
 pub struct Announcer {
+    /// A connection of its own ([`routes::connect`]).
+    handle: rtnetlink::Handle,
     table: u32,
     warmup: Duration,
     warm_until: Instant,
     /// The interface's carrier, as last seen.
     carrier: bool,
+    /// Health checks yet to report once.
+    checks_pending: usize,
     draining: bool,
     /// VIP → what was last made true in the table.
     state: BTreeMap<IpAddr, Announcement>,
@@ -82,9 +89,16 @@ pub struct Announcer {
 impl Announcer {
     /// `adopted`: the dataplane (with its connections) was taken over from a previous
     /// controller, so there is nothing to learn before announcing.
-    pub fn new(table: u32, warmup: Duration, adopted: bool) -> Announcer {
+    pub fn new(table: u32, warmup: Duration, adopted: bool) -> Result<Announcer> {
         let warm_until = Instant::now() + if adopted { Duration::ZERO } else { warmup };
-        Announcer { table, warmup, warm_until, carrier: true, draining: false, state: BTreeMap::new(), failing: false }
+        let handle = routes::connect()?;
+        Ok(Announcer { handle, table, warmup, warm_until, carrier: true, checks_pending: 0, draining: false, state: BTreeMap::new(), failing: false })
+    }
+
+    /// How many health checks have not reported since the start: a restarted controller
+    /// does not know yet whether its real servers are up.
+    pub fn set_checks_pending(&mut self, n: usize) {
+        self.checks_pending = n;
     }
 
     /// The interface's carrier now. When it comes back the warm-up starts again: sync's
@@ -102,6 +116,8 @@ impl Announcer {
             Readiness::Draining
         } else if !self.carrier {
             Readiness::NoCarrier
+        } else if self.checks_pending > 0 {
+            Readiness::ChecksPending(self.checks_pending)
         } else if !warm_left.is_zero() {
             Readiness::WarmingUp(warm_left)
         } else {
@@ -125,9 +141,10 @@ impl Announcer {
 
     /// Brings the table to what [`decide`] says, and also removes the routes of VIPs no
     /// longer configured (a previous drlb's). Returns whether anything changed.
-    pub async fn reconcile(&mut self, handle: &rtnetlink::Handle, config: &Config, quorum_lost: &HashMap<String, bool>) -> bool {
+    pub async fn reconcile(&mut self, config: &Config, quorum_lost: &HashMap<String, bool>) -> bool {
         let wanted = decide(config, quorum_lost, self.readiness());
-        match self.try_reconcile(handle, &wanted).await {
+        let handle = self.handle.clone();
+        match self.try_reconcile(&handle, &wanted).await {
             Ok(changed) => {
                 if std::mem::take(&mut self.failing) {
                     info!("announcement routes in table {} are current again", self.table);
@@ -220,9 +237,12 @@ mod tests {
         assert!(d.values().all(|x| *x == Err("draining".to_string())));
     }
 
-    #[test]
-    fn carrier_coming_back_restarts_the_warm_up() {
-        let mut a = Announcer::new(100, Duration::from_secs(30), true);
+    #[tokio::test]
+    async fn carrier_coming_back_restarts_the_warm_up() {
+        let mut a = Announcer::new(100, Duration::from_secs(30), true).unwrap();
+        a.set_checks_pending(2);
+        assert_eq!(a.readiness(), Readiness::ChecksPending(2));
+        a.set_checks_pending(0);
         assert_eq!(a.readiness(), Readiness::Serving);
         a.set_carrier(false);
         assert_eq!(a.readiness(), Readiness::NoCarrier);

@@ -38,6 +38,9 @@ use crate::kernel::sweep::SweepInputs;
 const INITIAL_RESOLUTION_WAIT: Duration = Duration::from_secs(3);
 /// A drain ends once no packet was forwarded for this long: the routers have moved.
 const DRAIN_SETTLE: Duration = Duration::from_secs(1);
+/// ... and not before this long after the withdrawal, however quiet: the time a BGP
+/// UPDATE takes to reach the routers' forwarding tables.
+const DRAIN_MIN: Duration = Duration::from_secs(2);
 pub use crate::control::sweeper::SWEEP_INTERVAL;
 /// How often every real server's neighbour entry is re-confirmed (keeps it from being
 /// garbage-collected, since the director never sends IP traffic to real servers itself).
@@ -136,6 +139,8 @@ struct Controller {
     vips: VipTracker,
     /// What this director announces to ECMP routers, with `director.announce`.
     announcer: Option<Announcer>,
+    /// Health checks that reported at least once: (service, real server, check index).
+    reported: std::collections::HashSet<(String, IpAddr, usize)>,
     /// Dataplane time of the previous sweep (sync re-announces what fell due since).
     last_sweep: Option<u64>,
     sweeper: Sweeper,
@@ -339,6 +344,7 @@ impl Controller {
         // Bounded: a checker sends at most one round per interval; this takes what waits.
         for _ in 0..1024 {
             let Some(r) = next.take() else { break };
+            self.reported.insert((r.target.service.clone(), r.target.address, r.target.index));
             if self.suspended(&r.target.service) {
                 next = rounds.try_recv().ok();
                 continue;
@@ -424,7 +430,9 @@ impl Controller {
     /// Whether `service`'s checks stand still: it has `ha_suspend` and the director's
     /// interface holds none of its addresses (keepalived's ha_suspend).
     fn suspended(&self, service: &str) -> bool {
-        self.config.services.iter().find(|s| s.name == service).is_some_and(|s| s.ha_suspend && !s.addresses().iter().any(|a| self.holds(*a)))
+        // Behind ECMP routers checks always run: they decide whether the VIP is announced.
+        self.announcer.is_none()
+            && self.config.services.iter().find(|s| s.name == service).is_some_and(|s| s.ha_suspend && !s.addresses().iter().any(|a| self.holds(*a)))
     }
 
     /// Whether this director is where `vip`'s new flows go: the VIP is on its interface
@@ -438,20 +446,32 @@ impl Controller {
 
     /// Brings the announcement routes to what this director can serve now.
     async fn follow_announcements(&mut self) {
-        let Some(a) = self.announcer.as_mut() else { return };
-        match netlink::carrier(&self.handle, self.iface.index).await {
-            Ok(up) => a.set_carrier(up),
-            Err(e) => debug!("{e:#}"),
+        if self.announcer.is_none() {
+            return;
         }
-        if a.reconcile(&self.handle, &self.config, &self.quorum).await {
+        let pending = health::targets(&self.config).iter().filter(|t| !self.reported.contains(&(t.service.clone(), t.address, t.index))).count();
+        let carrier = netlink::carrier(&self.handle, self.iface.index).await;
+        let Some(a) = self.announcer.as_mut() else { return };
+        a.set_checks_pending(pending);
+        match carrier {
+            Ok(up) => a.set_carrier(up),
+            // The interface is gone (and the XDP link with it): nothing here can serve.
+            Err(e) => {
+                debug!("{e:#}");
+                a.set_carrier(false);
+            }
+        }
+        if a.reconcile(&self.config, &self.quorum).await {
             // Status, metrics and `drlb ready` see it now, not a second later.
             self.write_state();
         }
     }
 
-    /// Packets forwarded for every service so far: flat once the routers send nothing here.
+    /// Packets sent on to a real server so far (every verdict that transmits): flat once
+    /// the routers send nothing here.
     fn forwarded_packets(&self) -> u64 {
-        self.tables.slots.iter().flatten().map(|slot| self.dp.backend_counters(*slot).map(|c| c.packets).unwrap_or(0)).sum()
+        let Ok(c) = self.dp.counters() else { return 0 };
+        lb_common::verdict::Verdict::ALL.iter().filter(|v| v.xdp_action() == lb_common::verdict::XDP_TX).map(|v| c[v.index() as usize]).sum()
     }
 
     /// `drlb drain` / SIGTERM behind ECMP routers: withdraw every VIP, keep forwarding
@@ -473,7 +493,7 @@ impl Controller {
             if now != last {
                 (last, quiet_since) = (now, Instant::now());
             }
-            if quiet_since.elapsed() >= DRAIN_SETTLE {
+            if quiet_since.elapsed() >= DRAIN_SETTLE && start.elapsed() >= DRAIN_MIN {
                 info!("drained: no packet for {DRAIN_SETTLE:?}, {:.1} s after the withdrawal", start.elapsed().as_secs_f64());
                 return;
             }
@@ -481,7 +501,11 @@ impl Controller {
                 warn!("drain_timeout ({}) passed with packets still arriving: detaching anyway; the routers still send flows here", humantime::format_duration(timeout));
                 return;
             }
-            // Status and metrics show the drain, and `drlb ready` stays true meanwhile.
+            // Status and metrics show the drain, and `drlb ready` stays true meanwhile; a
+            // withdrawal that failed is tried again.
+            if quiet_since.elapsed().as_millis() % 1000 < 100 {
+                self.follow_announcements().await;
+            }
             self.write_state();
         }
     }
@@ -821,6 +845,13 @@ pub const EXIT_DRAINED: u8 = 75;
 /// SIGUSR2 (which leaves it forwarding, pinned, for the next controller to adopt); SIGHUP
 /// reloads the configuration.
 pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<RunEnd> {
+    // First of all: a signal that came before its handler would end the process as the
+    // default action does, and with VIPs already announced, leave them announced.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut sigusr2 = signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?;
+    let mut sigusr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
     let config = Config::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let handle = netlink::connect()?;
     let iface = netlink::interface(&handle, &config.director.interface).await?;
@@ -906,6 +937,7 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<RunEnd> 
         sync: None,
         vips: VipTracker::default(),
         announcer: None,
+        reported: Default::default(),
         last_sweep: None,
         sweeper,
         draining_at_sweep: Default::default(),
@@ -964,17 +996,12 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<RunEnd> 
         let warmup = c.config.director.announce_warmup();
         let first = if adopted { Duration::ZERO } else { warmup };
         info!("announcing VIPs through routing table {} after {} of connection sync", a.table, humantime::format_duration(first));
-        c.announcer = Some(Announcer::new(a.table, warmup, adopted));
+        c.announcer = Some(Announcer::new(a.table, warmup, adopted)?);
         c.follow_announcements().await;
     }
     notify::ready();
 
     c.start_checkers();
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let mut sigusr2 = signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?;
-    let mut sigusr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
     let mut leave = false;
     let mut end = RunEnd::Stopped;
     let mut refresh = interval(REFRESH_INTERVAL);

@@ -108,6 +108,11 @@ pub fn stop(config: &Path) -> Result<String> {
         }
         report.push(format!("stopped controller {pid}"));
     }
+    // Behind ECMP routers: a controller that died left its VIPs announced; with the
+    // dataplane gone they must not draw flows any more.
+    if let Some(withdrawn) = withdraw_announcements(&cfg)?.filter(|w| !w.is_empty()) {
+        report.push(format!("withdrew {} from routing table {}", withdrawn.join(", "), cfg.director.announce.as_ref().map_or(0, |a| a.table)));
+    }
     let removed = crate::kernel::bpf::remove_pins(&dir)?;
     if !removed.is_empty() {
         report.push(format!("removed the pinned dataplane at {} ({} pins; XDP detached)", dir.display(), removed.len()));
@@ -116,6 +121,24 @@ pub fn stop(config: &Path) -> Result<String> {
         report.push(format!("nothing to stop: no controller for {} and nothing pinned at {}", config.display(), dir.display()));
     }
     Ok(report.join("\n"))
+}
+
+/// Removes the announcement routes of `cfg`'s VIPs that are still in the table; which were
+/// (None without `director.announce`).
+fn withdraw_announcements(cfg: &crate::control::config::Config) -> Result<Option<Vec<String>>> {
+    let Some(announce) = &cfg.director.announce else { return Ok(None) };
+    let vips: std::collections::BTreeSet<std::net::IpAddr> = cfg.services.iter().flat_map(|s| s.addresses()).collect();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting a runtime for rtnetlink")?;
+    rt.block_on(async {
+        let handle = crate::kernel::routes::connect()?;
+        let present = crate::kernel::routes::announced(&handle, announce.table).await?;
+        let mut withdrawn = Vec::new();
+        for vip in vips.iter().filter(|v| present.contains(v)) {
+            crate::kernel::routes::withdraw(&handle, announce.table, *vip).await?;
+            withdrawn.push(vip.to_string());
+        }
+        Ok(Some(withdrawn))
+    })
 }
 
 /// `drlb drain`: takes a director behind ECMP routers out of service for maintenance. Its
@@ -131,6 +154,7 @@ pub fn drain(config: &Path) -> Result<String> {
         );
     };
     let dir = cfg.director.pin_dir();
+    crate::kernel::pins::check_owner(&dir, &cfg.director.interface)?;
     let started = std::time::Instant::now();
     let Some(pid) = signal_controller(&dir, Signal::SIGUSR1)? else {
         anyhow::bail!("no `drlb run` runs the dataplane of {} ({}): nothing to drain", config.display(), dir.display());
@@ -141,6 +165,13 @@ pub fn drain(config: &Path) -> Result<String> {
             anyhow::bail!("controller {pid} still runs {:.0} s after the drain began: see its log", started.elapsed().as_secs_f64());
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // It withdrew everything before detaching, unless it was killed meanwhile.
+    if let Some(left) = withdraw_announcements(&cfg)?.filter(|w| !w.is_empty()) {
+        anyhow::bail!(
+            "controller {pid} ended without withdrawing {} (killed during the drain?): withdrawn now; its flows were not drained",
+            left.join(", ")
+        );
     }
     Ok(format!(
         "drained controller {pid}: VIPs withdrawn, the routers moved its flows, dataplane detached ({:.1} s); `systemctl start drlb` (or `drlb run`) brings it back",

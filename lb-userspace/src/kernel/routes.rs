@@ -15,6 +15,17 @@ use rtnetlink::{Handle, RouteMessageBuilder};
 /// and local tables (forwarding reads those).
 pub const RESERVED_TABLES: [u32; 4] = [0, 253, 254, 255];
 
+/// An rtnetlink connection of its own for the announcement routes, with strict checking on:
+/// the kernel then dumps only the table asked for, not every route of every table (a
+/// director that also carries a full routing table must not list it every second).
+pub fn connect() -> Result<Handle> {
+    use rtnetlink::sys::AsyncSocket as _;
+    let (mut conn, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket for the announcement routes")?;
+    conn.socket_mut().socket_mut().set_netlink_get_strict_chk(true).context("asking rtnetlink for strict dump filtering")?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
 fn host_route(table: u32, vip: IpAddr) -> RouteMessage {
     let message = match vip {
         IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(a, 32).table_id(table).kind(RouteType::BlackHole).build(),
@@ -37,9 +48,12 @@ pub async fn announce(handle: &Handle, table: u32, vip: IpAddr) -> Result<()> {
         .with_context(|| format!("adding the announcement route `blackhole {vip} table {table}`"))
 }
 
-/// Removes `vip`'s announcement route from `table` (absent already is fine).
+/// Removes `vip`'s announcement route from `table` (absent already is fine), whoever put
+/// it there: any protocol, as `ip route del` does.
 pub async fn withdraw(handle: &Handle, table: u32, vip: IpAddr) -> Result<()> {
-    match handle.route().del(host_route(table, vip)).execute().await {
+    let mut route = host_route(table, vip);
+    route.header.protocol = RouteProtocol::Unspec;
+    match handle.route().del(route).execute().await {
         Ok(()) => Ok(()),
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
         Err(e) => Err(e).with_context(|| format!("removing the announcement route `blackhole {vip} table {table}`")),
@@ -68,7 +82,16 @@ fn destination(msg: &RouteMessage) -> Option<IpAddr> {
 /// now, whoever put them there (a drlb before a restart included).
 pub async fn announced(handle: &Handle, table: u32) -> Result<Vec<IpAddr>> {
     let mut found = Vec::new();
-    for query in [RouteMessageBuilder::<Ipv4Addr>::new().build(), RouteMessageBuilder::<Ipv6Addr>::new().build()] {
+    // Under strict checking the header filters the dump: this table, blackhole routes, any
+    // protocol (the builder's defaults would ask for the main table's static unicast ones).
+    let filter = |mut m: RouteMessage| {
+        m.header.protocol = RouteProtocol::Unspec;
+        m
+    };
+    for query in [
+        filter(RouteMessageBuilder::<Ipv4Addr>::new().table_id(table).kind(RouteType::BlackHole).build()),
+        filter(RouteMessageBuilder::<Ipv6Addr>::new().table_id(table).kind(RouteType::BlackHole).build()),
+    ] {
         let mut routes = handle.route().get(query).execute();
         while let Some(msg) = routes.try_next().await.with_context(|| format!("listing routing table {table}"))? {
             let full = if msg.header.address_family == rtnetlink::packet_route::AddressFamily::Inet { 32 } else { 128 };

@@ -262,7 +262,7 @@ impl Lab {
     /// One request on every held connection, all at once; how many broke (failed, or answered
     /// by another real server than at first).
     pub fn round(&self, first: &[usize], held: &mut [TcpStream], what: &str) -> Vec<String> {
-            let lab = self;
+        let lab = self;
         let packets = |lab: &Lab| lab.directors().iter().map(|d| lab.director_packets(d.role)).collect::<Vec<u64>>();
         let before = packets(lab);
         let answers: Vec<ha::Answer> = lab.requests_concurrently(held, Duration::from_secs(20));
@@ -280,21 +280,18 @@ impl Lab {
 
     /// Rounds of requests on every held connection until `done` is set, then one more.
     pub fn rounds_while(&self, first: &[usize], held: &mut [TcpStream], what: &str, work: impl FnOnce() + Send) -> Vec<String> {
-            let lab = self;
-        let done = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|s| {
-            s.spawn(|| {
-                work();
-                done.store(true, std::sync::atomic::Ordering::SeqCst);
-            });
+            // Until the work ends, however it ends: a panic there (a failed expectation)
+            // stops the rounds and is raised when the scope joins it.
+            let work = s.spawn(work);
             let mut bad = Vec::new();
             let mut n = 0;
-            while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                bad.extend(lab.round(first, held, &format!("{what}, round {n}")));
+            while !work.is_finished() {
+                bad.extend(self.round(first, held, &format!("{what}, round {n}")));
                 n += 1;
                 std::thread::sleep(Duration::from_millis(200));
             }
-            bad.extend(lab.round(first, held, &format!("{what}, after")));
+            bad.extend(self.round(first, held, &format!("{what}, after")));
             bad
         })
     }
