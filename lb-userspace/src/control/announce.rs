@@ -142,9 +142,13 @@ impl Announcer {
     /// Brings the table to what [`decide`] says, and also removes the routes of VIPs no
     /// longer configured (a previous drlb's). Returns whether anything changed.
     pub async fn reconcile(&mut self, config: &Config, quorum_lost: &HashMap<String, bool>) -> bool {
-        let wanted = decide(config, quorum_lost, self.readiness());
+        let readiness = self.readiness();
+        let wanted = decide(config, quorum_lost, readiness);
+        // Until the checks report, a route already there (a previous controller's, which
+        // had its checks) stays and an absent one stays absent: a restart does not flap.
+        let keep_present = matches!(readiness, Readiness::ChecksPending(_));
         let handle = self.handle.clone();
-        match self.try_reconcile(&handle, &wanted).await {
+        match self.try_reconcile(&handle, &wanted, keep_present).await {
             Ok(changed) => {
                 if std::mem::take(&mut self.failing) {
                     info!("announcement routes in table {} are current again", self.table);
@@ -160,8 +164,15 @@ impl Announcer {
         }
     }
 
-    async fn try_reconcile(&mut self, handle: &rtnetlink::Handle, wanted: &BTreeMap<IpAddr, Decision>) -> Result<bool> {
+    async fn try_reconcile(&mut self, handle: &rtnetlink::Handle, wanted: &BTreeMap<IpAddr, Decision>, keep_present: bool) -> Result<bool> {
         let present = routes::announced(handle, self.table).await?;
+        let kept: BTreeMap<IpAddr, Decision>;
+        let wanted = if keep_present {
+            kept = wanted.iter().map(|(v, d)| (*v, if present.contains(v) { Ok(()) } else { d.clone() })).collect();
+            &kept
+        } else {
+            wanted
+        };
         for vip in present.iter().filter(|v| !wanted.contains_key(v)) {
             routes::withdraw(handle, self.table, *vip).await?;
             info!("VIP {vip} withdrawn: no longer configured (its route stayed in table {})", self.table);
