@@ -288,7 +288,17 @@ async fn ping(t: &Target) -> Result<(), String> {
     // otherwise a raw one (CAP_NET_RAW).
     let (socket, raw) = match Socket::new(domain, Type::DGRAM, Some(protocol)) {
         Ok(s) => (s, false),
-        Err(_) => (Socket::new(domain, Type::RAW, Some(protocol)).map_err(|e| format!("cannot open an ICMP socket: {e}"))?, true),
+        Err(_) => (
+            Socket::new(domain, Type::RAW, Some(protocol)).map_err(|e| {
+                format!(
+                    "cannot open an ICMP socket: {e}{}",
+                    crate::kernel::privileges::explain(&[crate::kernel::privileges::CAP_NET_RAW])
+                        .map(|_| " (add drlb's group to net.ipv4.ping_group_range, or grant CAP_NET_RAW)")
+                        .unwrap_or_default()
+                )
+            })?,
+            true,
+        ),
     };
     socket.set_nonblocking(true).map_err(|e| e.to_string())?;
     if let Some(src) = t.check.source {

@@ -87,10 +87,16 @@ fn fill_jump_table(ebpf: &mut Ebpf) -> Result<()> {
 fn attach_program(ebpf: &mut Ebpf, program: &str, interface: &str, mode: XdpMode) -> Result<(XdpLinkId, AttachedMode)> {
     let prog: &mut Xdp = ebpf.program_mut(program).with_context(|| format!("no program {program}"))?.try_into()?;
     let native = |prog: &mut Xdp| {
-        prog.attach(interface, AyaXdpMode::Driver).with_context(|| format!("attaching XDP in native (driver) mode to {interface}"))
+        crate::kernel::privileges::with_hint(
+            prog.attach(interface, AyaXdpMode::Driver).with_context(|| format!("attaching XDP in native (driver) mode to {interface}")),
+            &[crate::kernel::privileges::CAP_NET_ADMIN],
+        )
     };
     let generic = |prog: &mut Xdp| {
-        prog.attach(interface, AyaXdpMode::Skb).with_context(|| format!("attaching XDP in generic (SKB) mode to {interface}"))
+        crate::kernel::privileges::with_hint(
+            prog.attach(interface, AyaXdpMode::Skb).with_context(|| format!("attaching XDP in generic (SKB) mode to {interface}")),
+            &[crate::kernel::privileges::CAP_NET_ADMIN],
+        )
     };
     match mode {
         XdpMode::Native => Ok((native(prog)?, AttachedMode::Native)),
@@ -339,15 +345,17 @@ impl Dataplane {
         for (name, path) in &pin_paths {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader
-            .load(EBPF_OBJECT)
-            .context("loading drlb's BPF object (are you root, and is this kernel 5.10 or newer?)")?;
-        let mut programs = vec![PROGRAM_LB, PROGRAM_CLOCK];
-        programs.extend(JUMP_PROGRAMS.iter().map(|(_, name)| *name));
-        load_programs(&mut ebpf, &programs)?;
-        fill_jump_table(&mut ebpf)?;
-        let mut dp =
-            Dataplane {
+        let loaded = (|| -> Result<Dataplane> {
+            use crate::kernel::privileges::{CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, with_hint};
+            let mut ebpf = with_hint(
+                loader.load(EBPF_OBJECT).context("loading drlb's BPF object (is this kernel 5.10 or newer?)"),
+                &[CAP_BPF],
+            )?;
+            let mut programs = vec![PROGRAM_LB, PROGRAM_CLOCK];
+            programs.extend(JUMP_PROGRAMS.iter().map(|(_, name)| *name));
+            with_hint(load_programs(&mut ebpf, &programs), &[CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON])?;
+            fill_jump_table(&mut ebpf)?;
+            let mut dp = Dataplane {
                 ebpf,
                 applied: MapContent::default(),
                 pin_dir: pin_dir.map(Path::to_owned),
@@ -356,14 +364,27 @@ impl Dataplane {
                 last_apply: None,
                 rewrite_all: false,
             };
-        dp.hz = dp.calibrate_clock().context("measuring the dataplane clock")?;
-        if origin == Origin::Created && pin_dir.is_some() {
-            let mut meta: Array<&mut MapData, u32> = Array::try_from(dp.map_mut(MAP_META)?)?;
-            for (i, v) in layout().iter().enumerate() {
-                meta.set(i as u32, *v, 0)?;
+            dp.hz = dp.calibrate_clock().context("measuring the dataplane clock")?;
+            if origin == Origin::Created && pin_dir.is_some() {
+                let mut meta: Array<&mut MapData, u32> = Array::try_from(dp.map_mut(MAP_META)?)?;
+                for (i, v) in layout().iter().enumerate() {
+                    meta.set(i as u32, *v, 0)?;
+                }
             }
+            Ok(dp)
+        })();
+        match (loaded, pin_dir) {
+            (Ok(dp), _) => Ok((dp, origin)),
+            // Maps pinned by a load that failed half way would be taken for a dataplane of
+            // another layout by the next start: a dataplane this call created goes whole.
+            (Err(e), Some(dir)) if origin == Origin::Created => {
+                if let Err(cleanup) = remove_pins(dir) {
+                    warn!("could not remove what the failed load pinned at {}: {cleanup:#}", dir.display());
+                }
+                Err(e)
+            }
+            (Err(e), _) => Err(e),
         }
-        Ok((dp, origin))
     }
 
     /// The tables an adopted dataplane's maps hold (so the next `apply` writes only what

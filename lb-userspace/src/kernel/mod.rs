@@ -12,6 +12,7 @@ pub mod maps;
 pub mod netlink;
 pub mod notify;
 pub mod pins;
+pub mod privileges;
 pub mod process;
 pub mod routes;
 pub mod sweep;

@@ -455,6 +455,21 @@ impl Lab {
                     .arg(drlb);
                 c
             }
+            Launch::Setpriv { uid, caps } => {
+                for path in [self.pin_root(), self.dir.clone()] {
+                    std::os::unix::fs::chown(&path, Some(uid), Some(uid)).with_context(|| format!("chown {}", path.display()))?;
+                }
+                fs::create_dir_all("/run/drlb")?;
+                let list = setpriv_caps(caps);
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &self.ns("director"), "sh", "-c"])
+                    .arg(format!(
+                        "mount -t tmpfs -o mode=0755,uid={uid},gid={uid} drlb-run /run/drlb && exec setpriv --reuid={uid} --regid={uid} \
+                         --clear-groups --inh-caps={list} --ambient-caps={list} --bounding-set={list} -- \"$0\" run --config \"$1\""
+                    ))
+                    .arg(drlb);
+                c
+            }
         };
         if launch == Launch::NetnsExec {
             cmd.args(["run", "--config"]);
@@ -907,6 +922,47 @@ pub enum Launch {
     /// A mount namespace of its own with an empty BPF filesystem freshly mounted at
     /// /sys/fs/bpf, as a new director has: nothing pinned, no /sys/fs/bpf/drlb yet.
     FreshBpffs,
+    /// Through `setpriv` as user and group `uid` (not root) with exactly the capabilities
+    /// in the bit mask `caps` (bit N is capability N, as in /proc/PID/status) permitted,
+    /// effective, inheritable, ambient and bounding, and nothing else; /run/drlb is a
+    /// tmpfs of that user's in a mount namespace of its own, as systemd's
+    /// `RuntimeDirectory=drlb` gives the service. The lab's pin root is chowned to it.
+    Setpriv { uid: u32, caps: u64 },
+}
+
+/// Capability names as setpriv and capabilities(7) spell them (without `cap_`), by number.
+pub const CAPABILITY_NAMES: [(u32, &str); 41] = [
+    (0, "chown"), (1, "dac_override"), (2, "dac_read_search"), (3, "fowner"), (4, "fsetid"), (5, "kill"), (6, "setgid"),
+    (7, "setuid"), (8, "setpcap"), (9, "linux_immutable"), (10, "net_bind_service"), (11, "net_broadcast"),
+    (12, "net_admin"), (13, "net_raw"), (14, "ipc_lock"), (15, "ipc_owner"), (16, "sys_module"), (17, "sys_rawio"),
+    (18, "sys_chroot"), (19, "sys_ptrace"), (20, "sys_pacct"), (21, "sys_admin"), (22, "sys_boot"), (23, "sys_nice"),
+    (24, "sys_resource"), (25, "sys_time"), (26, "sys_tty_config"), (27, "mknod"), (28, "lease"), (29, "audit_write"),
+    (30, "audit_control"), (31, "setfcap"), (32, "mac_override"), (33, "mac_admin"), (34, "syslog"), (35, "wake_alarm"),
+    (36, "block_suspend"), (37, "audit_read"), (38, "perfmon"), (39, "bpf"), (40, "checkpoint_restore"),
+];
+
+/// The bit mask of the named capabilities (`"net_admin"`, or `"CAP_NET_ADMIN"`).
+pub fn capability_mask(names: &[&str]) -> u64 {
+    names
+        .iter()
+        .map(|n| {
+            let n = n.to_ascii_lowercase();
+            let n = n.strip_prefix("cap_").unwrap_or(&n);
+            let bit = CAPABILITY_NAMES.iter().find(|(_, name)| *name == n).unwrap_or_else(|| panic!("unknown capability {n}")).0;
+            1u64 << bit
+        })
+        .fold(0, |a, b| a | b)
+}
+
+/// setpriv's capability list for `mask`: `-all,+bpf,+net_admin`.
+fn setpriv_caps(mask: u64) -> String {
+    let mut list = String::from("-all");
+    for (bit, name) in CAPABILITY_NAMES {
+        if mask & (1 << bit) != 0 {
+            list += &format!(",+{name}");
+        }
+    }
+    list
 }
 
 /// A tcpdump in a namespace writing whole frames to a pcap file.
