@@ -332,3 +332,143 @@ fn controller_failures_keep_forwarding_and_are_visible() {
     let log = lab.stop_drlb().unwrap();
     assert!(log.contains("retrying every second"), "{log}");
 }
+
+/// Every metric name configs/grafana/drlb.json and configs/prometheus/drlb-rules.yml use
+/// is served by a live drlb (one with connection sync, one announcing to routers: the
+/// families only those have), and promtool accepts the rules.
+#[test]
+fn dashboard_and_alert_rules_use_only_served_metrics() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dashboard = std::fs::read_to_string(root.join("configs/grafana/drlb.json")).unwrap();
+    let rules = root.join("configs/prometheus/drlb-rules.yml");
+    let rules_text = std::fs::read_to_string(&rules).unwrap();
+    serde_json::from_str::<serde_json::Value>(&dashboard).expect("configs/grafana/drlb.json is JSON");
+
+    // What a live drlb serves: each family's sample names (counters end in _total,
+    // histograms have _bucket, _sum and _count), with and without samples.
+    let mut lab = Lab::build(XdpMode::Native).expect("build the lab");
+    let check = "type: http, path: /health, interval: 300ms, timeout: 1s, retries: 0";
+    let base = lab.drlb_config_with_check(check).replace("director:\n", "director:\n  metrics_listen: 127.0.0.1:9469\n");
+    let mut served = std::collections::BTreeSet::new();
+    for extra in ["  sync: { interface: eth0, syncid: 7 }\n", "  announce: { table: 100, warmup: 0s, drain_timeout: 2s }\n"] {
+        let config = base.replacen("director:\n", &format!("director:\n{extra}"), 1);
+        lab.start_drlb_with(drlb(), &config).expect("start drlb");
+        // A health change, so the transition and quorum families have samples too.
+        lab.set_unhealthy("rs1", true).unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        lab.set_unhealthy("rs1", false).unwrap();
+        std::thread::sleep(Duration::from_millis(1000));
+        let text = lab.fetch("director", "127.0.0.1:9469".parse().unwrap(), "/metrics").expect("GET /metrics");
+        lab.stop_drlb().unwrap();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut words = rest.split_whitespace();
+                let (Some(name), Some(kind)) = (words.next(), words.next()) else { continue };
+                match kind {
+                    "counter" => {
+                        served.insert(format!("{name}_total"));
+                    }
+                    "histogram" => {
+                        for suffix in ["_bucket", "_sum", "_count"] {
+                            served.insert(format!("{name}{suffix}"));
+                        }
+                    }
+                    _ => {
+                        served.insert(name.to_string());
+                    }
+                }
+            } else if !line.starts_with('#') {
+                if let Some(name) = line.split(['{', ' ']).next().filter(|n| !n.is_empty()) {
+                    served.insert(name.to_string());
+                }
+            }
+        }
+    }
+    let _ = std::process::Command::new("ip").args(["netns", "exec", &lab.ns("director"), "ip", "route", "flush", "table", "100"]).status();
+
+    for (file, text) in [("configs/grafana/drlb.json", &dashboard), ("configs/prometheus/drlb-rules.yml", &rules_text)] {
+        let used: std::collections::BTreeSet<String> = text
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("drlb_") && w.len() > "drlb_".len())
+            .map(str::to_string)
+            .collect();
+        let unknown: Vec<&String> = used.iter().filter(|n| !served.contains(*n)).collect();
+        println!("{file}: {} metric names, all served: {}", used.len(), unknown.is_empty());
+        assert!(unknown.is_empty(), "{file} uses metrics drlb does not serve: {unknown:?}\nserved: {served:?}");
+        assert!(used.len() >= 10, "{file} uses only {used:?}");
+    }
+
+    match std::process::Command::new("promtool").arg("check").arg("rules").arg(&rules).output() {
+        Ok(out) => {
+            let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            println!("promtool: {}", said.trim());
+            assert!(out.status.success() && said.contains("SUCCESS"), "promtool check rules failed:\n{said}");
+        }
+        Err(_) => support::skip("promtool (Debian's prometheus package; `cargo xtask setup` installs it) is not installed: the rules were not checked by it"),
+    }
+}
+
+/// `DRLB_LOG_FORMAT=json`: one JSON object per line, with the stable fields of the events
+/// operators alert on; under journald (JOURNAL_STREAM naming stderr) each line starts with
+/// its syslog priority.
+#[test]
+fn json_logs_carry_stable_event_fields_and_journald_priorities() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let _serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = Lab::build(XdpMode::Native).expect("build the lab");
+    let config = lab.drlb_config_with_check("type: http, path: /health, interval: 300ms, timeout: 1s, retries: 0");
+    // The log file drlb's stderr goes to, made now so its device and inode can be named as
+    // journald's stream (the launcher truncates it in place).
+    let log = lab.dir().join("drlb.log");
+    std::fs::write(&log, "").unwrap();
+    let meta = std::fs::metadata(&log).unwrap();
+    let stream = format!("{}:{}", std::os::unix::fs::MetadataExt::dev(&meta), std::os::unix::fs::MetadataExt::ino(&meta));
+    lab.start_drlb_env(drlb(), &config, &[("DRLB_LOG_FORMAT", "json"), ("JOURNAL_STREAM", &stream)]).expect("start drlb");
+    lab.set_unhealthy("rs1", true).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    lab.set_unhealthy("rs1", false).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    lab.reload_drlb(drlb(), &config).unwrap();
+    let text = lab.stop_drlb().unwrap();
+
+    let mut events: Vec<serde_json::Value> = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let (priority, json) = line.split_at(line.find('{').unwrap_or_else(|| panic!("not a JSON line: {line}")));
+        let value: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let level = value["level"].as_str().unwrap_or_default();
+        let expected = match level {
+            "ERROR" => "<3>",
+            "WARN" => "<4>",
+            "INFO" => "<6>",
+            _ => "<7>",
+        };
+        assert_eq!(priority, expected, "{line}");
+        assert!(value["timestamp"].is_string() && value["message"].is_string(), "{line}");
+        if value.get("event").is_some() {
+            events.push(value);
+        }
+    }
+    let find = |event: &str, field: &str, value: &str| {
+        events.iter().find(|e| e["event"] == event && e[field] == value).unwrap_or_else(|| panic!("no {event} event with {field}={value} in:\n{text}"))
+    };
+    let attach = find("attach", "interface", "eth0");
+    assert_eq!(attach["mode"], "native", "{attach}");
+    let down = find("health", "state", "down");
+    assert_eq!(down["service"], "web");
+    assert_eq!(down["real_server"], drlb_lab::REAL_SERVERS[0].addr.to_string());
+    assert_eq!(down["check"], "http");
+    assert!(down["reason"].is_string(), "{down}");
+    assert_eq!(down["level"], "WARN");
+    let up = find("health", "state", "up");
+    assert_eq!(up["real_server"], drlb_lab::REAL_SERVERS[0].addr.to_string());
+    let reload = find("reload", "outcome", "ok");
+    assert_eq!(reload["services"], 1);
+    find("detach", "dataplane", "detached");
+    println!("{} lines, all JSON with journald priorities; events: {:?}", text.lines().count(), events.iter().map(|e| e["event"].as_str().unwrap_or("")).collect::<Vec<_>>());
+}

@@ -9,6 +9,10 @@ use lb_userspace::control::config::Config;
 #[derive(Parser)]
 #[command(name = "drlb", version, about = "Direct-Routing L4 load balancer (XDP dataplane)")]
 struct Cli {
+    /// How log lines are written to standard error: text, or one JSON object per line with
+    /// stable field names (docs/operations.md).
+    #[arg(long, global = true, value_enum, env = "DRLB_LOG_FORMAT", default_value = "text")]
+    log_format: lb_userspace::observe::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -183,6 +187,19 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// Print a completion script for `shell` to standard output (the packages install
+    /// bash's, zsh's and fish's).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (drlb(8) and one per command, drlb-run(8) ...) into DIR: how
+    /// `cargo xtask package` makes them.
+    #[command(hide = true)]
+    Manpages {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Make the `drlb run` using this config re-read it (same as SIGHUP). The file is
     /// validated first; a running controller also keeps serving if it finds it invalid.
     Reload {
@@ -252,16 +269,26 @@ fn targets(config: Option<PathBuf>) -> Result<Vec<(Option<Config>, PathBuf)>, St
 
 fn main() -> ExitCode {
     // Logs go through tracing; `log` records (ours, aya's) are forwarded to it.
-    use std::io::IsTerminal as _;
-    let _ = tracing_subscriber::fmt()
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .try_init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    lb_userspace::observe::logging::init(cli.log_format);
+    match cli.command {
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "drlb", &mut script);
+            // A closed pipe (`| head`) is the reader's choice, not an error worth a panic.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+            ExitCode::SUCCESS
+        }
+        Command::Manpages { out } => match write_manpages(&out) {
+            Ok(n) => {
+                println!("drlb manpages: {n} page(s) written to {}", out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("drlb manpages: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
                 let servers: usize = c.services.iter().map(|s| s.real_servers.len()).sum();
@@ -581,6 +608,25 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// drlb(8) and drlb-COMMAND(8) for every command an operator sees, from the clap
+/// definitions above (so a page never disagrees with `--help`).
+fn write_manpages(out: &std::path::Path) -> std::io::Result<usize> {
+    std::fs::create_dir_all(out)?;
+    let drlb = <Cli as clap::CommandFactory>::command().name("drlb");
+    let mut pages = vec![drlb.clone()];
+    pages.extend(drlb.get_subcommands().filter(|c| !c.is_hide_set() && c.get_name() != "help").map(|c| {
+        let name = format!("drlb-{}", c.get_name());
+        let usage = format!("drlb {}", c.get_name());
+        c.clone().name(name).bin_name(usage).version(drlb.get_version().unwrap_or_default().to_string())
+    }));
+    for page in &pages {
+        let mut text = Vec::new();
+        clap_mangen::Man::new(page.clone()).section("8").render(&mut text)?;
+        std::fs::write(out.join(format!("{}.8", page.get_name())), text)?;
+    }
+    Ok(pages.len())
 }
 
 /// `drlb import-keepalived`.

@@ -1,6 +1,7 @@
 //! drlb's developer entry points. Every command that needs the toolchain or the lab's
 //! tools runs `setup` first, which installs only what is missing and says what it does.
 
+mod package;
 mod setup;
 mod vm;
 
@@ -65,6 +66,13 @@ enum Cmd {
         kernel: Option<String>,
         #[arg(long, default_value = "x86_64")]
         arch: String,
+    },
+    /// Build drlb's .deb and .rpm into target/dist (static binary, unit, config, man pages,
+    /// completions, examples, dashboard and alert rules) and check what they hold.
+    Package {
+        /// aarch64-unknown-linux-gnu for Kunpeng directors (default: this machine's).
+        #[arg(long)]
+        target: Option<String>,
     },
     /// Packet-replay benchmark against floors measured in the same run (`drlb bench`).
     Bench {
@@ -172,7 +180,7 @@ fn build_with(release: bool, target: Option<&str>, mut cmd: Command) -> Result<P
 /// Returns (passed, could not run).
 fn vm_tests(kernels: &[&str], arch: &str) -> Result<(u64, u64)> {
     let cross = (arch == "aarch64").then(|| "aarch64-unknown-linux-gnu".to_string());
-    setup::ensure(&setup::Needs { vm: true, cross_target: cross.clone() })?;
+    setup::ensure(&setup::Needs { vm: true, cross_target: cross.clone(), ..Default::default() })?;
     let dir = build_static(cross.as_deref().unwrap_or("x86_64-unknown-linux-gnu"))?;
     let (mut passed, mut skipped) = (0, 0);
     for k in kernels {
@@ -260,12 +268,28 @@ fn main() -> Result<()> {
             passed -= skipped_tests.len() as u64;
             let mut skipped = skipped_tests.len() as u64;
             if args.is_empty() {
+                // The packages: what they hold, and the .deb installed, at work and purged.
+                setup::ensure(&setup::Needs { packaging: true, ..Default::default() })?;
+                let packages = package::build(package::Arch::host())?;
+                for line in package::check(&packages)?.into_iter().chain(package::install_test(&packages)?) {
+                    println!("package test: {line}");
+                }
+                passed += 1;
                 let (p, s) = vm_tests(&["5.10", "6.1"], "x86_64")?;
                 passed += p;
                 skipped += s;
             }
             // The closing line counts every test binary's tests and the VM entries.
             println!("tests: {passed} passed, {failed} failed, {skipped} skipped");
+            Ok(())
+        }
+        Cmd::Package { target } => {
+            let arch = package::Arch::from_triple(target.as_deref())?;
+            setup::ensure(&setup::Needs { cross_target: target.clone(), packaging: true, ..Default::default() })?;
+            let packages = package::build(arch)?;
+            for line in package::check(&packages)? {
+                println!("package check: {line}");
+            }
             Ok(())
         }
         Cmd::Lint => {

@@ -19,6 +19,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "the lab's ping of the director"),
     ("keepalived", "VRRP between the lab's two directors (keepalived --vrrp)"),
     ("bird2", "BGP between the ECMP lab's router and directors (BIRD 2)"),
+    ("prometheus", "promtool, which checks configs/prometheus/drlb-rules.yml"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -31,6 +32,8 @@ pub struct Needs {
     pub cross_target: Option<String>,
     /// QEMU and what the VM tests' initramfs is made of.
     pub vm: bool,
+    /// cargo-deb, cargo-generate-rpm and rpm (`cargo xtask package`).
+    pub packaging: bool,
 }
 
 fn say(msg: impl AsRef<str>) {
@@ -145,6 +148,10 @@ pub fn ensure(needs: &Needs) -> Result<()> {
             ("busybox-static", "the VM tests' initramfs"),
             ("cpio", "packing the initramfs"),
         ])?;
+    }
+    if needs.packaging {
+        install_debs(&[("rpm", "querying the .rpm (rpm -qip, -qlp)")])?;
+        crate::package::ensure_tools()?;
     }
     rust_toolchain(needs)?;
     bpf_linker()?;

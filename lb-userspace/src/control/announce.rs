@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::control::config::Config;
 use crate::kernel::routes;
+use crate::observe::logging::EVENT_ANNOUNCE;
 use crate::observe::state::{Announcement, AnnounceState, unix_now};
 
 /// Why a VIP is withdrawn (announced: `Ok`).
@@ -175,7 +176,7 @@ impl Announcer {
         };
         for vip in present.iter().filter(|v| !wanted.contains_key(v)) {
             routes::withdraw(handle, self.table, *vip).await?;
-            info!("VIP {vip} withdrawn: no longer configured (its route stayed in table {})", self.table);
+            info!(event = EVENT_ANNOUNCE, vip = %vip, state = "withdrawn", reason = "no longer configured", "VIP {vip} withdrawn: no longer configured (its route stayed in table {})", self.table);
         }
         let mut changed = false;
         self.state.retain(|vip, _| wanted.contains_key(vip));
@@ -194,9 +195,9 @@ impl Announcer {
             if was != Some(announce) {
                 changed = true;
                 match (announce, was.is_none() && present.contains(vip)) {
-                    (true, true) => info!("VIP {vip} announced (its route was in table {} already)", self.table),
-                    (true, false) => info!("VIP {vip} announced: the routers may send its flows here"),
-                    (false, _) => info!("VIP {vip} withdrawn: {reason}"),
+                    (true, true) => info!(event = EVENT_ANNOUNCE, vip = %vip, state = "announced", "VIP {vip} announced (its route was in table {} already)", self.table),
+                    (true, false) => info!(event = EVENT_ANNOUNCE, vip = %vip, state = "announced", "VIP {vip} announced: the routers may send its flows here"),
+                    (false, _) => info!(event = EVENT_ANNOUNCE, vip = %vip, state = "withdrawn", reason = %reason, "VIP {vip} withdrawn: {reason}"),
                 }
                 self.state.insert(*vip, Announcement { vip: *vip, announced: announce, since: unix_now(), reason });
             } else if let Some(a) = self.state.get_mut(vip) {

@@ -18,7 +18,8 @@ use crate::kernel::bpf::{Dataplane, Origin, log_counters};
 use crate::kernel::netlink::{self, Interface, NeighbourEvent, NeighbourWatch};
 use crate::control::health::{self, Tracker};
 use crate::control::hooks;
-use crate::observe::metrics::Metrics;
+use crate::observe::logging;
+use crate::observe::metrics::{Failure, Metrics};
 use crate::kernel::notify;
 use crate::observe::status;
 use std::sync::Arc;
@@ -195,8 +196,8 @@ impl Controller {
 
     fn on_apply_error(&mut self, why: &str, e: &ApplyError) {
         let operation = match e {
-            ApplyError::Build(_) => "tables",
-            ApplyError::Write(_) => "map_write",
+            ApplyError::Build(_) => Failure::Tables,
+            ApplyError::Write(_) => Failure::MapWrite,
         };
         error!("{why}: the dataplane keeps its previous tables: {e}; retrying every second");
         self.metrics.controller_error(operation);
@@ -217,8 +218,8 @@ impl Controller {
                 }
                 Err(e) => {
                     self.metrics.controller_error(match e {
-                        ApplyError::Build(_) => "tables",
-                        ApplyError::Write(_) => "map_write",
+                        ApplyError::Build(_) => Failure::Tables,
+                        ApplyError::Write(_) => Failure::MapWrite,
                     });
                     self.retry_pending = true;
                     debug!("retry failed: {e}");
@@ -247,7 +248,7 @@ impl Controller {
         let ok = self.try_reload().await;
         self.metrics.set_reload_ok(ok);
         if !ok {
-            self.metrics.controller_error("reload");
+            self.metrics.controller_error(Failure::Reload);
         }
         ok
     }
@@ -258,7 +259,7 @@ impl Controller {
         let new = match Config::load(&self.config_path) {
             Ok(c) => c,
             Err(errors) => {
-                error!("reload rejected; still serving the previous configuration:\n{errors}");
+                error!(event = logging::EVENT_RELOAD, outcome = "rejected", "reload rejected; still serving the previous configuration:\n{errors}");
                 return false;
             }
         };
@@ -270,13 +271,13 @@ impl Controller {
             return false;
         }
         if let Err(e) = check_on_link(&new, &self.iface) {
-            error!("reload rejected: {e:#}; still serving the previous configuration");
+            error!(event = logging::EVENT_RELOAD, outcome = "rejected", "reload rejected: {e:#}; still serving the previous configuration");
             return false;
         }
         let before = self.wanted();
         match self.apply_config(&new) {
             Err(ApplyError::Build(e)) => {
-                error!("reload rejected: {e}; still serving the previous configuration");
+                error!(event = logging::EVENT_RELOAD, outcome = "rejected", "reload rejected: {e}; still serving the previous configuration");
                 return false;
             }
             // The new tables are decided; the retry writes them.
@@ -292,7 +293,7 @@ impl Controller {
             }
         }
         self.start_checkers();
-        info!("reloaded {}: {} service(s)", self.config_path.display(), self.config.services.len());
+        info!(event = logging::EVENT_RELOAD, outcome = "ok", services = self.config.services.len(), "reloaded {}: {} service(s)", self.config_path.display(), self.config.services.len());
         log_usability(&self.config, &self.macs);
         true
     }
@@ -357,11 +358,13 @@ impl Controller {
             }
             if let Some((up, line)) = flipped {
                 let key = (r.target.service.clone(), r.target.address);
+                let (service, server, check) = (&r.target.service, r.target.address, r.target.check.kind.name());
+                self.metrics.health_transition(service, &server.to_string(), up);
                 if up {
-                    info!("{line}");
+                    info!(event = logging::EVENT_HEALTH, service = %service, real_server = %server, state = "up", check, "{line}");
                     self.down.remove(&key);
                 } else {
-                    warn!("{line}");
+                    warn!(event = logging::EVENT_HEALTH, service = %service, real_server = %server, state = "down", check, reason = %r.reason, "{line}");
                     self.down.insert(key);
                 }
                 self.notify(&r.target, up);
@@ -561,6 +564,7 @@ impl Controller {
         let was_known: std::collections::HashSet<String> = self.quorum.keys().cloned().collect();
         self.quorum = quorum;
         self.down = down;
+        self.metrics.set_quorums(&self.quorum);
         for (i, lost, weight) in changes {
             let svc = &config.services[i];
             if was_known.contains(&svc.name) || lost {
@@ -571,7 +575,12 @@ impl Controller {
                     svc.quorum,
                     svc.quorum_hysteresis
                 );
-                if lost { warn!("{line}") } else { info!("{line}") }
+                let state = if lost { "lost" } else { "gained" };
+                if lost {
+                    warn!(event = logging::EVENT_QUORUM, service = %svc.name, state, "{line}")
+                } else {
+                    info!(event = logging::EVENT_QUORUM, service = %svc.name, state, "{line}")
+                }
             }
             let command = if lost { &svc.quorum_down } else { &svc.quorum_up };
             if let Some(command) = command {
@@ -746,9 +755,9 @@ impl Controller {
                 }
                 for (vip, owned) in changes {
                     if owned {
-                        info!("VIP {vip} is on {} now: this director receives its traffic", self.iface.name);
+                        info!(event = logging::EVENT_VIP, vip = %vip, state = "held", "VIP {vip} is on {} now: this director receives its traffic", self.iface.name);
                     } else {
-                        info!("VIP {vip} left {}: another director (or none) receives its traffic", self.iface.name);
+                        info!(event = logging::EVENT_VIP, vip = %vip, state = "released", "VIP {vip} left {}: another director (or none) receives its traffic", self.iface.name);
                     }
                 }
             }
@@ -771,7 +780,7 @@ impl Controller {
             Ok(n) => n,
             Err(e) => {
                 warn!("reading the dataplane clock: {e:#}; next sweep in {SWEEP_INTERVAL:?}");
-                self.metrics.controller_error("sweep");
+                self.metrics.controller_error(Failure::Sweep);
                 return;
             }
         };
@@ -782,7 +791,7 @@ impl Controller {
         let sent = self.sweeper.request(SweepRequest { now, inputs: std::sync::Arc::new(SweepInputs::of(&self.tables)), pick });
         if !sent {
             error!("the sweeper thread has ended: connections no longer expire and counts are not corrected; restart drlb");
-            self.metrics.controller_error("sweep");
+            self.metrics.controller_error(Failure::Sweep);
         }
     }
 
@@ -821,7 +830,7 @@ impl Controller {
             Err(e) => {
                 self.sweeper.finished(Duration::ZERO);
                 warn!("sweeping the connection table (dataplane time {}): {e:#}; next sweep in {SWEEP_INTERVAL:?}", done.now);
-                self.metrics.controller_error("sweep");
+                self.metrics.controller_error(Failure::Sweep);
             }
         }
     }
@@ -973,10 +982,11 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<RunEnd> 
         .flat_map(|s| &s.real_servers)
         .filter(|rs| usability(rs, &c.macs) == Usability::Usable)
         .count();
-    c.metrics.set_xdp_mode(&match attached {
+    let xdp_mode = match attached {
         Some(m) => m.to_string(),
         None => "adopted".to_string(),
-    });
+    };
+    c.metrics.set_attachment(&xdp_mode, Some(c.pin_dir.join(crate::kernel::bpf::LINK_PIN)));
     c.set_metrics_source();
     let metrics_task = match c.config.director.metrics_listen {
         Some(addr) => {
@@ -987,6 +997,9 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<RunEnd> 
         None => None,
     };
     info!(
+        event = logging::EVENT_ATTACH,
+        interface = %c.iface.name,
+        mode = %xdp_mode,
         "ready: XDP attached to {} in {mode}; {} service(s), {usable} usable real server(s)",
         c.iface.name,
         c.config.services.len()
@@ -1110,10 +1123,10 @@ pub async fn run(config_path: &Path, replace_dataplane: bool) -> Result<RunEnd> 
     log_backend_counters(&c.config, &c.tables, &c.dp);
     if leave {
         c.dp.leave_running();
-        info!("left the dataplane pinned at {}", pin_dir.display());
+        info!(event = logging::EVENT_DETACH, interface = %c.iface.name, dataplane = "left", "left the dataplane pinned at {}", pin_dir.display());
     } else {
         c.dp.shut_down()?;
-        info!("detached from {}", c.iface.name);
+        info!(event = logging::EVENT_DETACH, interface = %c.iface.name, dataplane = "detached", "detached from {}", c.iface.name);
     }
     Ok(end)
 }

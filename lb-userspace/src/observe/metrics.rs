@@ -28,6 +28,35 @@ use crate::observe::status::Status;
 
 type Labels = Vec<(String, String)>;
 
+/// What the controller failed at and survived (`drlb_controller_errors_total{operation}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// A reload the running configuration survived.
+    Reload,
+    /// Building the tables for the maps.
+    Tables,
+    /// Writing the maps.
+    MapWrite,
+    /// A sweep of the connection tables.
+    Sweep,
+    /// Reading the dataplane for a scrape.
+    Metrics,
+}
+
+impl Failure {
+    pub const ALL: [Failure; 5] = [Failure::Reload, Failure::Tables, Failure::MapWrite, Failure::Sweep, Failure::Metrics];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Failure::Reload => "reload",
+            Failure::Tables => "tables",
+            Failure::MapWrite => "map_write",
+            Failure::Sweep => "sweep",
+            Failure::Metrics => "metrics",
+        }
+    }
+}
+
 /// Reads the dataplane for a scrape (the controller's pin directory and configuration).
 pub type StatusSource = Arc<dyn Fn() -> Result<Status> + Send + Sync>;
 
@@ -36,6 +65,8 @@ pub type StatusSource = Arc<dyn Fn() -> Result<Status> + Send + Sync>;
 struct Snapshot {
     status: Option<Status>,
     xdp_mode: String,
+    /// The pinned XDP link: while it is there, the balancer is attached.
+    link_pin: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug)]
@@ -65,7 +96,15 @@ impl Collector for DataplaneCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snap = self.snapshot.lock().expect("metrics snapshot lock");
         let l = |pairs: &[(&str, &str)]| -> Labels { pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() };
-        family(&mut enc, "drlb_xdp_attached", "1 while the balancer is attached, by XDP mode", MetricType::Gauge, vec![(l(&[("mode", &snap.xdp_mode)]), 1)])?;
+        // Looked at when scraped: a link gone (`drlb stop`, the interface removed) reads 0.
+        let attached = snap.link_pin.as_ref().is_none_or(|p| p.exists());
+        family(
+            &mut enc,
+            "drlb_xdp_attached",
+            "1 while the balancer is attached (its XDP link is pinned), 0 when it is not, by XDP mode",
+            MetricType::Gauge,
+            vec![(l(&[("mode", &snap.xdp_mode)]), attached as u64)],
+        )?;
         let Some(s) = &snap.status else { return Ok(()) };
         family(
             &mut enc,
@@ -172,6 +211,8 @@ pub struct Metrics {
     snapshot: Arc<Mutex<Snapshot>>,
     check_latency: Family<Labels, Histogram>,
     controller_errors: Family<Labels, Counter>,
+    health_transitions: Family<Labels, Counter>,
+    quorum: Family<Labels, Gauge>,
     reload_ok: Gauge,
     maps_current: Gauge,
     reload_duration: Histogram,
@@ -197,8 +238,24 @@ impl Metrics {
         let controller_errors = Family::<Labels, Counter>::default();
         registry.register(
             "drlb_controller_errors",
-            "Failures the controller survived, by operation (reload, tables, map_write, sweep, neighbours, metrics)",
+            "Failures the controller survived, by operation (reload, tables, map_write, sweep, metrics)",
             controller_errors.clone(),
+        );
+        // At 0 from the start: a rate over the first error is then an increase from 0.
+        for f in Failure::ALL {
+            let _ = controller_errors.get_or_create(&vec![("operation".into(), f.label().into())]);
+        }
+        let health_transitions = Family::<Labels, Counter>::default();
+        registry.register(
+            "drlb_health_transitions",
+            "Real servers' health changes, by service, real server (address) and the state changed to (up, down)",
+            health_transitions.clone(),
+        );
+        let quorum = Family::<Labels, Gauge>::default();
+        registry.register(
+            "drlb_service_quorum",
+            "1 while the service has quorum (the weight of its up real servers reaches `quorum`), 0 when it lost it",
+            quorum.clone(),
         );
         let reload_ok = Gauge::default();
         reload_ok.set(1);
@@ -233,6 +290,8 @@ impl Metrics {
             snapshot,
             check_latency,
             controller_errors,
+            health_transitions,
+            quorum,
             reload_ok,
             maps_current,
             reload_duration,
@@ -245,8 +304,8 @@ impl Metrics {
     }
 
     /// Counts a failure the controller survived.
-    pub fn controller_error(&self, operation: &str) {
-        self.controller_errors.get_or_create(&vec![("operation".into(), operation.into())]).inc();
+    pub fn controller_error(&self, operation: Failure) {
+        self.controller_errors.get_or_create(&vec![("operation".into(), operation.label().into())]).inc();
     }
 
     pub fn set_reload_ok(&self, ok: bool) {
@@ -257,8 +316,26 @@ impl Metrics {
         self.maps_current.set(current as i64);
     }
 
-    pub fn set_xdp_mode(&self, mode: &str) {
-        self.snapshot.lock().expect("metrics lock").xdp_mode = mode.to_string();
+    /// The mode the balancer was attached in, and its pinned link (read at each scrape).
+    pub fn set_attachment(&self, mode: &str, link_pin: Option<std::path::PathBuf>) {
+        let mut snap = self.snapshot.lock().expect("metrics lock");
+        snap.xdp_mode = mode.to_string();
+        snap.link_pin = link_pin;
+    }
+
+    /// Counts a real server's health change.
+    pub fn health_transition(&self, service: &str, real_server: &str, up: bool) {
+        let labels: Labels =
+            vec![("service".into(), service.into()), ("real_server".into(), real_server.into()), ("to".into(), if up { "up" } else { "down" }.into())];
+        self.health_transitions.get_or_create(&labels).inc();
+    }
+
+    /// Each service's quorum (true: has it); services no longer configured go.
+    pub fn set_quorums<'a>(&self, quorums: impl IntoIterator<Item = (&'a String, &'a bool)>) {
+        self.quorum.clear();
+        for (service, has) in quorums {
+            self.quorum.get_or_create(&vec![("service".into(), service.clone())]).set(*has as i64);
+        }
     }
 
     /// Where scrapes read the dataplane from (set again when the configuration changes).
@@ -273,7 +350,7 @@ impl Metrics {
             Ok(Ok(status)) => self.set_status(status),
             Ok(Err(e)) => {
                 tracing::debug!("reading the dataplane for metrics: {e:#}");
-                self.controller_error("metrics");
+                self.controller_error(Failure::Metrics);
             }
             Err(e) => tracing::debug!("reading the dataplane for metrics: {e}"),
         }
