@@ -364,6 +364,13 @@ fn dashboard_and_alert_rules_use_only_served_metrics() {
         std::thread::sleep(Duration::from_millis(1000));
         let text = lab.fetch("director", "127.0.0.1:9469".parse().unwrap(), "/metrics").expect("GET /metrics");
         lab.stop_drlb().unwrap();
+        for needle in [
+            "drlb_service_quorum{service=\"web\"} 1",
+            "drlb_xdp_attached{mode=\"native\"} 1",
+            &format!("drlb_health_transitions_total{{service=\"web\",real_server=\"{}\",to=\"down\"}} 1", drlb_lab::REAL_SERVERS[0].addr),
+        ] {
+            assert!(text.contains(needle), "`{needle}` missing from:\n{text}");
+        }
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let mut words = rest.split_whitespace();

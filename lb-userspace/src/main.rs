@@ -143,6 +143,11 @@ enum Command {
         /// servers under sh and mh (needs the ip_vs_sh and ip_vs_mh modules and ipvsadm).
         #[arg(long)]
         ipvs_choices: bool,
+        /// Run the fixture table as this user (name or uid) with only the capabilities
+        /// drlb.service grants (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON): proves this kernel
+        /// loads and runs the dataplane unprivileged. Started as root; not with the others.
+        #[arg(long, value_name = "USER", conflicts_with_all = ["lab", "fuzz", "ipvs_sync", "ipvs_choices"])]
+        as_user: Option<String>,
     },
     /// The real-server side of Direct Routing.
     Realserver {
@@ -480,7 +485,23 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Selftest { lab, fuzz, seed, ipvs_sync, ipvs_choices } => {
+        Command::Selftest { lab, fuzz, seed, ipvs_sync, ipvs_choices, as_user } => {
+            if let Some(user) = as_user {
+                let id = match user.parse::<u32>() {
+                    Ok(id) => Ok(id),
+                    Err(_) => match nix::unistd::User::from_name(&user) {
+                        Ok(Some(u)) => Ok(u.uid.as_raw()),
+                        _ => Err(format!("no user {user}")),
+                    },
+                };
+                use lb_userspace::kernel::privileges::{self, RUN};
+                if let Err(e) = id.map_err(anyhow::Error::msg).and_then(|id| privileges::become_user(id, &RUN).map(|()| id)).map(|id| {
+                    println!("selftest: as uid {id} with only {}", privileges::names_of(&RUN).join(" "));
+                }) {
+                    eprintln!("selftest --as-user: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            }
             match std::panic::catch_unwind(lb_userspace::selftest::fixtures::run_table) {
                 Ok(rows) => println!("selftest: {rows} fixture rows passed"),
                 Err(_) => {

@@ -181,7 +181,7 @@ pub fn setup(vips: &[IpAddr], uplink_iface: &str, persist: bool) -> Result<Vec<S
         conf += &format!("net.ipv4.conf.all.rp_filter = 2\nnet.ipv4.conf.{uplink_iface}.rp_filter = 2\n");
         std::fs::write(SYSCTL_FILE, conf).with_context(|| format!("writing {SYSCTL_FILE}"))?;
         did.push(format!("wrote {SYSCTL_FILE}"));
-        let exe = std::env::current_exe().unwrap_or_else(|_| Path::new("/usr/local/sbin/drlb").to_owned());
+        let exe = std::env::current_exe().unwrap_or_else(|_| Path::new("/usr/sbin/drlb").to_owned());
         let args: Vec<String> = vips.iter().map(|v| format!("--vip {v}")).collect();
         let unit = format!(
             "[Unit]\nDescription=drlb Direct-Routing real server setup (VIPs on lo, ARP sysctls)\nAfter=network-pre.target\n\

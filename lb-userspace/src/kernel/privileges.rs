@@ -42,7 +42,8 @@ pub const RUN: [Capability; 3] = [CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON];
 /// This process's effective capabilities (bit N = capability N), from /proc/self/status;
 /// None if that cannot be read (then nothing is said about capabilities).
 pub fn effective() -> Option<u64> {
-    effective_from(&std::fs::read_to_string("/proc/self/status").ok()?)
+    // Per thread; /proc/self/status is the main thread's, /proc/thread-self this one's.
+    effective_from(&std::fs::read_to_string("/proc/thread-self/status").ok()?)
 }
 
 fn effective_from(status: &str) -> Option<u64> {
@@ -88,6 +89,73 @@ pub fn with_hint<T>(result: anyhow::Result<T>, needed: &[Capability]) -> anyhow:
         Some(hint) => e.context(hint),
         None => e,
     })
+}
+
+/// The bit mask of `caps` (bit N = capability N).
+pub fn mask_of(caps: &[Capability]) -> u64 {
+    caps.iter().fold(0, |m, c| m | 1u64 << c.bit)
+}
+
+/// capset(2)'s version 3 header and data (two 32-bit halves of each set).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Makes this process the user and group `id` (no supplementary groups) holding exactly
+/// `caps`: permitted, effective, inheritable, ambient and bounding — what drlb.service
+/// gives `drlb run`, and what `drlb selftest --as-user` checks this kernel accepts. Needs
+/// root, and must run before any thread starts (capabilities belong to threads).
+pub fn become_user(id: u32, caps: &[Capability]) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let mask = mask_of(caps);
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|t| t.trim().parse().ok()).unwrap_or(40);
+    for bit in (0..=last).filter(|b| mask & (1u64 << b) == 0) {
+        // SAFETY: prctl(PR_CAPBSET_DROP) takes a capability number and nothing else.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, bit as libc::c_ulong, 0, 0, 0) } != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("dropping capability {bit} from the bounding set (needs root)"));
+        }
+    }
+    // Keep the permitted set across the change of user; set exactly below.
+    // SAFETY: prctl(PR_SET_KEEPCAPS) takes a flag and nothing else.
+    if unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("PR_SET_KEEPCAPS");
+    }
+    let (uid, gid) = (nix::unistd::Uid::from_raw(id), nix::unistd::Gid::from_raw(id));
+    nix::unistd::setgroups(&[]).context("dropping supplementary groups")?;
+    nix::unistd::setresgid(gid, gid, gid).with_context(|| format!("becoming group {id}"))?;
+    nix::unistd::setresuid(uid, uid, uid).with_context(|| format!("becoming user {id}"))?;
+    let mut header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let half = |shift: u32| (mask >> shift) as u32;
+    let data = [
+        CapData { effective: half(0), permitted: half(0), inheritable: half(0) },
+        CapData { effective: half(32), permitted: half(32), inheritable: half(32) },
+    ];
+    // SAFETY: the header and the two data structs are capset(2)'s version-3 layout, live
+    // for the call; the kernel only reads them.
+    if unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut CapHeader, data.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("capset");
+    }
+    for c in caps {
+        // SAFETY: prctl(PR_CAP_AMBIENT_RAISE) takes a capability number and nothing else.
+        if unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong, c.bit as libc::c_ulong, 0, 0) } != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("raising {} into the ambient set", c.name));
+        }
+    }
+    let now = effective().context("reading /proc/self/status")?;
+    anyhow::ensure!(now == mask, "after dropping privileges the effective set is {now:#x}, not {mask:#x}");
+    Ok(())
 }
 
 #[cfg(test)]

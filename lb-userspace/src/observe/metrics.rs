@@ -330,11 +330,12 @@ impl Metrics {
         self.health_transitions.get_or_create(&labels).inc();
     }
 
-    /// Each service's quorum (true: has it); services no longer configured go.
-    pub fn set_quorums<'a>(&self, quorums: impl IntoIterator<Item = (&'a String, &'a bool)>) {
+    /// Each service's quorum, from the controller's map of service to "quorum lost";
+    /// services no longer configured go.
+    pub fn set_quorums<'a>(&self, lost: impl IntoIterator<Item = (&'a String, &'a bool)>) {
         self.quorum.clear();
-        for (service, has) in quorums {
-            self.quorum.get_or_create(&vec![("service".into(), service.clone())]).set(*has as i64);
+        for (service, lost) in lost {
+            self.quorum.get_or_create(&vec![("service".into(), service.clone())]).set(!*lost as i64);
         }
     }
 
