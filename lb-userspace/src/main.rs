@@ -496,7 +496,7 @@ fn main() -> ExitCode {
                 };
                 use lb_userspace::kernel::privileges::{self, RUN};
                 if let Err(e) = id.map_err(anyhow::Error::msg).and_then(|id| privileges::become_user(id, &RUN).map(|()| id)).map(|id| {
-                    println!("selftest: as uid {id} with only {}", privileges::names_of(&RUN).join(" "));
+                    println!("selftest: as uid {id} with only {} (and LimitMEMLOCK=infinity, as drlb.service)", privileges::names_of(&RUN).join(" "));
                 }) {
                     eprintln!("selftest --as-user: {e:#}");
                     return ExitCode::FAILURE;

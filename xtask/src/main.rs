@@ -73,6 +73,10 @@ enum Cmd {
         /// aarch64-unknown-linux-gnu for Kunpeng directors (default: this machine's).
         #[arg(long)]
         target: Option<String>,
+        /// Also install the .deb here, run the installed drlb and purge it (what
+        /// `cargo xtask test` does; needs root).
+        #[arg(long)]
+        install: bool,
     },
     /// Packet-replay benchmark against floors measured in the same run (`drlb bench`).
     Bench {
@@ -283,12 +287,20 @@ fn main() -> Result<()> {
             println!("tests: {passed} passed, {failed} failed, {skipped} skipped");
             Ok(())
         }
-        Cmd::Package { target } => {
+        Cmd::Package { target, install } => {
             let arch = package::Arch::from_triple(target.as_deref())?;
+            if install {
+                require_root("cargo xtask package --install")?;
+            }
             setup::ensure(&setup::Needs { cross_target: target.clone(), packaging: true, ..Default::default() })?;
             let packages = package::build(arch)?;
             for line in package::check(&packages)? {
                 println!("package check: {line}");
+            }
+            if install {
+                for line in package::install_test(&packages)? {
+                    println!("package install: {line}");
+                }
             }
             Ok(())
         }

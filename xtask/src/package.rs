@@ -188,8 +188,11 @@ pub fn check(p: &Packages) -> Result<Vec<String>> {
         ensure!(scripts.contains(needle), "the .rpm's scripts lack `{needle}` ({why}):\n{scripts}");
     }
     let requires = rpm(&["-qpR"])?;
-    let needs: Vec<&str> = requires.lines().map(str::trim).filter(|r| !r.starts_with("rpmlib(")).collect();
-    ensure!(needs.iter().all(|r| ["/bin/sh", "/usr/sbin/useradd"].contains(&r.split_whitespace().next().unwrap_or(""))), "unexpected .rpm requirements: {needs:?}");
+    // rpm adds rpmlib() features, the config files' own provide and /bin/sh per script.
+    let mut needs: Vec<&str> = requires.lines().map(str::trim).filter(|r| !r.starts_with("rpmlib(") && !r.starts_with("config(drlb)")).collect();
+    needs.sort();
+    needs.dedup();
+    ensure!(needs == ["/bin/sh", "/usr/sbin/useradd"], "unexpected .rpm requirements: {needs:?}");
     report.push(format!(
         "{}: {} {}, {} files, config /etc/drlb/drlb.yaml (noreplace), requires {}, scripts: user, tmpfiles, upgrade hand-over, stop on erase",
         p.rpm.file_name().unwrap_or_default().to_string_lossy(),
@@ -227,7 +230,7 @@ pub fn check(p: &Packages) -> Result<Vec<String>> {
     ensure!(elf.len() > 64 && &elf[..4] == b"\x7fELF", "usr/sbin/drlb is not an ELF file");
     let machine = u16::from_le_bytes([elf[18], elf[19]]);
     ensure!(machine == p.arch.elf_machine, "usr/sbin/drlb is for ELF machine {machine:#x}, not {:#x}", p.arch.elf_machine);
-    ensure!(!elf.windows(b"ld-linux".len()).any(|w| w == b"ld-linux"), "usr/sbin/drlb names a dynamic loader: not static");
+    ensure!(!has_interpreter(&elf), "usr/sbin/drlb asks for a dynamic loader (PT_INTERP): not static");
     report.push(format!(
         "{}: {}, {} entries, unit {unit}, conffile /etc/drlb/drlb.yaml, no dependencies, static {} binary",
         p.deb.file_name().unwrap_or_default().to_string_lossy(),
@@ -236,6 +239,15 @@ pub fn check(p: &Packages) -> Result<Vec<String>> {
         p.arch.rpm
     ));
     Ok(report)
+}
+
+/// True when a 64-bit little-endian ELF file has a PT_INTERP program header (a dynamic
+/// loader to run it).
+fn has_interpreter(elf: &[u8]) -> bool {
+    let u16_at = |o: usize| elf.get(o..o + 2).map_or(0, |b| u16::from_le_bytes([b[0], b[1]])) as usize;
+    let Some(phoff) = elf.get(0x20..0x28).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize) else { return false };
+    let (size, count) = (u16_at(0x36), u16_at(0x38));
+    (0..count).any(|i| elf.get(phoff + i * size..phoff + i * size + 4) == Some(&3u32.to_le_bytes()[..]))
 }
 
 /// Installs the .deb here with apt, runs the installed drlb (`check` on the shipped config,
@@ -252,6 +264,8 @@ pub fn install_test(p: &Packages) -> Result<Vec<String>> {
         run_cmd(Command::new("apt-get").args(["purge", "-y", "-qq", "drlb"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     let deb = std::fs::canonicalize(&p.deb)?;
+    // What was here before the package is not the package's to remove.
+    let before: Vec<&str> = ["/etc/drlb", "/run/drlb", "/sys/fs/bpf/drlb"].into_iter().filter(|d| Path::new(d).exists()).collect();
     let result = (|| -> Result<()> {
         run_cmd(Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).arg(&deb).env("DEBIAN_FRONTEND", "noninteractive"))?;
         ensure!(installed("drlb"), "apt-get install succeeded but dpkg does not list drlb as installed");
@@ -267,6 +281,14 @@ pub fn install_test(p: &Packages) -> Result<Vec<String>> {
             report.push(format!("installed drlb {line}"));
         }
         ensure!(Path::new("/usr/share/man/man8/drlb.8.gz").exists() || Path::new("/usr/share/man/man8/drlb.8").exists(), "no man page installed");
+        // The pin directory is drlb's (tmpfiles.d), where systemd-tmpfiles and bpffs are.
+        let pins = Path::new("/sys/fs/bpf/drlb");
+        if Command::new("systemd-tmpfiles").arg("--version").output().is_ok() && crate::setup::bpffs_mounted() {
+            use std::os::unix::fs::MetadataExt as _;
+            let owner = std::fs::metadata(pins).with_context(|| format!("{} was not made on install", pins.display()))?.uid();
+            ensure!(owner == uid, "{} belongs to uid {owner}, not drlb ({uid})", pins.display());
+            report.push(format!("installed: {} is drlb's (tmpfiles.d)", pins.display()));
+        }
         Ok(())
     })();
     let files: Vec<String> = stdout_of(Command::new("dpkg-deb").arg("-c").arg(&deb))?
@@ -281,12 +303,12 @@ pub fn install_test(p: &Packages) -> Result<Vec<String>> {
     ensure!(!installed("drlb"), "drlb is still installed after apt-get purge");
     let left: Vec<&String> = files.iter().filter(|f| Path::new(f).exists()).collect();
     ensure!(left.is_empty(), "apt-get purge left installed files: {left:?}");
-    for dir in ["/etc/drlb", "/run/drlb"] {
+    for dir in ["/etc/drlb", "/run/drlb", "/sys/fs/bpf/drlb"].into_iter().filter(|d| !before.contains(d)) {
         ensure!(!Path::new(dir).exists(), "apt-get purge left {dir}");
     }
     let user_kept = Command::new("getent").args(["passwd", "drlb"]).output().map(|o| o.status.success()).unwrap_or(false);
     report.push(format!(
-        "purged: none of its {} files left, nor /etc/drlb or /run/drlb; the drlb user {} (Debian policy keeps system users)",
+        "purged: none of its {} files left, nor /etc/drlb, /run/drlb or /sys/fs/bpf/drlb; the drlb user {} (Debian policy keeps system users)",
         files.len(),
         if user_kept { "stays" } else { "is gone" }
     ));

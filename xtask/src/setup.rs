@@ -125,9 +125,14 @@ fn bpf_linker() -> Result<()> {
     run_cmd(Command::new("cargo").args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION]).env("PATH", path))
 }
 
+/// True when a BPF filesystem is mounted at /sys/fs/bpf.
+pub fn bpffs_mounted() -> bool {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    mounts.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf") && l.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
+}
+
 fn bpffs() -> Result<()> {
-    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
-    if mounts.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf") && l.split_whitespace().nth(1) == Some("/sys/fs/bpf")) {
+    if bpffs_mounted() {
         say("bpffs mounted on /sys/fs/bpf");
         return Ok(());
     }

@@ -347,10 +347,12 @@ impl Dataplane {
         }
         let loaded = (|| -> Result<Dataplane> {
             use crate::kernel::privileges::{CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, with_hint};
-            let mut ebpf = with_hint(
-                loader.load(EBPF_OBJECT).context("loading drlb's BPF object (is this kernel 5.10 or newer?)"),
-                &[CAP_BPF],
-            )?;
+            let loaded = loader.load(EBPF_OBJECT).context("loading drlb's BPF object (is this kernel 5.10 or newer?)");
+            let loaded = match (loaded, crate::kernel::privileges::memlock_hint()) {
+                (Err(e), Some(hint)) => Err(e.context(hint)),
+                (other, _) => other,
+            };
+            let mut ebpf = with_hint(loaded, &[CAP_BPF])?;
             let mut programs = vec![PROGRAM_LB, PROGRAM_CLOCK];
             programs.extend(JUMP_PROGRAMS.iter().map(|(_, name)| *name));
             with_hint(load_programs(&mut ebpf, &programs), &[CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON])?;

@@ -91,6 +91,38 @@ pub fn with_hint<T>(result: anyhow::Result<T>, needed: &[Capability]) -> anyhow:
     })
 }
 
+/// Sets RLIMIT_MEMLOCK to infinity (soft and hard; raising the hard limit needs root or
+/// CAP_SYS_RESOURCE).
+fn raise_memlock_limit() -> std::io::Result<()> {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit reads the struct, which lives for the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// For a failed load: on kernels before 5.11, which charge BPF maps to RLIMIT_MEMLOCK, a
+/// finite limit is the likely cause (what to set), else None.
+pub fn memlock_hint() -> Option<String> {
+    let release = nix::sys::utsname::uname().ok()?.release().to_string_lossy().into_owned();
+    let mut parts = release.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next()?, parts.next()?);
+    if (major, minor) >= (5, 11) {
+        return None;
+    }
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct, which lives for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 || limit.rlim_cur == libc::RLIM_INFINITY {
+        return None;
+    }
+    Some(format!(
+        "kernel {release} charges BPF maps to RLIMIT_MEMLOCK, which is {} KiB here: raise it (drlb.service: \
+         LimitMEMLOCK=infinity; `ulimit -l unlimited`) or run as root",
+        limit.rlim_cur / 1024
+    ))
+}
+
 /// The bit mask of `caps` (bit N = capability N).
 pub fn mask_of(caps: &[Capability]) -> u64 {
     caps.iter().fold(0, |m, c| m | 1u64 << c.bit)
@@ -120,6 +152,9 @@ const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 pub fn become_user(id: u32, caps: &[Capability]) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let mask = mask_of(caps);
+    // As the unit's LimitMEMLOCK=infinity: kernels before 5.11 charge maps to it, and
+    // raising it later would need CAP_SYS_RESOURCE.
+    raise_memlock_limit().context("raising RLIMIT_MEMLOCK (as LimitMEMLOCK=infinity does)")?;
     let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|t| t.trim().parse().ok()).unwrap_or(40);
     for bit in (0..=last).filter(|b| mask & (1u64 << b) == 0) {
         // SAFETY: prctl(PR_CAPBSET_DROP) takes a capability number and nothing else.
