@@ -367,7 +367,7 @@ fn dashboard_and_alert_rules_use_only_served_metrics() {
         for needle in [
             "drlb_service_quorum{service=\"web\"} 1",
             "drlb_xdp_attached{mode=\"native\"} 1",
-            &format!("drlb_health_transitions_total{{service=\"web\",real_server=\"{}\",to=\"down\"}} 1", drlb_lab::REAL_SERVERS[0].addr),
+            &format!("drlb_health_transitions_total{{service=\"web\",server=\"{}\",to=\"down\"}} 1", drlb_lab::REAL_SERVERS[0].addr),
         ] {
             assert!(text.contains(needle), "`{needle}` missing from:\n{text}");
         }

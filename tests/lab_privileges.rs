@@ -16,8 +16,11 @@ use lb_userspace::kernel::privileges::{self, Capability};
 /// A user and group id no account has here: the controller owns nothing else.
 const UNPRIVILEGED_ID: u32 = 64_123;
 
+/// The lab's mask of `caps`, by name: it must agree with drlb's own bit numbers.
 fn mask(caps: &[Capability]) -> u64 {
-    capability_mask(&privileges::names_of(caps))
+    let by_name = capability_mask(&privileges::names_of(caps));
+    assert_eq!(by_name, privileges::mask_of(caps), "lb_userspace::kernel::privileges numbers a capability wrongly");
+    by_name
 }
 
 #[test]

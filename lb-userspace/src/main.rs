@@ -148,6 +148,10 @@ enum Command {
         /// loads and runs the dataplane unprivileged. Started as root; not with the others.
         #[arg(long, value_name = "USER", conflicts_with_all = ["lab", "fuzz", "ipvs_sync", "ipvs_choices"])]
         as_user: Option<String>,
+        /// With --as-user: leave this one of those capabilities out too (e.g. CAP_PERFMON),
+        /// to see the kernel refuse and drlb name it.
+        #[arg(long, value_name = "CAP", requires = "as_user")]
+        without: Vec<String>,
     },
     /// The real-server side of Direct Routing.
     Realserver {
@@ -485,18 +489,18 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Selftest { lab, fuzz, seed, ipvs_sync, ipvs_choices, as_user } => {
+        Command::Selftest { lab, fuzz, seed, ipvs_sync, ipvs_choices, as_user, without } => {
             if let Some(user) = as_user {
-                let id = match user.parse::<u32>() {
-                    Ok(id) => Ok(id),
-                    Err(_) => match nix::unistd::User::from_name(&user) {
-                        Ok(Some(u)) => Ok(u.uid.as_raw()),
-                        _ => Err(format!("no user {user}")),
-                    },
-                };
                 use lb_userspace::kernel::privileges::{self, RUN};
-                if let Err(e) = id.map_err(anyhow::Error::msg).and_then(|id| privileges::become_user(id, &RUN).map(|()| id)).map(|id| {
-                    println!("selftest: as uid {id} with only {} (and LimitMEMLOCK=infinity, as drlb.service)", privileges::names_of(&RUN).join(" "));
+                let unknown: Vec<&String> = without.iter().filter(|w| !RUN.iter().any(|c| c.name.eq_ignore_ascii_case(w))).collect();
+                if !unknown.is_empty() {
+                    eprintln!("selftest --without: {unknown:?} is not one of {}", privileges::names_of(&RUN).join(" "));
+                    return ExitCode::FAILURE;
+                }
+                let caps: Vec<privileges::Capability> = RUN.into_iter().filter(|c| !without.iter().any(|w| c.name.eq_ignore_ascii_case(w))).collect();
+                let id = privileges::uid_of(&user).ok_or_else(|| format!("no user {user} (in /etc/passwd)"));
+                if let Err(e) = id.map_err(anyhow::Error::msg).and_then(|id| privileges::become_user(id, &caps).map(|()| id)).map(|id| {
+                    println!("selftest: as uid {id} with only {} (and LimitMEMLOCK=infinity, as drlb.service)", privileges::names_of(&caps).join(" "));
                 }) {
                     eprintln!("selftest --as-user: {e:#}");
                     return ExitCode::FAILURE;

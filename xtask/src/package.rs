@@ -181,8 +181,9 @@ pub fn check(p: &Packages) -> Result<Vec<String>> {
     for (needle, why) in [
         ("useradd --system", "preinstall creates the drlb user"),
         ("systemd-tmpfiles --create drlb.conf", "postinstall makes the pin directory drlb's"),
-        ("--signal=USR2", "an upgrade hands the running dataplane over"),
+        ("kill -USR2", "an upgrade hands the running dataplane over"),
         ("disable --now drlb.service", "an erase stops the service"),
+        ("drlb stop --config", "an erase removes a dataplane no controller runs"),
         ("rm -rf /run/drlb", "an erase removes the run-time state"),
     ] {
         ensure!(scripts.contains(needle), "the .rpm's scripts lack `{needle}` ({why}):\n{scripts}");
@@ -206,8 +207,9 @@ pub fn check(p: &Packages) -> Result<Vec<String>> {
     let deb = |args: &[&str]| stdout_of(Command::new("dpkg-deb").args(args).arg(&p.deb));
     let arch = stdout_of(Command::new("dpkg-deb").arg("-f").arg(&p.deb).arg("Architecture"))?;
     ensure!(arch.trim() == p.arch.deb, "the .deb's Architecture is {arch:?}, not {}", p.arch.deb);
+    // No shared library (the binary is static); systemd-sysusers for the user.
     let depends = stdout_of(Command::new("dpkg-deb").arg("-f").arg(&p.deb).arg("Depends"))?;
-    ensure!(depends.trim().is_empty(), "the .deb depends on {depends:?} (the binary is static)");
+    ensure!(depends.trim() == "systemd | systemd-sysusers | systemd-standalone-sysusers", "the .deb depends on {depends:?}");
     let contents = deb(&["-c"])?;
     let deb_files: Vec<String> = contents.lines().filter_map(|l| l.split_whitespace().nth(5)).map(|p| p.trim_start_matches('.').to_string()).collect();
     let unit = deb_files.iter().find(|f| f.ends_with("/systemd/system/drlb.service")).with_context(|| format!("the .deb has no drlb.service:\n{contents}"))?;
@@ -218,9 +220,22 @@ pub fn check(p: &Packages) -> Result<Vec<String>> {
     let conffiles = stdout_of(Command::new("dpkg-deb").arg("-I").arg(&p.deb).arg("conffiles"))?;
     ensure!(conffiles.lines().any(|l| l.trim() == "/etc/drlb/drlb.yaml"), "/etc/drlb/drlb.yaml is not a conffile: {conffiles}");
     let postinst = stdout_of(Command::new("dpkg-deb").arg("-I").arg(&p.deb).arg("postinst"))?;
-    for needle in ["useradd --system", "systemd-tmpfiles --create drlb.conf", "--signal=USR2", "deb-systemd-helper"] {
+    for needle in ["useradd --system", "systemd-tmpfiles --create drlb.conf", "daemon-reload", "kill -USR2", "deb-systemd-helper"] {
         ensure!(postinst.contains(needle), "the .deb's postinst lacks `{needle}`:\n{postinst}");
     }
+    let prerm = stdout_of(Command::new("dpkg-deb").arg("-I").arg(&p.deb).arg("prerm"))?;
+    for needle in ["deb-systemd-invoke stop drlb.service", "drlb stop --config"] {
+        ensure!(prerm.contains(needle), "the .deb's prerm lacks `{needle}`:\n{prerm}");
+    }
+    // Both packages install the same files (the .deb adds its copyright file and puts
+    // zsh's completion where Debian's zsh looks).
+    let deb_set: std::collections::BTreeSet<String> = deb_files
+        .iter()
+        .filter(|f| !f.ends_with('/') && *f != "/usr/share/doc/drlb/copyright")
+        .map(|f| f.trim_end_matches(".gz").replace("/usr/share/zsh/vendor-completions/", "/usr/share/zsh/site-functions/"))
+        .collect();
+    let rpm_set: std::collections::BTreeSet<String> = rpm_files.iter().map(|f| f.trim_end_matches(".gz").to_string()).collect();
+    ensure!(deb_set == rpm_set, "the .deb and the .rpm install different files: only in the .deb {:?}, only in the .rpm {:?}", deb_set.difference(&rpm_set).collect::<Vec<_>>(), rpm_set.difference(&deb_set).collect::<Vec<_>>());
     // The binary inside is for the package's architecture, and static.
     let scratch = out_dir().join(format!("check-{}", p.arch.deb));
     let _ = std::fs::remove_dir_all(&scratch);
@@ -232,10 +247,11 @@ pub fn check(p: &Packages) -> Result<Vec<String>> {
     ensure!(machine == p.arch.elf_machine, "usr/sbin/drlb is for ELF machine {machine:#x}, not {:#x}", p.arch.elf_machine);
     ensure!(!has_interpreter(&elf), "usr/sbin/drlb asks for a dynamic loader (PT_INTERP): not static");
     report.push(format!(
-        "{}: {}, {} entries, unit {unit}, conffile /etc/drlb/drlb.yaml, no dependencies, static {} binary",
+        "{}: {}, {} entries, unit {unit}, conffile /etc/drlb/drlb.yaml, depends on {}, static {} binary",
         p.deb.file_name().unwrap_or_default().to_string_lossy(),
         p.arch.deb,
         deb_files.len(),
+        depends.trim(),
         p.arch.rpm
     ));
     Ok(report)

@@ -229,6 +229,8 @@ fn initramfs(cache: &Path, drlb: &Path, arch: &str, kernel_dir: &Path, suite: &s
          /drlb selftest --lab --fuzz 20000 > /tmp/out 2>&1 && /drlb bench --quick --no-live --runs 5 --out /tmp/b >> /tmp/out 2>&1 \
          && /drlb selftest --ipvs-sync --ipvs-choices >> /tmp/out 2>&1 \
          && /drlb selftest --as-user {UNPRIVILEGED_UID} >> /tmp/out 2>&1\nrc=$?\n\
+         for c in CAP_BPF CAP_NET_ADMIN CAP_PERFMON; do /drlb selftest --as-user {UNPRIVILEGED_UID} --without $c > /tmp/w 2>&1; \
+         r=$?; [ $r -ne 0 ] && grep -q \"lacks $c\" /tmp/w && echo \"drlb-vm: without $c: refused, naming it\"; done\n\
          grep -E 'selftest|fuzz|misses|meets|Error|error|panicked' /tmp/out\n\
          [ $rc -ne 0 ] && echo 'drlb-vm: the output ends:' && tail -n 40 /tmp/out | grep -v '^ok: row'\n\
          echo \"drlb-vm: exit $rc\"\npoweroff -f\n"),
@@ -324,13 +326,16 @@ pub fn run(series: &str, arch: &str, drlb: &Path) -> Result<String> {
     let ipvs: Vec<&str> = console.lines().filter_map(|l| l.find("selftest ipvs-sync: ").map(|i| &l[i + "selftest ipvs-sync: ".len()..])).collect();
     let choices: Vec<&str> = console.lines().filter_map(|l| l.find("selftest ipvs-choices: ").map(|i| &l[i + "selftest ipvs-choices: ".len()..])).collect();
     let unprivileged = console.lines().find_map(|l| l.find("selftest: as uid ").map(|i| l[i + "selftest: as ".len()..].trim().to_string()));
-    if rc.trim() != "0" || !console.contains("fixture rows passed") || unprivileged.is_none() || lab.len() != 2 || fuzz.is_none() || ipvs.len() != 2 || choices.len() != 14 /* selftest::ipvs_choices::ROUND_COUNT */ {
+    // Each of drlb.service's capabilities left out in turn: the kernel refuses, drlb names it.
+    let refused = console.lines().filter(|l| l.contains("drlb-vm: without CAP_") && l.contains("refused, naming it")).count();
+    if rc.trim() != "0" || !console.contains("fixture rows passed") || unprivileged.is_none() || refused != 3 || lab.len() != 2 || fuzz.is_none() || ipvs.len() != 2 || choices.len() != 14 /* selftest::ipvs_choices::ROUND_COUNT */ {
         bail!("drlb failed on {series} ({banner}):\n{console}");
     }
     // One line per program the verifier checked, then the row count.
     let rows = console
         .lines()
         .filter_map(|l| l.find("selftest: ").map(|i| l[i + "selftest: ".len()..].trim().to_string()))
+        .filter(|l| !l.starts_with("as uid"))
         .fold(Vec::<String>::new(), |mut seen, l| {
             // `drlb selftest` runs the table more than once: report each line once.
             if !seen.contains(&l) {
@@ -340,7 +345,7 @@ pub fn run(series: &str, arch: &str, drlb: &Path) -> Result<String> {
         })
         .join("; ");
     Ok(format!(
-        "{banner}; {rows}; the table passed again {}; {} fuzzed frames identical in kernel and model; lab forwarded real TCP: {}; IPVS sync interop: {}; IPVS's choices: {}",
+        "{banner}; {rows}; the table passed again {}, and without each of them the kernel refused and drlb named it; {} fuzzed frames identical in kernel and model; lab forwarded real TCP: {}; IPVS sync interop: {}; IPVS's choices: {}",
         unprivileged.unwrap_or_default(),
         fuzz.unwrap_or_default(),
         lab.join(", "),

@@ -265,6 +265,8 @@ impl Controller {
         };
         if new.director != self.config.director {
             error!(
+                event = logging::EVENT_RELOAD,
+                outcome = "rejected",
                 "reload rejected: the director section changed (interface, xdp_mode or conn_table_size); \
                  that needs a restart (`systemctl restart drlb`); still serving the previous configuration"
             );
@@ -305,6 +307,13 @@ impl Controller {
             h.abort();
         }
         let targets = health::targets(&self.config);
+        // Said once here, not as every ping check's failure reason only.
+        let pinged: Vec<IpAddr> = targets.iter().filter(|t| t.check.kind == crate::control::config::CheckType::Ping).map(|t| t.probe.ip()).collect();
+        for family in [pinged.iter().find(|a| a.is_ipv4()), pinged.iter().find(|a| a.is_ipv6())].into_iter().flatten() {
+            if let Err(why) = crate::control::probes::can_ping(*family) {
+                error!("ping health checks cannot run: {why}");
+            }
+        }
         self.health.track(&targets);
         // Down is what the tracker says now: alpha checks start down, and a server whose
         // failing check a reload removed (or that lost its checks) is up again.

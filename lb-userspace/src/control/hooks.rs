@@ -8,6 +8,7 @@ use tracing::{info, warn};
 pub fn run(command: &str, env: Vec<(&'static str, String)>, what: String) {
     let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.arg("-c").arg(command).envs(env).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+    crate::kernel::privileges::without_capabilities(&mut cmd);
     match cmd.spawn() {
         Ok(mut child) => {
             info!("{what}: running `{command}`");
@@ -29,6 +30,7 @@ pub fn run(command: &str, env: Vec<(&'static str, String)>, what: String) {
 pub async fn run_and_wait(command: &str, env: Vec<(&'static str, String)>, what: String, limit: std::time::Duration) {
     let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.arg("-c").arg(command).envs(env).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).kill_on_drop(true);
+    crate::kernel::privileges::without_capabilities(&mut cmd);
     match cmd.spawn() {
         Ok(mut child) => {
             info!("{what}: running `{command}`");

@@ -276,6 +276,20 @@ async fn udp(t: &Target) -> Result<(), String> {
     }
 }
 
+/// Whether this process can open an ICMP socket for `target`'s family: a datagram one
+/// (net.ipv4.ping_group_range) or a raw one (CAP_NET_RAW); the fix when it cannot.
+pub fn can_ping(target: IpAddr) -> Result<(), String> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let (domain, protocol) = if target.is_ipv4() { (Domain::IPV4, Protocol::ICMPV4) } else { (Domain::IPV6, Protocol::ICMPV6) };
+    if Socket::new(domain, Type::DGRAM, Some(protocol)).is_ok() || Socket::new(domain, Type::RAW, Some(protocol)).is_ok() {
+        return Ok(());
+    }
+    Err(format!(
+        "no ICMP socket for {target}: add drlb's group to net.ipv4.ping_group_range (e.g. `sysctl net.ipv4.ping_group_range=\"0          2147483647\"` in /etc/sysctl.d), or grant CAP_NET_RAW (drlb.service drop-in: AmbientCapabilities=CAP_NET_RAW and \
+         CapabilityBoundingSet=CAP_NET_RAW)"
+    ))
+}
+
 /// keepalived's PING_CHECK: one ICMP (or ICMPv6) echo, answered.
 async fn ping(t: &Target) -> Result<(), String> {
     use socket2::{Domain, Protocol, Socket, Type};
@@ -417,7 +431,8 @@ pub fn strtol(text: &str) -> Option<i64> {
 async fn run_script(t: &Target) -> Result<Option<i64>, String> {
     let c = &t.check;
     let command = c.command.clone().unwrap_or_default();
-    let mut child = tokio::process::Command::new("/bin/sh")
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    let mut child = crate::kernel::privileges::without_capabilities(&mut cmd)
         .arg("-c")
         .arg(&command)
         .env("DRLB_SERVICE", &t.service)

@@ -123,6 +123,35 @@ pub fn memlock_hint() -> Option<String> {
     ))
 }
 
+/// Scripts drlb starts (checks, notify commands) get none of its capabilities: the ambient
+/// set drlb.service gives drlb would otherwise pass to them through execve. (Run as root,
+/// there is no ambient set and nothing changes.)
+pub fn without_capabilities(cmd: &mut tokio::process::Command) -> &mut tokio::process::Command {
+    // SAFETY: between fork and exec the closure only makes one prctl system call, which is
+    // async-signal-safe, and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The uid of `user` (a number, or a name in /etc/passwd: read directly, since the static
+/// binary cannot load another C library's NSS modules).
+pub fn uid_of(user: &str) -> Option<u32> {
+    if let Ok(id) = user.parse() {
+        return Some(id);
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut fields = l.split(':');
+        (fields.next() == Some(user)).then(|| fields.nth(1)?.parse().ok()).flatten()
+    })
+}
+
 /// The bit mask of `caps` (bit N = capability N).
 pub fn mask_of(caps: &[Capability]) -> u64 {
     caps.iter().fold(0, |m, c| m | 1u64 << c.bit)
@@ -154,7 +183,9 @@ pub fn become_user(id: u32, caps: &[Capability]) -> anyhow::Result<()> {
     let mask = mask_of(caps);
     // As the unit's LimitMEMLOCK=infinity: kernels before 5.11 charge maps to it, and
     // raising it later would need CAP_SYS_RESOURCE.
-    raise_memlock_limit().context("raising RLIMIT_MEMLOCK (as LimitMEMLOCK=infinity does)")?;
+    // Best effort: where root itself lacks CAP_SYS_RESOURCE (containers) the limit stays,
+    // which matters only before 5.11 — and then the load says so (`memlock_hint`).
+    let _ = raise_memlock_limit();
     let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|t| t.trim().parse().ok()).unwrap_or(40);
     for bit in (0..=last).filter(|b| mask & (1u64 << b) == 0) {
         // SAFETY: prctl(PR_CAPBSET_DROP) takes a capability number and nothing else.
@@ -196,6 +227,13 @@ pub fn become_user(id: u32, caps: &[Capability]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn users_are_found_by_number_or_in_etc_passwd() {
+        assert_eq!(uid_of("64123"), Some(64123));
+        assert_eq!(uid_of("root"), Some(0));
+        assert_eq!(uid_of("no-such-user-here"), None);
+    }
 
     #[test]
     fn the_effective_set_is_read_from_proc_status() {

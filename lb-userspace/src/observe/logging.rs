@@ -107,10 +107,18 @@ where
     F: FormatEvent<S, N>,
 {
     fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
-        if self.journal {
-            write!(writer, "<{}>", syslog_priority(event.metadata().level()))?;
+        if !self.journal {
+            return self.inner.format_event(ctx, writer, event);
         }
-        self.inner.format_event(ctx, writer, event)
+        // journald makes an entry of each line: every line carries the priority, so the
+        // reasons under "reload rejected" are errors too.
+        let mut text = String::new();
+        self.inner.format_event(ctx, Writer::new(&mut text), event)?;
+        let priority = syslog_priority(event.metadata().level());
+        for line in text.split_inclusive('\n') {
+            write!(writer, "<{priority}>{line}")?;
+        }
+        Ok(())
     }
 }
 

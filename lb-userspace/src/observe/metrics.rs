@@ -96,7 +96,9 @@ impl Collector for DataplaneCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snap = self.snapshot.lock().expect("metrics snapshot lock");
         let l = |pairs: &[(&str, &str)]| -> Labels { pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() };
-        // Looked at when scraped: a link gone (`drlb stop`, the interface removed) reads 0.
+        // Looked at when scraped: 0 once the link's pin is gone (removed by hand, or by a
+        // `drlb stop` of a controller that did not exit). A link whose interface was deleted
+        // stays pinned: the controller logs that, not this gauge.
         let attached = snap.link_pin.as_ref().is_none_or(|p| p.exists());
         family(
             &mut enc,
@@ -213,6 +215,8 @@ pub struct Metrics {
     controller_errors: Family<Labels, Counter>,
     health_transitions: Family<Labels, Counter>,
     quorum: Family<Labels, Gauge>,
+    /// The services `quorum` has a series for.
+    quorum_services: Mutex<std::collections::HashSet<Labels>>,
     reload_ok: Gauge,
     maps_current: Gauge,
     reload_duration: Histogram,
@@ -248,7 +252,7 @@ impl Metrics {
         let health_transitions = Family::<Labels, Counter>::default();
         registry.register(
             "drlb_health_transitions",
-            "Real servers' health changes, by service, real server (address) and the state changed to (up, down)",
+            "Real servers' health changes, by service, server (address) and the state changed to (up, down)",
             health_transitions.clone(),
         );
         let quorum = Family::<Labels, Gauge>::default();
@@ -292,6 +296,7 @@ impl Metrics {
             controller_errors,
             health_transitions,
             quorum,
+            quorum_services: Mutex::new(std::collections::HashSet::new()),
             reload_ok,
             maps_current,
             reload_duration,
@@ -323,20 +328,27 @@ impl Metrics {
         snap.link_pin = link_pin;
     }
 
-    /// Counts a real server's health change.
-    pub fn health_transition(&self, service: &str, real_server: &str, up: bool) {
+    /// Counts a real server's health change (`server` as in the other per-server families).
+    pub fn health_transition(&self, service: &str, server: &str, up: bool) {
         let labels: Labels =
-            vec![("service".into(), service.into()), ("real_server".into(), real_server.into()), ("to".into(), if up { "up" } else { "down" }.into())];
+            vec![("service".into(), service.into()), ("server".into(), server.into()), ("to".into(), if up { "up" } else { "down" }.into())];
         self.health_transitions.get_or_create(&labels).inc();
     }
 
     /// Each service's quorum, from the controller's map of service to "quorum lost";
     /// services no longer configured go.
     pub fn set_quorums<'a>(&self, lost: impl IntoIterator<Item = (&'a String, &'a bool)>) {
-        self.quorum.clear();
+        let mut current = std::collections::HashSet::new();
         for (service, lost) in lost {
-            self.quorum.get_or_create(&vec![("service".into(), service.clone())]).set(!*lost as i64);
+            let labels: Labels = vec![("service".into(), service.clone())];
+            self.quorum.get_or_create(&labels).set(!*lost as i64);
+            current.insert(labels);
         }
+        // Only what is gone is removed: a scrape meanwhile never sees a service missing.
+        for stale in self.quorum_services.lock().expect("metrics lock").drain().filter(|l| !current.contains(l)) {
+            self.quorum.remove(&stale);
+        }
+        *self.quorum_services.lock().expect("metrics lock") = current;
     }
 
     /// Where scrapes read the dataplane from (set again when the configuration changes).
