@@ -154,6 +154,8 @@ fn layout_mismatch_is_explained_and_replaced_only_on_request() {
     let mut lab = Lab::build(XdpMode::Generic).expect("build the lab");
     lab.start_drlb(drlb()).expect("start drlb");
     lab.kill_drlb().unwrap();
+    // What a package upgrade asks before handing over: yes for this layout...
+    lab.drlb_cli(drlb(), &["check", "--handover"]).expect("this drlb can take over its own dataplane");
     // Pretend an older drlb pinned this dataplane.
     let meta = lab.pin_root().join("eth0").join(lb_common::maps::MAP_META);
     let out = std::process::Command::new("bpftool")
@@ -167,6 +169,9 @@ fn layout_mismatch_is_explained_and_replaced_only_on_request() {
     let err = lab.start_drlb_with(drlb(), &config).expect_err("a dataplane of another layout must not be adopted");
     let text = format!("{err:#}");
     assert!(text.contains("cannot take it over") && text.contains("drlb stop"), "{text}");
+    // ... and no for another: the package restarts drlb instead of a SIGUSR2 hand-over.
+    let handover = lab.drlb_cli(drlb(), &["check", "--handover"]).expect_err("another layout cannot be handed over");
+    assert!(format!("{handover:#}").contains("cannot take it over"), "{handover:#}");
     // Forwarding by the old dataplane went on meanwhile.
     assert_eq!(lab.http_requests(3, Duration::from_secs(2)).unwrap().ok, 3);
     let replaced = lab.drlb_cli(drlb(), &["stop"]).unwrap();

@@ -175,6 +175,11 @@ enum Command {
     Check {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Also check this binary can take over the dataplane pinned for the config (a
+        /// hand-over by SIGUSR2 keeps connections only then): what package upgrades ask
+        /// before signalling the running controller.
+        #[arg(long)]
+        handover: bool,
     },
     /// Translate a keepalived.conf, read as keepalived reads it (includes, $VARs, @id lines,
     /// ~SEQ), into drlb YAML; with --vrrp-out also write the rest of it (VRRP) for
@@ -298,8 +303,14 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Check { config } => match Config::load(&config) {
+        Command::Check { config, handover } => match Config::load(&config) {
             Ok(c) => {
+                if handover {
+                    if let Err(e) = lb_userspace::kernel::bpf::can_adopt(&c.director.pin_dir()) {
+                        eprintln!("drlb check --handover: {e:#}");
+                        return ExitCode::FAILURE;
+                    }
+                }
                 let servers: usize = c.services.iter().map(|s| s.real_servers.len()).sum();
                 println!("{}: OK ({} service(s), {servers} real server(s))", config.display(), c.services.len());
                 ExitCode::SUCCESS

@@ -182,6 +182,7 @@ pub fn check(p: &Packages) -> Result<Vec<String>> {
         ("useradd --system", "preinstall creates the drlb user"),
         ("systemd-tmpfiles --create drlb.conf", "postinstall makes the pin directory drlb's"),
         ("kill -USR2", "an upgrade hands the running dataplane over"),
+        ("check --handover", "an upgrade checks the new binary can take the dataplane over"),
         ("disable --now drlb.service", "an erase stops the service"),
         ("drlb stop --config", "an erase removes a dataplane no controller runs"),
         ("rm -rf /run/drlb", "an erase removes the run-time state"),
@@ -220,7 +221,7 @@ pub fn check(p: &Packages) -> Result<Vec<String>> {
     let conffiles = stdout_of(Command::new("dpkg-deb").arg("-I").arg(&p.deb).arg("conffiles"))?;
     ensure!(conffiles.lines().any(|l| l.trim() == "/etc/drlb/drlb.yaml"), "/etc/drlb/drlb.yaml is not a conffile: {conffiles}");
     let postinst = stdout_of(Command::new("dpkg-deb").arg("-I").arg(&p.deb).arg("postinst"))?;
-    for needle in ["useradd --system", "systemd-tmpfiles --create drlb.conf", "daemon-reload", "kill -USR2", "deb-systemd-helper"] {
+    for needle in ["useradd --system", "systemd-tmpfiles --create drlb.conf", "daemon-reload", "check --handover", "kill -USR2", "deb-systemd-helper"] {
         ensure!(postinst.contains(needle), "the .deb's postinst lacks `{needle}`:\n{postinst}");
     }
     let prerm = stdout_of(Command::new("dpkg-deb").arg("-I").arg(&p.deb).arg("prerm"))?;

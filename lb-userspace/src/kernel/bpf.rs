@@ -236,6 +236,20 @@ fn remove_if_present(r: std::result::Result<(), aya::maps::MapError>) -> std::re
 }
 
 /// The layout recorded in a pin directory, if there is one.
+/// Whether this drlb can take over the dataplane pinned at `dir` (SIGUSR2's hand-over, a
+/// package upgrade): Ok when nothing is pinned or the layouts match; otherwise why not.
+pub fn can_adopt(dir: &Path) -> Result<()> {
+    match pinned_layout(dir)? {
+        Some(found) if found != layout() => bail!(
+            "the dataplane pinned at {} has layout {found:?}, this drlb uses {:?}: it cannot take it over; a restart \
+             (`systemctl restart drlb`) replaces it and drops the connections it tracks",
+            dir.display(),
+            layout()
+        ),
+        _ => Ok(()),
+    }
+}
+
 pub fn pinned_layout(dir: &Path) -> Result<Option<[u32; META_LAYOUT_ENTRIES]>> {
     let path = dir.join(MAP_META);
     if !path.exists() {
