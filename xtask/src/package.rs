@@ -298,6 +298,13 @@ pub fn install_test(p: &Packages) -> Result<Vec<String>> {
             report.push(format!("installed drlb {line}"));
         }
         ensure!(Path::new("/usr/share/man/man8/drlb.8.gz").exists() || Path::new("/usr/share/man/man8/drlb.8").exists(), "no man page installed");
+        // An upgrade (here: the same version again) keeps the operator's config.
+        let config = Path::new("/etc/drlb/drlb.yaml");
+        let edited = format!("{}# edited by the operator\n", std::fs::read_to_string(config)?);
+        std::fs::write(config, &edited)?;
+        run_cmd(Command::new("apt-get").args(["install", "--reinstall", "-y", "-qq"]).arg(&deb).env("DEBIAN_FRONTEND", "noninteractive"))?;
+        ensure!(std::fs::read_to_string(config)? == edited, "reinstalling replaced the edited {}", config.display());
+        report.push(format!("reinstalled: the edited {} was kept", config.display()));
         // The pin directory is drlb's (tmpfiles.d), where systemd-tmpfiles and bpffs are.
         let pins = Path::new("/sys/fs/bpf/drlb");
         if Command::new("systemd-tmpfiles").arg("--version").output().is_ok() && crate::setup::bpffs_mounted() {
