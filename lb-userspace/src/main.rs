@@ -19,6 +19,10 @@ struct Cli {
 
 const DEFAULT_CONFIG: &str = "/etc/drlb/drlb.yaml";
 
+/// `drlb check --handover`'s status when the config is valid but its dataplane cannot be
+/// handed over (configs/package scripts restart drlb then; on 1 they leave it running).
+const EXIT_NO_HANDOVER: u8 = 3;
+
 #[derive(Subcommand)]
 enum Command {
     /// Load the dataplane, attach it to the director interface and keep the maps current.
@@ -175,9 +179,10 @@ enum Command {
     Check {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
-        /// Also check this binary can take over the dataplane pinned for the config (a
-        /// hand-over by SIGUSR2 keeps connections only then): what package upgrades ask
-        /// before signalling the running controller.
+        /// Also check a `drlb run` of this config runs and this binary can take its
+        /// dataplane over (SIGUSR2 keeps connections only then): what package upgrades ask
+        /// before signalling the running controller. Exit 0: hand over; 3: it cannot (a
+        /// restart is what applies this config); 1: the config does not validate.
         #[arg(long)]
         handover: bool,
     },
@@ -306,9 +311,19 @@ fn main() -> ExitCode {
         Command::Check { config, handover } => match Config::load(&config) {
             Ok(c) => {
                 if handover {
-                    if let Err(e) = lb_userspace::kernel::bpf::can_adopt(&c.director.pin_dir()) {
+                    let dir = c.director.pin_dir();
+                    let runs = match lb_userspace::kernel::process::running_controller(&dir) {
+                        Ok(Some(_)) => Ok(()),
+                        Ok(None) => Err(anyhow::anyhow!(
+                            "no `drlb run` runs the dataplane of this config ({}): nothing to hand over (a director \
+                             section changed since it started?); a restart applies this config",
+                            dir.display()
+                        )),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = lb_userspace::kernel::bpf::can_adopt(&dir).and(runs) {
                         eprintln!("drlb check --handover: {e:#}");
-                        return ExitCode::FAILURE;
+                        return ExitCode::from(EXIT_NO_HANDOVER);
                     }
                 }
                 let servers: usize = c.services.iter().map(|s| s.real_servers.len()).sum();
@@ -509,9 +524,9 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
                 let caps: Vec<privileges::Capability> = RUN.into_iter().filter(|c| !without.iter().any(|w| c.name.eq_ignore_ascii_case(w))).collect();
-                let id = privileges::uid_of(&user).ok_or_else(|| format!("no user {user} (in /etc/passwd)"));
-                if let Err(e) = id.map_err(anyhow::Error::msg).and_then(|id| privileges::become_user(id, &caps).map(|()| id)).map(|id| {
-                    println!("selftest: as uid {id} with only {} (and LimitMEMLOCK=infinity, as drlb.service)", privileges::names_of(&caps).join(" "));
+                let ids = privileges::ids_of(&user).ok_or_else(|| format!("no user {user} (in /etc/passwd)"));
+                if let Err(e) = ids.map_err(anyhow::Error::msg).and_then(|(uid, gid)| privileges::become_user(uid, gid, &caps).map(|()| uid)).map(|uid| {
+                    println!("selftest: as uid {uid} with only {} (and LimitMEMLOCK=infinity, as drlb.service)", privileges::names_of(&caps).join(" "));
                 }) {
                     eprintln!("selftest --as-user: {e:#}");
                     return ExitCode::FAILURE;

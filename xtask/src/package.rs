@@ -273,14 +273,21 @@ fn has_interpreter(elf: &[u8]) -> bool {
 pub fn install_test(p: &Packages) -> Result<Vec<String>> {
     ensure!(p.arch == Arch::host(), "the .deb for {} cannot be installed on this machine", p.arch.deb);
     let mut report = Vec::new();
-    let installed = |pkg: &str| {
-        stdout_of(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg])).map(|s| s.contains("ok installed")).unwrap_or(false)
-    };
-    if installed("drlb") {
-        println!("package: drlb is installed already (a previous run?): purging it first");
+    let status = |pkg: &str| stdout_of(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg])).unwrap_or_default();
+    let installed = |pkg: &str| status(pkg).contains("ok installed");
+    // Anything dpkg knows of (installed, half-configured, config files left): purged first.
+    let known = status("drlb");
+    if !known.is_empty() && !known.contains("not-installed") {
+        println!("package: drlb is known to dpkg already ({known}; a previous run?): purging it first");
         run_cmd(Command::new("apt-get").args(["purge", "-y", "-qq", "drlb"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     let deb = std::fs::canonicalize(&p.deb)?;
+    let files: Vec<String> = stdout_of(Command::new("dpkg-deb").arg("-c").arg(&deb))?
+        .lines()
+        .filter(|l| !l.starts_with('d'))
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .map(|p| p.trim_start_matches('.').to_string())
+        .collect();
     // What was here before the package is not the package's to remove.
     let before: Vec<&str> = ["/etc/drlb", "/run/drlb", "/sys/fs/bpf/drlb"].into_iter().filter(|d| Path::new(d).exists()).collect();
     let result = (|| -> Result<()> {
@@ -315,15 +322,13 @@ pub fn install_test(p: &Packages) -> Result<Vec<String>> {
         }
         Ok(())
     })();
-    let files: Vec<String> = stdout_of(Command::new("dpkg-deb").arg("-c").arg(&deb))?
-        .lines()
-        .filter(|l| !l.starts_with('d'))
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .map(|p| p.trim_start_matches('.').to_string())
-        .collect();
     // Purged whatever happened above: the machine is left as it was.
-    run_cmd(Command::new("apt-get").args(["purge", "-y", "-qq", "drlb"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
-    result?;
+    let purged = run_cmd(Command::new("apt-get").args(["purge", "-y", "-qq", "drlb"]).env("DEBIAN_FRONTEND", "noninteractive"));
+    match (result, purged) {
+        (Err(e), Err(p)) => bail!("{e:#}; and then the purge failed too: {p:#}"),
+        (Err(e), Ok(())) | (Ok(()), Err(e)) => return Err(e),
+        (Ok(()), Ok(())) => {}
+    }
     ensure!(!installed("drlb"), "drlb is still installed after apt-get purge");
     let left: Vec<&String> = files.iter().filter(|f| Path::new(f).exists()).collect();
     ensure!(left.is_empty(), "apt-get purge left installed files: {left:?}");

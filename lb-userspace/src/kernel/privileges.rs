@@ -139,16 +139,17 @@ pub fn without_capabilities(cmd: &mut tokio::process::Command) -> &mut tokio::pr
     }
 }
 
-/// The uid of `user` (a number, or a name in /etc/passwd: read directly, since the static
-/// binary cannot load another C library's NSS modules).
-pub fn uid_of(user: &str) -> Option<u32> {
+/// The uid and group of `user`: a number (the group of the same number), or a name in
+/// /etc/passwd with its primary group (read directly: the static binary cannot load
+/// another C library's NSS modules).
+pub fn ids_of(user: &str) -> Option<(u32, u32)> {
     if let Ok(id) = user.parse() {
-        return Some(id);
+        return Some((id, id));
     }
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|l| {
-        let mut fields = l.split(':');
-        (fields.next() == Some(user)).then(|| fields.nth(1)?.parse().ok()).flatten()
+        let fields: Vec<&str> = l.split(':').collect();
+        (fields.first() == Some(&user) && fields.len() > 3).then(|| Some((fields[2].parse().ok()?, fields[3].parse().ok()?))).flatten()
     })
 }
 
@@ -174,11 +175,11 @@ struct CapData {
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
-/// Makes this process the user and group `id` (no supplementary groups) holding exactly
+/// Makes this process the user `uid` in group `gid` (no supplementary groups) holding exactly
 /// `caps`: permitted, effective, inheritable, ambient and bounding — what drlb.service
 /// gives `drlb run`, and what `drlb selftest --as-user` checks this kernel accepts. Needs
 /// root, and must run before any thread starts (capabilities belong to threads).
-pub fn become_user(id: u32, caps: &[Capability]) -> anyhow::Result<()> {
+pub fn become_user(uid: u32, gid: u32, caps: &[Capability]) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let mask = mask_of(caps);
     // As the unit's LimitMEMLOCK=infinity: kernels before 5.11 charge maps to it, and
@@ -198,10 +199,10 @@ pub fn become_user(id: u32, caps: &[Capability]) -> anyhow::Result<()> {
     if unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) } != 0 {
         return Err(std::io::Error::last_os_error()).context("PR_SET_KEEPCAPS");
     }
-    let (uid, gid) = (nix::unistd::Uid::from_raw(id), nix::unistd::Gid::from_raw(id));
+    let (user, group) = (nix::unistd::Uid::from_raw(uid), nix::unistd::Gid::from_raw(gid));
     nix::unistd::setgroups(&[]).context("dropping supplementary groups")?;
-    nix::unistd::setresgid(gid, gid, gid).with_context(|| format!("becoming group {id}"))?;
-    nix::unistd::setresuid(uid, uid, uid).with_context(|| format!("becoming user {id}"))?;
+    nix::unistd::setresgid(group, group, group).with_context(|| format!("becoming group {gid}"))?;
+    nix::unistd::setresuid(user, user, user).with_context(|| format!("becoming user {uid}"))?;
     let mut header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
     let half = |shift: u32| (mask >> shift) as u32;
     let data = [
@@ -230,9 +231,9 @@ mod tests {
 
     #[test]
     fn users_are_found_by_number_or_in_etc_passwd() {
-        assert_eq!(uid_of("64123"), Some(64123));
-        assert_eq!(uid_of("root"), Some(0));
-        assert_eq!(uid_of("no-such-user-here"), None);
+        assert_eq!(ids_of("64123"), Some((64123, 64123)));
+        assert_eq!(ids_of("root"), Some((0, 0)));
+        assert_eq!(ids_of("no-such-user-here"), None);
     }
 
     #[test]
