@@ -276,6 +276,11 @@ async fn udp(t: &Target) -> Result<(), String> {
     }
 }
 
+/// What lets an unprivileged drlb open ICMP sockets (said at start and by each failing check).
+const ICMP_SOCKET_FIX: &str = "add drlb's group to net.ipv4.ping_group_range (e.g. `net.ipv4.ping_group_range = 0 2147483647` \
+     in /etc/sysctl.d), or grant CAP_NET_RAW (a drlb.service drop-in: AmbientCapabilities=CAP_NET_RAW and \
+     CapabilityBoundingSet=CAP_NET_RAW)";
+
 /// Whether this process can open an ICMP socket for `target`'s family: a datagram one
 /// (net.ipv4.ping_group_range) or a raw one (CAP_NET_RAW); the fix when it cannot.
 pub fn can_ping(target: IpAddr) -> Result<(), String> {
@@ -284,10 +289,7 @@ pub fn can_ping(target: IpAddr) -> Result<(), String> {
     if Socket::new(domain, Type::DGRAM, Some(protocol)).is_ok() || Socket::new(domain, Type::RAW, Some(protocol)).is_ok() {
         return Ok(());
     }
-    Err(format!(
-        "no ICMP socket for {target}: add drlb's group to net.ipv4.ping_group_range (e.g. `sysctl net.ipv4.ping_group_range=\"0          2147483647\"` in /etc/sysctl.d), or grant CAP_NET_RAW (drlb.service drop-in: AmbientCapabilities=CAP_NET_RAW and \
-         CapabilityBoundingSet=CAP_NET_RAW)"
-    ))
+    Err(format!("no ICMP socket for {target}: {ICMP_SOCKET_FIX}"))
 }
 
 /// keepalived's PING_CHECK: one ICMP (or ICMPv6) echo, answered.
@@ -304,12 +306,10 @@ async fn ping(t: &Target) -> Result<(), String> {
         Ok(s) => (s, false),
         Err(_) => (
             Socket::new(domain, Type::RAW, Some(protocol)).map_err(|e| {
-                format!(
-                    "cannot open an ICMP socket: {e}{}",
-                    crate::kernel::privileges::explain(&[crate::kernel::privileges::CAP_NET_RAW])
-                        .map(|_| " (add drlb's group to net.ipv4.ping_group_range, or grant CAP_NET_RAW)")
-                        .unwrap_or_default()
-                )
+                match crate::kernel::privileges::explain(&[crate::kernel::privileges::CAP_NET_RAW]) {
+                    Some(_) => format!("cannot open an ICMP socket: {e}: {ICMP_SOCKET_FIX}"),
+                    None => format!("cannot open an ICMP socket: {e}"),
+                }
             })?,
             true,
         ),
